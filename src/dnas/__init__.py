@@ -1,0 +1,8 @@
+"""dnas: differentiable neural architecture search (DARTS and its family) as composable parts."""
+from .genotype import Genotype, GenotypeError
+from .methods import Method, builtin_methods, get_method
+from .search import SearchConfig, SearchResult, search
+
+__version__ = "0.1.0"
+__all__ = ["Genotype", "GenotypeError", "Method", "SearchConfig", "SearchResult", "builtin_methods",
+           "get_method", "search"]

@@ -1,0 +1,103 @@
+"""Architecture gradients: how d L_val / d alpha is approximated in DARTS's bilevel problem.
+
+    min_alpha L_val(w*(alpha), alpha)   s.t.   w*(alpha) = argmin_w L_train(w, alpha)     (DARTS Eq. 3-4)
+
+An architecture gradient is called as ``grad(model, train_loss, val_loss, w_optimizer)`` where
+``train_loss(params=None)`` and ``val_loss(params=None)`` evaluate the loss on the current training and
+validation batch (with the model's own weights, or with ``params``, a name -> tensor mapping of the
+weights). It writes the gradient into ``alpha.grad`` for every architecture parameter and returns the
+validation loss. The caller zeroes the gradients before and steps the architecture optimiser after.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .registry import Registry
+
+ARCH_GRADS = Registry("architecture gradient")
+
+Loss = Callable[..., torch.Tensor]
+
+
+@ARCH_GRADS.register("first_order")
+class FirstOrder:
+    """First-order DARTS: xi = 0 in Eq. 6, i.e. grad_alpha L_val(w, alpha) at the current weights."""
+
+    def __call__(self, model, train_loss: Loss, val_loss: Loss, w_optimizer) -> torch.Tensor:
+        loss = val_loss()
+        alphas = model.arch_parameters()
+        for a, g in zip(alphas, _grad(loss, alphas)):
+            a.grad = g
+        return loss.detach()
+
+
+@ARCH_GRADS.register("second_order")
+class SecondOrder:
+    """Second-order DARTS, Eq. 6-8 of Liu et al. (ICLR 2019).
+
+    The weights are unrolled by the step the weight optimiser is about to take,
+    w' = w - xi * (momentum * buffer + grad_w L_train(w, alpha) + weight_decay * w), with xi its current
+    learning rate; then
+
+        grad = grad_alpha L_val(w', alpha) - xi * grad^2_{alpha,w} L_train(w, alpha) . grad_w' L_val(w', alpha),
+
+    the Hessian-vector product by central finite differences (Eq. 8):
+        (grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)) / (2 eps),
+        w+- = w +- eps v,  v = grad_w' L_val(w', alpha),  eps = epsilon / ||v||  (epsilon = 0.01).
+    """
+
+    def __init__(self, epsilon: float = 0.01):
+        self.epsilon = epsilon
+
+    def __call__(self, model, train_loss: Loss, val_loss: Loss, w_optimizer) -> torch.Tensor:
+        names, weights = zip(*model.named_weight_parameters())
+        alphas = model.arch_parameters()
+        unrolled = self.unrolled_weights(weights, train_loss(), w_optimizer)
+
+        loss = val_loss(params=dict(zip(names, unrolled)))
+        grads = _grad(loss, [*alphas, *unrolled])
+        dalpha, v = grads[: len(alphas)], grads[len(alphas):]
+
+        hvp = self.hessian_vector_product(weights, alphas, v, train_loss)
+        xi = w_optimizer.param_groups[0]["lr"]
+        for a, g, h in zip(alphas, dalpha, hvp):
+            a.grad = g - xi * h
+        return loss.detach()
+
+    @staticmethod
+    def unrolled_weights(weights, loss: torch.Tensor, w_optimizer) -> list[torch.Tensor]:
+        """w' after one step of the (SGD) weight optimiser, as leaves that require grad."""
+        group = w_optimizer.param_groups[0]
+        xi, mu, wd = group["lr"], group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+        unrolled = []
+        with torch.no_grad():
+            for w, g in zip(weights, _grad(loss, weights)):
+                d = g + wd * w
+                buf = w_optimizer.state.get(w, {}).get("momentum_buffer")
+                if buf is not None:
+                    d = d + mu * buf
+                unrolled.append((w - xi * d).requires_grad_())
+        return unrolled
+
+    def hessian_vector_product(self, weights, alphas, v, train_loss: Loss) -> list[torch.Tensor]:
+        """grad^2_{alpha,w} L_train . v by central differences (DARTS Eq. 8), weights restored after."""
+        eps = self.epsilon / torch.cat([x.flatten() for x in v]).norm().item()
+        _shift(weights, v, eps)
+        g_plus = _grad(train_loss(), alphas)
+        _shift(weights, v, -2 * eps)
+        g_minus = _grad(train_loss(), alphas)
+        _shift(weights, v, eps)
+        return [(p - m) / (2 * eps) for p, m in zip(g_plus, g_minus)]
+
+
+def _grad(loss: torch.Tensor, inputs) -> tuple[torch.Tensor, ...]:
+    """Gradients, zeros for inputs the loss does not use (e.g. a cell type absent from a tiny supernet)."""
+    return torch.autograd.grad(loss, list(inputs), allow_unused=True, materialize_grads=True)
+
+
+@torch.no_grad()
+def _shift(weights, direction, scale: float) -> None:
+    for w, d in zip(weights, direction):
+        w.add_(d, alpha=scale)

@@ -1,0 +1,85 @@
+"""``dnas``: the command line, a thin layer over the Python API."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .data import DATASETS, DataError
+from .genotype import GenotypeError
+from .methods import builtin_methods
+from .registry import UnknownNameError
+from .search import CheckpointError, search
+
+
+def _search(args: argparse.Namespace) -> None:
+    if args.resume:
+        result = search(resume=args.resume, progress=not args.quiet,
+                        **({"device": args.device} if args.device else {}))
+    else:
+        settings = {k: v for k, v in {
+            "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+            "device": args.device, "subset": args.subset, "cutout": args.cutout,
+            "C": args.init_channels, "layers": args.layers, "nodes": args.nodes,
+            "ops": tuple(args.ops.split(",")) if args.ops else None,
+        }.items() if v is not None}
+        result = search(space=args.space, method=args.method, dataset=args.dataset, run_dir=args.run_dir,
+                        runs_root=args.runs, progress=not args.quiet, **settings)
+    print(f"genotype: {result.genotype}")
+    print(f"run directory: {result.run_dir}")
+
+
+def _methods(args: argparse.Namespace) -> None:
+    for m in builtin_methods().values():
+        print(f"{m.name:<12} {m.year or '':<5} {m.changes}\n{'':<18} {m.paper}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dnas", description="Differentiable neural architecture search.")
+    parser.add_argument("--version", action="version", version=f"dnas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("search", help="search a cell on a data set",
+                       description="Search an architecture. Defaults are the DARTS paper's CIFAR-10 search.")
+    s.add_argument("--method", default="darts-v1", help="built-in method (see `dnas methods`) or a recipe .toml")
+    s.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASETS.names())}")
+    s.add_argument("--data", help="data folder (Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
+    s.add_argument("--space", help="search space (default: the method's)")
+    s.add_argument("--epochs", type=int, help="default 50")
+    s.add_argument("--batch-size", type=int, help="default 64")
+    s.add_argument("--layers", type=int, help="cells in the supernet (default 8)")
+    s.add_argument("--init-channels", type=int, help="initial channels C (default 16)")
+    s.add_argument("--nodes", type=int, help="intermediate nodes per cell (default 4)")
+    s.add_argument("--ops", help="comma-separated candidate ops (default: the 8 DARTS ops)")
+    s.add_argument("--subset", type=int, help="use only the first N training images (quick runs)")
+    s.add_argument("--cutout", type=int, help="cutout length (default 0: off)")
+    s.add_argument("--seed", type=int, help="random seed (default 2); same seed, same result on the CPU")
+    s.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
+    s.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")
+    s.add_argument("--run-dir", help="run directory (default runs/<time>-<method>-<dataset>)")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_search)
+
+    m = sub.add_parser("methods", help="list the built-in methods with their papers")
+    m.set_defaults(func=_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; the last completed epoch is checkpointed: continue with "
+              "`dnas search --resume RUN_DIR`", file=sys.stderr)
+        return 130
+    except (UnknownNameError, DataError, GenotypeError, CheckpointError, FileNotFoundError, FileExistsError,
+            ValueError) as e:
+        print(f"dnas: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Genotypes of the DARTS cell space: the discrete architecture a search returns.
+
+A cell genotype lists, for each intermediate node, its incoming edges as ``(op, input)`` pairs, where
+input 0 is the output of cell k-2, input 1 that of cell k-1 and input i >= 2 intermediate node i-2
+(Liu et al., DARTS, ICLR 2019, Sec. 2.1). The cell's output concatenates the nodes in ``*_concat``.
+
+Two forms are read and written: the text form of the original DARTS code, so that genotypes printed by
+it or pasted from papers work as they are,
+
+    Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ...], normal_concat=[2, 3, 4, 5],
+             reduce=[('max_pool_3x3', 0), ...], reduce_concat=[2, 3, 4, 5])
+
+(``range(2, 6)`` is accepted for a concat), and JSON (``to_dict`` / ``from_dict``). The text form is parsed
+with ``ast``, never ``eval``.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .ops import OPS
+
+CELL_FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
+TEXT_FORM = "Genotype(normal=[('op', input), ...], normal_concat=[...], reduce=[...], reduce_concat=[...])"
+
+
+class GenotypeError(ValueError):
+    """A genotype that cannot be read: malformed text, an unknown op, an edge from a later node."""
+
+
+Edge = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A DARTS-space architecture: the normal and the reduction cell."""
+
+    normal: tuple[Edge, ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[Edge, ...]
+    reduce_concat: tuple[int, ...]
+
+    def __post_init__(self):
+        for cell in ("normal", "reduce"):
+            edges = tuple((str(op), int(j)) for op, j in _pairs(getattr(self, cell), cell))
+            concat = tuple(int(i) for i in getattr(self, cell + "_concat"))
+            object.__setattr__(self, cell, edges)
+            object.__setattr__(self, cell + "_concat", concat)
+            _check_cell(cell, edges, concat)
+
+    @property
+    def nodes(self) -> int:
+        """Number of intermediate nodes of the normal cell (2 incoming edges each)."""
+        return len(self.normal) // 2
+
+    def __str__(self) -> str:
+        return (
+            f"Genotype(normal={list(self.normal)}, normal_concat={list(self.normal_concat)}, "
+            f"reduce={list(self.reduce)}, reduce_concat={list(self.reduce_concat)})"
+        )
+
+    __repr__ = __str__
+
+    def to_dict(self) -> dict[str, Any]:
+        cells = {c: [list(e) for e in getattr(self, c)] for c in ("normal", "reduce")}
+        concats = {c + "_concat": list(getattr(self, c + "_concat")) for c in ("normal", "reduce")}
+        return {"space": "darts", **cells, **concats}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Genotype":
+        missing = [f for f in CELL_FIELDS if f not in d]
+        if missing:
+            raise GenotypeError(f"genotype JSON lacks {', '.join(missing)}; expected keys {', '.join(CELL_FIELDS)}")
+        return cls(**{f: d[f] for f in CELL_FIELDS})
+
+    @classmethod
+    def parse(cls, text: str) -> "Genotype":
+        """Read the DARTS text form (see the module docstring)."""
+        try:
+            node = ast.parse(text.strip(), mode="eval").body
+        except SyntaxError as e:
+            raise GenotypeError(f"malformed genotype ({e.msg}); expected {TEXT_FORM}") from None
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Genotype"):
+            raise GenotypeError(f"malformed genotype: expected {TEXT_FORM}, got {text.strip()[:80]!r}")
+        if len(node.args) + len(node.keywords) != 4 or any(k.arg not in CELL_FIELDS for k in node.keywords):
+            raise GenotypeError(f"malformed genotype: expected the four fields {', '.join(CELL_FIELDS)}")
+        values = dict(zip(CELL_FIELDS, node.args)) | {k.arg: k.value for k in node.keywords}
+        return cls(**{f: _literal(v, f) for f, v in values.items()})
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write JSON (``.json``) or the text form (any other suffix)."""
+        path = os.fspath(path)
+        text = json.dumps(self.to_dict(), indent=1) if path.endswith(".json") else str(self)
+        with open(path, "w") as f:
+            f.write(text + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Genotype":
+        """Read a genotype file written by ``save`` (JSON or the text form)."""
+        with open(path) as f:
+            text = f.read()
+        if text.lstrip().startswith("{"):
+            try:
+                return cls.from_dict(json.loads(text))
+            except json.JSONDecodeError as e:
+                raise GenotypeError(f"{path}: not valid JSON ({e})") from None
+        return cls.parse(text)
+
+
+def _literal(node: ast.AST, field: str) -> Any:
+    """A literal, or ``range(a, b)`` (the original code writes concats that way)."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
+        return list(range(*[_literal(a, field) for a in node.args]))
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise GenotypeError(f"malformed genotype: {field} must be a literal list, got {ast.unparse(node)!r}") from None
+
+
+def _pairs(edges, cell: str):
+    if not isinstance(edges, (list, tuple)):
+        raise GenotypeError(f"{cell} must be a list of (op, input) pairs, got {edges!r}")
+    for e in edges:
+        if not (isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int)):
+            raise GenotypeError(f"{cell}: each edge is an (op, input) pair like ('sep_conv_3x3', 0), got {e!r}")
+        yield e
+
+
+def _check_cell(cell: str, edges: tuple[Edge, ...], concat: tuple[int, ...]) -> None:
+    if not edges or len(edges) % 2:
+        raise GenotypeError(f"{cell}: a cell has 2 incoming edges per node, got {len(edges)} edges")
+    for i, (op, j) in enumerate(edges):
+        if op not in OPS:
+            raise GenotypeError(f"{cell}: unknown op {op!r}; valid ops: {', '.join(OPS.names())}")
+        node = 2 + i // 2
+        if not 0 <= j < node:
+            raise GenotypeError(f"{cell}: node {node} takes input {j}, but only inputs 0..{node - 1} exist before it")
+    last = 2 + len(edges) // 2
+    if not concat or any(not 0 <= i < last for i in concat):
+        raise GenotypeError(f"{cell}_concat must name nodes in 0..{last - 1}, got {list(concat)}")

@@ -1,0 +1,58 @@
+"""One registry per kind of part (ops, spaces, relaxations, ...): name -> factory, with clear errors."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+
+class Registry:
+    """A named table of factories. ``REG.register("name")`` decorates; ``REG.get("name")`` looks up.
+
+    An unknown name raises ``KeyError`` whose message lists every valid name, so a typo on the command
+    line or in a recipe tells the user what they could have written.
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._table: dict[str, Any] = {}
+
+    def register(self, name: str, obj: Any = None) -> Callable:
+        def add(o):
+            if name in self._table:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._table[name] = o
+            return o
+
+        return add if obj is None else add(obj)
+
+    def get(self, name: str) -> Any:
+        try:
+            return self._table[name]
+        except KeyError:
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(sorted(self._table))}"
+            ) from None
+
+    def build(self, spec: str | dict, **extra) -> Any:
+        """Build a part from a recipe spec: ``"name"`` or ``{"name": "name", **kwargs}``."""
+        if isinstance(spec, str):
+            return self.get(spec)(**extra)
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"a {self.kind} is given as a name or a table with a 'name' key, not {spec!r}")
+        kwargs = {k: v for k, v in spec.items() if k != "name"}
+        return self.get(spec["name"])(**kwargs, **extra)
+
+    def names(self) -> list[str]:
+        return sorted(self._table)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._table
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+
+class UnknownNameError(KeyError, ValueError):
+    """An unknown part name. A KeyError for lookups, a ValueError for argument checking."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0])

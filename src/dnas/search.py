@@ -1,0 +1,338 @@
+"""The search loop: alternating weight and architecture steps on two halves of the training set.
+
+DARTS Algorithm 1 (Liu, Simonyan, Yang, ICLR 2019): for each step, (1) update alpha by descending the
+architecture gradient of L_val, (2) update the weights w by descending grad_w L_train(w, alpha). The
+parts (space, relaxation, architecture gradient, selection) come from the method's recipe; the loop is
+the same for every method. Each run writes a directory a person can read without dnas:
+
+    config.json      the resolved settings and the method's recipe
+    metrics.jsonl    one line per epoch: lr, losses, accuracies, time, derived genotype, skip count
+    alphas.jsonl     one line per epoch: the architecture parameters and the op strengths of every edge
+    genotype.txt     the final genotype in the DARTS text form; genotype.json the same as JSON
+    checkpoint.pt    everything needed to resume exactly, written atomically after each epoch
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from .data import BatchLoader, load_dataset, split_indices
+from .genotype import Genotype
+from .methods import Method, get_method
+from .spaces import SPACES
+
+CHECKPOINT_FORMAT = "dnas-search-checkpoint-v1"
+
+
+@dataclass
+class SearchConfig:
+    """Settings of a search. The defaults are the DARTS paper's CIFAR-10 search (Sec. 3.1.1, App. A.1.1):
+    weights by SGD (lr 0.025 annealed by cosine to 0.001, momentum 0.9, weight decay 3e-4, gradient clip 5),
+    alphas by Adam (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3), batch 64, 50 epochs, the training set
+    split in halves for search-train and search-val. A recipe's ``[config]`` overrides these, and the
+    user's settings override the recipe.
+    """
+
+    method: str = "darts-v1"
+    dataset: str = "cifar10"
+    data: str | None = None
+    space: str | None = None  # None: the method's
+    space_options: dict[str, Any] = field(default_factory=dict)  # C, layers, nodes, ops, ...
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    train_portion: float = 0.5
+    cutout: int = 0  # cutout length; 0 = off (the DARTS search uses none)
+    subset: int | None = None  # use only the first N training images (quick runs)
+    seed: int = 2
+    device: str = "auto"
+
+    @classmethod
+    def fields(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+
+@dataclass
+class SearchResult:
+    genotype: Genotype
+    run_dir: Path
+    metrics: list[dict[str, Any]]
+
+
+class Search:
+    """One search run: data, supernet, optimisers and the loop, resumable from its run directory."""
+
+    def __init__(self, config: SearchConfig, run_dir: str | os.PathLike, method: Method | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.method = method or get_method(config.method)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+
+        data = load_dataset(config.dataset, config.data)
+        x, y = data.train_x[: config.subset], data.train_y[: config.subset]
+        train_idx, val_idx = split_indices(len(y), config.train_portion)
+        loader = partial(BatchLoader, batch_size=config.batch_size, mean=data.mean, std=data.std,
+                         augment=True, cutout=config.cutout, shuffle=True, device=self.device)
+        # DARTS draws both halves from the augmented training set
+        self.train_loader = loader(x[train_idx], y[train_idx], generator=torch.Generator().manual_seed(config.seed))
+        self.val_loader = loader(x[val_idx], y[val_idx], generator=torch.Generator().manual_seed(config.seed + 1))
+        if len(self.train_loader) == 0 or len(self.val_loader) == 0:
+            raise ValueError(f"{len(y)} training images are too few to split into search-train and search-val")
+
+        space = SPACES.get(config.space or self.method.part("space"))
+        self.model = space(num_classes=data.num_classes, in_channels=data.channels,
+                           relaxation=self.method.build("relaxation"), **config.space_options).to(self.device)
+        self.arch_grad = self.method.build("arch_grad")
+        self.selection = self.method.build("selection")
+        self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), config.lr,
+                                           momentum=config.momentum, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.lr_min)
+        self.a_optimizer = torch.optim.Adam(self.model.arch_parameters(), config.arch_lr,
+                                            betas=tuple(config.arch_betas), weight_decay=config.arch_weight_decay)
+        self.epoch = 0  # epochs completed
+
+    # -- one step -------------------------------------------------------------------------------------
+    def step(self, train_batch, val_batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One architecture step on the validation batch, then one weight step on the training batch."""
+        self.model.train()
+        self.a_optimizer.zero_grad(set_to_none=True)
+        self.arch_grad(self.model, partial(batch_loss, self.model, train_batch),
+                       partial(batch_loss, self.model, val_batch), self.w_optimizer)
+        self.a_optimizer.step()
+
+        weights = self.model.weight_parameters()
+        self.w_optimizer.zero_grad(set_to_none=True)
+        logits = self.model(train_batch[0])
+        loss = F.cross_entropy(logits, train_batch[1])
+        loss.backward(inputs=weights)
+        torch.nn.utils.clip_grad_norm_(weights, self.config.grad_clip)
+        self.w_optimizer.step()
+        return loss.detach(), (logits.argmax(1) == train_batch[1]).sum()
+
+    # -- epochs ---------------------------------------------------------------------------------------
+    def train_epoch(self, progress: bool) -> dict[str, float]:
+        loss_sum = correct = seen = 0
+        bar = tqdm(zip(self.train_loader, self.val_loader), total=len(self.train_loader), disable=not progress,
+                   desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="step", leave=False, dynamic_ncols=True)
+        for i, (train_batch, val_batch) in enumerate(bar):
+            loss, right = self.step(train_batch, val_batch)
+            n = len(train_batch[1])
+            loss_sum, correct, seen = loss_sum + loss * n, correct + right, seen + n
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        loss_sum = correct = seen = 0
+        for x, y in self.val_loader:
+            logits = self.model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        return {"val_loss": float(loss_sum) / seen, "val_acc": float(correct) / seen}
+
+    def run(self, progress: bool = True) -> SearchResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_json("config.json", {"config": dataclasses.asdict(self.config),
+                                         "method": dataclasses.asdict(self.method)})
+        started = time.time()
+        first_epoch = self.epoch
+        while self.epoch < self.config.epochs:
+            t0 = time.time()
+            lr = self.scheduler.get_last_lr()[0]
+            record = {"epoch": self.epoch + 1, "lr": lr, **self.train_epoch(progress), **self.evaluate()}
+            self.scheduler.step()
+            self.epoch += 1
+            genotype = self.model.derive(self.selection)
+            record.update(seconds=round(time.time() - t0, 3), genotype=str(genotype),
+                          skip_connect_normal=sum(op == "skip_connect" for op, _ in genotype.normal))
+            self._append_jsonl("metrics.jsonl", record)
+            self._append_jsonl("alphas.jsonl", {
+                "epoch": self.epoch, "ops": list(self.model.ops),
+                "alphas": {t: a.detach().cpu().tolist() for t, a in self.model.alphas.items()},
+                "strengths": {t: s.cpu().tolist() for t, s in self.model.strengths().items()},
+            })
+            self.save_checkpoint()
+            done = self.epoch - first_epoch
+            eta = (time.time() - started) / done * (self.config.epochs - self.epoch)
+            print(f"epoch {self.epoch}/{self.config.epochs}  lr {lr:.4g}  train_acc {record['train_acc']:.4f}  "
+                  f"val_acc {record['val_acc']:.4f}  skip {record['skip_connect_normal']}  "
+                  f"{record['seconds']:.1f}s  eta {format_seconds(eta)}", flush=True)
+        genotype = self.model.derive(self.selection)
+        genotype.save(self.run_dir / "genotype.txt")
+        genotype.save(self.run_dir / "genotype.json")
+        return SearchResult(genotype, self.run_dir, read_jsonl(self.run_dir / "metrics.jsonl"))
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "a_optimizer": self.a_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "train": self.train_loader.generator.get_state(),
+                "val": self.val_loader.generator.get_state(),
+            },
+        }
+        path = self.run_dir / "checkpoint.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
+
+    def load_checkpoint(self) -> None:
+        path = self.run_dir / "checkpoint.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: the run has not completed an epoch, start it anew")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            if state.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+            self.model.load_state_dict(state["model"])
+            self.w_optimizer.load_state_dict(state["w_optimizer"])
+            self.a_optimizer.load_state_dict(state["a_optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            rng = state["rng"]
+            torch.set_rng_state(rng["torch"].cpu())
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+            self.train_loader.generator.set_state(rng["train"].cpu())
+            self.val_loader.generator.set_state(rng["val"].cpu())
+        except Exception as e:
+            raise CheckpointError(f"{path} is corrupted or not a dnas search checkpoint ({type(e).__name__}: {e}); "
+                                  f"the run's other files are untouched") from None
+        self.epoch = state["epoch"]
+        # lines written after the checkpoint (a crash between the two) belong to an epoch that will rerun
+        for name in ("metrics.jsonl", "alphas.jsonl"):
+            kept = [r for r in read_jsonl(self.run_dir / name) if r["epoch"] <= self.epoch]
+            (self.run_dir / name).write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    # -- files ----------------------------------------------------------------------------------------
+    def _write_json(self, name: str, obj: Any) -> None:
+        (self.run_dir / name).write_text(json.dumps(obj, indent=1) + "\n")
+
+    def _append_jsonl(self, name: str, obj: Any) -> None:
+        with open(self.run_dir / name, "a") as f:
+            f.write(json.dumps(obj) + "\n")
+
+
+def batch_loss(model, batch, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Cross-entropy on a batch, with the model's weights or with ``params`` in their place."""
+    x, y = batch
+    if params is None:
+        return F.cross_entropy(model(x), y)
+    # a trial forward (the unrolled model) must not move the real BatchNorm statistics
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    return F.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(device)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def new_run_dir(root: str | os.PathLike, method: str, dataset: str) -> Path:
+    stem = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(method).stem}-{dataset}"
+    path, n = stem, 1
+    while path.exists():
+        n += 1
+        path = stem.with_name(f"{stem.name}-{n}")
+    return path
+
+
+def search(
+    space: str | None = None,
+    method: str = "darts-v1",
+    dataset: str = "cifar10",
+    *,
+    run_dir: str | os.PathLike | None = None,
+    runs_root: str | os.PathLike = "runs",
+    resume: str | os.PathLike | None = None,
+    progress: bool = True,
+    **settings: Any,
+) -> SearchResult:
+    """Run an architecture search and return its genotype, run directory and per-epoch metrics.
+
+    ``settings`` are fields of ``SearchConfig`` (epochs, batch_size, data, seed, ...); keys it does not
+    know go to the search space (C, layers, nodes, ops). ``resume`` continues the run in that directory
+    from its last checkpoint, with its saved settings (only ``device`` may be changed).
+
+        dnas.search(space="darts", method="darts-v2", dataset="cifar10", data="~/data", epochs=50)
+    """
+    if resume is not None:
+        return _resume(Path(resume), progress, **settings)
+    recipe = get_method(method)
+    config_fields = SearchConfig.fields()
+    known = {k: v for k, v in settings.items() if k in config_fields}
+    space_options = {**known.pop("space_options", {}), **{k: v for k, v in settings.items() if k not in config_fields}}
+    unknown_recipe = set(recipe.config) - config_fields
+    if unknown_recipe:
+        raise ValueError(f"recipe {recipe.name} sets unknown settings {sorted(unknown_recipe)}")
+    config = SearchConfig(**{**recipe.config, **known, "method": method, "dataset": dataset, "space": space,
+                             "space_options": space_options})
+    if config.data is not None:
+        config.data = os.path.expanduser(os.fspath(config.data))
+    if run_dir is None:
+        run_dir = new_run_dir(runs_root, method, dataset)
+    elif Path(run_dir).exists() and any(Path(run_dir).iterdir()):
+        raise FileExistsError(f"run directory {run_dir} is not empty; continue it with resume={str(run_dir)!r} "
+                              f"(dnas search --resume {run_dir}) or choose another")
+    return Search(config, run_dir, recipe).run(progress)
+
+
+def _resume(run_dir: Path, progress: bool, **settings: Any) -> SearchResult:
+    config_file = run_dir / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{run_dir} is not a dnas search run (no config.json in it)")
+    changed = set(settings) - {"device"}
+    if changed:
+        raise ValueError(f"a resumed run keeps its settings; only device may change, not {sorted(changed)}")
+    saved = json.loads(config_file.read_text())
+    config = SearchConfig(**{**saved["config"], **settings})
+    method = Method(**saved["method"])
+    searcher = Search(config, run_dir, method)
+    searcher.load_checkpoint()
+    return searcher.run(progress)

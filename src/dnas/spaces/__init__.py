@@ -1,0 +1,8 @@
+"""Search spaces: one module each, registered by name. ``SPACES.get(name)`` is the supernet class."""
+from ..registry import Registry
+
+SPACES = Registry("search space")
+
+from . import darts  # noqa: E402,F401  (registers "darts")
+
+__all__ = ["SPACES"]

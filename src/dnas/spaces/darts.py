@@ -1,0 +1,131 @@
+"""The DARTS convolutional cell space (Liu, Simonyan, Yang, ICLR 2019, Sec. 2.1, 3.1 and App. A.1).
+
+The supernet is a stem, ``layers`` cells (the ones at 1/3 and 2/3 of the depth are reduction cells that
+halve the resolution and double the channels), global average pooling and a linear classifier. A cell
+has two inputs (the outputs of the two previous cells, reduced to C channels by ReLU-Conv-BN, or by a
+FactorizedReduce when the previous cell halved the resolution), ``nodes`` intermediate nodes, each the sum
+of mixed edges from all earlier nodes, and outputs the concatenation of its intermediate nodes. All
+normal cells share one alpha (edges x ops), all reduction cells another.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..edges import MixedEdge
+from ..genotype import Genotype
+from ..ops import DARTS_OPS, OPS, FactorizedReduce, ReLUConvBN
+from ..relax import Softmax
+from ..selection import TopK
+from . import SPACES
+
+CELL_TYPES = ("normal", "reduce")
+
+
+def candidate_ops(ops: tuple[str, ...], C: int, stride: int) -> dict[str, nn.Module]:
+    """The candidates of one supernet edge; pooling is followed by a non-affine BatchNorm as in DARTS."""
+    candidates = {}
+    for name in ops:
+        op = OPS.get(name)(C, stride, False)
+        candidates[name] = nn.Sequential(op, nn.BatchNorm2d(C, affine=False)) if "pool" in name else op
+    return candidates
+
+
+class SearchCell(nn.Module):
+    """One supernet cell: 2 inputs, ``nodes`` intermediate nodes, mixed edges from every earlier node."""
+
+    def __init__(self, nodes, C_pp, C_p, C, reduction, reduction_prev, ops):
+        super().__init__()
+        self.reduction = reduction
+        self.nodes = nodes
+        self.preprocess0 = FactorizedReduce(C_pp, C, affine=False) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, False)
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList(
+            MixedEdge(candidate_ops(ops, C, 2 if reduction and j < 2 else 1))
+            for i in range(nodes) for j in range(2 + i)
+        )
+
+    def forward(self, s0, s1, weights):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self.nodes):
+            states.append(sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states)))
+            offset += len(states) - 1
+        return torch.cat(states[2:], dim=1)
+
+
+@SPACES.register("darts")
+class DartsSupernet(nn.Module):
+    """The DARTS search network. Defaults are the paper's search setting: 8 cells, 16 initial channels,
+    4 intermediate nodes, the 8 DARTS ops, stem of 3 x C channels (App. A.1.1)."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        C: int = 16,
+        layers: int = 8,
+        nodes: int = 4,
+        ops: tuple[str, ...] = DARTS_OPS,
+        stem_multiplier: int = 3,
+        relaxation=None,
+    ):
+        super().__init__()
+        for name in ops:
+            OPS.get(name)  # an unknown op fails here, listing the valid ones
+        if layers < 1 or nodes < 1 or C < 1:
+            raise ValueError(f"layers, nodes and C must be positive, got layers={layers}, nodes={nodes}, C={C}")
+        self.ops = tuple(ops)
+        self.nodes = nodes
+        self.relaxation = relaxation or Softmax()
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            self.cells.append(SearchCell(nodes, C_pp, C_p, C_curr, reduction, reduction_prev, self.ops))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, nodes * C_curr
+        self.classifier = nn.Linear(C_p, num_classes)
+        num_edges = sum(2 + i for i in range(nodes))
+        self.alphas = nn.ParameterDict({t: nn.Parameter(1e-3 * torch.randn(num_edges, len(ops))) for t in CELL_TYPES})
+
+    def forward(self, x):
+        weights = {t: self.relaxation.weights(a) for t, a in self.alphas.items()}
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, weights["reduce" if cell.reduction else "normal"])
+        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas.values())
+
+    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if not n.startswith("alphas."))
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_weight_parameters()]
+
+    def strengths(self) -> dict[str, torch.Tensor]:
+        """Op strengths per cell type (edges x ops), as selection and reports read them."""
+        return {t: self.relaxation.strengths(a.detach()) for t, a in self.alphas.items()}
+
+    def derive(self, selection=None) -> Genotype:
+        """The discrete cell read off the alphas (default: DARTS top-2 selection)."""
+        selection = selection or TopK(k=2)
+        cells = {}
+        for t, s in self.strengths().items():
+            edges, start = [], 0
+            for i in range(self.nodes):
+                edges += selection(s[start : start + 2 + i], list(self.ops))
+                start += 2 + i
+            cells[t] = edges
+        concat = list(range(2, 2 + self.nodes))
+        return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat)
