@@ -1,0 +1,52 @@
+"""Shared fixtures: where the real data sets are.
+
+The shared data folder (default ``<repo>/../shared/data``, set ``DNAS_SHARED_DATA`` to move it) holds copies
+of the standard data sets, with the converter tools in ``../tools`` beside it. Tests that need data skip,
+saying where they looked, when it is absent.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DNAS_SHARED_DATA", REPO.parent / "shared" / "data"))
+CACHE = REPO / ".cache"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def cifar10_root() -> Path:
+    """A folder holding ``cifar-10-batches-py/``, converted once from the shared JPEG copy and cached."""
+    out = CACHE / "cifar10"
+    if (out / "cifar-10-batches-py" / "test_batch").is_file():
+        return out
+    tool = SHARED_DATA.parent / "tools" / "cifar10_from_jpeg.py"
+    npz = [SHARED_DATA / "cifar10-jpeg" / f"{s}.npz" for s in ("train", "test")]
+    if not tool.is_file() or not all(p.is_file() for p in npz):
+        pytest.skip(f"CIFAR-10 not found: looked for {npz[0].parent}/{{train,test}}.npz and {tool}; "
+                    f"set DNAS_SHARED_DATA to the shared data folder")
+    # Convert into a temporary folder and move it in whole, so an interrupted run leaves no half-written cache.
+    CACHE.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="cifar10-", dir=CACHE))
+    try:
+        subprocess.run([sys.executable, str(tool), str(tmp)], check=True, stdout=subprocess.DEVNULL)
+        shutil.rmtree(out, ignore_errors=True)  # an incomplete earlier cache
+        tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_root() -> Path:
+    """The Debian package's Fashion-MNIST folder (four idx .gz files)."""
+    if not (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}; apt-get install -y dataset-fashion-mnist")
+    return FASHION_MNIST_DIR

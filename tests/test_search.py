@@ -1,0 +1,145 @@
+"""End-to-end searches on real data, as a user runs them: run directory, resume, reproducibility, errors."""
+import json
+
+import pytest
+import torch
+
+import dnas
+from dnas.search import CheckpointError, Search, SearchConfig
+
+# a reduced supernet that runs in seconds on 2 CPU cores; the full-size defaults are pinned in test_space.py
+TINY = dict(C=4, layers=3, nodes=2, batch_size=16, subset=128, progress=False)
+
+
+def test_first_order_search_on_fashion_mnist_writes_a_readable_run(fashion_mnist_root, tmp_path):
+    result = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / "run", **TINY)
+
+    run = tmp_path / "run"
+    assert result.run_dir == run
+    assert sorted(p.name for p in run.iterdir()) == [
+        "alphas.jsonl", "checkpoint.pt", "config.json", "genotype.json", "genotype.txt", "metrics.jsonl"]
+    assert dnas.Genotype.load(run / "genotype.txt") == result.genotype == dnas.Genotype.load(run / "genotype.json")
+    assert result.genotype.nodes == 2 and result.genotype.normal_concat == (2, 3)
+
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics == result.metrics
+    assert metrics[0]["lr"] == pytest.approx(0.025)  # cosine from the paper's 0.025 ...
+    assert metrics[1]["lr"] == pytest.approx(0.001 + 0.5 * (0.025 - 0.001) * (1 + torch.cos(torch.tensor(torch.pi / 2)).item()))
+    for m in metrics:
+        assert 0 <= m["train_acc"] <= 1 and 0 <= m["val_acc"] <= 1 and m["train_loss"] > 0
+        assert dnas.Genotype.parse(m["genotype"]).nodes == 2
+    assert metrics[-1]["genotype"] == str(result.genotype)
+
+    alphas = [json.loads(line) for line in (run / "alphas.jsonl").read_text().splitlines()]
+    assert len(alphas) == 2 and alphas[0]["ops"][0] == "none"
+    assert torch.tensor(alphas[-1]["alphas"]["normal"]).shape == (5, 8)
+    assert torch.tensor(alphas[-1]["strengths"]["reduce"]).sum(-1).allclose(torch.ones(5))
+    assert alphas[0]["alphas"] != alphas[1]["alphas"]  # the architecture moved
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["dataset"] == "fashion-mnist" and config["method"]["parts"]["arch_grad"] == "first_order"
+
+
+def test_second_order_search_runs_and_updates_alphas_differently(fashion_mnist_root, tmp_path):
+    first = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "v1", **TINY)
+    second = dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "v2", **TINY)
+    a1 = json.loads((first.run_dir / "alphas.jsonl").read_text())["alphas"]["normal"]
+    a2 = json.loads((second.run_dir / "alphas.jsonl").read_text())["alphas"]["normal"]
+    assert a1 != a2  # same seed, same data: only the architecture gradient differs
+
+
+def test_same_seed_same_result_on_cpu(fashion_mnist_root, tmp_path):
+    runs = [dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / str(i), **TINY)
+            for i in range(2)]
+    lines = [(r.run_dir / "alphas.jsonl").read_text() for r in runs]
+    assert lines[0] == lines[1]
+    other = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "o", seed=3, **TINY)
+    assert (other.run_dir / "alphas.jsonl").read_text() != lines[0]
+
+
+def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashion_mnist_root, tmp_path, monkeypatch):
+    whole = dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=3, run_dir=tmp_path / "whole", **TINY)
+
+    calls = {"n": 0}
+    original = Search.train_epoch
+
+    def interrupted(self, progress):  # Ctrl-C in the middle of the second epoch
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, progress)
+
+    monkeypatch.setattr(Search, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=3, run_dir=tmp_path / "cut", **TINY)
+    monkeypatch.setattr(Search, "train_epoch", original)
+    assert not (tmp_path / "cut" / "genotype.txt").exists()
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
+
+    resumed = dnas.search(resume=tmp_path / "cut", progress=False)
+    assert resumed.genotype == whole.genotype
+    assert (resumed.run_dir / "alphas.jsonl").read_text() == (whole.run_dir / "alphas.jsonl").read_text()
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]
+    assert strip(resumed.metrics) == strip(whole.metrics)
+    a = torch.load(whole.run_dir / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_changed_settings_and_foreign_folders(fashion_mnist_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a dnas search run"):
+        dnas.search(resume=tmp_path)
+    run = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY).run_dir
+    with pytest.raises(ValueError, match="only device may change"):
+        dnas.search(resume=run, epochs=5)
+
+
+def test_corrupted_checkpoint_is_a_clear_error_and_nothing_is_lost(fashion_mnist_root, tmp_path):
+    run = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY).run_dir
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != "checkpoint.pt"}
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        dnas.search(resume=run, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != "checkpoint.pt"} == before
+
+
+def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="resume"):
+        dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY)
+    assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="darts-v9"), "valid methods: darts-v1, darts-v2"),
+    (dict(dataset="imagenet-21k"), "valid datasets: cifar10"),
+    (dict(ops=("sep_conv_3x3", "conv_9x9")), "valid ops:"),
+    (dict(space="nasnet"), "valid search spaces: darts"),
+    (dict(dataset="cifar10", data="/no/such/folder"), "/no/such/folder"),
+    (dict(widht=3), "unexpected keyword argument 'widht'"),
+])
+def test_bad_input_is_a_clear_error(fashion_mnist_root, tmp_path, kwargs, message):
+    kwargs = {"dataset": "fashion-mnist", **kwargs}
+    with pytest.raises((ValueError, KeyError, FileNotFoundError, TypeError), match=message):
+        dnas.search(epochs=1, run_dir=tmp_path / "r", **{**TINY, **kwargs})
+
+
+def test_config_defaults_reach_the_optimisers(fashion_mnist_root, tmp_path):
+    s = Search(SearchConfig(dataset="fashion-mnist", subset=64, space_options=dict(C=4, layers=3)), tmp_path)
+    sgd, adam = s.w_optimizer.param_groups[0], s.a_optimizer.param_groups[0]
+    assert (sgd["lr"], sgd["momentum"], sgd["weight_decay"]) == (0.025, 0.9, 3e-4)
+    assert (adam["lr"], adam["betas"], adam["weight_decay"]) == (3e-4, (0.5, 0.999), 1e-3)
+    assert s.scheduler.T_max == 50 and s.scheduler.eta_min == 0.001
+    assert len(s.train_loader.x) == len(s.val_loader.x) == 32  # the 50/50 split
+
+
+@pytest.mark.slow
+def test_one_epoch_search_on_real_cifar10(cifar10_root, tmp_path):
+    result = dnas.search(method="darts-v1", dataset="cifar10", data=cifar10_root, epochs=1,
+                         run_dir=tmp_path / "c10", C=4, layers=3, nodes=4, batch_size=32, subset=512,
+                         progress=False)
+    assert result.genotype.nodes == 4 and len(result.genotype.reduce) == 8
+    m = result.metrics[0]
+    assert m["train_acc"] > 0.1  # above chance on 10 classes after 8 steps is not guaranteed; a sanity floor
+    assert json.loads((result.run_dir / "config.json").read_text())["config"]["data"] == str(cifar10_root)
