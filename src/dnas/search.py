@@ -103,30 +103,14 @@ class Search:
                            relaxation=self.method.build("relaxation"), **config.space_options).to(self.device)
         self.arch_grad = self.method.build("arch_grad")
         self.selection = self.method.build("selection")
-        self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), config.lr,
-                                           momentum=config.momentum, weight_decay=config.weight_decay)
+        self.w_optimizer, self.a_optimizer = optimizers(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.lr_min)
-        self.a_optimizer = torch.optim.Adam(self.model.arch_parameters(), config.arch_lr,
-                                            betas=tuple(config.arch_betas), weight_decay=config.arch_weight_decay)
         self.epoch = 0  # epochs completed
 
     # -- one step -------------------------------------------------------------------------------------
     def step(self, train_batch, val_batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """One architecture step on the validation batch, then one weight step on the training batch."""
-        self.model.train()
-        self.a_optimizer.zero_grad(set_to_none=True)
-        self.arch_grad(self.model, partial(batch_loss, self.model, train_batch),
-                       partial(batch_loss, self.model, val_batch), self.w_optimizer)
-        self.a_optimizer.step()
-
-        weights = self.model.weight_parameters()
-        self.w_optimizer.zero_grad(set_to_none=True)
-        logits = self.model(train_batch[0])
-        loss = F.cross_entropy(logits, train_batch[1])
-        loss.backward(inputs=weights)
-        torch.nn.utils.clip_grad_norm_(weights, self.config.grad_clip)
-        self.w_optimizer.step()
-        return loss.detach(), (logits.argmax(1) == train_batch[1]).sum()
+        return bilevel_step(self.model, self.arch_grad, self.a_optimizer, self.w_optimizer,
+                            train_batch, val_batch, self.config.grad_clip)
 
     # -- epochs ---------------------------------------------------------------------------------------
     def train_epoch(self, progress: bool) -> dict[str, float]:
@@ -239,6 +223,33 @@ class Search:
     def _append_jsonl(self, name: str, obj: Any) -> None:
         with open(self.run_dir / name, "a") as f:
             f.write(json.dumps(obj) + "\n")
+
+
+def optimizers(model, config: SearchConfig) -> tuple[torch.optim.SGD, torch.optim.Adam]:
+    """The weight optimiser (SGD with momentum and weight decay) and the architecture optimiser (Adam)."""
+    w_optimizer = torch.optim.SGD(model.weight_parameters(), config.lr, momentum=config.momentum,
+                                  weight_decay=config.weight_decay)
+    a_optimizer = torch.optim.Adam(model.arch_parameters(), config.arch_lr, betas=tuple(config.arch_betas),
+                                   weight_decay=config.arch_weight_decay)
+    return w_optimizer, a_optimizer
+
+
+def bilevel_step(model, arch_grad, a_optimizer, w_optimizer, train_batch, val_batch, grad_clip: float):
+    """One step of DARTS Algorithm 1: an architecture step on the validation batch, then a weight step
+    (clipped to ``grad_clip``) on the training batch. Returns the training loss and the correct count."""
+    model.train()
+    a_optimizer.zero_grad(set_to_none=True)
+    arch_grad(model, partial(batch_loss, model, train_batch), partial(batch_loss, model, val_batch), w_optimizer)
+    a_optimizer.step()
+
+    weights = model.weight_parameters()
+    w_optimizer.zero_grad(set_to_none=True)
+    logits = model(train_batch[0])
+    loss = F.cross_entropy(logits, train_batch[1])
+    loss.backward(inputs=weights)
+    torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    w_optimizer.step()
+    return loss.detach(), (logits.argmax(1) == train_batch[1]).sum()
 
 
 def batch_loss(model, batch, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

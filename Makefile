@@ -1,0 +1,25 @@
+# Set-up and the two commands of the README. Runs as root or with sudo for the apt step.
+PY ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: install fashion-mnist demo test bench
+
+# torch first, pinned: the CPU build on these machines (a bare "torch" requirement pulls a CUDA build)
+install:
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+
+fashion-mnist:
+	@test -f $(FASHION_MNIST) || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist)
+
+# the main job: a short real search on Fashion-MNIST, printing the genotype
+demo: install fashion-mnist
+	dnas search --method darts-v1 --dataset fashion-mnist --epochs 2 --subset 1000 \
+		--layers 5 --init-channels 8 --batch-size 32 --runs runs
+
+test: install fashion-mnist
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/search_step.py

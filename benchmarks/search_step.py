@@ -1,0 +1,105 @@
+"""Time one DARTS search step (architecture step + weight step) and its peak memory.
+
+The default search network of the paper (16 channels, 8 cells, 4 nodes, 8 ops) on CIFAR-shaped batches,
+with the paper's optimisers, as in ../shared/reference-figures.md. Writes JSON to benchmarks/out/ and
+appends a row per order to benchmarks/RESULTS.md.
+
+    python benchmarks/search_step.py                          # cuda if present, else cpu (batch 16 on cpu)
+    python benchmarks/search_step.py --device cpu --batch-size 16 --orders first,second
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dnas.arch_grad import ARCH_GRADS
+from dnas.search import SearchConfig, bilevel_step, optimizers, resolve_device
+from dnas.spaces.darts import DartsSupernet
+
+HERE = Path(__file__).resolve().parent
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(order: str, args, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = DartsSupernet(num_classes=10, C=args.init_channels, layers=args.layers).to(device)
+    w_opt, a_opt = optimizers(model, SearchConfig())
+    arch_grad = ARCH_GRADS.get(f"{order}_order")()
+    batch = lambda: (torch.randn(args.batch_size, 3, 32, 32, device=device),
+                     torch.randint(0, 10, (args.batch_size,), device=device))
+    train_batch, val_batch = batch(), batch()
+    step = lambda: bilevel_step(model, arch_grad, a_opt, w_opt, train_batch, val_batch, 5.0)
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # process peak RSS on the CPU
+    return {"order": order, "ms_per_step_median": round(1000 * times[len(times) // 2], 1),
+            "ms_per_step_min": round(1000 * times[0], 1), "peak_memory_gb": round(peak / 2**30, 2)}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--init-channels", type=int, default=16)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--orders", default="first,second")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
+
+    rows = [measure(order, args, device) for order in args.orders.split(",")]
+    report = {
+        "benchmark": "search_step", "path": "readable", "device": device_name(device),
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size,
+        "init_channels": args.init_channels, "layers": args.layers, "steps": args.steps,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "results": rows,
+    }
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    path = out / f"search_step-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+    if not args.no_results:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=HERE).stdout.strip()
+        with open(HERE / "RESULTS.md", "a") as f:
+            for r in rows:
+                f.write(f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit} | "
+                        f"readable | {r['order']} | {args.batch_size} | {r['ms_per_step_median']} | "
+                        f"{r['peak_memory_gb']} | `python benchmarks/{report['command']}` |\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The dnas command as a user types it."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import dnas
+from dnas.cli import main
+
+TINY = ["--dataset", "fashion-mnist", "--subset", "128", "--batch-size", "16", "--layers", "3",
+        "--init-channels", "4", "--nodes", "2", "-q"]
+
+
+def test_search_prints_the_genotype_and_resume_finishes_a_run(fashion_mnist_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["search", "--method", "darts-v1", "--epochs", "1", "--run-dir", str(run), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert f"genotype: {dnas.Genotype.load(run / 'genotype.txt')}" in out
+    assert f"run directory: {run}" in out
+    # a finished run resumes to the same end without training again
+    assert main(["search", "--resume", str(run), "-q"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_search_options_reach_the_config(fashion_mnist_root, tmp_path):
+    run = tmp_path / "run"
+    main(["search", "--method", "darts-v2", "--epochs", "1", "--seed", "7", "--cutout", "8",
+          "--ops", "none,skip_connect,sep_conv_3x3", "--run-dir", str(run), "--device", "cpu", *TINY])
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert (config["method"], config["seed"], config["cutout"], config["device"]) == ("darts-v2", 7, 8, "cpu")
+    assert config["space_options"] == {"C": 4, "layers": 3, "nodes": 2, "ops": ["none", "skip_connect", "sep_conv_3x3"]}
+    assert {op for op, _ in dnas.Genotype.load(run / "genotype.json").normal} <= {"skip_connect", "sep_conv_3x3"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "darts-v3"], "unknown method 'darts-v3'; valid methods: darts-v1, darts-v2"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid datasets: cifar10, cifar100, fashion-mnist, image-folder"),
+    (["--dataset", "cifar10", "--data", "/nowhere/cifar"], "/nowhere/cifar"),
+    (["--dataset", "fashion-mnist", "--ops", "sep_conv_3x3,conv_11x11"], "unknown op 'conv_11x11'"),
+    (["--resume", "/nowhere/run"], "not a dnas search run"),
+    (["--method", "/nowhere/recipe.toml"], "recipe file /nowhere/recipe.toml does not exist"),
+])
+def test_bad_input_exits_2_with_a_message(argv, message, capsys, tmp_path):
+    assert main(["search", "--run-dir", str(tmp_path / "r"), "--epochs", "1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dnas: error: ") and message in err
+
+
+def test_cifar10_without_data_says_how_to_get_it(capsys, tmp_path):
+    assert main(["search", "--dataset", "cifar10", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "cifar-10-batches-py" in err
+
+
+def test_user_recipe_file(fashion_mnist_root, tmp_path):
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('name = "mine"\nchanges = "coarser finite differences"\n'
+                      '[parts]\narch_grad = {name = "second_order", epsilon = 0.05}\n[config]\narch_lr = 6e-4\n')
+    run = tmp_path / "run"
+    assert main(["search", "--method", str(recipe), "--epochs", "1", "--run-dir", str(run), *TINY]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["method"]["parts"]["arch_grad"] == {"name": "second_order", "epsilon": 0.05}
+    assert saved["config"]["arch_lr"] == 6e-4
+
+
+def test_methods_lists_recipes_with_papers():
+    out = subprocess.run(["dnas", "methods"], capture_output=True, text=True, check=True).stdout
+    assert "darts-v1" in out and "darts-v2" in out and "ICLR 2019" in out
+
+
+def test_console_script_and_module_agree():
+    a = subprocess.run(["dnas", "--version"], capture_output=True, text=True, check=True).stdout
+    b = subprocess.run([sys.executable, "-m", "dnas.cli", "--version"], capture_output=True, text=True, check=True).stdout
+    assert a == b == f"dnas {dnas.__version__}\n"
