@@ -71,5 +71,5 @@ def test_methods_lists_recipes_with_papers():
 
 def test_console_script_and_module_agree():
     a = subprocess.run(["dnas", "--version"], capture_output=True, text=True, check=True).stdout
-    b = subprocess.run([sys.executable, "-m", "dnas.cli", "--version"], capture_output=True, text=True, check=True).stdout
+    b = subprocess.run([sys.executable, "-m", "dnas", "--version"], capture_output=True, text=True, check=True).stdout
     assert a == b == f"dnas {dnas.__version__}\n"

@@ -10,7 +10,7 @@ Recipes are small TOML files (``src/dnas/recipes/<name>.toml``); a user's own fi
     space = "darts"
     relaxation = "softmax"
     arch_grad = "first_order"
-    selection = {name = "top_k", k = 2}
+    selection = {name = "top_k", k = 2}    # optional: the space's own by default
     [config]                     # settings of SearchConfig that the paper changes
     batch_size = 64
 """
@@ -27,7 +27,8 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
 PART_KINDS = ("space", "relaxation", "arch_grad", "selection")
-DEFAULT_PARTS = {"space": "darts", "relaxation": "softmax", "arch_grad": "first_order", "selection": "top_k"}
+# a part a recipe leaves out; selection None means the space's own (DARTS cell: top-2 edges per node)
+DEFAULT_PARTS = {"space": "darts", "relaxation": "softmax", "arch_grad": "first_order", "selection": None}
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,9 @@ class Method:
         return self.parts.get(kind, DEFAULT_PARTS[kind])
 
     def build(self, kind: str, **extra) -> Any:
-        """Build this method's part of a kind from its registry."""
+        """Build this method's part of a kind from its registry (None where the recipe leaves it to the space)."""
+        if self.part(kind) is None:
+            return None
         from .arch_grad import ARCH_GRADS
         from .relax import RELAXATIONS
         from .selection import SELECTIONS

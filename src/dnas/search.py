@@ -6,7 +6,8 @@ parts (space, relaxation, architecture gradient, selection) come from the method
 the same for every method. Each run writes a directory a person can read without dnas:
 
     config.json      the resolved settings and the method's recipe
-    metrics.jsonl    one line per epoch: lr, losses, accuracies, time, derived genotype, skip count
+    metrics.jsonl    one line per epoch: lr, losses, accuracies, time, derived genotype and the space's
+                     measures of it (DARTS: its skip connections and parameter-free ops)
     alphas.jsonl     one line per epoch: the architecture parameters and the op strengths of every edge
     genotype.txt     the final genotype in the DARTS text form; genotype.json the same as JSON
     checkpoint.pt    everything needed to resume exactly, written atomically after each epoch
@@ -149,8 +150,8 @@ class Search:
             self.scheduler.step()
             self.epoch += 1
             genotype = self.model.derive(self.selection)
-            record.update(seconds=round(time.time() - t0, 3), genotype=str(genotype),
-                          skip_connect_normal=sum(op == "skip_connect" for op, _ in genotype.normal))
+            genotype_metrics = self.model.genotype_metrics(genotype)
+            record.update(seconds=round(time.time() - t0, 3), genotype=str(genotype), **genotype_metrics)
             self._append_jsonl("metrics.jsonl", record)
             self._append_jsonl("alphas.jsonl", {
                 "epoch": self.epoch, "ops": list(self.model.ops),
@@ -161,8 +162,9 @@ class Search:
             done = self.epoch - first_epoch
             eta = (time.time() - started) / done * (self.config.epochs - self.epoch)
             print(f"epoch {self.epoch}/{self.config.epochs}  lr {lr:.4g}  train_acc {record['train_acc']:.4f}  "
-                  f"val_acc {record['val_acc']:.4f}  skip {record['skip_connect_normal']}  "
-                  f"{record['seconds']:.1f}s  eta {format_seconds(eta)}", flush=True)
+                  f"val_acc {record['val_acc']:.4f}  "
+                  + "".join(f"{k} {v:.4g}  " for k, v in genotype_metrics.items())
+                  + f"{record['seconds']:.1f}s  eta {format_seconds(eta)}", flush=True)
         genotype = self.model.derive(self.selection)
         genotype.save(self.run_dir / "genotype.txt")
         genotype.save(self.run_dir / "genotype.json")

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..edges import MixedEdge
 from ..genotype import Genotype
-from ..ops import DARTS_OPS, OPS, FactorizedReduce, ReLUConvBN
+from ..ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, FactorizedReduce, ReLUConvBN
 from ..relax import Softmax
 from ..selection import TopK
 from . import SPACES
@@ -118,7 +118,7 @@ class DartsSupernet(nn.Module):
         return {t: self.relaxation.strengths(a.detach()) for t, a in self.alphas.items()}
 
     def derive(self, selection=None) -> Genotype:
-        """The discrete cell read off the alphas (default: DARTS top-2 selection)."""
+        """The discrete cell read off the alphas; the space's default selection is DARTS's top-2 edges per node."""
         selection = selection or TopK(k=2)
         cells = {}
         for t, s in self.strengths().items():
@@ -129,3 +129,10 @@ class DartsSupernet(nn.Module):
             cells[t] = edges
         concat = list(range(2, 2 + self.nodes))
         return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat)
+
+    @staticmethod
+    def genotype_metrics(genotype: Genotype) -> dict[str, int]:
+        """What a search reports of each derived genotype: skip connections and parameter-free ops in
+        the normal cell, the usual signs of the DARTS collapse (Zela et al., ICLR 2020; Chen & Hsieh 2020)."""
+        return {"skip_connect_normal": sum(op == "skip_connect" for op, _ in genotype.normal),
+                "parameter_free_normal": sum(op in PARAMETER_FREE_OPS for op, _ in genotype.normal)}

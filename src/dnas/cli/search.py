@@ -1,18 +1,14 @@
-"""``dnas``: the command line, a thin layer over the Python API."""
+"""``dnas search`` and ``dnas methods``."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from . import __version__
-from .data import DATASETS, DataError
-from .genotype import GenotypeError
-from .methods import builtin_methods
-from .registry import UnknownNameError
-from .search import CheckpointError, search
+from ..data import DATASETS
+from ..methods import builtin_methods
+from ..search import search
 
 
-def _search(args: argparse.Namespace) -> None:
+def run_search(args: argparse.Namespace) -> None:
     if args.resume:
         result = search(resume=args.resume, progress=not args.quiet,
                         **({"device": args.device} if args.device else {}))
@@ -29,16 +25,12 @@ def _search(args: argparse.Namespace) -> None:
     print(f"run directory: {result.run_dir}")
 
 
-def _methods(args: argparse.Namespace) -> None:
+def run_methods(args: argparse.Namespace) -> None:
     for m in builtin_methods().values():
         print(f"{m.name:<12} {m.year or '':<5} {m.changes}\n{'':<18} {m.paper}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dnas", description="Differentiable neural architecture search.")
-    parser.add_argument("--version", action="version", version=f"dnas {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def register(sub) -> None:
     s = sub.add_parser("search", help="search a cell on a data set",
                        description="Search an architecture. Defaults are the DARTS paper's CIFAR-10 search.")
     s.add_argument("--method", default="darts-v1", help="built-in method (see `dnas methods`) or a recipe .toml")
@@ -59,27 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", help="run directory (default runs/<time>-<method>-<dataset>)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_search)
+    s.set_defaults(func=run_search)
 
     m = sub.add_parser("methods", help="list the built-in methods with their papers")
-    m.set_defaults(func=_methods)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; the last completed epoch is checkpointed: continue with "
-              "`dnas search --resume RUN_DIR`", file=sys.stderr)
-        return 130
-    except (UnknownNameError, DataError, GenotypeError, CheckpointError, FileNotFoundError, FileExistsError,
-            ValueError) as e:
-        print(f"dnas: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    m.set_defaults(func=run_methods)
