@@ -92,6 +92,40 @@ class SecondOrder:
         return [(p - m) / (2 * eps) for p, m in zip(g_plus, g_minus)]
 
 
+@ARCH_GRADS.register("implicit")
+class Implicit:
+    """iDARTS (Zhang et al., ICML 2021, Eq. 6-9): the hypergradient by the implicit function theorem at
+    the current weights, the inverse Hessian approximated by a Neumann series of K terms:
+
+        grad = grad_alpha L_val - eta * grad^2_{alpha,w} L_train . sum_{k=0}^{K} (I - eta grad^2_w L_train)^k grad_w L_val
+
+    Hessian-vector products are exact (double backward). ``eta`` defaults to the weight learning rate.
+    """
+
+    def __init__(self, k: int = 1, eta: float | None = None):
+        self.k, self.eta = k, eta
+
+    def __call__(self, model, train_loss, val_loss, w_optimizer):
+        weights, alphas = model.weight_parameters(), model.arch_parameters()
+        eta = self.eta if self.eta is not None else w_optimizer.param_groups[0]["lr"]
+        loss = val_loss()
+        grads = _grad(loss, [*alphas, *weights])
+        dalpha, v = grads[: len(alphas)], [g.detach() for g in grads[len(alphas):]]
+
+        dw_train = torch.autograd.grad(train_loss(), weights, create_graph=True, allow_unused=True,
+                                       materialize_grads=True)
+        term, series = v, list(v)
+        for _ in range(self.k):
+            hv = torch.autograd.grad(dw_train, weights, grad_outputs=term, retain_graph=True, allow_unused=True,
+                                     materialize_grads=True)
+            term = [t - eta * h for t, h in zip(term, hv)]
+            series = [s + t for s, t in zip(series, term)]
+        mixed = torch.autograd.grad(dw_train, alphas, grad_outputs=series, allow_unused=True, materialize_grads=True)
+        for a, g, m in zip(alphas, dalpha, mixed):
+            a.grad = g - eta * m
+        return loss.detach()
+
+
 def _grad(loss: torch.Tensor, inputs) -> tuple[torch.Tensor, ...]:
     """Gradients, zeros for inputs the loss does not use (e.g. a cell type absent from a tiny supernet)."""
     return torch.autograd.grad(loss, list(inputs), allow_unused=True, materialize_grads=True)

@@ -9,8 +9,12 @@ Recipes are small TOML files (``src/dnas/recipes/<name>.toml``); a user's own fi
     [parts]                      # each a registered name, or a table {name = "...", **kwargs}
     space = "darts"
     relaxation = "softmax"
+    edge = "sum"
     arch_grad = "first_order"
     selection = {name = "top_k", k = 2}    # optional: the space's own by default
+    regularizers = [{name = "beta_decay", weight = 0.5}]   # lists: any number of these
+    perturbation = {name = "random_smoothing", epsilon = 0.03}
+    stopping = ["skip_count"]
     [config]                     # settings of SearchConfig that the paper changes
     batch_size = 64
 """
@@ -26,9 +30,64 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
-PART_KINDS = ("space", "relaxation", "arch_grad", "selection")
+from .registry import UnknownNameError
+
 # a part a recipe leaves out; selection None means the space's own (DARTS cell: top-2 edges per node)
-DEFAULT_PARTS = {"space": "darts", "relaxation": "softmax", "arch_grad": "first_order", "selection": None}
+DEFAULT_PARTS = {"space": "darts", "relaxation": "softmax", "edge": "sum", "arch_grad": "first_order",
+                 "selection": None, "perturbation": None, "regularizers": [], "stopping": []}
+LIST_PARTS = ("regularizers", "stopping")
+
+
+def registries() -> dict[str, Any]:
+    """The registry of every kind of part a recipe can name (imported late: the parts import torch)."""
+    from .arch_grad import ARCH_GRADS
+    from .edges import EDGES
+    from .perturb import PERTURBATIONS
+    from .regularizers import REGULARIZERS
+    from .relax import RELAXATIONS
+    from .selection import SELECTIONS
+    from .spaces import SPACES
+    from .stopping import STOPPERS
+
+    return {"space": SPACES, "relaxation": RELAXATIONS, "edge": EDGES, "arch_grad": ARCH_GRADS,
+            "selection": SELECTIONS, "perturbation": PERTURBATIONS, "regularizers": REGULARIZERS,
+            "stopping": STOPPERS}
+
+
+@dataclass
+class Parts:
+    """The built parts of one search. Any part may define ``on_epoch_start(epoch, epochs)`` (schedules:
+    temperatures, coefficients), returning the values it set for the epoch's metrics line."""
+
+    relaxation: Any
+    edge: Any
+    arch_grad: Any
+    selection: Any
+    perturbation: Any
+    regularizers: list
+    stopping: list
+
+    def __iter__(self):
+        for p in (self.relaxation, self.edge, self.arch_grad, self.selection, self.perturbation,
+                  *self.regularizers, *self.stopping):
+            if p is not None:
+                yield p
+
+    def state_dict(self) -> list:
+        """The state of every part that keeps one (a stopper's history), for exact resume."""
+        return [p.state_dict() if hasattr(p, "state_dict") else None for p in self]
+
+    def load_state_dict(self, states: list) -> None:
+        for part, state in zip(self, states):
+            if state is not None:
+                part.load_state_dict(state)
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
+        scheduled = {}
+        for part in self:
+            if hasattr(part, "on_epoch_start"):
+                scheduled.update(part.on_epoch_start(epoch, epochs) or {})
+        return scheduled
 
 
 @dataclass(frozen=True)
@@ -44,15 +103,26 @@ class Method:
         return self.parts.get(kind, DEFAULT_PARTS[kind])
 
     def build(self, kind: str, **extra) -> Any:
-        """Build this method's part of a kind from its registry (None where the recipe leaves it to the space)."""
-        if self.part(kind) is None:
+        """Build this method's part of a kind (None where the recipe leaves it to the space)."""
+        spec = self.part(kind)
+        if spec is None:
             return None
-        from .arch_grad import ARCH_GRADS
-        from .relax import RELAXATIONS
-        from .selection import SELECTIONS
+        registry = registries()[kind]
+        if kind in LIST_PARTS:
+            return [registry.build(s, **extra) for s in spec]
+        return registry.build(spec, **extra)
 
-        registry = {"relaxation": RELAXATIONS, "arch_grad": ARCH_GRADS, "selection": SELECTIONS}[kind]
-        return registry.build(self.part(kind), **extra)
+    def build_parts(self) -> Parts:
+        return Parts(**{kind: self.build(kind) for kind in DEFAULT_PARTS if kind != "space"})
+
+    def check(self) -> None:
+        """Fail early, with the valid names, on a recipe that names a part that does not exist."""
+        tables = registries()
+        for kind, spec in self.parts.items():
+            for s in spec if kind in LIST_PARTS else [spec]:
+                name = s.get("name") if isinstance(s, dict) else s
+                if name is not None:
+                    tables[kind].get(name)
 
     @classmethod
     def from_toml(cls, text: str, origin: str) -> "Method":
@@ -61,15 +131,20 @@ class Method:
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"recipe {origin} is not valid TOML: {e}") from None
         unknown = set(d) - {"name", "paper", "year", "changes", "parts", "config"}
-        bad_parts = set(d.get("parts", {})) - set(PART_KINDS)
+        bad_parts = set(d.get("parts", {})) - set(DEFAULT_PARTS)
         if unknown or bad_parts:
             raise ValueError(
                 f"recipe {origin}: unknown keys {sorted(unknown | bad_parts)}; a recipe has name, paper, year, "
-                f"changes, [parts] ({', '.join(PART_KINDS)}) and [config]"
+                f"changes, [parts] ({', '.join(DEFAULT_PARTS)}) and [config]"
             )
         if "name" not in d:
             raise ValueError(f"recipe {origin} has no name")
-        return cls(**d)
+        for kind in LIST_PARTS:
+            if not isinstance(d.get("parts", {}).get(kind, []), list):
+                raise ValueError(f"recipe {origin}: parts.{kind} is a list, e.g. {kind} = [\"name\"]")
+        method = cls(**d)
+        method.check()
+        return method
 
 
 def builtin_methods() -> dict[str, Method]:
@@ -91,8 +166,6 @@ def get_method(name_or_path: str) -> Method:
             return Method.from_toml(f.read(), name_or_path)
     methods = builtin_methods()
     if name_or_path not in methods:
-        from .registry import UnknownNameError
-
         raise UnknownNameError(
             f"unknown method {name_or_path!r}; valid methods: {', '.join(methods)} (or the path of a recipe .toml file)"
         )

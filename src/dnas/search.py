@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .data import BatchLoader, load_dataset, split_indices
 from .genotype import Genotype
-from .methods import Method, get_method
+from .methods import Method, Parts, get_method
 from .spaces import SPACES
 
 CHECKPOINT_FORMAT = "dnas-search-checkpoint-v1"
@@ -61,6 +61,7 @@ class SearchConfig:
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     train_portion: float = 0.5
+    arch_warmup_epochs: int = 0  # epochs of weight steps only before alpha moves (PC-DARTS, P-DARTS)
     cutout: int = 0  # cutout length; 0 = off (the DARTS search uses none)
     subset: int | None = None  # use only the first N training images (quick runs)
     seed: int = 2
@@ -100,18 +101,18 @@ class Search:
             raise ValueError(f"{len(y)} training images are too few to split into search-train and search-val")
 
         space = SPACES.get(config.space or self.method.part("space"))
-        self.model = space(num_classes=data.num_classes, in_channels=data.channels,
-                           relaxation=self.method.build("relaxation"), **config.space_options).to(self.device)
-        self.arch_grad = self.method.build("arch_grad")
-        self.selection = self.method.build("selection")
+        self.parts = self.method.build_parts()
+        self.model = space(num_classes=data.num_classes, in_channels=data.channels, relaxation=self.parts.relaxation,
+                           edge=self.parts.edge, **config.space_options).to(self.device)
         self.w_optimizer, self.a_optimizer = optimizers(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.lr_min)
         self.epoch = 0  # epochs completed
+        self.stopped: dict[str, Any] | None = None  # {"reason", "genotype_epoch"} once a stopper ended the run
 
     # -- one step -------------------------------------------------------------------------------------
     def step(self, train_batch, val_batch) -> tuple[torch.Tensor, torch.Tensor]:
-        return bilevel_step(self.model, self.arch_grad, self.a_optimizer, self.w_optimizer,
-                            train_batch, val_batch, self.config.grad_clip)
+        return bilevel_step(self.model, self.parts, self.a_optimizer, self.w_optimizer, train_batch, val_batch,
+                            self.config.grad_clip, update_arch=self.epoch >= self.config.arch_warmup_epochs)
 
     # -- epochs ---------------------------------------------------------------------------------------
     def train_epoch(self, progress: bool) -> dict[str, float]:
@@ -143,15 +144,22 @@ class Search:
                                          "method": dataclasses.asdict(self.method)})
         started = time.time()
         first_epoch = self.epoch
-        while self.epoch < self.config.epochs:
+        while self.epoch < self.config.epochs and self.stopped is None:
             t0 = time.time()
             lr = self.scheduler.get_last_lr()[0]
-            record = {"epoch": self.epoch + 1, "lr": lr, **self.train_epoch(progress), **self.evaluate()}
+            record = {"epoch": self.epoch + 1, "lr": lr, **self.parts.on_epoch_start(self.epoch, self.config.epochs)}
+            record.update(**self.train_epoch(progress), **self.evaluate())
             self.scheduler.step()
             self.epoch += 1
-            genotype = self.model.derive(self.selection)
+            genotype = self.model.derive(self.parts.selection)
             genotype_metrics = self.model.genotype_metrics(genotype)
-            record.update(seconds=round(time.time() - t0, 3), genotype=str(genotype), **genotype_metrics)
+            record.update(genotype=str(genotype), **genotype_metrics)
+            for stopper in self.parts.stopping:
+                stop = stopper(self, record)
+                if stop is not None and self.stopped is None:
+                    self.stopped = {"reason": stop.reason, "genotype_epoch": stop.genotype_epoch}
+                    record["stopped"] = self.stopped
+            record["seconds"] = round(time.time() - t0, 3)
             self._append_jsonl("metrics.jsonl", record)
             self._append_jsonl("alphas.jsonl", {
                 "epoch": self.epoch, "ops": list(self.model.ops),
@@ -165,10 +173,15 @@ class Search:
                   f"val_acc {record['val_acc']:.4f}  "
                   + "".join(f"{k} {v:.4g}  " for k, v in genotype_metrics.items())
                   + f"{record['seconds']:.1f}s  eta {format_seconds(eta)}", flush=True)
-        genotype = self.model.derive(self.selection)
+        metrics = read_jsonl(self.run_dir / "metrics.jsonl")
+        genotype = self.model.derive(self.parts.selection)
+        if self.stopped is not None:
+            print(f"stopped early after epoch {self.epoch}: {self.stopped['reason']}; "
+                  f"the genotype is the one derived at epoch {self.stopped['genotype_epoch']}", flush=True)
+            genotype = type(genotype).parse(metrics[self.stopped["genotype_epoch"] - 1]["genotype"])
         genotype.save(self.run_dir / "genotype.txt")
         genotype.save(self.run_dir / "genotype.json")
-        return SearchResult(genotype, self.run_dir, read_jsonl(self.run_dir / "metrics.jsonl"))
+        return SearchResult(genotype, self.run_dir, metrics)
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -179,6 +192,8 @@ class Search:
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.a_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "parts": self.parts.state_dict(),
+            "stopped": self.stopped,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -203,6 +218,7 @@ class Search:
             self.w_optimizer.load_state_dict(state["w_optimizer"])
             self.a_optimizer.load_state_dict(state["a_optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            self.parts.load_state_dict(state["parts"])
             rng = state["rng"]
             torch.set_rng_state(rng["torch"].cpu())
             if rng["cuda"] and torch.cuda.is_available():
@@ -212,7 +228,7 @@ class Search:
         except Exception as e:
             raise CheckpointError(f"{path} is corrupted or not a dnas search checkpoint ({type(e).__name__}: {e}); "
                                   f"the run's other files are untouched") from None
-        self.epoch = state["epoch"]
+        self.epoch, self.stopped = state["epoch"], state["stopped"]
         # lines written after the checkpoint (a crash between the two) belong to an epoch that will rerun
         for name in ("metrics.jsonl", "alphas.jsonl"):
             kept = [r for r in read_jsonl(self.run_dir / name) if r["epoch"] <= self.epoch]
@@ -236,22 +252,39 @@ def optimizers(model, config: SearchConfig) -> tuple[torch.optim.SGD, torch.opti
     return w_optimizer, a_optimizer
 
 
-def bilevel_step(model, arch_grad, a_optimizer, w_optimizer, train_batch, val_batch, grad_clip: float):
-    """One step of DARTS Algorithm 1: an architecture step on the validation batch, then a weight step
-    (clipped to ``grad_clip``) on the training batch. Returns the training loss and the correct count."""
+def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val_batch, grad_clip: float,
+                 update_arch: bool = True):
+    """One step of DARTS Algorithm 1: an architecture step on the validation batch (the method's
+    architecture gradient of L_val plus its regularisers), then a weight step on the training batch
+    (clipped to ``grad_clip``, at a perturbed alpha if the method perturbs). Returns the training loss
+    and the number of correct predictions."""
     model.train()
-    a_optimizer.zero_grad(set_to_none=True)
-    arch_grad(model, partial(batch_loss, model, train_batch), partial(batch_loss, model, val_batch), w_optimizer)
-    a_optimizer.step()
+    train_loss = partial(batch_loss, model, train_batch)
+    if update_arch:
+        def val_loss(params=None):
+            return batch_loss(model, val_batch, params) + sum(r(model) for r in parts.regularizers)
 
+        a_optimizer.zero_grad(set_to_none=True)
+        parts.arch_grad(model, train_loss, val_loss, w_optimizer)
+        a_optimizer.step()
+
+    deltas = parts.perturbation(model, train_loss) if parts.perturbation is not None else []
+    _shift_alphas(model, deltas, +1)
     weights = model.weight_parameters()
     w_optimizer.zero_grad(set_to_none=True)
     logits = model(train_batch[0])
     loss = F.cross_entropy(logits, train_batch[1])
     loss.backward(inputs=weights)
+    _shift_alphas(model, deltas, -1)
     torch.nn.utils.clip_grad_norm_(weights, grad_clip)
     w_optimizer.step()
     return loss.detach(), (logits.argmax(1) == train_batch[1]).sum()
+
+
+@torch.no_grad()
+def _shift_alphas(model, deltas, sign: int) -> None:
+    for a, d in zip(model.arch_parameters(), deltas):
+        a.add_(d, alpha=sign)
 
 
 def batch_loss(model, batch, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -320,7 +353,8 @@ def search(
     recipe = get_method(method)
     config_fields = SearchConfig.fields()
     known = {k: v for k, v in settings.items() if k in config_fields}
-    space_options = {**known.pop("space_options", {}), **{k: v for k, v in settings.items() if k not in config_fields}}
+    space_options = {**recipe.config.get("space_options", {}), **known.pop("space_options", {}),
+                     **{k: v for k, v in settings.items() if k not in config_fields}}
     unknown_recipe = set(recipe.config) - config_fields
     if unknown_recipe:
         raise ValueError(f"recipe {recipe.name} sets unknown settings {sorted(unknown_recipe)}")

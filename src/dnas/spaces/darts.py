@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..edges import MixedEdge
+from ..edges import WeightedSum
 from ..genotype import Genotype
 from ..ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, FactorizedReduce, ReLUConvBN
 from ..relax import Softmax
@@ -35,24 +37,32 @@ def candidate_ops(ops: tuple[str, ...], C: int, stride: int) -> dict[str, nn.Mod
 
 
 class SearchCell(nn.Module):
-    """One supernet cell: 2 inputs, ``nodes`` intermediate nodes, mixed edges from every earlier node."""
+    """One supernet cell: 2 inputs, ``nodes`` intermediate nodes, mixed edges from every earlier node.
 
-    def __init__(self, nodes, C_pp, C_p, C, reduction, reduction_prev, ops):
+    A node is the sum of its incoming edges, each weighted by its edge weight when the space normalises
+    edges (PC-DARTS, Eq. 4)."""
+
+    def __init__(self, nodes, C_pp, C_p, C, reduction, reduction_prev, ops, edge):
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
         self.preprocess0 = FactorizedReduce(C_pp, C, affine=False) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, False)
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
         self.edges = nn.ModuleList(
-            MixedEdge(candidate_ops(ops, C, 2 if reduction and j < 2 else 1))
+            edge(C, 2 if reduction and j < 2 else 1, partial(candidate_ops, ops))
             for i in range(nodes) for j in range(2 + i)
         )
 
-    def forward(self, s0, s1, weights):
+    def forward(self, s0, s1, weights, active=None, edge_weights=None):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.nodes):
-            states.append(sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states)))
+            node = 0
+            for j, h in enumerate(states):
+                e = offset + j
+                out = self.edges[e](h, weights[e], None if active is None else active[e])
+                node = node + (out if edge_weights is None else edge_weights[e] * out)
+            states.append(node)
             offset += len(states) - 1
         return torch.cat(states[2:], dim=1)
 
@@ -71,7 +81,9 @@ class DartsSupernet(nn.Module):
         nodes: int = 4,
         ops: tuple[str, ...] = DARTS_OPS,
         stem_multiplier: int = 3,
+        edge_normalization: bool = False,
         relaxation=None,
+        edge=None,
     ):
         super().__init__()
         for name in ops:
@@ -81,6 +93,7 @@ class DartsSupernet(nn.Module):
         self.ops = tuple(ops)
         self.nodes = nodes
         self.relaxation = relaxation or Softmax()
+        edge = edge or WeightedSum()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         C_pp, C_p, C_curr = C_curr, C_curr, C
@@ -90,32 +103,52 @@ class DartsSupernet(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            self.cells.append(SearchCell(nodes, C_pp, C_p, C_curr, reduction, reduction_prev, self.ops))
+            self.cells.append(SearchCell(nodes, C_pp, C_p, C_curr, reduction, reduction_prev, self.ops, edge))
             reduction_prev = reduction
             C_pp, C_p = C_p, nodes * C_curr
         self.classifier = nn.Linear(C_p, num_classes)
         num_edges = sum(2 + i for i in range(nodes))
         self.alphas = nn.ParameterDict({t: nn.Parameter(1e-3 * torch.randn(num_edges, len(ops))) for t in CELL_TYPES})
+        # PC-DARTS edge normalisation: one beta per edge, softmax-normalised over the edges into a node
+        self.betas = nn.ParameterDict(
+            {t: nn.Parameter(1e-3 * torch.randn(num_edges)) for t in CELL_TYPES} if edge_normalization else {})
 
     def forward(self, x):
-        weights = {t: self.relaxation.weights(a) for t, a in self.alphas.items()}
+        relax = self.relaxation.weights if self.training else self.relaxation.strengths
+        weights = {t: relax(a) for t, a in self.alphas.items()}
+        # a hard relaxation is one-hot in value: each edge runs its chosen op only
+        hard = self.training and self.relaxation.hard
+        active = {t: w.argmax(-1).tolist() for t, w in weights.items()} if hard else {t: None for t in weights}
+        edge_weights = {t: self.edge_weights(t) for t in CELL_TYPES} if self.betas else {t: None for t in weights}
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, weights["reduce" if cell.reduction else "normal"])
+            t = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, weights[t], active[t], edge_weights[t])
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
+    def edge_weights(self, cell_type: str) -> torch.Tensor:
+        """PC-DARTS Eq. 4: softmax of the betas over the incoming edges of each node."""
+        beta, parts, start = self.betas[cell_type], [], 0
+        for i in range(self.nodes):
+            parts.append(torch.softmax(beta[start : start + 2 + i], dim=0))
+            start += 2 + i
+        return torch.cat(parts)
+
     def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.alphas.values())
+        return [*self.alphas.values(), *self.betas.values()]
 
     def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.named_parameters() if not n.startswith("alphas."))
+        return ((n, p) for n, p in self.named_parameters() if not n.startswith(("alphas.", "betas.")))
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_weight_parameters()]
 
     def strengths(self) -> dict[str, torch.Tensor]:
-        """Op strengths per cell type (edges x ops), as selection and reports read them."""
-        return {t: self.relaxation.strengths(a.detach()) for t, a in self.alphas.items()}
+        """Op strengths per cell type (edges x ops), as selection and reports read them; with edge
+        normalisation, each edge's row is scaled by its edge weight (PC-DARTS Sec. 3.3)."""
+        with torch.no_grad():
+            s = {t: self.relaxation.strengths(a) for t, a in self.alphas.items()}
+            return {t: w * self.edge_weights(t)[:, None] for t, w in s.items()} if self.betas else s
 
     def derive(self, selection=None) -> Genotype:
         """The discrete cell read off the alphas; the space's default selection is DARTS's top-2 edges per node."""

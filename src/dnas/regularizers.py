@@ -1,0 +1,93 @@
+"""Regularisers: extra terms of the architecture objective, L_val(w, alpha) + sum_r r(model).
+
+A regulariser is called as ``r(model)`` on the supernet (its ``alphas`` and ``ops``) and returns a scalar
+that the architecture step adds to the validation loss; it may schedule its weight with
+``on_epoch_start(epoch, epochs)``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .ops import PARAMETER_FREE_OPS
+from .registry import Registry
+from .schedule import check_shape, interpolate
+
+REGULARIZERS = Registry("regularizer")
+
+
+class Scheduled:
+    """A regulariser whose weight follows a schedule from ``weight[0]`` to ``weight[1]`` (a number: fixed)."""
+
+    def __init__(self, weight, shape: str = "linear"):
+        self.weight_range = (weight, weight) if isinstance(weight, (int, float)) else tuple(weight)
+        self.shape = check_shape(shape)
+        self.weight = self.weight_range[0]
+
+    def on_epoch_start(self, epoch, epochs):
+        self.weight = interpolate(*self.weight_range, epoch, epochs, self.shape)
+        return {f"{self.name}_weight": self.weight}
+
+
+@REGULARIZERS.register("beta_decay")
+class BetaDecay(Scheduled):
+    """beta-DARTS (Ye et al., CVPR 2022, Eq. 9-11): lambda * mean over edges of logsumexp(alpha_edge),
+    which pulls the architecture parameters of every edge towards a flat, small-norm distribution; lambda
+    grows linearly over the search."""
+
+    name = "beta_decay"
+
+    def __init__(self, weight=(0.0, 1.0), shape: str = "linear"):
+        super().__init__(weight, shape)
+
+    def __call__(self, model) -> torch.Tensor:
+        alphas = torch.cat([a for a in model.alphas.values()])
+        return self.weight * torch.logsumexp(alphas, dim=-1).mean()
+
+
+@REGULARIZERS.register("zero_one")
+class ZeroOne(Scheduled):
+    """FairDARTS zero-one loss (Chu et al., ECCV 2020, Eq. 4): -w01 / N * sum_i (sigmoid(alpha_i) - 0.5)^2,
+    pushing every sigmoid weight towards 0 or 1 so that the threshold selection is unambiguous; w01 = 10."""
+
+    name = "zero_one"
+
+    def __init__(self, weight=10.0, shape: str = "linear"):
+        super().__init__(weight, shape)
+
+    def __call__(self, model):
+        alphas = torch.cat([a.flatten() for a in model.alphas.values()])
+        return -self.weight * (torch.sigmoid(alphas) - 0.5).pow(2).mean()
+
+
+@REGULARIZERS.register("l1_parameter_free")
+class L1ParameterFree(Scheduled):
+    """An L1 penalty on the alphas of the parameter-free ops (skip, pooling, none), a direct counter to
+    the DARTS collapse onto skip connections (the CDARTS-style penalty of the survey's collapse family)."""
+
+    name = "l1_parameter_free"
+
+    def __init__(self, weight=1e-3, ops: tuple[str, ...] = tuple(sorted(PARAMETER_FREE_OPS)), shape="linear"):
+        super().__init__(weight, shape)
+        self.ops = tuple(ops)
+
+    def __call__(self, model):
+        cols = [i for i, name in enumerate(model.ops) if name in self.ops]
+        return self.weight * sum(a[:, cols].abs().sum() for a in model.alphas.values())
+
+
+@REGULARIZERS.register("dirichlet_anchor")
+class DirichletAnchor(Scheduled):
+    """DrNAS's anchor regulariser (Chen et al., ICLR 2021, Sec. 3.1, Eq. 4): weight * ||beta - anchor||^2
+    on the Dirichlet concentrations beta = elu(alpha) + 1, keeping them near a uniform anchor so that the
+    distribution does not collapse early."""
+
+    name = "dirichlet_anchor"
+
+    def __init__(self, weight=1e-3, anchor: float = 1.0, shape="linear"):
+        super().__init__(weight, shape)
+        self.anchor = anchor
+
+    def __call__(self, model):
+        from .relax import Dirichlet
+
+        return self.weight * sum((Dirichlet.concentration(a) - self.anchor).pow(2).sum() for a in model.alphas.values())

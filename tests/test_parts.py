@@ -1,0 +1,340 @@
+"""The defining mathematics of each part of the method zoo, on tiny tensors."""
+import pytest
+import torch
+from torch import nn
+
+from dnas.arch_grad import Implicit
+from dnas.edges import EDGES, AuxiliarySkip, MixedEdge, NoisySkip, PartialChannel, channel_shuffle
+from dnas.perturb import Adversarial, RandomSmoothing
+from dnas.regularizers import BetaDecay, DirichletAnchor, L1ParameterFree, ZeroOne
+from dnas.relax import RELAXATIONS, Dirichlet, GumbelSoftmax, Sigmoid, Softmax
+from dnas.schedule import interpolate
+from dnas.search import batch_loss
+from dnas.spaces.darts import DartsSupernet, candidate_ops
+from dnas.stopping import HessianEigenvalue, RankStability, SkipCount, dominant_eigenvalue
+
+torch.manual_seed(0)
+
+
+# -- relaxations ------------------------------------------------------------------------------------------
+def test_softmax_and_sigmoid_relaxations():
+    alpha = torch.randn(14, 8)
+    torch.testing.assert_close(Softmax().weights(alpha), torch.softmax(alpha, -1))
+    torch.testing.assert_close(Sigmoid().weights(alpha), 1 / (1 + torch.exp(-alpha)))
+    assert not (Sigmoid().weights(alpha).sum(-1) - 1).abs().lt(1e-3).all()  # no competition between ops
+
+
+def test_hard_gumbel_is_one_hot_forward_with_a_soft_gradient():
+    relax = GumbelSoftmax(hard=True)
+    relax.on_epoch_start(0, 50)
+    alpha = torch.randn(14, 8, requires_grad=True)
+    w = relax.weights(alpha)
+    assert torch.equal(w.detach().sum(-1), torch.ones(14)) and set(w.detach().unique().tolist()) == {0.0, 1.0}
+    (w * torch.randn(14, 8)).sum().backward()
+    assert alpha.grad.abs().gt(0).all()  # every op's alpha is reached through the soft sample
+
+
+def test_hard_gumbel_runs_only_the_sampled_op_and_still_gives_alpha_a_gradient():
+    calls = []
+
+    class Recorder(nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name, self.scale = name, nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, x):
+            calls.append(self.name)
+            return self.scale * x
+
+    edge = MixedEdge({n: Recorder(n) for n in "abcd"})
+    alpha = torch.zeros(1, 4, requires_grad=True)
+    w = GumbelSoftmax(hard=True).weights(alpha)[0]
+    k = int(w.argmax())
+    x = torch.arange(1.0, 7.0).view(2, 3)
+    y = edge(x, w, active=k)
+    assert calls == ["abcd"[k]]
+    torch.testing.assert_close(y, x)
+    (y * y).sum().backward()
+    assert alpha.grad.abs().sum() > 0
+
+
+def test_gumbel_temperature_is_annealed_from_10_to_0_1():
+    relax = GumbelSoftmax()
+    assert relax.tau_range == (10.0, 0.1)
+    taus = [relax.on_epoch_start(e, 5)["tau"] for e in range(5)]
+    assert taus == pytest.approx([10.0, 7.525, 5.05, 2.575, 0.1])
+    soft = GumbelSoftmax(hard=False, tau=(1.0, 0.03), schedule="exponential")
+    assert soft.on_epoch_start(4, 5)["tau"] == pytest.approx(0.03)
+    assert not soft.hard and soft.weights(torch.zeros(2, 5)).min() > 0
+
+
+def test_gumbel_samples_follow_softmax_alpha():
+    alpha = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    relax = GumbelSoftmax(hard=True, tau=(1.0, 1.0))
+    counts = sum(relax.weights(alpha).detach() for _ in range(4000))
+    torch.testing.assert_close(counts / 4000, torch.tensor([[0.6, 0.3, 0.1]]), atol=0.03, rtol=0)
+
+
+def test_dirichlet_pathwise_samples_and_mean():
+    relax = Dirichlet()
+    alpha = torch.tensor([[0.5, -0.5, 2.0]], requires_grad=True)
+    beta = torch.nn.functional.elu(alpha.detach()) + 1
+    samples = torch.stack([relax.weights(alpha) for _ in range(3000)])
+    torch.testing.assert_close(samples.mean(0).detach(), beta / beta.sum(), atol=0.02, rtol=0)
+    torch.testing.assert_close(relax.strengths(alpha.detach()), beta / beta.sum())
+    samples[:, 0, 2].sum().backward()
+    assert alpha.grad[0, 2] > 0  # reparameterised: a larger concentration gives a larger sampled weight
+
+
+# -- edge computations ------------------------------------------------------------------------------------
+def test_partial_channels_pass_exactly_1_over_k_of_the_channels_through_the_ops():
+    ops = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
+    edge = PartialChannel(k=4)(16, 1, lambda C, s: candidate_ops(ops, C, s))
+    assert all(m.in_channels == 4 for m in edge.modules() if isinstance(m, nn.Conv2d))
+    x = torch.randn(2, 16, 8, 8)
+    w = torch.tensor([0.0, 0.0, 1.0, 0.0])  # only skip: the edge is a pure channel permutation
+    y = edge(x, w)
+    torch.testing.assert_close(y, channel_shuffle(x, 4))
+    # the bypassed 3/4 of the channels are untouched by the ops
+    w = torch.tensor([1.0, 0.0, 0.0, 0.0])  # only none: the processed quarter is zero
+    y = edge(x, w).view(2, 4, 4, 8, 8).transpose(1, 2).reshape(2, 16, 8, 8)  # undo the shuffle
+    assert y[:, :4].abs().max() == 0 and torch.equal(y[:, 4:], x[:, 4:])
+    reduce = PartialChannel(k=4)(16, 2, lambda C, s: candidate_ops(ops, C, s))
+    assert reduce(x, torch.softmax(torch.randn(4), 0)).shape == (2, 16, 4, 4)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        PartialChannel(k=4)(18, 1, lambda C, s: candidate_ops(ops, C, s))
+
+
+def test_channel_shuffle_interleaves_groups():
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    assert channel_shuffle(x, 2).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def test_pc_darts_edge_normalisation_weights_nodes_and_enters_selection():
+    model = DartsSupernet(C=8, layers=3, nodes=2, edge=PartialChannel(), edge_normalization=True)
+    assert [p.shape for p in model.arch_parameters()] == [(5, 8), (5, 8), (5,), (5,)]
+    with torch.no_grad():
+        model.betas["normal"].copy_(torch.tensor([0.0, 5.0, 0.0, 0.0, 5.0]))
+    ew = model.edge_weights("normal")
+    torch.testing.assert_close(ew[:2].sum(), torch.tensor(1.0))  # softmax over the edges into node 0
+    torch.testing.assert_close(ew[2:].sum(), torch.tensor(1.0))
+    s = model.strengths()["normal"]
+    torch.testing.assert_close(s, torch.softmax(model.alphas["normal"].detach(), -1) * ew[:, None])
+    genotype = model.derive()
+    assert genotype.normal[0][1] == 1  # the strong edge into node 0 wins
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert model.betas["normal"].grad.abs().sum() > 0
+
+
+def test_darts_minus_auxiliary_skip_adds_beta_x_and_decays_linearly():
+    part = AuxiliarySkip()
+    betas = [part.on_epoch_start(e, 5)["aux_skip_beta"] for e in range(5)]
+    assert betas == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    ops = ("none", "skip_connect", "sep_conv_3x3")
+    edge = part(4, 1, lambda C, s: candidate_ops(ops, C, s))
+    x, w = torch.randn(2, 4, 6, 6), torch.tensor([1.0, 0.0, 0.0])
+    part.beta = 0.3
+    torch.testing.assert_close(edge(x, w), 0.3 * x)
+    assert part(4, 2, lambda C, s: candidate_ops(ops, C, s))(x, w).shape == (2, 4, 3, 3)
+
+
+def test_noisy_darts_adds_unbiased_noise_to_skip_in_training_only():
+    ops = ("none", "skip_connect", "sep_conv_3x3")
+    edge = NoisySkip(sigma=0.1)(4, 1, lambda C, s: candidate_ops(ops, C, s))
+    x, w = torch.randn(64, 4, 8, 8), torch.tensor([0.0, 1.0, 0.0])
+    noise = edge(x, w) - x
+    assert abs(noise.mean().item()) < 0.01 and noise.std().item() == pytest.approx(0.1, rel=0.05)
+    edge.eval()
+    torch.testing.assert_close(edge(x, w), x)
+    with pytest.raises(ValueError, match="skip_connect"):
+        NoisySkip()(4, 1, lambda C, s: candidate_ops(("none", "sep_conv_3x3"), C, s))
+
+
+# -- regularisers -----------------------------------------------------------------------------------------
+def supernet():
+    return DartsSupernet(C=4, layers=3, nodes=2, in_channels=1, num_classes=3)
+
+
+def test_beta_decay_is_lambda_times_mean_logsumexp():
+    model, reg = supernet(), BetaDecay(weight=(0.0, 2.0))
+    reg.on_epoch_start(4, 5)
+    alphas = torch.cat(list(model.alphas.values()))
+    torch.testing.assert_close(reg(model), 2.0 * torch.logsumexp(alphas, -1).mean())
+    reg(model).backward()
+    torch.testing.assert_close(model.alphas["normal"].grad, 2.0 * torch.softmax(model.alphas["normal"].detach(), -1) / 10)
+
+
+def test_zero_one_loss_and_its_gradient():
+    model, reg = supernet(), ZeroOne()
+    assert reg.weight == 10.0
+    a = torch.cat([x.flatten() for x in model.alphas.values()])
+    torch.testing.assert_close(reg(model), -10.0 * ((torch.sigmoid(a) - 0.5) ** 2).mean())
+    with torch.no_grad():
+        model.alphas["normal"].fill_(0.5)
+    reg(model).backward()
+    s = torch.sigmoid(torch.tensor(0.5))
+    expected = -10.0 * 2 * (s - 0.5) * s * (1 - s) / a.numel()
+    torch.testing.assert_close(model.alphas["normal"].grad, torch.full((5, 8), expected.item()))
+    assert (model.alphas["normal"].grad < 0).all()  # descending pushes positive alphas towards sigmoid = 1
+
+
+def test_l1_on_parameter_free_ops_only():
+    model, reg = supernet(), L1ParameterFree(weight=0.5)
+    free = [i for i, n in enumerate(model.ops) if n in ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3")]
+    expected = 0.5 * sum(a[:, free].abs().sum() for a in model.alphas.values())
+    torch.testing.assert_close(reg(model), expected)
+    reg(model).backward()
+    learnable = [i for i in range(8) if i not in free]
+    assert model.alphas["normal"].grad[:, learnable].abs().max() == 0
+
+
+def test_dirichlet_anchor_is_l2_to_the_anchor():
+    model, reg = supernet(), DirichletAnchor(weight=1e-3)
+    beta = [torch.nn.functional.elu(a) + 1 for a in model.alphas.values()]
+    torch.testing.assert_close(reg(model), 1e-3 * sum(((b - 1) ** 2).sum() for b in beta))
+
+
+# -- perturbations ----------------------------------------------------------------------------------------
+def test_random_smoothing_is_uniform_within_epsilon():
+    model = supernet()
+    deltas = RandomSmoothing(epsilon=0.03)(model, None)
+    d = torch.cat([x.flatten() for x in deltas])
+    assert d.abs().max() <= 0.03 and d.abs().mean() == pytest.approx(0.015, rel=0.2)
+
+
+def test_adversarial_perturbation_increases_the_loss_and_stays_in_the_ball():
+    model = supernet()
+    batch = (torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,)))
+    loss = lambda params=None: batch_loss(model, batch, params)
+    before = [a.detach().clone() for a in model.arch_parameters()]
+    torch.manual_seed(1)
+    base = loss().item()
+    deltas = Adversarial(epsilon=0.3, steps=7)(model, loss)
+    assert all(torch.equal(a, b) for a, b in zip(model.arch_parameters(), before))  # alpha restored
+    assert max(d.abs().max() for d in deltas) <= 0.3 + 1e-6
+    with torch.no_grad():
+        for a, d in zip(model.arch_parameters(), deltas):
+            a.add_(d)
+    model.eval()  # compare without batch-statistics noise
+    adv = batch_loss(model, batch).item()
+    with torch.no_grad():
+        for a, d in zip(model.arch_parameters(), deltas):
+            a.sub_(d)
+    assert adv > batch_loss(model, batch).item()
+    assert base > 0
+
+
+# -- stopping ---------------------------------------------------------------------------------------------
+def test_skip_count_stops_at_two_skips():
+    stop = SkipCount()
+    assert stop(None, {"epoch": 3, "skip_connect_normal": 1}) is None
+    s = stop(None, {"epoch": 4, "skip_connect_normal": 2})
+    assert s.genotype_epoch == 4 and "2 skip" in s.reason
+
+
+def test_rank_stability_counts_unchanged_epochs():
+    class Fake:
+        model = supernet()
+
+    with torch.no_grad():
+        Fake.model.alphas["normal"][0, 4:] = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    stop = RankStability(patience=3)
+    results = [stop(Fake, {"epoch": e}) for e in range(1, 5)]
+    assert results[:3] == [None, None, None] and results[3].genotype_epoch == 4
+    with torch.no_grad():
+        Fake.model.alphas["normal"][0, 7] += 10  # a learnable op overtakes: the count restarts
+    assert stop(Fake, {"epoch": 5}) is None and stop.stable == 0
+
+
+def test_dominant_eigenvalue_matches_the_autograd_hessian():
+    torch.manual_seed(0)
+    model = DartsSupernet(C=2, layers=3, nodes=1, in_channels=1, num_classes=3,
+                          ops=("none", "skip_connect", "avg_pool_3x3")).double()
+    batch = (torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 3, (6,)))
+
+    class Fake:
+        pass
+
+    Fake.model, Fake.val_loader = model, [batch]
+    value = dominant_eigenvalue(Fake, batches=1, iterations=200)
+    a0, a1 = model.arch_parameters()
+
+    def loss(x0, x1):
+        logits = torch.func.functional_call(model, {"alphas.normal": x0, "alphas.reduce": x1}, (batch[0],))
+        return torch.nn.functional.cross_entropy(logits, batch[1])
+
+    h = torch.autograd.functional.hessian(loss, (a0.detach(), a1.detach()))
+    n0 = a0.numel()
+    full = torch.cat([torch.cat([h[0][0].reshape(n0, n0), h[0][1].reshape(n0, -1)], 1),
+                      torch.cat([h[1][0].reshape(-1, n0), h[1][1].reshape(a1.numel(), -1)], 1)])
+    eig = torch.linalg.eigvalsh(full)
+    dominant = eig[eig.abs().argmax()].item()
+    assert value == pytest.approx(dominant, rel=1e-4)
+
+
+def test_hessian_stopper_ratio_rule():
+    stop = HessianEigenvalue(window=2, threshold=0.75)
+    stop.history = [1.0, 1.0, 1.0]
+    import dnas.stopping as st
+
+    original = st.dominant_eigenvalue
+    st.dominant_eigenvalue = lambda *a: 2.0
+    try:
+        assert stop(None, {"epoch": 4}) is not None  # before = mean(1, 1), now = mean(1, 2): 1/1.5 < 0.75
+    finally:
+        st.dominant_eigenvalue = original
+    assert stop.state_dict() == {"history": [1.0, 1.0, 1.0, 2.0]}
+
+
+# -- architecture gradients -------------------------------------------------------------------------------
+class Quadratic(nn.Module):
+    """L_train = 1/2 w'Aw - w'B alpha (so w*(alpha) = A^-1 B alpha), L_val = 1/2 |w - c|^2 + d'alpha."""
+
+    def __init__(self, n=4, m=3):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        q = torch.randn(n, n, generator=g, dtype=torch.float64)
+        self.A = q @ q.T / n + torch.eye(n, dtype=torch.float64)
+        self.B = torch.randn(n, m, generator=g, dtype=torch.float64)
+        self.c = torch.randn(n, generator=g, dtype=torch.float64)
+        self.d = torch.randn(m, generator=g, dtype=torch.float64)
+        self.w = nn.Parameter(torch.randn(n, generator=g, dtype=torch.float64))
+        self.alpha = nn.Parameter(torch.randn(m, generator=g, dtype=torch.float64))
+
+    def arch_parameters(self):
+        return [self.alpha]
+
+    def weight_parameters(self):
+        return [self.w]
+
+    def train_loss(self, params=None):
+        return 0.5 * self.w @ self.A @ self.w - self.w @ self.B @ self.alpha
+
+    def val_loss(self, params=None):
+        return 0.5 * ((self.w - self.c) ** 2).sum() + self.d @ self.alpha
+
+
+def test_implicit_gradient_matches_the_exact_hypergradient_on_a_quadratic():
+    q = Quadratic()
+    with torch.no_grad():  # at the inner optimum w*(alpha), where the implicit function theorem applies
+        q.w.copy_(torch.linalg.solve(q.A, q.B @ q.alpha))
+    exact = q.d + (torch.linalg.solve(q.A, q.B)).T @ (q.w.detach() - q.c)
+    eta = 0.9 / torch.linalg.eigvalsh(q.A).max().item()
+    opt = torch.optim.SGD(q.weight_parameters(), lr=eta)
+    Implicit(k=200)(q, q.train_loss, q.val_loss, opt)
+    torch.testing.assert_close(q.alpha.grad, exact, rtol=1e-6, atol=1e-8)
+    Implicit(k=0)(q, q.train_loss, q.val_loss, opt)  # one term: the one-step unrolled approximation
+    torch.testing.assert_close(q.alpha.grad, q.d + eta * q.B.T @ (q.w.detach() - q.c))
+
+
+def test_schedule_shapes():
+    assert interpolate(1, 0, 2, 5) == 0.5
+    assert interpolate(1, 0, 2, 5, "cosine") == pytest.approx(0.5)
+    assert interpolate(10, 0.1, 4, 5, "exponential") == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="valid: linear, cosine, exponential"):
+        interpolate(1, 0, 0, 5, "step")
+
+
+def test_registries_list_their_parts():
+    assert RELAXATIONS.names() == ["dirichlet", "gumbel", "sigmoid", "softmax"]
+    assert EDGES.names() == ["auxiliary_skip", "noisy_skip", "partial_channel", "sum"]
