@@ -2,23 +2,26 @@
 PY ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Debian packages the project uses, each installed only when its file is missing: Fashion-MNIST (tests, demo)
+# and Graphviz's dot (cell pictures)
+APT_PACKAGES := $(if $(wildcard $(FASHION_MNIST)),,dataset-fashion-mnist) $(if $(shell command -v dot),,graphviz)
 
-.PHONY: install fashion-mnist demo test bench
+.PHONY: install system-packages demo test bench
 
 # torch first, pinned: the CPU build on these machines (a bare "torch" requirement pulls a CUDA build)
 install:
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
 
-fashion-mnist:
-	@test -f $(FASHION_MNIST) || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist)
+system-packages:
+	@$(if $(strip $(APT_PACKAGES)),$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(APT_PACKAGES),true)
 
 # the main job: a short real search on Fashion-MNIST, printing the genotype
-demo: install fashion-mnist
+demo: install system-packages
 	dnas search --method darts-v1 --dataset fashion-mnist --epochs 2 --subset 1000 \
 		--layers 5 --init-channels 8 --batch-size 32 --runs runs
 
-test: install fashion-mnist
+test: install system-packages
 	$(PY) -m pytest
 
 bench: install

@@ -2,10 +2,10 @@
 
 The default search network of the paper (16 channels, 8 cells, 4 nodes, 8 ops) on CIFAR-shaped batches,
 with the paper's optimisers, as in ../shared/reference-figures.md. Writes JSON to benchmarks/out/ and
-appends a row per order to benchmarks/RESULTS.md.
+appends a row per recipe to benchmarks/RESULTS.md.
 
     python benchmarks/search_step.py                          # cuda if present, else cpu (batch 16 on cpu)
-    python benchmarks/search_step.py --device cpu --batch-size 16 --orders first,second
+    python benchmarks/search_step.py --device cpu --batch-size 16 --methods darts-v1,darts-v2,pc-darts
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from dnas.arch_grad import ARCH_GRADS
+from dnas.methods import get_method
 from dnas.search import SearchConfig, bilevel_step, optimizers, resolve_device
-from dnas.spaces.darts import DartsSupernet
+from dnas.spaces import SPACES
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,15 +32,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(order: str, args, device: torch.device) -> dict:
+def measure(method_name: str, args, device: torch.device) -> dict:
+    """The step of one recipe (darts-v1 is first order, darts-v2 second order) on random CIFAR-shaped data."""
     torch.manual_seed(0)
-    model = DartsSupernet(num_classes=10, C=args.init_channels, layers=args.layers).to(device)
+    method = get_method(method_name)
+    parts = method.build_parts()
+    model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
+                                             relaxation=parts.relaxation, edge=parts.edge).to(device)
     w_opt, a_opt = optimizers(model, SearchConfig())
-    arch_grad = ARCH_GRADS.get(f"{order}_order")()
     batch = lambda: (torch.randn(args.batch_size, 3, 32, 32, device=device),
                      torch.randint(0, 10, (args.batch_size,), device=device))
     train_batch, val_batch = batch(), batch()
-    step = lambda: bilevel_step(model, arch_grad, a_opt, w_opt, train_batch, val_batch, 5.0)
+    step = lambda: bilevel_step(model, parts, a_opt, w_opt, train_batch, val_batch, 5.0)
     for _ in range(args.warmup):
         step()
     sync(device)
@@ -55,7 +58,7 @@ def measure(order: str, args, device: torch.device) -> dict:
     times.sort()
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # process peak RSS on the CPU
-    return {"order": order, "ms_per_step_median": round(1000 * times[len(times) // 2], 1),
+    return {"method": method_name, "ms_per_step_median": round(1000 * times[len(times) // 2], 1),
             "ms_per_step_min": round(1000 * times[0], 1), "peak_memory_gb": round(peak / 2**30, 2)}
 
 
@@ -71,7 +74,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--init-channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--orders", default="first,second")
+    p.add_argument("--methods", default="darts-v1,darts-v2", help="recipes, comma-separated")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
@@ -79,7 +82,7 @@ def main() -> None:
     device = resolve_device(args.device)
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
 
-    rows = [measure(order, args, device) for order in args.orders.split(",")]
+    rows = [measure(name, args, device) for name in args.methods.split(",")]
     report = {
         "benchmark": "search_step", "path": "readable", "device": device_name(device),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size,
@@ -97,7 +100,7 @@ def main() -> None:
         with open(HERE / "RESULTS.md", "a") as f:
             for r in rows:
                 f.write(f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit} | "
-                        f"readable | {r['order']} | {args.batch_size} | {r['ms_per_step_median']} | "
+                        f"readable | {r['method']} | {args.batch_size} | {r['ms_per_step_median']} | "
                         f"{r['peak_memory_gb']} | `python benchmarks/{report['command']}` |\n")
 
 

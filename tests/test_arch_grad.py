@@ -87,5 +87,5 @@ def test_unrolled_forward_leaves_batchnorm_statistics_alone():
 
 
 def test_registry_and_paper_epsilon():
-    assert ARCH_GRADS.names() == ["first_order", "second_order"]
+    assert ARCH_GRADS.names() == ["first_order", "implicit", "second_order"]
     assert SecondOrder().epsilon == 0.01

@@ -34,7 +34,7 @@ def test_search_options_reach_the_config(fashion_mnist_root, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--method", "darts-v3"], "unknown method 'darts-v3'; valid methods: darts-v1, darts-v2"),
+    (["--method", "darts-v3"], "unknown method 'darts-v3'; valid methods: beta-darts, "),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid datasets: cifar10, cifar100, fashion-mnist, image-folder"),
     (["--dataset", "cifar10", "--data", "/nowhere/cifar"], "/nowhere/cifar"),
     (["--dataset", "fashion-mnist", "--ops", "sep_conv_3x3,conv_11x11"], "unknown op 'conv_11x11'"),

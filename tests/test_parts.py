@@ -65,7 +65,9 @@ def test_gumbel_temperature_is_annealed_from_10_to_0_1():
     assert taus == pytest.approx([10.0, 7.525, 5.05, 2.575, 0.1])
     soft = GumbelSoftmax(hard=False, tau=(1.0, 0.03), schedule="exponential")
     assert soft.on_epoch_start(4, 5)["tau"] == pytest.approx(0.03)
-    assert not soft.hard and soft.weights(torch.zeros(2, 5)).min() > 0
+    soft.on_epoch_start(0, 5)
+    weights = soft.weights(torch.zeros(2, 5))
+    assert not soft.hard and weights.min() > 0 and weights.sum(-1).allclose(torch.ones(2))
 
 
 def test_gumbel_samples_follow_softmax_alpha():

@@ -112,7 +112,7 @@ def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_pa
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(method="darts-v9"), "valid methods: darts-v1, darts-v2"),
+    (dict(method="darts-v9"), "valid methods: .*darts-v1, darts-v2, "),
     (dict(dataset="imagenet-21k"), "valid datasets: cifar10"),
     (dict(ops=("sep_conv_3x3", "conv_9x9")), "valid ops:"),
     (dict(space="nasnet"), "valid search spaces: darts"),

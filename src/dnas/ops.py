@@ -119,3 +119,7 @@ DARTS_OPS = (
 
 #: Ops without parameters, whose share in a derived cell signals the DARTS collapse.
 PARAMETER_FREE_OPS = frozenset({"none", "avg_pool_3x3", "max_pool_3x3", "skip_connect"})
+
+# NAS-Bench-201's convolutions (Dong & Yang, ICLR 2020, Sec. 2.1): a plain ReLU -> Conv -> BN, not separable
+OPS.register("nor_conv_1x1", lambda C, stride, affine: ReLUConvBN(C, C, 1, stride, 0, affine))
+OPS.register("nor_conv_3x3", lambda C, stride, affine: ReLUConvBN(C, C, 3, stride, 1, affine))

@@ -9,9 +9,9 @@ from ..data import DataError
 from ..genotype import GenotypeError
 from ..registry import UnknownNameError
 from ..search import CheckpointError
-from . import search
+from . import bench, evaluate, search
 
-COMMAND_MODULES = (search,)
+COMMAND_MODULES = (search, evaluate, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

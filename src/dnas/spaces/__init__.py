@@ -4,5 +4,6 @@ from ..registry import Registry
 SPACES = Registry("search space")
 
 from . import darts  # noqa: E402,F401  (registers "darts")
+from . import nb201  # noqa: E402,F401  (registers "nb201")
 
 __all__ = ["SPACES"]

@@ -1,0 +1,97 @@
+"""Train DARTS_V2's network on real data, reduced to a few CPU minutes, and record accuracy and time.
+
+A real-data check of the evaluation pipeline (network, training loop, test): the DARTS CIFAR training
+settings (auxiliary head, cutout 16, drop-path, cosine lr, SGD) on a smaller network, fewer images and
+epochs. Writes the run directory and a JSON report to benchmarks/out/ and a row per data set to RESULTS.md.
+
+    python benchmarks/train_eval.py                                    # Fashion-MNIST and CIFAR-10
+    python benchmarks/train_eval.py --datasets fashion-mnist --epochs 5
+    python benchmarks/train_eval.py --cifar10 DIR                      # DIR holds cifar-10-batches-py/
+
+The CIFAR-10 copy is the one the tests convert into .cache/cifar10 (python3 ../shared/tools/cifar10_from_jpeg.py
+.cache/cifar10); its images went through JPEG, so accuracies are close to, not equal to, the official set's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import dnas
+from dnas.search import resolve_device
+
+HERE = Path(__file__).resolve().parent
+SECTION = "## Training DARTS_V2 (benchmarks/train_eval.py): reduced networks on real data, the paper's CIFAR settings"
+COLUMNS = ["date", "device", "torch", "commit", "dataset", "cells x channels", "params", "train images", "epochs",
+           "test images", "test acc (last epoch)", "minutes", "command"]
+TABLE_HEAD = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+
+
+def append_row(results: Path, row: str) -> None:
+    """Add ``row`` at the end of this script's table in RESULTS.md, creating the section when it is missing."""
+    lines = results.read_text().splitlines()
+    if SECTION not in lines:
+        lines += ["", SECTION, *TABLE_HEAD]
+    start = lines.index(SECTION)
+    end = start + 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines.insert(end, row)
+    results.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default="fashion-mnist,cifar10")
+    p.add_argument("--cifar10", default=str(HERE.parent / ".cache" / "cifar10"),
+                   help="folder holding cifar-10-batches-py/ (default .cache/cifar10, where the tests convert it)")
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--init-channels", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--subset", type=int, default=4000, help="training images (a fixed random sample)")
+    p.add_argument("--test-subset", type=int, default=2000, help="test images (a fixed random sample)")
+    p.add_argument("--batch-size", type=int, default=96)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"CPU, {torch.get_num_threads()} threads")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=HERE).stdout.strip()
+    command = " ".join(["python benchmarks/train_eval.py", *sys.argv[1:]])
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+
+    for dataset in args.datasets.split(","):
+        t0 = time.time()
+        result = dnas.train("DARTS_V2", dataset, data=args.cifar10 if dataset == "cifar10" else None,
+                            run_dir=out / f"train_eval-{dataset}-{stamp}", C=args.init_channels, layers=args.layers,
+                            epochs=args.epochs, subset=args.subset, test_subset=args.test_subset,
+                            batch_size=args.batch_size, device=args.device)
+        minutes = (time.time() - t0) / 60
+        report = {
+            "benchmark": "train_eval", "genotype": "DARTS_V2", "dataset": dataset, "device": device_name,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "commit": commit, "command": command,
+            "layers": args.layers, "init_channels": args.init_channels, "params": result.cost.params,
+            "mult_adds": result.cost.mult_adds, "epochs": args.epochs, "train_images": args.subset,
+            "test_images": args.test_subset, "test_acc": result.test_acc, "minutes": round(minutes, 2),
+            "run_dir": str(result.run_dir.relative_to(HERE.parent)), "metrics": result.metrics,
+        }
+        (out / f"train_eval-{dataset}-{stamp}.json").write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in report.items() if k != "metrics"}, indent=1), flush=True)
+        if not args.no_results:
+            append_row(HERE / "RESULTS.md",
+                       f"| {report['date']} | {device_name} | torch {torch.__version__} | {commit} | {dataset} | "
+                       f"{args.layers} x {args.init_channels} | {result.cost.params / 1e6:.3f}M | {args.subset} | "
+                       f"{args.epochs} | {args.test_subset} | {result.test_acc:.4f} | {minutes:.1f} | `{command}` |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""``dnas info``, ``train``, ``test``, ``export``, ``show`` and ``zoo``: from a genotype to a trained,
+measured and exported network."""
+from __future__ import annotations
+
+import argparse
+
+from ..cost import cost
+from ..data import DATASETS
+from ..export import FORMATS, export_run
+from ..spaces.darts_network import NETWORKS
+from ..train import TrainConfig, evaluate_run, train
+from ..viz import GraphvizNotFound, draw
+from ..zoo import ALIASES, ZOO, load_genotype
+
+GENOTYPE_HELP = "a zoo name (see `dnas zoo`), a genotype .json/.txt file, a run directory, or the text form"
+
+
+def run_info(args: argparse.Namespace) -> None:
+    genotype, name = load_genotype(args.genotype)
+    network = NETWORKS.get(args.network)
+    in_channels, size = args.in_channels or 3, args.image_size or network.image_size
+    options = {k: v for k, v in {"C": args.init_channels, "layers": args.layers,
+                                 "num_classes": args.num_classes}.items() if v is not None}
+    model = network(genotype, in_channels=in_channels, **options)
+    entry = ZOO.get(name)
+    published = entry is not None and entry.genotype == genotype
+    print(f"genotype: {name}" + (f"  ({entry.paper}, arXiv {entry.arxiv})" if published else ""))
+    print(genotype)
+    print(f"network: {args.network}, {len(model.cells)} cells, {model.classifier.out_features} classes, "
+          f"input {in_channels}x{size}x{size}")
+    c = cost(model, (in_channels, size, size))
+    print(f"params: {c.params / 1e6:.3f}M ({c.params:,}; auxiliary head excluded)")
+    print(f"mult-adds: {c.mult_adds / 1e6:.1f}M per image ({c.mult_adds:,})")
+    try:
+        print(f"cells: {draw(genotype, args.output or f'{name}-cells.png')}")
+    except GraphvizNotFound as e:
+        print(f"cells: not drawn ({e})")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    if args.resume:
+        result = train(resume=args.resume, progress=not args.quiet, **({"device": args.device} if args.device else {}))
+    else:
+        if not args.genotype:
+            raise ValueError("give --genotype (" + GENOTYPE_HELP + "), or --resume RUN_DIR")
+        settings = {k: v for k, v in {
+            "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+            "C": args.init_channels, "layers": args.layers, "auxiliary": args.auxiliary, "cutout": args.cutout,
+            "drop_path": args.drop_path, "subset": args.subset, "test_subset": args.test_subset, "seed": args.seed,
+            "device": args.device,
+        }.items() if v is not None}
+        result = train(args.genotype, args.dataset, network=args.network, run_dir=args.run_dir, runs_root=args.runs,
+                       progress=not args.quiet, **settings)
+    best = max(m["test_acc"] for m in result.metrics)
+    print(f"test accuracy: {result.test_acc:.4f} after the last epoch (best epoch: {best:.4f})")
+    print(f"run directory: {result.run_dir}")
+
+
+def run_test(args: argparse.Namespace) -> None:
+    report = evaluate_run(args.run, dataset=args.dataset, data=args.data, weights=args.weights,
+                          device=args.device or "auto", batch_size=args.batch_size, subset=args.subset,
+                          progress=not args.quiet)
+    print(f"test accuracy: {report.accuracy:.4f}  top-5: {report.top5:.4f}  loss: {report.loss:.4f}")
+    width = max(len(c) for c in report.classes)
+    print("confusion matrix (rows: true class, columns: predicted, in the same order):")
+    for name, row in zip(report.classes, report.confusion.tolist()):
+        print(f"  {name:>{width}}  " + " ".join(f"{v:5d}" for v in row))
+    print(f"written: {report.files[0]}, {report.files[1]}")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    print(f"exported: {export_run(args.run, args.format, weights=args.weights, path=args.output)}")
+
+
+def run_show(args: argparse.Namespace) -> None:
+    genotype, name = load_genotype(args.genotype)
+    print(f"{name}: {draw(genotype, args.output or f'{name}-cells.png')}")
+
+
+def run_zoo(args: argparse.Namespace) -> None:
+    for e in ZOO.values():
+        print(f"{e.name:<15} {e.paper}  arXiv {e.arxiv}\n{'':<15} transcribed from {e.source}")
+    print("aliases: " + ", ".join(f"{a} = {n}" for a, n in ALIASES.items()))
+
+
+def register(sub) -> None:
+    defaults = TrainConfig()
+
+    i = sub.add_parser("info", help="parameters, mult-adds and a picture of a genotype's network")
+    i.add_argument("--genotype", required=True, help=GENOTYPE_HELP)
+    i.add_argument("--network", default="cifar", help=f"one of {', '.join(NETWORKS.names())} (default cifar)")
+    i.add_argument("--init-channels", type=int, help="initial channels (default: the network's, 36 or 48)")
+    i.add_argument("--layers", type=int, help="cells (default: the network's, 20 or 14)")
+    i.add_argument("--num-classes", type=int, help="classes (default 10 or 1000)")
+    i.add_argument("--in-channels", type=int, help="image channels (default 3)")
+    i.add_argument("--image-size", type=int, help="image side for mult-adds (default 32 or 224)")
+    i.add_argument("-o", "--output", help="cell picture, .png or .svg (default <genotype>-cells.png)")
+    i.set_defaults(func=run_info)
+
+    t = sub.add_parser("train", help="train a genotype's network from scratch",
+                       description="Train a genotype's network. Defaults are the DARTS paper's CIFAR-10 evaluation; "
+                                   "--network imagenet takes its ImageNet settings.")
+    t.add_argument("--genotype", help=GENOTYPE_HELP)
+    t.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASETS.names())}")
+    t.add_argument("--data", help="data folder (Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
+    t.add_argument("--network", default="cifar", help=f"one of {', '.join(NETWORKS.names())} (default cifar)")
+    t.add_argument("--epochs", type=int, help=f"default {defaults.epochs} (imagenet 250)")
+    t.add_argument("--batch-size", type=int, help=f"default {defaults.batch_size} (imagenet 128)")
+    t.add_argument("--lr", type=float, help=f"initial learning rate (default {defaults.lr}; imagenet 0.1)")
+    t.add_argument("--layers", type=int, help=f"cells (default {defaults.layers}; imagenet 14)")
+    t.add_argument("--init-channels", type=int, help=f"initial channels C (default {defaults.C}; imagenet 48)")
+    t.add_argument("--auxiliary", action=argparse.BooleanOptionalAction,
+                   help=f"auxiliary head, loss weight {defaults.auxiliary_weight} (default on)")
+    t.add_argument("--cutout", type=int, nargs="?", const=16,
+                   help=f"cutout length; --cutout alone is 16, 0 is off (default {defaults.cutout}; imagenet 0)")
+    t.add_argument("--drop-path", type=float,
+                   help=f"drop-path probability reached at the last epoch (default {defaults.drop_path}; imagenet 0)")
+    t.add_argument("--subset", type=int, help="train on N training images only (quick runs; a fixed random sample)")
+    t.add_argument("--test-subset", type=int, help="test on N test images only (a fixed random sample)")
+    t.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
+    t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
+    t.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")
+    t.add_argument("--run-dir", help="run directory (default runs/<time>-train-<genotype>-<dataset>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_train)
+
+    s = sub.add_parser("test", help="test accuracy and confusion matrix of a trained run")
+    s.add_argument("run", help="a training run directory")
+    s.add_argument("--dataset", help="data set (default: the run's)")
+    s.add_argument("--data", help="data folder (default: the run's)")
+    s.add_argument("--weights", default="last", help="last (default), best, or a .pt file of the network's weights")
+    s.add_argument("--batch-size", type=int, help="default: the run's")
+    s.add_argument("--subset", type=int, help="test on N test images only (quick checks; a fixed random sample)")
+    s.add_argument("--device", help="default: cuda when present, else cpu")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=run_test)
+
+    e = sub.add_parser("export", help="export a trained run's network to ONNX or TorchScript")
+    e.add_argument("run", help="a training run directory")
+    e.add_argument("--format", required=True, choices=list(FORMATS))
+    e.add_argument("--weights", default="last", help="last (default), best, or a .pt file of the network's weights")
+    e.add_argument("-o", "--output", help="output file (default RUN/model.onnx or RUN/model.pt)")
+    e.set_defaults(func=run_export)
+
+    w = sub.add_parser("show", help="draw a genotype's normal and reduction cells")
+    w.add_argument("genotype", help=GENOTYPE_HELP)
+    w.add_argument("-o", "--output", help="picture, .png, .svg or .pdf (default <genotype>-cells.png)")
+    w.set_defaults(func=run_show)
+
+    z = sub.add_parser("zoo", help="list the published genotypes with their papers")
+    z.set_defaults(func=run_zoo)

@@ -1,0 +1,74 @@
+"""Pictures of cells, drawn by Graphviz's ``dot`` program as the DARTS paper (Fig. 4-6) and code draw them:
+the cell inputs c_{k-2} and c_{k-1}, the intermediate nodes 0..n-1, the output c_{k}, one arrow per
+genotype edge labelled with its op, and an arrow into c_{k} from every node the cell concatenates.
+
+``draw(genotype, "cells.png")`` writes both cells into one picture (any output format ``dot`` knows, by the
+file's suffix: png, svg, pdf, ...). Only the ``dot`` binary is needed (Debian package ``graphviz``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .genotype import Edge, Genotype
+
+
+class GraphvizNotFound(FileNotFoundError):
+    """The ``dot`` program is not installed."""
+
+
+CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
+
+
+def cell_dot(edges: tuple[Edge, ...], concat: tuple[int, ...], name: str = "normal") -> str:
+    """The DOT statements of one cell, as a cluster whose node ids start with ``name``."""
+    label = {0: "c_{k-2}", 1: "c_{k-1}"} | {2 + i: str(i) for i in range(len(edges) // 2)}
+    lines = [f'subgraph "cluster_{name}" {{', f'label="{CELL_TITLES.get(name, name)}"; fontsize=20;']
+    for i, text in label.items():
+        color = "darkseagreen2" if i < 2 else "lightblue"
+        lines.append(f'"{name}{i}" [label="{text}", fillcolor={color}];')
+    lines.append(f'"{name}_out" [label="c_{{k}}", fillcolor=palegoldenrod];')
+    for k, (op, j) in enumerate(edges):
+        lines.append(f'"{name}{j}" -> "{name}{2 + k // 2}" [label="{op}", fillcolor=gray];')
+    for i in concat:
+        lines.append(f'"{name}{i}" -> "{name}_out" [fillcolor=gray];')
+    return "\n".join(lines + ["}"])
+
+
+def genotype_dot(genotype: Genotype) -> str:
+    """A DOT graph of the normal cell above the reduction cell, each drawn left to right."""
+    # with rankdir=LR, dot stacks the clusters bottom-up: the reduction cell comes first to land below
+    cells = [cell_dot(getattr(genotype, c), getattr(genotype, c + "_concat"), c) for c in ("reduce", "normal")]
+    return "\n".join([
+        "digraph genotype {",
+        "rankdir=LR; newrank=true;",
+        'node [style="rounded,filled", shape=rect, align=center, fontsize=20, height=0.5, width=0.5, '
+        'penwidth=2, fontname=times];',
+        "edge [fontsize=20, fontname=times];",
+        *cells,
+        "}",
+    ])
+
+
+def render(dot_source: str, path: str | os.PathLike) -> Path:
+    """Run ``dot`` on ``dot_source``, writing ``path`` in the format its suffix names."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if not fmt:
+        raise ValueError(f"{path}: give the picture a suffix naming its format, e.g. .png or .svg")
+    dot = shutil.which("dot")
+    if dot is None:
+        raise GraphvizNotFound("the `dot` program of Graphviz is not installed; install it with "
+                               "`apt-get install graphviz` (or your system's graphviz package)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([dot, f"-T{fmt}", "-o", str(path)], input=dot_source, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ValueError(f"dot could not write {path}: {done.stderr.strip()}")
+    return path
+
+
+def draw(genotype: Genotype, path: str | os.PathLike) -> Path:
+    """Write a picture of the genotype's normal and reduction cells to ``path`` (.png, .svg, .pdf, ...)."""
+    return render(genotype_dot(genotype), path)

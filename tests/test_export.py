@@ -1,0 +1,63 @@
+"""Exported networks give the PyTorch network's outputs: ONNX run in onnxruntime, TorchScript reloaded."""
+import importlib.util
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+import dnas
+from dnas import export as export_module
+from dnas.cli import main
+from dnas.export import MissingPackage, export, export_run
+from dnas.spaces.darts_network import NetworkCIFAR
+from dnas.train import load_run
+
+
+@pytest.fixture(scope="module")
+def run(fashion_mnist_root, tmp_path_factory):
+    """A one-epoch training run of a tiny AmoebaNet (concat [4, 5, 6], 7x1/1x7 and 7x7 ops) on Fashion-MNIST."""
+    return dnas.train("AmoebaNet", "fashion-mnist", epochs=1, C=4, layers=3, batch_size=32, subset=64, test_subset=32,
+                      run_dir=tmp_path_factory.mktemp("e") / "run", progress=False).run_dir
+
+
+def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = NetworkCIFAR(dnas.published("DARTS_V2"), C=8, layers=5)
+    path = export(model, tmp_path / "m.onnx", "onnx", (3, 32, 32))
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    assert [o.version for o in proto.opset_import if o.domain == ""] == [torch.onnx._constants.ONNX_DEFAULT_OPSET]
+    session = onnxruntime.InferenceSession(str(path))
+    x = torch.randn(3, 3, 32, 32)  # another batch size than the export's example
+    (out,) = session.run(["logits"], {"images": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model.eval()(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_torchscript_export_reloads_with_the_same_outputs(run, tmp_path):
+    path = export_run(run, "torchscript", weights="best", path=tmp_path / "m.pt")
+    model, _ = load_run(run, "best")
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(path))(x), model(x), atol=1e-6)
+
+
+def test_export_command_writes_into_the_run(run, capsys):
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    assert f"exported: {run / 'model.onnx'}" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(run / "model.onnx"))
+    assert session.get_inputs()[0].shape[1:] == [1, 28, 28]
+    assert not (run / "model.onnx.data").exists()  # one self-contained file
+
+
+def test_unknown_format_and_missing_packages_are_clear_errors(run, monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="unknown export format 'tflite'; valid: onnx, torchscript"):
+        export_run(run, "tflite")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(export_module.importlib.util, "find_spec", lambda n: None if n == "onnxscript" else real(n))
+    with pytest.raises(MissingPackage, match="pip install onnxscript"):
+        export_run(run, "onnx", path=tmp_path / "m.onnx")
+    with pytest.raises(FileNotFoundError, match="not a dnas training run"):
+        export_run(tmp_path, "onnx")

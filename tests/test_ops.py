@@ -1,0 +1,224 @@
+"""The DARTS candidate ops, with the exact semantics of the DARTS paper's code (Liu et al., ICLR 2019)."""
+import pytest
+import torch
+from torch import nn
+
+from dnas.ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, DilConv, FactorizedReduce, SepConv, Zero
+from dnas.registry import UnknownNameError
+
+C = 16
+
+
+def build(name, stride=1, affine=False, C=C):
+    torch.manual_seed(0)
+    return OPS.get(name)(C, stride, affine)
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_darts_ops_are_the_8_original_ops_in_order():
+    assert DARTS_OPS == ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                         "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+    assert all(name in OPS for name in DARTS_OPS)
+
+
+def test_parameter_free_ops():
+    assert PARAMETER_FREE_OPS == {"none", "avg_pool_3x3", "max_pool_3x3", "skip_connect"}
+    assert PARAMETER_FREE_OPS <= set(DARTS_OPS)
+    # at stride 1 they really have no parameters
+    for name in PARAMETER_FREE_OPS:
+        assert n_params(build(name, 1, affine=True)) == 0, name
+
+
+@pytest.mark.parametrize("name", DARTS_OPS)
+@pytest.mark.parametrize("affine", [False, True])
+def test_shapes_even_input(name, affine):
+    x = torch.randn(2, C, 8, 8)
+    with torch.no_grad():
+        assert build(name, 1, affine)(x).shape == (2, C, 8, 8)
+        assert build(name, 2, affine)(x).shape == (2, C, 4, 4)
+
+
+@pytest.mark.parametrize("name", DARTS_OPS)
+def test_shapes_odd_input(name):
+    x = torch.randn(2, C, 7, 9)
+    with torch.no_grad():
+        assert build(name, 1)(x).shape == (2, C, 7, 9)
+        if name == "skip_connect":
+            return  # FactorizedReduce's shifted half is one pixel short on odd sizes, as in the original code
+        assert build(name, 2)(x).shape == (2, C, 4, 5)
+
+
+def test_none_returns_zeros_of_strided_shape():
+    x = torch.randn(2, C, 8, 8) + 3.0
+    op = build("none", 1)
+    assert isinstance(op, Zero)
+    y = op(x)
+    assert y.shape == x.shape and torch.equal(y, torch.zeros_like(x))
+    y2 = build("none", 2)(x)
+    assert y2.shape == (2, C, 4, 4) and torch.equal(y2, torch.zeros(2, C, 4, 4))
+    assert build("none", 2)(torch.randn(1, C, 7, 7)).shape == (1, C, 4, 4)
+
+
+def test_skip_connect_is_identity_at_stride_1_and_factorized_reduce_at_stride_2():
+    x = torch.randn(2, C, 8, 8)
+    y = build("skip_connect", 1)(x)
+    assert torch.equal(y, x)
+    op = build("skip_connect", 2)
+    assert isinstance(op, FactorizedReduce)
+    assert op(x).shape == (2, C, 4, 4)
+
+
+def test_factorized_reduce_computation():
+    """relu, two stride-2 1x1 convs (the second on the input shifted by one pixel), concat, BN."""
+    torch.manual_seed(0)
+    op = FactorizedReduce(4, 6, affine=False).eval()
+    x = torch.randn(1, 4, 6, 6)
+    r = torch.relu(x)
+    a = nn.functional.conv2d(r, op.conv_1.weight, stride=2)
+    b = nn.functional.conv2d(r[:, :, 1:, 1:], op.conv_2.weight, stride=2)
+    expected = torch.cat([a, b], 1)  # eval BN with fresh stats: mean 0, var 1
+    expected = expected / torch.sqrt(torch.tensor(1.0 + op.bn.eps))
+    assert torch.allclose(op(x), expected, atol=1e-6)
+
+
+def test_avg_pool_excludes_padding():
+    op = build("avg_pool_3x3", 1)
+    assert isinstance(op, nn.AvgPool2d) and op.count_include_pad is False
+    y = op(torch.ones(1, C, 8, 8))
+    assert y[0, 0, 0, 0].item() == 1.0  # corner: 4 real pixels averaged, no zero padding counted
+    assert torch.equal(y, torch.ones_like(y))
+
+
+def test_avg_pool_values():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    y = OPS.get("avg_pool_3x3")(1, 1, False)(x)
+    assert y[0, 0, 0, 0].item() == pytest.approx((0 + 1 + 4 + 5) / 4)
+    assert y[0, 0, 1, 1].item() == pytest.approx(sum([0, 1, 2, 4, 5, 6, 8, 9, 10]) / 9)
+
+
+def test_max_pool():
+    op = build("max_pool_3x3", 1)
+    assert isinstance(op, nn.MaxPool2d)
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    y = op(x)
+    assert y[0, 0, 0, 0].item() == 5.0
+    assert y[0, 0, 3, 3].item() == 15.0
+    assert y[0, 0, 1, 1].item() == 10.0
+    # negative values: padding does not contribute zeros
+    assert op(-torch.ones(1, 1, 4, 4)).max().item() == -1.0
+    y2 = build("max_pool_3x3", 2)(x)
+    assert y2.shape == (1, 1, 2, 2) and y2[0, 0, 0, 0].item() == 5.0
+
+
+CONV_PARAMS = {
+    "sep_conv_3x3": (2 * (16 * 9 + 16 * 16), 2 * 2 * 16),
+    "sep_conv_5x5": (2 * (16 * 25 + 16 * 16), 2 * 2 * 16),
+    "dil_conv_3x3": (16 * 9 + 16 * 16, 2 * 16),
+    "dil_conv_5x5": (16 * 25 + 16 * 16, 2 * 16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONV_PARAMS))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_parameter_counts(name, stride):
+    conv, bn = CONV_PARAMS[name]
+    assert n_params(build(name, stride, affine=False)) == conv
+    assert n_params(build(name, stride, affine=True)) == conv + bn
+
+
+@pytest.mark.parametrize("name", ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"])
+@pytest.mark.parametrize("affine", [False, True])
+def test_parameter_free_ops_have_no_parameters_at_stride_1(name, affine):
+    assert n_params(build(name, 1, affine)) == 0
+
+
+@pytest.mark.parametrize("name", ["none", "max_pool_3x3", "avg_pool_3x3"])
+def test_pools_and_none_have_no_parameters_at_stride_2(name):
+    assert n_params(build(name, 2, True)) == 0
+
+
+def test_factorized_reduce_parameter_count():
+    assert n_params(FactorizedReduce(16, 16, affine=False)) == 2 * 16 * 8
+    assert n_params(FactorizedReduce(16, 16, affine=True)) == 2 * 16 * 8 + 2 * 16
+    assert n_params(build("skip_connect", 2, affine=False)) == 2 * 16 * 8
+    assert n_params(build("skip_connect", 2, affine=True)) == 2 * 16 * 8 + 2 * 16
+
+
+def test_factorized_reduce_odd_channels_raise():
+    with pytest.raises(ValueError, match="even"):
+        FactorizedReduce(16, 15)
+    with pytest.raises(ValueError, match="15"):
+        OPS.get("skip_connect")(15, 2, False)
+
+
+def _convs(module):
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("name,k,pad", [("dil_conv_3x3", 3, 2), ("dil_conv_5x5", 5, 4)])
+def test_dil_conv_structure(name, k, pad):
+    op = build(name, 1)
+    assert isinstance(op, DilConv)
+    assert isinstance(op[0], nn.ReLU)
+    depthwise, pointwise = _convs(op)
+    assert depthwise.kernel_size == (k, k)
+    assert depthwise.dilation == (2, 2)
+    assert depthwise.padding == (pad, pad)
+    assert depthwise.groups == C
+    assert pointwise.kernel_size == (1, 1)
+    assert isinstance(op[-1], nn.BatchNorm2d)
+    strided = build(name, 2)
+    assert _convs(strided)[0].stride == (2, 2)
+    assert _convs(strided)[1].stride == (1, 1)
+
+
+def test_dil_conv_5x5_keeps_size():
+    x = torch.randn(1, C, 5, 5)
+    with torch.no_grad():
+        assert build("dil_conv_5x5", 1)(x).shape == x.shape
+        assert build("dil_conv_5x5", 1)(torch.randn(1, C, 11, 11)).shape == (1, C, 11, 11)
+
+
+@pytest.mark.parametrize("name,k,pad", [("sep_conv_3x3", 3, 1), ("sep_conv_5x5", 5, 2)])
+def test_sep_conv_structure(name, k, pad):
+    """Two DilConvs with dilation 1: the first carries the stride, the second stride 1."""
+    op = build(name, 2)
+    assert isinstance(op, SepConv)
+    first, second = op
+    assert isinstance(first, DilConv) and isinstance(second, DilConv)
+    convs = _convs(op)
+    assert len(convs) == 4
+    dw1, pw1, dw2, pw2 = convs
+    for dw in (dw1, dw2):
+        assert dw.kernel_size == (k, k) and dw.dilation == (1, 1) and dw.padding == (pad, pad)
+        assert dw.groups == C
+    assert dw1.stride == (2, 2) and dw2.stride == (1, 1)
+    assert pw1.kernel_size == pw2.kernel_size == (1, 1)
+    assert sum(isinstance(m, nn.ReLU) for m in op.modules()) == 2
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in op.modules()) == 2
+
+
+def test_bn_affine_flag_is_passed_through():
+    for name in ("sep_conv_3x3", "dil_conv_3x3"):
+        bns = [m for m in build(name, 1, affine=False).modules() if isinstance(m, nn.BatchNorm2d)]
+        assert bns and all(not bn.affine for bn in bns)
+        bns = [m for m in build(name, 1, affine=True).modules() if isinstance(m, nn.BatchNorm2d)]
+        assert bns and all(bn.affine for bn in bns)
+
+
+def test_unknown_op_lists_valid_ops():
+    with pytest.raises(UnknownNameError) as info:
+        OPS.get("foo")
+    err = info.value
+    assert isinstance(err, KeyError) and isinstance(err, ValueError)
+    message = str(err)
+    assert "foo" in message
+    assert "sep_conv_3x3" in message
+    assert all(name in message for name in DARTS_OPS)
+    with pytest.raises(KeyError):
+        OPS.get("foo")
+    with pytest.raises(ValueError):
+        OPS.get("foo")

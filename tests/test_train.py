@@ -1,0 +1,200 @@
+"""Training a genotype's network on real data, as a user runs it: run directory, the paper's settings,
+resume, testing with a confusion matrix, and errors."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dnas
+from dnas.cli import main
+from dnas.search import CheckpointError
+from dnas.train import IMAGENET, SCHEDULES, TrainConfig, Trainer, evaluate_run, load_run
+
+# a tiny network on a few hundred real Fashion-MNIST images: seconds on 2 CPU cores
+TINY = dict(C=8, layers=3, batch_size=32, subset=128, test_subset=128, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(fashion_mnist_root, tmp_path_factory):
+    """A finished 2-epoch run, shared by the tests that only read it."""
+    return dnas.train("DARTS_V2", "fashion-mnist", epochs=2, run_dir=tmp_path_factory.mktemp("t") / "run", **TINY)
+
+
+def test_training_writes_a_readable_run(trained):
+    run = trained.run_dir
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt", "checkpoint.pt", "config.json", "genotype.json", "genotype.txt", "last.pt", "metrics.jsonl"]
+    assert dnas.Genotype.load(run / "genotype.json") == dnas.published("DARTS_V2") == trained.genotype
+
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics == trained.metrics and [m["epoch"] for m in metrics] == [1, 2]
+    assert [m["lr"] for m in metrics] == pytest.approx([0.025, 0.0125])  # cosine over 2 epochs, to 0
+    assert [m["drop_path"] for m in metrics] == pytest.approx([0.0, 0.1])  # 0.2 * epoch / epochs
+    for m in metrics:
+        assert m["train_loss"] > 0 and m["test_loss"] > 0 and m["seconds"] > 0
+        assert 0 <= m["train_acc"] <= 1 and 0 <= m["test_acc"] <= m["test_top5"] <= 1
+    assert trained.test_acc == metrics[-1]["test_acc"]
+
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["dataset"] == "fashion-mnist" and saved["config"]["cutout"] == 16
+    assert saved["data"]["num_classes"] == 10 and saved["data"]["image_size"] == [28, 28]
+    assert saved["cost"] == {"params": trained.cost.params, "mult_adds": trained.cost.mult_adds}
+
+    last, checkpoint = (torch.load(run / name, weights_only=True) for name in ("last.pt", "checkpoint.pt"))
+    assert all(torch.equal(last[k], v) for k, v in checkpoint["model"].items())
+    model, _ = load_run(run, "best")
+    assert not model.training and model.classifier.out_features == 10
+
+
+def test_config_defaults_are_the_papers_cifar_evaluation():
+    c = TrainConfig()
+    assert (c.network, c.layers, c.C, c.epochs, c.batch_size) == ("cifar", 20, 36, 600, 96)
+    assert (c.lr, c.lr_schedule, c.momentum, c.weight_decay, c.grad_clip) == (0.025, "cosine", 0.9, 3e-4, 5.0)
+    assert (c.auxiliary, c.auxiliary_weight, c.drop_path, c.cutout, c.label_smoothing) == (True, 0.4, 0.2, 16, 0.0)
+
+
+def test_imagenet_settings_are_the_papers():
+    c = TrainConfig(**IMAGENET, network="imagenet")
+    assert (c.layers, c.C, c.epochs, c.batch_size, c.lr, c.weight_decay) == (14, 48, 250, 128, 0.1, 3e-5)
+    assert (c.label_smoothing, c.auxiliary_weight, c.drop_path, c.cutout) == (0.1, 0.4, 0.0, 0)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], c.lr)
+    scheduler = SCHEDULES[c.lr_schedule](optimizer, c)
+    lrs = []
+    for _ in range(3):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.1, 0.097, 0.09409])  # decayed by 0.97 after each epoch
+
+
+def test_label_smoothing_is_the_darts_imagenet_loss():
+    logits, y, eps = torch.randn(8, 5), torch.randint(0, 5, (8,)), 0.1
+    target = (1 - eps) * F.one_hot(y, 5) + eps / 5  # DARTS's CrossEntropyLabelSmooth
+    assert F.cross_entropy(logits, y, label_smoothing=eps) == pytest.approx(
+        (-target * logits.log_softmax(1)).sum(1).mean().item())
+
+
+def test_the_trainer_gets_the_settings(fashion_mnist_root, tmp_path):
+    t = Trainer(TrainConfig(dataset="fashion-mnist", C=4, layers=3, subset=64, test_subset=32),
+                dnas.published("PDARTS"), tmp_path)
+    group = t.optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.025, 0.9, 3e-4)
+    assert t.scheduler.T_max == 600 and t.scheduler.eta_min == 0
+    assert (t.train_loader.cutout, t.train_loader.augment, t.train_loader.batch_size) == (16, True, 96)
+    assert len(t.train_loader.x) == 64 and len(t.test_loader.x) == 32 and not t.test_loader.augment
+    assert t.model.auxiliary_head is not None and t.model.stem[0].in_channels == 1
+
+
+def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashion_mnist_root, tmp_path, monkeypatch):
+    settings = dict(TINY, subset=96, test_subset=64, layers=2)
+    whole = dnas.train("DARTS_V2", "fashion-mnist", epochs=2, run_dir=tmp_path / "whole", **settings)
+
+    original = Trainer.train_epoch
+
+    def interrupted(self, progress):  # Ctrl-C in the second epoch
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, progress)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dnas.train("DARTS_V2", "fashion-mnist", epochs=2, run_dir=tmp_path / "cut", **settings)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
+
+    resumed = dnas.train(resume=tmp_path / "cut", progress=False)
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]
+    assert strip(resumed.metrics) == strip(whole.metrics)
+    a, b = (torch.load(r.run_dir / "last.pt", weights_only=True) for r in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluate_run_writes_accuracy_and_the_confusion_matrix(trained):
+    report = evaluate_run(trained.run_dir, weights="last", subset=128, progress=False)
+    assert report.accuracy == pytest.approx(trained.test_acc)  # the same 128 images the run tested on
+    assert report.confusion.shape == (10, 10) and report.confusion.sum() == 128
+    assert report.accuracy == pytest.approx(report.confusion.trace().item() / 128)
+    saved = json.loads((trained.run_dir / "test-last.json").read_text())
+    assert saved["images"] == 128 and saved["confusion"] == report.confusion.tolist()
+    rows = list(csv.reader(open(trained.run_dir / "confusion-last.csv")))
+    assert rows[0][1:] == report.classes and rows[2][0] == "Trouser"
+    assert [int(v) for v in rows[1][1:]] == report.confusion[0].tolist()
+
+
+def test_test_command_prints_the_accuracy_and_matrix(trained, capsys):
+    assert main(["test", str(trained.run_dir), "--weights", "best", "--subset", "64", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy: " in out and "confusion matrix" in out and "Ankle boot" in out
+    assert (trained.run_dir / "test-best.json").is_file()
+
+
+def test_train_command_runs_and_reports(fashion_mnist_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--genotype", "pc-darts", "--dataset", "fashion-mnist", "--epochs", "1", "--layers", "2",
+                 "--init-channels", "4", "--subset", "64", "--test-subset", "64", "--no-auxiliary", "--cutout",
+                 "--drop-path", "0.3", "--run-dir", str(run), "-q"]) == 0
+    assert f"run directory: {run}" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert (config["auxiliary"], config["cutout"], config["drop_path"], config["C"]) == (False, 16, 0.3, 4)
+    assert json.loads((run / "config.json").read_text())["genotype"] == dnas.published("PC_DARTS").to_dict()
+
+
+def test_resume_refuses_changed_settings_and_foreign_folders(trained, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a dnas training run"):
+        dnas.train(resume=tmp_path)
+    with pytest.raises(ValueError, match="only device may change"):
+        dnas.train(resume=trained.run_dir, epochs=5)
+
+
+def test_corrupted_checkpoint_is_a_clear_error_and_nothing_is_lost(fashion_mnist_root, tmp_path):
+    run = dnas.train("DARTS_V2", "fashion-mnist", epochs=1, run_dir=tmp_path / "r", **dict(TINY, layers=2)).run_dir
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != "checkpoint.pt"}
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        dnas.train(resume=run, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != "checkpoint.pt"} == before
+
+
+def test_an_existing_run_directory_is_not_overwritten(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="resume"):
+        dnas.train("DARTS_V2", "fashion-mnist", run_dir=tmp_path / "r")
+    assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    (("DARTS_V9",), {}, "not a published genotype"),
+    (("DARTS_V2",), dict(network="mobile"), "valid networks: cifar, imagenet"),
+    (("DARTS_V2",), dict(dataset="mnist"), "valid datasets: cifar10"),
+    (("DARTS_V2",), dict(epoch=3), "unknown settings \\['epoch'\\]"),
+    (("DARTS_V2",), dict(drop_path=1.5), "drop_path is a probability"),
+    (("DARTS_V2",), dict(lr_schedule="step"), "valid: cosine, exponential"),
+    ((), {}, "give the genotype to train"),
+])
+def test_bad_input_is_a_clear_error(args, kwargs, message, tmp_path):
+    with pytest.raises((ValueError, KeyError), match=message):
+        dnas.train(*args, run_dir=tmp_path / "r", **{"dataset": "fashion-mnist", **kwargs})
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_dataset_without_test_images_is_refused(tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "imgs" / c / "0.png")
+    with pytest.raises(FileNotFoundError, match="DIR/val/<class>/"):
+        dnas.train("DARTS_V2", "image-folder", data=tmp_path / "imgs", run_dir=tmp_path / "r", progress=False)
+
+
+@pytest.mark.slow
+def test_two_epochs_on_real_cifar10_learn(cifar10_root, tmp_path):
+    result = dnas.train("DARTS_V2", "cifar10", data=cifar10_root, epochs=2, run_dir=tmp_path / "c10", C=8, layers=3,
+                        batch_size=64, subset=2048, test_subset=1000, progress=False)
+    # chance is 0.1 on the class-balanced sample; 0.15 is 5 standard deviations of chance above it
+    assert result.test_acc > 0.15
+    assert not math.isnan(result.metrics[-1]["train_loss"])
