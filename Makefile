@@ -2,9 +2,10 @@
 PY ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-# Debian packages the project uses, each installed only when its file is missing: Fashion-MNIST (tests, demo)
-# and Graphviz's dot (cell pictures)
-APT_PACKAGES := $(if $(wildcard $(FASHION_MNIST)),,dataset-fashion-mnist) $(if $(shell command -v dot),,graphviz)
+# Debian packages the project uses, each installed only when its file is missing: Fashion-MNIST (tests, demo),
+# Graphviz's dot (cell pictures) and Chromium (the test that opens a report in a headless browser)
+APT_PACKAGES := $(if $(wildcard $(FASHION_MNIST)),,dataset-fashion-mnist) $(if $(shell command -v dot),,graphviz) \
+	$(if $(shell command -v chromium),,chromium)
 
 .PHONY: install system-packages demo test bench
 

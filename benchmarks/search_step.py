@@ -6,16 +6,23 @@ appends a row per recipe to benchmarks/RESULTS.md.
 
     python benchmarks/search_step.py                          # cuda if present, else cpu (batch 16 on cpu)
     python benchmarks/search_step.py --device cpu --batch-size 16 --methods darts-v1,darts-v2,pc-darts
+    python benchmarks/search_step.py --paths readable,fused   # the fast path (docs/speed.md) beside it
+
+With several paths, their steps are interleaved in one process, so that a change of machine load hits
+both alike; each row reports its speed-up over the readable path. On the CPU the peak memory is the
+process's peak resident set, shared by the paths of a run.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,34 +39,42 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(method_name: str, args, device: torch.device) -> dict:
-    """The step of one recipe (darts-v1 is first order, darts-v2 second order) on random CIFAR-shaped data."""
-    torch.manual_seed(0)
+def measure(method_name: str, args, device: torch.device) -> list[dict]:
+    """The step of one recipe (darts-v1 is first order, darts-v2 second order) on random CIFAR-shaped data,
+    on each path (readable: SearchCell; fused: spaces/darts_fused.py), the paths' steps interleaved."""
     method = get_method(method_name)
-    parts = method.build_parts()
-    model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
-                                             relaxation=parts.relaxation, edge=parts.edge).to(device)
-    w_opt, a_opt = optimizers(model, SearchConfig())
     batch = lambda: (torch.randn(args.batch_size, 3, 32, 32, device=device),
                      torch.randint(0, 10, (args.batch_size,), device=device))
     train_batch, val_batch = batch(), batch()
-    step = lambda: bilevel_step(model, parts, a_opt, w_opt, train_batch, val_batch, 5.0)
+    steps, times, peaks = {}, {}, {}
+    for path in args.paths:
+        torch.manual_seed(0)
+        parts = method.build_parts()
+        model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
+                                                 relaxation=parts.relaxation, edge=parts.edge,
+                                                 **({"fused": True} if path == "fused" else {})).to(device)
+        w_opt, a_opt = optimizers(model, SearchConfig())
+        steps[path] = partial(bilevel_step, model, parts, a_opt, w_opt, train_batch, val_batch, 5.0)
+        times[path] = []
     for _ in range(args.warmup):
-        step()
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
+        for step in steps.values():
+            step()
     for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # process peak RSS on the CPU
-    return {"method": method_name, "ms_per_step_median": round(1000 * times[len(times) // 2], 1),
-            "ms_per_step_min": round(1000 * times[0], 1), "peak_memory_gb": round(peak / 2**30, 2)}
+        for path, step in steps.items():
+            sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times[path].append(time.perf_counter() - t0)
+            peaks[path] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # process peak RSS
+    median = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
+    return [{"method": method_name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
+             "ms_per_step_min": round(1000 * min(times[path]), 1), "peak_memory_gb": round(peaks[path] / 2**30, 2),
+             "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None}
+            for path in args.paths]
 
 
 def device_name(device: torch.device) -> str:
@@ -75,16 +90,18 @@ def main() -> None:
     p.add_argument("--init-channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--methods", default="darts-v1,darts-v2", help="recipes, comma-separated")
+    p.add_argument("--paths", default="readable", help="readable, fused or both, comma-separated")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
     device = resolve_device(args.device)
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
+    args.paths = args.paths.split(",")
 
-    rows = [measure(name, args, device) for name in args.methods.split(",")]
+    rows = [row for name in args.methods.split(",") for row in measure(name, args, device)]
     report = {
-        "benchmark": "search_step", "path": "readable", "device": device_name(device),
+        "benchmark": "search_step", "device": device_name(device), "load_average": os.getloadavg(),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size,
         "init_channels": args.init_channels, "layers": args.layers, "steps": args.steps,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "results": rows,
@@ -97,11 +114,24 @@ def main() -> None:
     if not args.no_results:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=HERE).stdout.strip()
-        with open(HERE / "RESULTS.md", "a") as f:
-            for r in rows:
-                f.write(f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit} | "
-                        f"readable | {r['method']} | {args.batch_size} | {r['ms_per_step_median']} | "
-                        f"{r['peak_memory_gb']} | `python benchmarks/{report['command']}` |\n")
+        lines = [f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit} | "
+                 f"{r['path']} | {r['method']} | {args.batch_size} | {r['ms_per_step_median']} | "
+                 f"{r['speedup_over_readable'] or ''} | {r['peak_memory_gb']} | "
+                 f"load {report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |" for r in rows]
+        append_to_table(HERE / "RESULTS.md", "## Search step", lines)
+
+
+def append_to_table(path: Path, heading: str, rows: list[str]) -> None:
+    """Append rows at the end of the table under ``heading`` (the file's end if there is none)."""
+    text = path.read_text().splitlines()
+    start = next((i for i, line in enumerate(text) if line.startswith(heading)), None)
+    if start is None:
+        text += rows
+    else:
+        end = next(i for i in range(start + 1, len(text) + 1) if i == len(text) or
+                   (text[i].startswith("|") is False and text[i - 1].startswith("|")))
+        text[end:end] = rows
+    path.write_text("\n".join(text) + "\n")
 
 
 if __name__ == "__main__":

@@ -244,7 +244,7 @@ def test_odd_number_of_edges():
 
 def test_empty_cell():
     text = "Genotype(normal=[], normal_concat=[], reduce=[], reduce_concat=[])"
-    _raises(text, "2 incoming edges per node")
+    _raises(text, "non-empty list", "(op, input) pairs")
 
 
 @pytest.mark.parametrize("concat", ["[2, 3, 4, 6]", "range(2, 7)", "[-1]", "[]"])
@@ -305,3 +305,36 @@ def test_load_garbage_text(tmp_path):
     path.write_text("this is not a genotype\n")
     with pytest.raises(GenotypeError, match="malformed"):
         Genotype.load(path)
+
+
+# --- FairDARTS's (op, node, input) form --------------------------------------------------------------
+
+# FairDARTS_a as its code prints it (threshold 0.85): node 3 of the normal cell keeps no edge
+FAIR_A = ("Genotype(normal=[('sep_conv_3x3', 2, 0), ('sep_conv_5x5', 2, 1), ('max_pool_3x3', 4, 0), "
+          "('sep_conv_3x3', 5, 0)], normal_concat=range(2, 6), "
+          "reduce=[('max_pool_3x3', 2, 0), ('avg_pool_3x3', 2, 1), ('avg_pool_3x3', 3, 0), ('dil_conv_5x5', 3, 1), "
+          "('avg_pool_3x3', 4, 0), ('sep_conv_5x5', 4, 1), ('skip_connect', 5, 0), ('skip_connect', 5, 1)], "
+          "reduce_concat=range(2, 6))")
+
+
+def test_triples_name_each_edges_node_and_empty_nodes_leave_the_concat():
+    g = Genotype.parse(FAIR_A)
+    assert g.edges("normal") == (("sep_conv_3x3", 0, 2), ("sep_conv_5x5", 1, 2), ("max_pool_3x3", 0, 4),
+                                 ("sep_conv_3x3", 0, 5))
+    assert g.normal_concat == (2, 4, 5) and g.reduce_concat == (2, 3, 4, 5) and g.nodes == 4
+    assert Genotype.parse(str(g)) == g == Genotype.from_dict(json.loads(json.dumps(g.to_dict())))
+
+
+def test_pairs_read_as_two_edges_per_node():
+    g = Genotype.parse(DARTS_V1_TEXT)
+    assert [node for *_, node in g.edges("normal")] == [2, 2, 3, 3, 4, 4, 5, 5]
+    assert [(op, j) for op, j, _ in g.edges("reduce")] == list(g.reduce)
+
+
+def test_triple_from_a_node_without_edges():
+    text = FAIR_A.replace("('sep_conv_3x3', 5, 0)", "('sep_conv_3x3', 5, 3)")
+    _raises(text, "node 5 takes input 3", "without incoming edges")
+
+
+def test_triple_into_an_input_node():
+    _raises(FAIR_A.replace("('max_pool_3x3', 4, 0)", "('max_pool_3x3', 1, 0)"), "nodes 0 and 1 are the cell's inputs")

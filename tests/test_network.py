@@ -51,14 +51,14 @@ def test_the_auxiliary_head_runs_only_while_training():
 
 def test_a_cell_applies_each_edge_op_to_its_input_and_concatenates_the_concat_nodes():
     amoeba = dnas.published("AmoebaNet")
-    cell = EvalCell(amoeba.reduce, amoeba.reduce_concat, 16, 16, 8, reduction=True, reduction_prev=False)
+    cell = EvalCell(amoeba.edges("reduce"), amoeba.reduce_concat, 16, 16, 8, reduction=True, reduction_prev=False)
     # edges from the cell inputs reduce (stride 2), edges from intermediate nodes do not
     assert [op for op, _ in amoeba.reduce][3] == "sep_conv_7x7" and amoeba.reduce[3][1] == 2
     assert cell.ops[3][0][1].stride == (1, 1) and cell.ops[2].stride == 2  # max_pool from input 0
     out = cell(torch.randn(2, 16, 16, 16), torch.randn(2, 16, 16, 16))
     assert out.shape == (2, 3 * 8, 8, 8)  # concat [3, 4, 6]: 3 nodes of 8 channels, halved resolution
 
-    normal = EvalCell(DARTS_V2.normal, DARTS_V2.normal_concat, 12, 12, 4, reduction=False, reduction_prev=True)
+    normal = EvalCell(DARTS_V2.edges("normal"), DARTS_V2.normal_concat, 12, 12, 4, reduction=False, reduction_prev=True)
     assert isinstance(normal.preprocess0, FactorizedReduce)
     assert isinstance(normal.ops[0], SepConv) and isinstance(normal.ops[5], nn.Identity)  # skip_connect, stride 1
     assert normal(torch.randn(2, 12, 16, 16), torch.randn(2, 12, 8, 8)).shape == (2, 16, 8, 8)
@@ -67,7 +67,7 @@ def test_a_cell_applies_each_edge_op_to_its_input_and_concatenates_the_concat_no
 def test_a_node_is_the_sum_of_its_two_edges():
     skip = dnas.Genotype(normal=[("skip_connect", 0), ("skip_connect", 1)], normal_concat=[2],
                          reduce=[("skip_connect", 0), ("skip_connect", 1)], reduce_concat=[2])
-    cell = EvalCell(skip.normal, skip.normal_concat, 4, 4, 4, reduction=False, reduction_prev=False).eval()
+    cell = EvalCell(skip.edges("normal"), skip.normal_concat, 4, 4, 4, reduction=False, reduction_prev=False).eval()
     s0, s1 = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     assert torch.allclose(cell(s0, s1), cell.preprocess0(s0) + cell.preprocess1(s1))
 
@@ -86,9 +86,9 @@ def test_drop_path_spares_identity_edges_and_acts_only_in_training():
     skips = dnas.Genotype(normal=[("skip_connect", 0), ("skip_connect", 1)] * 2, normal_concat=[2, 3],
                           reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1)] * 2, reduce_concat=[2, 3])
     s0, s1 = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    cell = EvalCell(skips.normal, skips.normal_concat, 4, 4, 4, reduction=False, reduction_prev=False).train()
+    cell = EvalCell(skips.edges("normal"), skips.normal_concat, 4, 4, 4, reduction=False, reduction_prev=False).train()
     assert torch.equal(cell(s0, s1, 0.9), cell(s0, s1, 0.0))  # identity ops are never dropped
-    convs = EvalCell(DARTS_V2.normal, DARTS_V2.normal_concat, 4, 4, 4, reduction=False, reduction_prev=False)
+    convs = EvalCell(DARTS_V2.edges("normal"), DARTS_V2.normal_concat, 4, 4, 4, reduction=False, reduction_prev=False)
     torch.manual_seed(1)
     assert not torch.equal(convs.train()(s0, s1, 0.9), convs(s0, s1, 0.0))
     assert torch.equal(convs.eval()(s0, s1, 0.9), convs(s0, s1, 0.0))
@@ -100,3 +100,13 @@ def test_networks_registry_names_the_two_settings():
         NETWORKS.get("mobile")
     with pytest.raises(ValueError, match="layers and C must be positive"):
         NetworkCIFAR(DARTS_V2, layers=0)
+
+
+def test_fairdarts_cell_with_an_empty_node_builds_and_runs():
+    g = dnas.Genotype.parse(
+        "Genotype(normal=[('sep_conv_3x3', 2, 0), ('sep_conv_5x5', 2, 1), ('max_pool_3x3', 4, 0), "
+        "('sep_conv_3x3', 5, 0)], normal_concat=range(2, 6), reduce=[('max_pool_3x3', 2, 0), ('avg_pool_3x3', 2, 1), "
+        "('skip_connect', 3, 0), ('skip_connect', 3, 1)], reduce_concat=range(2, 4))")
+    cell = EvalCell(g.edges("normal"), g.normal_concat, 4, 4, 4, reduction=False, reduction_prev=False)
+    assert len(cell.ops) == 4
+    assert cell(torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)).shape == (2, 3 * 4, 8, 8)  # nodes 2, 4, 5

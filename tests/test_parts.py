@@ -5,11 +5,12 @@ from torch import nn
 
 from dnas.arch_grad import Implicit
 from dnas.edges import EDGES, AuxiliarySkip, MixedEdge, NoisySkip, PartialChannel, channel_shuffle
-from dnas.perturb import Adversarial, RandomSmoothing
+from dnas.perturb import Adversarial, RandomSmoothing, perturbed
 from dnas.regularizers import BetaDecay, DirichletAnchor, L1ParameterFree, ZeroOne
 from dnas.relax import RELAXATIONS, Dirichlet, GumbelSoftmax, Sigmoid, Softmax
 from dnas.schedule import interpolate
 from dnas.search import batch_loss
+from dnas.selection import SELECTIONS
 from dnas.spaces.darts import DartsSupernet, candidate_ops
 from dnas.stopping import HessianEigenvalue, RankStability, SkipCount, dominant_eigenvalue
 
@@ -51,7 +52,7 @@ def test_hard_gumbel_runs_only_the_sampled_op_and_still_gives_alpha_a_gradient()
     w = GumbelSoftmax(hard=True).weights(alpha)[0]
     k = int(w.argmax())
     x = torch.arange(1.0, 7.0).view(2, 3)
-    y = edge(x, w, active=k)
+    y = edge(x, w, active=[k])
     assert calls == ["abcd"[k]]
     torch.testing.assert_close(y, x)
     (y * y).sum().backward()
@@ -131,7 +132,7 @@ def test_pc_darts_edge_normalisation_weights_nodes_and_enters_selection():
 def test_darts_minus_auxiliary_skip_adds_beta_x_and_decays_linearly():
     part = AuxiliarySkip()
     betas = [part.on_epoch_start(e, 5)["aux_skip_beta"] for e in range(5)]
-    assert betas == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    assert betas == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])  # 1 - epoch / epochs
     ops = ("none", "skip_connect", "sep_conv_3x3")
     edge = part(4, 1, lambda C, s: candidate_ops(ops, C, s))
     x, w = torch.randn(2, 4, 6, 6), torch.tensor([1.0, 0.0, 0.0])
@@ -140,12 +141,13 @@ def test_darts_minus_auxiliary_skip_adds_beta_x_and_decays_linearly():
     assert part(4, 2, lambda C, s: candidate_ops(ops, C, s))(x, w).shape == (2, 4, 3, 3)
 
 
-def test_noisy_darts_adds_unbiased_noise_to_skip_in_training_only():
+def test_noisy_darts_adds_unbiased_noise_scaled_to_the_skip_output_in_training_only():
     ops = ("none", "skip_connect", "sep_conv_3x3")
-    edge = NoisySkip(sigma=0.1)(4, 1, lambda C, s: candidate_ops(ops, C, s))
-    x, w = torch.randn(64, 4, 8, 8), torch.tensor([0.0, 1.0, 0.0])
+    assert NoisySkip().factor == 0.2 and NoisySkip().mean == 0.0
+    edge = NoisySkip(factor=0.2)(4, 1, lambda C, s: candidate_ops(ops, C, s))
+    x, w = 3.0 * torch.randn(64, 4, 8, 8), torch.tensor([0.0, 1.0, 0.0])
     noise = edge(x, w) - x
-    assert abs(noise.mean().item()) < 0.01 and noise.std().item() == pytest.approx(0.1, rel=0.05)
+    assert abs(noise.mean().item()) < 0.02 and noise.std().item() == pytest.approx(0.2 * 3.0, rel=0.05)
     edge.eval()
     torch.testing.assert_close(edge(x, w), x)
     with pytest.raises(ValueError, match="skip_connect"):
@@ -197,33 +199,43 @@ def test_dirichlet_anchor_is_l2_to_the_anchor():
 
 
 # -- perturbations ----------------------------------------------------------------------------------------
-def test_random_smoothing_is_uniform_within_epsilon():
-    model = supernet()
-    deltas = RandomSmoothing(epsilon=0.03)(model, None)
-    d = torch.cat([x.flatten() for x in deltas])
-    assert d.abs().max() <= 0.03 and d.abs().mean() == pytest.approx(0.015, rel=0.2)
+def test_sdarts_perturbs_the_op_weights_clamped_and_renormalised():
+    w, delta = torch.tensor([[0.5, 0.3, 0.2]]), torch.tensor([[0.6, -0.4, 0.1]])
+    torch.testing.assert_close(perturbed(w, delta), torch.tensor([[1.0, 0.0, 0.3]]) / 1.3)
+
+
+def test_random_smoothing_is_uniform_within_epsilon_ramped_from_0_03_to_0_3():
+    model, rs = supernet(), RandomSmoothing()
+    assert rs.epsilon_range == (0.03, 0.3)
+    assert [rs.on_epoch_start(e, 3)["perturbation_epsilon"] for e in range(3)] == pytest.approx([0.03, 0.165, 0.3])
+    rs.on_epoch_start(0, 3)
+    deltas = rs(model, None)
+    assert set(deltas) == set(model.alphas) and all(d.shape == model.alphas[t].shape for t, d in deltas.items())
+    d = torch.cat([x.flatten() for x in deltas.values()])
+    assert d.abs().max() <= 0.03 and d.abs().mean().item() == pytest.approx(0.015, rel=0.2)
 
 
 def test_adversarial_perturbation_increases_the_loss_and_stays_in_the_ball():
     model = supernet()
     batch = (torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,)))
     loss = lambda params=None: batch_loss(model, batch, params)
-    before = [a.detach().clone() for a in model.arch_parameters()]
+    adv = Adversarial(epsilon=0.3, steps=7)
+    assert adv.epsilon == 0.3 and Adversarial().epsilon_range == (0.03, 0.3) and Adversarial().steps == 7
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
     torch.manual_seed(1)
-    base = loss().item()
-    deltas = Adversarial(epsilon=0.3, steps=7)(model, loss)
-    assert all(torch.equal(a, b) for a, b in zip(model.arch_parameters(), before))  # alpha restored
-    assert max(d.abs().max() for d in deltas) <= 0.3 + 1e-6
+    deltas = adv(model, loss)
+    assert model.training and model.weight_delta is None  # the model is left as it was
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())  # BN statistics untouched
+    assert max(d.abs().max() for d in deltas.values()) <= 0.3 + 1e-6
+    model.eval()  # compare as PGD does, on the running statistics
     with torch.no_grad():
-        for a, d in zip(model.arch_parameters(), deltas):
-            a.add_(d)
-    model.eval()  # compare without batch-statistics noise
-    adv = batch_loss(model, batch).item()
-    with torch.no_grad():
-        for a, d in zip(model.arch_parameters(), deltas):
-            a.sub_(d)
-    assert adv > batch_loss(model, batch).item()
-    assert base > 0
+        clean = batch_loss(model, batch).item()
+        model.weight_delta = deltas
+        attacked = batch_loss(model, batch).item()
+        model.weight_delta = {t: torch.empty_like(d).uniform_(-0.3, 0.3) for t, d in deltas.items()}
+        random = batch_loss(model, batch).item()
+    assert attacked > clean and attacked > random
+
 
 
 # -- stopping ---------------------------------------------------------------------------------------------
@@ -339,4 +351,36 @@ def test_schedule_shapes():
 
 def test_registries_list_their_parts():
     assert RELAXATIONS.names() == ["dirichlet", "gumbel", "sigmoid", "softmax"]
-    assert EDGES.names() == ["auxiliary_skip", "noisy_skip", "partial_channel", "sum"]
+    assert EDGES.names() == ["auxiliary_skip", "noisy_skip", "partial_channel", "skip_dropout", "sum"]
+
+
+# -- FairDARTS selection ----------------------------------------------------------------------------------
+def test_threshold_keeps_edges_whose_best_op_reaches_0_85_at_most_two_per_node():
+    ops = ["none", "skip_connect", "sep_conv_3x3"]
+    s = torch.tensor([[0.99, 0.90, 0.10],   # best non-zero op 0.90: kept
+                      [0.00, 0.20, 0.84],   # 0.84: below the threshold
+                      [0.00, 0.95, 0.97]])  # 0.97: kept, strongest
+    sel = SELECTIONS.get("threshold")()
+    assert (sel.threshold, sel.k) == (0.85, 2)
+    assert sel(s, ops) == [("sep_conv_3x3", 2), ("skip_connect", 0)]
+    s[1, 2] = 0.86
+    assert sel(s, ops) == [("sep_conv_3x3", 2), ("skip_connect", 0)]  # three pass, two strongest kept
+    assert len(SELECTIONS.get("threshold")(k=None)(s, ops)) == 3
+
+
+def test_threshold_derives_a_fairdarts_genotype_with_nodes_dropped():
+    model = DartsSupernet(C=4, layers=3, nodes=3, in_channels=1, num_classes=3, relaxation=Sigmoid(),
+                          ops=("skip_connect", "sep_conv_3x3"))
+    with torch.no_grad():
+        for a in model.alphas.values():
+            a.fill_(-5.0)  # sigmoid 0.007: nothing passes
+        normal = model.alphas["normal"]
+        normal[0, 1] = normal[1, 0] = 5.0  # node 2: both inputs
+        normal[8, 1] = 5.0                 # node 4 from node 3, which keeps no edge: dropped with it
+        normal[6, 0] = 5.0                 # node 4 from input 1 (edges 5-8 go into node 4)
+    g = model.derive(SELECTIONS.get("threshold")())
+    assert g.edges("normal") == (("sep_conv_3x3", 0, 2), ("skip_connect", 1, 2), ("skip_connect", 1, 4))
+    assert g.normal_concat == (2, 4)
+    # the reduction cell, where nothing passed, keeps its strongest edge into node 2
+    assert len(g.edges("reduce")) == 1 and g.edges("reduce")[0][2] == 2
+    assert model.genotype_metrics(g) == {"skip_connect_normal": 2, "parameter_free_normal": 2}

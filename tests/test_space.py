@@ -449,3 +449,31 @@ def test_search_config_defaults_are_the_paper_s():
     assert c.arch_weight_decay == 1e-3
     assert c.train_portion == 0.5
     assert c.cutout == 0
+
+
+# --- the op mask (P-DARTS pruning, DARTS-PT discretisation) --------------------------------------------
+
+@pytest.mark.parametrize("relaxation", ["softmax", "sigmoid", "gumbel", "dirichlet"])
+def test_masked_ops_weigh_zero_are_not_run_and_the_rest_renormalise(relaxation):
+    torch.manual_seed(0)
+    net = DartsSupernet(C=4, layers=3, nodes=2, relaxation=RELAXATIONS.get(relaxation)()).train()
+    assert not net.cells[0].reduction
+    mask = net.op_mask["normal"]
+    mask[0, [NONE, SEP3, SEP5]] = False  # edge 0 keeps 5 ops
+    mask[1] = False                      # edge 1 is dropped
+    mask[2, :] = torch.arange(8) == SKIP  # edge 2 is discretised to skip
+    w = net.op_weights(net.relaxation.weights)["normal"].detach()
+    assert (w[0, [NONE, SEP3, SEP5]] == 0).all() and (w[1] == 0).all() and w[2, SKIP] > 0
+    if relaxation != "sigmoid":
+        assert w[0].sum().item() == pytest.approx(1.0) and w[2, SKIP].item() == pytest.approx(1.0)
+    ran = []
+    for e, edge in enumerate(net.cells[0].edges[:3]):
+        for name, op in zip(edge.names, edge.ops):
+            op.register_forward_hook(lambda *_, e=e, name=name: ran.append((e, name)))
+    loss = net(torch.randn(2, 3, 8, 8)).sum()
+    assert not {(0, "none"), (0, "sep_conv_3x3"), (0, "sep_conv_5x5")} & set(ran)
+    assert not [r for r in ran if r[0] == 1] and {n for e, n in ran if e == 2} <= {"skip_connect"}
+    loss.backward()
+    assert torch.isfinite(net.alphas["normal"].grad).all()
+    assert net.strengths()["normal"][1].sum() == 0
+    assert "op_mask_normal" in net.state_dict()

@@ -12,7 +12,7 @@ DARTS_V2 = dnas.published("DARTS_V2")
 
 
 def test_a_cell_graph_has_the_inputs_the_nodes_the_output_and_one_labelled_arrow_per_edge():
-    dot = viz.cell_dot(DARTS_V2.normal, DARTS_V2.normal_concat, "normal")
+    dot = viz.cell_dot(DARTS_V2.edges("normal"), DARTS_V2.normal_concat, "normal")
     labels = re.findall(r'^"\w+" \[label="([^"]+)"', dot, re.M)
     assert labels == ["c_{k-2}", "c_{k-1}", "0", "1", "2", "3", "c_{k}"]
     edges = re.findall(r'"normal(\d)" -> "normal(\d)" \[label="(\w+)"', dot)
@@ -22,7 +22,7 @@ def test_a_cell_graph_has_the_inputs_the_nodes_the_output_and_one_labelled_arrow
 
 def test_only_the_concatenated_nodes_feed_the_output():
     amoeba = dnas.published("AmoebaNet")
-    dot = viz.cell_dot(amoeba.reduce, amoeba.reduce_concat, "reduce")
+    dot = viz.cell_dot(amoeba.edges("reduce"), amoeba.reduce_concat, "reduce")
     assert re.findall(r'"reduce(\d)" -> "reduce_out"', dot) == ["3", "4", "6"]
 
 

@@ -42,8 +42,12 @@ def test_nasnet_and_amoebanet_keep_their_five_nodes_and_concats():
     assert ("conv_7x1_1x7", 0) in amoeba.reduce
 
 
+CELLS = {name: e for name, e in ZOO.items() if isinstance(e.genotype, dnas.Genotype)}  # the convolutional ones
+
+
 def test_every_entry_has_its_paper_and_source():
-    assert list(ZOO) == list(CIFAR_PARAMS)
+    assert list(CELLS) == list(CIFAR_PARAMS)
+    assert set(ZOO) - set(CELLS) == {"DARTS_RNN_V1", "DARTS_RNN_V2"}
     for e in ZOO.values():
         assert re.fullmatch(r"\d{4}\.\d{4,5}", e.arxiv), e.name
         assert re.search(r"(19|20)\d\d", e.paper) and "/" in e.source, e.name
@@ -57,7 +61,7 @@ def test_every_published_cell_builds_and_has_its_pinned_size():
 
 
 def test_every_published_cell_runs_forward_and_backward():
-    for e in ZOO.values():
+    for e in CELLS.values():
         net = NetworkCIFAR(e.genotype, C=4, layers=3)
         logits, aux = net.forward_with_aux(torch.randn(2, 3, 32, 32))
         (logits.sum() + aux.sum()).backward()

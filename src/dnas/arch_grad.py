@@ -46,19 +46,22 @@ class SecondOrder:
     the Hessian-vector product by central finite differences (Eq. 8):
         (grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)) / (2 eps),
         w+- = w +- eps v,  v = grad_w' L_val(w', alpha),  eps = epsilon / ||v||  (epsilon = 0.01).
+
+    ``clip``: the norm both weight gradients (of the unrolled step and v) are clipped to, as the DARTS
+    recurrent search does with its gradient clip 0.25 (rnn/architect.py); None (the convolutional code): no clip.
     """
 
-    def __init__(self, epsilon: float = 0.01):
-        self.epsilon = epsilon
+    def __init__(self, epsilon: float = 0.01, clip: float | None = None):
+        self.epsilon, self.clip = epsilon, clip
 
     def __call__(self, model, train_loss: Loss, val_loss: Loss, w_optimizer) -> torch.Tensor:
         names, weights = zip(*model.named_weight_parameters())
         alphas = model.arch_parameters()
-        unrolled = self.unrolled_weights(weights, train_loss(), w_optimizer)
+        unrolled = self.unrolled_weights(weights, train_loss(), w_optimizer, self.clip)
 
         loss = val_loss(params=dict(zip(names, unrolled)))
         grads = _grad(loss, [*alphas, *unrolled])
-        dalpha, v = grads[: len(alphas)], grads[len(alphas):]
+        dalpha, v = grads[: len(alphas)], _clipped(grads[len(alphas):], self.clip)
 
         hvp = self.hessian_vector_product(weights, alphas, v, train_loss)
         xi = w_optimizer.param_groups[0]["lr"]
@@ -67,13 +70,14 @@ class SecondOrder:
         return loss.detach()
 
     @staticmethod
-    def unrolled_weights(weights, loss: torch.Tensor, w_optimizer) -> list[torch.Tensor]:
-        """w' after one step of the (SGD) weight optimiser, as leaves that require grad."""
+    def unrolled_weights(weights, loss: torch.Tensor, w_optimizer, clip: float | None = None) -> list[torch.Tensor]:
+        """w' after one step of the (SGD) weight optimiser (its gradient clipped to ``clip``), as leaves that
+        require grad."""
         group = w_optimizer.param_groups[0]
         xi, mu, wd = group["lr"], group.get("momentum", 0.0), group.get("weight_decay", 0.0)
         unrolled = []
         with torch.no_grad():
-            for w, g in zip(weights, _grad(loss, weights)):
+            for w, g in zip(weights, _clipped(_grad(loss, weights), clip)):
                 d = g + wd * w
                 buf = w_optimizer.state.get(w, {}).get("momentum_buffer")
                 if buf is not None:
@@ -124,6 +128,14 @@ class Implicit:
         for a, g, m in zip(alphas, dalpha, mixed):
             a.grad = g - eta * m
         return loss.detach()
+
+
+def _clipped(grads, max_norm: float | None):
+    """The gradients scaled to total norm ``max_norm`` when above it (as clip_grad_norm_ does)."""
+    if max_norm is None:
+        return grads
+    scale = min(1.0, max_norm / (torch.cat([g.flatten() for g in grads]).norm().item() + 1e-6))
+    return tuple(g * scale for g in grads)
 
 
 def _grad(loss: torch.Tensor, inputs) -> tuple[torch.Tensor, ...]:

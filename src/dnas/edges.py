@@ -28,9 +28,11 @@ Candidates = Callable[[int, int], dict[str, nn.Module]]
 class MixedEdge(nn.Module):
     """A choice among candidate modules: o_bar(x) = sum_o w_o * o(x) (DARTS, Liu et al. ICLR 2019, Eq. 2).
 
-    With ``active`` (an op index, from a hard relaxation such as GDAS), only that op runs: the output is
-    w_a * o_a(x) + sum_{o != a} w_o, whose second term is zero in value but passes the straight-through
-    gradient to every alpha (Dong & Yang, GDAS, CVPR 2019, Sec. 3.2).
+    With ``active`` (the indices of the ops to run), only those run: the output is
+    sum_{o in active} w_o * o(x) + sum_{o not in active} w_o. The second term is zero in value, since the
+    ops left out weigh zero (a hard relaxation's one-hot sample, or ops masked out of the space), but
+    passes the straight-through gradient of a hard sample to every alpha (Dong & Yang, GDAS, CVPR 2019,
+    Sec. 3.2).
     """
 
     def __init__(self, candidates: Mapping[str, nn.Module]):
@@ -40,10 +42,10 @@ class MixedEdge(nn.Module):
         self.names = list(candidates)
         self.ops = nn.ModuleList(candidates.values())
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, active: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, active: list[int] | None = None) -> torch.Tensor:
         if active is None:
             return sum(w * op(x) for w, op in zip(weights, self.ops))
-        return weights[active] * self.ops[active](x) + (weights.sum() - weights[active])
+        return sum(weights[i] * self.ops[i](x) for i in active) + (weights.sum() - weights[active].sum())
 
     def extra_repr(self) -> str:
         return f"candidates={self.names}"
@@ -83,15 +85,18 @@ class AuxiliarySkipEdge(nn.Module):
 
 
 class GaussianNoise(nn.Module):
-    """Adds N(mean, sigma^2) noise to a module's output in training mode (NoisyDARTS)."""
+    """Adds N(mean, (factor * std(y))^2) noise to a module's output y in training mode (NoisyDARTS): the
+    noise scales with the signal, and its standard deviation is a constant of the gradient."""
 
-    def __init__(self, module: nn.Module, sigma: float, mean: float = 0.0):
+    def __init__(self, module: nn.Module, factor: float, mean: float = 0.0):
         super().__init__()
-        self.module, self.sigma, self.mean = module, sigma, mean
+        self.module, self.factor, self.mean = module, factor, mean
 
     def forward(self, x):
         y = self.module(x)
-        return y + self.mean + self.sigma * torch.randn_like(y) if self.training else y
+        if not self.training:
+            return y
+        return y + self.mean + self.factor * y.detach().std() * torch.randn_like(y)
 
 
 @EDGES.register("sum")
@@ -119,7 +124,8 @@ class PartialChannel:
 class AuxiliarySkip:
     """DARTS- (Chu et al., ICLR 2021, Sec. 3.2, Eq. 4): every edge gets an auxiliary skip connection
     beta * x (a FactorizedReduce on a reducing edge), beta decayed from ``start`` to ``end`` over the search
-    (linearly by default) so that the skip's unfair advantage is factored out of the op weights."""
+    (linearly by default, beta = 1 - epoch / epochs) so that the skip's unfair advantage is factored out
+    of the op weights."""
 
     def __init__(self, start: float = 1.0, end: float = 0.0, decay: str = "linear"):
         self.start, self.end, self.decay = start, end, check_shape(decay)
@@ -130,21 +136,54 @@ class AuxiliarySkip:
         return AuxiliarySkipEdge(MixedEdge(candidates(C, stride)), skip, self)
 
     def on_epoch_start(self, epoch, epochs):
-        self.beta = interpolate(self.start, self.end, epoch, epochs, self.decay)
+        # DARTS-'s beta_0 * (1 - epoch / epochs): reaches ``end`` one epoch after the last
+        self.beta = interpolate(self.start, self.end, epoch, epochs + 1, self.decay)
         return {"aux_skip_beta": self.beta}
 
 
 @EDGES.register("noisy_skip")
 class NoisySkip:
-    """NoisyDARTS (Chu et al., arXiv:2005.03566, Sec. 3): unbiased Gaussian noise (mean 0) on the skip
-    connection's output during search, so that its weight cannot grow on a gradient advantage alone."""
+    """NoisyDARTS (Chu et al., BMVC 2021, Sec. 3, Eq. 5): unbiased additive Gaussian noise on the skip
+    connection's output during search, with standard deviation ``factor`` (lambda) times that of the
+    output; lambda = 0.2, mean 0 is the paper's chosen setting (its Table 7, NoisyDARTS-a)."""
 
-    def __init__(self, sigma: float = 0.1, mean: float = 0.0):
-        self.sigma, self.mean = sigma, mean
+    def __init__(self, factor: float = 0.2, mean: float = 0.0):
+        self.factor, self.mean = factor, mean
 
     def __call__(self, C, stride, candidates):
         ops = candidates(C, stride)
         if "skip_connect" not in ops:
             raise ValueError(f"noisy_skip needs skip_connect among the candidate ops, got {list(ops)}")
-        ops["skip_connect"] = GaussianNoise(ops["skip_connect"], self.sigma, self.mean)
+        ops["skip_connect"] = GaussianNoise(ops["skip_connect"], self.factor, self.mean)
         return MixedEdge(ops)
+
+
+class ScheduledDropout(nn.Module):
+    """Dropout whose rate ``owner.rate`` is set by a scheduling part."""
+
+    def __init__(self, owner):
+        super().__init__()
+        self.owner = owner
+
+    def forward(self, x):
+        return F.dropout(x, self.owner.rate, self.training)
+
+
+@EDGES.register("skip_dropout")
+class SkipDropout:
+    """P-DARTS search regularisation (Chen et al., ICCV 2019, Sec. 3.3): dropout after the skip connection
+    of every edge, so that the parameter-free skip cannot win on its fast early gradients; the rate decays
+    from ``rate`` over the search, rate * (epochs - epoch - 1) / epochs as in its code (0 in the last epoch)."""
+
+    def __init__(self, rate: float = 0.0):
+        self.initial, self.rate = rate, rate
+
+    def __call__(self, C, stride, candidates):
+        ops = candidates(C, stride)
+        if "skip_connect" in ops:
+            ops["skip_connect"] = nn.Sequential(ops["skip_connect"], ScheduledDropout(self))
+        return MixedEdge(ops)
+
+    def on_epoch_start(self, epoch, epochs):
+        self.rate = self.initial * (epochs - epoch - 1) / epochs
+        return {"skip_dropout": self.rate}

@@ -12,6 +12,11 @@ it or pasted from papers work as they are,
 
 (``range(2, 6)`` is accepted for a concat), and JSON (``to_dict`` / ``from_dict``). The text form is parsed
 with ``ast``, never ``eval``.
+
+A cell whose nodes do not all take two edges (FairDARTS's threshold selection, Chu et al., ECCV 2020)
+names each edge's node: ``(op, node, input)`` triples, as FairDARTS's code writes them. A node without
+incoming edges does not exist in the network; the concat drops it. ``edges(cell)`` gives every cell in
+one shape, ``(op, input, node)``, for the code that builds or draws it.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ class GenotypeError(ValueError):
     """A genotype that cannot be read: malformed text, an unknown op, an edge from a later node."""
 
 
-Edge = tuple[str, int]
+Edge = tuple[str, int] | tuple[str, int, int]  # (op, input), or FairDARTS's (op, node, input)
 
 
 @dataclass(frozen=True)
@@ -45,16 +50,30 @@ class Genotype:
 
     def __post_init__(self):
         for cell in ("normal", "reduce"):
-            edges = tuple((str(op), int(j)) for op, j in _pairs(getattr(self, cell), cell))
-            concat = tuple(int(i) for i in getattr(self, cell + "_concat"))
+            edges = tuple((str(e[0]), *map(int, e[1:])) for e in _edges(getattr(self, cell), cell))
             object.__setattr__(self, cell, edges)
+            triples = self.edges(cell)
+            _check_cell(cell, triples)
+            present = {node for *_, node in triples}
+            concat = tuple(int(i) for i in getattr(self, cell + "_concat"))
+            last = max(present)
+            if len(edges[0]) == 3:  # nodes without edges (or past the last) are not in the network
+                concat = tuple(i for i in concat if i < 2 or i in present)
+            if not concat or any(not 0 <= i <= last for i in concat):
+                raise GenotypeError(f"{cell}_concat must name nodes in 0..{last}, got {list(concat)}")
             object.__setattr__(self, cell + "_concat", concat)
-            _check_cell(cell, edges, concat)
+
+    def edges(self, cell: str) -> tuple[tuple[str, int, int], ...]:
+        """The edges of ``cell`` ("normal" or "reduce") as ``(op, input, node)``, in node order."""
+        edges = getattr(self, cell)
+        if edges and len(edges[0]) == 3:
+            return tuple(sorted(((op, j, node) for op, node, j in edges), key=lambda e: e[2]))
+        return tuple((op, j, 2 + k // 2) for k, (op, j) in enumerate(edges))
 
     @property
     def nodes(self) -> int:
-        """Number of intermediate nodes of the normal cell (2 incoming edges each)."""
-        return len(self.normal) // 2
+        """Number of intermediate nodes of the normal cell (the last node's index minus the 2 inputs)."""
+        return self.edges("normal")[-1][2] - 1
 
     def __str__(self) -> str:
         return (
@@ -120,24 +139,30 @@ def _literal(node: ast.AST, field: str) -> Any:
         raise GenotypeError(f"malformed genotype: {field} must be a literal list, got {ast.unparse(node)!r}") from None
 
 
-def _pairs(edges, cell: str):
-    if not isinstance(edges, (list, tuple)):
-        raise GenotypeError(f"{cell} must be a list of (op, input) pairs, got {edges!r}")
+def _edges(edges, cell: str):
+    """The edges as given, all (op, input) pairs or all (op, node, input) triples."""
+    if not isinstance(edges, (list, tuple)) or not edges:
+        raise GenotypeError(f"{cell} must be a non-empty list of (op, input) pairs or (op, node, input) triples, "
+                            f"got {edges!r}")
+    size = len(edges[0]) if isinstance(edges[0], (list, tuple)) else 0
     for e in edges:
-        if not (isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int)):
-            raise GenotypeError(f"{cell}: each edge is an (op, input) pair like ('sep_conv_3x3', 0), got {e!r}")
-        yield e
+        if not (isinstance(e, (list, tuple)) and len(e) == size in (2, 3) and isinstance(e[0], str)
+                and all(isinstance(i, int) for i in e[1:])):
+            raise GenotypeError(f"{cell}: each edge is an (op, input) pair like ('sep_conv_3x3', 0), or, in every "
+                                f"edge of the cell, an (op, node, input) triple like ('sep_conv_3x3', 2, 0); got {e!r}")
+    if size == 2 and len(edges) % 2:
+        raise GenotypeError(f"{cell}: (op, input) pairs give 2 incoming edges per node, got {len(edges)} edges")
+    return edges
 
 
-def _check_cell(cell: str, edges: tuple[Edge, ...], concat: tuple[int, ...]) -> None:
-    if not edges or len(edges) % 2:
-        raise GenotypeError(f"{cell}: a cell has 2 incoming edges per node, got {len(edges)} edges")
-    for i, (op, j) in enumerate(edges):
+def _check_cell(cell: str, edges: tuple[tuple[str, int, int], ...]) -> None:
+    present = {0, 1} | {node for *_, node in edges}
+    for op, j, node in edges:
         if op not in OPS:
             raise GenotypeError(f"{cell}: unknown op {op!r}; valid ops: {', '.join(OPS.names())}")
-        node = 2 + i // 2
+        if node < 2:
+            raise GenotypeError(f"{cell}: nodes 0 and 1 are the cell's inputs; an edge goes into a node >= 2, got {node}")
         if not 0 <= j < node:
             raise GenotypeError(f"{cell}: node {node} takes input {j}, but only inputs 0..{node - 1} exist before it")
-    last = 2 + len(edges) // 2
-    if not concat or any(not 0 <= i < last for i in concat):
-        raise GenotypeError(f"{cell}_concat must name nodes in 0..{last - 1}, got {list(concat)}")
+        if j not in present:
+            raise GenotypeError(f"{cell}: node {node} takes input {j}, a node without incoming edges")

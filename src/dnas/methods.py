@@ -15,6 +15,7 @@ Recipes are small TOML files (``src/dnas/recipes/<name>.toml``); a user's own fi
     regularizers = [{name = "beta_decay", weight = 0.5}]   # lists: any number of these
     perturbation = {name = "random_smoothing", epsilon = 0.03}
     stopping = ["skip_count"]
+    schedule = {name = "progressive"}      # optional: stages of searches (P-DARTS)
     [config]                     # settings of SearchConfig that the paper changes
     batch_size = 64
 """
@@ -34,7 +35,9 @@ from .registry import UnknownNameError
 
 # a part a recipe leaves out; selection None means the space's own (DARTS cell: top-2 edges per node)
 DEFAULT_PARTS = {"space": "darts", "relaxation": "softmax", "edge": "sum", "arch_grad": "first_order",
-                 "selection": None, "perturbation": None, "regularizers": [], "stopping": []}
+                 "selection": None, "perturbation": None, "regularizers": [], "stopping": [], "schedule": None}
+# parts that shape the run rather than a step: the space is built by the search, a schedule runs searches
+RUN_PARTS = ("space", "schedule")
 LIST_PARTS = ("regularizers", "stopping")
 
 
@@ -43,6 +46,8 @@ def registries() -> dict[str, Any]:
     from .arch_grad import ARCH_GRADS
     from .edges import EDGES
     from .perturb import PERTURBATIONS
+    from .progressive import SCHEDULES
+    from .projection import Perturbation  # noqa: F401  (registers the "perturbation" selection)
     from .regularizers import REGULARIZERS
     from .relax import RELAXATIONS
     from .selection import SELECTIONS
@@ -51,7 +56,7 @@ def registries() -> dict[str, Any]:
 
     return {"space": SPACES, "relaxation": RELAXATIONS, "edge": EDGES, "arch_grad": ARCH_GRADS,
             "selection": SELECTIONS, "perturbation": PERTURBATIONS, "regularizers": REGULARIZERS,
-            "stopping": STOPPERS}
+            "stopping": STOPPERS, "schedule": SCHEDULES}
 
 
 @dataclass
@@ -113,7 +118,7 @@ class Method:
         return registry.build(spec, **extra)
 
     def build_parts(self) -> Parts:
-        return Parts(**{kind: self.build(kind) for kind in DEFAULT_PARTS if kind != "space"})
+        return Parts(**{kind: self.build(kind) for kind in DEFAULT_PARTS if kind not in RUN_PARTS})
 
     def check(self) -> None:
         """Fail early, with the valid names, on a recipe that names a part that does not exist."""

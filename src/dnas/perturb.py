@@ -1,9 +1,13 @@
-"""Perturbations of alpha for the weight step (SDARTS, Chen & Hsieh, ICML 2020).
+"""Perturbations of the op weights for the weight step (SDARTS, Chen & Hsieh, ICML 2020).
 
-SDARTS trains the weights to do well in a neighbourhood of alpha rather than at alpha alone, which
-smooths the validation loss landscape in alpha (a smaller Hessian eigenvalue) and so avoids the DARTS
-collapse. A perturbation is called as ``perturbation(model, train_loss)`` before the weight step and
-returns one delta per architecture parameter; the step runs at alpha + delta and alpha is restored.
+SDARTS trains the weights to do well in a neighbourhood of the architecture rather than at it alone,
+which smooths the validation loss landscape in alpha (a smaller Hessian eigenvalue) and so avoids the
+DARTS collapse. As in its code, the perturbation acts on the op weights (the softmax of alpha), not on
+alpha: w' = clamp(w + delta, 0, 1), each edge renormalised to sum 1. A perturbation is called as
+``perturbation(model, train_loss)`` before the weight step and returns one delta per entry of
+``model.alphas``; the step runs with ``model.weight_delta`` set to them. The radius epsilon ramps
+linearly from 0.03 to its maximum over the search, for both variants (SDARTS code: 0.03 + (eps_max -
+0.03) * epoch / epochs, eps_max = 0.3).
 """
 from __future__ import annotations
 
@@ -13,6 +17,12 @@ from .registry import Registry
 from .schedule import check_shape, interpolate
 
 PERTURBATIONS = Registry("perturbation")
+
+
+def perturbed(weights: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """SDARTS's perturbed op weights: clamp(w + delta, 0, 1), renormalised over each edge's ops."""
+    w = (weights + delta).clamp(0.0, 1.0)
+    return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 class EpsilonSchedule:
@@ -30,42 +40,39 @@ class EpsilonSchedule:
 
 @PERTURBATIONS.register("random_smoothing")
 class RandomSmoothing(EpsilonSchedule):
-    """SDARTS-RS (Eq. 5): delta ~ Uniform[-epsilon, epsilon] on every alpha."""
+    """SDARTS-RS (Eq. 5): delta ~ Uniform[-epsilon, epsilon] on every op weight."""
 
-    def __init__(self, epsilon=0.03, shape="linear"):
+    def __init__(self, epsilon=(0.03, 0.3), shape="linear"):
         super().__init__(epsilon, shape)
 
-    def __call__(self, model, train_loss) -> list[torch.Tensor]:
-        return [torch.empty_like(a).uniform_(-self.epsilon, self.epsilon) for a in model.arch_parameters()]
+    def __call__(self, model, train_loss) -> dict[str, torch.Tensor]:
+        return {t: torch.empty_like(a).uniform_(-self.epsilon, self.epsilon) for t, a in model.alphas.items()}
 
 
 @PERTURBATIONS.register("adversarial")
 class Adversarial(EpsilonSchedule):
-    """SDARTS-ADV (Eq. 6): delta maximising the training loss within the L_inf ball of radius epsilon,
-    found by ``steps`` of projected gradient ascent with step size ``step_size`` (default 2.5 eps / steps)
-    from a random start."""
+    """SDARTS-ADV (Eq. 6): the delta that maximises the training loss within the L_inf ball of radius
+    epsilon, by ``steps`` of projected sign-gradient ascent of step 2 epsilon / steps from a random start,
+    with the supernet in evaluation mode (its BatchNorm statistics untouched), as the SDARTS code does."""
 
-    def __init__(self, epsilon=0.3, steps: int = 7, step_size: float | None = None, shape="linear"):
+    def __init__(self, epsilon=(0.03, 0.3), steps: int = 7, shape="linear"):
         super().__init__(epsilon, shape)
-        self.steps, self.step_size = steps, step_size
+        self.steps = steps
 
     def __call__(self, model, train_loss):
-        alphas = model.arch_parameters()
         eps = self.epsilon
-        step = self.step_size or 2.5 * eps / self.steps
-        deltas = [torch.empty_like(a).uniform_(-eps, eps) for a in alphas]
-        originals = [a.detach().clone() for a in alphas]
+        deltas = {t: torch.empty_like(a).uniform_(-eps, eps) for t, a in model.alphas.items()}
+        was_training = model.training
+        model.eval()
         try:
             for _ in range(self.steps):
-                with torch.no_grad():
-                    for a, o, d in zip(alphas, originals, deltas):
-                        a.copy_(o + d)
-                grads = torch.autograd.grad(train_loss(), alphas)
-                with torch.no_grad():
-                    for d, g in zip(deltas, grads):
-                        d.add_(step * g.sign()).clamp_(-eps, eps)
+                for d in deltas.values():
+                    d.requires_grad_(True)
+                model.weight_delta = deltas
+                grads = torch.autograd.grad(train_loss(), list(deltas.values()))
+                deltas = {t: (d + 2 * eps / self.steps * g.sign()).clamp(-eps, eps).detach()
+                          for (t, d), g in zip(deltas.items(), grads)}
         finally:
-            with torch.no_grad():
-                for a, o in zip(alphas, originals):
-                    a.copy_(o)
+            model.weight_delta = None
+            model.train(was_training)
         return deltas

@@ -1,6 +1,7 @@
 """Relaxations: how an edge turns its architecture parameters alpha into weights over candidate ops.
 
-A relaxation maps alpha of shape (edges, ops) to op weights of the same shape. ``weights`` is what the
+A relaxation maps alpha of shape (edges, ops) to op weights of the same shape; an alpha of -inf (an op
+masked out of the space) gets weight 0. ``weights`` is what the
 supernet multiplies the ops by in training (it may sample); ``strengths`` is the deterministic view used
 in evaluation mode, by selection and by reports. ``hard = True`` means each row of ``weights`` is one-hot
 in value, so that the space runs only the chosen op of each edge. A relaxation with a schedule (a
@@ -88,7 +89,13 @@ class Dirichlet:
         return F.elu(alpha) + 1
 
     def weights(self, alpha):
-        return torch.distributions.Dirichlet(self.concentration(alpha)).rsample()
+        # ops masked out of the space (alpha = -inf) weigh 0; the others' renormalised sample is
+        # Dirichlet over them alone (the aggregation property)
+        live = torch.isfinite(alpha)
+        if live.all():
+            return torch.distributions.Dirichlet(self.concentration(alpha)).rsample()
+        sample = torch.distributions.Dirichlet(self.concentration(alpha.masked_fill(~live, 0.0))).rsample() * live
+        return sample / sample.sum(-1, keepdim=True)
 
     def strengths(self, alpha):
         beta = self.concentration(alpha)

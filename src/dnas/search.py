@@ -11,6 +11,9 @@ the same for every method. Each run writes a directory a person can read without
     alphas.jsonl     one line per epoch: the architecture parameters and the op strengths of every edge
     genotype.txt     the final genotype in the DARTS text form; genotype.json the same as JSON
     checkpoint.pt    everything needed to resume exactly, written atomically after each epoch
+
+A selection with ``after_search(search, progress)`` returns the genotype after the loop, working on the
+trained supernet (DARTS-PT's projection, projection.py); it keeps its progress in the checkpoint.
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ class SearchConfig:
     subset: int | None = None  # use only the first N training images (quick runs)
     seed: int = 2
     device: str = "auto"
+    tensorboard: bool = False  # also log each epoch to TensorBoard in the run directory (pip install tensorboard)
 
     @classmethod
     def fields(cls) -> set[str]:
@@ -88,7 +92,13 @@ class Search:
         self.method = method or get_method(config.method)
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
+        self.setup()
+        self.epoch = 0  # epochs completed
+        self.stopped: dict[str, Any] | None = None  # {"reason", "genotype_epoch"} once a stopper ended the run
 
+    def setup(self) -> None:
+        """Data, parts, supernet, optimisers and schedule (a space with its own data overrides this)."""
+        config = self.config
         data = load_dataset(config.dataset, config.data)
         x, y = data.train_x[: config.subset], data.train_y[: config.subset]
         train_idx, val_idx = split_indices(len(y), config.train_portion)
@@ -106,8 +116,10 @@ class Search:
                            edge=self.parts.edge, **config.space_options).to(self.device)
         self.w_optimizer, self.a_optimizer = optimizers(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.lr_min)
-        self.epoch = 0  # epochs completed
-        self.stopped: dict[str, Any] | None = None  # {"reason", "genotype_epoch"} once a stopper ended the run
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The random generators of the data, saved and restored with the checkpoint."""
+        return {"train": self.train_loader.generator, "val": self.val_loader.generator}
 
     # -- one step -------------------------------------------------------------------------------------
     def step(self, train_batch, val_batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +151,10 @@ class Search:
         return {"val_loss": float(loss_sum) / seen, "val_acc": float(correct) / seen}
 
     def run(self, progress: bool = True) -> SearchResult:
+        log = None
+        if self.config.tensorboard:  # first, so that a missing tensorboard package fails before any work
+            from .report import TensorBoardLog
+            log = TensorBoardLog(self.run_dir, self.config.dataset, purge_step=self.epoch + 1)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_json("config.json", {"config": dataclasses.asdict(self.config),
                                          "method": dataclasses.asdict(self.method)})
@@ -161,27 +177,38 @@ class Search:
                     record["stopped"] = self.stopped
             record["seconds"] = round(time.time() - t0, 3)
             self._append_jsonl("metrics.jsonl", record)
-            self._append_jsonl("alphas.jsonl", {
+            alphas = {
                 "epoch": self.epoch, "ops": list(self.model.ops),
                 "alphas": {t: a.detach().cpu().tolist() for t, a in self.model.alphas.items()},
                 "strengths": {t: s.cpu().tolist() for t, s in self.model.strengths().items()},
-            })
+            }
+            self._append_jsonl("alphas.jsonl", alphas)
+            if log is not None:
+                log.write(record, alphas)
             self.save_checkpoint()
             done = self.epoch - first_epoch
             eta = (time.time() - started) / done * (self.config.epochs - self.epoch)
-            print(f"epoch {self.epoch}/{self.config.epochs}  lr {lr:.4g}  train_acc {record['train_acc']:.4f}  "
-                  f"val_acc {record['val_acc']:.4f}  "
+            print(f"epoch {self.epoch}/{self.config.epochs}  lr {lr:.4g}  {self.epoch_summary(record)}"
                   + "".join(f"{k} {v:.4g}  " for k, v in genotype_metrics.items())
                   + f"{record['seconds']:.1f}s  eta {format_seconds(eta)}", flush=True)
+        if log is not None:
+            log.close()
         metrics = read_jsonl(self.run_dir / "metrics.jsonl")
         genotype = self.model.derive(self.parts.selection)
         if self.stopped is not None:
             print(f"stopped early after epoch {self.epoch}: {self.stopped['reason']}; "
                   f"the genotype is the one derived at epoch {self.stopped['genotype_epoch']}", flush=True)
             genotype = type(genotype).parse(metrics[self.stopped["genotype_epoch"] - 1]["genotype"])
+        if hasattr(self.parts.selection, "after_search"):  # a selection that works on the trained supernet (DARTS-PT)
+            genotype = self.parts.selection.after_search(self, progress)
         genotype.save(self.run_dir / "genotype.txt")
         genotype.save(self.run_dir / "genotype.json")
         return SearchResult(genotype, self.run_dir, metrics)
+
+    @staticmethod
+    def epoch_summary(record: dict[str, Any]) -> str:
+        """The measures of an epoch's console line."""
+        return f"train_acc {record['train_acc']:.4f}  val_acc {record['val_acc']:.4f}  "
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -197,8 +224,7 @@ class Search:
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "train": self.train_loader.generator.get_state(),
-                "val": self.val_loader.generator.get_state(),
+                **{name: g.get_state() for name, g in self.generators().items()},
             },
         }
         path = self.run_dir / "checkpoint.pt"
@@ -223,8 +249,8 @@ class Search:
             torch.set_rng_state(rng["torch"].cpu())
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-            self.train_loader.generator.set_state(rng["train"].cpu())
-            self.val_loader.generator.set_state(rng["val"].cpu())
+            for name, g in self.generators().items():
+                g.set_state(rng[name].cpu())
         except Exception as e:
             raise CheckpointError(f"{path} is corrupted or not a dnas search checkpoint ({type(e).__name__}: {e}); "
                                   f"the run's other files are untouched") from None
@@ -256,7 +282,7 @@ def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val
                  update_arch: bool = True):
     """One step of DARTS Algorithm 1: an architecture step on the validation batch (the method's
     architecture gradient of L_val plus its regularisers), then a weight step on the training batch
-    (clipped to ``grad_clip``, at a perturbed alpha if the method perturbs). Returns the training loss
+    (clipped to ``grad_clip``, at perturbed op weights if the method perturbs). Returns the training loss
     and the number of correct predictions."""
     model.train()
     train_loss = partial(batch_loss, model, train_batch)
@@ -268,23 +294,16 @@ def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val
         parts.arch_grad(model, train_loss, val_loss, w_optimizer)
         a_optimizer.step()
 
-    deltas = parts.perturbation(model, train_loss) if parts.perturbation is not None else []
-    _shift_alphas(model, deltas, +1)
+    model.weight_delta = parts.perturbation(model, train_loss) if parts.perturbation is not None else None
     weights = model.weight_parameters()
     w_optimizer.zero_grad(set_to_none=True)
     logits = model(train_batch[0])
     loss = F.cross_entropy(logits, train_batch[1])
     loss.backward(inputs=weights)
-    _shift_alphas(model, deltas, -1)
+    model.weight_delta = None
     torch.nn.utils.clip_grad_norm_(weights, grad_clip)
     w_optimizer.step()
     return loss.detach(), (logits.argmax(1) == train_batch[1]).sum()
-
-
-@torch.no_grad()
-def _shift_alphas(model, deltas, sign: int) -> None:
-    for a, d in zip(model.arch_parameters(), deltas):
-        a.add_(d, alpha=sign)
 
 
 def batch_loss(model, batch, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -332,7 +351,7 @@ def new_run_dir(root: str | os.PathLike, method: str, dataset: str) -> Path:
 def search(
     space: str | None = None,
     method: str = "darts-v1",
-    dataset: str = "cifar10",
+    dataset: str | None = None,
     *,
     run_dir: str | os.PathLike | None = None,
     runs_root: str | os.PathLike = "runs",
@@ -344,22 +363,25 @@ def search(
 
     ``settings`` are fields of ``SearchConfig`` (epochs, batch_size, data, seed, ...); keys it does not
     know go to the search space (C, layers, nodes, ops). ``resume`` continues the run in that directory
-    from its last checkpoint, with its saved settings (only ``device`` may be changed).
+    from its last checkpoint, with its saved settings (only ``device`` and ``tensorboard`` may be changed).
+    ``dataset`` defaults to the space's (cifar10; ptb for the recurrent space ``darts-rnn``, whose settings are ``RNNSearchConfig``).
 
         dnas.search(space="darts", method="darts-v2", dataset="cifar10", data="~/data", epochs=50)
     """
     if resume is not None:
         return _resume(Path(resume), progress, **settings)
     recipe = get_method(method)
-    config_fields = SearchConfig.fields()
+    config_cls, search_cls = search_classes(space or recipe.part("space"), recipe)
+    dataset = dataset or config_cls.dataset
+    config_fields = config_cls.fields()
     known = {k: v for k, v in settings.items() if k in config_fields}
     space_options = {**recipe.config.get("space_options", {}), **known.pop("space_options", {}),
                      **{k: v for k, v in settings.items() if k not in config_fields}}
     unknown_recipe = set(recipe.config) - config_fields
     if unknown_recipe:
         raise ValueError(f"recipe {recipe.name} sets unknown settings {sorted(unknown_recipe)}")
-    config = SearchConfig(**{**recipe.config, **known, "method": method, "dataset": dataset, "space": space,
-                             "space_options": space_options})
+    config = config_cls(**{**recipe.config, **known, "method": method, "dataset": dataset, "space": space,
+                           "space_options": space_options})
     if config.data is not None:
         config.data = os.path.expanduser(os.fspath(config.data))
     if run_dir is None:
@@ -367,19 +389,31 @@ def search(
     elif Path(run_dir).exists() and any(Path(run_dir).iterdir()):
         raise FileExistsError(f"run directory {run_dir} is not empty; continue it with resume={str(run_dir)!r} "
                               f"(dnas search --resume {run_dir}) or choose another")
-    return Search(config, run_dir, recipe).run(progress)
+    return search_cls(config, run_dir, recipe).run(progress)
+
+
+def search_classes(space: str, method: Method) -> tuple[type[SearchConfig], type[Search]]:
+    """The settings and search classes of a space: its own (``search_classes()``) or the image search's;
+    a method with a schedule part runs its stages of searches (P-DARTS, progressive.py)."""
+    config_cls, search_cls = getattr(SPACES.get(space), "search_classes", lambda: (SearchConfig, Search))()
+    if method.part("schedule") is not None:
+        from .progressive import ProgressiveSearch
+        return config_cls, ProgressiveSearch
+    return config_cls, search_cls
 
 
 def _resume(run_dir: Path, progress: bool, **settings: Any) -> SearchResult:
     config_file = run_dir / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{run_dir} is not a dnas search run (no config.json in it)")
-    changed = set(settings) - {"device"}
+    changed = set(settings) - {"device", "tensorboard"}
     if changed:
-        raise ValueError(f"a resumed run keeps its settings; only device may change, not {sorted(changed)}")
+        raise ValueError(f"a resumed run keeps its settings; only device may change (and tensorboard be switched), "
+                         f"not {sorted(changed)}")
     saved = json.loads(config_file.read_text())
-    config = SearchConfig(**{**saved["config"], **settings})
     method = Method(**saved["method"])
-    searcher = Search(config, run_dir, method)
+    config_cls, search_cls = search_classes(saved["config"]["space"] or method.part("space"), method)
+    config = config_cls(**{**saved["config"], **settings})
+    searcher = search_cls(config, run_dir, method)
     searcher.load_checkpoint()
     return searcher.run(progress)

@@ -287,7 +287,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def train(
     genotype: str | os.PathLike | Genotype | None = None,
-    dataset: str = "cifar10",
+    dataset: str | None = None,
     *,
     network: str = "cifar",
     run_dir: str | os.PathLike | None = None,
@@ -301,10 +301,17 @@ def train(
     ``genotype`` is a Genotype, a zoo name (``dnas zoo``), a genotype file, a search run directory or the
     DARTS text form. ``settings`` are fields of ``TrainConfig`` (epochs, batch_size, data, cutout, ...);
     ``network="imagenet"`` starts from the DARTS ImageNet settings. ``resume`` continues the run in that
-    directory from its last checkpoint, with its saved settings (only ``device`` may change).
+    directory from its last checkpoint, with its saved settings (only ``device`` may change). A recurrent
+    genotype (DARTS_RNN_V2, ...) trains a language model on a text corpus instead (``dnas.lm_train``).
 
         dnas.train("DARTS_V2", dataset="cifar10", data="~/data/cifar10")
     """
+    from .lm_train import is_lm_job, train_lm
+
+    if is_lm_job(genotype, resume):
+        return train_lm(genotype, dataset, run_dir=run_dir, runs_root=runs_root, resume=resume, progress=progress,
+                        **settings)
+    dataset = dataset or TrainConfig.dataset
     if resume is not None:
         return _resume(Path(resume), progress, **settings)
     if genotype is None:

@@ -12,7 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .genotype import Edge, Genotype
+from .bench.nb201 import NB201Genotype, cell_edges
+from .genotype import Genotype
 
 
 class GraphvizNotFound(FileNotFoundError):
@@ -20,18 +21,21 @@ class GraphvizNotFound(FileNotFoundError):
 
 
 CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
+STYLE = ('node [style="rounded,filled", shape=rect, align=center, fontsize=20, height=0.5, width=0.5, '
+         'penwidth=2, fontname=times];', "edge [fontsize=20, fontname=times];")
 
 
-def cell_dot(edges: tuple[Edge, ...], concat: tuple[int, ...], name: str = "normal") -> str:
-    """The DOT statements of one cell, as a cluster whose node ids start with ``name``."""
-    label = {0: "c_{k-2}", 1: "c_{k-1}"} | {2 + i: str(i) for i in range(len(edges) // 2)}
+def cell_dot(edges: tuple[tuple[str, int, int], ...], concat: tuple[int, ...], name: str = "normal") -> str:
+    """The DOT statements of one cell (``edges`` as ``Genotype.edges`` gives them), as a cluster whose node
+    ids start with ``name``."""
+    label = {0: "c_{k-2}", 1: "c_{k-1}"} | {node: str(node - 2) for *_, node in edges}
     lines = [f'subgraph "cluster_{name}" {{', f'label="{CELL_TITLES.get(name, name)}"; fontsize=20;']
     for i, text in label.items():
         color = "darkseagreen2" if i < 2 else "lightblue"
         lines.append(f'"{name}{i}" [label="{text}", fillcolor={color}];')
     lines.append(f'"{name}_out" [label="c_{{k}}", fillcolor=palegoldenrod];')
-    for k, (op, j) in enumerate(edges):
-        lines.append(f'"{name}{j}" -> "{name}{2 + k // 2}" [label="{op}", fillcolor=gray];')
+    for op, j, node in edges:
+        lines.append(f'"{name}{j}" -> "{name}{node}" [label="{op}", fillcolor=gray];')
     for i in concat:
         lines.append(f'"{name}{i}" -> "{name}_out" [fillcolor=gray];')
     return "\n".join(lines + ["}"])
@@ -40,16 +44,26 @@ def cell_dot(edges: tuple[Edge, ...], concat: tuple[int, ...], name: str = "norm
 def genotype_dot(genotype: Genotype) -> str:
     """A DOT graph of the normal cell above the reduction cell, each drawn left to right."""
     # with rankdir=LR, dot stacks the clusters bottom-up: the reduction cell comes first to land below
-    cells = [cell_dot(getattr(genotype, c), getattr(genotype, c + "_concat"), c) for c in ("reduce", "normal")]
+    cells = [cell_dot(genotype.edges(c), getattr(genotype, c + "_concat"), c) for c in ("reduce", "normal")]
     return "\n".join([
         "digraph genotype {",
         "rankdir=LR; newrank=true;",
-        'node [style="rounded,filled", shape=rect, align=center, fontsize=20, height=0.5, width=0.5, '
-        'penwidth=2, fontname=times];',
-        "edge [fontsize=20, fontname=times];",
+        *STYLE,
         *cells,
         "}",
     ])
+
+
+def nb201_dot(genotype: NB201Genotype) -> str:
+    """A DOT graph of a NAS-Bench-201 cell, left to right: node 0 is the cell's input, the last node its
+    output, one arrow per edge labelled with its op; ``none`` edges are left out, as they carry nothing."""
+    last = genotype.nodes - 1
+    color = {0: "darkseagreen2", last: "palegoldenrod"}
+    nodes = [f'"n{i}" [label="{i}", fillcolor={color.get(i, "lightblue")}];' for i in range(genotype.nodes)]
+    edges = [f'"n{j}" -> "n{i}" [label="{op}"];' for op, (j, i) in zip(genotype.ops, cell_edges(genotype.nodes))
+             if op != "none"]
+    return "\n".join(["digraph nb201 {", 'rankdir=LR; label="NAS-Bench-201 cell"; fontsize=20;', *STYLE,
+                      *nodes, *edges, "}"])
 
 
 def render(dot_source: str, path: str | os.PathLike) -> Path:
@@ -69,6 +83,7 @@ def render(dot_source: str, path: str | os.PathLike) -> Path:
     return path
 
 
-def draw(genotype: Genotype, path: str | os.PathLike) -> Path:
-    """Write a picture of the genotype's normal and reduction cells to ``path`` (.png, .svg, .pdf, ...)."""
-    return render(genotype_dot(genotype), path)
+def draw(genotype: Genotype | NB201Genotype, path: str | os.PathLike) -> Path:
+    """Write a picture of the genotype's cells (DARTS: normal and reduction; NAS-Bench-201: its one cell) to
+    ``path`` (.png, .svg, .pdf, ...)."""
+    return render(nb201_dot(genotype) if isinstance(genotype, NB201Genotype) else genotype_dot(genotype), path)

@@ -1,4 +1,5 @@
-"""Published cells of the DARTS space, as data, each with its paper and where it was transcribed from.
+"""Published cells of the DARTS space, as data, each with its paper and where it was transcribed from; and
+the DARTS recurrent cells (``DARTS_RNN_V1``, ``DARTS_RNN_V2``, ``dnas.rnn_genotype``).
 
 Every genotype is copied edge for edge from the authors' own repository (the file named in ``source``);
 where several copies circulate, the authors' is the one kept. Edges are listed per node, in pairs, in
@@ -21,12 +22,13 @@ from pathlib import Path
 
 from .genotype import Genotype, GenotypeError
 from .registry import UnknownNameError
+from .rnn_genotype import RecurrentGenotype
 
 
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
-    genotype: Genotype
+    genotype: Genotype | RecurrentGenotype
     paper: str
     arxiv: str
     source: str  # repository and file the genotype was transcribed from
@@ -187,13 +189,33 @@ _ENTRIES = [
         ),
         "DrNAS, searched on ImageNet: Chen, Wang, Cheng, Tang, Hsieh. DrNAS: Dirichlet Neural Architecture "
         "Search. ICLR 2021", "2006.10355", "xiangning-chen/DrNAS DARTS-space/genotypes.py (DrNAS_imagenet)"),
+    # recurrent cells (dnas.rnn_genotype), searched on Penn Treebank
+    ZooEntry(
+        "DARTS_RNN_V1",
+        RecurrentGenotype(
+            recurrent=[('relu', 0), ('relu', 1), ('tanh', 2), ('relu', 3), ('relu', 4), ('identity', 1),
+                       ('relu', 5), ('relu', 1)],
+            concat=range(1, 9),
+        ),
+        "DARTS (first order) recurrent cell, PTB: Liu, Simonyan, Yang. DARTS: Differentiable Architecture Search. "
+        "ICLR 2019", "1806.09055", "quark0/darts rnn/genotypes.py (DARTS_V1)"),
+    ZooEntry(
+        "DARTS_RNN_V2",
+        RecurrentGenotype(
+            recurrent=[('sigmoid', 0), ('relu', 1), ('relu', 1), ('identity', 1), ('tanh', 2), ('sigmoid', 5),
+                       ('tanh', 3), ('relu', 5)],
+            concat=range(1, 9),
+        ),
+        "DARTS (second order) recurrent cell, PTB (test perplexity 55.7, 23M params): Liu, Simonyan, Yang. "
+        "DARTS: Differentiable Architecture Search. ICLR 2019", "1806.09055",
+        "quark0/darts rnn/genotypes.py (DARTS_V2)"),
 ]
 
 #: The published genotypes by name.
 ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
 
 #: Short names for the variant each method's own code uses by default.
-ALIASES = {"DARTS": "DARTS_V2", "PC_DARTS": "PC_DARTS_cifar", "DrNAS": "DrNAS_cifar10", "SNAS": "SNAS_mild",
+ALIASES = {"DARTS": "DARTS_V2", "DARTS_RNN": "DARTS_RNN_V2", "PC_DARTS": "PC_DARTS_cifar", "DrNAS": "DrNAS_cifar10", "SNAS": "SNAS_mild",
            "NASNet_A": "NASNet", "AmoebaNet_A": "AmoebaNet", "P_DARTS": "PDARTS"}
 
 
@@ -221,11 +243,11 @@ def published(name: str) -> Genotype:
 def load_genotype(spec: str | Path | Genotype) -> tuple[Genotype, str]:
     """A genotype and a short name for it, from a zoo name, a genotype file (.json or the text form), a run
     directory holding ``genotype.json``, or the DARTS text form itself."""
-    if isinstance(spec, Genotype):
+    if isinstance(spec, (Genotype, RecurrentGenotype)):
         return spec, "genotype"
     text = str(spec).strip()
     if text.startswith("Genotype("):
-        return Genotype.parse(text), "genotype"
+        return _genotype_class(text).parse(text), "genotype"
     if _key(text) in _LOOKUP:
         entry = lookup(text)
         return entry.genotype, entry.name
@@ -234,8 +256,18 @@ def load_genotype(spec: str | Path | Genotype) -> tuple[Genotype, str]:
         if not (path / "genotype.json").is_file():
             raise GenotypeError(f"{path} is a directory without genotype.json; give a search run directory, "
                                 f"a genotype file or a zoo name")
-        return Genotype.load(path / "genotype.json"), path.name
+        return _load(path / "genotype.json"), path.name
     if path.is_file():
-        return Genotype.load(path), path.stem
+        return _load(path), path.stem
     raise GenotypeError(f"{text!r} is not a published genotype ({', '.join(ZOO)}), an existing file or run "
-                        f"directory, or a genotype in the text form Genotype(normal=[...], ...)")
+                        f"directory, or a genotype in the text form Genotype(normal=[...], ...) or "
+                        f"Genotype(recurrent=[...], concat=...)")
+
+
+def _genotype_class(text: str) -> type:
+    """The convolutional or the recurrent genotype class, by what the text or JSON names."""
+    return RecurrentGenotype if RecurrentGenotype.matches(text) else Genotype
+
+
+def _load(path: Path) -> Genotype | RecurrentGenotype:
+    return _genotype_class(path.read_text()).load(path)

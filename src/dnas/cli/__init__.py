@@ -8,10 +8,11 @@ from .. import __version__
 from ..data import DataError
 from ..genotype import GenotypeError
 from ..registry import UnknownNameError
+from ..report import TensorBoardNotFound
 from ..search import CheckpointError
-from . import bench, evaluate, search
+from . import bench, evaluate, report, search
 
-COMMAND_MODULES = (search, evaluate, bench)
+COMMAND_MODULES = (search, evaluate, bench, report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except (UnknownNameError, DataError, GenotypeError, CheckpointError, FileNotFoundError, FileExistsError,
-            ValueError) as e:
+            ValueError, TensorBoardNotFound) as e:
         print(f"dnas: error: {e}", file=sys.stderr)
         return 2
     return 0

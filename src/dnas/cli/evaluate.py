@@ -3,13 +3,17 @@ measured and exported network."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..cost import cost
-from ..data import DATASETS
+from ..cost import cost, count_params
+from ..data import CORPORA, DATASETS
 from ..export import FORMATS, export_run
+from ..report import load_run
 from ..spaces.darts_network import NETWORKS
 from ..train import TrainConfig, evaluate_run, train
 from ..viz import GraphvizNotFound, draw
+from ..lm_train import LMTrainConfig, LMTrainResult, build_lm, evaluate_lm_run, is_lm_run
+from ..rnn_genotype import RecurrentGenotype
 from ..zoo import ALIASES, ZOO, load_genotype
 
 GENOTYPE_HELP = "a zoo name (see `dnas zoo`), a genotype .json/.txt file, a run directory, or the text form"
@@ -17,6 +21,8 @@ GENOTYPE_HELP = "a zoo name (see `dnas zoo`), a genotype .json/.txt file, a run 
 
 def run_info(args: argparse.Namespace) -> None:
     genotype, name = load_genotype(args.genotype)
+    if isinstance(genotype, RecurrentGenotype):
+        return info_recurrent(args, genotype, name)
     network = NETWORKS.get(args.network)
     in_channels, size = args.in_channels or 3, args.image_size or network.image_size
     options = {k: v for k, v in {"C": args.init_channels, "layers": args.layers,
@@ -37,6 +43,22 @@ def run_info(args: argparse.Namespace) -> None:
         print(f"cells: not drawn ({e})")
 
 
+def info_recurrent(args: argparse.Namespace, genotype: RecurrentGenotype, name: str) -> None:
+    """The language model of a recurrent cell: its size at the paper's 850 (or --hidden-size) on the vocabulary
+    of --dataset (ptb: 10,000 words) or --vocab-size."""
+    vocab = args.vocab_size or CORPORA.get(args.dataset or "ptb").vocab_size
+    if vocab is None:
+        raise ValueError(f"the size of a {args.dataset!r} vocabulary is that of its files; give --vocab-size")
+    size = args.hidden_size or LMTrainConfig.hidden_size
+    model = build_lm(LMTrainConfig(emb_size=size, hidden_size=size), genotype, vocab)
+    entry = ZOO.get(name)
+    print(f"genotype: {name}" + (f"  ({entry.paper}, arXiv {entry.arxiv})" if entry else ""))
+    print(genotype)
+    print(f"language model: embedding = hidden = {size}, vocabulary {vocab:,}, tied decoder")
+    params = count_params(model)
+    print(f"params: {params / 1e6:.3f}M ({params:,})")
+
+
 def run_train(args: argparse.Namespace) -> None:
     if args.resume:
         result = train(resume=args.resume, progress=not args.quiet, **({"device": args.device} if args.device else {}))
@@ -47,17 +69,29 @@ def run_train(args: argparse.Namespace) -> None:
             "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "C": args.init_channels, "layers": args.layers, "auxiliary": args.auxiliary, "cutout": args.cutout,
             "drop_path": args.drop_path, "subset": args.subset, "test_subset": args.test_subset, "seed": args.seed,
-            "device": args.device,
+            "device": args.device, "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
         }.items() if v is not None}
         result = train(args.genotype, args.dataset, network=args.network, run_dir=args.run_dir, runs_root=args.runs,
                        progress=not args.quiet, **settings)
+    if isinstance(result, LMTrainResult):
+        print(f"validation perplexity: {result.metrics[-1]['val_ppl']:.2f} after the last epoch "
+              f"(best epoch: {result.best_val_ppl:.2f}); `dnas test {result.run_dir}` for the test perplexity")
+        print(f"run directory: {result.run_dir}")
+        return
     best = max(m["test_acc"] for m in result.metrics)
     print(f"test accuracy: {result.test_acc:.4f} after the last epoch (best epoch: {best:.4f})")
     print(f"run directory: {result.run_dir}")
 
 
 def run_test(args: argparse.Namespace) -> None:
-    report = evaluate_run(args.run, dataset=args.dataset, data=args.data, weights=args.weights,
+    if is_lm_run(args.run):
+        lm = evaluate_lm_run(args.run, dataset=args.dataset, data=args.data, weights=args.weights or "best",
+                             device=args.device or "auto", batch_size=args.batch_size, subset=args.subset,
+                             progress=not args.quiet)
+        print(f"valid perplexity: {lm.valid_ppl:.2f}  test perplexity: {lm.test_ppl:.2f}")
+        print(f"written: {lm.file}")
+        return
+    report = evaluate_run(args.run, dataset=args.dataset, data=args.data, weights=args.weights or "last",
                           device=args.device or "auto", batch_size=args.batch_size, subset=args.subset,
                           progress=not args.quiet)
     print(f"test accuracy: {report.accuracy:.4f}  top-5: {report.top5:.4f}  loss: {report.loss:.4f}")
@@ -73,7 +107,15 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def run_show(args: argparse.Namespace) -> None:
-    genotype, name = load_genotype(args.genotype)
+    path = Path(args.genotype).expanduser()
+    if (path / "metrics.jsonl").is_file():  # a search run: its result, or the cells derived at --epoch
+        run = load_run(path)
+        genotype = run.genotype(args.epoch)
+        name = run.name if args.epoch is None else f"{run.name}-epoch{args.epoch}"
+    elif args.epoch is not None:
+        raise ValueError(f"--epoch picks an epoch of a search run; {args.genotype} is not a search run directory")
+    else:
+        genotype, name = load_genotype(args.genotype)
     print(f"{name}: {draw(genotype, args.output or f'{name}-cells.png')}")
 
 
@@ -92,6 +134,10 @@ def register(sub) -> None:
     i.add_argument("--init-channels", type=int, help="initial channels (default: the network's, 36 or 48)")
     i.add_argument("--layers", type=int, help="cells (default: the network's, 20 or 14)")
     i.add_argument("--num-classes", type=int, help="classes (default 10 or 1000)")
+    i.add_argument("--dataset", help=f"recurrent cells: the corpus whose vocabulary sizes the model, one of "
+                                     f"{', '.join(CORPORA.names())} (default ptb: 10,000 words)")
+    i.add_argument("--vocab-size", type=int, help="recurrent cells: vocabulary size (default: the corpus's)")
+    i.add_argument("--hidden-size", type=int, help="recurrent cells: embedding = hidden size (default 850)")
     i.add_argument("--in-channels", type=int, help="image channels (default 3)")
     i.add_argument("--image-size", type=int, help="image side for mult-adds (default 32 or 224)")
     i.add_argument("-o", "--output", help="cell picture, .png or .svg (default <genotype>-cells.png)")
@@ -101,7 +147,9 @@ def register(sub) -> None:
                        description="Train a genotype's network. Defaults are the DARTS paper's CIFAR-10 evaluation; "
                                    "--network imagenet takes its ImageNet settings.")
     t.add_argument("--genotype", help=GENOTYPE_HELP)
-    t.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASETS.names())}")
+    t.add_argument("--dataset", help=f"one of {', '.join(DATASETS.names())} (default cifar10); for a recurrent "
+                                     f"genotype a corpus: {', '.join(CORPORA.names())} (default ptb)")
+    t.add_argument("--hidden-size", type=int, help="recurrent genotype: embedding = hidden size (default 850)")
     t.add_argument("--data", help="data folder (Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
     t.add_argument("--network", default="cifar", help=f"one of {', '.join(NETWORKS.names())} (default cifar)")
     t.add_argument("--epochs", type=int, help=f"default {defaults.epochs} (imagenet 250)")
@@ -129,7 +177,7 @@ def register(sub) -> None:
     s.add_argument("run", help="a training run directory")
     s.add_argument("--dataset", help="data set (default: the run's)")
     s.add_argument("--data", help="data folder (default: the run's)")
-    s.add_argument("--weights", default="last", help="last (default), best, or a .pt file of the network's weights")
+    s.add_argument("--weights", help="last (default; language models: best), best, or a .pt file of the weights")
     s.add_argument("--batch-size", type=int, help="default: the run's")
     s.add_argument("--subset", type=int, help="test on N test images only (quick checks; a fixed random sample)")
     s.add_argument("--device", help="default: cuda when present, else cpu")
@@ -145,6 +193,8 @@ def register(sub) -> None:
 
     w = sub.add_parser("show", help="draw a genotype's normal and reduction cells")
     w.add_argument("genotype", help=GENOTYPE_HELP)
+    w.add_argument("--epoch", type=int, help="of a search run: the cells derived after this epoch (default: the "
+                                             "run's result)")
     w.add_argument("-o", "--output", help="picture, .png, .svg or .pdf (default <genotype>-cells.png)")
     w.set_defaults(func=run_show)
 

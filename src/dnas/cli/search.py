@@ -3,21 +3,24 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import DATASETS
+from ..data import CORPORA, DATASETS
 from ..methods import builtin_methods
 from ..search import search
 
 
 def run_search(args: argparse.Namespace) -> None:
     if args.resume:
-        result = search(resume=args.resume, progress=not args.quiet,
-                        **({"device": args.device} if args.device else {}))
+        changes = {k: v for k, v in {"device": args.device, "tensorboard": args.tensorboard or None}.items() if v}
+        result = search(resume=args.resume, progress=not args.quiet, **changes)
     else:
         settings = {k: v for k, v in {
             "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
             "device": args.device, "subset": args.subset, "cutout": args.cutout,
+            "tensorboard": args.tensorboard or None,
             "C": args.init_channels, "layers": args.layers, "nodes": args.nodes,
             "ops": tuple(args.ops.split(",")) if args.ops else None,
+            "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
+            "fused": True if args.fast else None,
         }.items() if v is not None}
         result = search(space=args.space, method=args.method, dataset=args.dataset, run_dir=args.run_dir,
                         runs_root=args.runs, progress=not args.quiet, **settings)
@@ -34,22 +37,29 @@ def register(sub) -> None:
     s = sub.add_parser("search", help="search a cell on a data set",
                        description="Search an architecture. Defaults are the DARTS paper's CIFAR-10 search.")
     s.add_argument("--method", default="darts-v1", help="built-in method (see `dnas methods`) or a recipe .toml")
-    s.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASETS.names())}")
+    s.add_argument("--dataset", help=f"one of {', '.join(DATASETS.names())} (default cifar10); for --space darts-rnn "
+                                     f"a text corpus: {', '.join(CORPORA.names())} (default ptb)")
     s.add_argument("--data", help="data folder (Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
-    s.add_argument("--space", help="search space (default: the method's)")
+    s.add_argument("--space", help="search space (default: the method's): darts, nb201, darts-rnn (recurrent, on a corpus)")
     s.add_argument("--epochs", type=int, help="default 50")
     s.add_argument("--batch-size", type=int, help="default 64")
     s.add_argument("--layers", type=int, help="cells in the supernet (default 8)")
     s.add_argument("--init-channels", type=int, help="initial channels C (default 16)")
-    s.add_argument("--nodes", type=int, help="intermediate nodes per cell (default 4)")
+    s.add_argument("--nodes", type=int, help="intermediate nodes per cell (default 4; darts-rnn 8)")
+    s.add_argument("--hidden-size", type=int, help="darts-rnn: embedding = hidden size (default 300)")
     s.add_argument("--ops", help="comma-separated candidate ops (default: the 8 DARTS ops)")
     s.add_argument("--subset", type=int, help="use only the first N training images (quick runs)")
     s.add_argument("--cutout", type=int, help="cutout length (default 0: off)")
+    s.add_argument("--fast", action="store_true",
+                   help="the DARTS cell's fused fast path: same results, fewer and larger kernels (docs/speed.md)")
     s.add_argument("--seed", type=int, help="random seed (default 2); same seed, same result on the CPU")
     s.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     s.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")
     s.add_argument("--run-dir", help="run directory (default runs/<time>-<method>-<dataset>)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    s.add_argument("--tensorboard", action="store_true",
+                   help="log scalars, alpha heat maps and cell pictures to TensorBoard in the run directory "
+                        "(needs `pip install tensorboard`; view with `tensorboard --logdir runs/`)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=run_search)
 

@@ -5,5 +5,6 @@ SPACES = Registry("search space")
 
 from . import darts  # noqa: E402,F401  (registers "darts")
 from . import nb201  # noqa: E402,F401  (registers "nb201")
+from . import darts_rnn  # noqa: E402,F401  (registers "darts-rnn")
 
 __all__ = ["SPACES"]

@@ -6,6 +6,10 @@ has two inputs (the outputs of the two previous cells, reduced to C channels by 
 FactorizedReduce when the previous cell halved the resolution), ``nodes`` intermediate nodes, each the sum
 of mixed edges from all earlier nodes, and outputs the concatenation of its intermediate nodes. All
 normal cells share one alpha (edges x ops), all reduction cells another.
+
+An op mask per cell type (edges x ops, all True by default) takes ops out of the space: a masked op weighs
+0, is not computed, and the relaxation renormalises over the others. P-DARTS prunes the op space between
+its stages with it, DARTS-PT discretises edges with it; an edge with every op masked is dropped.
 """
 from __future__ import annotations
 
@@ -20,9 +24,11 @@ from torch import nn
 from ..edges import WeightedSum
 from ..genotype import Genotype
 from ..ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, FactorizedReduce, ReLUConvBN
+from ..perturb import perturbed
 from ..relax import Softmax
 from ..selection import TopK
 from . import SPACES
+from .darts_fused import fused_cell_forward
 
 CELL_TYPES = ("normal", "reduce")
 
@@ -60,6 +66,8 @@ class SearchCell(nn.Module):
             node = 0
             for j, h in enumerate(states):
                 e = offset + j
+                if active is not None and not active[e]:
+                    continue  # an edge with every op masked out
                 out = self.edges[e](h, weights[e], None if active is None else active[e])
                 node = node + (out if edge_weights is None else edge_weights[e] * out)
             states.append(node)
@@ -70,7 +78,8 @@ class SearchCell(nn.Module):
 @SPACES.register("darts")
 class DartsSupernet(nn.Module):
     """The DARTS search network. Defaults are the paper's search setting: 8 cells, 16 initial channels,
-    4 intermediate nodes, the 8 DARTS ops, stem of 3 x C channels (App. A.1.1)."""
+    4 intermediate nodes, the 8 DARTS ops, stem of 3 x C channels (App. A.1.1). ``fused=True`` runs the
+    cells by the fast path of darts_fused.py: the same results and parameters, fewer and larger kernels."""
 
     def __init__(
         self,
@@ -82,8 +91,10 @@ class DartsSupernet(nn.Module):
         ops: tuple[str, ...] = DARTS_OPS,
         stem_multiplier: int = 3,
         edge_normalization: bool = False,
+        op_mask: dict[str, list[list[bool]]] | None = None,
         relaxation=None,
         edge=None,
+        fused: bool = False,
     ):
         super().__init__()
         for name in ops:
@@ -93,6 +104,7 @@ class DartsSupernet(nn.Module):
         self.ops = tuple(ops)
         self.nodes = nodes
         self.relaxation = relaxation or Softmax()
+        self.fused = fused  # the fast path of the cell (darts_fused.py): same parameters, same results
         edge = edge or WeightedSum()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
@@ -112,18 +124,52 @@ class DartsSupernet(nn.Module):
         # PC-DARTS edge normalisation: one beta per edge, softmax-normalised over the edges into a node
         self.betas = nn.ParameterDict(
             {t: nn.Parameter(1e-3 * torch.randn(num_edges)) for t in CELL_TYPES} if edge_normalization else {})
+        for t in CELL_TYPES:
+            mask = torch.ones(num_edges, len(ops), dtype=torch.bool) if op_mask is None else torch.tensor(op_mask[t])
+            if mask.shape != (num_edges, len(ops)):
+                raise ValueError(f"op_mask[{t!r}] must be {num_edges} edges x {len(ops)} ops, got {tuple(mask.shape)}")
+            self.register_buffer(f"op_mask_{t}", mask)
+        self.weight_delta: dict[str, torch.Tensor] | None = None  # set by a perturbation for the weight step
+        self.op_scale: dict[str, torch.Tensor] | None = None  # factors on the op weights, not renormalised
+
+    @property
+    def op_mask(self) -> dict[str, torch.Tensor]:
+        """Per cell type, which ops of each edge are in the space (edges x ops, bool); edit it in place."""
+        return {t: getattr(self, f"op_mask_{t}") for t in CELL_TYPES}
+
+    def op_weights(self, relax) -> dict[str, torch.Tensor]:
+        """``relax`` (the relaxation's ``weights`` or ``strengths``) of each cell type's alphas, with the
+        masked ops at -inf (weight 0), the edges without a live op at weight 0, and SDARTS's perturbation
+        ``weight_delta`` (while the weight step sets one) on the live ops; then ``op_scale`` (edges x ops
+        factors, while set) multiplies them as they are: DARTS-PT removes an op by a factor 0 (projection.py)."""
+        out = {}
+        for t, alpha in self.alphas.items():
+            mask = self.op_mask[t]
+            if mask.all():
+                out[t] = relax(alpha)
+            else:
+                live = mask.any(-1, keepdim=True)
+                out[t] = relax(alpha.masked_fill(~mask, float("-inf")).masked_fill(~live, 0.0)) * live
+            if self.weight_delta is not None:
+                out[t] = perturbed(out[t], self.weight_delta[t] * mask)
+            if self.op_scale is not None:
+                out[t] = out[t] * self.op_scale[t]
+        return out
 
     def forward(self, x):
-        relax = self.relaxation.weights if self.training else self.relaxation.strengths
-        weights = {t: relax(a) for t, a in self.alphas.items()}
-        # a hard relaxation is one-hot in value: each edge runs its chosen op only
-        hard = self.training and self.relaxation.hard
-        active = {t: w.argmax(-1).tolist() for t, w in weights.items()} if hard else {t: None for t in weights}
+        weights = self.op_weights(self.relaxation.weights if self.training else self.relaxation.strengths)
+        if self.training and self.relaxation.hard:  # one-hot in value: each edge runs its chosen op only
+            active = {t: [[i] if m.any() else [] for i, m in zip(w.argmax(-1).tolist(), self.op_mask[t])]
+                      for t, w in weights.items()}
+        else:
+            active = {t: None if m.all() else [r.nonzero().flatten().tolist() for r in m]
+                      for t, m in self.op_mask.items()}
         edge_weights = {t: self.edge_weights(t) for t in CELL_TYPES} if self.betas else {t: None for t in weights}
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             t = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, cell(s0, s1, weights[t], active[t], edge_weights[t])
+            run = partial(fused_cell_forward, cell) if self.fused else cell
+            s0, s1 = s1, run(s0, s1, weights[t], active[t], edge_weights[t])
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
     def edge_weights(self, cell_type: str) -> torch.Tensor:
@@ -147,19 +193,30 @@ class DartsSupernet(nn.Module):
         """Op strengths per cell type (edges x ops), as selection and reports read them; with edge
         normalisation, each edge's row is scaled by its edge weight (PC-DARTS Sec. 3.3)."""
         with torch.no_grad():
-            s = {t: self.relaxation.strengths(a) for t, a in self.alphas.items()}
+            s = self.op_weights(self.relaxation.strengths)
             return {t: w * self.edge_weights(t)[:, None] for t, w in s.items()} if self.betas else s
 
     def derive(self, selection=None) -> Genotype:
-        """The discrete cell read off the alphas; the space's default selection is DARTS's top-2 edges per node."""
+        """The discrete cell read off the alphas; the space's default selection is DARTS's top-2 edges per
+        node. With a selection that keeps fewer (FairDARTS's threshold), a node without edges is dropped,
+        and so are edges from it; a cell where no edge passes keeps the strongest edge into its first node,
+        so that every epoch's cell can be built."""
         selection = selection or TopK(k=2)
+        ops = list(self.ops)
         cells = {}
         for t, s in self.strengths().items():
-            edges, start = [], 0
-            for i in range(self.nodes):
-                edges += selection(s[start : start + 2 + i], list(self.ops))
-                start += 2 + i
-            cells[t] = edges
+            kept, start, present = [], 0, {0, 1}
+            for node in range(2, 2 + self.nodes):
+                edges = [(op, j) for op, j in selection(s[start : start + node], ops) if j in present]
+                present |= {node} if edges else set()
+                kept.append(edges)
+                start += node
+            if not any(kept):
+                kept[0] = TopK(k=1)(s[:2], ops)
+            if all(len(edges) == 2 for edges in kept):
+                cells[t] = [e for edges in kept for e in edges]
+            else:
+                cells[t] = [(op, node, j) for node, edges in enumerate(kept, start=2) for op, j in edges]
         concat = list(range(2, 2 + self.nodes))
         return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat)
 
@@ -167,5 +224,6 @@ class DartsSupernet(nn.Module):
     def genotype_metrics(genotype: Genotype) -> dict[str, int]:
         """What a search reports of each derived genotype: skip connections and parameter-free ops in
         the normal cell, the usual signs of the DARTS collapse (Zela et al., ICLR 2020; Chen & Hsieh 2020)."""
-        return {"skip_connect_normal": sum(op == "skip_connect" for op, _ in genotype.normal),
-                "parameter_free_normal": sum(op in PARAMETER_FREE_OPS for op, _ in genotype.normal)}
+        ops = [op for op, *_ in genotype.edges("normal")]
+        return {"skip_connect_normal": ops.count("skip_connect"),
+                "parameter_free_normal": sum(op in PARAMETER_FREE_OPS for op in ops)}

@@ -41,28 +41,26 @@ def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class EvalCell(nn.Module):
-    """One cell of a genotype: ``edges`` in pairs per node, output the concatenation of ``concat``."""
+    """One cell of a genotype: ``edges`` as ``(op, input, node)`` (``Genotype.edges``), each node the sum of
+    its edges, output the concatenation of ``concat``."""
 
-    def __init__(self, edges: tuple[Edge, ...], concat: tuple[int, ...], C_pp: int, C_p: int, C: int,
-                 reduction: bool, reduction_prev: bool):
+    def __init__(self, edges: tuple[tuple[str, int, int], ...], concat: tuple[int, ...], C_pp: int, C_p: int,
+                 C: int, reduction: bool, reduction_prev: bool):
         super().__init__()
         self.reduction = reduction
         self.preprocess0 = FactorizedReduce(C_pp, C) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0)
-        self.ops = nn.ModuleList(OPS.get(op)(C, 2 if reduction and j < 2 else 1, True) for op, j in edges)
-        self.inputs = [j for _, j in edges]
+        self.ops = nn.ModuleList(OPS.get(op)(C, 2 if reduction and j < 2 else 1, True) for op, j, _ in edges)
+        self.links = [(j, node) for _, j, node in edges]
         self.concat = list(concat)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for i in range(0, len(self.ops), 2):
-            node = 0
-            for op, j in zip(self.ops[i : i + 2], self.inputs[i : i + 2]):
-                h = op(states[j])
-                if self.training and drop_prob > 0 and not isinstance(op, nn.Identity):
-                    h = drop_path(h, drop_prob)
-                node = node + h
-            states.append(node)
+        states = {0: self.preprocess0(s0), 1: self.preprocess1(s1)}
+        for op, (j, node) in zip(self.ops, self.links):
+            h = op(states[j])
+            if self.training and drop_prob > 0 and not isinstance(op, nn.Identity):
+                h = drop_path(h, drop_prob)
+            states[node] = states[node] + h if node in states else h
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
@@ -117,7 +115,7 @@ class DartsNetwork(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             C = 2 * C if reduction else C
             kind = "reduce" if reduction else "normal"
-            edges, concat = getattr(genotype, kind), getattr(genotype, kind + "_concat")
+            edges, concat = genotype.edges(kind), getattr(genotype, kind + "_concat")
             self.cells.append(EvalCell(edges, concat, C_pp, C_p, C, reduction, reduction_prev))
             reduction_prev = reduction
             C_pp, C_p = C_p, len(concat) * C

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..bench import nb201
+from ..perturb import perturbed
 from ..bench.nb201 import NB201_OPS, NB201Genotype, cell_edges
 from ..edges import WeightedSum
 from ..ops import OPS, ReLUConvBN
@@ -109,12 +110,15 @@ class NB201Supernet(nn.Module):
         self.alphas = nn.ParameterDict({"cell": nn.Parameter(1e-3 * torch.randn(num_edges, len(ops)))})
         # PC-DARTS edge normalisation: one beta per edge, softmax-normalised over the edges into a node
         self.betas = nn.ParameterDict({"cell": nn.Parameter(1e-3 * torch.randn(num_edges))} if edge_normalization else {})
+        self.weight_delta: dict[str, torch.Tensor] | None = None  # set by a perturbation for the weight step
 
     def forward(self, x):
         relax = self.relaxation.weights if self.training else self.relaxation.strengths
         weights = relax(self.alphas["cell"])
+        if self.weight_delta is not None:  # SDARTS
+            weights = perturbed(weights, self.weight_delta["cell"])
         # a hard relaxation is one-hot in value: each edge runs its chosen op only
-        active = weights.argmax(-1).tolist() if self.training and self.relaxation.hard else None
+        active = [[i] for i in weights.argmax(-1).tolist()] if self.training and self.relaxation.hard else None
         edge_weights = self.edge_weights() if self.betas else None
         x = self.stem(x)
         for layer in self.cells:

@@ -1,0 +1,93 @@
+"""A reduced real search on CIFAR-10 with the readable and the fused DARTS cell: wall time and genotypes.
+
+The whole loop of ``dnas.search`` (data on the device, augmentation, bilevel steps, evaluation, derive,
+checkpoints), small enough for the CPU: a subset of the training images, a few epochs, a smaller network.
+Both paths start from the same seed; on the CPU they derive the same genotype (the fast path computes what
+the readable one computes). Writes JSON to benchmarks/out/ and a row per path to RESULTS.md.
+
+    python benchmarks/search_e2e.py                       # darts-v1, 2 epochs, 1000 images, C=8, 5 cells
+    python benchmarks/search_e2e.py --method darts-v2 --epochs 1 --cifar10 DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import dnas
+from dnas.search import resolve_device
+
+HERE = Path(__file__).resolve().parent
+SECTION = "## End-to-end search (benchmarks/search_e2e.py): reduced CIFAR-10 search, readable vs fused cell"
+COLUMNS = ["date", "device", "torch", "commit", "method", "path", "images", "epochs", "cells x channels", "batch",
+           "minutes", "speed-up", "genotype as readable's", "load", "command"]
+
+
+def append_row(results: Path, row: str) -> None:
+    """Add ``row`` at the end of this script's table in RESULTS.md, creating the section when it is missing."""
+    lines = results.read_text().splitlines()
+    if SECTION not in lines:
+        lines += ["", SECTION, "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    end = lines.index(SECTION) + 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines.insert(end, row)
+    results.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="darts-v1")
+    p.add_argument("--cifar10", default=str(HERE.parent / ".cache" / "cifar10"),
+                   help="folder holding cifar-10-batches-py/ (default .cache/cifar10, where the tests convert it)")
+    p.add_argument("--subset", type=int, default=1000, help="training images, halved into search-train/val")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--layers", type=int, default=5)
+    p.add_argument("--init-channels", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    args = p.parse_args()
+    device = resolve_device(args.device)
+
+    runs = {}
+    for path in ("readable", "fused"):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            result = dnas.search(space="darts", method=args.method, dataset="cifar10", data=args.cifar10,
+                                 run_dir=Path(tmp) / path, progress=False, epochs=args.epochs,
+                                 subset=args.subset, batch_size=args.batch_size, device=str(device), seed=2,
+                                 C=args.init_channels, layers=args.layers, fused=path == "fused")
+            runs[path] = {"seconds": round(time.perf_counter() - t0, 1), "genotype": str(result.genotype),
+                          "final_val_acc": result.metrics[-1]["val_acc"]}
+    for r in runs.values():
+        r["speedup_over_readable"] = round(runs["readable"]["seconds"] / r["seconds"], 2)
+        r["same_genotype_as_readable"] = r["genotype"] == runs["readable"]["genotype"]
+    report = {"benchmark": "search_e2e", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+              else f"CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg(), "settings": vars(args),
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": runs}
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    (out / f"search_e2e-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+    if not args.no_results:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=HERE).stdout.strip()
+        for path, r in runs.items():
+            append_row(HERE / "RESULTS.md", (
+                f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit} | {args.method} | "
+                f"{path} | {args.subset} | {args.epochs} | {args.layers} x {args.init_channels} | {args.batch_size} | "
+                f"{r['seconds'] / 60:.2f} | {r['speedup_over_readable']} | {r['same_genotype_as_readable']} | "
+                f"{report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |"))
+
+
+if __name__ == "__main__":
+    main()

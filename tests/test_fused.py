@@ -1,0 +1,179 @@
+"""The fast path of the DARTS cell (spaces/darts_fused.py) computes what the readable cell computes.
+
+Every built-in recipe takes one search step (architecture step of its order, then weight step) on a
+readable and a fused supernet from the same seed, in float64 so that the tolerance can be tight: the
+losses, the gradients of every weight and alpha, the parameters after the optimisers' steps, the
+BatchNorm running statistics and the evaluation-mode outputs (which read those statistics) must agree.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from dnas.edges import EDGES, MixedEdge
+from dnas.methods import builtin_methods, get_method
+from dnas.relax import GumbelSoftmax
+from dnas.search import SearchConfig, bilevel_step, optimizers
+from dnas.spaces.darts import DartsSupernet
+
+RECIPES = sorted(builtin_methods())
+
+
+def supernet(fused, relaxation=None, edge=None, dtype=torch.float64, **options):
+    torch.manual_seed(0)
+    return DartsSupernet(10, 3, C=8, layers=5, relaxation=relaxation, edge=edge, fused=fused, **options).to(dtype)
+
+
+def random_mask(model, keep: int, seed: int = 3) -> None:
+    """Keep ``keep`` random ops per edge, and drop one edge of each cell type entirely (P-DARTS, DARTS-PT)."""
+    g = torch.Generator().manual_seed(seed)
+    for mask in model.op_mask.values():
+        mask.zero_()
+        for row in mask:
+            row[torch.randperm(len(row), generator=g)[:keep]] = True
+        mask[3] = False
+
+
+def search_step(name: str, fused: bool, device="cpu", dtype=torch.float64):
+    """One bilevel step of a recipe on a small supernet; what it leaves behind."""
+    method = get_method(name)
+    parts = method.build_parts()
+    options = dict(method.config.get("space_options", {}))
+    if method.part("schedule") is not None:  # P-DARTS, second stage: skip dropout, 3 ops left per edge
+        parts.edge = EDGES.build({"name": "skip_dropout", "rate": 0.4})
+    parts.on_epoch_start(1, 4)  # schedules (temperature, DARTS- beta, dropout rate) away from their start
+    model = supernet(fused, parts.relaxation, parts.edge, dtype, **options).to(device)
+    if method.part("schedule") is not None:
+        random_mask(model, keep=3)
+    w_opt, a_opt = optimizers(model, SearchConfig())
+    g = torch.Generator().manual_seed(1)
+    batch = lambda: (torch.randn(4, 3, 16, 16, generator=g, dtype=dtype).to(device),
+                     torch.randint(0, 10, (4,), generator=g).to(device))
+    train, val = batch(), batch()
+    torch.manual_seed(2)
+    loss, _ = bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    state = {n: t.clone() for n, t in model.state_dict().items()}
+    model.eval()
+    with torch.no_grad():
+        logits = model(val[0])
+    return loss, grads, state, logits
+
+
+def assert_close(a, b, what, rtol=1e-9):
+    scale = max(a.abs().max().item(), 1e-30)  # relative to the tensor's size: sums differ in order only
+    torch.testing.assert_close(a, b, rtol=0, atol=rtol * scale, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_step_equals_readable(name):
+    loss_r, grads_r, state_r, logits_r = search_step(name, fused=False)
+    loss_f, grads_f, state_f, logits_f = search_step(name, fused=True)
+    assert_close(loss_r, loss_f, "training loss")
+    assert grads_r.keys() == grads_f.keys()
+    assert any(n.startswith("alphas.") for n in grads_r) and any(n.startswith("cells.") for n in grads_r)
+    for n in grads_r:
+        assert_close(grads_r[n], grads_f[n], f"gradient of {n}")
+    assert state_r.keys() == state_f.keys()  # a fused supernet is a drop-in: same state_dict
+    for n in state_r:
+        if "num_batches_tracked" in n:
+            assert torch.equal(state_r[n], state_f[n]), n
+        else:
+            assert_close(state_r[n].double(), state_f[n].double(), n)
+    assert_close(logits_r, logits_f, "evaluation-mode logits")
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_op_mask_forward_and_gradients(hard):
+    """Masked ops are not computed and dropped edges add nothing, soft or hard (GDAS's one op per edge)."""
+    out = []
+    for fused in (False, True):
+        model = supernet(fused, GumbelSoftmax(hard=hard, tau=(1.0, 1.0)))
+        random_mask(model, keep=4)
+        x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        torch.manual_seed(6)
+        logits = model(x)
+        grads = torch.autograd.grad(logits.square().sum(), list(model.parameters()), allow_unused=True,
+                                    materialize_grads=True)
+        out.append((logits, grads))
+    assert_close(out[0][0], out[1][0], "logits")
+    for i, (a, b) in enumerate(zip(out[0][1], out[1][1])):
+        assert_close(a, b, f"gradient {i}")
+
+
+def test_other_ops_run_fused_with_equal_results():
+    """Ops beyond the DARTS eight (plain ReLU-Conv-BN, 7x1-1x7, 7x7 separable) batch the same way."""
+    ops = ("none", "skip_connect", "nor_conv_3x3", "conv_7x1_1x7", "sep_conv_7x7", "avg_pool_3x3")
+    out = []
+    for fused in (False, True):
+        model = supernet(fused, ops=ops)
+        x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        loss = model(x).logsumexp(1).sum()
+        out.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+    assert_close(out[0][0], out[1][0], "loss")
+    for a, b in zip(out[0][1], out[1][1]):
+        assert_close(a, b, "gradient")
+
+
+def test_unknown_edge_class_falls_back_to_the_readable_cell():
+    class Doubled(MixedEdge):
+        def forward(self, x, weights, active=None):
+            return 2 * super().forward(x, weights, active)
+
+    edge = lambda C, stride, candidates: Doubled(candidates(C, stride))
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    readable, fused = supernet(False, edge=edge), supernet(True, edge=edge)
+    assert_close(readable(x), fused(x), "logits")
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the ATen ops that run, forward and backward, except views: each launches a kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.overloadpacket.__name__ not in NO_KERNEL:
+            self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+NO_KERNEL = {"detach", "lift_fresh", "empty", "_to_copy"}  # no launch, or not part of the step itself
+
+
+def kernels(model, x) -> Counter:
+    with CountOps() as ops:
+        F.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long)).backward()
+    return ops.counts
+
+
+def test_fused_forward_launches_fewer_kernels():
+    """The point of the fast path: per cell, one convolution per op and source batch instead of one per
+    op and edge, and two BatchNorms per source batch instead of one per op and edge."""
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    readable, fused = kernels(supernet(False), x), kernels(supernet(True), x)
+    cells, batches, reductions = 5, 4, 2  # source batches: the two inputs together, then nodes 0, 1, 2
+    # stem; per cell 2 preprocessing convs and 12 per edge; the skip's FactorizedReduce on the 8 reducing
+    # edges (2 convs); FactorizedReduce preprocessing after a reduction (1 conv more)
+    assert readable["convolution"] == 1 + cells * (2 + 14 * 12) + reductions * 8 * 2 + reductions
+    assert fused["convolution"] == 1 + cells * (2 + batches * 12) + reductions * 2 + reductions
+    assert readable["native_batch_norm"] == 1 + cells * (2 + 14 * 8) + reductions * 8
+    assert fused["native_batch_norm"] == 1 + cells * (2 + batches * 2)
+    assert sum(fused.values()) < sum(readable.values()) / 2.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the fast path on the GPU")
+@pytest.mark.parametrize("name", ["darts-v1", "darts-v2", "gdas", "pc-darts"])
+def test_cuda_step_equals_readable(name):
+    """On the GPU the paths agree to float32 rounding (reductions run in another order there)."""
+    r = search_step(name, fused=False, device="cuda", dtype=torch.float32)
+    f = search_step(name, fused=True, device="cuda", dtype=torch.float32)
+    assert_close(r[0], f[0], "training loss", rtol=1e-4)
+    for n in r[1]:
+        assert_close(r[1][n], f[1][n], f"gradient of {n}", rtol=1e-3)
+    assert_close(r[3], f[3], "evaluation-mode logits", rtol=1e-4)
