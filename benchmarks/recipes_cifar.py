@@ -2,9 +2,9 @@
 
 Per recipe: the derived genotype, the skip connections in its normal cell, the last search-val accuracy
 and the search time, as JSON in benchmarks/out/ and as rows appended to benchmarks/RESULTS.md. The reduced
-protocol (3 epochs, the first 2,000 training images, C = 8, 5 cells, batch 32, warm-up cut to 1 epoch)
+protocol (2 epochs, the first 640 training images, C = 4, 5 cells, batch 32, warm-up cut to 1 epoch)
 keeps each recipe's own parts and settings otherwise (P-DARTS runs its three stages of 5, 11, 17 cells at
-one epoch each); its numbers show that each
+one epoch each; DARTS-PT projects with benchmarks/darts-pt-quick.toml); its numbers show that each
 method runs end to end on real data, not how good its cells are. On a GPU, `--full` runs each recipe's
 own protocol (50 epochs of the whole training set, its paper's batch size).
 
@@ -29,14 +29,16 @@ from nb201_compare import cifar10_folder
 from search_step import device_name
 
 HERE = Path(__file__).resolve().parent
-REDUCED = {"epochs": 3, "subset": 2000, "C": 8, "layers": 5, "batch_size": 32, "arch_warmup_epochs": 1}
+REDUCED = {"epochs": 2, "subset": 640, "C": 4, "layers": 5, "batch_size": 32, "arch_warmup_epochs": 1}
+QUICK = {"darts-pt": str(HERE / "darts-pt-quick.toml")}  # reduced: DARTS-PT with its projection shortened
 
 
 def search_once(method: str, settings: dict, data: Path, run_dir: Path) -> dict:
     if method == "p-darts" and "epochs" in settings:  # reduced: its three stages at one epoch each
         settings = {**settings, "epochs": 1, "arch_warmup_epochs": 0}
+    recipe = QUICK.get(method, method) if "subset" in settings else method
     t0 = time.time()
-    result = dnas.search(method=method, dataset="cifar10", data=str(data), run_dir=run_dir, progress=False,
+    result = dnas.search(method=recipe, dataset="cifar10", data=str(data), run_dir=run_dir, progress=False,
                          **settings)
     last = result.metrics[-1]
     return {"method": method, "genotype": str(result.genotype), "skip_connect_normal": last["skip_connect_normal"],

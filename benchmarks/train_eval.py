@@ -1,4 +1,5 @@
-"""Train DARTS_V2's network on real data, reduced to a few CPU minutes, and record accuracy and time.
+"""Train a genotype's network (DARTS_V2 by default) on real data, reduced to a few CPU minutes, and record
+accuracy and time.
 
 A real-data check of the evaluation pipeline (network, training loop, test): the DARTS CIFAR training
 settings (auxiliary head, cutout 16, drop-path, cosine lr, SGD) on a smaller network, fewer images and
@@ -7,6 +8,7 @@ epochs. Writes the run directory and a JSON report to benchmarks/out/ and a row 
     python benchmarks/train_eval.py                                    # Fashion-MNIST and CIFAR-10
     python benchmarks/train_eval.py --datasets fashion-mnist --epochs 5
     python benchmarks/train_eval.py --cifar10 DIR                      # DIR holds cifar-10-batches-py/
+    python benchmarks/train_eval.py --genotype runs/<search-run>       # a searched cell (any --genotype form)
 
 The CIFAR-10 copy is the one the tests convert into .cache/cifar10 (python3 ../shared/tools/cifar10_from_jpeg.py
 .cache/cifar10); its images went through JPEG, so accuracies are close to, not equal to, the official set's.
@@ -26,8 +28,8 @@ import dnas
 from dnas.search import resolve_device
 
 HERE = Path(__file__).resolve().parent
-SECTION = "## Training DARTS_V2 (benchmarks/train_eval.py): reduced networks on real data, the paper's CIFAR settings"
-COLUMNS = ["date", "device", "torch", "commit", "dataset", "cells x channels", "params", "train images", "epochs",
+SECTION = "## Training a genotype (benchmarks/train_eval.py): reduced networks on real data, the paper's CIFAR settings"
+COLUMNS = ["date", "device", "torch", "commit", "genotype", "dataset", "cells x channels", "params", "train images", "epochs",
            "test images", "test acc (last epoch)", "minutes", "command"]
 TABLE_HEAD = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
 
@@ -47,6 +49,7 @@ def append_row(results: Path, row: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--genotype", default="DARTS_V2", help="a zoo name, a genotype file, a search run directory")
     p.add_argument("--datasets", default="fashion-mnist,cifar10")
     p.add_argument("--cifar10", default=str(HERE.parent / ".cache" / "cifar10"),
                    help="folder holding cifar-10-batches-py/ (default .cache/cifar10, where the tests convert it)")
@@ -71,13 +74,13 @@ def main() -> None:
 
     for dataset in args.datasets.split(","):
         t0 = time.time()
-        result = dnas.train("DARTS_V2", dataset, data=args.cifar10 if dataset == "cifar10" else None,
+        result = dnas.train(args.genotype, dataset, data=args.cifar10 if dataset == "cifar10" else None,
                             run_dir=out / f"train_eval-{dataset}-{stamp}", C=args.init_channels, layers=args.layers,
                             epochs=args.epochs, subset=args.subset, test_subset=args.test_subset,
                             batch_size=args.batch_size, device=args.device)
         minutes = (time.time() - t0) / 60
         report = {
-            "benchmark": "train_eval", "genotype": "DARTS_V2", "dataset": dataset, "device": device_name,
+            "benchmark": "train_eval", "genotype": args.genotype, "dataset": dataset, "device": device_name,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "commit": commit, "command": command,
             "layers": args.layers, "init_channels": args.init_channels, "params": result.cost.params,
             "mult_adds": result.cost.mult_adds, "epochs": args.epochs, "train_images": args.subset,
@@ -88,7 +91,8 @@ def main() -> None:
         print(json.dumps({k: v for k, v in report.items() if k != "metrics"}, indent=1), flush=True)
         if not args.no_results:
             append_row(HERE / "RESULTS.md",
-                       f"| {report['date']} | {device_name} | torch {torch.__version__} | {commit} | {dataset} | "
+                       f"| {report['date']} | {device_name} | torch {torch.__version__} | {commit} | {Path(args.genotype).name} | "
+                       f"{dataset} | "
                        f"{args.layers} x {args.init_channels} | {result.cost.params / 1e6:.3f}M | {args.subset} | "
                        f"{args.epochs} | {args.test_subset} | {result.test_acc:.4f} | {minutes:.1f} | `{command}` |")
 

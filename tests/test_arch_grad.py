@@ -1,7 +1,6 @@
 """The architecture gradients against direct autograd computations of what they approximate."""
 import pytest
 import torch
-from torch.func import functional_call
 
 from dnas.arch_grad import ARCH_GRADS, FirstOrder, SecondOrder
 from dnas.search import batch_loss

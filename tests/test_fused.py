@@ -19,6 +19,7 @@ from dnas.methods import builtin_methods, get_method
 from dnas.relax import GumbelSoftmax
 from dnas.search import SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
+from dnas.spaces.darts_fused import _PLANS
 
 RECIPES = sorted(builtin_methods())
 
@@ -56,6 +57,8 @@ def search_step(name: str, fused: bool, device="cpu", dtype=torch.float64):
     train, val = batch(), batch()
     torch.manual_seed(2)
     loss, _ = bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)
+    if fused:  # every cell ran fused, none fell back to the readable cell
+        assert all(plan is not None for cell in model.cells for plan in _PLANS[cell].values())
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     state = {n: t.clone() for n, t in model.state_dict().items()}
     model.eval()
@@ -128,6 +131,7 @@ def test_unknown_edge_class_falls_back_to_the_readable_cell():
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     readable, fused = supernet(False, edge=edge), supernet(True, edge=edge)
     assert_close(readable(x), fused(x), "logits")
+    assert all(plan is None for cell in fused.cells for plan in _PLANS[cell].values())
 
 
 class CountOps(TorchDispatchMode):

@@ -8,6 +8,7 @@ import dnas
 from dnas.edges import SkipDropout
 from dnas.methods import builtin_methods
 from dnas.progressive import Progressive
+from dnas.report import load_run
 from dnas.search import Search
 from dnas.spaces.darts import candidate_ops
 
@@ -94,6 +95,7 @@ def test_a_staged_run_prunes_between_stages_and_resumes_where_it_stopped(fashion
     assert all(final[edge_index(node, j), ops.index(op)] for op, j, node in whole.genotype.edges("normal"))
     assert [(m["stage"], m["epoch"]) for m in whole.metrics] == [(1, 1), (1, 2), (2, 3), (2, 4)]
     assert dnas.Genotype.load(run / "genotype.json") == whole.genotype
+    assert load_run(run).planned_epochs == 4 and load_run(run).genotype() == whole.genotype  # dnas report reads it
 
     # the same run, interrupted in the middle of stage 2, then resumed
     saves = {"n": 0}

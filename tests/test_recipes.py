@@ -57,6 +57,7 @@ def test_paper_settings_are_pinned():
     assert (noisy.factor, noisy.mean) == (0.2, 0.0)
     beta = m["beta-darts"].build("regularizers")[0]
     assert [beta.on_epoch_start(e, 50)["beta_decay_weight"] for e in (0, 1, 49)] == pytest.approx([0.0, 0.5, 24.5])
+    assert beta.on_epoch_start(9, 10)["beta_decay_weight"] == pytest.approx(4.5)  # 0.5 per epoch, any length
     minus = m["darts-minus"].build("edge")
     assert [minus.on_epoch_start(e, 50)["aux_skip_beta"] for e in (0, 49)] == pytest.approx([1.0, 0.02])
     assert m["idarts"].build("arch_grad").k == 2

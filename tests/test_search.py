@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import dnas
-from dnas.search import CheckpointError, Search, SearchConfig
+from dnas.checkpoint import CheckpointError
+from dnas.search import Search, SearchConfig
 
 # a reduced supernet that runs in seconds on 2 CPU cores; the full-size defaults are pinned in test_space.py
 TINY = dict(C=4, layers=3, nodes=2, batch_size=16, subset=128, progress=False)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import dnas
 from dnas.cli import main
-from dnas.search import CheckpointError
+from dnas.checkpoint import CheckpointError
 from dnas.train import IMAGENET, SCHEDULES, TrainConfig, Trainer, evaluate_run, load_run
 
 # a tiny network on a few hundred real Fashion-MNIST images: seconds on 2 CPU cores

@@ -58,3 +58,14 @@ def test_show_and_info_commands_draw_the_cells(tmp_path, capsys):
     assert "params: 3.349M (3,349,342; auxiliary head excluded)" in out
     assert "mult-adds: 528.4M per image" in out and f"cells: {tmp_path / 'v2.png'}" in out
     assert (tmp_path / "v2.png").is_file()
+
+
+def test_recurrent_cell_is_drawn_as_the_darts_paper_draws_it(tmp_path):
+    g, _ = dnas.load_genotype("DARTS_RNN_V2")
+    dot = viz.recurrent_dot(g)
+    assert '"x" -> "n0"' in dot and '"h_prev" -> "n0"' in dot
+    for i, (op, j) in enumerate(g.recurrent, start=1):
+        assert f'"n{j}" -> "n{i}" [label="{op}"' in dot
+    assert dot.count('-> "out"') == len(g.concat) == 8
+    png = viz.draw(g, tmp_path / "rnn.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -39,8 +39,32 @@ class GenotypeError(ValueError):
 Edge = tuple[str, int] | tuple[str, int, int]  # (op, input), or FairDARTS's (op, node, input)
 
 
+class GenotypeFile:
+    """Files of a genotype class with ``to_dict`` / ``from_dict``, ``parse`` and ``str``: JSON by suffix, else
+    the text form."""
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write JSON (``.json``) or the text form (any other suffix)."""
+        path = os.fspath(path)
+        text = json.dumps(self.to_dict(), indent=1) if path.endswith(".json") else str(self)
+        with open(path, "w") as f:
+            f.write(text + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """Read a genotype file written by ``save`` (JSON or the text form)."""
+        with open(path) as f:
+            text = f.read()
+        if text.lstrip().startswith("{"):
+            try:
+                return cls.from_dict(json.loads(text))
+            except json.JSONDecodeError as e:
+                raise GenotypeError(f"{path}: not valid JSON ({e})") from None
+        return cls.parse(text)
+
+
 @dataclass(frozen=True)
-class Genotype:
+class Genotype(GenotypeFile):
     """A DARTS-space architecture: the normal and the reduction cell."""
 
     normal: tuple[Edge, ...]
@@ -109,24 +133,6 @@ class Genotype:
         values = dict(zip(CELL_FIELDS, node.args)) | {k.arg: k.value for k in node.keywords}
         return cls(**{f: _literal(v, f) for f, v in values.items()})
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write JSON (``.json``) or the text form (any other suffix)."""
-        path = os.fspath(path)
-        text = json.dumps(self.to_dict(), indent=1) if path.endswith(".json") else str(self)
-        with open(path, "w") as f:
-            f.write(text + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Genotype":
-        """Read a genotype file written by ``save`` (JSON or the text form)."""
-        with open(path) as f:
-            text = f.read()
-        if text.lstrip().startswith("{"):
-            try:
-                return cls.from_dict(json.loads(text))
-            except json.JSONDecodeError as e:
-                raise GenotypeError(f"{path}: not valid JSON ({e})") from None
-        return cls.parse(text)
 
 
 def _literal(node: ast.AST, field: str) -> Any:

@@ -37,8 +37,9 @@ from .data import CORPORA, batchify, get_batch, is_corpus, load_corpus
 from .lm import (GenotypeCell, LanguageModel, activation_regularization, bptt_length, evaluate_lm, lm_loss,
                  perplexity)
 from .rnn_genotype import RecurrentGenotype
-from .search import CheckpointError, format_seconds, new_run_dir, read_jsonl, resolve_device
-from .train import _atomic_save
+from . import checkpoint
+from .checkpoint import CheckpointError
+from .search import format_seconds, new_run_dir, read_jsonl, resolve_device
 from .zoo import load_genotype
 
 CHECKPOINT_FORMAT = "dnas-lm-checkpoint-v1"
@@ -198,8 +199,8 @@ class LMTrainer:
             record.update(val_loss=val_loss, val_ppl=perplexity(val_loss), seconds=round(time.time() - t0, 3))
             if val_loss < self.best_loss:
                 self.best_loss = val_loss
-                _atomic_save(weights, self.run_dir / "best.pt")
-            _atomic_save(weights, self.run_dir / "last.pt")
+                checkpoint.atomic_save(weights, self.run_dir / "best.pt")
+            checkpoint.atomic_save(weights, self.run_dir / "last.pt")
             if not self.averaging:
                 if len(self.history) > c.nonmono and val_loss > min(self.history[: -c.nonmono]):
                     self.optimizer = asgd(self.model.parameters(), c)
@@ -216,32 +217,22 @@ class LMTrainer:
         return LMTrainResult(self.run_dir, self.genotype, read_jsonl(self.run_dir / "metrics.jsonl"), self.params)
 
     def save_checkpoint(self) -> None:
-        _atomic_save({
+        checkpoint.atomic_save({
             "format": CHECKPOINT_FORMAT, "epoch": self.epoch, "history": self.history, "best_loss": self.best_loss,
             "model": self.model.state_dict(), "averaging": self.averaging, "optimizer": self.optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "lengths": self.lengths.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": checkpoint.rng_state({"lengths": self.lengths}),
         }, self.run_dir / "checkpoint.pt")
 
     def load_checkpoint(self) -> None:
-        path = self.run_dir / "checkpoint.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: the run has not completed an epoch, start it anew")
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            if state.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+        def restore(state):
             self.model.load_state_dict(state["model"])
             if state["averaging"]:
                 self.optimizer = asgd(self.model.parameters(), self.config)
             self.optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"]["torch"].cpu())
-            self.lengths.set_state(state["rng"]["lengths"].cpu())
-            if state["rng"]["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-        except Exception as e:
-            raise CheckpointError(f"{path} is corrupted or not a dnas language-model checkpoint "
-                                  f"({type(e).__name__}: {e}); the run's other files are untouched") from None
+            checkpoint.set_rng_state(state["rng"], {"lengths": self.lengths})
+
+        state = checkpoint.load(self.run_dir / "checkpoint.pt", CHECKPOINT_FORMAT, self.device, "language-model",
+                                restore)
         self.epoch, self.history, self.best_loss = state["epoch"], list(state["history"]), state["best_loss"]
         kept = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
         (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))

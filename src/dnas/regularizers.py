@@ -32,12 +32,20 @@ class Scheduled:
 class BetaDecay(Scheduled):
     """beta-DARTS (Ye et al., CVPR 2022, Eq. 9-11): lambda * mean over edges of logsumexp(alpha_edge),
     which pulls the architecture parameters of every edge towards a flat, small-norm distribution; lambda
-    grows linearly over the search."""
+    grows linearly over the search: from ``weight[0]`` to ``weight[1]``, or, with ``per_epoch``, by that
+    much each epoch whatever the search's length (its code: 0.5 per epoch, so 24.5 at the 50th)."""
 
     name = "beta_decay"
 
-    def __init__(self, weight=(0.0, 1.0), shape: str = "linear"):
+    def __init__(self, weight=(0.0, 1.0), shape: str = "linear", per_epoch: float | None = None):
         super().__init__(weight, shape)
+        self.per_epoch = per_epoch
+
+    def on_epoch_start(self, epoch, epochs):
+        if self.per_epoch is None:
+            return super().on_epoch_start(epoch, epochs)
+        self.weight = self.weight_range[0] + self.per_epoch * epoch
+        return {f"{self.name}_weight": self.weight}
 
     def __call__(self, model) -> torch.Tensor:
         alphas = torch.cat([a for a in model.alphas.values()])

@@ -35,7 +35,7 @@ from .cost import Cost, cost
 from .genotype import Genotype
 from .search import format_seconds, read_jsonl
 from .spaces.darts_network import NetworkCIFAR
-from .viz import GraphvizNotFound, draw
+from .viz import DOTS, GraphvizNotFound, draw
 
 
 class RunError(ValueError):
@@ -83,6 +83,14 @@ class SearchRun:
     def epochs(self) -> int:
         """Epochs completed."""
         return len(self.metrics)
+
+    @property
+    def planned_epochs(self) -> int:
+        """Epochs the search was set to run: a progressive (P-DARTS) search runs ``epochs`` per stage."""
+        from .methods import Method
+
+        schedule = Method(**self.method).build("schedule")
+        return self.config["epochs"] * (len(schedule.layers) if schedule is not None else 1)
 
     @property
     def finished(self) -> bool:
@@ -274,7 +282,7 @@ def snapshot_figure(strengths: dict[str, list[list[float]]], ops: list[str]) -> 
 
 def cell_picture(genotype) -> bytes | None:
     """The cells as a PNG, drawn by ``dot``; None for a genotype ``viz`` has no picture of."""
-    if not isinstance(genotype, (Genotype, NB201Genotype)):
+    if type(genotype) not in DOTS:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         return draw(genotype, Path(tmp) / "cells.png").read_bytes()
@@ -334,7 +342,7 @@ def build_report(runs: list[SearchRun], progress: bool = True) -> list[tuple[str
     header, config = _config_rows(runs, labels)
     blocks = [Block("table", (["run", "method", "space", "dataset", "epochs", "status", "search time"], [
         [label, run.method.get("name", run.config["method"]), run.space, run.config["dataset"],
-         f"{run.epochs} of {run.config['epochs']}", _status(run),
+         f"{run.epochs} of {run.planned_epochs}", _status(run),
          format_seconds(sum(m.get("seconds", 0) for m in run.metrics))] for label, run in zip(labels, runs)]))]
     if many:
         differ = [r for r in config if len(set(r[1:])) > 1] or [["(none)"] + [""] * len(runs)]
@@ -503,7 +511,7 @@ def animate(run: str | os.PathLike | SearchRun, output: str | os.PathLike | None
         measures = "".join(f"   {label} {m[key]}" for key, label in (("skip_connect_normal", "skip connections:"),
                                                                        ("nb201_cifar10", "NAS-Bench-201 CIFAR-10:"))
                            if key in m)
-        ImageDraw.Draw(frame).text((12, 10), f"{run.name}   epoch {m['epoch']} of {run.config['epochs']}{measures}",
+        ImageDraw.Draw(frame).text((12, 10), f"{run.name}   epoch {m['epoch']} of {run.planned_epochs}{measures}",
                                    fill="black", font=font)
         frames.append(frame)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,10 @@ JSON (``to_dict`` / ``from_dict``) carries ``"space": "darts-rnn"`` beside the s
 from __future__ import annotations
 
 import ast
-import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from .genotype import GenotypeError
+from .genotype import GenotypeError, GenotypeFile
 
 #: The activations a node can apply (the original's PRIMITIVES without ``none``, which a genotype never holds).
 ACTIVATION_NAMES = ("tanh", "relu", "sigmoid", "identity")
@@ -26,7 +24,7 @@ TEXT_FORM = "Genotype(recurrent=[('activation', input), ...], concat=range(1, 9)
 
 
 @dataclass(frozen=True)
-class RecurrentGenotype:
+class RecurrentGenotype(GenotypeFile):
     """A recurrent cell: ``recurrent[i - 1] = (activation, j)`` for node i, ``concat`` the averaged nodes."""
 
     recurrent: tuple[tuple[str, int], ...]
@@ -97,23 +95,6 @@ class RecurrentGenotype:
     def matches(text: str) -> bool:
         """Whether a genotype's text or JSON is a recurrent one (it names the ``recurrent`` field)."""
         return "recurrent" in text
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write JSON (``.json``) or the text form (any other suffix)."""
-        path = os.fspath(path)
-        with open(path, "w") as f:
-            f.write((json.dumps(self.to_dict(), indent=1) if path.endswith(".json") else str(self)) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "RecurrentGenotype":
-        with open(path) as f:
-            text = f.read()
-        if text.lstrip().startswith("{"):
-            try:
-                return cls.from_dict(json.loads(text))
-            except json.JSONDecodeError as e:
-                raise GenotypeError(f"{path}: not valid JSON ({e})") from None
-        return cls.parse(text)
 
 
 def _literal(node: ast.AST) -> Any:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from . import checkpoint
 from .data import BatchLoader, load_dataset, split_indices
 from .genotype import Genotype
 from .methods import Method, Parts, get_method
@@ -212,7 +213,7 @@ class Search:
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        state = {
+        checkpoint.atomic_save({
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "model": self.model.state_dict(),
@@ -221,39 +222,19 @@ class Search:
             "scheduler": self.scheduler.state_dict(),
             "parts": self.parts.state_dict(),
             "stopped": self.stopped,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                **{name: g.get_state() for name, g in self.generators().items()},
-            },
-        }
-        path = self.run_dir / "checkpoint.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
+            "rng": checkpoint.rng_state(self.generators()),
+        }, self.run_dir / "checkpoint.pt")
 
     def load_checkpoint(self) -> None:
-        path = self.run_dir / "checkpoint.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: the run has not completed an epoch, start it anew")
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            if state.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+        def restore(state):
             self.model.load_state_dict(state["model"])
             self.w_optimizer.load_state_dict(state["w_optimizer"])
             self.a_optimizer.load_state_dict(state["a_optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.parts.load_state_dict(state["parts"])
-            rng = state["rng"]
-            torch.set_rng_state(rng["torch"].cpu())
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-            for name, g in self.generators().items():
-                g.set_state(rng[name].cpu())
-        except Exception as e:
-            raise CheckpointError(f"{path} is corrupted or not a dnas search checkpoint ({type(e).__name__}: {e}); "
-                                  f"the run's other files are untouched") from None
+            checkpoint.set_rng_state(state["rng"], self.generators())
+
+        state = checkpoint.load(self.run_dir / "checkpoint.pt", CHECKPOINT_FORMAT, self.device, "search", restore)
         self.epoch, self.stopped = state["epoch"], state["stopped"]
         # lines written after the checkpoint (a crash between the two) belong to an epoch that will rerun
         for name in ("metrics.jsonl", "alphas.jsonl"):
@@ -314,10 +295,6 @@ def batch_loss(model, batch, params: dict[str, torch.Tensor] | None = None) -> t
     # a trial forward (the unrolled model) must not move the real BatchNorm statistics
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     return F.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read."""
 
 
 def resolve_device(device: str) -> torch.device:

@@ -36,7 +36,9 @@ from tqdm.auto import tqdm
 from .cost import Cost, cost
 from .data import BatchLoader, DataError, load_dataset
 from .genotype import Genotype
-from .search import CheckpointError, format_seconds, new_run_dir, read_jsonl, resolve_device
+from . import checkpoint
+from .checkpoint import CheckpointError
+from .search import format_seconds, new_run_dir, read_jsonl, resolve_device
 from .spaces.darts_network import NETWORKS, DartsNetwork
 from .zoo import load_genotype
 
@@ -226,8 +228,8 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
             if test.acc > self.best_acc:
                 self.best_acc = test.acc
-                _atomic_save(self.model.state_dict(), self.run_dir / "best.pt")
-            _atomic_save(self.model.state_dict(), self.run_dir / "last.pt")
+                checkpoint.atomic_save(self.model.state_dict(), self.run_dir / "best.pt")
+            checkpoint.atomic_save(self.model.state_dict(), self.run_dir / "last.pt")
             self.save_checkpoint()
             eta = (time.time() - started) / (self.epoch - first_epoch) * (c.epochs - self.epoch)
             print(f"epoch {self.epoch}/{c.epochs}  lr {lr:.4g}  train_acc {record['train_acc']:.4f}  "
@@ -236,39 +238,24 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        _atomic_save({
+        checkpoint.atomic_save({
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "best_acc": self.best_acc,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "train": self.train_loader.generator.get_state(),
-            },
+            "rng": checkpoint.rng_state({"train": self.train_loader.generator}),
         }, self.run_dir / "checkpoint.pt")
 
     def load_checkpoint(self) -> None:
-        path = self.run_dir / "checkpoint.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: the run has not completed an epoch, start it anew")
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            if state.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+        def restore(state):
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            rng = state["rng"]
-            torch.set_rng_state(rng["torch"].cpu())
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-            self.train_loader.generator.set_state(rng["train"].cpu())
-        except Exception as e:
-            raise CheckpointError(f"{path} is corrupted or not a dnas training checkpoint ({type(e).__name__}: {e}); "
-                                  f"the run's other files are untouched") from None
+            checkpoint.set_rng_state(state["rng"], {"train": self.train_loader.generator})
+
+        state = checkpoint.load(self.run_dir / "checkpoint.pt", CHECKPOINT_FORMAT, self.device, "training", restore)
         self.epoch, self.best_acc = state["epoch"], state["best_acc"]
         # a line written after the checkpoint (a crash between the two) belongs to an epoch that will rerun
         kept = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
@@ -276,13 +263,6 @@ class Trainer:
 
     def _write(self, name: str, text: str) -> None:
         (self.run_dir / name).write_text(text)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash leaves the previous file intact."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train(

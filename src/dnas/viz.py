@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .bench.nb201 import NB201Genotype, cell_edges
 from .genotype import Genotype
+from .rnn_genotype import RecurrentGenotype
 
 
 class GraphvizNotFound(FileNotFoundError):
@@ -66,6 +67,19 @@ def nb201_dot(genotype: NB201Genotype) -> str:
                       *nodes, *edges, "}"])
 
 
+def recurrent_dot(genotype: RecurrentGenotype) -> str:
+    """A DOT graph of a DARTS recurrent cell as the original code draws it: x_{t} and h_{t-1} into node 0,
+    one arrow per node from its input labelled with its activation, h_{t} the average of the concat nodes."""
+    lines = ["digraph recurrent {", 'rankdir=LR; label="recurrent cell"; fontsize=20;', *STYLE,
+             '"x" [label="x_{t}", fillcolor=darkseagreen2];', '"h_prev" [label="h_{t-1}", fillcolor=darkseagreen2];',
+             '"out" [label="h_{t}", fillcolor=palegoldenrod];', '"n0" [label="0", fillcolor=lightblue];',
+             '"x" -> "n0" [fillcolor=gray];', '"h_prev" -> "n0" [fillcolor=gray];']
+    for i, (op, j) in enumerate(genotype.recurrent, start=1):
+        lines += [f'"n{i}" [label="{i}", fillcolor=lightblue];', f'"n{j}" -> "n{i}" [label="{op}", fillcolor=gray];']
+    lines += [f'"n{i}" -> "out" [fillcolor=gray];' for i in genotype.concat]
+    return "\n".join(lines + ["}"])
+
+
 def render(dot_source: str, path: str | os.PathLike) -> Path:
     """Run ``dot`` on ``dot_source``, writing ``path`` in the format its suffix names."""
     path = Path(path)
@@ -83,7 +97,10 @@ def render(dot_source: str, path: str | os.PathLike) -> Path:
     return path
 
 
-def draw(genotype: Genotype | NB201Genotype, path: str | os.PathLike) -> Path:
-    """Write a picture of the genotype's cells (DARTS: normal and reduction; NAS-Bench-201: its one cell) to
-    ``path`` (.png, .svg, .pdf, ...)."""
-    return render(nb201_dot(genotype) if isinstance(genotype, NB201Genotype) else genotype_dot(genotype), path)
+DOTS = {Genotype: genotype_dot, NB201Genotype: nb201_dot, RecurrentGenotype: recurrent_dot}
+
+
+def draw(genotype: Genotype | NB201Genotype | RecurrentGenotype, path: str | os.PathLike) -> Path:
+    """Write a picture of the genotype's cells (DARTS: normal and reduction; NAS-Bench-201 and recurrent: its
+    one cell) to ``path`` (.png, .svg, .pdf, ...)."""
+    return render(DOTS[type(genotype)](genotype), path)

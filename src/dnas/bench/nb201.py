@@ -16,16 +16,14 @@ ops of the 6 edges in the order of the string (first edge most significant), ops
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
-from ..genotype import GenotypeError
+from ..genotype import GenotypeError, GenotypeFile
 from ..ops import OPS
 
 #: The benchmark's candidate ops, in its own order (the digits of ``encode``).
@@ -46,7 +44,7 @@ def cell_edges(nodes: int) -> list[tuple[int, int]]:
 
 
 @dataclass(frozen=True)
-class NB201Genotype:
+class NB201Genotype(GenotypeFile):
     """A cell of the NAS-Bench-201 form: ``ops[e]`` is the op of edge e of ``cell_edges(nodes)``."""
 
     ops: tuple[str, ...]
@@ -105,25 +103,6 @@ class NB201Genotype:
             raise GenotypeError(f'a NAS-Bench-201 genotype in JSON is {{"space": "nb201", "arch": "{EXAMPLE}"}}, '
                                 f"got keys {sorted(d)}")
         return cls.parse(d["arch"])
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write JSON (``.json``) or the arch string (any other suffix)."""
-        path = os.fspath(path)
-        text = json.dumps(self.to_dict(), indent=1) if path.endswith(".json") else str(self)
-        with open(path, "w") as f:
-            f.write(text + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "NB201Genotype":
-        """Read a file written by ``save`` (JSON or the arch string)."""
-        with open(path) as f:
-            text = f.read()
-        if text.lstrip().startswith("{"):
-            try:
-                return cls.from_dict(json.loads(text))
-            except json.JSONDecodeError as e:
-                raise GenotypeError(f"{path}: not valid JSON ({e})") from None
-        return cls.parse(text)
 
 
 def as_genotype(arch: str | NB201Genotype) -> NB201Genotype:

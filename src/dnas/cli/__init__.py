@@ -9,7 +9,7 @@ from ..data import DataError
 from ..genotype import GenotypeError
 from ..registry import UnknownNameError
 from ..report import TensorBoardNotFound
-from ..search import CheckpointError
+from ..checkpoint import CheckpointError
 from . import bench, evaluate, report, search
 
 COMMAND_MODULES = (search, evaluate, bench, report)

@@ -13,8 +13,6 @@ its stages with it, DARTS-PT discretises edges with it; an edge with every op ma
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 from functools import partial
 
 import torch
@@ -28,6 +26,7 @@ from ..perturb import perturbed
 from ..relax import Softmax
 from ..selection import TopK
 from . import SPACES
+from .base import Supernet, node_softmax
 from .darts_fused import fused_cell_forward
 
 CELL_TYPES = ("normal", "reduce")
@@ -76,7 +75,7 @@ class SearchCell(nn.Module):
 
 
 @SPACES.register("darts")
-class DartsSupernet(nn.Module):
+class DartsSupernet(Supernet):
     """The DARTS search network. Defaults are the paper's search setting: 8 cells, 16 initial channels,
     4 intermediate nodes, the 8 DARTS ops, stem of 3 x C channels (App. A.1.1). ``fused=True`` runs the
     cells by the fast path of darts_fused.py: the same results and parameters, fewer and larger kernels."""
@@ -174,20 +173,7 @@ class DartsSupernet(nn.Module):
 
     def edge_weights(self, cell_type: str) -> torch.Tensor:
         """PC-DARTS Eq. 4: softmax of the betas over the incoming edges of each node."""
-        beta, parts, start = self.betas[cell_type], [], 0
-        for i in range(self.nodes):
-            parts.append(torch.softmax(beta[start : start + 2 + i], dim=0))
-            start += 2 + i
-        return torch.cat(parts)
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return [*self.alphas.values(), *self.betas.values()]
-
-    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.named_parameters() if not n.startswith(("alphas.", "betas.")))
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_weight_parameters()]
+        return node_softmax(self.betas[cell_type], [2 + i for i in range(self.nodes)])
 
     def strengths(self) -> dict[str, torch.Tensor]:
         """Op strengths per cell type (edges x ops), as selection and reports read them; with edge

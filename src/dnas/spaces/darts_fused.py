@@ -49,7 +49,8 @@ def _flatten(module: nn.Module) -> list[Leaf] | None:
     The kinds: relu, conv (``nn.Conv2d``), bn (``nn.BatchNorm2d`` with running statistics and a momentum),
     pool, fr (the two shifted convolutions of a ``FactorizedReduce``), noise (``GaussianNoise``), dropout
     (``ScheduledDropout``). Any other module is one ``opaque`` leaf: it runs per edge, as in the readable
-    path.
+    path, though in source-batch order (an opaque module that draws random numbers would draw them in
+    another order than the readable cell).
     """
     if isinstance(module, Zero):
         return None
@@ -216,10 +217,9 @@ def _build_plan(cell, active, device) -> _Plan | None:
             keep=torch.tensor([float(bool(active[e])) for e in edges], device=device) if dropped else None))
     straight_through = None
     if active is not None:
-        straight_through = torch.zeros(len(cell.edges), len(cell.edges[0].mixed.ops if isinstance(
-            cell.edges[0], AuxiliarySkipEdge) else cell.edges[0].ops), device=device)
-        for e, run in enumerate(active):
-            straight_through[e, list(run)] = 1.0
+        first = cell.edges[0].mixed if isinstance(cell.edges[0], AuxiliarySkipEdge) else cell.edges[0]
+        straight_through = torch.tensor([[float(o in run) for o in range(len(first.ops))] for run in active],
+                                        device=device)
     return _Plan(batches, straight_through, sorted(random.items(), key=lambda kv: kv[0]))
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..genotype import Edge, Genotype
+from ..genotype import Genotype
 from ..ops import OPS, FactorizedReduce, ReLUConvBN
 from ..registry import Registry
 

@@ -15,7 +15,6 @@ dropout (the DARTS search code).
 """
 from __future__ import annotations
 
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -27,9 +26,10 @@ from ..relax import Softmax
 from ..rnn_genotype import RecurrentGenotype
 from ..selection import TopK
 from . import SPACES
+from .base import Supernet
 
 @SPACES.register("darts-rnn")
-class DartsRnnSupernet(nn.Module):
+class DartsRnnSupernet(Supernet):
     """The DARTS recurrent search network: ``forward(words (T, B), hidden (B, H))`` -> (logits, hidden, raw
     outputs), the op weights drawn from the relaxation on each call."""
 
@@ -67,15 +67,6 @@ class DartsRnnSupernet(nn.Module):
 
     def init_hidden(self, batch_size: int) -> torch.Tensor:
         return self.lm.init_hidden(batch_size)
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.alphas.values())
-
-    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.named_parameters() if not n.startswith("alphas."))
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_weight_parameters()]
 
     def strengths(self) -> dict[str, torch.Tensor]:
         with torch.no_grad():

@@ -14,7 +14,6 @@ the strongest op of every edge, ``none`` included, and written as the benchmark'
 from __future__ import annotations
 
 from functools import partial
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,7 @@ from ..ops import OPS, ReLUConvBN
 from ..relax import Softmax
 from ..selection import TopK
 from . import SPACES
+from .base import Supernet, node_softmax
 
 
 def candidate_ops(ops: tuple[str, ...], C: int, stride: int) -> dict[str, nn.Module]:
@@ -72,7 +72,7 @@ class SearchCell(nn.Module):
 
 
 @SPACES.register("nb201")
-class NB201Supernet(nn.Module):
+class NB201Supernet(Supernet):
     """The NAS-Bench-201 search network. Defaults are the benchmark's: 16 channels, 5 cells per stage,
     4 nodes, its 5 ops; ``ops`` may name any registered ops (the ground truth then covers only cells of
     NB201_OPS)."""
@@ -127,20 +127,7 @@ class NB201Supernet(nn.Module):
 
     def edge_weights(self) -> torch.Tensor:
         """PC-DARTS Eq. 4: softmax of the betas over the incoming edges of each node."""
-        beta, parts, start = self.betas["cell"], [], 0
-        for i in range(1, self.nodes):
-            parts.append(torch.softmax(beta[start : start + i], dim=0))
-            start += i
-        return torch.cat(parts)
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return [*self.alphas.values(), *self.betas.values()]
-
-    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.named_parameters() if not n.startswith(("alphas.", "betas.")))
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_weight_parameters()]
+        return node_softmax(self.betas["cell"], list(range(1, self.nodes)))
 
     def strengths(self) -> dict[str, torch.Tensor]:
         """Op strengths (edges x ops), as selection and reports read them; with edge normalisation each

@@ -1,0 +1,29 @@
+"""What every supernet shares: its architecture parameters (``alphas``, and PC-DARTS's edge ``betas`` where
+the space has them) kept apart from the weights, which alone the weight optimiser sees."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+ARCH_PREFIXES = ("alphas.", "betas.")
+
+
+class Supernet(nn.Module):
+    """A search space's network; subclasses define ``alphas`` (and optionally ``betas``) ParameterDicts."""
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n.startswith(ARCH_PREFIXES)]
+
+    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if not n.startswith(ARCH_PREFIXES))
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_weight_parameters()]
+
+
+def node_softmax(beta: torch.Tensor, inputs_per_node: list[int]) -> torch.Tensor:
+    """PC-DARTS edge normalisation (Xu et al., ICLR 2020, Eq. 4): softmax of the edge betas over the incoming
+    edges of each node, edges listed node by node."""
+    return torch.cat([torch.softmax(b, dim=0) for b in torch.split(beta, inputs_per_node)])
