@@ -56,6 +56,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         w_opt, a_opt = optimizers(model, SearchConfig())
         steps[path] = partial(bilevel_step, model, parts, a_opt, w_opt, train_batch, val_batch, 5.0)
         times[path] = []
+    base = allocated(device)  # model, optimisers and data: what a step adds on top is the step's own memory
     for _ in range(args.warmup):
         for step in steps.values():
             step()
@@ -68,13 +69,24 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
             step()
             sync(device)
             times[path].append(time.perf_counter() - t0)
-            peaks[path] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # process peak RSS
+            peaks[path] = peak(device)
     median = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
     return [{"method": method_name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
              "ms_per_step_min": round(1000 * min(times[path]), 1), "peak_memory_gb": round(peaks[path] / 2**30, 2),
+             "step_memory_per_sample_mb": round((peaks[path] - base) / args.batch_size / 2**20, 1),
              "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None}
             for path in args.paths]
+
+
+def allocated(device: torch.device) -> int:
+    """Bytes held now: torch's allocation on CUDA, the process's peak resident set so far on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak(device: torch.device) -> int:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else allocated(device)
 
 
 def device_name(device: torch.device) -> str:
@@ -94,12 +106,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    p.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)  # one recipe's rows as JSON
     args = p.parse_args()
     device = resolve_device(args.device)
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
     args.paths = args.paths.split(",")
 
-    rows = [row for name in args.methods.split(",") for row in measure(name, args, device)]
+    if args.rows_only:
+        print(json.dumps(measure(args.methods, args, device)))
+        return
+    # a process's peak resident set only grows: on the CPU each recipe is measured in a process of its own
+    rows = [row for name in args.methods.split(",") for row in (measure(name, args, device) if device.type == "cuda"
+                                                                  else measure_apart(name, args))]
     report = {
         "benchmark": "search_step", "device": device_name(device), "load_average": os.getloadavg(),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size,
@@ -116,9 +134,17 @@ def main() -> None:
                                 cwd=HERE).stdout.strip()
         lines = [f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit} | "
                  f"{r['path']} | {r['method']} | {args.batch_size} | {r['ms_per_step_median']} | "
-                 f"{r['speedup_over_readable'] or ''} | {r['peak_memory_gb']} | "
+                 f"{r['speedup_over_readable'] or ''} | {r['peak_memory_gb']} ({r['step_memory_per_sample_mb']} MB) | "
                  f"load {report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |" for r in rows]
         append_to_table(HERE / "RESULTS.md", "## Search step", lines)
+
+
+def measure_apart(method_name: str, args) -> list[dict]:
+    """``measure`` in a fresh process."""
+    argv = [sys.executable, __file__, "--rows-only", "--device", args.device, "--methods", method_name,
+            "--batch-size", str(args.batch_size), "--init-channels", str(args.init_channels), "--layers",
+            str(args.layers), "--paths", ",".join(args.paths), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
 
 
 def append_to_table(path: Path, heading: str, rows: list[str]) -> None:

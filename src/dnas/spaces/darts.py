@@ -130,11 +130,22 @@ class DartsSupernet(Supernet):
             self.register_buffer(f"op_mask_{t}", mask)
         self.weight_delta: dict[str, torch.Tensor] | None = None  # set by a perturbation for the weight step
         self.op_scale: dict[str, torch.Tensor] | None = None  # factors on the op weights, not renormalised
+        self._live: dict[str, tuple] = {}  # per cell type: (mask identity, its live ops), see live_ops
 
     @property
     def op_mask(self) -> dict[str, torch.Tensor]:
         """Per cell type, which ops of each edge are in the space (edges x ops, bool); edit it in place."""
         return {t: getattr(self, f"op_mask_{t}") for t in CELL_TYPES}
+
+    def live_ops(self, cell_type: str) -> list[list[int]] | None:
+        """The unmasked ops of each edge (None: all of every edge), from a host copy of the mask that is
+        refreshed only when the mask changes, so that a forward pass on a GPU does not wait on it."""
+        mask = self.op_mask[cell_type]
+        key = (mask.data_ptr(), mask._version)
+        if self._live.get(cell_type, (None,))[0] != key:
+            host = mask.cpu()
+            self._live[cell_type] = key, None if host.all() else [r.nonzero().flatten().tolist() for r in host]
+        return self._live[cell_type][1]
 
     def op_weights(self, relax) -> dict[str, torch.Tensor]:
         """``relax`` (the relaxation's ``weights`` or ``strengths``) of each cell type's alphas, with the
@@ -144,7 +155,7 @@ class DartsSupernet(Supernet):
         out = {}
         for t, alpha in self.alphas.items():
             mask = self.op_mask[t]
-            if mask.all():
+            if self.live_ops(t) is None:
                 out[t] = relax(alpha)
             else:
                 live = mask.any(-1, keepdim=True)
@@ -157,12 +168,10 @@ class DartsSupernet(Supernet):
 
     def forward(self, x):
         weights = self.op_weights(self.relaxation.weights if self.training else self.relaxation.strengths)
+        active = {t: self.live_ops(t) for t in CELL_TYPES}
         if self.training and self.relaxation.hard:  # one-hot in value: each edge runs its chosen op only
-            active = {t: [[i] if m.any() else [] for i, m in zip(w.argmax(-1).tolist(), self.op_mask[t])]
-                      for t, w in weights.items()}
-        else:
-            active = {t: None if m.all() else [r.nonzero().flatten().tolist() for r in m]
-                      for t, m in self.op_mask.items()}
+            active = {t: [[i] if live is None or live[e] else [] for e, i in enumerate(w.argmax(-1).tolist())]
+                      for (t, w), live in zip(weights.items(), active.values())}
         edge_weights = {t: self.edge_weights(t) for t in CELL_TYPES} if self.betas else {t: None for t in weights}
         s0 = s1 = self.stem(x)
         for cell in self.cells:
