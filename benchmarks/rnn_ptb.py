@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import dnas
-from dnas.lm_train import evaluate_lm_run
+from dnas.rnn.train import evaluate_lm_run
 
 OUT = Path(__file__).resolve().parent / "out"
 

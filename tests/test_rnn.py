@@ -13,12 +13,12 @@ import dnas
 from dnas.cli import main
 from dnas.data import DataError, batchify, load_corpus
 from dnas.genotype import GenotypeError
-from dnas.lm import GenotypeCell, SearchCell, highway, lm_loss
-from dnas.lm_train import LMTrainConfig, build_lm, evaluate_lm_run
+from dnas.rnn.model import GenotypeCell, SearchCell, highway, lm_loss
+from dnas.rnn.train import LMTrainConfig, build_lm, evaluate_lm_run
 from dnas.registry import UnknownNameError
 from dnas.relax import RELAXATIONS
-from dnas.rnn_genotype import RecurrentGenotype
-from dnas.rnn_search import RNNSearch, RNNSearchConfig
+from dnas.rnn.genotype import RecurrentGenotype
+from dnas.rnn.search import RNNSearch, RNNSearchConfig
 from dnas.selection import TopK
 from dnas.spaces import SPACES
 from dnas.zoo import load_genotype, published
@@ -207,7 +207,7 @@ def test_a_tiny_language_model_trains_tests_and_resumes(ptb, tmp_path, monkeypat
     assert main(["test", str(result.run_dir), "--subset", "600", "-q"]) == 0
     assert "test perplexity" in capsys.readouterr().out
 
-    from dnas.lm_train import LMTrainer
+    from dnas.rnn.train import LMTrainer
     calls, original = {"n": 0}, LMTrainer.train_epoch
 
     def interrupted(self, progress):
@@ -228,7 +228,7 @@ def test_a_tiny_language_model_trains_tests_and_resumes(ptb, tmp_path, monkeypat
 def test_asgd_takes_over_on_a_non_monotone_validation_loss(ptb, tmp_path, monkeypatch):
     # AWD-LSTM / DARTS: switch once the loss is worse than the best of all but the last `nonmono` epochs
     losses = iter([5.0, 4.0, 4.5, 4.6, 4.7])
-    monkeypatch.setattr("dnas.lm_train.evaluate_lm", lambda *a, **k: next(losses))
+    monkeypatch.setattr("dnas.rnn.train.evaluate_lm", lambda *a, **k: next(losses))
     result = dnas.train("DARTS_RNN_V1", "ptb", data=ptb, run_dir=tmp_path / "lm", epochs=5, subset=600,
                         valid_subset=200, batch_size=6, emb_size=4, hidden_size=4, bptt=8, nonmono=1, progress=False)
     assert [m["optimizer"] for m in result.metrics] == ["sgd"] * 4 + ["asgd"]

@@ -54,7 +54,7 @@ def parse_genotype(text: str):
     if text.startswith("|"):
         return NB201Genotype.parse(text)
     if text.startswith("Genotype(recurrent="):
-        from .rnn_genotype import RecurrentGenotype  # lazily: only recurrent runs need the language-model side
+        from .rnn.genotype import RecurrentGenotype  # lazily: only recurrent runs need the language-model side
 
         return RecurrentGenotype.parse(text)
     return Genotype.parse(text)

@@ -282,11 +282,11 @@ def train(
     DARTS text form. ``settings`` are fields of ``TrainConfig`` (epochs, batch_size, data, cutout, ...);
     ``network="imagenet"`` starts from the DARTS ImageNet settings. ``resume`` continues the run in that
     directory from its last checkpoint, with its saved settings (only ``device`` may change). A recurrent
-    genotype (DARTS_RNN_V2, ...) trains a language model on a text corpus instead (``dnas.lm_train``).
+    genotype (DARTS_RNN_V2, ...) trains a language model on a text corpus instead (``dnas.rnn.train``).
 
         dnas.train("DARTS_V2", dataset="cifar10", data="~/data/cifar10")
     """
-    from .lm_train import is_lm_job, train_lm
+    from .rnn.train import is_lm_job, train_lm
 
     if is_lm_job(genotype, resume):
         return train_lm(genotype, dataset, run_dir=run_dir, runs_root=runs_root, resume=resume, progress=progress,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .bench.nb201 import NB201Genotype, cell_edges
 from .genotype import Genotype
-from .rnn_genotype import RecurrentGenotype
+from .rnn.genotype import RecurrentGenotype
 
 
 class GraphvizNotFound(FileNotFoundError):

@@ -1,5 +1,5 @@
 """Published cells of the DARTS space, as data, each with its paper and where it was transcribed from; and
-the DARTS recurrent cells (``DARTS_RNN_V1``, ``DARTS_RNN_V2``, ``dnas.rnn_genotype``).
+the DARTS recurrent cells (``DARTS_RNN_V1``, ``DARTS_RNN_V2``, ``dnas.rnn.genotype``).
 
 Every genotype is copied edge for edge from the authors' own repository (the file named in ``source``);
 where several copies circulate, the authors' is the one kept. Edges are listed per node, in pairs, in
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .genotype import Genotype, GenotypeError
 from .registry import UnknownNameError
-from .rnn_genotype import RecurrentGenotype
+from .rnn.genotype import RecurrentGenotype
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ _ENTRIES = [
         ),
         "DrNAS, searched on ImageNet: Chen, Wang, Cheng, Tang, Hsieh. DrNAS: Dirichlet Neural Architecture "
         "Search. ICLR 2021", "2006.10355", "xiangning-chen/DrNAS DARTS-space/genotypes.py (DrNAS_imagenet)"),
-    # recurrent cells (dnas.rnn_genotype), searched on Penn Treebank
+    # recurrent cells (dnas.rnn.genotype), searched on Penn Treebank
     ZooEntry(
         "DARTS_RNN_V1",
         RecurrentGenotype(

@@ -12,8 +12,8 @@ from ..report import load_run
 from ..spaces.darts_network import NETWORKS
 from ..train import TrainConfig, evaluate_run, train
 from ..viz import GraphvizNotFound, draw
-from ..lm_train import LMTrainConfig, LMTrainResult, build_lm, evaluate_lm_run, is_lm_run
-from ..rnn_genotype import RecurrentGenotype
+from ..rnn.train import LMTrainConfig, LMTrainResult, build_lm, evaluate_lm_run, is_lm_run
+from ..rnn.genotype import RecurrentGenotype
 from ..zoo import ALIASES, ZOO, load_genotype
 
 GENOTYPE_HELP = "a zoo name (see `dnas zoo`), a genotype .json/.txt file, a run directory, or the text form"

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from ..edges import WeightedSum
-from ..lm import RNN_OPS, LanguageModel, SearchCell, search_edges
+from ..rnn.model import RNN_OPS, LanguageModel, SearchCell, search_edges
 from ..perturb import perturbed
 from ..relax import Softmax
-from ..rnn_genotype import RecurrentGenotype
+from ..rnn.genotype import RecurrentGenotype
 from ..selection import TopK
 from . import SPACES
 from .base import Supernet
@@ -53,8 +53,8 @@ class DartsRnnSupernet(Supernet):
 
     @staticmethod
     def search_classes():
-        """The search of this space is the language-model search of ``dnas.rnn_search``."""
-        from ..rnn_search import RNNSearch, RNNSearchConfig
+        """The search of this space is the language-model search of ``dnas.rnn.search``."""
+        from ..rnn.search import RNNSearch, RNNSearchConfig
 
         return RNNSearchConfig, RNNSearch
 

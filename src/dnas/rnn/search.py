@@ -18,10 +18,10 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from .data import batchify, get_batch, load_corpus
-from .lm import activation_regularization, bptt_length, evaluate_lm, lm_loss, perplexity
-from .search import Search, SearchConfig, optimizers
-from .spaces import SPACES
+from ..data import batchify, get_batch, load_corpus
+from ..search import Search, SearchConfig, optimizers
+from ..spaces import SPACES
+from .model import activation_regularization, bptt_length, evaluate_lm, lm_loss, perplexity
 
 
 @dataclass

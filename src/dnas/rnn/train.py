@@ -32,15 +32,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .cost import count_params
-from .data import CORPORA, batchify, get_batch, is_corpus, load_corpus
-from .lm import (GenotypeCell, LanguageModel, activation_regularization, bptt_length, evaluate_lm, lm_loss,
-                 perplexity)
-from .rnn_genotype import RecurrentGenotype
-from . import checkpoint
-from .checkpoint import CheckpointError
-from .search import format_seconds, new_run_dir, read_jsonl, resolve_device
-from .zoo import load_genotype
+from .. import checkpoint
+from ..checkpoint import CheckpointError
+from ..cost import count_params
+from ..data import CORPORA, batchify, get_batch, is_corpus, load_corpus
+from ..search import format_seconds, new_run_dir, read_jsonl, resolve_device
+from ..zoo import load_genotype
+from .genotype import RecurrentGenotype
+from .model import (GenotypeCell, LanguageModel, activation_regularization, bptt_length, evaluate_lm, lm_loss,
+                    perplexity)
 
 CHECKPOINT_FORMAT = "dnas-lm-checkpoint-v1"
 KIND = "language-model"

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .edges import MixedEdge
-from .rnn_genotype import RecurrentGenotype
+from ..edges import MixedEdge
+from .genotype import RecurrentGenotype
 
 INIT_RANGE = 0.04
 

@@ -15,7 +15,7 @@ import ast
 from dataclasses import dataclass
 from typing import Any
 
-from .genotype import GenotypeError, GenotypeFile
+from ..genotype import GenotypeError, GenotypeFile
 
 #: The activations a node can apply (the original's PRIMITIVES without ``none``, which a genotype never holds).
 ACTIVATION_NAMES = ("tanh", "relu", "sigmoid", "identity")
