@@ -26,7 +26,7 @@ import torch
 from .genotype import Genotype
 from .ops import DARTS_OPS
 from .registry import Registry
-from .search import Search, SearchConfig, SearchResult, read_jsonl
+from .search import Search, SearchConfig, SearchResult, read_jsonl, write_jsonl
 from .selection import TopK
 from .spaces.darts import CELL_TYPES
 
@@ -116,8 +116,8 @@ class ProgressiveSearch:
                  for t in CELL_TYPES}
         concat = list(range(2, 2 + nodes))
         genotype = Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat)
-        self._write_lines("metrics.jsonl", metrics)
-        self._write_lines("alphas.jsonl", alphas)
+        write_jsonl(self.run_dir / "metrics.jsonl", metrics)
+        write_jsonl(self.run_dir / "alphas.jsonl", alphas)
         (self.run_dir / "stages.json").write_text(json.dumps(masks) + "\n")
         genotype.save(self.run_dir / "genotype.txt")
         genotype.save(self.run_dir / "genotype.json")
@@ -137,6 +137,3 @@ class ProgressiveSearch:
         else:
             shutil.rmtree(stage_dir, ignore_errors=True)  # a stage stopped before its first checkpoint
         search.run(progress)
-
-    def _write_lines(self, name: str, lines: list[dict[str, Any]]) -> None:
-        (self.run_dir / name).write_text("".join(json.dumps(line) + "\n" for line in lines))

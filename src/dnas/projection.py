@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .genotype import Genotype
-from .search import bilevel_step, format_seconds, read_jsonl
+from .search import bilevel_step, format_seconds, read_jsonl, write_jsonl
 from .selection import SELECTIONS, TopK
 from .spaces.darts import CELL_TYPES
 
@@ -281,4 +281,4 @@ def _edge_ends(nodes: int) -> list[tuple[int, int]]:
 
 def _keep_lines(path, n: int) -> None:
     if path.exists():
-        path.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(path)[:n]))
+        write_jsonl(path, read_jsonl(path)[:n])

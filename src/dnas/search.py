@@ -236,10 +236,8 @@ class Search:
 
         state = checkpoint.load(self.run_dir / "checkpoint.pt", CHECKPOINT_FORMAT, self.device, "search", restore)
         self.epoch, self.stopped = state["epoch"], state["stopped"]
-        # lines written after the checkpoint (a crash between the two) belong to an epoch that will rerun
         for name in ("metrics.jsonl", "alphas.jsonl"):
-            kept = [r for r in read_jsonl(self.run_dir / name) if r["epoch"] <= self.epoch]
-            (self.run_dir / name).write_text("".join(json.dumps(r) + "\n" for r in kept))
+            drop_lines_after(self.run_dir / name, self.epoch)
 
     # -- files ----------------------------------------------------------------------------------------
     def _write_json(self, name: str, obj: Any) -> None:
@@ -309,6 +307,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def drop_lines_after(path: Path, epoch: int) -> None:
+    """On resume: lines written after the checkpoint (a crash between the two) belong to an epoch that will
+    rerun."""
+    write_jsonl(path, [r for r in read_jsonl(path) if r["epoch"] <= epoch])
 
 
 def format_seconds(s: float) -> str:

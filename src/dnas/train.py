@@ -38,7 +38,7 @@ from .data import BatchLoader, DataError, load_dataset
 from .genotype import Genotype
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .search import format_seconds, new_run_dir, read_jsonl, resolve_device
+from .search import drop_lines_after, format_seconds, new_run_dir, read_jsonl, resolve_device
 from .spaces.darts_network import NETWORKS, DartsNetwork
 from .zoo import load_genotype
 
@@ -257,9 +257,7 @@ class Trainer:
 
         state = checkpoint.load(self.run_dir / "checkpoint.pt", CHECKPOINT_FORMAT, self.device, "training", restore)
         self.epoch, self.best_acc = state["epoch"], state["best_acc"]
-        # a line written after the checkpoint (a crash between the two) belongs to an epoch that will rerun
-        kept = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
-        self._write("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        drop_lines_after(self.run_dir / "metrics.jsonl", self.epoch)
 
     def _write(self, name: str, text: str) -> None:
         (self.run_dir / name).write_text(text)

@@ -36,7 +36,7 @@ from .. import checkpoint
 from ..checkpoint import CheckpointError
 from ..cost import count_params
 from ..data import CORPORA, batchify, get_batch, is_corpus, load_corpus
-from ..search import format_seconds, new_run_dir, read_jsonl, resolve_device
+from ..search import drop_lines_after, format_seconds, new_run_dir, read_jsonl, resolve_device
 from ..zoo import load_genotype
 from .genotype import RecurrentGenotype
 from .model import (GenotypeCell, LanguageModel, activation_regularization, bptt_length, evaluate_lm, lm_loss,
@@ -234,8 +234,7 @@ class LMTrainer:
         state = checkpoint.load(self.run_dir / "checkpoint.pt", CHECKPOINT_FORMAT, self.device, "language-model",
                                 restore)
         self.epoch, self.history, self.best_loss = state["epoch"], list(state["history"]), state["best_loss"]
-        kept = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
-        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+        drop_lines_after(self.run_dir / "metrics.jsonl", self.epoch)
 
 
 def is_lm_job(genotype, resume) -> bool:
