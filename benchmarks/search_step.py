@@ -7,6 +7,8 @@ appends a row per recipe to benchmarks/RESULTS.md.
     python benchmarks/search_step.py                          # cuda if present, else cpu (batch 16 on cpu)
     python benchmarks/search_step.py --device cpu --batch-size 16 --methods darts-v1,darts-v2,pc-darts
     python benchmarks/search_step.py --paths readable,fused   # the fast path (docs/speed.md) beside it
+    python benchmarks/search_step.py --paths readable,fused,graph,graph-bf16   # on a GPU: CUDA-graph replay
+                                                              # of the fused step, and that in bf16 autocast
 
 With several paths, their steps are interleaved in one process, so that a change of machine load hits
 both alike; each row reports its speed-up over the readable path. On the CPU the peak memory is the
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 
 from dnas.methods import get_method
+from dnas.cuda_graph import GraphedStep, set_capturable
 from dnas.search import SearchConfig, bilevel_step, optimizers, resolve_device
 from dnas.spaces import SPACES
 
@@ -39,22 +42,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+PATHS = ("readable", "fused", "graph", "graph-bf16")
+
+
 def measure(method_name: str, args, device: torch.device) -> list[dict]:
     """The step of one recipe (darts-v1 is first order, darts-v2 second order) on random CIFAR-shaped data,
-    on each path (readable: SearchCell; fused: spaces/darts_fused.py), the paths' steps interleaved."""
+    on each path (readable: SearchCell; fused: spaces/darts_fused.py; graph: the fused step replayed from a
+    CUDA graph, cuda_graph.py; graph-bf16: that under bf16 autocast), the paths' steps interleaved."""
     method = get_method(method_name)
     batch = lambda: (torch.randn(args.batch_size, 3, 32, 32, device=device),
                      torch.randint(0, 10, (args.batch_size,), device=device))
-    train_batch, val_batch = batch(), batch()
+    inputs = (*batch(), *batch())
     steps, times, peaks = {}, {}, {}
     for path in args.paths:
         torch.manual_seed(0)
         parts = method.build_parts()
         model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
                                                  relaxation=parts.relaxation, edge=parts.edge,
-                                                 **({"fused": True} if path == "fused" else {})).to(device)
+                                                 **({} if path == "readable" else {"fused": True})).to(device)
         w_opt, a_opt = optimizers(model, SearchConfig())
-        steps[path] = partial(bilevel_step, model, parts, a_opt, w_opt, train_batch, val_batch, 5.0)
+        step = partial(four_tensor_step, model, parts, a_opt, w_opt, path.endswith("bf16"))
+        if path.startswith("graph"):
+            set_capturable(a_opt)
+            step = GraphedStep(step)
+        steps[path] = partial(step, *inputs)
         times[path] = []
     base = allocated(device)  # model, optimisers and data: what a step adds on top is the step's own memory
     for _ in range(args.warmup):
@@ -74,8 +85,14 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     return [{"method": method_name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
              "ms_per_step_min": round(1000 * min(times[path]), 1), "peak_memory_gb": round(peaks[path] / 2**30, 2),
              "step_memory_per_sample_mb": round((peaks[path] - base) / args.batch_size / 2**20, 1),
-             "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None}
+             "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None,
+             "replayed": isinstance(steps[path].func, GraphedStep) and steps[path].func.replays > 0}
             for path in args.paths]
+
+
+def four_tensor_step(model, parts, a_opt, w_opt, bf16: bool, x, y, val_x, val_y):
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
+        return bilevel_step(model, parts, a_opt, w_opt, (x, y), (val_x, val_y), 5.0)
 
 
 def allocated(device: torch.device) -> int:
@@ -102,15 +119,20 @@ def main() -> None:
     p.add_argument("--init-channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--methods", default="darts-v1,darts-v2", help="recipes, comma-separated")
-    p.add_argument("--paths", default="readable", help="readable, fused or both, comma-separated")
+    p.add_argument("--paths", default="readable", help=f"comma-separated, of {', '.join(PATHS)} (graph: GPU only)")
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (a graph captures at the third)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     p.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)  # one recipe's rows as JSON
     args = p.parse_args()
     device = resolve_device(args.device)
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
     args.paths = args.paths.split(",")
+    unknown = set(args.paths) - set(PATHS)
+    if unknown:
+        p.error(f"unknown paths {sorted(unknown)}; valid: {', '.join(PATHS)}")
+    if device.type != "cuda" and any(path.startswith("graph") for path in args.paths):
+        p.error("the graph paths replay CUDA graphs: they need a GPU (--device cuda)")
 
     if args.rows_only:
         print(json.dumps(measure(args.methods, args, device)))

@@ -90,12 +90,15 @@ def test_step_equals_readable(name):
     assert_close(logits_r, logits_f, "evaluation-mode logits")
 
 
+@pytest.mark.parametrize("edge", ["sum", "partial_channel", "auxiliary_skip"])
 @pytest.mark.parametrize("hard", [False, True])
-def test_op_mask_forward_and_gradients(hard):
-    """Masked ops are not computed and dropped edges add nothing, soft or hard (GDAS's one op per edge)."""
+def test_op_mask_forward_and_gradients(hard, edge):
+    """Masked ops are not computed and dropped edges add nothing, soft or hard (GDAS's one op per edge),
+    also beside the bypass and edge weights of PC-DARTS and the auxiliary skip of DARTS-."""
     out = []
     for fused in (False, True):
-        model = supernet(fused, GumbelSoftmax(hard=hard, tau=(1.0, 1.0)))
+        model = supernet(fused, GumbelSoftmax(hard=hard, tau=(1.0, 1.0)), EDGES.build({"name": edge}),
+                         edge_normalization=edge == "partial_channel")
         random_mask(model, keep=4)
         x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
         torch.manual_seed(6)
@@ -158,7 +161,8 @@ def kernels(model, x) -> Counter:
 
 def test_fused_forward_launches_fewer_kernels():
     """The point of the fast path: per cell, one convolution per op and source batch instead of one per
-    op and edge, and two BatchNorms per source batch instead of one per op and edge."""
+    op and edge, two BatchNorms per source batch instead of one per op and edge, and one weighted sum
+    per source batch instead of one per op and edge."""
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     readable, fused = kernels(supernet(False), x), kernels(supernet(True), x)
     cells, batches, reductions = 5, 4, 2  # source batches: the two inputs together, then nodes 0, 1, 2
@@ -168,7 +172,11 @@ def test_fused_forward_launches_fewer_kernels():
     assert fused["convolution"] == 1 + cells * (2 + batches * 12) + reductions * 2 + reductions
     assert readable["native_batch_norm"] == 1 + cells * (2 + 14 * 8) + reductions * 8
     assert fused["native_batch_norm"] == 1 + cells * (2 + batches * 2)
-    assert sum(fused.values()) < sum(readable.values()) / 2.5
+    # DARTS Eq. 2: per source batch one multiply of all its ops' outputs by their weights (two backward);
+    # the op weights of a cell gathered by one index_select (an index_add backward), no other indexing
+    assert fused["mul"] == cells * batches * 3
+    assert fused["index_select"] == fused["index_add"] == cells
+    assert sum(fused.values()) < sum(readable.values()) / 5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the fast path on the GPU")

@@ -75,19 +75,19 @@ class SecondOrder:
         require grad."""
         group = w_optimizer.param_groups[0]
         xi, mu, wd = group["lr"], group.get("momentum", 0.0), group.get("weight_decay", 0.0)
-        unrolled = []
-        with torch.no_grad():
-            for w, g in zip(weights, _clipped(_grad(loss, weights), clip)):
-                d = g + wd * w
-                buf = w_optimizer.state.get(w, {}).get("momentum_buffer")
-                if buf is not None:
-                    d = d + mu * buf
-                unrolled.append((w - xi * d).requires_grad_())
-        return unrolled
+        weights = list(weights)
+        with torch.no_grad():  # one kernel per kind of term for all weights (foreach), not one per weight
+            d = torch._foreach_add(list(_clipped(_grad(loss, weights), clip)), weights, alpha=wd)
+            moving = [(i, buf) for i, w in enumerate(weights)
+                      if (buf := w_optimizer.state.get(w, {}).get("momentum_buffer")) is not None]
+            if moving:
+                torch._foreach_add_([d[i] for i, _ in moving], [buf for _, buf in moving], alpha=mu)
+            return [w.requires_grad_() for w in torch._foreach_add(weights, d, alpha=-xi)]
 
     def hessian_vector_product(self, weights, alphas, v, train_loss: Loss) -> list[torch.Tensor]:
-        """grad^2_{alpha,w} L_train . v by central differences (DARTS Eq. 8), weights restored after."""
-        eps = self.epsilon / torch.cat([x.flatten() for x in v]).norm().item()
+        """grad^2_{alpha,w} L_train . v by central differences (DARTS Eq. 8), weights restored after. eps stays
+        a device tensor: reading it on the host would wait for the GPU (and cannot be captured in a graph)."""
+        eps = self.epsilon / torch.cat([x.flatten() for x in v]).norm()
         _shift(weights, v, eps)
         g_plus = _grad(train_loss(), alphas)
         _shift(weights, v, -2 * eps)
@@ -131,11 +131,11 @@ class Implicit:
 
 
 def _clipped(grads, max_norm: float | None):
-    """The gradients scaled to total norm ``max_norm`` when above it (as clip_grad_norm_ does)."""
+    """The gradients scaled to total norm ``max_norm`` when above it (as clip_grad_norm_ does), on the device."""
     if max_norm is None:
         return grads
-    scale = min(1.0, max_norm / (torch.cat([g.flatten() for g in grads]).norm().item() + 1e-6))
-    return tuple(g * scale for g in grads)
+    scale = (max_norm / (torch.cat([g.flatten() for g in grads]).norm() + 1e-6)).clamp(max=1.0)
+    return tuple(torch._foreach_mul(list(grads), scale))
 
 
 def _grad(loss: torch.Tensor, inputs) -> tuple[torch.Tensor, ...]:
@@ -144,6 +144,6 @@ def _grad(loss: torch.Tensor, inputs) -> tuple[torch.Tensor, ...]:
 
 
 @torch.no_grad()
-def _shift(weights, direction, scale: float) -> None:
-    for w, d in zip(weights, direction):
-        w.add_(d, alpha=scale)
+def _shift(weights, direction, scale: torch.Tensor) -> None:
+    """w += scale * d for every weight, ``scale`` a scalar tensor."""
+    torch._foreach_add_(list(weights), torch._foreach_mul(list(direction), scale))

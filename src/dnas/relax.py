@@ -69,7 +69,7 @@ class GumbelSoftmax:
         soft = torch.softmax((alpha + gumbel) / self.tau, dim=-1)
         if not self.hard:
             return soft
-        one_hot = F.one_hot(soft.argmax(-1), alpha.shape[-1]).to(soft.dtype)
+        one_hot = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)  # F.one_hot checks on the host
         return one_hot - soft.detach() + soft
 
     def strengths(self, alpha):
@@ -90,11 +90,11 @@ class Dirichlet:
 
     def weights(self, alpha):
         # ops masked out of the space (alpha = -inf) weigh 0; the others' renormalised sample is
-        # Dirichlet over them alone (the aggregation property)
+        # Dirichlet over them alone (the aggregation property). No branch on the mask and no argument
+        # validation: either would read a device tensor on the host, which a CUDA-graph capture forbids
         live = torch.isfinite(alpha)
-        if live.all():
-            return torch.distributions.Dirichlet(self.concentration(alpha)).rsample()
-        sample = torch.distributions.Dirichlet(self.concentration(alpha.masked_fill(~live, 0.0))).rsample() * live
+        beta = self.concentration(alpha.masked_fill(~live, 0.0))
+        sample = torch.distributions.Dirichlet(beta, validate_args=False).rsample() * live
         return sample / sample.sum(-1, keepdim=True)
 
     def strengths(self, alpha):

@@ -18,6 +18,7 @@ trained supernet (DARTS-PT's projection, projection.py); it keeps its progress i
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import time
@@ -32,6 +33,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from . import checkpoint
+from .cuda_graph import GraphedStep, set_capturable
 from .data import BatchLoader, load_dataset, split_indices
 from .genotype import Genotype
 from .methods import Method, Parts, get_method
@@ -71,6 +73,7 @@ class SearchConfig:
     seed: int = 2
     device: str = "auto"
     tensorboard: bool = False  # also log each epoch to TensorBoard in the run directory (pip install tensorboard)
+    cuda_graph: bool = False  # on a GPU, replay each step from a CUDA graph (cuda_graph.py); no effect on the CPU
 
     @classmethod
     def fields(cls) -> set[str]:
@@ -93,7 +96,13 @@ class Search:
         self.method = method or get_method(config.method)
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once (as DARTS does)
         self.setup()
+        self.graph = None  # the step replayed from a CUDA graph, when asked for on a GPU
+        if config.cuda_graph and self.device.type == "cuda":
+            set_capturable(self.a_optimizer)
+            self.graph = GraphedStep(self._bilevel_step)
         self.epoch = 0  # epochs completed
         self.stopped: dict[str, Any] | None = None  # {"reason", "genotype_epoch"} once a stopper ended the run
 
@@ -111,10 +120,10 @@ class Search:
         if len(self.train_loader) == 0 or len(self.val_loader) == 0:
             raise ValueError(f"{len(y)} training images are too few to split into search-train and search-val")
 
-        space = SPACES.get(config.space or self.method.part("space"))
         self.parts = self.method.build_parts()
-        self.model = space(num_classes=data.num_classes, in_channels=data.channels, relaxation=self.parts.relaxation,
-                           edge=self.parts.edge, **config.space_options).to(self.device)
+        self.model = build_supernet(config.space or self.method.part("space"), config.space_options,
+                                    num_classes=data.num_classes, in_channels=data.channels,
+                                    relaxation=self.parts.relaxation, edge=self.parts.edge).to(self.device)
         self.w_optimizer, self.a_optimizer = optimizers(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.lr_min)
 
@@ -124,7 +133,12 @@ class Search:
 
     # -- one step -------------------------------------------------------------------------------------
     def step(self, train_batch, val_batch) -> tuple[torch.Tensor, torch.Tensor]:
-        return bilevel_step(self.model, self.parts, self.a_optimizer, self.w_optimizer, train_batch, val_batch,
+        if self.graph is not None:
+            return self.graph(*train_batch, *val_batch)
+        return self._bilevel_step(*train_batch, *val_batch)
+
+    def _bilevel_step(self, x, y, val_x, val_y) -> tuple[torch.Tensor, torch.Tensor]:
+        return bilevel_step(self.model, self.parts, self.a_optimizer, self.w_optimizer, (x, y), (val_x, val_y),
                             self.config.grad_clip, update_arch=self.epoch >= self.config.arch_warmup_epochs)
 
     # -- epochs ---------------------------------------------------------------------------------------
@@ -132,12 +146,16 @@ class Search:
         loss_sum = correct = seen = 0
         bar = tqdm(zip(self.train_loader, self.val_loader), total=len(self.train_loader), disable=not progress,
                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="step", leave=False, dynamic_ncols=True)
-        for i, (train_batch, val_batch) in enumerate(bar):
-            loss, right = self.step(train_batch, val_batch)
-            n = len(train_batch[1])
-            loss_sum, correct, seen = loss_sum + loss * n, correct + right, seen + n
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        try:
+            for i, (train_batch, val_batch) in enumerate(bar):
+                loss, right = self.step(train_batch, val_batch)
+                n = len(train_batch[1])
+                loss_sum, correct, seen = loss_sum + loss * n, correct + right, seen + n
+                if i % 10 == 0:
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        finally:
+            if self.graph is not None:  # the epoch's settings (lr, temperature, ...) are baked into the graph
+                self.graph.reset()
         return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
 
     @torch.no_grad()
@@ -230,6 +248,7 @@ class Search:
             self.model.load_state_dict(state["model"])
             self.w_optimizer.load_state_dict(state["w_optimizer"])
             self.a_optimizer.load_state_dict(state["a_optimizer"])
+            set_capturable(self.a_optimizer, self.graph is not None)  # the saved setting may be another
             self.scheduler.load_state_dict(state["scheduler"])
             self.parts.load_state_dict(state["parts"])
             checkpoint.set_rng_state(state["rng"], self.generators())
@@ -246,6 +265,17 @@ class Search:
     def _append_jsonl(self, name: str, obj: Any) -> None:
         with open(self.run_dir / name, "a") as f:
             f.write(json.dumps(obj) + "\n")
+
+
+def build_supernet(name: str, options: dict[str, Any], **given):
+    """The space ``name`` built from ``given`` (what the data and the method decide) and the user's
+    ``options``, which must be among the space's other arguments."""
+    space = SPACES.get(name)
+    valid = set(inspect.signature(space).parameters) - set(given)
+    unknown = set(options) - valid
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)} of the {name} space; valid: {', '.join(sorted(valid))}")
+    return space(**given, **options)
 
 
 def optimizers(model, config: SearchConfig) -> tuple[torch.optim.SGD, torch.optim.Adam]:
@@ -288,11 +318,16 @@ def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val
 def batch_loss(model, batch, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Cross-entropy on a batch, with the model's weights or with ``params`` in their place."""
     x, y = batch
-    if params is None:
-        return F.cross_entropy(model(x), y)
-    # a trial forward (the unrolled model) must not move the real BatchNorm statistics
-    buffers = {n: b.clone() for n, b in model.named_buffers()}
-    return F.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y)
+    return F.cross_entropy(model(x) if params is None else trial_forward(model, params, x), y)
+
+
+def trial_forward(model, params: dict[str, torch.Tensor], *args):
+    """``model(*args)`` with ``params`` in place of its weights (a trial, such as the unrolled model of
+    second-order DARTS), which must not move the real BatchNorm statistics: those buffers are copies here.
+    The other buffers (the op mask) stay the model's own, so that what it caches of them stays valid."""
+    buffers = {f"{name}.{b}": t.clone() for name, m in model.named_modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for b, t in m.named_buffers(recurse=False)}
+    return functional_call(model, {**params, **buffers}, args)
 
 
 def resolve_device(device: str) -> torch.device:

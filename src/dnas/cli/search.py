@@ -20,7 +20,7 @@ def run_search(args: argparse.Namespace) -> None:
             "C": args.init_channels, "layers": args.layers, "nodes": args.nodes,
             "ops": tuple(args.ops.split(",")) if args.ops else None,
             "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
-            "fused": True if args.fast else None,
+            "fused": True if args.fast else None, "cuda_graph": True if args.fast else None,
         }.items() if v is not None}
         result = search(space=args.space, method=args.method, dataset=args.dataset, run_dir=args.run_dir,
                         runs_root=args.runs, progress=not args.quiet, **settings)
@@ -51,7 +51,8 @@ def register(sub) -> None:
     s.add_argument("--subset", type=int, help="use only the first N training images (quick runs)")
     s.add_argument("--cutout", type=int, help="cutout length (default 0: off)")
     s.add_argument("--fast", action="store_true",
-                   help="the DARTS cell's fused fast path: same results, fewer and larger kernels (docs/speed.md)")
+                   help="the fast path: the DARTS cell fused (same results, fewer and larger kernels) and, on a GPU, "
+                        "each step replayed from a CUDA graph (docs/speed.md)")
     s.add_argument("--seed", type=int, help="random seed (default 2); same seed, same result on the CPU")
     s.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     s.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")

@@ -11,16 +11,13 @@ reports the perplexity on the validation split (10 streams).
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from ..data import batchify, get_batch, load_corpus
-from ..search import Search, SearchConfig, optimizers
-from ..spaces import SPACES
+from ..search import Search, SearchConfig, build_supernet, optimizers, trial_forward
 from .model import activation_regularization, bptt_length, evaluate_lm, lm_loss, perplexity
 
 
@@ -56,6 +53,9 @@ class RNNSearch(Search):
 
     def setup(self) -> None:
         c = self.config
+        if c.cuda_graph:
+            raise ValueError("cuda_graph does not apply to the recurrent search: its windows vary in length "
+                             "(variable BPTT), and a CUDA graph replays one shape; leave it off")
         corpus = load_corpus(c.dataset, c.data)
         train, valid = corpus.train[: c.subset], corpus.valid[: c.subset]
         self.train_data = batchify(train, c.batch_size).to(self.device)
@@ -63,16 +63,11 @@ class RNNSearch(Search):
         self.val_data = batchify(valid, c.eval_batch_size).to(self.device)  # each epoch's report
         self.lengths = torch.Generator().manual_seed(c.seed)  # the BPTT window lengths
 
-        space = SPACES.get(c.space or self.method.part("space"))
-        options = set(inspect.signature(space).parameters) - {"vocab_size", "relaxation", "edge"}
-        unknown = set(c.space_options) - options
-        if unknown:
-            raise ValueError(f"unknown options {sorted(unknown)} of the recurrent space; valid: {', '.join(sorted(options))}")
         self.parts = self.method.build_parts()
         if hasattr(self.parts.arch_grad, "clip"):  # second order: clip the unrolled step as the weight step
             self.parts.arch_grad.clip = c.grad_clip
-        self.model = space(vocab_size=corpus.vocab_size, relaxation=self.parts.relaxation, edge=self.parts.edge,
-                           **c.space_options).to(self.device)
+        self.model = build_supernet(c.space or self.method.part("space"), c.space_options, vocab_size=corpus.vocab_size,
+                                    relaxation=self.parts.relaxation, edge=self.parts.edge).to(self.device)
         self.w_optimizer, self.a_optimizer = optimizers(self.model, c)
         self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.w_optimizer, factor=1.0, total_iters=0)
 
@@ -84,8 +79,7 @@ class RNNSearch(Search):
         of second order, which must not move the real BatchNorm statistics)."""
         if params is None:
             return self.model(words, hidden)
-        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
-        return functional_call(self.model, {**params, **buffers}, (words, hidden))
+        return trial_forward(self.model, params, words, hidden)
 
     def step(self, train, val, lr_scale: float = 1.0, update_arch: bool = True):
         """DARTS Algorithm 1 on one window: an architecture step on the validation window, then a weight step

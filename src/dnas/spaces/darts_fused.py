@@ -5,17 +5,22 @@ kernels per edge and 14 edges per cell, so that a search step on a GPU is bound 
 kernels rather than by arithmetic. Here the edges that leave one state are computed together, and the 2 x
 ``nodes`` edges that leave the two cell inputs all at once:
 
-* a ReLU or pooling that begins an op runs once per source state, not once per edge;
+* a ReLU or pooling that begins an op runs once per source state, not once per edge, and what the ops on
+  every edge begin with is copied to the edges at once;
 * one op on several edges is one convolution: the depthwise convolutions of the edges stacked
-  (groups = edges x C), the pointwise ones as one convolution with groups = edges;
+  (groups = edges x C), the pointwise ones as one convolution with groups = edges; a cell's convolution
+  weights are concatenated once per shape and split per convolution;
 * BatchNorms reached at the same depth by the ops are one ``batch_norm`` over the concatenated channels.
   BatchNorm without affine parameters normalises each channel by its own batch statistics, so this is
   exactly equivalent; the running statistics are the readable modules' own buffers, concatenated and
-  written back, so a step leaves the same state behind;
+  written back (a cell's all at once), so a step leaves the same state behind;
 * the zero op, and ops whose weight is structurally zero (not sampled by a hard relaxation, masked out
   of the space), are not computed; skip is the identity;
-* the weighted sum of DARTS Eq. 2 is one ``index_add`` per op, and the sums into the nodes one add per
-  source state.
+* the weighted sum of DARTS Eq. 2 is one multiply and one sum per source batch: the outputs of all its
+  ops concatenated, times their op weights (gathered for the whole cell by one precomputed index), summed
+  over the ops (and the two cell inputs) straight into the nodes; where the ops differ between edges
+  (masked, or sampled by a hard relaxation), one ``index_add`` instead. The sums into the nodes are one
+  add per source state.
 
 Weights and buffers are read from the readable modules at call time, so a fused supernet has the same
 ``state_dict``, works under ``torch.func.functional_call`` (the unrolled model of second-order DARTS) and
@@ -23,10 +28,10 @@ derives the same genotype. Every relaxation runs fused (the weights are one tens
 one gives the edges' active ops, and the straight-through term of ``MixedEdge`` is added per edge), and so
 do the edge computations of the method zoo: ``sum``, ``partial_channel`` (the op on the first C/K
 channels, the bypass max-pooled on a reducing edge, the channel shuffle; PC-DARTS edge normalisation),
-``auxiliary_skip`` (beta * skip as one more op), ``noisy_skip`` and ``skip_dropout`` (the noise and the
-dropout masks drawn in the readable path's order, so that a seeded step is the same). What it cannot batch falls back to the readable modules: an op
-module of a kind not listed in ``_flatten`` runs per edge, and a cell with edges of another class runs
-``SearchCell.forward`` whole.
+``auxiliary_skip`` (beta * skip as one more op, beta one more weight), ``noisy_skip`` and ``skip_dropout``
+(the noise and the dropout masks drawn in the readable path's order, so that a seeded step is the same).
+What it cannot batch falls back to the readable modules: an op module of a kind not listed in
+``_flatten`` runs per edge, and a cell with edges of another class runs ``SearchCell.forward`` whole.
 """
 from __future__ import annotations
 
@@ -104,13 +109,12 @@ def _signature(leaf: Leaf) -> tuple:
 class _Group:
     """One op (or the auxiliary skip) on the edges of a source batch that compute it, one slot per edge."""
 
-    op: int | None  # column of the op weights; None: the auxiliary skip of DARTS-, weighted by its beta
     leaves: list[tuple[str, list[nn.Module]]]  # per leaf, its module on every slot
     src: torch.Tensor  # per slot, the source state (index into the batch's sources)
-    pos: torch.Tensor  # per slot, the edge (index into the batch's edges)
-    edges: torch.Tensor  # per slot, the edge (index into the cell's edges), to read its op weight
-    edge_ids: list[int]
-    beta_of: object = None  # the AuxiliarySkip schedule whose beta weighs this group
+    edge_ids: tuple[int, ...]  # per slot, the edge (index into the cell's edges)
+    every_edge: bool  # one slot per edge of the batch, in their order
+    head: tuple | None  # the signature of the ReLU or pooling that begins the op, run once per source
+    convs: list[tuple[tuple[int, int], ...]] | None = None  # per leaf, its convolutions' (bank, piece)
 
 
 @dataclass
@@ -119,18 +123,47 @@ class _Batch:
 
     sources: list[int]
     edges: list[int]  # cell edge indices, ordered by source then by node
-    edge_index: torch.Tensor
     groups: list[_Group]
+    slots: int  # of all its groups, one after another; their op weights: the batch's part of weight_index
+    pos: torch.Tensor | None  # per slot, its edge (index into ``edges``); None: every group on every edge
+    node_pos: torch.Tensor | None  # per slot, the node its edge enters (index into the batch's nodes)
     partial_channels: int | None  # PC-DARTS K; None for a whole-channel edge
     stride: int
-    keep: torch.Tensor | None  # 0/1 per edge when some edge has every op masked out (dropped)
+    keep: torch.Tensor | None  # PC-DARTS: 0/1 per edge when some edge has every op masked out (dropped):
+    # its bypass adds nothing (elsewhere a dropped edge has no slot and no straight-through term)
 
 
 @dataclass
 class _Plan:
+    """How a cell runs fused for one pattern of active ops; index tensors built once, on the device."""
+
     batches: list[_Batch]
-    straight_through: torch.Tensor | None  # (edges, ops) 0/1 of the ops run, when not all of them
+    weight_index: torch.Tensor  # per slot of every batch: its weight in weights.flatten(), then the betas
+    schedules: list  # the AuxiliarySkip schedules whose betas weigh the auxiliary skips (DARTS-)
+    edge_order: torch.Tensor  # the cell's edges in batch order, to split a value per edge by batch
+    straight_through: torch.Tensor | None  # (edges, ops): 1 for an op not run on a kept edge; None: all run
     random: list[tuple[int, Leaf]]  # (edge, its noise or dropout leaf), in the order the readable cell draws
+    banks: list[tuple[list[nn.Conv2d], list[int]]]  # per weight shape: the convolutions, per call how many
+
+
+@dataclass
+class _Run:
+    """What the batches of one fused cell forward share: per bank, the convolution weights concatenated once
+    and split per convolution call; the noise and dropout masks; the BatchNorm running statistics to write
+    back when the cell is done."""
+
+    weights: list[tuple[torch.Tensor, ...]]
+    noise: dict[int, torch.Tensor]
+    buffers: list[torch.Tensor]
+    values: list[torch.Tensor]
+    counters: list[torch.Tensor]  # num_batches_tracked of every BatchNorm that ran in training mode
+
+    def write_back(self):
+        with torch.no_grad():
+            if self.buffers:
+                torch._foreach_copy_(self.buffers, self.values)
+            if self.counters:
+                torch._foreach_add_(self.counters, 1)
 
 
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -147,17 +180,25 @@ def fused_cell_forward(cell, s0, s1, weights, active=None, edge_weights=None):
         return cell(s0, s1, weights, active, edge_weights)
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
     noise = _draw_random(cell, plan, states[1]) if plan.random and cell.training else {}
-    st = None
-    if plan.straight_through is not None:  # MixedEdge: sum_{o not run} w_o, zero in value
-        st = weights.sum(-1) - (weights * plan.straight_through).sum(-1)
-    partial = None
-    for batch in plan.batches:
-        y = _edge_outputs(batch, [states[j] for j in batch.sources], weights, st, edge_weights, noise)
-        if partial is None:  # the two cell inputs: sum their edges into each node
-            partial = y[:, : cell.nodes] + y[:, cell.nodes :]
-        else:
-            partial = partial[:, 1:] + y
-        states.append(partial[:, 0])
+    banks = [torch.cat([m.weight for m in convs]).split(sizes) if len(convs) > 1 else (convs[0].weight,)
+             for convs, sizes in plan.banks]
+    run = _Run(banks, noise, [], [], [])
+    flat = weights.reshape(-1)  # the op weight of every slot, all gathered at once
+    if plan.schedules:
+        flat = torch.cat([flat, *(flat.new_full((1,), s.beta) for s in plan.schedules)])
+    slot_weights = flat.index_select(0, plan.weight_index).split([b.slots for b in plan.batches])
+    per_batch = lambda t: t.index_select(0, plan.edge_order).split([len(b.edges) for b in plan.batches])
+    none = [None] * len(plan.batches)
+    # MixedEdge's straight-through term: sum_{o not run} w_o, zero in value
+    st = none if plan.straight_through is None else per_batch((weights * plan.straight_through).sum(-1))
+    ew = none if edge_weights is None else per_batch(edge_weights)
+    partial = None  # the sums into the nodes not complete yet
+    for batch, w, st_b, ew_b in zip(plan.batches, slot_weights, st, ew):
+        y = _node_inputs(batch, [states[j] for j in batch.sources], w, st_b, ew_b, run)
+        partial = y if partial is None else partial + y
+        node, partial = partial.split([1, partial.shape[1] - 1], 1) if partial.shape[1] > 1 else (partial, None)
+        states.append(node.squeeze(1))  # split and squeeze: one kernel backward, indexing one per part
+    run.write_back()
     return torch.cat(states[2:], dim=1)
 
 
@@ -180,15 +221,21 @@ def _build_plan(cell, active, device) -> _Plan | None:
     n = cell.nodes
     offset = [2 * i + i * (i - 1) // 2 for i in range(n)]  # first edge into node i
     tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)
+    mixed_of = lambda edge: edge.mixed if isinstance(edge, AuxiliarySkipEdge) else edge
+    num_ops = len(mixed_of(cell.edges[0]).ops)
+    schedules = list({id(e.schedule): e.schedule for e in cell.edges
+                      if isinstance(e, AuxiliarySkipEdge)}.values())
+    slot_weight = lambda e, o: (e * num_ops + o if o is not None  # in weights.flatten(), then the betas
+                                else len(cell.edges) * num_ops + schedules.index(cell.edges[e].schedule))
     sources = [[0, 1]] + [[j] for j in range(2, n + 1)]
-    batches, random = [], {}
+    batches, weight_index, random = [], [], {}
     for srcs in sources:
         pairs = [(j, offset[i] + j) for j in srcs for i in range(max(0, j - 1), n)]  # (source, edge)
         edges = [e for _, e in pairs]
         slots: dict[tuple, list] = {}  # group key -> [(source, position, edge, leaves)]
         for pos, (j, e) in enumerate(pairs):
             edge = cell.edges[e]
-            mixed = edge.mixed if isinstance(edge, AuxiliarySkipEdge) else edge
+            mixed = mixed_of(edge)
             run = range(len(mixed.ops)) if active is None else active[e]
             ops = [(o, mixed.ops[o]) for o in sorted(run)]
             if isinstance(edge, AuxiliarySkipEdge) and (active is None or active[e]):
@@ -200,27 +247,54 @@ def _build_plan(cell, active, device) -> _Plan | None:
                 random.update((e, leaf) for leaf in leaves if leaf[0] in ("noise", "dropout"))
                 key = (o, tuple(map(_signature, leaves)))
                 slots.setdefault(key, []).append((srcs.index(j), pos, e, leaves))
-        groups = []
+        groups, positions = [], []
         for (o, _), members in sorted(slots.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0)):
+            edge_ids = tuple(m[2] for m in members)
+            lead = members[0][3][0] if members[0][3] else None
             groups.append(_Group(
-                op=o,
                 leaves=[(leaves[0], [m[3][k][1] for m in members]) for k, leaves in enumerate(members[0][3])],
-                src=tensor([m[0] for m in members]), pos=tensor([m[1] for m in members]),
-                edges=tensor([m[2] for m in members]), edge_ids=[m[2] for m in members],
-                beta_of=None if o is not None else cell.edges[members[0][2]].schedule))
+                src=tensor([m[0] for m in members]), edge_ids=edge_ids, every_edge=list(edge_ids) == edges,
+                head=_signature(lead) if lead and lead[0] in ("relu", "pool") else None))
+            positions += [m[1] for m in members]
+            weight_index += [slot_weight(e, o) for e in edge_ids]
         first = cell.edges[edges[0]]
+        k = first.k if isinstance(first, PartialChannelEdge) else None
         dropped = active is not None and not all(active[e] for e in edges)
+        summed = bool(groups) and all(g.every_edge for g in groups)
         batches.append(_Batch(
-            sources=srcs, edges=edges, edge_index=tensor(edges), groups=groups,
-            partial_channels=first.k if isinstance(first, PartialChannelEdge) else None,
-            stride=2 if cell.reduction and srcs[0] < 2 else 1,
-            keep=torch.tensor([float(bool(active[e])) for e in edges], device=device) if dropped else None))
+            sources=srcs, edges=edges, groups=groups, slots=len(positions),
+            pos=None if summed else tensor(positions),
+            node_pos=None if summed else tensor([p % (len(edges) // len(srcs)) for p in positions]),
+            partial_channels=k, stride=2 if cell.reduction and srcs[0] < 2 else 1,
+            keep=torch.tensor([float(bool(active[e])) for e in edges], device=device) if dropped and k else None))
     straight_through = None
     if active is not None:
-        first = cell.edges[0].mixed if isinstance(cell.edges[0], AuxiliarySkipEdge) else cell.edges[0]
-        straight_through = torch.tensor([[float(o in run) for o in range(len(first.ops))] for run in active],
-                                        device=device)
-    return _Plan(batches, straight_through, sorted(random.items(), key=lambda kv: kv[0]))
+        straight_through = torch.tensor([[float(bool(run) and o not in run) for o in range(num_ops)]
+                                         for run in active], device=device)
+    banks: dict[tuple, tuple[list, list]] = {}  # weight shape but the first -> (convolutions, per call)
+    for g in (g for b in batches for g in b.groups):
+        g.convs = []
+        for kind, mods in g.leaves:
+            calls = [mods] if kind == "conv" else []
+            if kind == "fr":
+                calls = [[f.conv_1 for f in mods], [f.conv_2 for f in mods]]
+            g.convs.append(tuple(_add_to_bank(banks, convs) for convs in calls))
+    return _Plan(batches, tensor(weight_index), schedules, tensor([e for b in batches for e in b.edges]),
+                 straight_through, sorted(random.items(), key=lambda kv: kv[0]), list(banks.values()))
+
+
+def _add_to_bank(banks: dict, convs: list[nn.Conv2d]) -> tuple[int, int]:
+    """The weights of one batched convolution, put in the bank of their shape: (bank, piece) to find them.
+
+    A cell's weights of one shape are concatenated once per forward and split per call, one kernel where
+    a concatenation per call takes one each; backward, the split is one kernel too."""
+    key = tuple(convs[0].weight.shape[1:])
+    if key not in banks:
+        banks[key] = ([], [])
+    mods, sizes = banks[key]
+    mods += convs
+    sizes.append(sum(c.weight.shape[0] for c in convs))
+    return list(banks).index(key), len(sizes) - 1
 
 
 def _draw_random(cell, plan: _Plan, s1: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -240,68 +314,90 @@ def _draw_random(cell, plan: _Plan, s1: torch.Tensor) -> dict[int, torch.Tensor]
     return out
 
 
-def _edge_outputs(batch: _Batch, hs, weights, st, edge_weights, noise):
-    """The outputs of the batch's edges, (N, edges, C, H, W), each weighted by its edge weight."""
-    x = torch.stack(hs, 1)  # (N, sources, C, H, W)
+def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
+    """What the batch's edges add to the nodes they enter, (N, nodes, C, H, W).
+
+    ``w`` holds the op weight of every slot of the groups; ``st`` (the straight-through term) and
+    ``edge_weights`` a value per edge."""
+    x = torch.stack(hs, 1) if len(hs) > 1 else hs[0].unsqueeze(1)  # (N, sources, C, H, W)
     k = batch.partial_channels
     if k is not None:
         c = x.shape[2] // k
         x, rest = x[:, :, :c], x[:, :, c:]
-    heads: dict[tuple, torch.Tensor] = {}  # a ReLU or pooling that begins ops, once per source
-    outs = []
+    n, sources = x.shape[:2]
+    per = len(batch.edges) // sources  # edges per source
+    begun = {None: x}  # what the groups begin with, once per source: the sources, or a ReLU or pooling
     for g in batch.groups:
-        start = x
-        if _has_head(g):
-            head = g.leaves[0]
-            sig = _signature((head[0], head[1][0]))
-            if sig not in heads:
-                heads[sig] = _run_leaf(head, x.flatten(1, 2), len(hs), noise, None).unflatten(1, (len(hs), -1))
-            start = heads[sig]
-        slot_input = start.index_select(1, g.src) if len(hs) > 1 or len(g.edge_ids) > 1 else start
-        outs.append(slot_input.flatten(1, 2))
-    outs = _run_groups(batch.groups, outs, [int(_has_head(g)) for g in batch.groups], noise)
-    n = x.shape[0]
-    y = None
-    batch_weights = weights.index_select(0, batch.edge_index)
-    for g, z in zip(batch.groups, outs):
-        z = z.unflatten(1, (len(g.edge_ids), -1))
-        every_edge = g.edge_ids == batch.edges  # the op on every edge of the batch, in their order
-        if g.op is None:
-            w = g.beta_of.beta
+        if g.head not in begun:
+            begun[g.head] = _run_leaf(g.leaves[0], x.flatten(1, 2), sources).unflatten(1, (sources, -1))
+    copies = _copy_to_edges(begun, [g.head for g in batch.groups if g.every_edge], per) if per > 1 else {}
+    outs = []
+    for g in batch.groups:  # its input: its slots' sources one after another, (N, slots x C, H, W)
+        if g.every_edge and per > 1:
+            outs.append(copies[g.head])
+        elif g.every_edge or len(g.edge_ids) == sources == 1:
+            outs.append(begun[g.head].flatten(1, 2))
         else:
-            w = (batch_weights[:, g.op] if every_edge else weights[g.edges, g.op]).view(1, -1, 1, 1, 1)
-        if every_edge:
-            y = z * w if y is None else y + z * w
-            continue
-        if y is None:
-            y = z.new_zeros(n, len(batch.edges), *z.shape[2:])
-        y = y.index_add(1, g.pos, z * w)
-    if y is None:  # every edge of the batch runs the zero op only
-        h, w_ = x.shape[-2:]
-        y = x.new_zeros(n, len(batch.edges), x.shape[2], (h + batch.stride - 1) // batch.stride,
-                        (w_ + batch.stride - 1) // batch.stride)
-    if st is not None:
-        y = y + st[batch.edge_index].view(1, -1, 1, 1, 1)
+            if (g.head, g.edge_ids) not in begun:
+                begun[g.head, g.edge_ids] = begun[g.head].index_select(1, g.src).flatten(1, 2)
+            outs.append(begun[g.head, g.edge_ids])
+    outs = _run_groups(batch.groups, outs, [int(g.head is not None) for g in batch.groups], run)
+    h, w_ = ((d + batch.stride - 1) // batch.stride for d in x.shape[-2:])
+    shape = (n, len(batch.edges), x.shape[2], h, w_)  # of the edges' outputs
+    if st is None and k is None and edge_weights is None:  # no term per edge: sum straight into the nodes
+        return _weighted_sum(batch, outs, w, None, shape, by_node=True)
+    y = _weighted_sum(batch, outs, w, st, shape, by_node=False)
     if k is not None:  # PC-DARTS: the bypassed channels, then the channel shuffle of each edge
         if batch.stride == 2:
-            rest = F.max_pool2d(rest.flatten(1, 2), 2, 2).unflatten(1, (len(hs), -1))
-        per_source = len(batch.edges) // len(hs)
-        y = torch.cat([y, rest.repeat_interleave(per_source, dim=1)], dim=2)
+            rest = F.max_pool2d(rest.flatten(1, 2), 2, 2).unflatten(1, (sources, -1))
+        y = torch.cat([y, rest.repeat_interleave(len(batch.edges) // sources, dim=1)], dim=2)
         n_, e_, ch, h, w_ = y.shape
         y = y.view(n_, e_, k, ch // k, h, w_).transpose(2, 3).reshape(n_, e_, ch, h, w_)
     if edge_weights is not None:
-        y = y * edge_weights[batch.edge_index].view(1, -1, 1, 1, 1)
+        y = y * edge_weights.view(1, -1, 1, 1, 1)
     if batch.keep is not None:
         y = y * batch.keep.to(y.dtype).view(1, -1, 1, 1, 1)
-    return y
+    return y.unflatten(1, (sources, -1)).sum(1) if sources > 1 else y
 
 
-def _has_head(g: _Group) -> bool:
-    """Whether the group's op begins with a ReLU or pooling, run once per source state."""
-    return bool(g.leaves) and g.leaves[0][0] in ("relu", "pool")
+def _copy_to_edges(begun: dict, heads: list, per: int) -> dict:
+    """The ``heads`` of each source copied to its ``per`` edges, (N, sources x per x C, H, W): one copy for
+    all the heads of one size."""
+    heads = list(dict.fromkeys(heads))
+    copies = {}
+    for size in dict.fromkeys(begun[h].shape for h in heads):
+        same = [h for h in heads if begun[h].shape == size]
+        stacked = torch.stack([begun[h] for h in same]) if len(same) > 1 else begun[same[0]].unsqueeze(0)
+        copied = stacked.unsqueeze(3).expand(-1, -1, -1, per, -1, -1, -1).contiguous()
+        copies.update(zip(same, copied.flatten(2, 4)))
+    return copies
 
 
-def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int], noise) -> list[torch.Tensor]:
+def _weighted_sum(batch: _Batch, outs, w, st, shape, by_node: bool) -> torch.Tensor:
+    """DARTS Eq. 2 for every edge of the batch at once: the groups' outputs concatenated, times the slots'
+    op weights, summed per edge (``shape``, plus the straight-through term ``st``), or with ``by_node``
+    summed over the sources too, per node.
+
+    When every group covers every edge in order the sum is a reduction over the groups, otherwise an
+    ``index_add`` at the slots' edges."""
+    sources = len(batch.sources)
+    if by_node:
+        shape = (shape[0], shape[1] // sources, *shape[2:])
+    if not outs:  # every edge of the batch runs the zero op only
+        return w.new_zeros(shape) if st is None else st.view(1, -1, 1, 1, 1).expand(shape)
+    z = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+    if batch.pos is None:  # (N, groups, sources, edges per source, C, H, W)
+        z = z.unflatten(1, (len(batch.groups), sources, -1, shape[2]))
+        z = z * w.view(1, *z.shape[1:4], 1, 1, 1)
+        dims = [d for d in ((1, 2) if by_node else (1,)) if z.shape[d] > 1]
+        y = (z.sum(dims, keepdim=True) if dims else z).flatten(1, 3)
+        return y if st is None else y + st.view(1, -1, 1, 1, 1)
+    z = z.unflatten(1, (batch.slots, -1)) * w.view(1, -1, 1, 1, 1)
+    y = z.new_zeros(shape) if st is None else st.view(1, -1, 1, 1, 1).expand(shape)
+    return y.index_add(1, batch.node_pos if by_node else batch.pos, z)
+
+
+def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int], run: _Run) -> list:
     """Run every group's leaves on its slot input, one BatchNorm for all the groups waiting at one.
 
     The groups advance together: each runs its leaves up to its next BatchNorm, then the BatchNorms of
@@ -311,7 +407,8 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int],
     while True:
         for i, g in enumerate(groups):
             while ptr[i] < len(g.leaves) and g.leaves[ptr[i]][0] != "bn":
-                xs[i] = _run_leaf(g.leaves[ptr[i]], xs[i], len(g.edge_ids), noise, g.edge_ids)
+                weights = [run.weights[bank][piece] for bank, piece in g.convs[ptr[i]]]
+                xs[i] = _run_leaf(g.leaves[ptr[i]], xs[i], len(g.edge_ids), weights, run.noise, g.edge_ids)
                 ptr[i] += 1
         waiting: dict[tuple, list[int]] = {}
         for i, g in enumerate(groups):
@@ -322,33 +419,37 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int],
             return xs
         for members in waiting.values():
             mods = [m for i in members for m in groups[i].leaves[ptr[i]][1]]
-            y = _batch_norm(torch.cat([xs[i] for i in members], 1) if len(members) > 1 else xs[members[0]], mods)
+            x = torch.cat([xs[i] for i in members], 1) if len(members) > 1 else xs[members[0]]
+            y = _batch_norm(x, mods, run)
             for i, part in zip(members, y.split([xs[i].shape[1] for i in members], 1)):
                 xs[i] = part
                 ptr[i] += 1
 
 
-def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d]) -> torch.Tensor:
-    """The BatchNorms ``mods`` over their concatenated channels, with their running statistics updated."""
+def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run) -> torch.Tensor:
+    """The BatchNorms ``mods`` over their concatenated channels; their running statistics, updated in one
+    concatenated copy, are written back to the modules when the cell is done."""
     m = mods[0]
-    cat = (lambda ts: torch.cat(ts)) if len(mods) > 1 else (lambda ts: ts[0])
-    mean, var = cat([b.running_mean for b in mods]), cat([b.running_var for b in mods])
-    weight = cat([b.weight for b in mods]) if m.affine else None
-    bias = cat([b.bias for b in mods]) if m.affine else None
+    if len(mods) > 1:
+        buffers = [b.running_mean for b in mods] + [b.running_var for b in mods]
+        stat = torch.cat(buffers)  # the means, then the variances
+        mean, var = stat.split(x.shape[1])
+        weight = torch.cat([b.weight for b in mods]) if m.affine else None
+        bias = torch.cat([b.bias for b in mods]) if m.affine else None
+    else:
+        mean, var, weight, bias = m.running_mean, m.running_var, m.weight, m.bias
     y = F.batch_norm(x, mean, var, weight, bias, m.training, m.momentum, m.eps)
-    if m.training and len(mods) > 1:
-        with torch.no_grad():
-            sizes = [b.num_features for b in mods]
-            torch._foreach_copy_([b.running_mean for b in mods], list(mean.split(sizes)))
-            torch._foreach_copy_([b.running_var for b in mods], list(var.split(sizes)))
     if m.training:
-        with torch.no_grad():
-            torch._foreach_add_([b.num_batches_tracked for b in mods], 1)
+        if len(mods) > 1:
+            run.buffers += buffers
+            run.values += stat.split([b.num_features for b in mods] * 2)
+        run.counters += [b.num_batches_tracked for b in mods]
     return y
 
 
-def _run_leaf(leaf, x: torch.Tensor, slots: int, noise, edge_ids) -> torch.Tensor:
-    """One leaf on ``slots`` edges at once; ``x`` holds the slots' channels one after another."""
+def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None) -> torch.Tensor:
+    """One leaf on ``slots`` edges at once; ``x`` holds the slots' channels one after another, ``weights``
+    the stacked weights of its convolutions."""
     kind, mods = leaf
     m = mods[0]
     if kind == "relu":
@@ -356,10 +457,10 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, noise, edge_ids) -> torch.Tenso
     if kind == "pool":
         return m(x)
     if kind == "conv":
-        return _conv(x, mods, slots)
+        return _conv(x, mods, slots, weights[0])
     if kind == "fr":
-        a = _conv(x, [f.conv_1 for f in mods], slots)
-        b = _conv(x[:, :, 1:, 1:], [f.conv_2 for f in mods], slots)
+        a = _conv(x, [f.conv_1 for f in mods], slots, weights[0])
+        b = _conv(x[:, :, 1:, 1:], [f.conv_2 for f in mods], slots, weights[1])
         return torch.cat([a.unflatten(1, (slots, -1)), b.unflatten(1, (slots, -1))], 2).flatten(1, 2)
     if kind == "noise":
         if not m.training:
@@ -376,9 +477,8 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, noise, edge_ids) -> torch.Tenso
     return torch.cat([mod(xs[:, i]) for i, mod in enumerate(mods)], 1)
 
 
-def _conv(x, convs: list[nn.Conv2d], slots: int) -> torch.Tensor:
-    """The same convolution of ``slots`` edges as one, its groups repeated per edge, weights stacked."""
+def _conv(x, convs: list[nn.Conv2d], slots: int, weight: torch.Tensor) -> torch.Tensor:
+    """One convolution for ``slots`` edges, its groups repeated per edge; ``weight``: theirs, stacked."""
     c = convs[0]
-    weight = torch.cat([k.weight for k in convs]) if len(convs) > 1 else c.weight
     bias = None if c.bias is None else torch.cat([k.bias for k in convs])
     return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups * slots)

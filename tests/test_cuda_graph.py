@@ -1,0 +1,221 @@
+"""The search step replayed from a CUDA graph (cuda_graph.py).
+
+On any machine: a step of every recipe but GDAS reads nothing of the device on the host (the condition of a
+capture), checked by the dispatch mode the search itself uses. On a GPU: the replayed steps compute what
+eager steps compute, and a search with ``cuda_graph`` runs, replays and resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import dnas
+from dnas.cuda_graph import GraphedStep, HostSyncs
+from dnas.edges import EDGES
+from dnas.methods import builtin_methods, get_method
+from dnas.search import Search, SearchConfig, bilevel_step, optimizers
+from dnas.spaces.darts import DartsSupernet
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: CUDA graphs")
+SAMPLES_ON_HOST = {"gdas"}  # the hard relaxation decides on the host which op of each edge runs
+
+
+def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32):
+    """A small supernet of a recipe with its optimisers (Adam with its step counter on the device, as a
+    capture needs), and its bilevel step as a function of four tensors."""
+    method = get_method(name)
+    parts = method.build_parts()
+    if method.part("schedule") is not None:  # P-DARTS within a stage: skip dropout
+        parts.edge = EDGES.build({"name": "skip_dropout", "rate": 0.4})
+    parts.on_epoch_start(1, 4)
+    torch.manual_seed(0)
+    model = DartsSupernet(10, 3, C=4, layers=3, relaxation=parts.relaxation, edge=parts.edge, fused=fused,
+                          **method.config.get("space_options", {})).to(device, dtype)
+    w_opt, _ = optimizers(model, SearchConfig())
+    a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
+                             **({"capturable": True} if device == "cuda" else {"fused": True}))
+    step = lambda x, y, vx, vy: bilevel_step(model, parts, a_opt, w_opt, (x, y), (vx, vy), 5.0)
+    return model, step
+
+
+def batches(n: int, device="cpu", dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 3, 8, 8, generator=g, dtype=dtype).to(device), torch.randint(0, 10, (4,), generator=g).to(device),
+             torch.randn(4, 3, 8, 8, generator=g, dtype=dtype).to(device), torch.randint(0, 10, (4,), generator=g).to(device))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["readable", "fused"])
+@pytest.mark.parametrize("name", sorted(set(builtin_methods()) - SAMPLES_ON_HOST))
+def test_step_reads_nothing_on_the_host(name, fused):
+    """No .item(), no nonzero, no tensor made from Python data inside a step once its plans are cached: a
+    GPU never waits for the host, and the step can be captured whole."""
+    _, step = recipe_step(name, fused)
+    first, second = batches(2)
+    step(*first)
+    with HostSyncs() as syncs:
+        step(*second)
+    assert syncs.found == {}
+
+
+def test_host_reads_are_named_with_their_line():
+    _, step = recipe_step("gdas", fused=True)
+    first, second = batches(2)
+    step(*first)
+    with HostSyncs() as syncs:
+        step(*second)
+    # on the CPU: each newly sampled pattern of ops gets a plan of index tensors (on a GPU, moreover, the
+    # sampled ops are copied to the host)
+    assert any("dnas/spaces/darts" in where for where in syncs.found.values())
+    with HostSyncs() as syncs:
+        torch.ones(3).sum().item()
+        torch.tensor([1, 2]).nonzero()
+    assert set(syncs.found) == {"_local_scalar_dense", "nonzero", "lift_fresh"}
+
+
+def test_warmup_must_be_a_step():
+    with pytest.raises(ValueError, match="warmup"):
+        GraphedStep(lambda x: (x,), warmup=1)
+
+
+class FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: what the step records while capturing runs at replay."""
+
+    capturing: "FakeGraph | None" = None
+
+    def __init__(self):
+        self.kernels = []
+
+    def replay(self):
+        for kernel in self.kernels:
+            kernel()
+
+
+class Doubling:
+    """A step ``x -> (2x,)`` that, like a real capture, computes nothing while capturing."""
+
+    def __init__(self):
+        self.eager = 0
+
+    def __call__(self, x):
+        out = torch.empty_like(x)
+        if FakeGraph.capturing is not None:
+            FakeGraph.capturing.kernels.append(lambda: out.copy_(2 * x))
+        else:
+            self.eager += 1
+            out.copy_(2 * x)
+        return (out,)
+
+
+@pytest.fixture
+def fake_cuda_graphs(monkeypatch):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def graph(g):
+        FakeGraph.capturing = g
+        yield
+        FakeGraph.capturing = None
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+
+
+def test_graphed_step_warms_up_captures_replays_and_resets(fake_cuda_graphs):
+    step = Doubling()
+    graphed = GraphedStep(step)
+    for i in range(1, 6):  # 2 warm-up steps, the capture (replayed at once), 2 replays
+        x = torch.full((3,), float(i))
+        assert torch.equal(graphed(x)[0], 2 * x)
+    assert step.eager == 2 and graphed.replays == 3
+    assert torch.equal(graphed(torch.ones(2))[0], 2 * torch.ones(2))  # another shape: eagerly
+    assert step.eager == 3
+    graphed.reset()  # a new epoch: warm up and capture again (the host reads are checked once only)
+    for i in range(3):
+        graphed(torch.ones(3))
+    assert step.eager == 5 and graphed.replays == 4
+
+
+def test_graphed_step_stays_eager_when_the_step_reads_the_host(fake_cuda_graphs):
+    def step(x):
+        return (x * float(x.sum()),)  # float() of a tensor reads it on the host
+
+    graphed = GraphedStep(step)
+    with pytest.warns(UserWarning, match=r"runs eagerly.*read on the host"):
+        for _ in range(5):
+            graphed(torch.ones(2))
+    assert graphed.replays == 0 and graphed.graph is None
+
+
+def test_recurrent_search_refuses_cuda_graph(tmp_path):
+    with pytest.raises(ValueError, match="cuda_graph does not apply to the recurrent search"):
+        dnas.search(space="darts-rnn", method="darts-v1", cuda_graph=True, run_dir=tmp_path / "r")
+
+
+def test_a_run_saved_with_the_graph_on_resumes_without_it(fashion_mnist_root, tmp_path):
+    """A --fast run from a GPU (Adam's step counters on the device) continues on a machine without one."""
+    config = SearchConfig(method="darts-v1", dataset="fashion-mnist", subset=64, batch_size=16, epochs=1,
+                          space_options={"C": 4, "layers": 3, "nodes": 2})
+    Search(config, tmp_path / "r").run(progress=False)
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    for group in state["a_optimizer"]["param_groups"]:
+        group["capturable"] = True
+    torch.save(state, tmp_path / "r" / "checkpoint.pt")
+    resumed = Search(dataclasses.replace(config, epochs=2), tmp_path / "r")
+    resumed.load_checkpoint()
+    assert len(resumed.run(progress=False).metrics) == 2
+    assert not resumed.a_optimizer.param_groups[0]["capturable"]
+
+
+@CUDA
+@pytest.mark.parametrize("name", ["darts-v1", "darts-v2", "pc-darts", "fair-darts", "idarts", "beta-darts"])
+def test_replayed_steps_equal_eager_steps(name):
+    """Deterministic recipes in float64: after warm-up, capture and replays, the model and optimiser state
+    equal those of the same steps run eagerly."""
+    data = batches(6, "cuda", torch.float64)
+    eager_model, eager_step = recipe_step(name, True, "cuda", torch.float64)
+    graph_model, graph_step = recipe_step(name, True, "cuda", torch.float64)
+    graphed = GraphedStep(graph_step)
+    for batch in data:
+        loss_e, _ = eager_step(*batch)
+        loss_g, _ = graphed(*batch)
+        torch.testing.assert_close(loss_g, loss_e, rtol=1e-9, atol=0)
+    assert graphed.eager_reason is None and graphed.replays == len(data) - 2
+    for (n, a), b in zip(eager_model.state_dict().items(), graph_model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=lambda m: f"{n}: {m}")
+
+
+@CUDA
+@pytest.mark.parametrize("name", ["sdarts-rs", "drnas", "snas", "noisy-darts", "darts-minus"])
+def test_random_recipes_replay_fresh_draws(name):
+    _, step = recipe_step(name, True, "cuda")
+    graphed = GraphedStep(step)
+    losses = [float(graphed(*batch)[0]) for batch in batches(5, "cuda")]
+    assert graphed.eager_reason is None and graphed.replays == 3
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+@CUDA
+def test_gdas_runs_eagerly_with_a_warning():
+    _, step = recipe_step("gdas", True, "cuda")
+    graphed = GraphedStep(step)
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        for batch in batches(4, "cuda"):
+            graphed(*batch)
+    assert graphed.replays == 0 and "darts.py" in graphed.eager_reason
+
+
+@CUDA
+def test_search_with_cuda_graph_runs_replays_and_resumes(fashion_mnist_root, tmp_path):
+    config = SearchConfig(method="darts-v1", dataset="fashion-mnist", subset=640, batch_size=32, epochs=1,
+                          device="cuda", cuda_graph=True, space_options={"C": 4, "layers": 3, "fused": True})
+    first = Search(config, tmp_path / "r")
+    first.run(progress=False)
+    assert first.graph.replays == 10 - 2  # 10 steps an epoch: 2 eager, then captured and replayed
+    resumed = Search(dataclasses.replace(config, epochs=2), tmp_path / "r")
+    resumed.load_checkpoint()
+    result = resumed.run(progress=False)
+    assert resumed.graph.replays == 8 and len(result.metrics) == 2
+    assert all(s["step"].device.type == "cuda" for s in resumed.a_optimizer.state.values())
