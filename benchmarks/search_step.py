@@ -53,13 +53,14 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     batch = lambda: (torch.randn(args.batch_size, 3, 32, 32, device=device),
                      torch.randint(0, 10, (args.batch_size,), device=device))
     inputs = (*batch(), *batch())
-    steps, times, peaks = {}, {}, {}
+    steps, times, peaks, saved = {}, {}, {}, {}
     for path in args.paths:
         torch.manual_seed(0)
         parts = method.build_parts()
         model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
                                                  relaxation=parts.relaxation, edge=parts.edge,
                                                  **({} if path == "readable" else {"fused": True})).to(device)
+        saved[path] = saved_for_backward(model, inputs[0])
         w_opt, a_opt = optimizers(model, SearchConfig())
         step = partial(four_tensor_step, model, parts, a_opt, w_opt, path.endswith("bf16"))
         if path.startswith("graph"):
@@ -86,8 +87,26 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
              "ms_per_step_min": round(1000 * min(times[path]), 1), "peak_memory_gb": round(peaks[path] / 2**30, 2),
              "step_memory_per_sample_mb": round((peaks[path] - base) / args.batch_size / 2**20, 1),
              "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None,
+             "saved_for_backward_mb_per_sample": round(saved[path] / args.batch_size / 2**20, 1),
              "replayed": isinstance(steps[path].func, GraphedStep) and steps[path].func.replays > 0}
             for path in args.paths]
+
+
+def saved_for_backward(model, x) -> int:
+    """Bytes of the tensors one training forward keeps for its backward (the activations): what a step's
+    memory grows with the batch, the same on any device."""
+    model.train()
+    model(x).sum().backward()  # the fused path builds its plans on a first call
+    model.zero_grad(set_to_none=True)
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())
 
 
 def four_tensor_step(model, parts, a_opt, w_opt, bf16: bool, x, y, val_x, val_y):
