@@ -26,7 +26,8 @@ report() {  # the rows of a search_step JSON
 import json, sys; r = json.load(open(sys.argv[1]))
 print(r['device'], r['torch'], 'batch', r['batch_size'])
 for x in r['results']:
-    print(f\"{x['method']:10} {x['path']:11} {x['ms_per_step_median']:8} ms  {x['peak_memory_gb']} GB  x{x['speedup_over_readable']}  replayed {x['replayed']}\")" "$1"
+    print(f\"{x['method']:10} {x['path']:11} \" + (f\"FAILED {x['error']}\" if 'error' in x else
+          f\"{x['ms_per_step_median']:8} ms  {x['peak_memory_gb']} GB  x{x['speedup_over_readable']}  replayed {x['replayed']}\"))" "$1"
 }
 timeout 200 python3 benchmarks/search_step.py --methods darts-v1,darts-v2 --paths readable,fused,graph,graph-bf16 \
     --steps 10 --no-results > "$OUT/step.json" 2> "$OUT/step.err"; tail -3 "$OUT/step.err"; report "$OUT/step.json"
@@ -42,4 +43,5 @@ timeout 240 python3 benchmarks/search_e2e.py --paths readable,fast --cifar10 "$C
 python3 -c "
 import json, sys; t = open(sys.argv[1]).read(); r = json.loads(t[t.index('{'):])
 for p, x in r['runs'].items():
-    print(p, x['seconds'], 's; last epoch', x['epoch_seconds'], 's; 50 full epochs', x['minutes_for_50_full_epochs'], 'min; x', x['speedup_over_readable'], x['genotype'])" "$OUT/e2e.log" || tail -20 "$OUT/e2e.log"
+    print(p, x['seconds'], 's; last epoch', x['epoch_seconds'], 's; 50 full epochs', x['minutes_for_50_full_epochs'], 'min; x', x['speedup_over_readable'], x['genotype'])
+print('failed:', r['failed'])" "$OUT/e2e.log" || tail -20 "$OUT/e2e.log"

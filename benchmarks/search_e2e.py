@@ -67,15 +67,19 @@ def main() -> None:
     args = p.parse_args()
     device = resolve_device(args.device)
 
-    runs = {}
+    runs, failed = {}, {}  # a path that raises is reported, the others measured
     for path in args.paths.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            result = dnas.search(space="darts", method=args.method, dataset="cifar10", data=args.cifar10,
-                                 run_dir=Path(tmp) / path, progress=False, epochs=args.epochs,
-                                 subset=args.subset or None, batch_size=args.batch_size, device=str(device), seed=2,
-                                 C=args.init_channels, layers=args.layers, fused=path != "readable",
-                                 cuda_graph=path == "fast")
+            try:
+                result = dnas.search(space="darts", method=args.method, dataset="cifar10", data=args.cifar10,
+                                     run_dir=Path(tmp) / path, progress=False, epochs=args.epochs,
+                                     subset=args.subset or None, batch_size=args.batch_size, device=str(device),
+                                     seed=2, C=args.init_channels, layers=args.layers, fused=path != "readable",
+                                     cuda_graph=path == "fast")
+            except Exception as e:
+                failed[path] = f"{type(e).__name__}: {e}"
+                continue
             alphas = json.loads((Path(tmp) / path / "alphas.jsonl").read_text().splitlines()[-1])["alphas"]
             epoch_seconds = result.metrics[-1]["seconds"]
             full = 50000 / args.subset if args.subset else 1  # an epoch on all of CIFAR-10's training images
@@ -84,6 +88,8 @@ def main() -> None:
                           "genotype": str(result.genotype),
                           "final_val_acc": result.metrics[-1]["val_acc"],
                           "alphas": torch.tensor([alphas[t] for t in sorted(alphas)])}
+    if not runs:
+        raise SystemExit(f"every path failed: {failed}")
     base = runs.get("readable", next(iter(runs.values())))  # the reference: readable, else the first path
     reference = base["alphas"]
     for r in runs.values():
@@ -94,7 +100,7 @@ def main() -> None:
     report = {"benchmark": "search_e2e", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
               else f"CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg(), "settings": vars(args),
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": runs}
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": runs, "failed": failed}
     out = HERE / "out"
     out.mkdir(exist_ok=True)
     (out / f"search_e2e-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")

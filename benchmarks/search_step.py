@@ -69,9 +69,14 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         steps[path] = partial(step, *inputs)
         times[path] = []
     base = allocated(device)  # model, optimisers and data: what a step adds on top is the step's own memory
+    failed = {}  # a path whose warm-up raised (a failed capture, say) is reported, the others measured
     for _ in range(args.warmup):
-        for step in steps.values():
-            step()
+        for path, step in list(steps.items()):
+            try:
+                step()
+            except Exception as e:
+                failed[path] = f"{type(e).__name__}: {e}"
+                del steps[path], times[path]
     for _ in range(args.steps):
         for path, step in steps.items():
             sync(device)
@@ -83,13 +88,14 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
             times[path].append(time.perf_counter() - t0)
             peaks[path] = peak(device)
     median = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
-    return [{"method": method_name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
+    return [{"method": method_name, "path": path, "error": error} for path, error in failed.items()] + [
+            {"method": method_name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
              "ms_per_step_min": round(1000 * min(times[path]), 1), "peak_memory_gb": round(peaks[path] / 2**30, 2),
              "step_memory_per_sample_mb": round((peaks[path] - base) / args.batch_size / 2**20, 1),
              "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None,
              "saved_for_backward_mb_per_sample": round(saved[path] / args.batch_size / 2**20, 1),
              "replayed": isinstance(steps[path].func, GraphedStep) and steps[path].func.replays > 0}
-            for path in args.paths]
+            for path in steps]
 
 
 def saved_for_backward(model, x) -> int:
@@ -176,7 +182,8 @@ def main() -> None:
         lines = [f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit} | "
                  f"{r['path']} | {r['method']} | {args.batch_size} | {r['ms_per_step_median']} | "
                  f"{r['speedup_over_readable'] or ''} | {r['peak_memory_gb']} ({r['step_memory_per_sample_mb']} MB) | "
-                 f"load {report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |" for r in rows]
+                 f"load {report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |" for r in rows
+                 if "error" not in r]
         append_to_table(HERE / "RESULTS.md", "## Search step", lines)
 
 
