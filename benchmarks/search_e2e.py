@@ -14,7 +14,7 @@ to RESULTS.md.
         --batch-size 64 --epochs 2                        # on a GPU: the paper's search, 2 of its 50 epochs
 
 Paths: readable (SearchCell), fused (spaces/darts_fused.py), fast (fused, and on a GPU each step replayed
-from a CUDA graph: ``--fast`` of the CLI). Each row also gives the seconds of the last epoch (after
+from a CUDA graph: ``--fast`` of the CLI), fast-bf16 (that under bf16 autocast: ``--precision bf16``). Each row also gives the seconds of the last epoch (after
 warm-up) and what 50 epochs on all 50,000 training images would take at that rate.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--cifar10", default=str(HERE.parent / ".cache" / "cifar10"),
                    help="folder holding cifar-10-batches-py/ (default .cache/cifar10, where the tests convert it)")
     p.add_argument("--subset", type=int, default=512, help="training images, halved into search-train/val; 0: all")
-    p.add_argument("--paths", default="readable,fused", help="comma-separated, of readable, fused, fast")
+    p.add_argument("--paths", default="readable,fused", help="comma-separated, of readable, fused, fast, fast-bf16")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--layers", type=int, default=5)
     p.add_argument("--init-channels", type=int, default=8)
@@ -76,7 +76,8 @@ def main() -> None:
                                      run_dir=Path(tmp) / path, progress=False, epochs=args.epochs,
                                      subset=args.subset or None, batch_size=args.batch_size, device=str(device),
                                      seed=2, C=args.init_channels, layers=args.layers, fused=path != "readable",
-                                     cuda_graph=path == "fast")
+                                     cuda_graph=path.startswith("fast"),
+                                     precision="bf16" if path.endswith("bf16") else "fp32")
             except Exception as e:
                 failed[path] = f"{type(e).__name__}: {e}"
                 continue

@@ -31,7 +31,7 @@ import torch
 
 from dnas.methods import get_method
 from dnas.cuda_graph import GraphedStep, set_capturable
-from dnas.search import SearchConfig, bilevel_step, optimizers, resolve_device
+from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device
 from dnas.spaces import SPACES
 
 HERE = Path(__file__).resolve().parent
@@ -116,7 +116,7 @@ def saved_for_backward(model, x) -> int:
 
 
 def four_tensor_step(model, parts, a_opt, w_opt, bf16: bool, x, y, val_x, val_y):
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
+    with autocast(x.device.type, "bf16" if bf16 else "fp32"):
         return bilevel_step(model, parts, a_opt, w_opt, (x, y), (val_x, val_y), 5.0)
 
 

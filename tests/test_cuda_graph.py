@@ -1,4 +1,4 @@
-"""The search step replayed from a CUDA graph (cuda_graph.py).
+"""The search step replayed from a CUDA graph (cuda_graph.py), and in bf16 autocast.
 
 On any machine: a step of every recipe but GDAS reads nothing of the device on the host (the condition of a
 capture), checked by the dispatch mode the search itself uses. On a GPU: the replayed steps compute what
@@ -7,9 +7,11 @@ eager steps compute, and a search with ``cuda_graph`` runs, replays and resumes.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import dnas
 from dnas.cuda_graph import GraphedStep, HostSyncs
@@ -198,6 +200,21 @@ def test_random_recipes_replay_fresh_draws(name):
 
 
 @CUDA
+def test_bf16_steps_replay():
+    from dnas.search import autocast
+
+    _, step = recipe_step("darts-v2", True, "cuda")
+
+    def bf16_step(*batch):
+        with autocast("cuda", "bf16"):
+            return step(*batch)
+
+    graphed = GraphedStep(bf16_step)
+    losses = [graphed(*batch)[0].item() for batch in batches(5, "cuda")]
+    assert graphed.replays == 3 and all(map(math.isfinite, losses))
+
+
+@CUDA
 def test_gdas_runs_eagerly_with_a_warning():
     _, step = recipe_step("gdas", True, "cuda")
     graphed = GraphedStep(step)
@@ -219,3 +236,37 @@ def test_search_with_cuda_graph_runs_replays_and_resumes(fashion_mnist_root, tmp
     result = resumed.run(progress=False)
     assert resumed.graph.replays == 8 and len(result.metrics) == 2
     assert all(s["step"].device.type == "cuda" for s in resumed.a_optimizer.state.values())
+
+
+class Dtypes(TorchDispatchMode):
+    """The dtypes the convolutions of a step run in."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "convolution":
+            self.conv.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", ["darts-v1", "darts-v2"])
+def test_bf16_search_runs_its_convolutions_in_bf16(fashion_mnist_root, tmp_path, method):
+    """--precision bf16: the step's convolutions in bf16 (second order too: its in-place finite-difference
+    shifts of the weights reach the casts, which are not cached), the run ends with a genotype."""
+    config = SearchConfig(method=method, dataset="fashion-mnist", subset=64, batch_size=16, epochs=1,
+                          precision="bf16", space_options={"C": 4, "layers": 3, "nodes": 2, "fused": True})
+    search = Search(config, tmp_path / "r")
+    (x, y), (vx, vy) = next(iter(search.train_loader)), next(iter(search.val_loader))
+    with Dtypes() as seen:
+        loss, _ = search.step((x, y), (vx, vy))
+    assert seen.conv == {torch.bfloat16} and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in search.model.parameters())
+    result = search.run(progress=False)
+    assert len(result.metrics) == 1 and result.genotype is not None
+
+
+def test_unknown_precision_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; valid: fp32, bf16"):
+        dnas.search(method="darts-v1", precision="fp16", run_dir=tmp_path / "r")

@@ -74,6 +74,7 @@ class SearchConfig:
     device: str = "auto"
     tensorboard: bool = False  # also log each epoch to TensorBoard in the run directory (pip install tensorboard)
     cuda_graph: bool = False  # on a GPU, replay each step from a CUDA graph (cuda_graph.py); no effect on the CPU
+    precision: str = "fp32"  # "bf16": the search steps under bf16 autocast (evaluation stays fp32)
 
     @classmethod
     def fields(cls) -> set[str]:
@@ -95,6 +96,8 @@ class Search:
         self.run_dir = Path(run_dir)
         self.method = method or get_method(config.method)
         self.device = resolve_device(config.device)
+        if config.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {config.precision!r}; valid: {', '.join(PRECISIONS)}")
         torch.manual_seed(config.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once (as DARTS does)
@@ -138,8 +141,9 @@ class Search:
         return self._bilevel_step(*train_batch, *val_batch)
 
     def _bilevel_step(self, x, y, val_x, val_y) -> tuple[torch.Tensor, torch.Tensor]:
-        return bilevel_step(self.model, self.parts, self.a_optimizer, self.w_optimizer, (x, y), (val_x, val_y),
-                            self.config.grad_clip, update_arch=self.epoch >= self.config.arch_warmup_epochs)
+        with autocast(self.device.type, self.config.precision):
+            return bilevel_step(self.model, self.parts, self.a_optimizer, self.w_optimizer, (x, y), (val_x, val_y),
+                                self.config.grad_clip, update_arch=self.epoch >= self.config.arch_warmup_epochs)
 
     # -- epochs ---------------------------------------------------------------------------------------
     def train_epoch(self, progress: bool) -> dict[str, float]:
@@ -265,6 +269,16 @@ class Search:
     def _append_jsonl(self, name: str, obj: Any) -> None:
         with open(self.run_dir / name, "a") as f:
             f.write(json.dumps(obj) + "\n")
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device_type: str, precision: str):
+    """The step's autocast: off for fp32; for bf16, convolutions and matrix products in bf16 (reductions,
+    softmax and the loss stay fp32, as torch.autocast decides). No cache of cast weights: second-order
+    DARTS moves the weights in place within one step (its finite differences)."""
+    return torch.autocast(device_type, torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
 
 
 def build_supernet(name: str, options: dict[str, Any], **given):
