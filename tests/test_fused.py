@@ -19,7 +19,7 @@ from dnas.methods import builtin_methods, get_method
 from dnas.relax import GumbelSoftmax
 from dnas.search import SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
-from dnas.spaces.darts_fused import _PLANS
+from dnas.spaces.darts_fused import _PLANS, _build_plan
 
 RECIPES = sorted(builtin_methods())
 
@@ -189,3 +189,20 @@ def test_cuda_step_equals_readable(name):
     for n in r[1]:
         assert_close(r[1][n], f[1][n], f"gradient of {n}", rtol=1e-3)
     assert_close(r[3], f[3], "evaluation-mode logits", rtol=1e-4)
+
+
+def test_a_plan_moves_to_the_device_in_one_copy_per_dtype():
+    """A sampled plan (GDAS builds one every step) is built on the host and moved at once: every index
+    tensor arrives with its shape and dtype (the meta device stands in for a GPU)."""
+    cell = supernet(True).cells[2]
+    active = [[o % 8] if e % 5 else [] for e, o in enumerate(range(3, 3 + len(cell.edges)))]
+    host, meta = _build_plan(cell, active, torch.device("cpu")), _build_plan(cell, active, torch.device("meta"))
+
+    def tensors(plan):
+        holders = [plan, *plan.batches, *(g for b in plan.batches for g in b.groups)]
+        return [(name, v) for h in holders for name, v in vars(h).items() if isinstance(v, torch.Tensor)]
+
+    pairs = list(zip(tensors(host), tensors(meta)))
+    assert len(pairs) > 10 and {t.dtype for (_, t), _ in pairs} == {torch.long, torch.float32}
+    for (name, h), (_, m) in pairs:
+        assert m.device.type == "meta" and m.shape == h.shape and m.dtype == h.dtype, name

@@ -135,7 +135,7 @@ class _Batch:
 
 @dataclass
 class _Plan:
-    """How a cell runs fused for one pattern of active ops; index tensors built once, on the device."""
+    """How a cell runs fused for one pattern of active ops; index tensors built once, moved to the device."""
 
     batches: list[_Batch]
     weight_index: torch.Tensor  # per slot of every batch: its weight in weights.flatten(), then the betas
@@ -220,7 +220,7 @@ def _build_plan(cell, active, device) -> _Plan | None:
         return None
     n = cell.nodes
     offset = [2 * i + i * (i - 1) // 2 for i in range(n)]  # first edge into node i
-    tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)
+    tensor = lambda xs: torch.tensor(xs, dtype=torch.long)  # on the host; _to_device moves them all at once
     mixed_of = lambda edge: edge.mixed if isinstance(edge, AuxiliarySkipEdge) else edge
     num_ops = len(mixed_of(cell.edges[0]).ops)
     schedules = list({id(e.schedule): e.schedule for e in cell.edges
@@ -266,11 +266,11 @@ def _build_plan(cell, active, device) -> _Plan | None:
             pos=None if summed else tensor(positions),
             node_pos=None if summed else tensor([p % (len(edges) // len(srcs)) for p in positions]),
             partial_channels=k, stride=2 if cell.reduction and srcs[0] < 2 else 1,
-            keep=torch.tensor([float(bool(active[e])) for e in edges], device=device) if dropped and k else None))
+            keep=torch.tensor([float(bool(active[e])) for e in edges]) if dropped and k else None))
     straight_through = None
     if active is not None:
         straight_through = torch.tensor([[float(bool(run) and o not in run) for o in range(num_ops)]
-                                         for run in active], device=device)
+                                         for run in active])
     banks: dict[tuple, tuple[list, list]] = {}  # weight shape but the first -> (convolutions, per call)
     for g in (g for b in batches for g in b.groups):
         g.convs = []
@@ -279,8 +279,26 @@ def _build_plan(cell, active, device) -> _Plan | None:
             if kind == "fr":
                 calls = [[f.conv_1 for f in mods], [f.conv_2 for f in mods]]
             g.convs.append(tuple(_add_to_bank(banks, convs) for convs in calls))
-    return _Plan(batches, tensor(weight_index), schedules, tensor([e for b in batches for e in b.edges]),
+    plan = _Plan(batches, tensor(weight_index), schedules, tensor([e for b in batches for e in b.edges]),
                  straight_through, sorted(random.items(), key=lambda kv: kv[0]), list(banks.values()))
+    _to_device(plan, device)
+    return plan
+
+
+def _to_device(plan: _Plan, device: torch.device) -> None:
+    """The plan's index tensors, built on the host, moved to ``device`` in one copy per dtype, from pinned
+    memory without waiting: a hard relaxation samples a new plan every step, and a copy per tensor from
+    pageable memory would make the host wait for the GPU each time."""
+    if device.type == "cpu":
+        return
+    holders = [plan, *plan.batches, *(g for b in plan.batches for g in b.groups)]
+    fields = [(h, name) for h in holders for name, value in vars(h).items() if isinstance(value, torch.Tensor)]
+    for dtype in {getattr(h, name).dtype for h, name in fields}:
+        mine = [(h, name) for h, name in fields if getattr(h, name).dtype == dtype]
+        host = torch.cat([getattr(h, name).flatten() for h, name in mine])
+        moved = (host.pin_memory() if device.type == "cuda" else host).to(device, non_blocking=True)
+        for (h, name), t in zip(mine, moved.split([getattr(h, name).numel() for h, name in mine])):
+            setattr(h, name, t.view(getattr(h, name).shape))
 
 
 def _add_to_bank(banks: dict, convs: list[nn.Conv2d]) -> tuple[int, int]:
