@@ -44,9 +44,9 @@ def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32):
 
 def batches(n: int, device="cpu", dtype=torch.float32):
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(4, 3, 8, 8, generator=g, dtype=dtype).to(device), torch.randint(0, 10, (4,), generator=g).to(device),
-             torch.randn(4, 3, 8, 8, generator=g, dtype=dtype).to(device), torch.randint(0, 10, (4,), generator=g).to(device))
-            for _ in range(n)]
+    image = lambda: torch.randn(4, 3, 8, 8, generator=g, dtype=dtype).to(device)
+    label = lambda: torch.randint(0, 10, (4,), generator=g).to(device)
+    return [(image(), label(), image(), label()) for _ in range(n)]
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["readable", "fused"])

@@ -2,6 +2,7 @@
 protocol's numbers, and tiny real runs on Fashion-MNIST with an interruption in the middle of the projection."""
 import copy
 import dataclasses
+import importlib
 import json
 import math
 from types import SimpleNamespace
@@ -213,15 +214,15 @@ def test_a_tiny_run_projects_both_cells_and_its_genotype_honours_the_decisions(w
 def test_resume_in_the_middle_of_the_projection_ends_as_an_uninterrupted_run(whole, tmp_path, monkeypatch):
     whole = whole[1]
 
-    def interrupt_at(name, call):  # Ctrl-C at a given call of projection.<name>
-        original, calls = getattr(projection, name), []
+    def interrupt_at(name, call, module=projection):  # Ctrl-C at a given call of module.<name>
+        original, calls = getattr(module, name), []
 
         def interrupted(*args, **kwargs):
             calls.append(1)
             if len(calls) == call:
                 raise KeyboardInterrupt
             return original(*args, **kwargs)
-        monkeypatch.setattr(projection, name, interrupted)
+        monkeypatch.setattr(module, name, interrupted)
 
     cut = tmp_path / "cut"
     interrupt_at("evaluate", 2 * 16 + 8 + 3)  # step 3: the normal cell decided (8 measurements), not the reduce
@@ -231,7 +232,8 @@ def test_resume_in_the_middle_of_the_projection_ends_as_an_uninterrupted_run(who
     assert [(d["step"], d["cell"]) for d in lines(cut / "projection.jsonl")][-1] == (3, "normal")
     assert not (cut / "genotype.txt").exists()
 
-    interrupt_at("bilevel_step", 4)  # resumed: tuning epoch 3, step 4 decided, then the middle of tuning epoch 4
+    # resumed: tuning epoch 3, step 4 decided, then the middle of tuning epoch 4
+    interrupt_at("bilevel_step", 4, importlib.import_module("dnas.search"))
     with pytest.raises(KeyboardInterrupt):
         dnas.search(resume=cut, progress=False)
     monkeypatch.undo()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -34,7 +35,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .genotype import Genotype
-from .search import bilevel_step, format_seconds, read_jsonl, write_jsonl
+from .cuda_graph import GraphedStep
+from .search import format_seconds, read_jsonl, write_jsonl
 from .selection import SELECTIONS, TopK
 from .spaces.darts import CELL_TYPES
 
@@ -225,10 +227,12 @@ class Perturbation:
         steps = len(search.train_loader) if self.tune_steps is None else min(self.tune_steps, len(search.train_loader))
         bar = tqdm(islice(zip(search.train_loader, search.val_loader), steps), total=steps, unit="step",
                    desc=f"tune {self.tune_epoch + 1}/{total}", leave=False, disable=not progress, dynamic_ncols=True)
+        step = partial(search.bilevel, self.optimizer, True)
+        if search.graph is not None:  # captured afresh each tuning epoch: the mask and the lr change between them
+            step = GraphedStep(step)
         loss_sum = correct = seen = 0
         for train_batch, val_batch in bar:
-            loss, right = bilevel_step(search.model, search.parts, search.a_optimizer, self.optimizer,
-                                       train_batch, val_batch, search.config.grad_clip)
+            loss, right = step(*train_batch, *val_batch)
             n = len(train_batch[1])
             loss_sum, correct, seen = loss_sum + loss * n, correct + right, seen + n
         self.scheduler.step()

@@ -69,7 +69,8 @@ class GumbelSoftmax:
         soft = torch.softmax((alpha + gumbel) / self.tau, dim=-1)
         if not self.hard:
             return soft
-        one_hot = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)  # F.one_hot checks on the host
+        # a scatter, not F.one_hot, which checks its input on the host
+        one_hot = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
         return one_hot - soft.detach() + soft
 
     def strengths(self, alpha):

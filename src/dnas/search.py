@@ -141,9 +141,14 @@ class Search:
         return self._bilevel_step(*train_batch, *val_batch)
 
     def _bilevel_step(self, x, y, val_x, val_y) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.bilevel(self.w_optimizer, self.epoch >= self.config.arch_warmup_epochs, x, y, val_x, val_y)
+
+    def bilevel(self, w_optimizer, update_arch: bool, x, y, val_x, val_y) -> tuple[torch.Tensor, torch.Tensor]:
+        """``bilevel_step`` on this search's supernet and parts at its precision, with ``w_optimizer``
+        (DARTS-PT tunes with one of its own)."""
         with autocast(self.device.type, self.config.precision):
-            return bilevel_step(self.model, self.parts, self.a_optimizer, self.w_optimizer, (x, y), (val_x, val_y),
-                                self.config.grad_clip, update_arch=self.epoch >= self.config.arch_warmup_epochs)
+            return bilevel_step(self.model, self.parts, self.a_optimizer, w_optimizer, (x, y), (val_x, val_y),
+                                self.config.grad_clip, update_arch)
 
     # -- epochs ---------------------------------------------------------------------------------------
     def train_epoch(self, progress: bool) -> dict[str, float]:
