@@ -231,6 +231,14 @@ def test_search_with_cuda_graph_runs_replays_and_resumes(fashion_mnist_root, tmp
     first = Search(config, tmp_path / "r")
     first.run(progress=False)
     assert first.graph.replays == 10 - 2  # 10 steps an epoch: 2 eager, then captured and replayed
+    assert first.eval_graph.replays == 10 - 2  # likewise the 10 evaluation batches
+    rng = first.val_loader.generator.get_state()
+    replayed = first.evaluate()
+    first.val_loader.generator.set_state(rng)
+    first.eval_graph = None
+    eager = first.evaluate()
+    assert replayed["val_acc"] == eager["val_acc"]
+    assert replayed["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-5)
     resumed = Search(dataclasses.replace(config, epochs=2), tmp_path / "r")
     resumed.load_checkpoint()
     result = resumed.run(progress=False)

@@ -1,4 +1,4 @@
-"""A search step replayed from a CUDA graph.
+"""A search step (and the evaluation of each epoch) replayed from a CUDA graph.
 
 A DARTS step launches thousands of small kernels, and on a GPU the host cannot launch them as fast as the
 GPU runs them: the original code's supernet forward+backward takes 375 ms on an H100 eagerly and 130 ms
@@ -113,8 +113,9 @@ class GraphedStep:
                 out = self._on_side_stream(inputs)
             if syncs.found:
                 self.eager_reason = "; ".join(syncs.found.values())
-                warnings.warn(f"the search step is not replayed from a CUDA graph, it runs eagerly: it makes the "
-                              f"host wait for the GPU ({self.eager_reason})", stacklevel=2)
+                name = getattr(self.step, "__name__", "the step").lstrip("_")
+                warnings.warn(f"{name} is not replayed from a CUDA graph, it runs eagerly: it makes the host wait "
+                              f"for the GPU ({self.eager_reason})", stacklevel=2)
             return out
         self.inputs = [t.clone() for t in inputs]
         self.graph = torch.cuda.CUDAGraph()

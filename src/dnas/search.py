@@ -102,10 +102,10 @@ class Search:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once (as DARTS does)
         self.setup()
-        self.graph = None  # the step replayed from a CUDA graph, when asked for on a GPU
+        self.graph = self.eval_graph = None  # the step and the evaluation replayed from CUDA graphs (on a GPU)
         if config.cuda_graph and self.device.type == "cuda":
             set_capturable(self.a_optimizer)
-            self.graph = GraphedStep(self._bilevel_step)
+            self.graph, self.eval_graph = GraphedStep(self._bilevel_step), GraphedStep(self._eval_batch)
         self.epoch = 0  # epochs completed
         self.stopped: dict[str, Any] | None = None  # {"reason", "genotype_epoch"} once a stopper ended the run
 
@@ -171,12 +171,18 @@ class Search:
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         loss_sum = correct = seen = 0
-        for x, y in self.val_loader:
-            logits = self.model(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
+        try:
+            for x, y in self.val_loader:
+                loss, right = (self.eval_graph or self._eval_batch)(x, y)
+                loss_sum, correct, seen = loss_sum + loss, correct + right, seen + len(y)
+        finally:
+            if self.eval_graph is not None:  # an epoch's numbers (DARTS-'s beta) are baked into it
+                self.eval_graph.reset()
         return {"val_loss": float(loss_sum) / seen, "val_acc": float(correct) / seen}
+
+    def _eval_batch(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum()
 
     def run(self, progress: bool = True) -> SearchResult:
         log = None
