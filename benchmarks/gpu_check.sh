@@ -2,8 +2,9 @@
 # The GPU checks of docs/speed.md in one call, for a session lent a GPU (about 7 minutes on an H100, at
 # most 9.5 by its timeouts: give the call timeout_s 600): the CUDA tests (fused path and CUDA-graph replay
 # against eager), the search step of the paper's network at batch 64 on every path (first and second
-# order, and other recipes' paths, GDAS's readable against fused among them), and an end-to-end search
-# on real CIFAR-10. The lent machine has PyTorch but neither dnas nor the data; first, here:
+# order, and other recipes' paths, GDAS's readable against fused among them), the top kernels of an eager
+# fused step (profile_step.py), and an end-to-end search on real CIFAR-10. The lent machine has PyTorch
+# but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/
 #     cp ../shared/tools/cifar10_from_jpeg.py .gpu_data/tools/
@@ -19,7 +20,7 @@ cp .gpu_data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py tests/test_fused.py \
+timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py tests/test_fused.py \
     -k "cuda or replay or replayed or eager" 2>&1 | tee "$OUT/tests.log" | tail -25
 
 report() {  # the rows of a search_step JSON
@@ -36,10 +37,12 @@ timeout 100 python3 benchmarks/search_step.py --methods pc-darts,gdas,sdarts-rs,
     --paths readable,fused,graph --steps 5 --no-results > "$OUT/step_recipes.json" 2> "$OUT/step_recipes.err"; tail -3 "$OUT/step_recipes.err"
 report "$OUT/step_recipes.json"
 
+timeout 40 python3 benchmarks/profile_step.py --rows 20 2>&1 | grep -v USDT | tee "$OUT/profile.log"
+
 # real CIFAR-10, the paper's search network, 8,000 images (62 steps an epoch), 2 epochs per path
 CIFAR=.cache/cifar10
 [ -f "$CIFAR/cifar-10-batches-py/test_batch" ] || python3 .gpu_data/tools/cifar10_from_jpeg.py "$CIFAR" > /dev/null
-timeout 200 python3 benchmarks/search_e2e.py --paths readable,fast,fast-bf16 --cifar10 "$CIFAR" --subset 8000 --layers 8 \
+timeout 180 python3 benchmarks/search_e2e.py --paths readable,fast,fast-bf16 --cifar10 "$CIFAR" --subset 8000 --layers 8 \
     --init-channels 16 --batch-size 64 --epochs 2 --no-results > "$OUT/e2e.log" 2>&1
 python3 -c "
 import json, sys; t = open(sys.argv[1]).read(); r = json.loads(t[t.index('{'):])

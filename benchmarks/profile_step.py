@@ -1,0 +1,83 @@
+"""Where one search step spends its time: the top operators of a profiled step, by device time.
+
+The step of a recipe on the paper's search network (16 channels, 8 cells) on random CIFAR-shaped data,
+eager (so that every kernel is seen), after warm-up steps. On a GPU the table is sorted by CUDA time, on
+the CPU by CPU time. Writes JSON to benchmarks/out/ and prints the table: what to make faster next.
+
+    python benchmarks/profile_step.py                         # darts-v1, fused, batch 64 on a GPU (16 on a CPU)
+    python benchmarks/profile_step.py --method darts-v2 --path readable --rows 25
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from dnas.methods import get_method
+from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device
+from dnas.spaces import SPACES
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="darts-v1")
+    p.add_argument("--path", default="fused", choices=["readable", "fused"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--init-channels", type=int, default=16)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rows", type=int, default=15)
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
+
+    method = get_method(args.method)
+    parts = method.build_parts()
+    model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
+                                             relaxation=parts.relaxation, edge=parts.edge,
+                                             fused=args.path == "fused").to(device)
+    w_opt, a_opt = optimizers(model, SearchConfig())
+    batch = lambda: (torch.randn(batch_size, 3, 32, 32, device=device),
+                     torch.randint(0, 10, (batch_size,), device=device))
+    train, val = batch(), batch()
+
+    def step():
+        with autocast(device.type, args.precision):
+            bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(args.warmup):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events)
+    rows = [{"name": e.key, "calls": e.count, "self_ms": round(getattr(e, key) / 1000, 2),
+             "share": round(getattr(e, key) / total, 3)} for e in events[: args.rows]]
+    report = {"benchmark": "profile_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+              else f"CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "method": args.method, "path": args.path,
+              "precision": args.precision, "batch_size": batch_size, "sorted_by": key,
+              "total_ms": round(total / 1000, 1), "top": rows}
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    (out / f"profile_step-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{report['device']}, {args.method} {args.path} {args.precision}, batch {batch_size}: "
+          f"{report['total_ms']} ms of {key} in one step")
+    for r in rows:
+        print(f"{r['self_ms']:9.2f} ms {100 * r['share']:5.1f}% {r['calls']:6d}x  {r['name'][:90]}")
+
+
+if __name__ == "__main__":
+    main()
