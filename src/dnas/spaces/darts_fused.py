@@ -221,32 +221,28 @@ def _build_plan(cell, active, device) -> _Plan | None:
     n = cell.nodes
     offset = [2 * i + i * (i - 1) // 2 for i in range(n)]  # first edge into node i
     tensor = lambda xs: torch.tensor(xs, dtype=torch.long)  # on the host; _to_device moves them all at once
-    mixed_of = lambda edge: edge.mixed if isinstance(edge, AuxiliarySkipEdge) else edge
-    num_ops = len(mixed_of(cell.edges[0]).ops)
+    edge0 = cell.edges[0]
+    num_ops = len((edge0.mixed if isinstance(edge0, AuxiliarySkipEdge) else edge0).ops)
     schedules = list({id(e.schedule): e.schedule for e in cell.edges
                       if isinstance(e, AuxiliarySkipEdge)}.values())
     slot_weight = lambda e, o: (e * num_ops + o if o is not None  # in weights.flatten(), then the betas
                                 else len(cell.edges) * num_ops + schedules.index(cell.edges[e].schedule))
     sources = [[0, 1]] + [[j] for j in range(2, n + 1)]
+    ops = _edge_ops(cell)
     batches, weight_index, random = [], [], {}
     for srcs in sources:
         pairs = [(j, offset[i] + j) for j in srcs for i in range(max(0, j - 1), n)]  # (source, edge)
         edges = [e for _, e in pairs]
         slots: dict[tuple, list] = {}  # group key -> [(source, position, edge, leaves)]
         for pos, (j, e) in enumerate(pairs):
-            edge = cell.edges[e]
-            mixed = mixed_of(edge)
-            run = range(len(mixed.ops)) if active is None else active[e]
-            ops = [(o, mixed.ops[o]) for o in sorted(run)]
-            if isinstance(edge, AuxiliarySkipEdge) and (active is None or active[e]):
-                ops.append((None, edge.skip))
-            for o, module in ops:
-                leaves = _flatten(module)
-                if leaves is None:
-                    continue
+            table = ops[e]
+            run = sorted(o for o in table if o is not None) if active is None else sorted(set(active[e]) & table.keys())
+            if None in table and (active is None or active[e]):  # DARTS-'s auxiliary skip, after the ops
+                run.append(None)
+            for o in run:
+                leaves, signature = table[o]
                 random.update((e, leaf) for leaf in leaves if leaf[0] in ("noise", "dropout"))
-                key = (o, tuple(map(_signature, leaves)))
-                slots.setdefault(key, []).append((srcs.index(j), pos, e, leaves))
+                slots.setdefault((o, signature), []).append((srcs.index(j), pos, e, leaves))
         groups, positions = [], []
         for (o, _), members in sorted(slots.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0)):
             edge_ids = tuple(m[2] for m in members)
@@ -283,6 +279,23 @@ def _build_plan(cell, active, device) -> _Plan | None:
                  straight_through, sorted(random.items(), key=lambda kv: kv[0]), list(banks.values()))
     _to_device(plan, device)
     return plan
+
+
+_OPS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+
+
+def _edge_ops(cell) -> list[dict]:
+    """Per edge: op index (None: DARTS-'s auxiliary skip) -> (its leaves, their signatures), the zero op
+    left out. Flattened once per cell, since a hard relaxation builds a plan every step."""
+    if cell not in _OPS:
+        table = []
+        for edge in cell.edges:
+            mixed = edge.mixed if isinstance(edge, AuxiliarySkipEdge) else edge
+            ops = [*enumerate(mixed.ops), *([(None, edge.skip)] if isinstance(edge, AuxiliarySkipEdge) else [])]
+            flat = ((o, _flatten(module)) for o, module in ops)
+            table.append({o: (leaves, tuple(map(_signature, leaves))) for o, leaves in flat if leaves is not None})
+        _OPS[cell] = table
+    return _OPS[cell]
 
 
 def _to_device(plan: _Plan, device: torch.device) -> None:
