@@ -45,6 +45,7 @@ import torch
 import dnas
 from dnas.bench import nb201
 from dnas.search import resolve_device
+import results
 from search_step import device_name
 
 HERE = Path(__file__).resolve().parent
@@ -161,7 +162,7 @@ def main() -> None:
 
     markdown = table(runs, methods, "reduced protocol" if reduced else "the benchmark's protocol")
     device = resolve_device(args.device)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    commit = results.commit()
     command = " ".join(["python benchmarks/nb201_compare.py", *sys.argv[1:]])
     report = {"benchmark": "nb201_compare", "date": time.strftime("%Y-%m-%d"), "device": device_name(device),
               "torch": torch.__version__, "commit": commit, "command": command, "protocol": protocol,

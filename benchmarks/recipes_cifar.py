@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import dnas
 from dnas.methods import builtin_methods
 from dnas.search import resolve_device
+import results
 from nb201_compare import cifar10_folder
 from search_step import device_name
 
@@ -68,8 +68,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / f"recipes_cifar-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
     if not args.no_results:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=HERE).stdout.strip()
+        commit = results.commit()
         protocol = "each recipe's own" if args.full else ", ".join(f"{k}={v}" for k, v in REDUCED.items())
         with open(HERE / "RESULTS.md", "a") as f:
             f.write(f"\n## Method zoo on CIFAR-10 (benchmarks/recipes_cifar.py): {report['date']}, {report['device']}, "

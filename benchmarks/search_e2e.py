@@ -14,7 +14,8 @@ to RESULTS.md.
         --batch-size 64 --epochs 2                        # on a GPU: the paper's search, 2 of its 50 epochs
 
 Paths: readable (SearchCell), fused (spaces/darts_fused.py), fast (fused, and on a GPU each step replayed
-from a CUDA graph: ``--fast`` of the CLI), fast-bf16 (that under bf16 autocast: ``--precision bf16``). Each row also gives the seconds of the last epoch (after
+from a CUDA graph: ``--fast`` of the CLI), fast-bf16 (that under bf16 autocast: ``--precision bf16``).
+Each row also gives the seconds of the last epoch (after
 warm-up) and what 50 epochs on all 50,000 training images would take at that rate.
 """
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,23 +32,12 @@ import torch
 
 import dnas
 from dnas.search import resolve_device
+from results import append_rows, commit
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## End-to-end search (benchmarks/search_e2e.py): CIFAR-10 search, readable vs fused cell"
 COLUMNS = ["date", "device", "torch", "commit", "method", "path", "images", "epochs", "cells x channels", "batch",
            "minutes", "last epoch s (50 full epochs, min)", "speed-up", "max alpha diff to readable (max alpha)", "same genotype", "load", "command"]
-
-
-def append_row(results: Path, row: str) -> None:
-    """Add ``row`` at the end of this script's table in RESULTS.md, creating the section when it is missing."""
-    lines = results.read_text().splitlines()
-    if SECTION not in lines:
-        lines += ["", SECTION, "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    end = lines.index(SECTION) + 1
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    lines.insert(end, row)
-    results.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -107,17 +96,13 @@ def main() -> None:
     (out / f"search_e2e-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     if not args.no_results:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=HERE).stdout.strip()
-        for path, r in runs.items():
-            append_row(HERE / "RESULTS.md", (
-                f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit} | {args.method} | "
-                f"{path} | {args.subset} | {args.epochs} | {args.layers} x {args.init_channels} | {args.batch_size} | "
-                f"{r['seconds'] / 60:.2f} | {r['epoch_seconds']:.1f} ({r['minutes_for_50_full_epochs']}) | "
-                f"{r['speedup_over_readable']} | "
-                f"{r['max_alpha_diff_to_readable']:.1e} ({r['max_abs_alpha']:.1e}) | {r['same_genotype_as_readable']} | "
-                f"{report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |"))
-
+        append_rows(SECTION, COLUMNS, [
+            f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit()} | {args.method} | "
+            f"{path} | {args.subset} | {args.epochs} | {args.layers} x {args.init_channels} | {args.batch_size} | "
+            f"{r['seconds'] / 60:.2f} | {r['epoch_seconds']:.1f} ({r['minutes_for_50_full_epochs']}) | "
+            f"{r['speedup_over_readable']} | "
+            f"{r['max_alpha_diff_to_readable']:.1e} ({r['max_abs_alpha']:.1e}) | {r['same_genotype_as_readable']} | "
+            f"{report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |" for path, r in runs.items()])
 
 if __name__ == "__main__":
     main()

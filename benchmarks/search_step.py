@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from dnas.methods import get_method
 from dnas.cuda_graph import GraphedStep, set_capturable
+from dnas.methods import get_method
 from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device
 from dnas.spaces import SPACES
+from results import append_rows, commit
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,6 +44,9 @@ def sync(device: torch.device) -> None:
 
 
 PATHS = ("readable", "fused", "graph", "graph-bf16")
+SECTION = "## Search step (benchmarks/search_step.py)"
+COLUMNS = ["date", "device", "torch", "commit", "path", "method", "batch", "ms/step (median)", "speed-up",
+           "peak memory (GB)", "load", "command"]
 
 
 def measure(method_name: str, args, device: torch.device) -> list[dict]:
@@ -177,14 +181,12 @@ def main() -> None:
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     if not args.no_results:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=HERE).stdout.strip()
-        lines = [f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit} | "
+        lines = [f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit()} | "
                  f"{r['path']} | {r['method']} | {args.batch_size} | {r['ms_per_step_median']} | "
                  f"{r['speedup_over_readable'] or ''} | {r['peak_memory_gb']} ({r['step_memory_per_sample_mb']} MB) | "
                  f"load {report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |" for r in rows
                  if "error" not in r]
-        append_to_table(HERE / "RESULTS.md", "## Search step", lines)
+        append_rows(SECTION, COLUMNS, lines)
 
 
 def measure_apart(method_name: str, args) -> list[dict]:
@@ -193,19 +195,6 @@ def measure_apart(method_name: str, args) -> list[dict]:
             "--batch-size", str(args.batch_size), "--init-channels", str(args.init_channels), "--layers",
             str(args.layers), "--paths", ",".join(args.paths), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
-
-
-def append_to_table(path: Path, heading: str, rows: list[str]) -> None:
-    """Append rows at the end of the table under ``heading`` (the file's end if there is none)."""
-    text = path.read_text().splitlines()
-    start = next((i for i, line in enumerate(text) if line.startswith(heading)), None)
-    if start is None:
-        text += rows
-    else:
-        end = next(i for i in range(start + 1, len(text) + 1) if i == len(text) or
-                   (text[i].startswith("|") is False and text[i - 1].startswith("|")))
-        text[end:end] = rows
-    path.write_text("\n".join(text) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,25 +25,12 @@ import torch
 
 import dnas
 from dnas.search import resolve_device
+import results
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Training a genotype (benchmarks/train_eval.py): reduced networks on real data, the paper's CIFAR settings"
 COLUMNS = ["date", "device", "torch", "commit", "genotype", "dataset", "cells x channels", "params", "train images", "epochs",
            "test images", "test acc (last epoch)", "minutes", "command"]
-TABLE_HEAD = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-
-
-def append_row(results: Path, row: str) -> None:
-    """Add ``row`` at the end of this script's table in RESULTS.md, creating the section when it is missing."""
-    lines = results.read_text().splitlines()
-    if SECTION not in lines:
-        lines += ["", SECTION, *TABLE_HEAD]
-    start = lines.index(SECTION)
-    end = start + 1
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    lines.insert(end, row)
-    results.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -65,8 +51,7 @@ def main() -> None:
     device = resolve_device(args.device)
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"CPU, {torch.get_num_threads()} threads")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=HERE).stdout.strip()
+    commit = results.commit()
     command = " ".join(["python benchmarks/train_eval.py", *sys.argv[1:]])
     out = HERE / "out"
     out.mkdir(exist_ok=True)
@@ -90,11 +75,10 @@ def main() -> None:
         (out / f"train_eval-{dataset}-{stamp}.json").write_text(json.dumps(report, indent=1) + "\n")
         print(json.dumps({k: v for k, v in report.items() if k != "metrics"}, indent=1), flush=True)
         if not args.no_results:
-            append_row(HERE / "RESULTS.md",
-                       f"| {report['date']} | {device_name} | torch {torch.__version__} | {commit} | {Path(args.genotype).name} | "
-                       f"{dataset} | "
-                       f"{args.layers} x {args.init_channels} | {result.cost.params / 1e6:.3f}M | {args.subset} | "
-                       f"{args.epochs} | {args.test_subset} | {result.test_acc:.4f} | {minutes:.1f} | `{command}` |")
+            results.append_rows(SECTION, COLUMNS, [
+                f"| {report['date']} | {device_name} | torch {torch.__version__} | {commit} | {Path(args.genotype).name} | "
+                f"{dataset} | {args.layers} x {args.init_channels} | {result.cost.params / 1e6:.3f}M | {args.subset} | "
+                f"{args.epochs} | {args.test_subset} | {result.test_acc:.4f} | {minutes:.1f} | `{command}` |"])
 
 
 if __name__ == "__main__":

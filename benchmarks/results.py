@@ -1,0 +1,29 @@
+"""benchmarks/RESULTS.md, as the scripts here write it: each appends its rows to its own table, and names
+the commit it measured."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def commit() -> str:
+    """The short hash of the checked-out commit."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=RESULTS.parent).stdout.strip()
+
+
+def append_rows(heading: str, columns: list[str], rows: list[str]) -> None:
+    """Add ``rows`` at the end of the first table of the section whose heading line starts with ``heading``;
+    a missing section is added at the end of the file, its table headed by ``columns``."""
+    lines = RESULTS.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        start = len(lines) + 1
+        lines += ["", heading, "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("|"))
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[end:end] = rows
+    RESULTS.write_text("\n".join(lines) + "\n")
