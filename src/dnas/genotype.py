@@ -41,7 +41,28 @@ Edge = tuple[str, int] | tuple[str, int, int]  # (op, input), or FairDARTS's (op
 
 class GenotypeFile:
     """Files of a genotype class with ``to_dict`` / ``from_dict``, ``parse`` and ``str``: JSON by suffix, else
-    the text form."""
+    the text form ``Genotype(...)``, whose ``KIND``, ``FIELDS`` and ``TEXT_FORM`` the class names."""
+
+    KIND: str
+    FIELDS: tuple[str, ...]
+    TEXT_FORM: str
+
+    @classmethod
+    def parse_fields(cls, text: str) -> dict[str, Any]:
+        """The fields of the text form, given by position or by name, each a literal or ``range(a, b)`` (the
+        original code writes concats that way)."""
+        kind, form = cls.KIND, cls.TEXT_FORM
+        try:
+            node = ast.parse(text.strip(), mode="eval").body
+        except SyntaxError as e:
+            raise GenotypeError(f"malformed {kind} ({e.msg}); expected {form}") from None
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Genotype"):
+            raise GenotypeError(f"malformed {kind}: expected {form}, got {text.strip()[:80]!r}")
+        if len(node.args) + len(node.keywords) != len(cls.FIELDS) or any(k.arg not in cls.FIELDS for k in node.keywords):
+            number = ("one", "two", "three", "four")[len(cls.FIELDS) - 1]
+            raise GenotypeError(f"malformed {kind}: expected the {number} fields {', '.join(cls.FIELDS)} of {form}")
+        values = dict(zip(cls.FIELDS, node.args)) | {k.arg: k.value for k in node.keywords}
+        return {f: _literal(v, f, kind) for f, v in values.items()}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON (``.json``) or the text form (any other suffix)."""
@@ -66,6 +87,9 @@ class GenotypeFile:
 @dataclass(frozen=True)
 class Genotype(GenotypeFile):
     """A DARTS-space architecture: the normal and the reduction cell."""
+
+    KIND, FIELDS = "genotype", CELL_FIELDS
+    TEXT_FORM = TEXT_FORM
 
     normal: tuple[Edge, ...]
     normal_concat: tuple[int, ...]
@@ -122,27 +146,17 @@ class Genotype(GenotypeFile):
     @classmethod
     def parse(cls, text: str) -> "Genotype":
         """Read the DARTS text form (see the module docstring)."""
-        try:
-            node = ast.parse(text.strip(), mode="eval").body
-        except SyntaxError as e:
-            raise GenotypeError(f"malformed genotype ({e.msg}); expected {TEXT_FORM}") from None
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Genotype"):
-            raise GenotypeError(f"malformed genotype: expected {TEXT_FORM}, got {text.strip()[:80]!r}")
-        if len(node.args) + len(node.keywords) != 4 or any(k.arg not in CELL_FIELDS for k in node.keywords):
-            raise GenotypeError(f"malformed genotype: expected the four fields {', '.join(CELL_FIELDS)}")
-        values = dict(zip(CELL_FIELDS, node.args)) | {k.arg: k.value for k in node.keywords}
-        return cls(**{f: _literal(v, f) for f, v in values.items()})
+        return cls(**cls.parse_fields(text))
 
 
-
-def _literal(node: ast.AST, field: str) -> Any:
-    """A literal, or ``range(a, b)`` (the original code writes concats that way)."""
+def _literal(node: ast.AST, field: str, kind: str) -> Any:
+    """A literal, or ``range(a, b)``."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
-        return list(range(*[_literal(a, field) for a in node.args]))
+        return list(range(*[_literal(a, field, kind) for a in node.args]))
     try:
         return ast.literal_eval(node)
     except ValueError:
-        raise GenotypeError(f"malformed genotype: {field} must be a literal list, got {ast.unparse(node)!r}") from None
+        raise GenotypeError(f"malformed {kind}: {field} must be a literal list, got {ast.unparse(node)!r}") from None
 
 
 def _edges(edges, cell: str):

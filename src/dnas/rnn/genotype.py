@@ -11,7 +11,6 @@ JSON (``to_dict`` / ``from_dict``) carries ``"space": "darts-rnn"`` beside the s
 """
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,9 @@ TEXT_FORM = "Genotype(recurrent=[('activation', input), ...], concat=range(1, 9)
 @dataclass(frozen=True)
 class RecurrentGenotype(GenotypeFile):
     """A recurrent cell: ``recurrent[i - 1] = (activation, j)`` for node i, ``concat`` the averaged nodes."""
+
+    KIND, FIELDS = "recurrent genotype", FIELDS
+    TEXT_FORM = TEXT_FORM
 
     recurrent: tuple[tuple[str, int], ...]
     concat: tuple[int, ...]
@@ -79,28 +81,10 @@ class RecurrentGenotype(GenotypeFile):
     @classmethod
     def parse(cls, text: str) -> "RecurrentGenotype":
         """Read the text form (see the module docstring); ``concat`` may be a list or ``range(a, b)``."""
-        try:
-            node = ast.parse(text.strip(), mode="eval").body
-        except SyntaxError as e:
-            raise GenotypeError(f"malformed recurrent genotype ({e.msg}); expected {TEXT_FORM}") from None
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Genotype"):
-            raise GenotypeError(f"malformed recurrent genotype: expected {TEXT_FORM}, got {text.strip()[:80]!r}")
-        if len(node.args) + len(node.keywords) != 2 or any(k.arg not in FIELDS for k in node.keywords):
-            raise GenotypeError(f"malformed recurrent genotype: expected the two fields recurrent, concat; "
-                                f"expected {TEXT_FORM}")
-        values = dict(zip(FIELDS, node.args)) | {k.arg: k.value for k in node.keywords}
-        return cls(_literal(values["recurrent"]), _literal(values["concat"]))
+        values = cls.parse_fields(text)
+        return cls(values["recurrent"], values["concat"])
 
     @staticmethod
     def matches(text: str) -> bool:
         """Whether a genotype's text or JSON is a recurrent one (it names the ``recurrent`` field)."""
         return "recurrent" in text
-
-
-def _literal(node: ast.AST) -> Any:
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
-        return list(range(*[_literal(a) for a in node.args]))
-    try:
-        return ast.literal_eval(node)
-    except ValueError:
-        raise GenotypeError(f"malformed recurrent genotype: expected a literal, got {ast.unparse(node)!r}") from None
