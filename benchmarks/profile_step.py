@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=15)
     args = p.parse_args()
     device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
     batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
 
     method = get_method(args.method)

@@ -73,24 +73,28 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         steps[path] = partial(step, *inputs)
         times[path] = []
     base = allocated(device)  # model, optimisers and data: what a step adds on top is the step's own memory
+
+    def timed(path):  # seconds; the peak memory of a path is over its warm-up too, where a graph is captured
+        sync(device)  # (a replay reuses the capture's memory, which no longer counts as allocated)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        steps[path]()
+        sync(device)
+        peaks[path] = max(peaks.get(path, 0), peak(device))
+        return time.perf_counter() - t0
+
     failed = {}  # a path whose warm-up raised (a failed capture, say) is reported, the others measured
     for _ in range(args.warmup):
-        for path, step in list(steps.items()):
+        for path in list(steps):
             try:
-                step()
+                timed(path)
             except Exception as e:
                 failed[path] = f"{type(e).__name__}: {e}"
                 del steps[path], times[path]
     for _ in range(args.steps):
-        for path, step in steps.items():
-            sync(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            t0 = time.perf_counter()
-            step()
-            sync(device)
-            times[path].append(time.perf_counter() - t0)
-            peaks[path] = peak(device)
+        for path in steps:
+            times[path].append(timed(path))
     median = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
     return [{"method": method_name, "path": path, "error": error} for path, error in failed.items()] + [
             {"method": method_name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
@@ -108,13 +112,13 @@ def saved_for_backward(model, x) -> int:
     model.train()
     model(x).sum().backward()  # the fused path builds its plans on a first call
     model.zero_grad(set_to_none=True)
-    storages = {}
+    storages, kept = {}, []
 
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+    def pack(t):  # t is kept here, not returned: returned, it would tie the graph in a cycle that outlives
+        kept.append(t)  # this call, and with it the gradient accumulators bound to this stream (on which a
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()  # later capture fails)
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
         model(x)
     return sum(storages.values())
 
@@ -155,6 +159,7 @@ def main() -> None:
     p.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)  # one recipe's rows as JSON
     args = p.parse_args()
     device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
     args.paths = args.paths.split(",")
     unknown = set(args.paths) - set(PATHS)
@@ -181,12 +186,16 @@ def main() -> None:
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     if not args.no_results:
-        lines = [f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit()} | "
-                 f"{r['path']} | {r['method']} | {args.batch_size} | {r['ms_per_step_median']} | "
-                 f"{r['speedup_over_readable'] or ''} | {r['peak_memory_gb']} ({r['step_memory_per_sample_mb']} MB) | "
-                 f"load {report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |" for r in rows
-                 if "error" not in r]
-        append_rows(SECTION, COLUMNS, lines)
+        append_rows(SECTION, COLUMNS, table_rows(report, commit()))
+
+
+def table_rows(report: dict, measured: str) -> list[str]:
+    """The RESULTS.md rows of a report (of this run, or a JSON brought back from a GPU machine)."""
+    return [f"| {report['date']} | {report['device']} | torch {report['torch']} | {measured} | "
+            f"{r['path']} | {r['method']} | {report['batch_size']} | {r['ms_per_step_median']} | "
+            f"{r['speedup_over_readable'] or ''} | {r['peak_memory_gb']} ({r['step_memory_per_sample_mb']} MB) | "
+            f"load {report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |"
+            for r in report["results"] if "error" not in r]
 
 
 def measure_apart(method_name: str, args) -> list[dict]:

@@ -118,8 +118,10 @@ def fake_cuda_graphs(monkeypatch):
     @contextmanager
     def graph(g):
         FakeGraph.capturing = g
-        yield
-        FakeGraph.capturing = None
+        try:
+            yield
+        finally:
+            FakeGraph.capturing = None
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", graph)
@@ -149,6 +151,35 @@ def test_graphed_step_stays_eager_when_the_step_reads_the_host(fake_cuda_graphs)
         for _ in range(5):
             graphed(torch.ones(2))
     assert graphed.replays == 0 and graphed.graph is None
+
+
+class ReadsTheHostWhenCaptured(Doubling):
+    """Reads the host at the third call only, past the warm-up step that is checked: its capture fails."""
+
+    def __call__(self, x):
+        if FakeGraph.capturing is not None or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            float(x.sum())
+            if not x.is_cuda:
+                raise RuntimeError("operation not permitted when stream is capturing")
+        return super().__call__(x)
+
+
+def test_a_failed_capture_leaves_the_step_eager(fake_cuda_graphs):
+    step = ReadsTheHostWhenCaptured()
+    graphed = GraphedStep(step)
+    with pytest.warns(UserWarning, match=r"runs eagerly: its capture failed \(RuntimeError: operation not"):
+        outs = [graphed(torch.full((3,), float(i)))[0] for i in range(5)]
+    assert [o.tolist() for o in outs] == [[2.0 * i] * 3 for i in range(5)]
+    assert graphed.replays == 0 and graphed.graph is None and step.eager == 5
+
+
+@CUDA
+def test_a_failed_capture_leaves_the_step_eager_and_random_draws_working():
+    graphed = GraphedStep(ReadsTheHostWhenCaptured())
+    with pytest.warns(UserWarning, match="its capture failed"):
+        outs = [graphed(torch.full((3,), float(i), device="cuda"))[0] for i in range(4)]
+    assert [o.tolist() for o in outs] == [[2.0 * i] * 3 for i in range(4)]
+    assert graphed.replays == 0 and torch.randn(4, device="cuda").isfinite().all()
 
 
 def test_recurrent_search_refuses_cuda_graph(tmp_path):

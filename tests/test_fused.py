@@ -182,13 +182,15 @@ def test_fused_forward_launches_fewer_kernels():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the fast path on the GPU")
 @pytest.mark.parametrize("name", ["darts-v1", "darts-v2", "gdas", "pc-darts"])
 def test_cuda_step_equals_readable(name):
-    """On the GPU the paths agree to float32 rounding (reductions run in another order there)."""
-    r = search_step(name, fused=False, device="cuda", dtype=torch.float32)
-    f = search_step(name, fused=True, device="cuda", dtype=torch.float32)
-    assert_close(r[0], f[0], "training loss", rtol=1e-4)
+    """On the GPU too the paths compute the same, checked in float64: in float32, cuDNN's convolutions run
+    in TF32 (10 bits of mantissa) by default, and on an H200 single gradient elements then differed by
+    2e-3 of their tensor's largest, the two paths summing in different orders."""
+    r = search_step(name, fused=False, device="cuda", dtype=torch.float64)
+    f = search_step(name, fused=True, device="cuda", dtype=torch.float64)
+    assert_close(r[0], f[0], "training loss")
     for n in r[1]:
-        assert_close(r[1][n], f[1][n], f"gradient of {n}", rtol=1e-3)
-    assert_close(r[3], f[3], "evaluation-mode logits", rtol=1e-4)
+        assert_close(r[1][n], f[1][n], f"gradient of {n}")
+    assert_close(r[3], f[3], "evaluation-mode logits")
 
 
 def test_a_plan_moves_to_the_device_in_one_copy_per_dtype():

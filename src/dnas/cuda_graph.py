@@ -119,8 +119,16 @@ class GraphedStep:
             return out
         self.inputs = [t.clone() for t in inputs]
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = self.step(*self.inputs)
+        try:
+            with torch.cuda.graph(self.graph):
+                self.outputs = self.step(*self.inputs)
+        except Exception as e:  # the capture ran nothing: this step, and those after it, run eagerly
+            _end_failed_capture(inputs[0].device)
+            self.reset()
+            self.eager_reason = f"its capture failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+            warnings.warn(f"the step is not replayed from a CUDA graph, it runs eagerly: {self.eager_reason}",
+                          stacklevel=2)
+            return self.step(*inputs)
         self.graph.replay()  # the capture ran nothing: this is the step of these inputs
         self.replays += 1
         return self.outputs
@@ -135,6 +143,15 @@ class GraphedStep:
             out = self.step(*inputs)
         torch.cuda.current_stream(inputs[0].device).wait_stream(stream)
         return out
+
+
+def _end_failed_capture(device: torch.device) -> None:
+    """After a capture that raised: give the device's random generator a copy of its state outside any
+    capture (torch 2.11 leaves it counting offsets for the dead graph, and the next draw raises)."""
+    if device.type == "cuda":
+        generator = torch.cuda.default_generators[device.index if device.index is not None
+                                                   else torch.cuda.current_device()]
+        generator.graphsafe_set_state(generator.clone_state())
 
 
 def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool = True) -> None:
