@@ -1,17 +1,18 @@
 #!/bin/sh
-# The GPU checks of docs/speed.md in one call, for a session lent a GPU (about 5 minutes on an H100 or H200, at
-# most 9 by its timeouts: give the call timeout_s 600): the CUDA tests (fused path and CUDA-graph replay
-# against eager), the search step of the paper's network at batch 64 on every path (first and second
-# order, and other recipes' paths, GDAS's readable against fused among them), the top kernels of an eager
-# fused step (profile_step.py), and an end-to-end search on real CIFAR-10. The lent machine has PyTorch
-# but neither dnas nor the data; first, here:
+# The GPU checks of docs/speed.md in one call, for a session lent a GPU (on an H200 on 2026-11-26: steps
+# tests recipes profile took 5 minutes, e2e 2.5; each stage is capped by its timeouts, 9.5 minutes in all):
+# the search step of the paper's network at batch 64 on every path (first and second order, channels_last
+# and bf16 beside fp32, other recipes' paths), the CUDA tests (fused path against readable, CUDA-graph
+# replay against eager), the top kernels of an eager fused step (profile_step.py), and an end-to-end
+# search on real CIFAR-10. The lent machine has PyTorch but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/
 #     cp ../shared/tools/cifar10_from_jpeg.py .gpu_data/tools/
 #     cp /usr/share/datasets/fashion-mnist/*.gz .gpu_data/fashion-mnist/
-# (.gpu_data is in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device tool
-# with carry [".gpu_data"]; stages: steps tests recipes profile e2e (default: all, in that order). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out); copy the rows into
-# benchmarks/RESULTS.md with the device, date and command.
+# (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device tool
+# with carry [".gpu_data"]; stages: steps tests recipes profile e2e (default: all, in that order). It writes
+# $OUT/*.json and logs (OUT defaults to benchmarks/out, at most 8 files come back); the rows go into
+# RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date and command.
 set -u
 export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1 DNAS_SHARED_DATA="$PWD/.gpu_data/data"
 OUT="${OUT:-benchmarks/out}"
@@ -47,8 +48,8 @@ print('failed:', r['failed'])" "$OUT/e2e-$1.log" "$1" || tail -20 "$OUT/e2e-$1.l
 
 for stage in $STAGES; do case $stage in
 steps)
-    step darts-v1 darts-v1 readable,fused,graph,graph-bf16 10 90
-    step darts-v2 darts-v2 readable,fused,graph,graph-bf16 10 120 ;;
+    step darts-v1 darts-v1 readable,fused,graph,graph-bf16,graph-cl,graph-bf16-cl 10 100
+    step darts-v2 darts-v2 readable,fused,graph,graph-bf16,graph-cl,graph-bf16-cl 10 140 ;;
 tests)
     timeout 140 python3 -m pytest -q -rfEs --durations=5 --timeout 60 -p no:cacheprovider tests/test_cuda_graph.py \
         tests/test_fused.py -k "cuda or replay or replayed or eager or failed" > "$OUT/tests.log" 2>&1
@@ -56,7 +57,9 @@ tests)
 recipes)
     step recipes pc-darts,gdas,sdarts-rs,drnas,fair-darts readable,fused,graph 5 100 ;;
 profile)
-    timeout 40 python3 benchmarks/profile_step.py --rows 20 2>&1 | grep -v USDT | tee "$OUT/profile.log" ;;
+    for layout in "" --channels-last; do
+        timeout 40 python3 benchmarks/profile_step.py --rows 20 $layout 2>&1 | grep -v USDT | tee -a "$OUT/profile.log"
+    done ;;
 e2e)
     [ -f .cache/cifar10/cifar-10-batches-py/test_batch ] || python3 .gpu_data/tools/cifar10_from_jpeg.py .cache/cifar10 > /dev/null
     e2e darts-v1 fast,fast-bf16 90

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from dnas.methods import get_method
@@ -35,6 +36,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rows", type=int, default=15)
+    p.add_argument("--channels-last", action="store_true", help="model and data in channels_last layout")
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
@@ -44,9 +46,11 @@ def main() -> None:
     parts = method.build_parts()
     model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
                                              relaxation=parts.relaxation, edge=parts.edge,
-                                             fused=args.path == "fused").to(device)
+                                             fused=args.path == "fused")
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=layout)
     w_opt, a_opt = optimizers(model, SearchConfig())
-    batch = lambda: (torch.randn(batch_size, 3, 32, 32, device=device),
+    batch = lambda: (torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=layout),
                      torch.randint(0, 10, (batch_size,), device=device))
     train, val = batch(), batch()
 
@@ -62,20 +66,23 @@ def main() -> None:
     with profile(activities=activities) as prof:
         step()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    # on a GPU the kernels alone (an ATen op's device time is its kernels': counting both counts it twice)
+    events = sorted((e for e in prof.key_averages() if device.type != "cuda" or e.device_type == DeviceType.CUDA),
+                    key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in events)
     rows = [{"name": e.key, "calls": e.count, "self_ms": round(getattr(e, key) / 1000, 2),
              "share": round(getattr(e, key) / total, 3)} for e in events[: args.rows]]
     report = {"benchmark": "profile_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
               else f"CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "method": args.method, "path": args.path,
-              "precision": args.precision, "batch_size": batch_size, "sorted_by": key,
+              "precision": args.precision, "channels_last": args.channels_last, "batch_size": batch_size,
+              "sorted_by": key,
               "total_ms": round(total / 1000, 1), "top": rows}
     out = HERE / "out"
     out.mkdir(exist_ok=True)
     (out / f"profile_step-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{report['device']}, {args.method} {args.path} {args.precision}, batch {batch_size}: "
-          f"{report['total_ms']} ms of {key} in one step")
+    print(f"{report['device']}, {args.method} {args.path} {args.precision}{' channels_last' * args.channels_last}, "
+          f"batch {batch_size}: {report['total_ms']} ms of {key} in one step")
     for r in rows:
         print(f"{r['self_ms']:9.2f} ms {100 * r['share']:5.1f}% {r['calls']:6d}x  {r['name'][:90]}")
 

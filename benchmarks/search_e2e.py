@@ -96,13 +96,20 @@ def main() -> None:
     (out / f"search_e2e-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     if not args.no_results:
-        append_rows(SECTION, COLUMNS, [
-            f"| {report['date']} | {report['device']} | torch {report['torch']} | {commit()} | {args.method} | "
-            f"{path} | {args.subset} | {args.epochs} | {args.layers} x {args.init_channels} | {args.batch_size} | "
+        append_rows(SECTION, COLUMNS, table_rows(report, commit()))
+
+
+def table_rows(report: dict, measured: str) -> list[str]:
+    """The RESULTS.md rows of a report (of this run, or a JSON brought back from a GPU machine)."""
+    a = report["settings"]
+    return [f"| {report['date']} | {report['device']} | torch {report['torch']} | {measured} | {a['method']} | "
+            f"{path} | {a['subset']} | {a['epochs']} | {a['layers']} x {a['init_channels']} | {a['batch_size']} | "
             f"{r['seconds'] / 60:.2f} | {r['epoch_seconds']:.1f} ({r['minutes_for_50_full_epochs']}) | "
             f"{r['speedup_over_readable']} | "
             f"{r['max_alpha_diff_to_readable']:.1e} ({r['max_abs_alpha']:.1e}) | {r['same_genotype_as_readable']} | "
-            f"{report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |" for path, r in runs.items()])
+            f"{report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |"
+            for path, r in report["runs"].items()]
+
 
 if __name__ == "__main__":
     main()

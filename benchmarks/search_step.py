@@ -9,6 +9,8 @@ appends a row per recipe to benchmarks/RESULTS.md.
     python benchmarks/search_step.py --paths readable,fused   # the fast path (docs/speed.md) beside it
     python benchmarks/search_step.py --paths readable,fused,graph,graph-bf16   # on a GPU: CUDA-graph replay
                                                               # of the fused step, and that in bf16 autocast
+    python benchmarks/search_step.py --paths fused,graph,graph-cl,graph-bf16-cl   # -cl: channels_last
+                                                              # tensors (cuDNN's depthwise kernels)
 
 With several paths, their steps are interleaved in one process, so that a change of machine load hits
 both alike; each row reports its speed-up over the readable path. On the CPU the peak memory is the
@@ -43,7 +45,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-PATHS = ("readable", "fused", "graph", "graph-bf16")
+PATHS = ("readable", "fused", "graph", "graph-bf16", "graph-cl", "graph-bf16-cl")  # cl: channels_last
 SECTION = "## Search step (benchmarks/search_step.py)"
 COLUMNS = ["date", "device", "torch", "commit", "path", "method", "batch", "ms/step (median)", "speed-up",
            "peak memory (GB)", "load", "command"]
@@ -63,14 +65,16 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         parts = method.build_parts()
         model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
                                                  relaxation=parts.relaxation, edge=parts.edge,
-                                                 **({} if path == "readable" else {"fused": True})).to(device)
+                                                 **({} if path == "readable" else {"fused": True}))
+        layout = torch.channels_last if path.endswith("-cl") else torch.contiguous_format
+        model = model.to(device, memory_format=layout)
         saved[path] = saved_for_backward(model, inputs[0])
         w_opt, a_opt = optimizers(model, SearchConfig())
-        step = partial(four_tensor_step, model, parts, a_opt, w_opt, path.endswith("bf16"))
+        step = partial(four_tensor_step, model, parts, a_opt, w_opt, "bf16" in path)
         if path.startswith("graph"):
             set_capturable(a_opt)
             step = GraphedStep(step)
-        steps[path] = partial(step, *inputs)
+        steps[path] = partial(step, *(t.contiguous(memory_format=layout) if t.dim() == 4 else t for t in inputs))
         times[path] = []
     base = allocated(device)  # model, optimisers and data: what a step adds on top is the step's own memory
 
