@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real data sets are.
+"""Shared fixtures: where the real data sets are; a recipe's parts as the step tests take them.
 
 The shared data folder (default ``<repo>/../shared/data``, set ``DNAS_SHARED_DATA`` to move it) holds copies
 of the standard data sets, with the converter tools in ``../tools`` beside it. Tests that need data skip,
@@ -20,6 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DNAS_SHARED_DATA", REPO.parent / "shared" / "data"))
 CACHE = REPO / ".cache"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def recipe_parts(name: str):
+    """A recipe's method and parts one epoch into a 4-epoch search (schedules away from their start:
+    temperature, DARTS- beta, dropout rate); P-DARTS within a stage, with its skip dropout."""
+    from dnas.edges import EDGES
+    from dnas.methods import get_method
+
+    method = get_method(name)
+    parts = method.build_parts()
+    if method.part("schedule") is not None:
+        parts.edge = EDGES.build({"name": "skip_dropout", "rate": 0.4})
+    parts.on_epoch_start(1, 4)
+    return method, parts
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -15,10 +15,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import dnas
 from dnas.cuda_graph import GraphedStep, HostSyncs
-from dnas.edges import EDGES
-from dnas.methods import builtin_methods, get_method
+from dnas.methods import builtin_methods
 from dnas.search import Search, SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
+
+from conftest import recipe_parts
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: CUDA graphs")
 SAMPLES_ON_HOST = {"gdas"}  # the hard relaxation decides on the host which op of each edge runs
@@ -27,11 +28,7 @@ SAMPLES_ON_HOST = {"gdas"}  # the hard relaxation decides on the host which op o
 def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32):
     """A small supernet of a recipe with its optimisers (Adam with its step counter on the device, as a
     capture needs), and its bilevel step as a function of four tensors."""
-    method = get_method(name)
-    parts = method.build_parts()
-    if method.part("schedule") is not None:  # P-DARTS within a stage: skip dropout
-        parts.edge = EDGES.build({"name": "skip_dropout", "rate": 0.4})
-    parts.on_epoch_start(1, 4)
+    method, parts = recipe_parts(name)
     torch.manual_seed(0)
     model = DartsSupernet(10, 3, C=4, layers=3, relaxation=parts.relaxation, edge=parts.edge, fused=fused,
                           **method.config.get("space_options", {})).to(device, dtype)

@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dnas.edges import EDGES, MixedEdge
-from dnas.methods import builtin_methods, get_method
+from dnas.methods import builtin_methods
 from dnas.relax import GumbelSoftmax
 from dnas.search import SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
 from dnas.spaces.darts_fused import _PLANS, _build_plan
+
+from conftest import recipe_parts
 
 RECIPES = sorted(builtin_methods())
 
@@ -41,14 +43,10 @@ def random_mask(model, keep: int, seed: int = 3) -> None:
 
 def search_step(name: str, fused: bool, device="cpu", dtype=torch.float64):
     """One bilevel step of a recipe on a small supernet; what it leaves behind."""
-    method = get_method(name)
-    parts = method.build_parts()
-    options = dict(method.config.get("space_options", {}))
-    if method.part("schedule") is not None:  # P-DARTS, second stage: skip dropout, 3 ops left per edge
-        parts.edge = EDGES.build({"name": "skip_dropout", "rate": 0.4})
-    parts.on_epoch_start(1, 4)  # schedules (temperature, DARTS- beta, dropout rate) away from their start
+    method, parts = recipe_parts(name)
+    options = method.config.get("space_options", {})
     model = supernet(fused, parts.relaxation, parts.edge, dtype, **options).to(device)
-    if method.part("schedule") is not None:
+    if method.part("schedule") is not None:  # P-DARTS, second stage: 3 ops left per edge
         random_mask(model, keep=3)
     w_opt, a_opt = optimizers(model, SearchConfig())
     g = torch.Generator().manual_seed(1)
