@@ -16,7 +16,10 @@ needs, and how ``GraphedStep`` provides it:
   which sampled op to run) keeps running eagerly, with a warning naming the op and the line;
 * warm-up: ``warmup`` eager steps on a side stream before each capture (lazily made optimiser state,
   cuDNN's choice of algorithms). They are real steps of the search, as is the captured one: it is
-  replayed right after the capture, which itself runs nothing.
+  replayed right after the capture, which itself runs nothing;
+* no autograd graph of an earlier step kept alive: its gradient accumulators stay bound to the stream
+  they were made on, and a capture whose backward reaches the default stream fails. A capture that
+  raises leaves the step eager, with a warning naming the error.
 
 Random numbers drawn inside the step (Gumbel noise, dropout, SDARTS's perturbation) come out fresh at each
 replay: PyTorch's CUDA generator advances its offset per replay.
