@@ -14,9 +14,9 @@ to RESULTS.md.
         --batch-size 64 --epochs 2                        # on a GPU: the paper's search, 2 of its 50 epochs
 
 Paths: readable (SearchCell), fused (spaces/darts_fused.py), fast (fused, and on a GPU each step replayed
-from a CUDA graph: ``--fast`` of the CLI), fast-bf16 (that under bf16 autocast: ``--precision bf16``).
-Each row also gives the seconds of the last epoch (after
-warm-up) and what 50 epochs on all 50,000 training images would take at that rate.
+from a CUDA graph: ``--fast`` of the CLI); a suffix -bf16 runs the steps under bf16 autocast
+(``--precision bf16``), -cl in channels_last (``--channels-last``). Each row also gives the seconds of the
+last epoch (after warm-up) and what 50 epochs on all 50,000 training images would take at that rate.
 """
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ def main() -> None:
     p.add_argument("--cifar10", default=str(HERE.parent / ".cache" / "cifar10"),
                    help="folder holding cifar-10-batches-py/ (default .cache/cifar10, where the tests convert it)")
     p.add_argument("--subset", type=int, default=512, help="training images, halved into search-train/val; 0: all")
-    p.add_argument("--paths", default="readable,fused", help="comma-separated, of readable, fused, fast, fast-bf16")
+    p.add_argument("--paths", default="readable,fused",
+                   help="comma-separated, of readable, fused, fast, each optionally followed by -bf16 (bf16 autocast) "
+                        "and -cl (channels_last): fast-bf16, readable-cl, ...")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--layers", type=int, default=5)
     p.add_argument("--init-channels", type=int, default=8)
@@ -54,6 +56,10 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
+    unknown = [path for path in args.paths.split(",") if path.split("-")[0] not in ("readable", "fused", "fast")
+               or path.split("-")[1:] not in ([], ["bf16"], ["cl"], ["bf16", "cl"])]
+    if unknown:
+        p.error(f"unknown paths {unknown}; valid: readable, fused, fast, each optionally followed by -bf16 and -cl")
     device = resolve_device(args.device)
 
     runs, failed = {}, {}  # a path that raises is reported, the others measured
@@ -64,9 +70,10 @@ def main() -> None:
                 result = dnas.search(space="darts", method=args.method, dataset="cifar10", data=args.cifar10,
                                      run_dir=Path(tmp) / path, progress=False, epochs=args.epochs,
                                      subset=args.subset or None, batch_size=args.batch_size, device=str(device),
-                                     seed=2, C=args.init_channels, layers=args.layers, fused=path != "readable",
-                                     cuda_graph=path.startswith("fast"),
-                                     precision="bf16" if path.endswith("bf16") else "fp32")
+                                     seed=2, C=args.init_channels, layers=args.layers,
+                                     fused=not path.startswith("readable"), cuda_graph=path.startswith("fast"),
+                                     precision="bf16" if "-bf16" in path else "fp32",
+                                     channels_last=path.endswith("-cl"))
             except Exception as e:
                 failed[path] = f"{type(e).__name__}: {e}"
                 continue

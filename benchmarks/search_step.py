@@ -9,8 +9,8 @@ appends a row per recipe to benchmarks/RESULTS.md.
     python benchmarks/search_step.py --paths readable,fused   # the fast path (docs/speed.md) beside it
     python benchmarks/search_step.py --paths readable,fused,graph,graph-bf16   # on a GPU: CUDA-graph replay
                                                               # of the fused step, and that in bf16 autocast
-    python benchmarks/search_step.py --paths fused,graph,graph-cl,graph-bf16-cl   # -cl: channels_last
-                                                              # tensors (cuDNN's depthwise kernels)
+    python benchmarks/search_step.py --paths fused,fused-cl,graph,graph-cl,graph-bf16-cl   # -cl:
+                                                              # channels_last tensors
 
 With several paths, their steps are interleaved in one process, so that a change of machine load hits
 both alike; each row reports its speed-up over the readable path. On the CPU the peak memory is the
@@ -45,7 +45,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-PATHS = ("readable", "fused", "graph", "graph-bf16", "graph-cl", "graph-bf16-cl")  # cl: channels_last
+PATHS = ("readable", "fused", "graph")  # each optionally with -bf16 (autocast) and -cl (channels_last)
 SECTION = "## Search step (benchmarks/search_step.py)"
 COLUMNS = ["date", "device", "torch", "commit", "path", "method", "batch", "ms/step (median)", "speed-up",
            "peak memory (GB)", "load", "command"]
@@ -65,7 +65,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         parts = method.build_parts()
         model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
                                                  relaxation=parts.relaxation, edge=parts.edge,
-                                                 **({} if path == "readable" else {"fused": True}))
+                                                 **({} if path.startswith("readable") else {"fused": True}))
         layout = torch.channels_last if path.endswith("-cl") else torch.contiguous_format
         model = model.to(device, memory_format=layout)
         saved[path] = saved_for_backward(model, inputs[0])
@@ -156,7 +156,8 @@ def main() -> None:
     p.add_argument("--init-channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--methods", default="darts-v1,darts-v2", help="recipes, comma-separated")
-    p.add_argument("--paths", default="readable", help=f"comma-separated, of {', '.join(PATHS)} (graph: GPU only)")
+    p.add_argument("--paths", default="readable", help=f"comma-separated, of {', '.join(PATHS)} (graph: GPU "
+                   f"only), each optionally followed by -bf16 (bf16 autocast) and -cl (channels_last tensors)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (a graph captures at the third)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
@@ -166,9 +167,11 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
     args.paths = args.paths.split(",")
-    unknown = set(args.paths) - set(PATHS)
+    unknown = {path for path in args.paths if path.split("-")[0] not in PATHS
+               or path.split("-")[1:] not in ([], ["bf16"], ["cl"], ["bf16", "cl"])}
     if unknown:
-        p.error(f"unknown paths {sorted(unknown)}; valid: {', '.join(PATHS)}")
+        p.error(f"unknown paths {sorted(unknown)}; valid: {', '.join(PATHS)}, each optionally followed by "
+                f"-bf16 and -cl (fused-cl, graph-bf16-cl, ...)")
     if device.type != "cuda" and any(path.startswith("graph") for path in args.paths):
         p.error("the graph paths replay CUDA graphs: they need a GPU (--device cuda)")
 

@@ -41,16 +41,17 @@ def random_mask(model, keep: int, seed: int = 3) -> None:
         mask[3] = False
 
 
-def search_step(name: str, fused: bool, device="cpu", dtype=torch.float64):
-    """One bilevel step of a recipe on a small supernet; what it leaves behind."""
+def search_step(name: str, fused: bool, device="cpu", dtype=torch.float64, layout=torch.contiguous_format):
+    """One bilevel step of a recipe on a small supernet, its weights and images in ``layout``; what it
+    leaves behind."""
     method, parts = recipe_parts(name)
     options = method.config.get("space_options", {})
-    model = supernet(fused, parts.relaxation, parts.edge, dtype, **options).to(device)
+    model = supernet(fused, parts.relaxation, parts.edge, dtype, **options).to(device, memory_format=layout)
     if method.part("schedule") is not None:  # P-DARTS, second stage: 3 ops left per edge
         random_mask(model, keep=3)
     w_opt, a_opt = optimizers(model, SearchConfig())
     g = torch.Generator().manual_seed(1)
-    batch = lambda: (torch.randn(4, 3, 16, 16, generator=g, dtype=dtype).to(device),
+    batch = lambda: (torch.randn(4, 3, 16, 16, generator=g, dtype=dtype).to(device, memory_format=layout),
                      torch.randint(0, 10, (4,), generator=g).to(device))
     train, val = batch(), batch()
     torch.manual_seed(2)
@@ -72,8 +73,20 @@ def assert_close(a, b, what, rtol=1e-9):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_step_equals_readable(name):
-    loss_r, grads_r, state_r, logits_r = search_step(name, fused=False)
-    loss_f, grads_f, state_f, logits_f = search_step(name, fused=True)
+    assert_same_step(search_step(name, fused=False), search_step(name, fused=True))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["readable", "fused"])
+@pytest.mark.parametrize("name", ["darts-v1", "darts-v2", "pc-darts", "gdas", "darts-minus"])
+def test_channels_last_step_equals_the_default_layout(name, fused):
+    """``channels_last`` (NHWC weights and images) changes the kernels, not what they compute."""
+    assert_same_step(search_step(name, fused), search_step(name, fused, layout=torch.channels_last))
+
+
+def assert_same_step(reference, other):
+    """Two ``search_step`` results: loss, gradients, state after the step and evaluation logits."""
+    loss_r, grads_r, state_r, logits_r = reference
+    loss_f, grads_f, state_f, logits_f = other
     assert_close(loss_r, loss_f, "training loss")
     assert grads_r.keys() == grads_f.keys()
     assert any(n.startswith("alphas.") for n in grads_r) and any(n.startswith("cells.") for n in grads_r)

@@ -145,3 +145,21 @@ def test_one_epoch_search_on_real_cifar10(cifar10_root, tmp_path):
     m = result.metrics[0]
     assert m["train_acc"] > 0.1  # above chance on 10 classes after 8 steps is not guaranteed; a sanity floor
     assert json.loads((result.run_dir / "config.json").read_text())["config"]["data"] == str(cifar10_root)
+
+
+def test_channels_last_search_runs_in_nhwc(fashion_mnist_root, tmp_path):
+    config = SearchConfig(dataset="fashion-mnist", subset=64, batch_size=16, epochs=1, channels_last=True,
+                          space_options=dict(C=4, layers=3, nodes=2))
+    search = Search(config, tmp_path / "r")
+    x, _ = next(iter(search.train_loader))
+    assert search.train_loader.memory_format is torch.channels_last
+    with torch.no_grad():
+        features = search.model.stem(x)  # 1 channel in: the stem's output is where the layouts differ
+    assert features.shape[1] > 1 and features.is_contiguous(memory_format=torch.channels_last)
+    assert not features.is_contiguous()
+    assert search.run(progress=False).genotype.nodes == 2
+
+
+def test_recurrent_search_refuses_channels_last(tmp_path):
+    with pytest.raises(ValueError, match="channels_last is a layout of images"):
+        dnas.search(space="darts-rnn", method="darts-v1", channels_last=True, run_dir=tmp_path / "r")

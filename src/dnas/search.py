@@ -75,6 +75,7 @@ class SearchConfig:
     tensorboard: bool = False  # also log each epoch to TensorBoard in the run directory (pip install tensorboard)
     cuda_graph: bool = False  # on a GPU, replay each step from a CUDA graph (cuda_graph.py); no effect on the CPU
     precision: str = "fp32"  # "bf16": the search steps under bf16 autocast (evaluation stays fp32)
+    channels_last: bool = False  # supernet and images in NHWC layout: on the CPU the readable cell's step ~2x faster
 
     @classmethod
     def fields(cls) -> set[str]:
@@ -115,8 +116,9 @@ class Search:
         data = load_dataset(config.dataset, config.data)
         x, y = data.train_x[: config.subset], data.train_y[: config.subset]
         train_idx, val_idx = split_indices(len(y), config.train_portion)
+        layout = torch.channels_last if config.channels_last else torch.contiguous_format
         loader = partial(BatchLoader, batch_size=config.batch_size, mean=data.mean, std=data.std,
-                         augment=True, cutout=config.cutout, shuffle=True, device=self.device)
+                         augment=True, cutout=config.cutout, shuffle=True, device=self.device, memory_format=layout)
         # DARTS draws both halves from the augmented training set
         self.train_loader = loader(x[train_idx], y[train_idx], generator=torch.Generator().manual_seed(config.seed))
         self.val_loader = loader(x[val_idx], y[val_idx], generator=torch.Generator().manual_seed(config.seed + 1))
@@ -126,7 +128,8 @@ class Search:
         self.parts = self.method.build_parts()
         self.model = build_supernet(config.space or self.method.part("space"), config.space_options,
                                     num_classes=data.num_classes, in_channels=data.channels,
-                                    relaxation=self.parts.relaxation, edge=self.parts.edge).to(self.device)
+                                    relaxation=self.parts.relaxation, edge=self.parts.edge
+                                    ).to(self.device, memory_format=layout)
         self.w_optimizer, self.a_optimizer = optimizers(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.lr_min)
 

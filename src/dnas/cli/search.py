@@ -21,7 +21,7 @@ def run_search(args: argparse.Namespace) -> None:
             "ops": tuple(args.ops.split(",")) if args.ops else None,
             "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
             "fused": True if args.fast else None, "cuda_graph": True if args.fast else None,
-            "precision": args.precision,
+            "precision": args.precision, "channels_last": args.channels_last or None,
         }.items() if v is not None}
         result = search(space=args.space, method=args.method, dataset=args.dataset, run_dir=args.run_dir,
                         runs_root=args.runs, progress=not args.quiet, **settings)
@@ -56,6 +56,9 @@ def register(sub) -> None:
                         "each step replayed from a CUDA graph (docs/speed.md)")
     s.add_argument("--precision", choices=["fp32", "bf16"],
                    help="fp32 (default), or bf16: the search steps under bf16 autocast (docs/speed.md)")
+    s.add_argument("--channels-last", action="store_true",
+                   help="supernet and images in the NHWC memory layout: on a CPU the DARTS cell's search step "
+                        "runs about 2x faster (same results up to rounding; docs/speed.md)")
     s.add_argument("--seed", type=int, help="random seed (default 2); same seed, same result on the CPU")
     s.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     s.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")

@@ -18,13 +18,14 @@ class BatchLoader:
 
     Each iteration is one epoch: with ``shuffle`` a fresh permutation is drawn from ``generator``; with
     ``augment`` each batch gets random_crop(padding) and random_hflip on uint8, then normalize, then
-    cutout(``cutout``) if it is > 0. Given the generator's state, the batches are fully determined.
+    cutout(``cutout``) if it is > 0. Given the generator's state, the batches are fully determined. The
+    images come in ``memory_format`` (``torch.channels_last``: NHWC, the layout the model's weights are in).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], *, augment: bool = False, padding: int = 4, cutout: int = 0,
                  shuffle: bool = False, drop_last: bool = False, device: str | torch.device = "cpu",
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, memory_format: torch.memory_format = torch.contiguous_format):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} images but {len(y)} labels")
         if batch_size < 1:
@@ -36,6 +37,7 @@ class BatchLoader:
         self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device)
         self.batch_size, self.augment, self.padding, self.cutout = batch_size, augment, padding, cutout
         self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
+        self.memory_format = memory_format
 
     def __len__(self) -> int:
         n = len(self.x) / self.batch_size
@@ -52,7 +54,7 @@ class BatchLoader:
             x = normalize(x, self.mean, self.std)
             if self.augment and self.cutout > 0:
                 x = cutout(x, self.cutout, self.generator)
-            yield x, y
+            yield x.contiguous(memory_format=self.memory_format), y
 
 
 def split_indices(n: int, portion: float) -> tuple[torch.Tensor, torch.Tensor]:

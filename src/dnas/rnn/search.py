@@ -56,6 +56,8 @@ class RNNSearch(Search):
         if c.cuda_graph:
             raise ValueError("cuda_graph does not apply to the recurrent search: its windows vary in length "
                              "(variable BPTT), and a CUDA graph replays one shape; leave it off")
+        if c.channels_last:
+            raise ValueError("channels_last is a layout of images (NHWC); the recurrent search has none, leave it off")
         if c.precision != "fp32":
             raise ValueError(f"precision {c.precision!r}: the recurrent search runs in fp32 only")
         corpus = load_corpus(c.dataset, c.data)

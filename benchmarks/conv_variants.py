@@ -1,0 +1,166 @@
+"""The convolutions of a fused DARTS cell in other forms: which is fastest, forward+backward, on the GPU.
+
+On a GPU the replayed search step is bound by its kernels (docs/speed.md), most of them the convolutions
+of the fused cell: depthwise k x k over the edges of a source batch stacked (groups = edges x C), and the
+pointwise 1x1 convolutions with groups = edges. This times each, at the shapes of the paper's search network
+(batch 64; 8 edges out of a cell's two inputs, or the 3 out of its first node; C = 16, 32, 64 at 32, 16, 8
+pixels), in the forms a faster fused cell could take:
+
+* layout and precision: NCHW fp32 (today), channels_last fp32, channels_last bf16 (PyTorch hands
+  depthwise convolutions to cuDNN only in channels_last or half precision);
+* pointwise: the grouped convolution, or one batched matrix product over the edges (channels_last);
+* sep_conv_3x3 and sep_conv_5x5 of the same edges: two depthwise convolutions, or one 5x5 over both with
+  the 3x3 kernels zero-padded (more arithmetic, one kernel).
+
+Each variant's forward and backward (gradients of input and weight) is captured in a CUDA graph and
+replayed, as in the search (on the CPU: eager, for a smoke run). Writes JSON to benchmarks/out/ and prints
+microseconds per forward+backward.
+
+    python benchmarks/conv_variants.py                        # on a GPU
+    python benchmarks/conv_variants.py --device cpu --batch-size 2 --repeats 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dnas.search import resolve_device
+
+HERE = Path(__file__).resolve().parent
+SHAPES = [(8, 16, 32), (3, 16, 32), (8, 32, 16), (8, 64, 8)]  # (edges, C, H)
+LAYOUTS = {"nchw-fp32": (torch.contiguous_format, torch.float32),
+           "nhwc-fp32": (torch.channels_last, torch.float32),
+           "nhwc-bf16": (torch.channels_last, torch.bfloat16)}
+
+
+def depthwise(x, w, dilation=1):
+    k = w.shape[-1]
+    return F.conv2d(x, w, padding=dilation * (k - 1) // 2, dilation=dilation, groups=x.shape[1])
+
+
+def pointwise_conv(x, w, edges):
+    return F.conv2d(x, w, groups=edges)
+
+
+def pointwise_bmm(x, w, edges):
+    """The grouped 1x1 convolution as one matrix product per edge, batched: x (N, E*C, H, W) channels_last
+    is (N*H*W, E, C) in memory; w (E*C_out, C, 1, 1) is E matrices C_out x C."""
+    n, _, h, wd = x.shape
+    c_out = w.shape[0] // edges
+    rows = x.permute(0, 2, 3, 1).reshape(n * h * wd, edges, -1).transpose(0, 1)  # (E, NHW, C)
+    y = torch.bmm(rows, w.view(edges, c_out, -1).transpose(1, 2))  # (E, NHW, C_out)
+    return y.transpose(0, 1).reshape(n, h, wd, edges * c_out).permute(0, 3, 1, 2)
+
+
+def sep_pair_apart(x, w3, w5):
+    return depthwise(x, w3), depthwise(x, w5)
+
+
+def sep_pair_merged(x, w3, w5):
+    """Both depthwise convolutions of the edges as one 5x5: the 3x3 kernels zero-padded to 5x5."""
+    w = torch.cat([F.pad(w3, (1, 1, 1, 1)), w5])
+    y = F.conv2d(torch.cat([x, x], 1), w, padding=2, groups=2 * x.shape[1])
+    return y.chunk(2, 1)
+
+
+def cases(batch: int):
+    """(name, function, tensor shapes: the input first, then the weights)."""
+    for e, c, h in SHAPES:
+        x = (batch, e * c, h, h)
+        tag = f"E={e} C={c} {h}x{h}"
+        for k, d in ((3, 1), (5, 1), (3, 2), (5, 2)):
+            yield f"depthwise {k}x{k} dil {d}, {tag}", lambda x, w, d=d: depthwise(x, w, d), [x, (e * c, 1, k, k)]
+        yield f"pointwise conv, {tag}", lambda x, w, e=e: pointwise_conv(x, w, e), [x, (e * c, c, 1, 1)]
+        yield f"pointwise bmm, {tag}", lambda x, w, e=e: pointwise_bmm(x, w, e), [x, (e * c, c, 1, 1)]
+        yield f"sep 3x3 + 5x5 apart, {tag}", sep_pair_apart, [x, (e * c, 1, 3, 3), (e * c, 1, 5, 5)]
+        yield f"sep 3x3 + 5x5 merged, {tag}", sep_pair_merged, [x, (e * c, 1, 3, 3), (e * c, 1, 5, 5)]
+
+
+def check_variants(device: torch.device) -> None:
+    """Each alternative form computes what the form it replaces computes (float64, channels_last input)."""
+    g = torch.Generator().manual_seed(0)
+    t = lambda *shape: torch.randn(shape, generator=g, dtype=torch.float64).to(device)
+    x = t(2, 3 * 4, 5, 5).contiguous(memory_format=torch.channels_last)
+    w, w3, w5 = t(3 * 4, 4, 1, 1), t(3 * 4, 1, 3, 3), t(3 * 4, 1, 5, 5)
+    torch.testing.assert_close(pointwise_bmm(x, w, 3), pointwise_conv(x, w, 3))
+    for merged, apart in zip(sep_pair_merged(x, w3, w5), sep_pair_apart(x, w3, w5)):
+        torch.testing.assert_close(merged, apart)
+
+
+def forward_backward(fn, tensors):
+    """One forward and the gradients of every input: a function of no arguments."""
+    def run():
+        out = fn(*tensors)
+        outs = out if isinstance(out, tuple) else (out,)
+        return torch.autograd.grad(outs, tensors, [torch.ones_like(o) for o in outs])
+    return run
+
+
+def time_it(run, device: torch.device, repeats: int) -> float:
+    """Microseconds per call: replayed from a CUDA graph on a GPU, eager on the CPU."""
+    if device.type == "cuda":
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                run()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run()
+        graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return 1000 * start.elapsed_time(end) / repeats
+    run()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return 1e6 * (time.perf_counter() - t0) / repeats
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=50)
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True
+    check_variants(device)
+    print(f"{'us per forward+backward, batch ' + str(args.batch_size):45}" + "".join(f"{k:>14}" for k in LAYOUTS))
+    results = []
+    for name, fn, shapes in cases(args.batch_size):
+        row = {"case": name}
+        for layout, (memory_format, dtype) in LAYOUTS.items():
+            if "bmm" in name and memory_format is torch.contiguous_format:
+                continue  # the batched product reads the channels_last layout as it lies
+            tensors = [torch.randn(s, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+                       .requires_grad_() for s in shapes]
+            try:
+                row[layout] = round(time_it(forward_backward(fn, tensors), device, args.repeats), 1)
+            except Exception as e:  # a variant a backend does not run is reported, the others timed
+                row[layout] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+        results.append(row)
+        print(f"{name:45}" + "".join(f"{str(row.get(k, '-')):>14}" for k in LAYOUTS), flush=True)
+    report = {"benchmark": "conv_variants", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+              else f"CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size, "unit": "us per forward+backward",
+              "columns": list(LAYOUTS), "results": results}
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    (out / f"conv_variants-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
+        json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
