@@ -3,14 +3,14 @@
 # tests recipes profile took 5 minutes, e2e 2.5; each stage is capped by its timeouts, 9.5 minutes in all):
 # the search step of the paper's network at batch 64 on every path (first and second order, channels_last
 # and bf16 beside fp32, other recipes' paths), the CUDA tests (fused path against readable, CUDA-graph
-# replay against eager), the top kernels of an eager fused step (profile_step.py), and an end-to-end
-# search on real CIFAR-10. The lent machine has PyTorch but neither dnas nor the data; first, here:
+# replay against eager), the top kernels of an eager fused step (profile_step.py), the fused cell's
+# convolutions in other forms (conv_variants.py), and an end-to-end search on real CIFAR-10. The lent machine has PyTorch but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/
 #     cp ../shared/tools/cifar10_from_jpeg.py .gpu_data/tools/
 #     cp /usr/share/datasets/fashion-mnist/*.gz .gpu_data/fashion-mnist/
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device tool
-# with carry [".gpu_data"]; stages: steps tests recipes profile e2e (default: all, in that order). It writes
+# with carry [".gpu_data"]; stages: steps tests recipes profile convs e2e (default: all, in that order). It writes
 # $OUT/*.json and logs (OUT defaults to benchmarks/out, at most 8 files come back); the rows go into
 # RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date and command.
 set -u
@@ -21,7 +21,7 @@ cp .gpu_data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-STAGES="${*:-steps tests recipes profile e2e}"
+STAGES="${*:-steps tests recipes profile convs e2e}"
 
 report() {  # the rows of a search_step JSON
     python3 -c "
@@ -60,9 +60,11 @@ profile)
     for layout in "" --channels-last; do
         timeout 40 python3 benchmarks/profile_step.py --rows 20 $layout 2>&1 | grep -v USDT | tee -a "$OUT/profile.log"
     done ;;
+convs)
+    timeout 60 python3 benchmarks/conv_variants.py 2>&1 | tee "$OUT/convs.log" ;;
 e2e)
     [ -f .cache/cifar10/cifar-10-batches-py/test_batch ] || python3 .gpu_data/tools/cifar10_from_jpeg.py .cache/cifar10 > /dev/null
     e2e darts-v1 fast,fast-bf16 90
     e2e darts-v2 fast 90 ;;
-*) echo "unknown stage $stage; valid: steps tests recipes profile e2e" ;;
+*) echo "unknown stage $stage; valid: steps tests recipes profile convs e2e" ;;
 esac; done
