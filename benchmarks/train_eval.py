@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--test-subset", type=int, default=2000, help="test images (a fixed random sample)")
     p.add_argument("--batch-size", type=int, default=96)
     p.add_argument("--device", default="auto")
+    p.add_argument("--channels-last", action="store_true", help="network and images in NHWC (dnas train --channels-last)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
     device = resolve_device(args.device)
@@ -62,12 +63,13 @@ def main() -> None:
         result = dnas.train(args.genotype, dataset, data=args.cifar10 if dataset == "cifar10" else None,
                             run_dir=out / f"train_eval-{dataset}-{stamp}", C=args.init_channels, layers=args.layers,
                             epochs=args.epochs, subset=args.subset, test_subset=args.test_subset,
-                            batch_size=args.batch_size, device=args.device)
+                            batch_size=args.batch_size, device=args.device, channels_last=args.channels_last)
         minutes = (time.time() - t0) / 60
         report = {
             "benchmark": "train_eval", "genotype": args.genotype, "dataset": dataset, "device": device_name,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "commit": commit, "command": command,
-            "layers": args.layers, "init_channels": args.init_channels, "params": result.cost.params,
+            "layers": args.layers, "init_channels": args.init_channels, "channels_last": args.channels_last,
+            "params": result.cost.params,
             "mult_adds": result.cost.mult_adds, "epochs": args.epochs, "train_images": args.subset,
             "test_images": args.test_subset, "test_acc": result.test_acc, "minutes": round(minutes, 2),
             "run_dir": str(result.run_dir.relative_to(HERE.parent)), "metrics": result.metrics,

@@ -110,3 +110,19 @@ def test_fairdarts_cell_with_an_empty_node_builds_and_runs():
     cell = EvalCell(g.edges("normal"), g.normal_concat, 4, 4, 4, reduction=False, reduction_prev=False)
     assert len(cell.ops) == 4
     assert cell(torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)).shape == (2, 3 * 4, 8, 8)  # nodes 2, 4, 5
+
+
+def test_channels_last_computes_what_the_default_layout_computes():
+    """``dnas train --channels-last``: the same network in NHWC gives the same logits and gradients."""
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        net = NetworkCIFAR(DARTS_V2, C=4, layers=5).double().to(memory_format=layout).train()
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        logits, aux = net.forward_with_aux(x.contiguous(memory_format=layout))
+        (logits.sum() + aux.sum()).backward()
+        results.append((logits, [p.grad for p in net.parameters()]))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+    for ga, gb in zip(grads_a, grads_b):  # to float64 rounding of sums taken in another order
+        torch.testing.assert_close(gb, ga, rtol=0, atol=max(1e-9 * ga.abs().max().item(), 1e-12))

@@ -88,6 +88,17 @@ def test_the_trainer_gets_the_settings(fashion_mnist_root, tmp_path):
     assert t.model.auxiliary_head is not None and t.model.stem[0].in_channels == 1
 
 
+
+def test_channels_last_training_runs_in_nhwc(fashion_mnist_root, tmp_path):
+    t = Trainer(TrainConfig(dataset="fashion-mnist", C=4, layers=3, subset=64, test_subset=32, channels_last=True),
+                dnas.published("PDARTS"), tmp_path)
+    x, _ = next(iter(t.train_loader))
+    with torch.no_grad():
+        s0, _ = t.model.stem(x)  # 1 channel in: the stem's output is where the layouts differ
+    assert t.test_loader.memory_format is torch.channels_last
+    assert s0.shape[1] > 1 and s0.is_contiguous(memory_format=torch.channels_last) and not s0.is_contiguous()
+
+
 def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashion_mnist_root, tmp_path, monkeypatch):
     settings = dict(TINY, subset=96, test_subset=64, layers=2)
     whole = dnas.train("DARTS_V2", "fashion-mnist", epochs=2, run_dir=tmp_path / "whole", **settings)
@@ -135,10 +146,11 @@ def test_train_command_runs_and_reports(fashion_mnist_root, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--genotype", "pc-darts", "--dataset", "fashion-mnist", "--epochs", "1", "--layers", "2",
                  "--init-channels", "4", "--subset", "64", "--test-subset", "64", "--no-auxiliary", "--cutout",
-                 "--drop-path", "0.3", "--run-dir", str(run), "-q"]) == 0
+                 "--drop-path", "0.3", "--channels-last", "--run-dir", str(run), "-q"]) == 0
     assert f"run directory: {run}" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())["config"]
     assert (config["auxiliary"], config["cutout"], config["drop_path"], config["C"]) == (False, 16, 0.3, 4)
+    assert config["channels_last"] is True
     assert json.loads((run / "config.json").read_text())["genotype"] == dnas.published("PC_DARTS").to_dict()
 
 

@@ -70,6 +70,7 @@ def run_train(args: argparse.Namespace) -> None:
             "C": args.init_channels, "layers": args.layers, "auxiliary": args.auxiliary, "cutout": args.cutout,
             "drop_path": args.drop_path, "subset": args.subset, "test_subset": args.test_subset, "seed": args.seed,
             "device": args.device, "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
+            "channels_last": args.channels_last or None,
         }.items() if v is not None}
         result = train(args.genotype, args.dataset, network=args.network, run_dir=args.run_dir, runs_root=args.runs,
                        progress=not args.quiet, **settings)
@@ -165,6 +166,9 @@ def register(sub) -> None:
                    help=f"drop-path probability reached at the last epoch (default {defaults.drop_path}; imagenet 0)")
     t.add_argument("--subset", type=int, help="train on N training images only (quick runs; a fixed random sample)")
     t.add_argument("--test-subset", type=int, help="test on N test images only (a fixed random sample)")
+    t.add_argument("--channels-last", action="store_true",
+                   help="network and images in the NHWC memory layout (same results up to rounding; on a CPU "
+                        "about 5%% faster, docs/speed.md)")
     t.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
     t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     t.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")
