@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dnas.search import resolve_device
+from search_step import device_name
 
 HERE = Path(__file__).resolve().parent
 SHAPES = [(8, 16, 32), (3, 16, 32), (8, 32, 16), (8, 64, 8)]  # (edges, C, H)
@@ -152,8 +153,7 @@ def main() -> None:
                 row[layout] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
         results.append(row)
         print(f"{name:45}" + "".join(f"{str(row.get(k, '-')):>14}" for k in LAYOUTS), flush=True)
-    report = {"benchmark": "conv_variants", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else f"CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+    report = {"benchmark": "conv_variants", "device": device_name(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size, "unit": "us per forward+backward",
               "columns": list(LAYOUTS), "results": results}
     out = HERE / "out"

@@ -21,6 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 from dnas.methods import get_method
 from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device
 from dnas.spaces import SPACES
+from search_step import device_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,8 +73,7 @@ def main() -> None:
     total = sum(getattr(e, key) for e in events)
     rows = [{"name": e.key, "calls": e.count, "self_ms": round(getattr(e, key) / 1000, 2),
              "share": round(getattr(e, key) / total, 3)} for e in events[: args.rows]]
-    report = {"benchmark": "profile_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else f"CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+    report = {"benchmark": "profile_step", "device": device_name(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "method": args.method, "path": args.path,
               "precision": args.precision, "channels_last": args.channels_last, "batch_size": batch_size,
               "sorted_by": key,

@@ -33,6 +33,7 @@ import torch
 import dnas
 from dnas.search import resolve_device
 from results import append_rows, commit
+from search_step import device_name, path_options
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## End-to-end search (benchmarks/search_e2e.py): CIFAR-10 search, readable vs fused cell"
@@ -56,14 +57,14 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
-    unknown = [path for path in args.paths.split(",") if path.split("-")[0] not in ("readable", "fused", "fast")
-               or path.split("-")[1:] not in ([], ["bf16"], ["cl"], ["bf16", "cl"])]
-    if unknown:
-        p.error(f"unknown paths {unknown}; valid: readable, fused, fast, each optionally followed by -bf16 and -cl")
+    try:
+        paths = {path: path_options(path, ("readable", "fused", "fast")) for path in args.paths.split(",")}
+    except ValueError as e:
+        p.error(str(e))
     device = resolve_device(args.device)
 
     runs, failed = {}, {}  # a path that raises is reported, the others measured
-    for path in args.paths.split(","):
+    for path, (base, bf16, channels_last) in paths.items():
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             try:
@@ -71,9 +72,8 @@ def main() -> None:
                                      run_dir=Path(tmp) / path, progress=False, epochs=args.epochs,
                                      subset=args.subset or None, batch_size=args.batch_size, device=str(device),
                                      seed=2, C=args.init_channels, layers=args.layers,
-                                     fused=not path.startswith("readable"), cuda_graph=path.startswith("fast"),
-                                     precision="bf16" if "-bf16" in path else "fp32",
-                                     channels_last=path.endswith("-cl"))
+                                     fused=base != "readable", cuda_graph=base == "fast",
+                                     precision="bf16" if bf16 else "fp32", channels_last=channels_last)
             except Exception as e:
                 failed[path] = f"{type(e).__name__}: {e}"
                 continue
@@ -94,8 +94,7 @@ def main() -> None:
         r["same_genotype_as_readable"] = r["genotype"] == base["genotype"]
         r["max_alpha_diff_to_readable"] = float((r.pop("alphas") - reference).abs().max())
         r["max_abs_alpha"] = float(reference.abs().max())
-    report = {"benchmark": "search_e2e", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else f"CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+    report = {"benchmark": "search_e2e", "device": device_name(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg(), "settings": vars(args),
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": runs, "failed": failed}
     out = HERE / "out"

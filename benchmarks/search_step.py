@@ -51,27 +51,39 @@ COLUMNS = ["date", "device", "torch", "commit", "path", "method", "batch", "ms/s
            "peak memory (GB)", "load", "command"]
 
 
+def path_options(path: str, bases) -> tuple[str, bool, bool]:
+    """A benchmark path's name: its base (one of ``bases``), then whether -bf16 (bf16 autocast) and -cl
+    (channels_last) follow it, in that order."""
+    base, *options = path.split("-")
+    if base not in bases or options not in ([], ["bf16"], ["cl"], ["bf16", "cl"]):
+        raise ValueError(f"unknown path {path!r}; valid: {', '.join(bases)}, each optionally followed by -bf16 "
+                         f"and -cl ({bases[-1]}-cl, {bases[-1]}-bf16-cl, ...)")
+    return base, "bf16" in options, "cl" in options
+
+
 def measure(method_name: str, args, device: torch.device) -> list[dict]:
     """The step of one recipe (darts-v1 is first order, darts-v2 second order) on random CIFAR-shaped data,
     on each path (readable: SearchCell; fused: spaces/darts_fused.py; graph: the fused step replayed from a
-    CUDA graph, cuda_graph.py; graph-bf16: that under bf16 autocast), the paths' steps interleaved."""
+    CUDA graph, cuda_graph.py; -bf16: under bf16 autocast; -cl: in channels_last), the paths' steps
+    interleaved."""
     method = get_method(method_name)
     batch = lambda: (torch.randn(args.batch_size, 3, 32, 32, device=device),
                      torch.randint(0, 10, (args.batch_size,), device=device))
     inputs = (*batch(), *batch())
     steps, times, peaks, saved = {}, {}, {}, {}
     for path in args.paths:
+        base, bf16, channels_last = path_options(path, PATHS)
         torch.manual_seed(0)
         parts = method.build_parts()
         model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
                                                  relaxation=parts.relaxation, edge=parts.edge,
-                                                 **({} if path.startswith("readable") else {"fused": True}))
-        layout = torch.channels_last if path.endswith("-cl") else torch.contiguous_format
+                                                 **({} if base == "readable" else {"fused": True}))
+        layout = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(device, memory_format=layout)
         saved[path] = saved_for_backward(model, inputs[0])
         w_opt, a_opt = optimizers(model, SearchConfig())
-        step = partial(four_tensor_step, model, parts, a_opt, w_opt, "bf16" in path)
-        if path.startswith("graph"):
+        step = partial(four_tensor_step, model, parts, a_opt, w_opt, bf16)
+        if base == "graph":
             set_capturable(a_opt)
             step = GraphedStep(step)
         steps[path] = partial(step, *(t.contiguous(memory_format=layout) if t.dim() == 4 else t for t in inputs))
@@ -167,12 +179,11 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
     args.paths = args.paths.split(",")
-    unknown = {path for path in args.paths if path.split("-")[0] not in PATHS
-               or path.split("-")[1:] not in ([], ["bf16"], ["cl"], ["bf16", "cl"])}
-    if unknown:
-        p.error(f"unknown paths {sorted(unknown)}; valid: {', '.join(PATHS)}, each optionally followed by "
-                f"-bf16 and -cl (fused-cl, graph-bf16-cl, ...)")
-    if device.type != "cuda" and any(path.startswith("graph") for path in args.paths):
+    try:
+        bases = {path_options(path, PATHS)[0] for path in args.paths}
+    except ValueError as e:
+        p.error(str(e))
+    if device.type != "cuda" and "graph" in bases:
         p.error("the graph paths replay CUDA graphs: they need a GPU (--device cuda)")
 
     if args.rows_only:
