@@ -19,9 +19,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from dnas.methods import get_method
-from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device
-from dnas.spaces import SPACES
-from search_step import device_name
+from dnas.search import autocast, bilevel_step, resolve_device
+from search_step import device_name, supernet
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,14 +42,9 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
     batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
 
-    method = get_method(args.method)
-    parts = method.build_parts()
-    model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
-                                             relaxation=parts.relaxation, edge=parts.edge,
-                                             fused=args.path == "fused")
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=layout)
-    w_opt, a_opt = optimizers(model, SearchConfig())
+    model, parts, w_opt, a_opt = supernet(get_method(args.method), args.path == "fused", layout,
+                                          args.init_channels, args.layers, device)
     batch = lambda: (torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=layout),
                      torch.randint(0, 10, (batch_size,), device=device))
     train, val = batch(), batch()

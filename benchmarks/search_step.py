@@ -61,6 +61,17 @@ def path_options(path: str, bases) -> tuple[str, bool, bool]:
     return base, "bf16" in options, "cl" in options
 
 
+def supernet(method, fused: bool, layout: torch.memory_format, C: int, layers: int, device: torch.device):
+    """A recipe's supernet (CIFAR-shaped, seeded) in ``layout`` on ``device``, with its parts and its
+    optimisers ``(w, alpha)``."""
+    torch.manual_seed(0)
+    parts = method.build_parts()
+    model = SPACES.get(method.part("space"))(num_classes=10, C=C, layers=layers, relaxation=parts.relaxation,
+                                             edge=parts.edge, **({"fused": True} if fused else {}))
+    model = model.to(device, memory_format=layout)
+    return model, parts, *optimizers(model, SearchConfig())
+
+
 def measure(method_name: str, args, device: torch.device) -> list[dict]:
     """The step of one recipe (darts-v1 is first order, darts-v2 second order) on random CIFAR-shaped data,
     on each path (readable: SearchCell; fused: spaces/darts_fused.py; graph: the fused step replayed from a
@@ -73,15 +84,10 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     steps, times, peaks, saved = {}, {}, {}, {}
     for path in args.paths:
         base, bf16, channels_last = path_options(path, PATHS)
-        torch.manual_seed(0)
-        parts = method.build_parts()
-        model = SPACES.get(method.part("space"))(num_classes=10, C=args.init_channels, layers=args.layers,
-                                                 relaxation=parts.relaxation, edge=parts.edge,
-                                                 **({} if base == "readable" else {"fused": True}))
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        model = model.to(device, memory_format=layout)
+        model, parts, w_opt, a_opt = supernet(method, base != "readable", layout, args.init_channels, args.layers,
+                                              device)
         saved[path] = saved_for_backward(model, inputs[0])
-        w_opt, a_opt = optimizers(model, SearchConfig())
         step = partial(four_tensor_step, model, parts, a_opt, w_opt, bf16)
         if base == "graph":
             set_capturable(a_opt)
