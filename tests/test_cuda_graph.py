@@ -179,11 +179,6 @@ def test_a_failed_capture_leaves_the_step_eager_and_random_draws_working():
     assert graphed.replays == 0 and torch.randn(4, device="cuda").isfinite().all()
 
 
-def test_recurrent_search_refuses_cuda_graph(tmp_path):
-    with pytest.raises(ValueError, match="cuda_graph does not apply to the recurrent search"):
-        dnas.search(space="darts-rnn", method="darts-v1", cuda_graph=True, run_dir=tmp_path / "r")
-
-
 def test_a_run_saved_with_the_graph_on_resumes_without_it(fashion_mnist_root, tmp_path):
     """A --fast run from a GPU (Adam's step counters on the device) continues on a machine without one."""
     config = SearchConfig(method="darts-v1", dataset="fashion-mnist", subset=64, batch_size=16, epochs=1,

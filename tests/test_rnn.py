@@ -252,3 +252,13 @@ def test_bad_input_is_refused_clearly(ptb, tmp_path, capsys):
         build_lm(LMTrainConfig(emb_size=8, hidden_size=6), published("DARTS_RNN_V2"), 10)
     assert main(["info", "--genotype", "DARTS_RNN_V2", "--dataset", "ptb"]) == 0
     assert "22,960,000" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(cuda_graph=True), "cuda_graph does not apply to the recurrent search"),
+    (dict(channels_last=True), "channels_last is a layout of images"),
+    (dict(precision="bf16"), "precision 'bf16': the recurrent search runs in fp32 only"),
+])
+def test_recurrent_search_refuses_the_image_search_options(tmp_path, setting, message):
+    with pytest.raises(ValueError, match=message):
+        dnas.search(space="darts-rnn", method="darts-v1", run_dir=tmp_path / "r", **setting)

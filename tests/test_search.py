@@ -158,8 +158,3 @@ def test_channels_last_search_runs_in_nhwc(fashion_mnist_root, tmp_path):
     assert features.shape[1] > 1 and features.is_contiguous(memory_format=torch.channels_last)
     assert not features.is_contiguous()
     assert search.run(progress=False).genotype.nodes == 2
-
-
-def test_recurrent_search_refuses_channels_last(tmp_path):
-    with pytest.raises(ValueError, match="channels_last is a layout of images"):
-        dnas.search(space="darts-rnn", method="darts-v1", channels_last=True, run_dir=tmp_path / "r")
