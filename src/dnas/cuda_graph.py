@@ -115,10 +115,7 @@ class GraphedStep:
             with HostSyncs() as syncs:
                 out = self._on_side_stream(inputs)
             if syncs.found:
-                self.eager_reason = "; ".join(syncs.found.values())
-                name = getattr(self.step, "__name__", "the step").lstrip("_")
-                warnings.warn(f"{name} is not replayed from a CUDA graph, it runs eagerly: it makes the host wait "
-                              f"for the GPU ({self.eager_reason})", stacklevel=2)
+                self._run_eagerly(f"it makes the host wait for the GPU ({'; '.join(syncs.found.values())})")
             return out
         self.inputs = [t.clone() for t in inputs]
         self.graph = torch.cuda.CUDAGraph()
@@ -128,13 +125,17 @@ class GraphedStep:
         except Exception as e:  # the capture ran nothing: this step, and those after it, run eagerly
             _end_failed_capture(inputs[0].device)
             self.reset()
-            self.eager_reason = f"its capture failed ({type(e).__name__}: {str(e).splitlines()[0]})"
-            warnings.warn(f"the step is not replayed from a CUDA graph, it runs eagerly: {self.eager_reason}",
-                          stacklevel=2)
+            self._run_eagerly(f"its capture failed ({type(e).__name__}: {str(e).splitlines()[0]})")
             return self.step(*inputs)
         self.graph.replay()  # the capture ran nothing: this is the step of these inputs
         self.replays += 1
         return self.outputs
+
+    def _run_eagerly(self, reason: str) -> None:
+        """From now on: the step runs eagerly, for ``reason``, which a warning names."""
+        self.eager_reason = reason
+        name = getattr(self.step, "__name__", "the step").lstrip("_")
+        warnings.warn(f"{name} is not replayed from a CUDA graph, it runs eagerly: {reason}", stacklevel=3)
 
     def _on_side_stream(self, inputs):
         """An eager step on a side stream, as CUDA-graph warm-up must be."""
