@@ -1,18 +1,21 @@
 #!/bin/sh
-# The GPU checks of docs/speed.md in one call, for a session lent a GPU (on an H200 on 2026-11-26: steps
-# tests recipes profile took 5 minutes, e2e 2.5; each stage is capped by its timeouts, 9.5 minutes in all):
-# the search step of the paper's network at batch 64 on every path (first and second order, channels_last
-# and bf16 beside fp32, other recipes' paths), the CUDA tests (fused path against readable, CUDA-graph
-# replay against eager), the top kernels of an eager fused step (profile_step.py), the fused cell's
-# convolutions in other forms (conv_variants.py), and an end-to-end search on real CIFAR-10. The lent machine has PyTorch but neither dnas nor the data; first, here:
+# The GPU checks of docs/speed.md, for a session lent a GPU: the search step of the paper's network at batch
+# 64 on every path (first and second order, channels_last and bf16 beside fp32, other recipes' paths), the
+# CUDA tests (fused path against readable, CUDA-graph replay against eager), the top kernels of an eager
+# fused step (profile_step.py), the fused cell's convolutions in other forms (conv_variants.py), and an
+# end-to-end search on real CIFAR-10. On an H200 on 2026-11-26 `steps tests recipes profile` took 5
+# minutes and `e2e` 2.5; the stages' timeouts sum to 13 minutes, more than one call may run, so run them
+# in two calls (say `steps tests profile convs`, then `recipes e2e`) with timeout_s 600.
+# The lent machine has PyTorch but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/
 #     cp ../shared/tools/cifar10_from_jpeg.py .gpu_data/tools/
 #     cp /usr/share/datasets/fashion-mnist/*.gz .gpu_data/fashion-mnist/
-# (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device tool
-# with carry [".gpu_data"]; stages: steps tests recipes profile convs e2e (default: all, in that order). It writes
-# $OUT/*.json and logs (OUT defaults to benchmarks/out, at most 8 files come back); the rows go into
-# RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date and command.
+# (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
+# tool with carry [".gpu_data"]; stages: steps tests recipes profile convs e2e (default: all, in that
+# order). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8 files come back); the
+# rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date
+# and command.
 set -u
 export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1 DNAS_SHARED_DATA="$PWD/.gpu_data/data"
 OUT="${OUT:-benchmarks/out}"
