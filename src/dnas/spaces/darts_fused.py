@@ -16,11 +16,12 @@ kernels rather than by arithmetic. Here the edges that leave one state are compu
   written back (a cell's all at once), so a step leaves the same state behind;
 * the zero op, and ops whose weight is structurally zero (not sampled by a hard relaxation, masked out
   of the space), are not computed; skip is the identity;
-* the weighted sum of DARTS Eq. 2 is one multiply and one sum per source batch: the outputs of all its
-  ops concatenated, times their op weights (gathered for the whole cell by one precomputed index), summed
-  over the ops (and the two cell inputs) straight into the nodes; where the ops differ between edges
-  (masked, or sampled by a hard relaxation), one ``index_add`` instead. The sums into the nodes are one
-  add per source state.
+* the op weights of DARTS Eq. 2 (gathered for the whole cell by one precomputed index) are the affine
+  weights of each op's last BatchNorm, w BN(x) being BN(x) with weight w: no multiply runs, and the
+  BatchNorm's backward gives their gradient; only ops that end otherwise (skip) multiply. The ops that
+  one BatchNorm finishes are summed over the ops (and the two cell inputs) straight into the nodes by one
+  reduction; where the ops differ between edges (masked, or sampled by a hard relaxation), one
+  ``index_add`` instead. The sums into the nodes are one add per source state.
 
 Weights and buffers are read from the readable modules at call time, so a fused supernet has the same
 ``state_dict``, works under ``torch.func.functional_call`` (the unrolled model of second-order DARTS) and
@@ -372,12 +373,14 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
             if (g.head, g.edge_ids) not in begun:
                 begun[g.head, g.edge_ids] = begun[g.head].index_select(1, g.src).flatten(1, 2)
             outs.append(begun[g.head, g.edge_ids])
-    outs = _run_groups(batch.groups, outs, [int(g.head is not None) for g in batch.groups], run)
+    per_channel = w.repeat_interleave(x.shape[2]).split([len(g.edge_ids) * x.shape[2] for g in batch.groups])
+    starts = [int(g.head is not None) for g in batch.groups]
+    blocks, order = _run_groups(batch.groups, outs, starts, per_channel, run)
     h, w_ = ((d + batch.stride - 1) // batch.stride for d in x.shape[-2:])
     shape = (n, len(batch.edges), x.shape[2], h, w_)  # of the edges' outputs
     if st is None and k is None and edge_weights is None:  # no term per edge: sum straight into the nodes
-        return _weighted_sum(batch, outs, w, None, shape, by_node=True)
-    y = _weighted_sum(batch, outs, w, st, shape, by_node=False)
+        return _sum_slots(batch, blocks, order, w, None, shape, by_node=True)
+    y = _sum_slots(batch, blocks, order, w, st, shape, by_node=False)
     if k is not None:  # PC-DARTS: the bypassed channels, then the channel shuffle of each edge
         if batch.stride == 2:
             rest = F.max_pool2d(rest.flatten(1, 2), 2, 2).unflatten(1, (sources, -1))
@@ -404,42 +407,56 @@ def _copy_to_edges(begun: dict, heads: list, per: int) -> dict:
     return copies
 
 
-def _weighted_sum(batch: _Batch, outs, w, st, shape, by_node: bool) -> torch.Tensor:
-    """DARTS Eq. 2 for every edge of the batch at once: the groups' outputs concatenated, times the slots'
-    op weights, summed per edge (``shape``, plus the straight-through term ``st``), or with ``by_node``
-    summed over the sources too, per node.
+def _sum_slots(batch: _Batch, blocks, order, w, st, shape, by_node: bool) -> torch.Tensor:
+    """DARTS Eq. 2 for every edge of the batch at once: the groups' outputs, already weighed by their op
+    weights and concatenated in ``blocks`` (of the groups in ``order``), summed per edge (``shape``, plus
+    the straight-through term ``st``), or with ``by_node`` summed over the sources too, per node. ``w``,
+    the slots' weights, gives the dtype of an empty sum.
 
-    When every group covers every edge in order the sum is a reduction over the groups, otherwise an
-    ``index_add`` at the slots' edges."""
+    When every group covers every edge in order the sum is one reduction per block, otherwise one
+    ``index_add`` of all the slots at their edges."""
     sources = len(batch.sources)
     if by_node:
         shape = (shape[0], shape[1] // sources, *shape[2:])
-    if not outs:  # every edge of the batch runs the zero op only
-        return w.new_zeros(shape) if st is None else st.view(1, -1, 1, 1, 1).expand(shape)
-    z = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
-    if batch.pos is None:  # (N, groups, sources, edges per source, C, H, W)
-        z = z.unflatten(1, (len(batch.groups), sources, -1, shape[2]))
-        z = z * w.view(1, *z.shape[1:4], 1, 1, 1)
-        dims = [d for d in ((1, 2) if by_node else (1,)) if z.shape[d] > 1]
-        y = (z.sum(dims, keepdim=True) if dims else z).flatten(1, 3)
+    base = lambda: w.new_zeros(shape) if st is None else st.view(1, -1, 1, 1, 1).expand(shape)
+    if not blocks:  # every edge of the batch runs the zero op only
+        return base()
+    if batch.pos is None:  # each block (N, groups x sources x edges per source x C, H, W)
+        y = None
+        for b in blocks:
+            groups = b.shape[1] // (len(batch.edges) * shape[2])
+            b = b.unflatten(1, (groups, -1)).sum(1) if groups > 1 else b
+            y = b if y is None else y + b
+        if by_node and sources > 1:
+            y = y.unflatten(1, (sources, -1)).sum(1)
+        y = y.unflatten(1, (-1, shape[2]))
         return y if st is None else y + st.view(1, -1, 1, 1, 1)
-    z = z.unflatten(1, (batch.slots, -1)) * w.view(1, -1, 1, 1, 1)
-    y = z.new_zeros(shape) if st is None else st.view(1, -1, 1, 1, 1).expand(shape)
-    return y.index_add(1, batch.node_pos if by_node else batch.pos, z)
+    z = (torch.cat(blocks, 1) if len(blocks) > 1 else blocks[0]).unflatten(1, (batch.slots, -1))
+    pos = batch.node_pos if by_node else batch.pos
+    if order != sorted(order):
+        pos = pos.split([len(g.edge_ids) for g in batch.groups])
+        pos = torch.cat([pos[i] for i in order])
+    return base().index_add(1, pos, z)
 
 
-def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int], run: _Run) -> list:
-    """Run every group's leaves on its slot input, one BatchNorm for all the groups waiting at one.
+def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int], weights, run: _Run):
+    """Run every group's leaves on its slot input, one BatchNorm for all the groups waiting at one, and
+    weigh each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2).
 
     The groups advance together: each runs its leaves up to its next BatchNorm, then the BatchNorms of
     every group that reached one (with the same settings and spatial size) run as one over the
-    concatenated channels."""
-    ptr = list(starts)
+    concatenated channels. Where that BatchNorm is a group's last leaf the weights are its affine weight,
+    w BN(x) being BN(x) with weight w: no multiply forward, and the BatchNorm's backward gives the
+    weights' gradient in the pass it makes anyway. Groups that end otherwise (skip) are multiplied.
+
+    Returns the weighted outputs as blocks, each of some groups' outputs concatenated (the groups a
+    BatchNorm finished are one block), and the order of the groups in the blocks."""
+    ptr, blocks, order = list(starts), [], []
     while True:
         for i, g in enumerate(groups):
             while ptr[i] < len(g.leaves) and g.leaves[ptr[i]][0] != "bn":
-                weights = [run.weights[bank][piece] for bank, piece in g.convs[ptr[i]]]
-                xs[i] = _run_leaf(g.leaves[ptr[i]], xs[i], len(g.edge_ids), weights, run.noise, g.edge_ids)
+                convs = [run.weights[bank][piece] for bank, piece in g.convs[ptr[i]]]
+                xs[i] = _run_leaf(g.leaves[ptr[i]], xs[i], len(g.edge_ids), convs, run.noise, g.edge_ids)
                 ptr[i] += 1
         waiting: dict[tuple, list[int]] = {}
         for i, g in enumerate(groups):
@@ -447,19 +464,35 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int],
                 bn = g.leaves[ptr[i]][1][0]
                 waiting.setdefault((_signature(("bn", bn))[2:], xs[i].shape[2:], bn.training), []).append(i)
         if not waiting:
-            return xs
+            break
         for members in waiting.values():
+            going = [i for i in members if ptr[i] < len(groups[i].leaves) - 1]
+            done = [i for i in members if ptr[i] == len(groups[i].leaves) - 1]  # last: one block after the rest
+            members = going + done
             mods = [m for i in members for m in groups[i].leaves[ptr[i]][1]]
             x = torch.cat([xs[i] for i in members], 1) if len(members) > 1 else xs[members[0]]
-            y = _batch_norm(x, mods, run)
-            for i, part in zip(members, y.split([xs[i].shape[1] for i in members], 1)):
+            scale = None
+            if done:  # 1 for the channels of the groups that go on
+                scale = [x.new_ones(sum(xs[i].shape[1] for i in going))] if going else []
+                scale = torch.cat(scale + [weights[i] for i in done]) if len(going + done) > 1 else weights[done[0]]
+            sizes = [xs[i].shape[1] for i in going] + ([sum(xs[i].shape[1] for i in done)] if done else [])
+            parts = _batch_norm(x, mods, run, scale).split(sizes, 1)
+            for i, part in zip(going, parts):
                 xs[i] = part
+            for i in members:
                 ptr[i] += 1
+            if done:
+                blocks.append(parts[-1])
+                order += done
+    unweighed = [i for i in range(len(groups)) if i not in order]
+    blocks += [xs[i] * weights[i].view(1, -1, 1, 1) for i in unweighed]
+    return blocks, order + unweighed
 
 
-def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run) -> torch.Tensor:
-    """The BatchNorms ``mods`` over their concatenated channels; their running statistics, updated in one
-    concatenated copy, are written back to the modules when the cell is done."""
+def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=None) -> torch.Tensor:
+    """The BatchNorms ``mods`` over their concatenated channels, their outputs times ``scale`` per channel
+    if given; their running statistics, updated in one concatenated copy, are written back to the modules
+    when the cell is done."""
     m = mods[0]
     if len(mods) > 1:
         buffers = [b.running_mean for b in mods] + [b.running_var for b in mods]
@@ -469,6 +502,9 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run) -> torch
         bias = torch.cat([b.bias for b in mods]) if m.affine else None
     else:
         mean, var, weight, bias = m.running_mean, m.running_var, m.weight, m.bias
+    if scale is not None:  # s (g x^ + b) = (s g) x^ + s b
+        weight = scale if weight is None else weight * scale
+        bias = None if bias is None else bias * scale
     y = F.batch_norm(x, mean, var, weight, bias, m.training, m.momentum, m.eps)
     if m.training:
         if len(mods) > 1:
