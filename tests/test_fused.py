@@ -136,6 +136,29 @@ def test_other_ops_run_fused_with_equal_results():
         assert_close(a, b, "gradient")
 
 
+def test_ops_the_same_on_every_edge_equal_the_readable_cell():
+    """Poolings with their BatchNorms and the skip compute the same on every edge leaving a state, so the
+    fused cell runs them once per source; in a space of only such ops every source batch runs so. The loss,
+    gradients, every edge's BatchNorm running statistics and the evaluation-mode output are the readable
+    cell's."""
+    out = []
+    for fused in (False, True):
+        model = supernet(fused, ops=("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"))
+        x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        loss = model(x).logsumexp(1).sum()
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        model.eval()
+        out.append((loss, grads, model.state_dict(), model(x)))
+    (loss_r, grads_r, state_r, eval_r), (loss_f, grads_f, state_f, eval_f) = out
+    assert_close(loss_r, loss_f, "loss")
+    for a, b in zip(grads_r, grads_f):
+        assert_close(a, b, "gradient")
+    assert state_r.keys() == state_f.keys()
+    for n in state_r:
+        assert_close(state_r[n].double(), state_f[n].double(), n)
+    assert_close(eval_r, eval_f, "evaluation-mode logits")
+
+
 def test_unknown_edge_class_falls_back_to_the_readable_cell():
     class Doubled(MixedEdge):
         def forward(self, x, weights, active=None):
@@ -172,8 +195,8 @@ def kernels(model, x) -> Counter:
 
 def test_fused_forward_launches_fewer_kernels():
     """The point of the fast path: per cell, one convolution per op and source batch instead of one per
-    op and edge, two BatchNorms per source batch instead of one per op and edge, and the op weights
-    applied by those BatchNorms instead of one multiply per op and edge."""
+    op and edge, two or three BatchNorms per source batch instead of one per op and edge, and the op
+    weights applied by those BatchNorms and one matmul instead of one multiply per op and edge."""
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     readable, fused = kernels(supernet(False), x), kernels(supernet(True), x)
     cells, batches, reductions = 5, 4, 2  # source batches: the two inputs together, then nodes 0, 1, 2
@@ -182,13 +205,16 @@ def test_fused_forward_launches_fewer_kernels():
     assert readable["convolution"] == 1 + cells * (2 + 14 * 12) + reductions * 8 * 2 + reductions
     assert fused["convolution"] == 1 + cells * (2 + batches * 12) + reductions * 2 + reductions
     assert readable["native_batch_norm"] == 1 + cells * (2 + 14 * 8) + reductions * 8
-    assert fused["native_batch_norm"] == 1 + cells * (2 + batches * 2)
-    # DARTS Eq. 2: the op weights are the affine weights of the ops' last BatchNorms; only the skip, where
-    # it is the identity (not the reducing edges' FactorizedReduce), multiplies by them (two backward). The
-    # op weights of a cell are gathered by one index_select (an index_add backward), no other indexing
-    assert fused["mul"] == (cells * batches - reductions) * 3
+    # the poolings' BatchNorms run once per source, where several edges leave it (all but the last batch)
+    assert fused["native_batch_norm"] == 1 + cells * (2 + batches * 2) + cells * (batches - 1)
+    # DARTS Eq. 2: the op weights are the affine weights of the ops' last BatchNorms, and the ops that
+    # compute the same on every edge of a source (poolings, skip) are summed by one batched matmul (two
+    # backward); only the last batch's skip (one edge per source) multiplies by its weight. The op weights
+    # of a cell are gathered by one index_select (an index_add backward), no other indexing
+    assert fused["bmm"] == cells * (batches - 1) * 3
+    assert fused["mul"] == cells * 3
     assert fused["index_select"] == fused["index_add"] == cells
-    assert sum(fused.values()) < sum(readable.values()) / 5
+    assert sum(fused.values()) < sum(readable.values()) / 4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the fast path on the GPU")

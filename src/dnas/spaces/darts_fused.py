@@ -6,7 +6,10 @@ kernels rather than by arithmetic. Here the edges that leave one state are compu
 ``nodes`` edges that leave the two cell inputs all at once:
 
 * a ReLU or pooling that begins an op runs once per source state, not once per edge, and what the ops on
-  every edge begin with is copied to the edges at once;
+  every edge begin with is copied to the edges at once; an op that computes the same on every edge of a
+  source (a pooling and its BatchNorm, which normalises by the batch and holds no parameters; the skip)
+  is not copied at all: it runs once per source, each edge's BatchNorm running statistics updated as its
+  own forward would, and its share of DARTS Eq. 2 is one batched matmul with the edges' op weights;
 * one op on several edges is one convolution: the depthwise convolutions of the edges stacked
   (groups = edges x C), the pointwise ones as one convolution with groups = edges; a cell's convolution
   weights are concatenated once per shape and split per convolution;
@@ -362,9 +365,13 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     for g in batch.groups:
         if g.head not in begun:
             begun[g.head] = _run_leaf(g.leaves[0], x.flatten(1, 2), sources).unflatten(1, (sources, -1))
-    copies = _copy_to_edges(begun, [g.head for g in batch.groups if g.every_edge], per) if per > 1 else {}
+    # the ops that compute the same on every edge of a source run once per source (where every op covers
+    # every edge, so that the order of the groups' blocks does not matter to _sum_slots); the rest per edge
+    shared = [batch.pos is None and per > 1 and _same_on_every_edge(g) for g in batch.groups]
+    groups = [g for g, same in zip(batch.groups, shared) if not same]
+    copies = _copy_to_edges(begun, [g.head for g in groups if g.every_edge], per) if per > 1 else {}
     outs = []
-    for g in batch.groups:  # its input: its slots' sources one after another, (N, slots x C, H, W)
+    for g in groups:  # its input: its slots' sources one after another, (N, slots x C, H, W)
         if g.every_edge and per > 1:
             outs.append(copies[g.head])
         elif g.every_edge or len(g.edge_ids) == sources == 1:
@@ -373,9 +380,15 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
             if (g.head, g.edge_ids) not in begun:
                 begun[g.head, g.edge_ids] = begun[g.head].index_select(1, g.src).flatten(1, 2)
             outs.append(begun[g.head, g.edge_ids])
-    per_channel = w.repeat_interleave(x.shape[2]).split([len(g.edge_ids) * x.shape[2] for g in batch.groups])
-    starts = [int(g.head is not None) for g in batch.groups]
-    blocks, order = _run_groups(batch.groups, outs, starts, per_channel, run)
+    slot_weights = w.split([len(g.edge_ids) for g in batch.groups])
+    w_groups = [v for v, same in zip(slot_weights, shared) if not same]
+    w_groups = w if len(w_groups) == len(slot_weights) else torch.cat(w_groups) if w_groups else w[:0]
+    per_channel = w_groups.repeat_interleave(x.shape[2]).split([len(g.edge_ids) * x.shape[2] for g in groups])
+    blocks, order = _run_groups(groups, outs, [int(g.head is not None) for g in groups], per_channel, run)
+    if any(shared):
+        once = [i for i, same in enumerate(shared) if same]
+        once = [batch.groups[i] for i in once], [slot_weights[i] for i in once]
+        blocks.append(_per_source_sum(*once, begun, per, run))
     h, w_ = ((d + batch.stride - 1) // batch.stride for d in x.shape[-2:])
     shape = (n, len(batch.edges), x.shape[2], h, w_)  # of the edges' outputs
     if st is None and k is None and edge_weights is None:  # no term per edge: sum straight into the nodes
@@ -392,6 +405,58 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     if batch.keep is not None:
         y = y * batch.keep.to(y.dtype).view(1, -1, 1, 1, 1)
     return y.unflatten(1, (sources, -1)).sum(1) if sources > 1 else y
+
+
+def _same_on_every_edge(g: _Group) -> bool:
+    """Whether the op computes the same on every edge that leaves a source: what follows its head (a
+    pooling, a ReLU, or nothing: the skip) is only BatchNorms that normalise by the batch (training, not
+    affine), which hold no parameters, only running statistics."""
+    rest = g.leaves[int(g.head is not None):]
+    return all(kind == "bn" and mods[0].training and not mods[0].affine for kind, mods in rest)
+
+
+def _per_source_sum(groups: list[_Group], weights: list, begun: dict, per: int, run: _Run) -> torch.Tensor:
+    """The weighted outputs of ops that compute the same on every edge of a source (pooling and its
+    BatchNorm, the skip), (N, edges x C, H, W) as a block of ``_sum_slots``: each op runs once per source,
+    not copied to the edges, and DARTS Eq. 2 over these ops is one batched matmul of their outputs with
+    their weights ``weights`` (per op, one per edge), giving every edge its own sum."""
+    xs = [begun[g.head].flatten(1, 2) for g in groups]  # (N, sources x C, H, W)
+    ptr = [int(g.head is not None) for g in groups]
+    while any(p < len(g.leaves) for p, g in zip(ptr, groups)):  # BatchNorms, one for those of one shape
+        waiting: dict[tuple, list[int]] = {}
+        for i, g in enumerate(groups):
+            if ptr[i] < len(g.leaves):
+                waiting.setdefault((g.leaves[ptr[i]][1][0].eps, xs[i].shape[2:]), []).append(i)
+        for members in waiting.values():
+            x = torch.cat([xs[i] for i in members], 1) if len(members) > 1 else xs[members[0]]
+            mods = [m for i in members for m in groups[i].leaves[ptr[i]][1]]
+            parts = _batch_norm_per_source(x, mods, per, run).split([xs[i].shape[1] for i in members], 1)
+            for i, part in zip(members, parts):
+                xs[i] = part
+                ptr[i] += 1
+    n, _, height, width = xs[0].shape
+    sources = len(weights[0]) // per
+    z = torch.stack([x.reshape(n, sources, -1) for x in xs], 2)  # (N, sources, ops, C H W)
+    w = torch.stack(weights).view(len(groups), sources, per).permute(1, 2, 0)  # (sources, per, ops)
+    return torch.matmul(w, z).view(n, -1, height, width)  # (N, sources, per, C H W): per edge
+
+
+def _batch_norm_per_source(x: torch.Tensor, mods: list[nn.BatchNorm2d], per: int, run: _Run) -> torch.Tensor:
+    """The BatchNorms ``mods`` of ``per`` edges each that see the same input channels of ``x``, training
+    and not affine: their output is the batch's normalisation of ``x``, once; each module's running
+    statistics move towards the batch's mean and unbiased variance by its momentum, as its own forward
+    would move them, written back when the cell is done."""
+    m = mods[0]
+    y = F.batch_norm(x, None, None, training=True, eps=m.eps)
+    with torch.no_grad():
+        var, mean = torch.var_mean(x.to(m.running_mean.dtype), dim=(0, 2, 3), correction=1)  # bf16: in fp32
+        batch = torch.stack([mean, var]).view(2, -1, 1, m.num_features).expand(-1, -1, per, -1).flatten()
+        buffers = [b.running_mean for b in mods] + [b.running_var for b in mods]
+        values = torch.cat(buffers).lerp_(batch, m.momentum)  # (1 - momentum) old + momentum batch
+    run.buffers += buffers
+    run.values += values.split([b.num_features for b in mods] * 2)
+    run.counters += [b.num_batches_tracked for b in mods]
+    return y
 
 
 def _copy_to_edges(begun: dict, heads: list, per: int) -> dict:
