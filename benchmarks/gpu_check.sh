@@ -11,9 +11,11 @@
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/
 #     cp ../shared/tools/cifar10_from_jpeg.py .gpu_data/tools/
 #     cp /usr/share/datasets/fashion-mnist/*.gz .gpu_data/fashion-mnist/
+# and, for an A/B of the replayed step against an earlier commit on the same GPU (stage `base`),
+#     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
-# tool with carry [".gpu_data"]; stages: steps tests recipes profile convs e2e (default: all, in that
-# order). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8 files come back); the
+# tool with carry [".gpu_data"]; stages: steps base tests recipes profile convs e2e (default: all but base,
+# in that order). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8 files come back); the
 # rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date
 # and command.
 set -u
@@ -53,6 +55,10 @@ for stage in $STAGES; do case $stage in
 steps)
     step darts-v1 darts-v1 readable,fused,graph,graph-bf16,graph-cl,graph-bf16-cl 10 100
     step darts-v2 darts-v2 readable,fused,graph,graph-bf16,graph-cl,graph-bf16-cl 10 140 ;;
+base)
+    if [ -d .gpu_data/base/src ]; then
+        (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1,darts-v2 graph,graph-cl 10 120)
+    else echo "stage base: no .gpu_data/base/src (see the header)"; fi ;;
 tests)
     timeout 140 python3 -m pytest -q -rfEs --durations=5 --timeout 60 -p no:cacheprovider tests/test_cuda_graph.py \
         tests/test_fused.py -k "cuda or replay or replayed or eager or failed" > "$OUT/tests.log" 2>&1
@@ -69,5 +75,5 @@ e2e)
     [ -f .cache/cifar10/cifar-10-batches-py/test_batch ] || python3 .gpu_data/tools/cifar10_from_jpeg.py .cache/cifar10 > /dev/null
     e2e darts-v1 fast,fast-bf16 90
     e2e darts-v2 fast 90 ;;
-*) echo "unknown stage $stage; valid: steps tests recipes profile convs e2e" ;;
+*) echo "unknown stage $stage; valid: steps base tests recipes profile convs e2e" ;;
 esac; done
