@@ -422,11 +422,12 @@ def _per_source_sum(groups: list[_Group], weights: list, begun: dict, per: int, 
     their weights ``weights`` (per op, one per edge), giving every edge its own sum."""
     xs = [begun[g.head].flatten(1, 2) for g in groups]  # (N, sources x C, H, W)
     ptr = [int(g.head is not None) for g in groups]
-    while any(p < len(g.leaves) for p, g in zip(ptr, groups)):  # BatchNorms, one for those of one shape
+    while any(p < len(g.leaves) for p, g in zip(ptr, groups)):  # BatchNorms: one for those alike
         waiting: dict[tuple, list[int]] = {}
         for i, g in enumerate(groups):
             if ptr[i] < len(g.leaves):
-                waiting.setdefault((g.leaves[ptr[i]][1][0].eps, xs[i].shape[2:]), []).append(i)
+                bn = g.leaves[ptr[i]][1][0]
+                waiting.setdefault((_signature(("bn", bn))[1:], xs[i].shape[2:]), []).append(i)
         for members in waiting.values():
             x = torch.cat([xs[i] for i in members], 1) if len(members) > 1 else xs[members[0]]
             mods = [m for i in members for m in groups[i].leaves[ptr[i]][1]]
