@@ -355,7 +355,7 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     ``w`` holds the op weight of every slot of the groups; ``st`` (the straight-through term) and
     ``edge_weights`` a value per edge."""
     x = torch.cat(hs, 1).unflatten(1, (len(hs), -1)) if len(hs) > 1 else hs[0].unsqueeze(1)  # in hs' layout
-    nhwc = x.stride(2) == 1 and x.shape[-2:].numel() > 1  # channels innermost: the states are channels_last
+    nhwc = _channels_innermost(x.flatten(1, 2))
     k = batch.partial_channels
     if k is not None:
         c = x.shape[2] // k
@@ -438,8 +438,11 @@ def _per_source_sum(groups: list[_Group], weights: list, begun: dict, per: int, 
                 ptr[i] += 1
     n, _, height, width = xs[0].shape
     sources = len(weights[0]) // per
-    z = torch.stack([x.reshape(n, sources, -1) for x in xs], 2)  # (N, sources, ops, C H W)
     w = torch.stack(weights).view(len(groups), sources, per).permute(1, 2, 0)  # (sources, per, ops)
+    if _channels_innermost(xs[0]):  # (N, H, W, sources, ops, C) -> (N, H, W, sources, per, C): NHWC
+        z = torch.stack([x.permute(0, 2, 3, 1).unflatten(3, (sources, -1)) for x in xs], 4)
+        return torch.matmul(w, z).flatten(3).permute(0, 3, 1, 2)
+    z = torch.stack([x.reshape(n, sources, -1) for x in xs], 2)  # (N, sources, ops, C H W)
     return torch.matmul(w, z).view(n, -1, height, width)  # (N, sources, per, C H W): per edge
 
 
@@ -497,10 +500,10 @@ def _sum_slots(batch: _Batch, blocks, order, w, st, shape, by_node: bool) -> tor
         y = None
         for b in blocks:
             groups = b.shape[1] // (len(batch.edges) * shape[2])
-            b = b.unflatten(1, (groups, -1)).sum(1) if groups > 1 else b
+            b = _sum_blocks(b, groups) if groups > 1 else b
             y = b if y is None else y + b
         if by_node and sources > 1:
-            y = y.unflatten(1, (sources, -1)).sum(1)
+            y = _sum_blocks(y, sources)
         y = y.unflatten(1, (-1, shape[2]))
         return y if st is None else y + st.view(1, -1, 1, 1, 1)
     z = (torch.cat(blocks, 1) if len(blocks) > 1 else blocks[0]).unflatten(1, (batch.slots, -1))
@@ -509,6 +512,20 @@ def _sum_slots(batch: _Batch, blocks, order, w, st, shape, by_node: bool) -> tor
         pos = pos.split([len(g.edge_ids) for g in batch.groups])
         pos = torch.cat([pos[i] for i in order])
     return base().index_add(1, pos, z)
+
+
+def _channels_innermost(t: torch.Tensor) -> bool:
+    """Whether ``t`` (N, C, H, W) is laid out channels_last (NHWC), if not densely: a channel slice of it."""
+    return t.stride(1) == 1 and t.shape[-2:].numel() > 1
+
+
+def _sum_blocks(t: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``t`` (N, blocks x K, H, W) summed over its blocks, (N, K, H, W), in the layout of ``t``: a sum over
+    a dimension of a channels_last tensor would return NCHW, and every convolution after it would copy its
+    input back to NHWC."""
+    if _channels_innermost(t):
+        return t.permute(0, 2, 3, 1).unflatten(3, (blocks, -1)).sum(3).permute(0, 3, 1, 2)
+    return t.unflatten(1, (blocks, -1)).sum(1)
 
 
 def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int], weights, run: _Run):
@@ -600,6 +617,9 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
     if kind == "fr":
         a = _conv(x, [f.conv_1 for f in mods], slots, weights[0])
         b = _conv(x[:, :, 1:, 1:], [f.conv_2 for f in mods], slots, weights[1])
+        if _channels_innermost(x):  # each edge's two halves side by side, in NHWC
+            per_slot = lambda t: t.permute(0, 2, 3, 1).unflatten(3, (slots, -1))
+            return torch.cat([per_slot(a), per_slot(b)], 4).flatten(3).permute(0, 3, 1, 2)
         return torch.cat([a.unflatten(1, (slots, -1)), b.unflatten(1, (slots, -1))], 2).flatten(1, 2)
     if kind == "noise":
         if not m.training:
