@@ -248,13 +248,12 @@ def _build_plan(cell, active, device) -> _Plan | None:
                 random.update((e, leaf) for leaf in leaves if leaf[0] in ("noise", "dropout"))
                 slots.setdefault((o, signature), []).append((srcs.index(j), pos, e, leaves))
         groups, positions = [], []
-        for (o, _), members in sorted(slots.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0)):
+        for (o, signature), members in sorted(slots.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0)):
             edge_ids = tuple(m[2] for m in members)
-            lead = members[0][3][0] if members[0][3] else None
             groups.append(_Group(
                 leaves=[(leaves[0], [m[3][k][1] for m in members]) for k, leaves in enumerate(members[0][3])],
                 src=tensor([m[0] for m in members]), edge_ids=edge_ids, every_edge=list(edge_ids) == edges,
-                head=_signature(lead) if lead and lead[0] in ("relu", "pool") else None))
+                head=signature[0] if signature and signature[0][0] in ("relu", "pool") else None))
             positions += [m[1] for m in members]
             weight_index += [slot_weight(e, o) for e in edge_ids]
         first = cell.edges[edges[0]]
