@@ -353,7 +353,7 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
 
     ``w`` holds the op weight of every slot of the groups; ``st`` (the straight-through term) and
     ``edge_weights`` a value per edge."""
-    x = torch.cat(hs, 1).unflatten(1, (len(hs), -1)) if len(hs) > 1 else hs[0].unsqueeze(1)  # in hs' layout
+    x = _cat(hs).unflatten(1, (len(hs), -1))  # (N, sources, C, H, W), in the states' layout
     nhwc = _channels_innermost(x.flatten(1, 2))
     k = batch.partial_channels
     if k is not None:
@@ -382,13 +382,13 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
             outs.append(begun[g.head, g.edge_ids])
     slot_weights = w.split([len(g.edge_ids) for g in batch.groups])
     w_groups = [v for v, same in zip(slot_weights, shared) if not same]
-    w_groups = w if len(w_groups) == len(slot_weights) else torch.cat(w_groups) if w_groups else w[:0]
+    w_groups = w if len(w_groups) == len(slot_weights) else _cat(w_groups, dim=0) if w_groups else w[:0]
     per_channel = w_groups.repeat_interleave(x.shape[2]).split([len(g.edge_ids) * x.shape[2] for g in groups])
     blocks, order = _run_groups(groups, outs, [int(g.head is not None) for g in groups], per_channel, run)
     if any(shared):
         once = [i for i, same in enumerate(shared) if same]
-        once = [batch.groups[i] for i in once], [slot_weights[i] for i in once]
-        blocks.append(_per_source_sum(*once, begun, per, run))
+        groups_once, weights_once = [batch.groups[i] for i in once], [slot_weights[i] for i in once]
+        blocks.append(_per_source_sum(groups_once, weights_once, begun, per, run))
     h, w_ = ((d + batch.stride - 1) // batch.stride for d in x.shape[-2:])
     shape = (n, len(batch.edges), x.shape[2], h, w_)  # of the edges' outputs
     if st is None and k is None and edge_weights is None:  # no term per edge: sum straight into the nodes
@@ -429,7 +429,7 @@ def _per_source_sum(groups: list[_Group], weights: list, begun: dict, per: int, 
                 bn = g.leaves[ptr[i]][1][0]
                 waiting.setdefault((_signature(("bn", bn))[1:], xs[i].shape[2:]), []).append(i)
         for members in waiting.values():
-            x = torch.cat([xs[i] for i in members], 1) if len(members) > 1 else xs[members[0]]
+            x = _cat([xs[i] for i in members])
             mods = [m for i in members for m in groups[i].leaves[ptr[i]][1]]
             parts = _batch_norm_per_source(x, mods, per, run).split([xs[i].shape[1] for i in members], 1)
             for i, part in zip(members, parts):
@@ -505,12 +505,17 @@ def _sum_slots(batch: _Batch, blocks, order, w, st, shape, by_node: bool) -> tor
             y = _sum_blocks(y, sources)
         y = y.unflatten(1, (-1, shape[2]))
         return y if st is None else y + st.view(1, -1, 1, 1, 1)
-    z = (torch.cat(blocks, 1) if len(blocks) > 1 else blocks[0]).unflatten(1, (batch.slots, -1))
+    z = _cat(blocks).unflatten(1, (batch.slots, -1))
     pos = batch.node_pos if by_node else batch.pos
     if order != sorted(order):
         pos = pos.split([len(g.edge_ids) for g in batch.groups])
         pos = torch.cat([pos[i] for i in order])
     return base().index_add(1, pos, z)
+
+
+def _cat(tensors: list[torch.Tensor], dim: int = 1) -> torch.Tensor:
+    """The tensors concatenated (along the channels by default); one alone as it is, not copied."""
+    return torch.cat(tensors, dim) if len(tensors) > 1 else tensors[0]
 
 
 def _channels_innermost(t: torch.Tensor) -> bool:
@@ -558,11 +563,11 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int],
             done = [i for i in members if ptr[i] == len(groups[i].leaves) - 1]  # last: one block after the rest
             members = going + done
             mods = [m for i in members for m in groups[i].leaves[ptr[i]][1]]
-            x = torch.cat([xs[i] for i in members], 1) if len(members) > 1 else xs[members[0]]
+            x = _cat([xs[i] for i in members])
             scale = None
             if done:  # 1 for the channels of the groups that go on
-                scale = [x.new_ones(sum(xs[i].shape[1] for i in going))] if going else []
-                scale = torch.cat(scale + [weights[i] for i in done]) if len(going + done) > 1 else weights[done[0]]
+                ones = [x.new_ones(sum(xs[i].shape[1] for i in going))] if going else []
+                scale = _cat(ones + [weights[i] for i in done], dim=0)
             sizes = [xs[i].shape[1] for i in going] + ([sum(xs[i].shape[1] for i in done)] if done else [])
             parts = _batch_norm(x, mods, run, scale).split(sizes, 1)
             for i, part in zip(going, parts):
