@@ -354,7 +354,6 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     ``w`` holds the op weight of every slot of the groups; ``st`` (the straight-through term) and
     ``edge_weights`` a value per edge."""
     x = _cat(hs).unflatten(1, (len(hs), -1))  # (N, sources, C, H, W), in the states' layout
-    nhwc = _channels_innermost(x.flatten(1, 2))
     k = batch.partial_channels
     if k is not None:
         c = x.shape[2] // k
@@ -369,7 +368,7 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     # every edge, so that the order of the groups' blocks does not matter to _sum_slots); the rest per edge
     shared = [batch.pos is None and per > 1 and _same_on_every_edge(g) for g in batch.groups]
     groups = [g for g, same in zip(batch.groups, shared) if not same]
-    copies = _copy_to_edges(begun, [g.head for g in groups if g.every_edge], per, nhwc) if per > 1 else {}
+    copies = _copy_to_edges(begun, [g.head for g in groups if g.every_edge], per) if per > 1 else {}
     outs = []
     for g in groups:  # its input: its slots' sources one after another, (N, slots x C, H, W)
         if g.every_edge and per > 1:
@@ -463,9 +462,9 @@ def _batch_norm_per_source(x: torch.Tensor, mods: list[nn.BatchNorm2d], per: int
     return y
 
 
-def _copy_to_edges(begun: dict, heads: list, per: int, nhwc: bool) -> dict:
-    """The ``heads`` of each source copied to its ``per`` edges, (N, sources x per x C, H, W), in
-    channels_last if ``nhwc`` (the layout the convolutions take, which would otherwise copy them again):
+def _copy_to_edges(begun: dict, heads: list, per: int) -> dict:
+    """The ``heads`` of each source copied to its ``per`` edges, (N, sources x per x C, H, W), in their
+    layout (channels_last stays NHWC, which the convolutions take, and would otherwise copy them again):
     one copy for all the heads of one size."""
     heads = list(dict.fromkeys(heads))
     copies = {}
@@ -473,7 +472,7 @@ def _copy_to_edges(begun: dict, heads: list, per: int, nhwc: bool) -> dict:
         same = [h for h in heads if begun[h].shape == size]
         stacked = torch.stack([begun[h] for h in same]) if len(same) > 1 else begun[same[0]].unsqueeze(0)
         copied = stacked.unsqueeze(3).expand(-1, -1, -1, per, -1, -1, -1)  # (heads, N, sources, per, C, H, W)
-        if nhwc:  # dense with the channels (sources, per, C) innermost
+        if _channels_innermost(begun[same[0]][:, 0]):  # dense, with the channels (sources, per, C) innermost
             copied = copied.permute(0, 1, 5, 6, 2, 3, 4).contiguous().permute(0, 1, 4, 5, 6, 2, 3)
         else:
             copied = copied.contiguous()
