@@ -18,6 +18,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import autocast, bilevel_step, resolve_device
 from search_step import device_name, supernet
@@ -42,7 +43,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
     batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
 
-    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    layout = memory_format(args.channels_last)
     model, parts, w_opt, a_opt = supernet(get_method(args.method), args.path == "fused", layout,
                                           args.init_channels, args.layers, device)
     batch = lambda: (torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=layout),

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from dnas.cuda_graph import GraphedStep, set_capturable
+from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device
 from dnas.spaces import SPACES
@@ -84,7 +85,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     steps, times, peaks, saved = {}, {}, {}, {}
     for path in args.paths:
         base, bf16, channels_last = path_options(path, PATHS)
-        layout = torch.channels_last if channels_last else torch.contiguous_format
+        layout = memory_format(channels_last)
         model, parts, w_opt, a_opt = supernet(method, base != "readable", layout, args.init_channels, args.layers,
                                               device)
         saved[path] = saved_for_backward(model, inputs[0])

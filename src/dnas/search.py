@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .cuda_graph import GraphedStep, set_capturable
-from .data import BatchLoader, load_dataset, split_indices
+from .data import BatchLoader, load_dataset, memory_format, split_indices
 from .genotype import Genotype
 from .methods import Method, Parts, get_method
 from .spaces import SPACES
@@ -116,7 +116,7 @@ class Search:
         data = load_dataset(config.dataset, config.data)
         x, y = data.train_x[: config.subset], data.train_y[: config.subset]
         train_idx, val_idx = split_indices(len(y), config.train_portion)
-        layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        layout = memory_format(config.channels_last)
         loader = partial(BatchLoader, batch_size=config.batch_size, mean=data.mean, std=data.std,
                          augment=True, cutout=config.cutout, shuffle=True, device=self.device, memory_format=layout)
         # DARTS draws both halves from the augmented training set

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .cost import Cost, cost
-from .data import BatchLoader, DataError, load_dataset
+from .data import BatchLoader, DataError, load_dataset, memory_format
 from .genotype import Genotype
 from . import checkpoint
 from .checkpoint import CheckpointError
@@ -164,7 +164,7 @@ class Trainer:
         if data.test_x is None:
             raise DataError(f"{config.dataset}: no test images, and training measures test accuracy every epoch; "
                             f"for an image folder put them in DIR/val/<class>/ (or DIR/test/<class>/)")
-        layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        layout = memory_format(config.channels_last)
         loader = partial(BatchLoader, batch_size=config.batch_size, mean=data.mean, std=data.std, device=self.device,
                          memory_format=layout)
         train, test = sample(len(data.train_y), config.subset), sample(len(data.test_y), config.test_subset)

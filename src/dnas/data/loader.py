@@ -57,6 +57,11 @@ class BatchLoader:
             yield x.contiguous(memory_format=self.memory_format), y
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout of images and convolution weights: NHWC (``torch.channels_last``) or PyTorch's NCHW."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def split_indices(n: int, portion: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``floor(portion * n)`` indices and the rest: DARTS searches on the first half of the
     training set and uses the second half to update the architecture."""
