@@ -26,6 +26,7 @@ import torch
 import dnas
 from dnas.search import resolve_device
 import results
+from search_step import device_name
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Training a genotype (benchmarks/train_eval.py): reduced networks on real data, the paper's CIFAR settings"
@@ -49,9 +50,7 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true", help="network and images in NHWC (dnas train --channels-last)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
-    device = resolve_device(args.device)
-    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"CPU, {torch.get_num_threads()} threads")
+    device = device_name(resolve_device(args.device))
     commit = results.commit()
     command = " ".join(["python benchmarks/train_eval.py", *sys.argv[1:]])
     out = HERE / "out"
@@ -66,7 +65,7 @@ def main() -> None:
                             batch_size=args.batch_size, device=args.device, channels_last=args.channels_last)
         minutes = (time.time() - t0) / 60
         report = {
-            "benchmark": "train_eval", "genotype": args.genotype, "dataset": dataset, "device": device_name,
+            "benchmark": "train_eval", "genotype": args.genotype, "dataset": dataset, "device": device,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "commit": commit, "command": command,
             "layers": args.layers, "init_channels": args.init_channels, "channels_last": args.channels_last,
             "params": result.cost.params,
@@ -78,7 +77,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in report.items() if k != "metrics"}, indent=1), flush=True)
         if not args.no_results:
             results.append_rows(SECTION, COLUMNS, [
-                f"| {report['date']} | {device_name} | torch {torch.__version__} | {commit} | {Path(args.genotype).name} | "
+                f"| {report['date']} | {device} | torch {torch.__version__} | {commit} | {Path(args.genotype).name} | "
                 f"{dataset} | {args.layers} x {args.init_channels} | {result.cost.params / 1e6:.3f}M | {args.subset} | "
                 f"{args.epochs} | {args.test_subset} | {result.test_acc:.4f} | {minutes:.1f} | `{command}` |"])
 
