@@ -141,22 +141,16 @@ def test_ops_the_same_on_every_edge_equal_the_readable_cell():
     fused cell runs them once per source; in a space of only such ops every source batch runs so. The loss,
     gradients, every edge's BatchNorm running statistics and the evaluation-mode output are the readable
     cell's."""
-    out = []
-    for fused in (False, True):
+    def forward_backward(fused):
         model = supernet(fused, ops=("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"))
         x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
         loss = model(x).logsumexp(1).sum()
-        grads = torch.autograd.grad(loss, list(model.parameters()))
+        names, params = zip(*model.named_parameters())
+        grads = dict(zip(names, torch.autograd.grad(loss, params)))
         model.eval()
-        out.append((loss, grads, model.state_dict(), model(x)))
-    (loss_r, grads_r, state_r, eval_r), (loss_f, grads_f, state_f, eval_f) = out
-    assert_close(loss_r, loss_f, "loss")
-    for a, b in zip(grads_r, grads_f):
-        assert_close(a, b, "gradient")
-    assert state_r.keys() == state_f.keys()
-    for n in state_r:
-        assert_close(state_r[n].double(), state_f[n].double(), n)
-    assert_close(eval_r, eval_f, "evaluation-mode logits")
+        return loss, grads, model.state_dict(), model(x)
+
+    assert_same_step(forward_backward(False), forward_backward(True))
 
 
 def test_unknown_edge_class_falls_back_to_the_readable_cell():

@@ -88,7 +88,6 @@ def test_the_trainer_gets_the_settings(fashion_mnist_root, tmp_path):
     assert t.model.auxiliary_head is not None and t.model.stem[0].in_channels == 1
 
 
-
 def test_channels_last_training_runs_in_nhwc(fashion_mnist_root, tmp_path):
     t = Trainer(TrainConfig(dataset="fashion-mnist", C=4, layers=3, subset=64, test_subset=32, channels_last=True),
                 dnas.published("PDARTS"), tmp_path)
