@@ -6,6 +6,7 @@ the CPU by CPU time. Writes JSON to benchmarks/out/ and prints the table: what t
 
     python benchmarks/profile_step.py                         # darts-v1, fused, batch 64 on a GPU (16 on a CPU)
     python benchmarks/profile_step.py --method darts-v2 --path readable --rows 25
+    python benchmarks/profile_step.py --space nb201 --method gdas --channels-last
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import autocast, bilevel_step, resolve_device
-from search_step import device_name, supernet
+from search_step import DEPTH, device_name, supernet
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,7 +35,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--init-channels", type=int, default=16)
-    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--layers", type=int, help="cells (default 8); with --space nb201 cells per stage (default 5)")
+    p.add_argument("--space", default="darts", choices=sorted(DEPTH), help="the search space (default darts)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rows", type=int, default=15)
     p.add_argument("--channels-last", action="store_true", help="model and data in channels_last layout")
@@ -45,7 +47,7 @@ def main() -> None:
 
     layout = memory_format(args.channels_last)
     model, parts, w_opt, a_opt = supernet(get_method(args.method), args.path == "fused", layout,
-                                          args.init_channels, args.layers, device)
+                                          args.init_channels, args.layers, device, args.space)
     batch = lambda: (torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=layout),
                      torch.randint(0, 10, (batch_size,), device=device))
     train, val = batch(), batch()
@@ -69,7 +71,7 @@ def main() -> None:
     rows = [{"name": e.key, "calls": e.count, "self_ms": round(getattr(e, key) / 1000, 2),
              "share": round(getattr(e, key) / total, 3)} for e in events[: args.rows]]
     report = {"benchmark": "profile_step", "device": device_name(device), "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "method": args.method, "path": args.path,
+              "date": time.strftime("%Y-%m-%d"), "space": args.space, "method": args.method, "path": args.path,
               "precision": args.precision, "channels_last": args.channels_last, "batch_size": batch_size,
               "sorted_by": key,
               "total_ms": round(total / 1000, 1), "top": rows}

@@ -11,6 +11,8 @@ appends a row per recipe to benchmarks/RESULTS.md.
                                                               # of the fused step, and that in bf16 autocast
     python benchmarks/search_step.py --paths fused,fused-cl,graph,graph-cl,graph-bf16-cl   # -cl:
                                                               # channels_last tensors
+    python benchmarks/search_step.py --space nb201 --paths readable,fused   # the NAS-Bench-201 network
+                                                              # (16 channels, 5 cells per stage)
 
 With several paths, their steps are interleaved in one process, so that a change of machine load hits
 both alike; each row reports its speed-up over the readable path. On the CPU the peak memory is the
@@ -62,20 +64,28 @@ def path_options(path: str, bases) -> tuple[str, bool, bool]:
     return base, "bf16" in options, "cl" in options
 
 
-def supernet(method, fused: bool, layout: torch.memory_format, C: int, layers: int, device: torch.device):
-    """A recipe's supernet (CIFAR-shaped, seeded) in ``layout`` on ``device``, with its parts and its
-    optimisers ``(w, alpha)``."""
+DEPTH = {"darts": ("layers", 8), "nb201": ("N", 5)}  # per space, its option for the depth, and its default
+
+
+def supernet(method, fused: bool, layout: torch.memory_format, C: int, layers: int | None, device: torch.device,
+             space: str = "darts"):
+    """A recipe's supernet of ``space`` (CIFAR-shaped, seeded; ``layers`` cells, or cells per stage in
+    nb201, None: the space's default) in ``layout`` on ``device``, with its parts and its optimisers
+    ``(w, alpha)``. The recipe's space options (PC-DARTS's edge normalisation, say) apply; its op set only
+    to the DARTS space, where it was chosen."""
     torch.manual_seed(0)
     parts = method.build_parts()
-    model = SPACES.get(method.part("space"))(num_classes=10, C=C, layers=layers, relaxation=parts.relaxation,
-                                             edge=parts.edge, **({"fused": True} if fused else {}))
+    options = {k: v for k, v in method.config.get("space_options", {}).items() if space == "darts" or k != "ops"}
+    depth, default = DEPTH[space]
+    model = SPACES.get(space)(num_classes=10, C=C, **{depth: layers or default}, relaxation=parts.relaxation,
+                              edge=parts.edge, fused=fused, **options)
     model = model.to(device, memory_format=layout)
     return model, parts, *optimizers(model, SearchConfig())
 
 
 def measure(method_name: str, args, device: torch.device) -> list[dict]:
     """The step of one recipe (darts-v1 is first order, darts-v2 second order) on random CIFAR-shaped data,
-    on each path (readable: SearchCell; fused: spaces/darts_fused.py; graph: the fused step replayed from a
+    on each path (readable: SearchCell; fused: spaces/fused.py; graph: the fused step replayed from a
     CUDA graph, cuda_graph.py; -bf16: under bf16 autocast; -cl: in channels_last), the paths' steps
     interleaved."""
     method = get_method(method_name)
@@ -87,7 +97,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         base, bf16, channels_last = path_options(path, PATHS)
         layout = memory_format(channels_last)
         model, parts, w_opt, a_opt = supernet(method, base != "readable", layout, args.init_channels, args.layers,
-                                              device)
+                                              device, args.space)
         saved[path] = saved_for_backward(model, inputs[0])
         step = partial(four_tensor_step, model, parts, a_opt, w_opt, bf16)
         if base == "graph":
@@ -119,8 +129,9 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         for path in steps:
             times[path].append(timed(path))
     median = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
-    return [{"method": method_name, "path": path, "error": error} for path, error in failed.items()] + [
-            {"method": method_name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
+    name = method_name if args.space == "darts" else f"{method_name} on {args.space}"
+    return [{"method": name, "path": path, "error": error} for path, error in failed.items()] + [
+            {"method": name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
              "ms_per_step_min": round(1000 * min(times[path]), 1), "peak_memory_gb": round(peaks[path] / 2**30, 2),
              "step_memory_per_sample_mb": round((peaks[path] - base) / args.batch_size / 2**20, 1),
              "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None,
@@ -173,7 +184,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--init-channels", type=int, default=16)
-    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--layers", type=int, help="cells (default 8); with --space nb201 cells per stage (default 5)")
+    p.add_argument("--space", default="darts", choices=sorted(DEPTH), help="the search space (default darts)")
     p.add_argument("--methods", default="darts-v1,darts-v2", help="recipes, comma-separated")
     p.add_argument("--paths", default="readable", help=f"comma-separated, of {', '.join(PATHS)} (graph: GPU "
                    f"only), each optionally followed by -bf16 (bf16 autocast) and -cl (channels_last tensors)")
@@ -202,7 +214,8 @@ def main() -> None:
     report = {
         "benchmark": "search_step", "device": device_name(device), "load_average": os.getloadavg(),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size,
-        "init_channels": args.init_channels, "layers": args.layers, "steps": args.steps,
+        "init_channels": args.init_channels, "layers": args.layers or DEPTH[args.space][1], "space": args.space,
+        "steps": args.steps,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "results": rows,
     }
     out = HERE / "out"
@@ -226,8 +239,8 @@ def table_rows(report: dict, measured: str) -> list[str]:
 def measure_apart(method_name: str, args) -> list[dict]:
     """``measure`` in a fresh process."""
     argv = [sys.executable, __file__, "--rows-only", "--device", args.device, "--methods", method_name,
-            "--batch-size", str(args.batch_size), "--init-channels", str(args.init_channels), "--layers",
-            str(args.layers), "--paths", ",".join(args.paths), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            "--batch-size", str(args.batch_size), "--init-channels", str(args.init_channels), "--space",
+            args.space, *(["--layers", str(args.layers)] if args.layers else []), "--paths", ",".join(args.paths), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
 
 

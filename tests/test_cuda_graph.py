@@ -18,6 +18,7 @@ from dnas.cuda_graph import GraphedStep, HostSyncs
 from dnas.methods import builtin_methods
 from dnas.search import Search, SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
+from dnas.spaces.nb201 import NB201Supernet
 
 from conftest import recipe_parts
 
@@ -25,13 +26,18 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 SAMPLES_ON_HOST = {"gdas"}  # the hard relaxation decides on the host which op of each edge runs
 
 
-def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32):
+def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32, space="darts"):
     """A small supernet of a recipe with its optimisers (Adam with its step counter on the device, as a
     capture needs), and its bilevel step as a function of four tensors."""
     method, parts = recipe_parts(name)
+    options = method.config.get("space_options", {})
     torch.manual_seed(0)
-    model = DartsSupernet(10, 3, C=4, layers=3, relaxation=parts.relaxation, edge=parts.edge, fused=fused,
-                          **method.config.get("space_options", {})).to(device, dtype)
+    if space == "nb201":  # its own op set, not the recipe's DARTS one
+        options = {k: v for k, v in options.items() if k != "ops"}
+        model = NB201Supernet(10, 3, C=4, N=1, relaxation=parts.relaxation, edge=parts.edge, fused=fused, **options)
+    else:
+        model = DartsSupernet(10, 3, C=4, layers=3, relaxation=parts.relaxation, edge=parts.edge, fused=fused, **options)
+    model = model.to(device, dtype)
     w_opt, _ = optimizers(model, SearchConfig())
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
                              **({"capturable": True} if device == "cuda" else {"fused": True}))
@@ -46,12 +52,13 @@ def batches(n: int, device="cpu", dtype=torch.float32):
     return [(image(), label(), image(), label()) for _ in range(n)]
 
 
+@pytest.mark.parametrize("space", ["darts", "nb201"])
 @pytest.mark.parametrize("fused", [False, True], ids=["readable", "fused"])
 @pytest.mark.parametrize("name", sorted(set(builtin_methods()) - SAMPLES_ON_HOST))
-def test_step_reads_nothing_on_the_host(name, fused):
+def test_step_reads_nothing_on_the_host(name, fused, space):
     """No .item(), no nonzero, no tensor made from Python data inside a step once its plans are cached: a
     GPU never waits for the host, and the step can be captured whole."""
-    _, step = recipe_step(name, fused)
+    _, step = recipe_step(name, fused, space=space)
     first, second = batches(2)
     step(*first)
     with HostSyncs() as syncs:

@@ -27,7 +27,7 @@ from ..relax import Softmax
 from ..selection import TopK
 from . import SPACES
 from .base import Supernet, node_softmax
-from .darts_fused import fused_cell_forward
+from .fused import Topology, cell_plan, run_plan
 
 CELL_TYPES = ("normal", "reduce")
 
@@ -73,12 +73,20 @@ class SearchCell(nn.Module):
             offset += len(states) - 1
         return torch.cat(states[2:], dim=1)
 
+    def forward_fused(self, s0, s1, weights, active=None, edge_weights=None):
+        """``forward`` by the fast path (fused.py): the same result from fewer, larger kernels."""
+        plan = cell_plan(self, Topology(2, self.nodes, 2 if self.reduction else 1), active, s1.device)
+        if plan is None:
+            return self(s0, s1, weights, active, edge_weights)
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        return torch.cat(run_plan(self, plan, states, weights, edge_weights), dim=1)
+
 
 @SPACES.register("darts")
 class DartsSupernet(Supernet):
     """The DARTS search network. Defaults are the paper's search setting: 8 cells, 16 initial channels,
     4 intermediate nodes, the 8 DARTS ops, stem of 3 x C channels (App. A.1.1). ``fused=True`` runs the
-    cells by the fast path of darts_fused.py: the same results and parameters, fewer and larger kernels."""
+    cells by the fast path of fused.py: the same results and parameters, fewer and larger kernels."""
 
     def __init__(
         self,
@@ -103,7 +111,7 @@ class DartsSupernet(Supernet):
         self.ops = tuple(ops)
         self.nodes = nodes
         self.relaxation = relaxation or Softmax()
-        self.fused = fused  # the fast path of the cell (darts_fused.py): same parameters, same results
+        self.fused = fused  # the fast path of the cell (fused.py): same parameters, same results
         edge = edge or WeightedSum()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
@@ -176,7 +184,7 @@ class DartsSupernet(Supernet):
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             t = "reduce" if cell.reduction else "normal"
-            run = partial(fused_cell_forward, cell) if self.fused else cell
+            run = cell.forward_fused if self.fused else cell
             s0, s1 = s1, run(s0, s1, weights[t], active[t], edge_weights[t])
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 

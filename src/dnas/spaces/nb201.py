@@ -28,6 +28,7 @@ from ..relax import Softmax
 from ..selection import TopK
 from . import SPACES
 from .base import Supernet, node_softmax
+from .fused import Topology, cell_plan, run_plan
 
 
 def candidate_ops(ops: tuple[str, ...], C: int, stride: int) -> dict[str, nn.Module]:
@@ -70,12 +71,20 @@ class SearchCell(nn.Module):
             states.append(node)
         return states[-1]
 
+    def forward_fused(self, x, weights, active=None, edge_weights=None):
+        """``forward`` by the fast path (fused.py): the same result from fewer, larger kernels."""
+        plan = cell_plan(self, Topology(1, self.nodes - 1), active, x.device)
+        if plan is None:
+            return self(x, weights, active, edge_weights)
+        return run_plan(self, plan, [x], weights, edge_weights)[-1]
+
 
 @SPACES.register("nb201")
 class NB201Supernet(Supernet):
     """The NAS-Bench-201 search network. Defaults are the benchmark's: 16 channels, 5 cells per stage,
     4 nodes, its 5 ops; ``ops`` may name any registered ops (the ground truth then covers only cells of
-    NB201_OPS)."""
+    NB201_OPS). ``fused=True`` runs the cells by the fast path of fused.py: the same results and
+    parameters, fewer and larger kernels."""
 
     def __init__(
         self,
@@ -88,6 +97,7 @@ class NB201Supernet(Supernet):
         edge_normalization: bool = False,
         relaxation=None,
         edge=None,
+        fused: bool = False,
     ):
         super().__init__()
         for name in ops:
@@ -96,6 +106,7 @@ class NB201Supernet(Supernet):
             raise ValueError(f"C and N must be positive and nodes at least 2, got C={C}, N={N}, nodes={nodes}")
         self.ops = tuple(ops)
         self.nodes = nodes
+        self.fused = fused  # the fast path of the cell (fused.py): same parameters, same results
         self.relaxation = relaxation or Softmax()
         edge = edge or WeightedSum()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
@@ -122,7 +133,10 @@ class NB201Supernet(Supernet):
         edge_weights = self.edge_weights() if self.betas else None
         x = self.stem(x)
         for layer in self.cells:
-            x = layer(x, weights, active, edge_weights) if isinstance(layer, SearchCell) else layer(x)
+            if isinstance(layer, SearchCell):
+                x = (layer.forward_fused if self.fused else layer)(x, weights, active, edge_weights)
+            else:
+                x = layer(x)
         return self.classifier(F.adaptive_avg_pool2d(self.lastact(x), 1).flatten(1))
 
     def edge_weights(self) -> torch.Tensor:

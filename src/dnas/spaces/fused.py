@@ -1,9 +1,11 @@
-"""The fast path of the DARTS supernet cell: what ``SearchCell.forward`` computes, in fewer, larger kernels.
+"""The fast path of a supernet cell: what its readable ``forward`` computes, in fewer, larger kernels.
 
-The readable cell (``spaces/darts.py``) runs every op of every edge as its own modules, some 40 small
-kernels per edge and 14 edges per cell, so that a search step on a GPU is bound by launching ~13k tiny
-kernels rather than by arithmetic. Here the edges that leave one state are computed together, and the 2 x
-``nodes`` edges that leave the two cell inputs all at once:
+The readable cells (``SearchCell`` of ``spaces/darts.py`` and ``spaces/nb201.py``) run every op of every
+edge as its own modules: the DARTS cell some 40 small kernels per edge and 14 edges per cell, so that a
+search step on a GPU is bound by launching ~13k tiny kernels rather than by arithmetic. Here, for any cell
+whose nodes each sum an edge from every earlier state (``Topology``: DARTS's 2 inputs and 4 nodes,
+NAS-Bench-201's 1 input and 3 nodes), the edges that leave one state are computed together, and the edges
+that leave the cell's inputs all at once:
 
 * a ReLU or pooling that begins an op runs once per source state, not once per edge, and what the ops on
   every edge begin with is copied to the edges at once; an op that computes the same on every edge of a
@@ -35,7 +37,9 @@ channels, the bypass max-pooled on a reducing edge, the channel shuffle; PC-DART
 ``auxiliary_skip`` (beta * skip as one more op, beta one more weight), ``noisy_skip`` and ``skip_dropout``
 (the noise and the dropout masks drawn in the readable path's order, so that a seeded step is the same).
 What it cannot batch falls back to the readable modules: an op module of a kind not listed in
-``_flatten`` runs per edge, and a cell with edges of another class runs ``SearchCell.forward`` whole.
+``_flatten`` runs per edge, and a cell with edges of another class runs its own forward whole
+(``cell_plan`` gives None). A cell runs fused by ``run_plan(cell, cell_plan(cell, topology, ...), ...)``:
+each space's ``SearchCell.forward_fused``.
 """
 from __future__ import annotations
 
@@ -148,6 +152,7 @@ class _Plan:
     straight_through: torch.Tensor | None  # (edges, ops): 1 for an op not run on a kept edge; None: all run
     random: list[tuple[int, Leaf]]  # (edge, its noise or dropout leaf), in the order the readable cell draws
     banks: list[tuple[list[nn.Conv2d], list[int]]]  # per weight shape: the convolutions, per call how many
+    stride: int  # of the edges out of the inputs: the nodes' size is the inputs' over it
 
 
 @dataclass
@@ -173,17 +178,41 @@ class _Run:
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def fused_cell_forward(cell, s0, s1, weights, active=None, edge_weights=None):
-    """``cell(s0, s1, weights, active, edge_weights)`` of a ``SearchCell``, computed by source batches.
+@dataclass(frozen=True)
+class Topology:
+    """A cell's graph as the fused path reads it: ``inputs`` input states, then ``nodes`` nodes, each the sum
+    of an edge from every earlier state; the edges numbered node by node, by source within a node; the
+    edges out of the inputs of stride ``stride``. DARTS: 2 inputs, 4 nodes (stride 2 in a reduction
+    cell); NAS-Bench-201: 1 input, 3 nodes."""
 
-    A node is the sum of its incoming edges (DARTS Sec. 2.1); the edges out of the two inputs are summed
-    into partial nodes at once, then each new node's outgoing edges are added as soon as it is complete.
+    inputs: int
+    nodes: int
+    stride: int = 1
+
+
+def cell_plan(cell, topology: Topology, active, device) -> _Plan | None:
+    """How ``cell`` (its ``edges``, laid out as ``topology``) runs fused for one pattern of ``active`` ops
+    (None: every op), built once and cached; None when an edge is of a class the fused path does not know,
+    and the cell must run its own forward."""
+    key = (device, None if active is None else tuple(map(tuple, active)))
+    plans = _PLANS.setdefault(cell, {})
+    if key not in plans:
+        if len(plans) > 64:  # hard relaxations sample a new pattern each step
+            plans.clear()
+        plans[key] = _build_plan(cell, topology, active, device)
+    return plans[key]
+
+
+def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weights=None) -> list[torch.Tensor]:
+    """The nodes of ``cell`` from its input ``states``, by ``plan``, computed by source batches: what the
+    cell's readable forward computes from the same inputs, ``weights`` (edges x ops) and ``edge_weights``.
+
+    A node is the sum of its incoming edges (DARTS Sec. 2.1); the edges out of the inputs are summed into
+    partial nodes at once, then each new node's outgoing edges are added as soon as it is complete.
     """
-    plan = _plan(cell, active, s1.device)
-    if plan is None:
-        return cell(s0, s1, weights, active, edge_weights)
-    states = [cell.preprocess0(s0), cell.preprocess1(s1)]
-    noise = _draw_random(cell, plan, states[1]) if plan.random and cell.training else {}
+    states = list(states)
+    inputs = len(states)
+    noise = _draw_random(cell, plan, states[-1]) if plan.random and cell.training else {}
     banks = [torch.cat([m.weight for m in convs]).split(sizes) if len(convs) > 1 else (convs[0].weight,)
              for convs, sizes in plan.banks]
     run = _Run(banks, noise, [], [], [])
@@ -200,30 +229,33 @@ def fused_cell_forward(cell, s0, s1, weights, active=None, edge_weights=None):
     for batch, w, st_b, ew_b in zip(plan.batches, slot_weights, st, ew):
         y = _node_inputs(batch, [states[j] for j in batch.sources], w, st_b, ew_b, run)
         partial = y if partial is None else partial + y
-        node, partial = partial.split([1, partial.shape[1] - 1], 1) if partial.shape[1] > 1 else (partial, None)
-        states.append(node.squeeze(1))  # split and squeeze: one kernel backward, indexing one per part
+        node, partial = _first_node(partial)
+        states.append(node)
     run.write_back()
-    return torch.cat(states[2:], dim=1)
+    return states[inputs:]
 
 
-def _plan(cell, active, device) -> _Plan | None:
-    """The cell's source batches for one pattern of active ops, built once and cached."""
-    key = (device, None if active is None else tuple(map(tuple, active)))
-    plans = _PLANS.setdefault(cell, {})
-    if key not in plans:
-        if len(plans) > 64:  # hard relaxations sample a new pattern each step
-            plans.clear()
-        plans[key] = _build_plan(cell, active, device)
-    return plans[key]
+def _first_node(partial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sums into the nodes not complete yet, (N, nodes, C, H, W): the first node (N, C, H, W), complete
+    now, and the rest (None if none). A split, one kernel backward where indexing takes one per part; on
+    (N, H, W, nodes, C) where ``partial`` is channels_last, so that its backward, a concatenation, is NHWC
+    too (a 5-d concatenation along the nodes would be NCHW, and so every gradient before it)."""
+    if partial.shape[1] == 1:
+        return partial.squeeze(1), None
+    if _channels_innermost(partial[:, 0]):
+        node, rest = partial.permute(_NHWC).split([1, partial.shape[1] - 1], 3)
+        return node.squeeze(3).permute(0, 3, 1, 2), rest.permute(_NHWC)
+    node, rest = partial.split([1, partial.shape[1] - 1], 1)
+    return node.squeeze(1), rest
 
 
-def _build_plan(cell, active, device) -> _Plan | None:
+def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
     if not all(type(e) in (MixedEdge, PartialChannelEdge, AuxiliarySkipEdge) for e in cell.edges):
         return None
     if any(type(e) is AuxiliarySkipEdge and type(e.mixed) is not MixedEdge for e in cell.edges):
         return None
-    n = cell.nodes
-    offset = [2 * i + i * (i - 1) // 2 for i in range(n)]  # first edge into node i
+    inputs, n = topology.inputs, topology.nodes
+    offset = [inputs * i + i * (i - 1) // 2 for i in range(n)]  # first edge into node i
     tensor = lambda xs: torch.tensor(xs, dtype=torch.long)  # on the host; _to_device moves them all at once
     edge0 = cell.edges[0]
     num_ops = len((edge0.mixed if isinstance(edge0, AuxiliarySkipEdge) else edge0).ops)
@@ -231,11 +263,11 @@ def _build_plan(cell, active, device) -> _Plan | None:
                       if isinstance(e, AuxiliarySkipEdge)}.values())
     slot_weight = lambda e, o: (e * num_ops + o if o is not None  # in weights.flatten(), then the betas
                                 else len(cell.edges) * num_ops + schedules.index(cell.edges[e].schedule))
-    sources = [[0, 1]] + [[j] for j in range(2, n + 1)]
+    sources = [list(range(inputs))] + [[j] for j in range(inputs, inputs + n - 1)]  # the batches' states
     ops = _edge_ops(cell)
     batches, weight_index, random = [], [], {}
     for srcs in sources:
-        pairs = [(j, offset[i] + j) for j in srcs for i in range(max(0, j - 1), n)]  # (source, edge)
+        pairs = [(j, offset[i] + j) for j in srcs for i in range(max(0, j - inputs + 1), n)]  # (source, edge)
         edges = [e for _, e in pairs]
         slots: dict[tuple, list] = {}  # group key -> [(source, position, edge, leaves)]
         for pos, (j, e) in enumerate(pairs):
@@ -264,7 +296,7 @@ def _build_plan(cell, active, device) -> _Plan | None:
             sources=srcs, edges=edges, groups=groups, slots=len(positions),
             pos=None if summed else tensor(positions),
             node_pos=None if summed else tensor([p % (len(edges) // len(srcs)) for p in positions]),
-            partial_channels=k, stride=2 if cell.reduction and srcs[0] < 2 else 1,
+            partial_channels=k, stride=topology.stride if srcs[0] < inputs else 1,
             keep=torch.tensor([float(bool(active[e])) for e in edges]) if dropped and k else None))
     straight_through = None
     if active is not None:
@@ -279,7 +311,8 @@ def _build_plan(cell, active, device) -> _Plan | None:
                 calls = [[f.conv_1 for f in mods], [f.conv_2 for f in mods]]
             g.convs.append(tuple(_add_to_bank(banks, convs) for convs in calls))
     plan = _Plan(batches, tensor(weight_index), schedules, tensor([e for b in batches for e in b.edges]),
-                 straight_through, sorted(random.items(), key=lambda kv: kv[0]), list(banks.values()))
+                 straight_through, sorted(random.items(), key=lambda kv: kv[0]), list(banks.values()),
+                 topology.stride)
     _to_device(plan, device)
     return plan
 
@@ -331,20 +364,19 @@ def _add_to_bank(banks: dict, convs: list[nn.Conv2d]) -> tuple[int, int]:
     return list(banks).index(key), len(sizes) - 1
 
 
-def _draw_random(cell, plan: _Plan, s1: torch.Tensor) -> dict[int, torch.Tensor]:
+def _draw_random(cell, plan: _Plan, x: torch.Tensor) -> dict[int, torch.Tensor]:
     """The NoisyDARTS noise and the P-DARTS skip dropout masks of the cell's edges, drawn edge by edge in
     the order the readable cell draws them, so that a seeded step gives the same result."""
-    n, c, h, w = s1.shape
-    if cell.reduction:
-        h, w = (h + 1) // 2, (w + 1) // 2
+    n, c, h, w = x.shape
+    h, w = (h + plan.stride - 1) // plan.stride, (w + plan.stride - 1) // plan.stride
     out = {}
     for e, (kind, module) in plan.random:
         edge = cell.edges[e]
         shape = (n, c // edge.k if isinstance(edge, PartialChannelEdge) else c, h, w)
         if kind == "noise":
-            out[e] = torch.randn(shape, dtype=s1.dtype, device=s1.device)
+            out[e] = torch.randn(shape, dtype=x.dtype, device=x.device)
         else:  # the dropout of a tensor of ones is its mask, scaled by 1 / (1 - rate)
-            out[e] = F.dropout(s1.new_ones(shape), module.owner.rate, module.training)
+            out[e] = F.dropout(x.new_ones(shape), module.owner.rate, module.training)
     return out
 
 
@@ -363,7 +395,7 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     begun = {None: x}  # what the groups begin with, once per source: the sources, or a ReLU or pooling
     for g in batch.groups:
         if g.head not in begun:
-            begun[g.head] = _run_leaf(g.leaves[0], x.flatten(1, 2), sources).unflatten(1, (sources, -1))
+            begun[g.head] = _run_leaf(g.leaves[0], _flatten_sources(x), sources).unflatten(1, (sources, -1))
     # the ops that compute the same on every edge of a source run once per source (where every op covers
     # every edge, so that the order of the groups' blocks does not matter to _sum_slots); the rest per edge
     shared = [batch.pos is None and per > 1 and _same_on_every_edge(g) for g in batch.groups]
@@ -374,10 +406,10 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
         if g.every_edge and per > 1:
             outs.append(copies[g.head])
         elif g.every_edge or len(g.edge_ids) == sources == 1:
-            outs.append(begun[g.head].flatten(1, 2))
+            outs.append(_flatten_sources(begun[g.head]))
         else:
             if (g.head, g.edge_ids) not in begun:
-                begun[g.head, g.edge_ids] = begun[g.head].index_select(1, g.src).flatten(1, 2)
+                begun[g.head, g.edge_ids] = _index_select(begun[g.head], g.src).flatten(1, 2)
             outs.append(begun[g.head, g.edge_ids])
     slot_weights = w.split([len(g.edge_ids) for g in batch.groups])
     w_groups = [v for v, same in zip(slot_weights, shared) if not same]
@@ -395,15 +427,35 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     y = _sum_slots(batch, blocks, order, w, st, shape, by_node=False)
     if k is not None:  # PC-DARTS: the bypassed channels, then the channel shuffle of each edge
         if batch.stride == 2:
-            rest = F.max_pool2d(rest.flatten(1, 2), 2, 2).unflatten(1, (sources, -1))
-        y = torch.cat([y, rest.repeat_interleave(len(batch.edges) // sources, dim=1)], dim=2)
-        n_, e_, ch, h, w_ = y.shape
-        y = y.view(n_, e_, k, ch // k, h, w_).transpose(2, 3).reshape(n_, e_, ch, h, w_)
+            rest = F.max_pool2d(_flatten_sources(rest), 2, 2).unflatten(1, (sources, -1))
+        y = _with_bypass(y, rest, k)
     if edge_weights is not None:
         y = y * edge_weights.view(1, -1, 1, 1, 1)
     if batch.keep is not None:
         y = y * batch.keep.to(y.dtype).view(1, -1, 1, 1, 1)
-    return y.unflatten(1, (sources, -1)).sum(1) if sources > 1 else y
+    return _sum_blocks(y.flatten(1, 2), sources).unflatten(1, (-1, y.shape[2])) if sources > 1 else y
+
+
+def _flatten_sources(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, K, C, H, W) as (N, K x C, H, W), in its layout: a view where ``x`` is dense, else a copy
+    (PC-DARTS's channel slice), NHWC where ``x`` is channels_last."""
+    if _channels_innermost(x[:, 0]):
+        n, k, c, h, w = x.shape
+        return x.permute(_NHWC).reshape(n, h, w, k * c).permute(0, 3, 1, 2)
+    return x.flatten(1, 2)
+
+
+def _with_bypass(y: torch.Tensor, rest: torch.Tensor, k: int) -> torch.Tensor:
+    """PC-DARTS (Xu et al., ICLR 2020, Eq. 2): each edge's ops output ``y`` (N, edges, C/K, H, W) beside its
+    source's bypassed channels ``rest`` (N, sources, C - C/K, H, W), then channel-shuffled into K groups;
+    in the layout of ``y``."""
+    nhwc = _channels_innermost(y[:, 0])
+    if nhwc:  # the same steps on (N, H, W, edges, C), whose result is dense NHWC
+        y, rest = y.permute(_NHWC), rest.permute(_NHWC)
+    edge, channel = (3, 4) if nhwc else (1, 2)
+    y = torch.cat([y, rest.repeat_interleave(y.shape[edge] // rest.shape[edge], dim=edge)], dim=channel)
+    y = y.unflatten(channel, (k, -1)).transpose(channel, channel + 1).reshape(y.shape)
+    return y.permute(_NHWC) if nhwc else y
 
 
 def _same_on_every_edge(g: _Group) -> bool:
@@ -437,9 +489,10 @@ def _per_source_sum(groups: list[_Group], weights: list, begun: dict, per: int, 
     n, _, height, width = xs[0].shape
     sources = len(weights[0]) // per
     w = torch.stack(weights).view(len(groups), sources, per).permute(1, 2, 0)  # (sources, per, ops)
-    if _channels_innermost(xs[0]):  # (N, H, W, sources, ops, C) -> (N, H, W, sources, per, C): NHWC
-        z = torch.stack([x.permute(0, 2, 3, 1).unflatten(3, (sources, -1)) for x in xs], 4)
-        return torch.matmul(w, z).flatten(3).permute(0, 3, 1, 2)
+    if _channels_innermost(xs[0]):  # (ops, N, H, W, sources, C) -> (N, H, W, sources, per, C): NHWC, by one
+        # matrix product per source over (N H W C), not one per pixel
+        z = torch.stack([x.permute(0, 2, 3, 1).unflatten(3, (sources, -1)) for x in xs])
+        return torch.einsum("spo,onhwsc->nhwspc", w, z).flatten(3).permute(0, 3, 1, 2)
     z = torch.stack([x.reshape(n, sources, -1) for x in xs], 2)  # (N, sources, ops, C H W)
     return torch.matmul(w, z).view(n, -1, height, width)  # (N, sources, per, C H W): per edge
 
@@ -470,12 +523,14 @@ def _copy_to_edges(begun: dict, heads: list, per: int) -> dict:
     copies = {}
     for size in dict.fromkeys(begun[h].shape for h in heads):
         same = [h for h in heads if begun[h].shape == size]
-        stacked = torch.stack([begun[h] for h in same]) if len(same) > 1 else begun[same[0]].unsqueeze(0)
-        copied = stacked.unsqueeze(3).expand(-1, -1, -1, per, -1, -1, -1)  # (heads, N, sources, per, C, H, W)
-        if _channels_innermost(begun[same[0]][:, 0]):  # dense, with the channels (sources, per, C) innermost
-            copied = copied.permute(0, 1, 5, 6, 2, 3, 4).contiguous().permute(0, 1, 4, 5, 6, 2, 3)
+        if _channels_innermost(begun[same[0]][:, 0]):  # copied on (N, H, W, sources, C), dense, and back:
+            # the backward's sum over the copies then stays NHWC too
+            stacked = _stack([begun[h].permute(_NHWC) for h in same])  # (heads, N, H, W, sources, C)
+            copied = stacked.unsqueeze(5).expand(-1, -1, -1, -1, -1, per, -1).contiguous()
+            copied = copied.permute(0, 1, 4, 5, 6, 2, 3)  # (heads, N, sources, per, C, H, W)
         else:
-            copied = copied.contiguous()
+            stacked = _stack([begun[h] for h in same])  # (heads, N, sources, C, H, W)
+            copied = stacked.unsqueeze(3).expand(-1, -1, -1, per, -1, -1, -1).contiguous()
         copies.update(zip(same, copied.flatten(2, 4)))
     return copies
 
@@ -491,9 +546,8 @@ def _sum_slots(batch: _Batch, blocks, order, w, st, shape, by_node: bool) -> tor
     sources = len(batch.sources)
     if by_node:
         shape = (shape[0], shape[1] // sources, *shape[2:])
-    base = lambda: w.new_zeros(shape) if st is None else st.view(1, -1, 1, 1, 1).expand(shape)
     if not blocks:  # every edge of the batch runs the zero op only
-        return base()
+        return w.new_zeros(shape) if st is None else st.view(1, -1, 1, 1, 1).expand(shape)
     if batch.pos is None:  # each block (N, groups x sources x edges per source x C, H, W)
         y = None
         for b in blocks:
@@ -509,12 +563,40 @@ def _sum_slots(batch: _Batch, blocks, order, w, st, shape, by_node: bool) -> tor
     if order != sorted(order):
         pos = pos.split([len(g.edge_ids) for g in batch.groups])
         pos = torch.cat([pos[i] for i in order])
-    return base().index_add(1, pos, z)
+    return _index_add(shape, pos, z, st)
+
+
+_NHWC = (0, 3, 4, 1, 2)  # (N, K, C, H, W) <-> (N, H, W, K, C), its own inverse
+
+
+def _index_select(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t`` (N, K, C, H, W) at ``index`` along K, in the layout of ``t``: channels_last stays NHWC, which
+    the convolutions after it take without a copy (``index_select`` itself returns NCHW, and so does its
+    backward)."""
+    if _channels_innermost(t[:, 0]):
+        return t.permute(_NHWC).index_select(3, index).permute(_NHWC)
+    return t.index_select(1, index)
+
+
+def _index_add(shape, index: torch.Tensor, z: torch.Tensor, st=None) -> torch.Tensor:
+    """Zeros of ``shape`` (N, K, C, H, W), or ``st`` per K, with the blocks of ``z`` (N, slots, C, H, W)
+    added at ``index`` along K, in the layout of ``z`` (as ``_index_select``)."""
+    if _channels_innermost(z[:, 0]):
+        n, k, c, h, w = shape
+        base = z.new_zeros(n, h, w, k, c) if st is None else st.view(1, 1, 1, -1, 1).expand(n, h, w, k, c)
+        return base.index_add(3, index, z.permute(_NHWC)).permute(_NHWC)
+    base = z.new_zeros(shape) if st is None else st.view(1, -1, 1, 1, 1).expand(shape)
+    return base.index_add(1, index, z)
 
 
 def _cat(tensors: list[torch.Tensor], dim: int = 1) -> torch.Tensor:
     """The tensors concatenated (along the channels by default); one alone as it is, not copied."""
     return torch.cat(tensors, dim) if len(tensors) > 1 else tensors[0]
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors stacked along a new first dimension; one alone as a view, not copied."""
+    return torch.stack(tensors) if len(tensors) > 1 else tensors[0].unsqueeze(0)
 
 
 def _channels_innermost(t: torch.Tensor) -> bool:
