@@ -1,11 +1,11 @@
 #!/bin/sh
 # The GPU checks of docs/speed.md, for a session lent a GPU: the search step of the paper's network at batch
-# 64 on every path (first and second order, channels_last and bf16 beside fp32, other recipes' paths), the
-# CUDA tests (fused path against readable, CUDA-graph replay against eager), the top kernels of an eager
+# 64 on every path (first and second order, channels_last and bf16 beside fp32, other recipes' paths, the
+# NAS-Bench-201 network's), the CUDA tests (fused path against readable, CUDA-graph replay against eager), the top kernels of an eager
 # fused step (profile_step.py), the fused cell's convolutions in other forms (conv_variants.py), and an
 # end-to-end search on real CIFAR-10. On an H200 on 2026-11-26 `steps tests recipes profile` took 5
-# minutes and `e2e` 2.5; the stages' timeouts sum to 13 minutes, more than one call may run, so run them
-# in two calls (say `steps tests profile convs`, then `recipes e2e`) with timeout_s 600.
+# minutes and `e2e` 2.5; the stages' timeouts sum to 14.5 minutes, more than one call may run, so run them
+# in two calls (say `steps tests profile convs`, then `recipes nb201 e2e`) with timeout_s 600.
 # The lent machine has PyTorch but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/
@@ -14,7 +14,7 @@
 # and, for an A/B of the replayed step against an earlier commit on the same GPU (stage `base`),
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
-# tool with carry [".gpu_data"]; stages: steps base tests recipes profile convs e2e (default: all but base,
+# tool with carry [".gpu_data"]; stages: steps base tests recipes nb201 profile convs e2e (default: all but base,
 # in that order). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8 files come back); the
 # rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date
 # and command.
@@ -26,7 +26,7 @@ cp .gpu_data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-STAGES="${*:-steps tests recipes profile convs e2e}"
+STAGES="${*:-steps tests recipes nb201 profile convs e2e}"
 
 report() {  # the rows of a search_step JSON
     python3 -c "
@@ -36,8 +36,8 @@ for x in r['results']:
     print(f\"{x['method']:10} {x['path']:11} \" + (f\"FAILED {x['error']}\" if 'error' in x else
           f\"{x['ms_per_step_median']:8} ms  {x['peak_memory_gb']} GB  x{x['speedup_over_readable']}  replayed {x['replayed']}\"))" "$1"
 }
-step() {  # name, methods, paths, steps, seconds: one process per call, so that a failure stays in it
-    timeout "$5" python3 benchmarks/search_step.py --methods "$2" --paths "$3" --steps "$4" --no-results \
+step() {  # name, methods, paths, steps, seconds[, options]: one process per call, so that a failure stays in it
+    timeout "$5" python3 benchmarks/search_step.py --methods "$2" --paths "$3" --steps "$4" --no-results ${6:-} \
         > "$OUT/step-$1.json" 2>> "$OUT/errors.log"; report "$OUT/step-$1.json" || tail -5 "$OUT/errors.log"
 }
 e2e() {  # method, paths, seconds: real CIFAR-10, the paper's search network, 8,000 images (62 steps an
@@ -65,6 +65,8 @@ tests)
     tail -25 "$OUT/tests.log" ;;
 recipes)
     step recipes pc-darts,gdas,sdarts-rs,drnas,fair-darts readable,fused,graph 5 100 ;;
+nb201)
+    step nb201 darts-v1,darts-v2,gdas readable,fused,graph,graph-cl 10 90 "--space nb201" ;;
 profile)
     for layout in "" --channels-last; do
         timeout 40 python3 benchmarks/profile_step.py --rows 20 $layout 2>&1 | grep -v USDT | tee -a "$OUT/profile.log"
@@ -75,5 +77,5 @@ e2e)
     [ -f .cache/cifar10/cifar-10-batches-py/test_batch ] || python3 .gpu_data/tools/cifar10_from_jpeg.py .cache/cifar10 > /dev/null
     e2e darts-v1 fast,fast-bf16 90
     e2e darts-v2 fast 90 ;;
-*) echo "unknown stage $stage; valid: steps base tests recipes profile convs e2e" ;;
+*) echo "unknown stage $stage; valid: steps base tests recipes nb201 profile convs e2e" ;;
 esac; done

@@ -13,7 +13,7 @@ to RESULTS.md.
     python benchmarks/search_e2e.py --paths readable,fast --subset 0 --layers 8 --init-channels 16 \
         --batch-size 64 --epochs 2                        # on a GPU: the paper's search, 2 of its 50 epochs
 
-Paths: readable (SearchCell), fused (spaces/darts_fused.py), fast (fused, and on a GPU each step replayed
+Paths: readable (SearchCell), fused (spaces/fused.py), fast (fused, and on a GPU each step replayed
 from a CUDA graph: ``--fast`` of the CLI); a suffix -bf16 runs the steps under bf16 autocast
 (``--precision bf16``), -cl in channels_last (``--channels-last``). Each row also gives the seconds of the
 last epoch (after warm-up) and what 50 epochs on all 50,000 training images would take at that rate.

@@ -245,13 +245,57 @@ def test_fused_nb201_cells_launch_fewer_kernels():
     assert sum(fused.values()) < sum(readable.values()) / 2
 
 
+LAYOUT_BOUND = {"convolution", "convolution_backward", "native_batch_norm", "native_batch_norm_backward", "relu",
+                "clamp_min", "threshold_backward", "avg_pool2d", "avg_pool2d_backward", "max_pool2d_with_indices",
+                "max_pool2d_with_indices_backward"}
+
+
+class NCHWInputs(TorchDispatchMode):
+    """Counts the convolution, BatchNorm, pooling and ReLU kernels, forward and backward, handed a 4-d tensor
+    whose channels are not innermost (NCHW)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        nchw = lambda t: isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[-2:].numel() > 1 and t.stride(1) != 1
+        if func.overloadpacket.__name__ in LAYOUT_BOUND and any(map(nchw, args)):
+            self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name, space", [("darts-v1", "darts"), ("pc-darts", "darts"), ("darts-minus", "darts"),
+                                         ("darts-v1", "nb201"), ("pc-darts", "nb201")])
+def test_channels_last_stays_nhwc_through_the_fused_cell(name, space):
+    """In channels_last the fused cell hands its convolutions, BatchNorms, poolings and ReLUs NHWC tensors,
+    forward and backward, wherever the readable cell does: a step that returned NCHW would make the kernels
+    after it copy their input back, and its gradient, NCHW too, would run every kernel before it in NCHW.
+    (The readable network's own NCHW kernels, such as NAS-Bench-201's last ReLU backward, which receives
+    the global pooling's NCHW gradient, are the same on both paths.)"""
+    method, parts = recipe_parts(name)
+    seen = {}
+    for fused in (False, True):
+        model = supernet(fused, parts.relaxation, parts.edge, torch.float32, space,
+                         **method.config.get("space_options", {})).to(memory_format=torch.channels_last)
+        x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+        model(x)  # the plans, built once
+        with NCHWInputs() as seen[fused]:
+            F.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
+    assert seen[True].counts <= seen[False].counts, seen[True].counts - seen[False].counts
+    if space == "darts":
+        assert seen[True].counts == {}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the fast path on the GPU")
-@pytest.mark.parametrize("name", ["darts-v1", "darts-v2", "gdas", "pc-darts"])
-def test_cuda_step_equals_readable(name):
+@pytest.mark.parametrize("name, space", [("darts-v1", "darts"), ("darts-v2", "darts"), ("gdas", "darts"),
+                                         ("pc-darts", "darts"), ("darts-v1", "nb201"), ("gdas", "nb201")])
+def test_cuda_step_equals_readable(name, space):
     """On the GPU too the paths compute the same, checked in float64: in float32, cuDNN's convolutions run
     in TF32 (10 bits of mantissa) by default, and on an H200 single gradient elements then differed by
     2e-3 of their tensor's largest, the two paths summing in different orders."""
-    assert_same_step(search_step(name, fused=False, device="cuda"), search_step(name, fused=True, device="cuda"))
+    assert_same_step(search_step(name, fused=False, device="cuda", space=space),
+                     search_step(name, fused=True, device="cuda", space=space))
 
 
 def test_a_plan_moves_to_the_device_in_one_copy_per_dtype():

@@ -242,6 +242,8 @@ def test_asgd_takes_over_on_a_non_monotone_validation_loss(ptb, tmp_path, monkey
 def test_bad_input_is_refused_clearly(ptb, tmp_path, capsys):
     assert main(["search", "--space", "darts-rnn", "--dataset", "cifar10", "--data", str(ptb)]) == 2
     assert "unknown text data set 'cifar10'; valid text data sets: ptb, text, wikitext2" in capsys.readouterr().err
+    assert main(["search", "--space", "darts-rnn", "--data", str(ptb), "--fast"]) == 2
+    assert "--fast (fused cells, CUDA graphs, NHWC) is for the image spaces" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown options \\['layers'\\].*hidden_size"):
         dnas.search(space="darts-rnn", dataset="ptb", data=ptb, layers=5, run_dir=tmp_path / "r", progress=False)
     with pytest.raises(ValueError, match="edge 'sum'"):

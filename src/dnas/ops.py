@@ -76,7 +76,16 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x):
         x = self.relu(x)
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted(x))], dim=1))
+
+
+def shifted(x: torch.Tensor) -> torch.Tensor:
+    """``x[:, :, 1:, 1:]``, the input of FactorizedReduce's second convolution, in the layout of ``x``: sliced
+    on (N, H, W, C) where ``x`` is channels_last, so that the slice's backward fills an NHWC gradient (the
+    backward of a slice of the 4-d tensor fills a fresh NCHW one, and the gradients before it follow)."""
+    if x.stride(1) == 1 and x.shape[-2:].numel() > 1:
+        return x.permute(0, 2, 3, 1)[:, 1:, 1:].permute(0, 3, 1, 2)
+    return x[:, :, 1:, 1:]
 
 
 class Conv7x1x1x7(nn.Sequential):

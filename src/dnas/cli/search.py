@@ -5,7 +5,7 @@ import argparse
 
 from ..data import CORPORA, DATASETS
 from ..methods import builtin_methods
-from ..search import search
+from ..search import resolve_device, search
 
 
 def run_search(args: argparse.Namespace) -> None:
@@ -13,6 +13,11 @@ def run_search(args: argparse.Namespace) -> None:
         changes = {k: v for k, v in {"device": args.device, "tensorboard": args.tensorboard or None}.items() if v}
         result = search(resume=args.resume, progress=not args.quiet, **changes)
     else:
+        if args.fast and args.space == "darts-rnn":
+            raise ValueError("--fast (fused cells, CUDA graphs, NHWC) is for the image spaces darts and nb201; "
+                             "the recurrent search has no fast path, leave it off")
+        # --fast: the fused cells, and a CUDA graph on a GPU, NHWC on a CPU (where its step is fastest: docs/speed.md)
+        fast_on_cpu = args.fast and resolve_device(args.device or "auto").type == "cpu"
         settings = {k: v for k, v in {
             "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
             "device": args.device, "subset": args.subset, "cutout": args.cutout,
@@ -21,7 +26,7 @@ def run_search(args: argparse.Namespace) -> None:
             "ops": tuple(args.ops.split(",")) if args.ops else None,
             "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
             "fused": True if args.fast else None, "cuda_graph": True if args.fast else None,
-            "precision": args.precision, "channels_last": args.channels_last or None,
+            "precision": args.precision, "channels_last": args.channels_last or fast_on_cpu or None,
         }.items() if v is not None}
         result = search(space=args.space, method=args.method, dataset=args.dataset, run_dir=args.run_dir,
                         runs_root=args.runs, progress=not args.quiet, **settings)
@@ -52,8 +57,9 @@ def register(sub) -> None:
     s.add_argument("--subset", type=int, help="use only the first N training images (quick runs)")
     s.add_argument("--cutout", type=int, help="cutout length (default 0: off)")
     s.add_argument("--fast", action="store_true",
-                   help="the fast path: the DARTS cell fused (same results, fewer and larger kernels) and, on a GPU, "
-                        "each step replayed from a CUDA graph (docs/speed.md)")
+                   help="the fast path: the cells fused (DARTS and NAS-Bench-201 spaces: same results, fewer and "
+                        "larger kernels) and, on a GPU, each step replayed from a CUDA graph, on a CPU in the NHWC "
+                        "layout (--channels-last); docs/speed.md")
     s.add_argument("--precision", choices=["fp32", "bf16"],
                    help="fp32 (default), or bf16: the search steps under bf16 autocast (docs/speed.md)")
     s.add_argument("--channels-last", action="store_true",

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
-from ..ops import FactorizedReduce, Zero
+from ..ops import FactorizedReduce, Zero, shifted
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
 
@@ -387,9 +387,8 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     ``edge_weights`` a value per edge."""
     x = _cat(hs).unflatten(1, (len(hs), -1))  # (N, sources, C, H, W), in the states' layout
     k = batch.partial_channels
-    if k is not None:
-        c = x.shape[2] // k
-        x, rest = x[:, :, :c], x[:, :, c:]
+    if k is not None:  # PC-DARTS: the ops see the first C/K channels, the rest bypass them
+        x, rest = _split_channels(x, x.shape[2] // k)
     n, sources = x.shape[:2]
     per = len(batch.edges) // sources  # edges per source
     begun = {None: x}  # what the groups begin with, once per source: the sources, or a ReLU or pooling
@@ -434,6 +433,15 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     if batch.keep is not None:
         y = y * batch.keep.to(y.dtype).view(1, -1, 1, 1, 1)
     return _sum_blocks(y.flatten(1, 2), sources).unflatten(1, (-1, y.shape[2])) if sources > 1 else y
+
+
+def _split_channels(x: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (N, K, C, H, W) split into its first ``c`` channels and the rest, by one split (its backward
+    one concatenation, where two slices take a zero fill and a copy each), on (N, H, W, K, C) where ``x``
+    is channels_last, so that the backward stays NHWC (a slice's backward fills a fresh NCHW tensor)."""
+    if _channels_innermost(x[:, 0]):
+        return tuple(t.permute(_NHWC) for t in x.permute(_NHWC).split([c, x.shape[2] - c], 4))
+    return x.split([c, x.shape[2] - c], 2)
 
 
 def _flatten_sources(x: torch.Tensor) -> torch.Tensor:
@@ -701,7 +709,7 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
         return _conv(x, mods, slots, weights[0])
     if kind == "fr":
         a = _conv(x, [f.conv_1 for f in mods], slots, weights[0])
-        b = _conv(x[:, :, 1:, 1:], [f.conv_2 for f in mods], slots, weights[1])
+        b = _conv(shifted(x), [f.conv_2 for f in mods], slots, weights[1])
         if _channels_innermost(x):  # each edge's two halves side by side, in NHWC
             per_slot = lambda t: t.permute(0, 2, 3, 1).unflatten(3, (slots, -1))
             return torch.cat([per_slot(a), per_slot(b)], 4).flatten(3).permute(0, 3, 1, 2)
