@@ -13,8 +13,8 @@ to RESULTS.md.
     python benchmarks/search_e2e.py --paths readable,fast --subset 0 --layers 8 --init-channels 16 \
         --batch-size 64 --epochs 2                        # on a GPU: the paper's search, 2 of its 50 epochs
 
-Paths: readable (SearchCell), fused (spaces/fused.py), fast (fused, and on a GPU each step replayed
-from a CUDA graph: ``--fast`` of the CLI); a suffix -bf16 runs the steps under bf16 autocast
+Paths: readable (SearchCell), fused (spaces/fused.py), fast (``--fast`` of the CLI: fused, and on a GPU
+each step replayed from a CUDA graph, on a CPU in channels_last); a suffix -bf16 runs the steps under bf16 autocast
 (``--precision bf16``), -cl in channels_last (``--channels-last``). Each row also gives the seconds of the
 last epoch (after warm-up) and what 50 epochs on all 50,000 training images would take at that rate.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import dnas
-from dnas.search import resolve_device
+from dnas.search import fast_settings, resolve_device
 from results import append_rows, commit
 from search_step import device_name, path_options
 
@@ -65,6 +65,9 @@ def main() -> None:
 
     runs, failed = {}, {}  # a path that raises is reported, the others measured
     for path, (base, bf16, channels_last) in paths.items():
+        settings = fast_settings(device) if base == "fast" else {"fused": base == "fused"}
+        if channels_last:
+            settings["channels_last"] = True
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             try:
@@ -72,8 +75,7 @@ def main() -> None:
                                      run_dir=Path(tmp) / path, progress=False, epochs=args.epochs,
                                      subset=args.subset or None, batch_size=args.batch_size, device=str(device),
                                      seed=2, C=args.init_channels, layers=args.layers,
-                                     fused=base != "readable", cuda_graph=base == "fast",
-                                     precision="bf16" if bf16 else "fp32", channels_last=channels_last)
+                                     precision="bf16" if bf16 else "fp32", **settings)
             except Exception as e:
                 failed[path] = f"{type(e).__name__}: {e}"
                 continue

@@ -358,6 +358,13 @@ def trial_forward(model, params: dict[str, torch.Tensor], *args):
     return functional_call(model, {**params, **buffers}, args)
 
 
+def fast_settings(device: torch.device) -> dict[str, bool]:
+    """What ``--fast`` turns on, the fastest measured on each kind of device (docs/speed.md): the fused
+    cells (a space option of darts and nb201), and on a GPU each step replayed from a CUDA graph, on a CPU
+    the NHWC layout."""
+    return {"fused": True, "cuda_graph": device.type == "cuda", "channels_last": device.type == "cpu"}
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

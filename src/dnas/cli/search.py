@@ -5,7 +5,7 @@ import argparse
 
 from ..data import CORPORA, DATASETS
 from ..methods import builtin_methods
-from ..search import resolve_device, search
+from ..search import fast_settings, resolve_device, search
 
 
 def run_search(args: argparse.Namespace) -> None:
@@ -16,17 +16,15 @@ def run_search(args: argparse.Namespace) -> None:
         if args.fast and args.space == "darts-rnn":
             raise ValueError("--fast (fused cells, CUDA graphs, NHWC) is for the image spaces darts and nb201; "
                              "the recurrent search has no fast path, leave it off")
-        # --fast: the fused cells, and a CUDA graph on a GPU, NHWC on a CPU (where its step is fastest: docs/speed.md)
-        fast_on_cpu = args.fast and resolve_device(args.device or "auto").type == "cpu"
-        settings = {k: v for k, v in {
+        fast = fast_settings(resolve_device(args.device or "auto")) if args.fast else {}
+        settings = fast | {k: v for k, v in {
             "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
             "device": args.device, "subset": args.subset, "cutout": args.cutout,
             "tensorboard": args.tensorboard or None,
             "C": args.init_channels, "layers": args.layers, "nodes": args.nodes,
             "ops": tuple(args.ops.split(",")) if args.ops else None,
             "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
-            "fused": True if args.fast else None, "cuda_graph": True if args.fast else None,
-            "precision": args.precision, "channels_last": args.channels_last or fast_on_cpu or None,
+            "precision": args.precision, "channels_last": args.channels_last or None,
         }.items() if v is not None}
         result = search(space=args.space, method=args.method, dataset=args.dataset, run_dir=args.run_dir,
                         runs_root=args.runs, progress=not args.quiet, **settings)
