@@ -83,9 +83,14 @@ def shifted(x: torch.Tensor) -> torch.Tensor:
     """``x[:, :, 1:, 1:]``, the input of FactorizedReduce's second convolution, in the layout of ``x``: sliced
     on (N, H, W, C) where ``x`` is channels_last, so that the slice's backward fills an NHWC gradient (the
     backward of a slice of the 4-d tensor fills a fresh NCHW one, and the gradients before it follow)."""
-    if x.stride(1) == 1 and x.shape[-2:].numel() > 1:
+    if channels_innermost(x):
         return x.permute(0, 2, 3, 1)[:, 1:, 1:].permute(0, 3, 1, 2)
     return x[:, :, 1:, 1:]
+
+
+def channels_innermost(t: torch.Tensor) -> bool:
+    """Whether ``t`` (N, C, H, W) is laid out channels_last (NHWC), if not densely: a channel slice of it."""
+    return t.stride(1) == 1 and t.shape[-2:].numel() > 1
 
 
 class Conv7x1x1x7(nn.Sequential):

@@ -24,7 +24,7 @@ that leave the cell's inputs all at once:
 * the op weights of DARTS Eq. 2 (gathered for the whole cell by one precomputed index) are the affine
   weights of each op's last BatchNorm, w BN(x) being BN(x) with weight w: no multiply runs, and the
   BatchNorm's backward gives their gradient; only ops that end otherwise (skip) multiply. The ops that
-  one BatchNorm finishes are summed over the ops (and the two cell inputs) straight into the nodes by one
+  one BatchNorm finishes are summed over the ops (and the cell's inputs) straight into the nodes by one
   reduction; where the ops differ between edges (masked, or sampled by a hard relaxation), one
   ``index_add`` instead. The sums into the nodes are one add per source state.
 
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
-from ..ops import FactorizedReduce, Zero, shifted
+from ..ops import FactorizedReduce, Zero, channels_innermost, shifted
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
 
@@ -242,7 +242,7 @@ def _first_node(partial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | Non
     too (a 5-d concatenation along the nodes would be NCHW, and so every gradient before it)."""
     if partial.shape[1] == 1:
         return partial.squeeze(1), None
-    if _channels_innermost(partial[:, 0]):
+    if channels_innermost(partial[:, 0]):
         node, rest = partial.permute(_NHWC).split([1, partial.shape[1] - 1], 3)
         return node.squeeze(3).permute(0, 3, 1, 2), rest.permute(_NHWC)
     node, rest = partial.split([1, partial.shape[1] - 1], 1)
@@ -439,7 +439,7 @@ def _split_channels(x: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor
     """``x`` (N, K, C, H, W) split into its first ``c`` channels and the rest, by one split (its backward
     one concatenation, where two slices take a zero fill and a copy each), on (N, H, W, K, C) where ``x``
     is channels_last, so that the backward stays NHWC (a slice's backward fills a fresh NCHW tensor)."""
-    if _channels_innermost(x[:, 0]):
+    if channels_innermost(x[:, 0]):
         return tuple(t.permute(_NHWC) for t in x.permute(_NHWC).split([c, x.shape[2] - c], 4))
     return x.split([c, x.shape[2] - c], 2)
 
@@ -447,7 +447,7 @@ def _split_channels(x: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor
 def _flatten_sources(x: torch.Tensor) -> torch.Tensor:
     """``x`` (N, K, C, H, W) as (N, K x C, H, W), in its layout: a view where ``x`` is dense, else a copy
     (PC-DARTS's channel slice), NHWC where ``x`` is channels_last."""
-    if _channels_innermost(x[:, 0]):
+    if channels_innermost(x[:, 0]):
         n, k, c, h, w = x.shape
         return x.permute(_NHWC).reshape(n, h, w, k * c).permute(0, 3, 1, 2)
     return x.flatten(1, 2)
@@ -457,7 +457,7 @@ def _with_bypass(y: torch.Tensor, rest: torch.Tensor, k: int) -> torch.Tensor:
     """PC-DARTS (Xu et al., ICLR 2020, Eq. 2): each edge's ops output ``y`` (N, edges, C/K, H, W) beside its
     source's bypassed channels ``rest`` (N, sources, C - C/K, H, W), then channel-shuffled into K groups;
     in the layout of ``y``."""
-    nhwc = _channels_innermost(y[:, 0])
+    nhwc = channels_innermost(y[:, 0])
     if nhwc:  # the same steps on (N, H, W, edges, C), whose result is dense NHWC
         y, rest = y.permute(_NHWC), rest.permute(_NHWC)
     edge, channel = (3, 4) if nhwc else (1, 2)
@@ -497,7 +497,7 @@ def _per_source_sum(groups: list[_Group], weights: list, begun: dict, per: int, 
     n, _, height, width = xs[0].shape
     sources = len(weights[0]) // per
     w = torch.stack(weights).view(len(groups), sources, per).permute(1, 2, 0)  # (sources, per, ops)
-    if _channels_innermost(xs[0]):  # (ops, N, H, W, sources, C) -> (N, H, W, sources, per, C): NHWC, by one
+    if channels_innermost(xs[0]):  # (ops, N, H, W, sources, C) -> (N, H, W, sources, per, C): NHWC, by one
         # matrix product per source over (N H W C), not one per pixel
         z = torch.stack([x.permute(0, 2, 3, 1).unflatten(3, (sources, -1)) for x in xs])
         return torch.einsum("spo,onhwsc->nhwspc", w, z).flatten(3).permute(0, 3, 1, 2)
@@ -531,7 +531,7 @@ def _copy_to_edges(begun: dict, heads: list, per: int) -> dict:
     copies = {}
     for size in dict.fromkeys(begun[h].shape for h in heads):
         same = [h for h in heads if begun[h].shape == size]
-        if _channels_innermost(begun[same[0]][:, 0]):  # copied on (N, H, W, sources, C), dense, and back:
+        if channels_innermost(begun[same[0]][:, 0]):  # copied on (N, H, W, sources, C), dense, and back:
             # the backward's sum over the copies then stays NHWC too
             stacked = _stack([begun[h].permute(_NHWC) for h in same])  # (heads, N, H, W, sources, C)
             copied = stacked.unsqueeze(5).expand(-1, -1, -1, -1, -1, per, -1).contiguous()
@@ -581,7 +581,7 @@ def _index_select(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``t`` (N, K, C, H, W) at ``index`` along K, in the layout of ``t``: channels_last stays NHWC, which
     the convolutions after it take without a copy (``index_select`` itself returns NCHW, and so does its
     backward)."""
-    if _channels_innermost(t[:, 0]):
+    if channels_innermost(t[:, 0]):
         return t.permute(_NHWC).index_select(3, index).permute(_NHWC)
     return t.index_select(1, index)
 
@@ -589,7 +589,7 @@ def _index_select(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def _index_add(shape, index: torch.Tensor, z: torch.Tensor, st=None) -> torch.Tensor:
     """Zeros of ``shape`` (N, K, C, H, W), or ``st`` per K, with the blocks of ``z`` (N, slots, C, H, W)
     added at ``index`` along K, in the layout of ``z`` (as ``_index_select``)."""
-    if _channels_innermost(z[:, 0]):
+    if channels_innermost(z[:, 0]):
         n, k, c, h, w = shape
         base = z.new_zeros(n, h, w, k, c) if st is None else st.view(1, 1, 1, -1, 1).expand(n, h, w, k, c)
         return base.index_add(3, index, z.permute(_NHWC)).permute(_NHWC)
@@ -607,16 +607,11 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors) if len(tensors) > 1 else tensors[0].unsqueeze(0)
 
 
-def _channels_innermost(t: torch.Tensor) -> bool:
-    """Whether ``t`` (N, C, H, W) is laid out channels_last (NHWC), if not densely: a channel slice of it."""
-    return t.stride(1) == 1 and t.shape[-2:].numel() > 1
-
-
 def _sum_blocks(t: torch.Tensor, blocks: int) -> torch.Tensor:
     """``t`` (N, blocks x K, H, W) summed over its blocks, (N, K, H, W), in the layout of ``t``: a sum over
     a dimension of a channels_last tensor would return NCHW, and every convolution after it would copy its
     input back to NHWC."""
-    if _channels_innermost(t):
+    if channels_innermost(t):
         return t.permute(0, 2, 3, 1).unflatten(3, (blocks, -1)).sum(3).permute(0, 3, 1, 2)
     return t.unflatten(1, (blocks, -1)).sum(1)
 
@@ -710,7 +705,7 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
     if kind == "fr":
         a = _conv(x, [f.conv_1 for f in mods], slots, weights[0])
         b = _conv(shifted(x), [f.conv_2 for f in mods], slots, weights[1])
-        if _channels_innermost(x):  # each edge's two halves side by side, in NHWC
+        if channels_innermost(x):  # each edge's two halves side by side, in NHWC
             per_slot = lambda t: t.permute(0, 2, 3, 1).unflatten(3, (slots, -1))
             return torch.cat([per_slot(a), per_slot(b)], 4).flatten(3).permute(0, 3, 1, 2)
         return torch.cat([a.unflatten(1, (slots, -1)), b.unflatten(1, (slots, -1))], 2).flatten(1, 2)
