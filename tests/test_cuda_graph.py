@@ -74,7 +74,7 @@ def test_host_reads_are_named_with_their_line():
         step(*second)
     # on the CPU: each newly sampled pattern of ops gets a plan of index tensors (on a GPU, moreover, the
     # sampled ops are copied to the host)
-    assert any("dnas/spaces/darts" in where for where in syncs.found.values())
+    assert any("dnas/spaces/" in where for where in syncs.found.values())
     with HostSyncs() as syncs:
         torch.ones(3).sum().item()
         torch.tensor([1, 2]).nonzero()
