@@ -71,14 +71,13 @@ def supernet(method, fused: bool, layout: torch.memory_format, C: int, layers: i
              space: str = "darts"):
     """A recipe's supernet of ``space`` (CIFAR-shaped, seeded; ``layers`` cells, or cells per stage in
     nb201, None: the space's default) in ``layout`` on ``device``, with its parts and its optimisers
-    ``(w, alpha)``. The recipe's space options (PC-DARTS's edge normalisation, say) apply; its op set only
-    to the DARTS space, where it was chosen."""
+    ``(w, alpha)``. The recipe's space options (PC-DARTS's edge normalisation, say) apply, as a search
+    applies them (``Method.space_options``)."""
     torch.manual_seed(0)
     parts = method.build_parts()
-    options = {k: v for k, v in method.config.get("space_options", {}).items() if space == "darts" or k != "ops"}
     depth, default = DEPTH[space]
     model = SPACES.get(space)(num_classes=10, C=C, **{depth: layers or default}, relaxation=parts.relaxation,
-                              edge=parts.edge, fused=fused, **options)
+                              edge=parts.edge, fused=fused, **method.space_options(space))
     model = model.to(device, memory_format=layout)
     return model, parts, *optimizers(model, SearchConfig())
 

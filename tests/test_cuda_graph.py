@@ -30,14 +30,11 @@ def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32, space
     """A small supernet of a recipe with its optimisers (Adam with its step counter on the device, as a
     capture needs), and its bilevel step as a function of four tensors."""
     method, parts = recipe_parts(name)
-    options = method.config.get("space_options", {})
+    options = method.space_options(space)
     torch.manual_seed(0)
-    if space == "nb201":  # its own op set, not the recipe's DARTS one
-        options = {k: v for k, v in options.items() if k != "ops"}
-        model = NB201Supernet(10, 3, C=4, N=1, relaxation=parts.relaxation, edge=parts.edge, fused=fused, **options)
-    else:
-        model = DartsSupernet(10, 3, C=4, layers=3, relaxation=parts.relaxation, edge=parts.edge, fused=fused, **options)
-    model = model.to(device, dtype)
+    size = {"C": 4, "N": 1} if space == "nb201" else {"C": 4, "layers": 3}
+    model = (NB201Supernet if space == "nb201" else DartsSupernet)(
+        10, 3, relaxation=parts.relaxation, edge=parts.edge, fused=fused, **size, **options).to(device, dtype)
     w_opt, _ = optimizers(model, SearchConfig())
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
                              **({"capturable": True} if device == "cuda" else {"fused": True}))

@@ -1,9 +1,10 @@
 """The fast path of the supernet cells (spaces/fused.py) computes what the readable cells compute.
 
 Every built-in recipe takes one search step (architecture step of its order, then weight step) on a
-readable and a fused supernet from the same seed, of the DARTS space and of the NAS-Bench-201 space, in float64 so that the tolerance can be tight: the
-losses, the gradients of every weight and alpha, the parameters after the optimisers' steps, the
-BatchNorm running statistics and the evaluation-mode outputs (which read those statistics) must agree.
+readable and a fused supernet from the same seed, of the DARTS space and of the NAS-Bench-201 space, in
+float64 so that the tolerance can be tight: the losses, the gradients of every weight and alpha, the
+parameters after the optimisers' steps, the BatchNorm running statistics and the evaluation-mode outputs
+(which read those statistics) must agree.
 """
 from __future__ import annotations
 
@@ -29,8 +30,7 @@ RECIPES = sorted(builtin_methods())
 
 def supernet(fused, relaxation=None, edge=None, dtype=torch.float64, space="darts", **options):
     torch.manual_seed(0)
-    if space == "nb201":  # a recipe's op set is the DARTS cell's (FairDARTS, DARTS-PT drop its none)
-        options = {k: v for k, v in options.items() if k != "ops"}
+    if space == "nb201":
         return NB201Supernet(10, 3, C=4, N=2, relaxation=relaxation, edge=edge, fused=fused, **options).to(dtype)
     return DartsSupernet(10, 3, C=8, layers=5, relaxation=relaxation, edge=edge, fused=fused, **options).to(dtype)
 
@@ -50,8 +50,8 @@ def search_step(name: str, fused: bool, device="cpu", dtype=torch.float64, layou
     """One bilevel step of a recipe on a small supernet of ``space``, its weights and images in ``layout``;
     what it leaves behind."""
     method, parts = recipe_parts(name)
-    options = method.config.get("space_options", {})
-    model = supernet(fused, parts.relaxation, parts.edge, dtype, space, **options).to(device, memory_format=layout)
+    model = supernet(fused, parts.relaxation, parts.edge, dtype, space, **method.space_options(space))
+    model = model.to(device, memory_format=layout)
     if method.part("schedule") is not None and space == "darts":  # P-DARTS, second stage: 3 ops left per edge
         random_mask(model, keep=3)
     w_opt, a_opt = optimizers(model, SearchConfig())
@@ -277,7 +277,7 @@ def test_channels_last_stays_nhwc_through_the_fused_cell(name, space):
     seen = {}
     for fused in (False, True):
         model = supernet(fused, parts.relaxation, parts.edge, torch.float32, space,
-                         **method.config.get("space_options", {})).to(memory_format=torch.channels_last)
+                         **method.space_options(space)).to(memory_format=torch.channels_last)
         x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
         model(x)  # the plans, built once
         with NCHWInputs() as seen[fused]:

@@ -15,7 +15,7 @@ from dnas.bench import nb201
 from dnas.bench.nb201 import NB201_OPS, NB201Genotype, NotInBenchmarkError
 from dnas.cli import main
 from dnas.genotype import GenotypeError
-from dnas.methods import builtin_methods
+from dnas.methods import builtin_methods, get_method
 from dnas.relax import GumbelSoftmax
 from dnas.search import SearchConfig, bilevel_step, optimizers
 from dnas.selection import TopK
@@ -108,14 +108,21 @@ def test_edge_normalization_and_hard_relaxation_run_on_the_space():
     assert model.alphas["cell"].grad.abs().gt(0).any() and model.betas["cell"].grad.abs().gt(0).any()
 
 
+def test_a_recipe_keeps_its_op_set_to_its_own_space():
+    """FairDARTS and DARTS-PT chose their ops from the DARTS space's (its 8 without ``none``); on NAS-Bench-201
+    the space keeps its own 5, and a recipe's other options (PC-DARTS's edge normalisation) still apply."""
+    fair, pc = get_method("fair-darts"), get_method("pc-darts")
+    assert "none" not in fair.space_options()["ops"] and fair.space_options("darts") == fair.space_options()
+    assert fair.space_options("nb201") == {}
+    assert pc.space_options("nb201") == {"edge_normalization": True}
+
+
 def test_every_builtin_method_takes_a_step_on_the_space():
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
     for name, method in builtin_methods().items():
         torch.manual_seed(0)
         parts = method.build_parts()
-        # a recipe's op set is the DARTS cell's (FairDARTS, DARTS-PT drop its none); NB201 keeps its own
-        options = {k: v for k, v in method.config.get("space_options", {}).items() if k != "ops"}
-        model = NB201Supernet(C=4, N=1, relaxation=parts.relaxation, edge=parts.edge, **options)
+        model = NB201Supernet(C=4, N=1, relaxation=parts.relaxation, edge=parts.edge, **method.space_options("nb201"))
         parts.on_epoch_start(0, 50)
         w_opt, a_opt = optimizers(model, SearchConfig())
         before = model.alphas["cell"].detach().clone()

@@ -120,6 +120,15 @@ class Method:
     def build_parts(self) -> Parts:
         return Parts(**{kind: self.build(kind) for kind in DEFAULT_PARTS if kind not in RUN_PARTS})
 
+    def space_options(self, space: str | None = None) -> dict[str, Any]:
+        """The recipe's options of the search space ``space`` (None: the recipe's own): on its own space all
+        of them; on another, all but its op set, which it chose from its own space's ops (FairDARTS's and
+        DARTS-PT's are the DARTS ops without ``none``), so that the other space keeps its own ops."""
+        options = dict(self.config.get("space_options", {}))
+        if space not in (None, self.part("space")):
+            options.pop("ops", None)
+        return options
+
     def check(self) -> None:
         """Fail early, with the valid names, on a recipe that names a part that does not exist."""
         tables = registries()

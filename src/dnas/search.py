@@ -430,7 +430,7 @@ def search(
     dataset = dataset or config_cls.dataset
     config_fields = config_cls.fields()
     known = {k: v for k, v in settings.items() if k in config_fields}
-    space_options = {**recipe.config.get("space_options", {}), **known.pop("space_options", {}),
+    space_options = {**recipe.space_options(space), **known.pop("space_options", {}),
                      **{k: v for k, v in settings.items() if k not in config_fields}}
     unknown_recipe = set(recipe.config) - config_fields
     if unknown_recipe:
