@@ -12,6 +12,8 @@ to RESULTS.md.
     python benchmarks/search_e2e.py --method darts-v2 --epochs 1 --cifar10 DIR
     python benchmarks/search_e2e.py --paths readable,fast --subset 0 --layers 8 --init-channels 16 \
         --batch-size 64 --epochs 2                        # on a GPU: the paper's search, 2 of its 50 epochs
+    python benchmarks/search_e2e.py --space nb201 --layers 2 --paths readable,fast   # NAS-Bench-201 network,
+                                                          # 2 cells per stage
 
 Paths: readable (SearchCell), fused (spaces/fused.py), fast (``--fast`` of the CLI: fused, and on a GPU
 each step replayed from a CUDA graph, on a CPU in channels_last); a suffix -bf16 runs the steps under bf16 autocast
@@ -33,7 +35,7 @@ import torch
 import dnas
 from dnas.search import fast_settings, resolve_device
 from results import append_rows, commit
-from search_step import device_name, path_options
+from search_step import DEPTH, device_name, path_options
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## End-to-end search (benchmarks/search_e2e.py): CIFAR-10 search, readable vs fused cell"
@@ -51,7 +53,8 @@ def main() -> None:
                    help="comma-separated, of readable, fused, fast, each optionally followed by -bf16 (bf16 autocast) "
                         "and -cl (channels_last): fast-bf16, readable-cl, ...")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--layers", type=int, default=5)
+    p.add_argument("--space", default="darts", choices=sorted(DEPTH), help="the search space (default darts)")
+    p.add_argument("--layers", type=int, default=5, help="cells (default 5); with --space nb201 cells per stage")
     p.add_argument("--init-channels", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
@@ -71,10 +74,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             try:
-                result = dnas.search(space="darts", method=args.method, dataset="cifar10", data=args.cifar10,
+                result = dnas.search(space=args.space, method=args.method, dataset="cifar10", data=args.cifar10,
                                      run_dir=Path(tmp) / path, progress=False, epochs=args.epochs,
                                      subset=args.subset or None, batch_size=args.batch_size, device=str(device),
-                                     seed=2, C=args.init_channels, layers=args.layers,
+                                     seed=2, C=args.init_channels, **{DEPTH[args.space][0]: args.layers},
                                      precision="bf16" if bf16 else "fp32", **settings)
             except Exception as e:
                 failed[path] = f"{type(e).__name__}: {e}"
@@ -110,7 +113,8 @@ def main() -> None:
 def table_rows(report: dict, measured: str) -> list[str]:
     """The RESULTS.md rows of a report (of this run, or a JSON brought back from a GPU machine)."""
     a = report["settings"]
-    return [f"| {report['date']} | {report['device']} | torch {report['torch']} | {measured} | {a['method']} | "
+    method = a["method"] if a.get("space", "darts") == "darts" else f"{a['method']} on {a['space']}"
+    return [f"| {report['date']} | {report['device']} | torch {report['torch']} | {measured} | {method} | "
             f"{path} | {a['subset']} | {a['epochs']} | {a['layers']} x {a['init_channels']} | {a['batch_size']} | "
             f"{r['seconds'] / 60:.2f} | {r['epoch_seconds']:.1f} ({r['minutes_for_50_full_epochs']}) | "
             f"{r['speedup_over_readable']} | "
