@@ -117,6 +117,16 @@ def test_a_recipe_keeps_its_op_set_to_its_own_space():
     assert pc.space_options("nb201") == {"edge_normalization": True}
 
 
+@pytest.mark.parametrize("method, part", [("p-darts", "schedule 'progressive'"),
+                                          ("darts-pt", "selection 'perturbation'")])
+def test_a_method_for_the_darts_space_only_is_refused_before_it_runs(method, part, tmp_path):
+    """P-DARTS deepens the DARTS supernet and DARTS-PT projects its op masks: on NAS-Bench-201 they are refused
+    at once, not after a search has run."""
+    with pytest.raises(ValueError, match=f"method {method}: its {part} works on the darts space only, not on nb201"):
+        dnas.search(space="nb201", method=method, dataset="fashion-mnist", run_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_every_builtin_method_takes_a_step_on_the_space():
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
     for name, method in builtin_methods().items():

@@ -129,14 +129,20 @@ class Method:
             options.pop("ops", None)
         return options
 
-    def check(self) -> None:
-        """Fail early, with the valid names, on a recipe that names a part that does not exist."""
+    def check(self, space: str | None = None) -> None:
+        """Fail early, with the valid names, on a recipe that names a part that does not exist; with ``space``,
+        before a search on that space starts, on a part that works on other spaces only (its ``spaces``:
+        P-DARTS's stages and DARTS-PT's projection reshape the DARTS supernet)."""
         tables = registries()
         for kind, spec in self.parts.items():
             for s in spec if kind in LIST_PARTS else [spec]:
                 name = s.get("name") if isinstance(s, dict) else s
-                if name is not None:
-                    tables[kind].get(name)
+                if name is None or kind == "space":
+                    continue
+                spaces = getattr(tables[kind].get(name), "spaces", None)
+                if space is not None and spaces is not None and space not in spaces:
+                    raise ValueError(f"method {self.name}: its {kind} {name!r} works on the {' and '.join(spaces)} "
+                                     f"space only, not on {space}")
 
     @classmethod
     def from_toml(cls, text: str, origin: str) -> "Method":

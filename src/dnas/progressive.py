@@ -37,6 +37,8 @@ SCHEDULES = Registry("schedule")
 class Progressive:
     """The stages of a P-DARTS search: cells, ops kept per edge after the stage, skip dropout rate."""
 
+    spaces = ("darts",)  # it deepens the DARTS supernet (layers) and masks its ops (op_mask) between stages
+
     def __init__(self, layers=(5, 11, 17), keep=(5, 3, 1), skip_dropout=(0.1, 0.4, 0.7), max_skips: int = 2):
         if not len(layers) == len(keep) == len(skip_dropout) or not layers:
             raise ValueError(f"progressive: layers, keep and skip_dropout need one entry per stage, got "

@@ -56,6 +56,8 @@ class Perturbation:
     read off by magnitude (DARTS's top-2); projected edges read as decided.
     """
 
+    spaces = ("darts",)  # it masks ops of the DARTS supernet's two cell types (op_mask)
+
     def __init__(self, tune_epochs: int = 5, lr_scale: float = 0.1, criterion: str = "accuracy",
                  eval_batches: int | None = None, tune_steps: int | None = None,
                  exclude: tuple[str, ...] = ("none",)):

@@ -426,6 +426,7 @@ def search(
     if resume is not None:
         return _resume(Path(resume), progress, **settings)
     recipe = get_method(method)
+    recipe.check(space or recipe.part("space"))
     config_cls, search_cls = search_classes(space or recipe.part("space"), recipe)
     dataset = dataset or config_cls.dataset
     config_fields = config_cls.fields()
