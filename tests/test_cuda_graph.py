@@ -286,12 +286,15 @@ class Dtypes(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("method", ["darts-v1", "darts-v2"])
-def test_bf16_search_runs_its_convolutions_in_bf16(fashion_mnist_root, tmp_path, method):
+@pytest.mark.parametrize("method, channels_last", [("darts-v1", False), ("darts-v2", False), ("gdas", True),
+                                                   ("pc-darts", True)])
+def test_bf16_search_runs_its_convolutions_in_bf16(fashion_mnist_root, tmp_path, method, channels_last):
     """--precision bf16: the step's convolutions in bf16 (second order too: its in-place finite-difference
-    shifts of the weights reach the casts, which are not cached), the run ends with a genotype."""
+    shifts of the weights reach the casts, which are not cached; a hard relaxation's sums of bf16 ops and
+    fp32 straight-through terms; NHWC), the run ends with a genotype."""
     config = SearchConfig(method=method, dataset="fashion-mnist", subset=64, batch_size=16, epochs=1,
-                          precision="bf16", space_options={"C": 4, "layers": 3, "nodes": 2, "fused": True})
+                          precision="bf16", channels_last=channels_last,
+                          space_options={"C": 4, "layers": 3, "nodes": 2, "fused": True})
     search = Search(config, tmp_path / "r")
     (x, y), (vx, vy) = next(iter(search.train_loader)), next(iter(search.val_loader))
     with Dtypes() as seen:

@@ -588,7 +588,10 @@ def _index_select(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def _index_add(shape, index: torch.Tensor, z: torch.Tensor, st=None) -> torch.Tensor:
     """Zeros of ``shape`` (N, K, C, H, W), or ``st`` per K, with the blocks of ``z`` (N, slots, C, H, W)
-    added at ``index`` along K, in the layout of ``z`` (as ``_index_select``)."""
+    added at ``index`` along K, in the layout of ``z`` (as ``_index_select``); in the dtype that adding
+    them would give (under bf16 autocast: bf16 ops, fp32 ``st``, as ``w * op(x)`` sums in the readable cell)."""
+    if st is not None:
+        z, st = (t.to(torch.promote_types(z.dtype, st.dtype)) for t in (z, st))
     if channels_innermost(z[:, 0]):
         n, k, c, h, w = shape
         base = z.new_zeros(n, h, w, k, c) if st is None else st.view(1, 1, 1, -1, 1).expand(n, h, w, k, c)
