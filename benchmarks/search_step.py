@@ -21,6 +21,7 @@ process's peak resident set, shared by the paths of a run.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -64,7 +65,9 @@ def path_options(path: str, bases) -> tuple[str, bool, bool]:
     return base, "bf16" in options, "cl" in options
 
 
-DEPTH = {"darts": ("layers", 8), "nb201": ("N", 5)}  # per space, its option for the depth, and its default
+DEPTH = {name: (SPACES.get(name).depth_option,  # per space, its option for the depth, and its default
+                inspect.signature(SPACES.get(name)).parameters[SPACES.get(name).depth_option].default)
+         for name in ("darts", "nb201")}
 
 
 def supernet(method, fused: bool, layout: torch.memory_format, C: int, layers: int | None, device: torch.device,

@@ -247,13 +247,15 @@ def test_search_on_nb201_reports_the_true_accuracy_of_its_genotype(fashion_mnist
 
 def test_fast_search_on_nb201_runs_its_cells_fused(fashion_mnist_root, tmp_path, capsys):
     """``dnas search --space nb201 --fast`` on a CPU: the cells run by the fused path (tests/test_fused.py
-    holds it to the readable cell) in NHWC, and the run ends with a benchmark genotype."""
+    holds it to the readable cell) in NHWC, and the run ends with a benchmark genotype; ``--layers`` sets
+    the cells per stage."""
     run = tmp_path / "run"
     assert main(["search", "--space", "nb201", "--method", "gdas", "--dataset", "fashion-mnist",
-                 "--init-channels", "4", "--subset", "64", "--batch-size", "16", "--epochs", "1",
+                 "--init-channels", "4", "--layers", "1", "--subset", "64", "--batch-size", "16", "--epochs", "1",
                  "--run-dir", str(run), "-q", "--fast", "--device", "cpu"]) == 0
     config = json.loads((run / "config.json").read_text())["config"]
-    assert config["space_options"]["fused"] is True and config["channels_last"] is True and not config["cuda_graph"]
+    assert config["space_options"] == {"C": 4, "N": 1, "fused": True}
+    assert config["channels_last"] is True and not config["cuda_graph"]
     genotype = NB201Genotype.load(run / "genotype.json")
     assert f"genotype: {genotype}" in capsys.readouterr().out.splitlines()
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["nb201_cifar10"] == \

@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 
 from ..data import CORPORA, DATASETS
-from ..methods import builtin_methods
+from ..methods import builtin_methods, get_method
 from ..search import fast_settings, resolve_device, search
+from ..spaces import SPACES
 
 
 def run_search(args: argparse.Namespace) -> None:
@@ -17,11 +18,13 @@ def run_search(args: argparse.Namespace) -> None:
             raise ValueError("--fast (fused cells, CUDA graphs, NHWC) is for the image spaces darts and nb201; "
                              "the recurrent search has no fast path, leave it off")
         fast = fast_settings(resolve_device(args.device or "auto")) if args.fast else {}
+        space = SPACES.get(args.space or get_method(args.method).part("space"))
+        depth = getattr(space, "depth_option", "layers")  # --layers: NAS-Bench-201's cells per stage
         settings = fast | {k: v for k, v in {
             "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
             "device": args.device, "subset": args.subset, "cutout": args.cutout,
             "tensorboard": args.tensorboard or None,
-            "C": args.init_channels, "layers": args.layers, "nodes": args.nodes,
+            "C": args.init_channels, depth: args.layers, "nodes": args.nodes,
             "ops": tuple(args.ops.split(",")) if args.ops else None,
             "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
             "precision": args.precision, "channels_last": args.channels_last or None,
@@ -47,7 +50,8 @@ def register(sub) -> None:
     s.add_argument("--space", help="search space (default: the method's): darts, nb201, darts-rnn (recurrent, on a corpus)")
     s.add_argument("--epochs", type=int, help="default 50")
     s.add_argument("--batch-size", type=int, help="default 64")
-    s.add_argument("--layers", type=int, help="cells in the supernet (default 8)")
+    s.add_argument("--layers", type=int, help="cells in the supernet (default 8); --space nb201: cells per "
+                                             "stage (default 5)")
     s.add_argument("--init-channels", type=int, help="initial channels C (default 16)")
     s.add_argument("--nodes", type=int, help="intermediate nodes per cell (default 4; darts-rnn 8)")
     s.add_argument("--hidden-size", type=int, help="darts-rnn: embedding = hidden size (default 300)")

@@ -88,6 +88,8 @@ class DartsSupernet(Supernet):
     4 intermediate nodes, the 8 DARTS ops, stem of 3 x C channels (App. A.1.1). ``fused=True`` runs the
     cells by the fast path of fused.py: the same results and parameters, fewer and larger kernels."""
 
+    depth_option = "layers"  # the option that sets the network's depth (the CLI's --layers)
+
     def __init__(
         self,
         num_classes: int = 10,

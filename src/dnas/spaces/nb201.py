@@ -86,6 +86,8 @@ class NB201Supernet(Supernet):
     NB201_OPS). ``fused=True`` runs the cells by the fast path of fused.py: the same results and
     parameters, fewer and larger kernels."""
 
+    depth_option = "N"  # the option that sets the network's depth (the CLI's --layers): cells per stage
+
     def __init__(
         self,
         num_classes: int = 10,
