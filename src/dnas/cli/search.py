@@ -65,8 +65,8 @@ def register(sub) -> None:
     s.add_argument("--precision", choices=["fp32", "bf16"],
                    help="fp32 (default), or bf16: the search steps under bf16 autocast (docs/speed.md)")
     s.add_argument("--channels-last", action="store_true",
-                   help="supernet and images in the NHWC memory layout: on a CPU the DARTS cell's search step "
-                        "runs about 2x faster (same results up to rounding; docs/speed.md)")
+                   help="supernet and images in the NHWC memory layout: on a CPU the search step runs 1.4-2x "
+                        "faster (same results up to rounding; part of --fast there; docs/speed.md)")
     s.add_argument("--seed", type=int, help="random seed (default 2); same seed, same result on the CPU")
     s.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     s.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")
