@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import dnas
+from dnas.methods import get_method
 from dnas.search import fast_settings, resolve_device
 from results import append_rows, commit
 from search_step import DEPTH, device_name, path_options
@@ -68,7 +69,7 @@ def main() -> None:
 
     runs, failed = {}, {}  # a path that raises is reported, the others measured
     for path, (base, bf16, channels_last) in paths.items():
-        settings = fast_settings(device) if base == "fast" else {"fused": base == "fused"}
+        settings = fast_settings(device, get_method(args.method)) if base == "fast" else {"fused": base == "fused"}
         if channels_last:
             settings["channels_last"] = True
         with tempfile.TemporaryDirectory() as tmp:

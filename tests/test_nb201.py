@@ -250,7 +250,7 @@ def test_fast_search_on_nb201_runs_its_cells_fused(fashion_mnist_root, tmp_path,
     holds it to the readable cell) in NHWC, and the run ends with a benchmark genotype; ``--layers`` sets
     the cells per stage."""
     run = tmp_path / "run"
-    assert main(["search", "--space", "nb201", "--method", "gdas", "--dataset", "fashion-mnist",
+    assert main(["search", "--space", "nb201", "--method", "darts-v2", "--dataset", "fashion-mnist",
                  "--init-channels", "4", "--layers", "1", "--subset", "64", "--batch-size", "16", "--epochs", "1",
                  "--run-dir", str(run), "-q", "--fast", "--device", "cpu"]) == 0
     config = json.loads((run / "config.json").read_text())["config"]

@@ -6,7 +6,8 @@ import torch
 
 import dnas
 from dnas.checkpoint import CheckpointError
-from dnas.search import Search, SearchConfig
+from dnas.methods import get_method
+from dnas.search import Search, SearchConfig, fast_settings
 
 # a reduced supernet that runs in seconds on 2 CPU cores; the full-size defaults are pinned in test_space.py
 TINY = dict(C=4, layers=3, nodes=2, batch_size=16, subset=128, progress=False)
@@ -125,6 +126,15 @@ def test_bad_input_is_a_clear_error(fashion_mnist_root, tmp_path, kwargs, messag
     kwargs = {"dataset": "fashion-mnist", **kwargs}
     with pytest.raises((ValueError, KeyError, FileNotFoundError, TypeError), match=message):
         dnas.search(epochs=1, run_dir=tmp_path / "r", **{**TINY, **kwargs})
+
+
+def test_fast_settings_are_the_fastest_measured_per_device():
+    """--fast (docs/speed.md): on a GPU the fused cells replayed from a CUDA graph; on a CPU NHWC, with the
+    fused cells but for a hard relaxation (GDAS), whose readable cell is the faster one there."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fast_settings(cuda, get_method("gdas")) == {"fused": True, "cuda_graph": True, "channels_last": False}
+    assert fast_settings(cpu, get_method("darts-v2")) == {"fused": True, "cuda_graph": False, "channels_last": True}
+    assert fast_settings(cpu, get_method("gdas")) == {"fused": False, "cuda_graph": False, "channels_last": True}
 
 
 def test_config_defaults_reach_the_optimisers(fashion_mnist_root, tmp_path):

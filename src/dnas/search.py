@@ -358,11 +358,14 @@ def trial_forward(model, params: dict[str, torch.Tensor], *args):
     return functional_call(model, {**params, **buffers}, args)
 
 
-def fast_settings(device: torch.device) -> dict[str, bool]:
-    """What ``--fast`` turns on, the fastest measured on each kind of device (docs/speed.md): the fused
-    cells (a space option of darts and nb201), and on a GPU each step replayed from a CUDA graph, on a CPU
-    the NHWC layout."""
-    return {"fused": True, "cuda_graph": device.type == "cuda", "channels_last": device.type == "cpu"}
+def fast_settings(device: torch.device, method: Method) -> dict[str, bool]:
+    """What ``--fast`` turns on for ``method``, the fastest measured on each kind of device (docs/speed.md):
+    on a GPU the fused cells (a space option of darts and nb201) and each step replayed from a CUDA graph;
+    on a CPU the NHWC layout, with the fused cells unless the relaxation is hard (GDAS: one sampled op per
+    edge leaves little to batch, and there the readable cell in NHWC is the fastest CPU path)."""
+    cpu = device.type == "cpu"
+    hard = method.build("relaxation").hard
+    return {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda", "channels_last": cpu}
 
 
 def resolve_device(device: str) -> torch.device:

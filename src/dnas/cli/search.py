@@ -17,8 +17,9 @@ def run_search(args: argparse.Namespace) -> None:
         if args.fast and args.space == "darts-rnn":
             raise ValueError("--fast (fused cells, CUDA graphs, NHWC) is for the image spaces darts and nb201; "
                              "the recurrent search has no fast path, leave it off")
-        fast = fast_settings(resolve_device(args.device or "auto")) if args.fast else {}
-        space = SPACES.get(args.space or get_method(args.method).part("space"))
+        method = get_method(args.method)
+        fast = fast_settings(resolve_device(args.device or "auto"), method) if args.fast else {}
+        space = SPACES.get(args.space or method.part("space"))
         depth = getattr(space, "depth_option", "layers")  # --layers: NAS-Bench-201's cells per stage
         settings = fast | {k: v for k, v in {
             "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
@@ -60,8 +61,8 @@ def register(sub) -> None:
     s.add_argument("--cutout", type=int, help="cutout length (default 0: off)")
     s.add_argument("--fast", action="store_true",
                    help="the fast path: the cells fused (DARTS and NAS-Bench-201 spaces: same results, fewer and "
-                        "larger kernels) and, on a GPU, each step replayed from a CUDA graph, on a CPU in the NHWC "
-                        "layout (--channels-last); docs/speed.md")
+                        "larger kernels) and, on a GPU, each step replayed from a CUDA graph; on a CPU the NHWC "
+                        "layout (--channels-last), fused but for GDAS; docs/speed.md")
     s.add_argument("--precision", choices=["fp32", "bf16"],
                    help="fp32 (default), or bf16: the search steps under bf16 autocast (docs/speed.md)")
     s.add_argument("--channels-last", action="store_true",
