@@ -427,6 +427,9 @@ def test_recipe_with_unknown_part_name(tmp_path):
     with pytest.raises(ValueError) as info:
         get_method(str(path))
     assert "sparsemax" in str(info.value) and "softmax" in str(info.value)
+    path.write_text('name = "bad"\n[parts]\nspace = "nasnet"\n')
+    with pytest.raises(ValueError, match="unknown search space 'nasnet'; valid search spaces: darts"):
+        get_method(str(path))
 
 
 def test_missing_recipe_file(tmp_path):

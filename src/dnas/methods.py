@@ -137,9 +137,9 @@ class Method:
         for kind, spec in self.parts.items():
             for s in spec if kind in LIST_PARTS else [spec]:
                 name = s.get("name") if isinstance(s, dict) else s
-                if name is None or kind == "space":
+                if name is None:
                     continue
-                spaces = getattr(tables[kind].get(name), "spaces", None)
+                spaces = getattr(tables[kind].get(name), "spaces", None)  # the supernets have none
                 if space is not None and spaces is not None and space not in spaces:
                     raise ValueError(f"method {self.name}: its {kind} {name!r} works on the {' and '.join(spaces)} "
                                      f"space only, not on {space}")
