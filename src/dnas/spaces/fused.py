@@ -479,7 +479,7 @@ def _per_source_sum(groups: list[_Group], weights: list, begun: dict, per: int, 
     BatchNorm, the skip), (N, edges x C, H, W) as a block of ``_sum_slots``: each op runs once per source,
     not copied to the edges, and DARTS Eq. 2 over these ops is one batched matmul of their outputs with
     their weights ``weights`` (per op, one per edge), giving every edge its own sum."""
-    xs = [begun[g.head].flatten(1, 2) for g in groups]  # (N, sources x C, H, W)
+    xs = [_flatten_sources(begun[g.head]) for g in groups]  # (N, sources x C, H, W)
     ptr = [int(g.head is not None) for g in groups]
     while any(p < len(g.leaves) for p, g in zip(ptr, groups)):  # BatchNorms: one for those alike
         waiting: dict[tuple, list[int]] = {}
