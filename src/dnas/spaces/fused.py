@@ -242,10 +242,8 @@ def _first_node(partial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | Non
     too (a 5-d concatenation along the nodes would be NCHW, and so every gradient before it)."""
     if partial.shape[1] == 1:
         return partial.squeeze(1), None
-    if channels_innermost(partial[:, 0]):
-        node, rest = partial.permute(_NHWC).split([1, partial.shape[1] - 1], 3)
-        return node.squeeze(3).permute(0, 3, 1, 2), rest.permute(_NHWC)
-    node, rest = partial.split([1, partial.shape[1] - 1], 1)
+    view, k = _blocks(partial)
+    node, rest = (_unblocked(t, k) for t in view.split([1, partial.shape[1] - 1], k))
     return node.squeeze(1), rest
 
 
@@ -439,9 +437,8 @@ def _split_channels(x: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor
     """``x`` (N, K, C, H, W) split into its first ``c`` channels and the rest, by one split (its backward
     one concatenation, where two slices take a zero fill and a copy each), on (N, H, W, K, C) where ``x``
     is channels_last, so that the backward stays NHWC (a slice's backward fills a fresh NCHW tensor)."""
-    if channels_innermost(x[:, 0]):
-        return tuple(t.permute(_NHWC) for t in x.permute(_NHWC).split([c, x.shape[2] - c], 4))
-    return x.split([c, x.shape[2] - c], 2)
+    view, k = _blocks(x)
+    return tuple(_unblocked(t, k) for t in view.split([c, x.shape[2] - c], k + 1))
 
 
 def _flatten_sources(x: torch.Tensor) -> torch.Tensor:
@@ -457,13 +454,11 @@ def _with_bypass(y: torch.Tensor, rest: torch.Tensor, k: int) -> torch.Tensor:
     """PC-DARTS (Xu et al., ICLR 2020, Eq. 2): each edge's ops output ``y`` (N, edges, C/K, H, W) beside its
     source's bypassed channels ``rest`` (N, sources, C - C/K, H, W), then channel-shuffled into K groups;
     in the layout of ``y``."""
-    nhwc = channels_innermost(y[:, 0])
-    if nhwc:  # the same steps on (N, H, W, edges, C), whose result is dense NHWC
-        y, rest = y.permute(_NHWC), rest.permute(_NHWC)
-    edge, channel = (3, 4) if nhwc else (1, 2)
-    y = torch.cat([y, rest.repeat_interleave(y.shape[edge] // rest.shape[edge], dim=edge)], dim=channel)
-    y = y.unflatten(channel, (k, -1)).transpose(channel, channel + 1).reshape(y.shape)
-    return y.permute(_NHWC) if nhwc else y
+    y, edge = _blocks(y)
+    rest = _unblocked(rest, edge)  # into the view of y (whatever its own layout): _NHWC is its own inverse
+    y = torch.cat([y, rest.repeat_interleave(y.shape[edge] // rest.shape[edge], dim=edge)], dim=edge + 1)
+    y = y.unflatten(edge + 1, (k, -1)).transpose(edge + 1, edge + 2).reshape(y.shape)
+    return _unblocked(y, edge)
 
 
 def _same_on_every_edge(g: _Group) -> bool:
@@ -571,33 +566,42 @@ def _sum_slots(batch: _Batch, blocks, order, w, st, shape, by_node: bool) -> tor
     if order != sorted(order):
         pos = pos.split([len(g.edge_ids) for g in batch.groups])
         pos = torch.cat([pos[i] for i in order])
-    return _index_add(shape, pos, z, st)
+    return _index_add(shape[1], pos, z, st)
 
 
 _NHWC = (0, 3, 4, 1, 2)  # (N, K, C, H, W) <-> (N, H, W, K, C), its own inverse
 
 
+def _blocks(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``t`` (N, K, C, H, W) as a view with K and C in memory order, and the dimension of K (C is the next):
+    ``t`` itself (K at 1), or (N, H, W, K, C) (K at 3) where ``t`` is channels_last. Gathering, splitting
+    or concatenating along K or C on this view keeps the layout of ``t``, forward and backward: on the 5-d
+    tensor itself their results, and their gradients, come out NCHW, which the convolutions after them
+    would copy back. ``_unblocked`` turns a result of the view back into (N, K', C', H, W)."""
+    return (t.permute(_NHWC), 3) if channels_innermost(t[:, 0]) else (t, 1)
+
+
+def _unblocked(view: torch.Tensor, k: int) -> torch.Tensor:
+    """A result of a ``_blocks`` view, K at ``k``, as (N, K, C, H, W)."""
+    return view.permute(_NHWC) if k == 3 else view
+
+
 def _index_select(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``t`` (N, K, C, H, W) at ``index`` along K, in the layout of ``t``: channels_last stays NHWC, which
-    the convolutions after it take without a copy (``index_select`` itself returns NCHW, and so does its
-    backward)."""
-    if channels_innermost(t[:, 0]):
-        return t.permute(_NHWC).index_select(3, index).permute(_NHWC)
-    return t.index_select(1, index)
+    """``t`` (N, K, C, H, W) at ``index`` along K, in the layout of ``t`` (``_blocks``)."""
+    view, k = _blocks(t)
+    return _unblocked(view.index_select(k, index), k)
 
 
-def _index_add(shape, index: torch.Tensor, z: torch.Tensor, st=None) -> torch.Tensor:
-    """Zeros of ``shape`` (N, K, C, H, W), or ``st`` per K, with the blocks of ``z`` (N, slots, C, H, W)
-    added at ``index`` along K, in the layout of ``z`` (as ``_index_select``); in the dtype that adding
+def _index_add(blocks: int, index: torch.Tensor, z: torch.Tensor, st=None) -> torch.Tensor:
+    """Zeros of (N, ``blocks``, C, H, W), or ``st`` per block, with the blocks of ``z`` (N, slots, C, H, W)
+    added at ``index`` along the blocks, in the layout of ``z`` (as ``_index_select``); in the dtype that adding
     them would give (under bf16 autocast: bf16 ops, fp32 ``st``, as ``w * op(x)`` sums in the readable cell)."""
     if st is not None:
         z, st = (t.to(torch.promote_types(z.dtype, st.dtype)) for t in (z, st))
-    if channels_innermost(z[:, 0]):
-        n, k, c, h, w = shape
-        base = z.new_zeros(n, h, w, k, c) if st is None else st.view(1, 1, 1, -1, 1).expand(n, h, w, k, c)
-        return base.index_add(3, index, z.permute(_NHWC)).permute(_NHWC)
-    base = z.new_zeros(shape) if st is None else st.view(1, -1, 1, 1, 1).expand(shape)
-    return base.index_add(1, index, z)
+    view, k = _blocks(z)
+    size = [*view.shape[:k], blocks, *view.shape[k + 1:]]
+    base = view.new_zeros(size) if st is None else st.view([-1 if d == k else 1 for d in range(5)]).expand(size)
+    return _unblocked(base.index_add(k, index, view), k)
 
 
 def _cat(tensors: list[torch.Tensor], dim: int = 1) -> torch.Tensor:
