@@ -69,7 +69,7 @@ def main() -> None:
 
     runs, failed = {}, {}  # a path that raises is reported, the others measured
     for path, (base, bf16, channels_last) in paths.items():
-        settings = fast_settings(device, get_method(args.method)) if base == "fast" else {"fused": base == "fused"}
+        settings = fast_settings(device, get_method(args.method), args.space) if base == "fast" else {"fused": base == "fused"}
         if channels_last:
             settings["channels_last"] = True
         with tempfile.TemporaryDirectory() as tmp:

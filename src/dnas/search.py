@@ -358,11 +358,17 @@ def trial_forward(model, params: dict[str, torch.Tensor], *args):
     return functional_call(model, {**params, **buffers}, args)
 
 
-def fast_settings(device: torch.device, method: Method) -> dict[str, bool]:
-    """What ``--fast`` turns on for ``method``, the fastest measured on each kind of device (docs/speed.md):
-    on a GPU the fused cells (a space option of darts and nb201) and each step replayed from a CUDA graph;
-    on a CPU the NHWC layout, with the fused cells unless the relaxation is hard (GDAS: one sampled op per
-    edge leaves little to batch, and there the readable cell in NHWC is the fastest CPU path)."""
+def fast_settings(device: torch.device, method: Method, space: str | None = None) -> dict[str, bool]:
+    """What ``--fast`` turns on for ``method`` on ``space`` (None: the method's), the fastest measured on each
+    kind of device (docs/speed.md): on a GPU the fused cells (a space option of darts and nb201) and each
+    step replayed from a CUDA graph; on a CPU the NHWC layout, with the fused cells unless the relaxation is
+    hard (GDAS: one sampled op per edge leaves little to batch, and there the readable cell in NHWC is the
+    fastest CPU path). A space without a fused cell (the recurrent one) has no fast path."""
+    space = space or method.part("space")
+    fusable = [name for name in SPACES.names() if "fused" in inspect.signature(SPACES.get(name)).parameters]
+    if space not in fusable:
+        raise ValueError(f"--fast (fused cells, CUDA graphs, NHWC) is for the image spaces {' and '.join(fusable)}; "
+                         f"the {space} space has no fast path, leave it off")
     cpu = device.type == "cpu"
     hard = method.build("relaxation").hard
     return {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda", "channels_last": cpu}

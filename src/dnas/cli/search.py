@@ -14,11 +14,8 @@ def run_search(args: argparse.Namespace) -> None:
         changes = {k: v for k, v in {"device": args.device, "tensorboard": args.tensorboard or None}.items() if v}
         result = search(resume=args.resume, progress=not args.quiet, **changes)
     else:
-        if args.fast and args.space == "darts-rnn":
-            raise ValueError("--fast (fused cells, CUDA graphs, NHWC) is for the image spaces darts and nb201; "
-                             "the recurrent search has no fast path, leave it off")
         method = get_method(args.method)
-        fast = fast_settings(resolve_device(args.device or "auto"), method) if args.fast else {}
+        fast = fast_settings(resolve_device(args.device or "auto"), method, args.space) if args.fast else {}
         space = SPACES.get(args.space or method.part("space"))
         depth = getattr(space, "depth_option", "layers")  # --layers: NAS-Bench-201's cells per stage
         settings = fast | {k: v for k, v in {
