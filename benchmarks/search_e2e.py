@@ -36,7 +36,7 @@ import dnas
 from dnas.methods import get_method
 from dnas.search import fast_settings, resolve_device
 from results import append_rows, commit
-from search_step import DEPTH, device_name, path_options
+from search_step import DEPTH, device_name, path_options, row_method
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## End-to-end search (benchmarks/search_e2e.py): CIFAR-10 search, readable vs fused cell"
@@ -69,7 +69,10 @@ def main() -> None:
 
     runs, failed = {}, {}  # a path that raises is reported, the others measured
     for path, (base, bf16, channels_last) in paths.items():
-        settings = fast_settings(device, get_method(args.method), args.space) if base == "fast" else {"fused": base == "fused"}
+        if base == "fast":
+            settings = fast_settings(device, get_method(args.method), args.space)
+        else:
+            settings = {"fused": base == "fused"}
         if channels_last:
             settings["channels_last"] = True
         with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +117,7 @@ def main() -> None:
 def table_rows(report: dict, measured: str) -> list[str]:
     """The RESULTS.md rows of a report (of this run, or a JSON brought back from a GPU machine)."""
     a = report["settings"]
-    method = a["method"] if a.get("space", "darts") == "darts" else f"{a['method']} on {a['space']}"
+    method = row_method(a["method"], a.get("space", "darts"))  # reports from before --space have none
     return [f"| {report['date']} | {report['device']} | torch {report['torch']} | {measured} | {method} | "
             f"{path} | {a['subset']} | {a['epochs']} | {a['layers']} x {a['init_channels']} | {a['batch_size']} | "
             f"{r['seconds'] / 60:.2f} | {r['epoch_seconds']:.1f} ({r['minutes_for_50_full_epochs']}) | "

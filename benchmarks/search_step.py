@@ -65,9 +65,18 @@ def path_options(path: str, bases) -> tuple[str, bool, bool]:
     return base, "bf16" in options, "cl" in options
 
 
-DEPTH = {name: (SPACES.get(name).depth_option,  # per space, its option for the depth, and its default
-                inspect.signature(SPACES.get(name)).parameters[SPACES.get(name).depth_option].default)
-         for name in ("darts", "nb201")}
+def depth(space: str) -> tuple[str, int]:
+    """A space's option for its depth (``depth_option``: cells; NAS-Bench-201's cells per stage) and its default."""
+    cls = SPACES.get(space)
+    return cls.depth_option, inspect.signature(cls).parameters[cls.depth_option].default
+
+
+DEPTH = {name: depth(name) for name in ("darts", "nb201")}
+
+
+def row_method(method: str, space: str) -> str:
+    """A recipe's name in a RESULTS.md row: on another space than DARTS's, with the space."""
+    return method if space == "darts" else f"{method} on {space}"
 
 
 def supernet(method, fused: bool, layout: torch.memory_format, C: int, layers: int | None, device: torch.device,
@@ -131,7 +140,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         for path in steps:
             times[path].append(timed(path))
     median = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
-    name = method_name if args.space == "darts" else f"{method_name} on {args.space}"
+    name = row_method(method_name, args.space)
     return [{"method": name, "path": path, "error": error} for path, error in failed.items()] + [
             {"method": name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
              "ms_per_step_min": round(1000 * min(times[path]), 1), "peak_memory_gb": round(peaks[path] / 2**30, 2),
@@ -242,7 +251,8 @@ def measure_apart(method_name: str, args) -> list[dict]:
     """``measure`` in a fresh process."""
     argv = [sys.executable, __file__, "--rows-only", "--device", args.device, "--methods", method_name,
             "--batch-size", str(args.batch_size), "--init-channels", str(args.init_channels), "--space",
-            args.space, *(["--layers", str(args.layers)] if args.layers else []), "--paths", ",".join(args.paths), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            args.space, *(["--layers", str(args.layers)] if args.layers else []), "--paths", ",".join(args.paths),
+            "--steps", str(args.steps), "--warmup", str(args.warmup)]
     return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
 
 
