@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from dnas.ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, DilConv, FactorizedReduce, SepConv, Zero
+from dnas.ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, DilConv, FactorizedReduce, SepConv, Zero, conv2d
 from dnas.registry import UnknownNameError
 
 C = 16
@@ -173,6 +173,28 @@ def test_dil_conv_structure(name, k, pad):
     strided = build(name, 2)
     assert _convs(strided)[0].stride == (2, 2)
     assert _convs(strided)[1].stride == (1, 1)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_strided_dilated_conv_is_the_undilated_conv_of_every_other_pixel(k, size, layout):
+    """A dilated op on a reducing edge (stride = dilation = 2) runs as the undilated convolution of the pixels
+    it reads (ops.conv2d): the same outputs and gradients, and channels_last stays NHWC, also backward."""
+    torch.manual_seed(0)
+    x = torch.randn(2, C, *size, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    w = torch.randn(C, 1, k, k, dtype=torch.float64, requires_grad=True)
+    y = conv2d(x, w, None, (2, 2), (k - 1, k - 1), (2, 2), C)
+    g = torch.randn_like(y)
+    dx, dw = torch.autograd.grad(y, (x, w), g)
+    expected = nn.functional.conv2d(x, w, None, 2, k - 1, 2, C)
+    assert torch.allclose(y, expected, rtol=0, atol=1e-12)
+    for got, want in zip((dx, dw), torch.autograd.grad(expected, (x, w), g)):
+        assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    if layout == torch.channels_last:
+        assert y.is_contiguous(memory_format=layout) and dx.is_contiguous(memory_format=layout)
+    op = build(f"dil_conv_{k}x{k}", 2).double()  # the op's own depthwise convolution computes it so
+    assert torch.allclose(op[1](x), nn.functional.conv2d(x, op[1].weight, None, 2, k - 1, 2, C), rtol=0, atol=1e-12)
 
 
 def test_dil_conv_5x5_keeps_size():

