@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from dnas.ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, DilConv, FactorizedReduce, SepConv, Zero, conv2d
+from dnas.ops import (DARTS_OPS, OPS, PARAMETER_FREE_OPS, Conv2d, DilConv, FactorizedReduce, SepConv, Zero,
+                      conv2d)
 from dnas.registry import UnknownNameError
 
 C = 16
@@ -175,26 +176,25 @@ def test_dil_conv_structure(name, k, pad):
     assert _convs(strided)[1].stride == (1, 1)
 
 
-@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("k,padding,dilation,groups", [(3, 2, 2, C), (5, 4, 2, C), (1, 0, 1, 1)])
 @pytest.mark.parametrize("size", [(8, 8), (7, 9)])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_strided_dilated_conv_is_the_undilated_conv_of_every_other_pixel(k, size, layout):
-    """A dilated op on a reducing edge (stride = dilation = 2) runs as the undilated convolution of the pixels
-    it reads (ops.conv2d): the same outputs and gradients, and channels_last stays NHWC, also backward."""
+def test_stride_2_conv_runs_on_the_pixels_it_reads(k, padding, dilation, groups, size, layout):
+    """The convolutions of a reducing edge whose taps fall on every other pixel (a dilated op's, FactorizedReduce's
+    1x1) run on those pixels with stride 1 (ops.conv2d): the same outputs and gradients, in the layout of the
+    input, also backward."""
     torch.manual_seed(0)
     x = torch.randn(2, C, *size, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
-    w = torch.randn(C, 1, k, k, dtype=torch.float64, requires_grad=True)
-    y = conv2d(x, w, None, (2, 2), (k - 1, k - 1), (2, 2), C)
+    w = torch.randn(C, C // groups, k, k, dtype=torch.float64, requires_grad=True)
+    args = (None, (2, 2), (padding, padding), (dilation, dilation), groups)
+    y, expected = conv2d(x, w, *args), nn.functional.conv2d(x, w, *args)
     g = torch.randn_like(y)
-    dx, dw = torch.autograd.grad(y, (x, w), g)
-    expected = nn.functional.conv2d(x, w, None, 2, k - 1, 2, C)
-    assert torch.allclose(y, expected, rtol=0, atol=1e-12)
-    for got, want in zip((dx, dw), torch.autograd.grad(expected, (x, w), g)):
+    (dx, dw), (want_dx, want_dw) = torch.autograd.grad(y, (x, w), g), torch.autograd.grad(expected, (x, w), g)
+    for got, want in ((y, expected), (dx, want_dx), (dw, want_dw)):
         assert torch.allclose(got, want, rtol=0, atol=1e-12)
-    if layout == torch.channels_last:
-        assert y.is_contiguous(memory_format=layout) and dx.is_contiguous(memory_format=layout)
-    op = build(f"dil_conv_{k}x{k}", 2).double()  # the op's own depthwise convolution computes it so
-    assert torch.allclose(op[1](x), nn.functional.conv2d(x, op[1].weight, None, 2, k - 1, 2, C), rtol=0, atol=1e-12)
+    assert y.is_contiguous(memory_format=layout) and dx.is_contiguous(memory_format=layout)
+    reducing = [m for name in ("dil_conv_3x3", "dil_conv_5x5", "skip_connect") for m in build(name, 2).modules()]
+    assert all(isinstance(m, Conv2d) for m in reducing if isinstance(m, nn.Conv2d))  # they run by conv2d
 
 
 def test_dil_conv_5x5_keeps_size():

@@ -25,7 +25,7 @@ class ReLUConvBN(nn.Sequential):
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
@@ -37,7 +37,7 @@ class DilConv(nn.Sequential):
         super().__init__(
             nn.ReLU(inplace=False),
             Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in, bias=False),
-            nn.Conv2d(C_in, C_out, 1, bias=False),
+            Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
@@ -71,8 +71,8 @@ class FactorizedReduce(nn.Module):
         if C_out % 2:
             raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
@@ -88,19 +88,19 @@ class Conv2d(nn.Conv2d):
 
 
 def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1) -> torch.Tensor:
-    """``F.conv2d`` (pairs of ints), where the stride equals the dilation and divides the padding (the dilated
-    convolution of a reducing edge) as the undilated convolution of the only pixels it reads:
-    y[i] = sum_a w[a] x[d i + d a - p] = sum_a w[a] x[d (i + a - p/d)], so y is the convolution of every d-th
-    pixel of x with padding p/d. The same products and sums; on the CPU (oneDNN) 4-7x faster forward and
-    backward than the strided dilated depthwise convolution."""
-    if dilation != (1, 1) and stride == dilation and dilation[0] == dilation[1] \
-            and all(p % d == 0 for p, d in zip(padding, dilation)):
-        d = dilation[0]
-        x = pixels(x, step=d)
-        if channels_innermost(x):  # copied NHWC here: the convolution takes a view of odd sizes for NCHW
-            x = x.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, weight, bias, 1, (padding[0] // d, padding[1] // d), 1, groups)
-    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    """``F.conv2d`` (pairs of ints). A convolution of stride s > 1 whose taps all fall on every s-th pixel (a
+    1x1 convolution without padding, as FactorizedReduce's; or one whose dilation and padding are multiples of
+    s, as a dilated op's on a reducing edge) runs on those pixels alone, with stride 1:
+    y[i] = sum_a w[a] x[s i + d a - p] = sum_a w[a] x_s[i + (d/s) a - p/s], x_s = x[::s]. The same products
+    and sums; on the CPU (oneDNN) 1.2-7x faster forward and backward than the strided kernels."""
+    s, k = stride[0], weight.shape[-2:]
+    if s == 1 or stride[1] != s or any(p % s or (n > 1 and d % s) for p, d, n in zip(padding, dilation, k)):
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    x = pixels(x, step=s)
+    if channels_innermost(x):  # copied NHWC here: the convolution takes a view of odd sizes for NCHW
+        x = x.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, weight, bias, 1, tuple(p // s for p in padding),
+                    tuple(d // s if n > 1 else 1 for d, n in zip(dilation, k)), groups)
 
 
 def pixels(x: torch.Tensor, start: int = 0, step: int = 1) -> torch.Tensor:
@@ -123,8 +123,8 @@ class Conv7x1x1x7(nn.Sequential):
     def __init__(self, C, stride, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
-            nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+            Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
+            Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
             nn.BatchNorm2d(C, affine=affine),
         )
 
