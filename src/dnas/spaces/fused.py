@@ -504,12 +504,13 @@ def _batch_norm_per_source(x: torch.Tensor, mods: list[nn.BatchNorm2d], per: int
     """The BatchNorms ``mods`` of ``per`` edges each that see the same input channels of ``x``, training
     and not affine: their output is the batch's normalisation of ``x``, once; each module's running
     statistics move towards the batch's mean and unbiased variance by its momentum, as its own forward
-    would move them, written back when the cell is done."""
+    would move them, written back when the cell is done. The batch's statistics are the kernel's own
+    (written into fresh buffers at momentum 1), as each module's forward would compute them: no second pass."""
     m = mods[0]
-    y = F.batch_norm(x, None, None, training=True, eps=m.eps)
+    stats = x.new_zeros(2, x.shape[1], dtype=m.running_mean.dtype)  # (mean, variance) of each channel
+    y = F.batch_norm(x, stats[0], stats[1], training=True, momentum=1.0, eps=m.eps)
     with torch.no_grad():
-        var, mean = torch.var_mean(x.to(m.running_mean.dtype), dim=(0, 2, 3), correction=1)  # bf16: in fp32
-        batch = torch.stack([mean, var]).view(2, -1, 1, m.num_features).expand(-1, -1, per, -1).flatten()
+        batch = stats.view(2, -1, 1, m.num_features).expand(-1, -1, per, -1).flatten()
         buffers = [b.running_mean for b in mods] + [b.running_var for b in mods]
         values = torch.cat(buffers).lerp_(batch, m.momentum)  # (1 - momentum) old + momentum batch
     run.buffers += buffers
