@@ -353,9 +353,19 @@ def trial_forward(model, params: dict[str, torch.Tensor], *args):
     """``model(*args)`` with ``params`` in place of its weights (a trial, such as the unrolled model of
     second-order DARTS), which must not move the real BatchNorm statistics: those buffers are copies here.
     The other buffers (the op mask) stay the model's own, so that what it caches of them stays valid."""
-    buffers = {f"{name}.{b}": t.clone() for name, m in model.named_modules()
+    buffers = {f"{name}.{b}": t for name, m in model.named_modules()
                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for b, t in m.named_buffers(recurse=False)}
-    return functional_call(model, {**params, **buffers}, args)
+    return functional_call(model, {**params, **dict(zip(buffers, copies(buffers.values())))}, args)
+
+
+def copies(tensors) -> list[torch.Tensor]:
+    """Copies of ``tensors`` by one multi-tensor copy (a few kernels on a GPU), not one clone (one kernel) per
+    tensor: the supernet's BatchNorm buffers are thousands of small ones."""
+    tensors = list(tensors)
+    out = [torch.empty_like(t) for t in tensors]
+    for dtype in dict.fromkeys(t.dtype for t in tensors):  # a multi-tensor kernel takes one dtype
+        torch._foreach_copy_(*map(list, zip(*((o, t) for o, t in zip(out, tensors) if t.dtype == dtype))))
+    return out
 
 
 def fast_settings(device: torch.device, method: Method, space: str | None = None) -> dict[str, bool]:
