@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .genotype import Genotype
 from .cuda_graph import GraphedStep
-from .search import format_seconds, read_jsonl, write_jsonl
+from .search import copies, copy_into, format_seconds, read_jsonl, write_jsonl
 from .selection import SELECTIONS, TopK
 from .spaces.darts import CELL_TYPES
 
@@ -260,7 +260,7 @@ def evaluate(model, loader, batches: int | None = None, removed: tuple[str, int,
     the ops ``removed`` = (cell type, edge, op indices) at weight 0 and every other weight as it is. In
     training mode, as the paper's code: BatchNorm normalises with each batch's statistics; its running
     statistics are left as they were."""
-    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    buffers = copies(model.buffers())
     if removed is not None:
         cell, edge, ops = removed
         model.op_scale = {t: torch.ones(m.shape, device=m.device) for t, m in model.op_mask.items()}
@@ -275,8 +275,7 @@ def evaluate(model, loader, batches: int | None = None, removed: tuple[str, int,
             seen += len(y)
     finally:
         model.op_scale = None
-        for n, b in model.named_buffers():
-            b.copy_(buffers[n])
+        copy_into(model.buffers(), buffers)
     return {"val_acc": float(correct) / seen, "val_loss": float(loss_sum) / seen}
 
 

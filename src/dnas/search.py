@@ -359,13 +359,21 @@ def trial_forward(model, params: dict[str, torch.Tensor], *args):
 
 
 def copies(tensors) -> list[torch.Tensor]:
-    """Copies of ``tensors`` by one multi-tensor copy (a few kernels on a GPU), not one clone (one kernel) per
-    tensor: the supernet's BatchNorm buffers are thousands of small ones."""
+    """Copies of ``tensors`` (``copy_into`` fresh ones): the supernet's BatchNorm buffers are thousands of
+    small tensors, which one clone each would copy by as many kernels."""
     tensors = list(tensors)
     out = [torch.empty_like(t) for t in tensors]
-    for dtype in dict.fromkeys(t.dtype for t in tensors):  # a multi-tensor kernel takes one dtype
-        torch._foreach_copy_(*map(list, zip(*((o, t) for o, t in zip(out, tensors) if t.dtype == dtype))))
+    copy_into(out, tensors)
     return out
+
+
+def copy_into(targets, sources) -> None:
+    """``targets[i].copy_(sources[i])`` for every i, by one multi-tensor copy per dtype (a few kernels on a
+    GPU), not one per tensor."""
+    targets, sources = list(targets), list(sources)
+    for dtype in dict.fromkeys(t.dtype for t in targets):  # a multi-tensor kernel takes one dtype
+        pairs = [(t, s) for t, s in zip(targets, sources) if t.dtype == dtype]
+        torch._foreach_copy_([t for t, _ in pairs], [s for _, s in pairs])
 
 
 def fast_settings(device: torch.device, method: Method, space: str | None = None) -> dict[str, bool]:
