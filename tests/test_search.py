@@ -7,7 +7,7 @@ import torch
 import dnas
 from dnas.checkpoint import CheckpointError
 from dnas.methods import get_method
-from dnas.search import Search, SearchConfig, fast_settings
+from dnas.search import Search, SearchConfig, copies, copy_into, fast_settings
 
 # a reduced supernet that runs in seconds on 2 CPU cores; the full-size defaults are pinned in test_space.py
 TINY = dict(C=4, layers=3, nodes=2, batch_size=16, subset=128, progress=False)
@@ -168,3 +168,20 @@ def test_channels_last_search_runs_in_nhwc(fashion_mnist_root, tmp_path):
     assert features.shape[1] > 1 and features.is_contiguous(memory_format=torch.channels_last)
     assert not features.is_contiguous()
     assert search.run(progress=False).genotype.nodes == 2
+
+
+def test_copies_are_independent_and_copy_into_restores_them():
+    """The unrolled model's and DARTS-PT's buffer copies (one multi-tensor copy per dtype): equal, of the same
+    dtypes and shapes, not sharing memory or a version counter (BatchNorm updates each in place)."""
+    tensors = [torch.randn(3), torch.tensor(7), torch.randn(2, 2), torch.tensor([True, False])]
+    saved = copies(tensors)
+    for a, b in zip(saved, tensors):
+        assert torch.equal(a, b) and a.dtype == b.dtype and a.data_ptr() != b.data_ptr()
+    before = [s._version for s in saved]
+    saved[0].add_(1)
+    assert [s._version for s in saved[1:]] == before[1:]
+    for t in tensors:
+        t.zero_()
+    copy_into(tensors, saved)
+    assert torch.equal(tensors[0], saved[0]) and tensors[1] == 7
+    assert torch.equal(tensors[3], torch.tensor([True, False]))
