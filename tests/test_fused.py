@@ -118,6 +118,23 @@ def assert_same_step(reference, other):
     assert_close(logits_r, logits_f, "evaluation-mode logits")
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_partial_channels_without_edge_normalisation(space, layout):
+    """PC-DARTS's partial channels alone, without edge weights (the recipe has them): the fused cell adds the
+    bypassed channels of a node's edges unweighted, and shuffles the node's channels once."""
+    out = []
+    for fused in (False, True):
+        model = supernet(fused, edge=EDGES.build({"name": "partial_channel"}), space=space).to(memory_format=layout)
+        x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        logits = model(x.contiguous(memory_format=layout))
+        out.append((logits, torch.autograd.grad(logits.square().sum(), list(model.parameters()))))
+    (logits_r, grads_r), (logits_f, grads_f) = out
+    assert_close(logits_r, logits_f, "logits")
+    for (n, _), a, b in zip(model.named_parameters(), grads_r, grads_f):
+        assert_close(a, b, f"gradient of {n}")
+
+
 @pytest.mark.parametrize("edge", ["sum", "partial_channel", "auxiliary_skip"])
 @pytest.mark.parametrize("hard", [False, True])
 def test_op_mask_forward_and_gradients(hard, edge):

@@ -1,10 +1,11 @@
 """The defining mathematics of each part of the method zoo, on tiny tensors."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dnas.arch_grad import Implicit
-from dnas.edges import EDGES, AuxiliarySkip, MixedEdge, NoisySkip, PartialChannel, channel_shuffle
+from dnas.edges import EDGES, AuxiliarySkip, MixedEdge, NoisySkip, PartialChannel
 from dnas.perturb import Adversarial, RandomSmoothing, perturbed
 from dnas.regularizers import BetaDecay, DirichletAnchor, L1ParameterFree, ZeroOne
 from dnas.relax import RELAXATIONS, Dirichlet, GumbelSoftmax, Sigmoid, Softmax
@@ -97,7 +98,7 @@ def test_partial_channels_pass_exactly_1_over_k_of_the_channels_through_the_ops(
     x = torch.randn(2, 16, 8, 8)
     w = torch.tensor([0.0, 0.0, 1.0, 0.0])  # only skip: the edge is a pure channel permutation
     y = edge(x, w)
-    torch.testing.assert_close(y, channel_shuffle(x, 4))
+    torch.testing.assert_close(y, F.channel_shuffle(x, 4))
     # the bypassed 3/4 of the channels are untouched by the ops
     w = torch.tensor([1.0, 0.0, 0.0, 0.0])  # only none: the processed quarter is zero
     y = edge(x, w).view(2, 4, 4, 8, 8).transpose(1, 2).reshape(2, 16, 8, 8)  # undo the shuffle
@@ -109,8 +110,9 @@ def test_partial_channels_pass_exactly_1_over_k_of_the_channels_through_the_ops(
 
 
 def test_channel_shuffle_interleaves_groups():
+    """PC-DARTS's shuffle is ShuffleNet's (PyTorch's F.channel_shuffle): the channels of K groups interleaved."""
     x = torch.arange(8.0).view(1, 8, 1, 1)
-    assert channel_shuffle(x, 2).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    assert F.channel_shuffle(x, 2).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
 
 
 def test_pc_darts_edge_normalisation_weights_nodes_and_enters_selection():

@@ -63,13 +63,9 @@ class PartialChannelEdge(MixedEdge):
         c = x.shape[1] // self.k
         y = super().forward(x[:, :c], weights, active)
         rest = x[:, c:] if self.stride == 1 else F.max_pool2d(x[:, c:], 2, 2)
-        return channel_shuffle(torch.cat([y, rest], dim=1), self.k)
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """ShuffleNet's channel shuffle: interleave the channels of ``groups`` equal groups."""
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+        # ShuffleNet's channel shuffle (interleave the channels of K equal groups) by PyTorch's own kernel,
+        # which keeps channels_last (a view-transpose-reshape copies NHWC 4-element runs, ~20x slower)
+        return F.channel_shuffle(torch.cat([y, rest], dim=1), self.k)
 
 
 class AuxiliarySkipEdge(nn.Module):

@@ -230,6 +230,8 @@ def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weight
         y = _node_inputs(batch, [states[j] for j in batch.sources], w, st_b, ew_b, run)
         partial = y if partial is None else partial + y
         node, partial = _first_node(partial)
+        if batch.partial_channels:  # PC-DARTS's channel shuffle of the node's edges, once for the node
+            node = F.channel_shuffle(node, batch.partial_channels)
         states.append(node)
     run.write_back()
     return states[inputs:]
@@ -419,18 +421,22 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
         blocks.append(_per_source_sum(groups_once, weights_once, begun, per, run))
     h, w_ = ((d + batch.stride - 1) // batch.stride for d in x.shape[-2:])
     shape = (n, len(batch.edges), x.shape[2], h, w_)  # of the edges' outputs
-    if st is None and k is None and edge_weights is None:  # no term per edge: sum straight into the nodes
-        return _sum_slots(batch, blocks, order, w, None, shape, by_node=True)
-    y = _sum_slots(batch, blocks, order, w, st, shape, by_node=False)
-    if k is not None:  # PC-DARTS: the bypassed channels, then the channel shuffle of each edge
+    scale = edge_weights  # a weight per edge: PC-DARTS's edge normalisation, and 0 for an edge with no op left
+    if batch.keep is not None:
+        keep = batch.keep.to(w.dtype)
+        scale = keep if scale is None else scale * keep
+    if st is None and scale is None:  # no term per edge: sum straight into the nodes
+        y = _sum_slots(batch, blocks, order, w, None, shape, by_node=True)
+    else:
+        y = _sum_slots(batch, blocks, order, w, st, shape, by_node=False)
+        if scale is not None:
+            y = y * scale.view(1, -1, 1, 1, 1)
+        y = _sum_blocks(y.flatten(1, 2), sources).unflatten(1, (-1, y.shape[2])) if sources > 1 else y
+    if k is not None:  # PC-DARTS: beside the ops' channels, the bypassed ones (the shuffle is the node's)
         if batch.stride == 2:
             rest = F.max_pool2d(_flatten_sources(rest), 2, 2).unflatten(1, (sources, -1))
-        y = _with_bypass(y, rest, k)
-    if edge_weights is not None:
-        y = y * edge_weights.view(1, -1, 1, 1, 1)
-    if batch.keep is not None:
-        y = y * batch.keep.to(y.dtype).view(1, -1, 1, 1, 1)
-    return _sum_blocks(y.flatten(1, 2), sources).unflatten(1, (-1, y.shape[2])) if sources > 1 else y
+        y = _with_bypass(y, rest, scale)
+    return y
 
 
 def _split_channels(x: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -450,15 +456,21 @@ def _flatten_sources(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1, 2)
 
 
-def _with_bypass(y: torch.Tensor, rest: torch.Tensor, k: int) -> torch.Tensor:
-    """PC-DARTS (Xu et al., ICLR 2020, Eq. 2): each edge's ops output ``y`` (N, edges, C/K, H, W) beside its
-    source's bypassed channels ``rest`` (N, sources, C - C/K, H, W), then channel-shuffled into K groups;
-    in the layout of ``y``."""
-    y, edge = _blocks(y)
-    rest = _unblocked(rest, edge)  # into the view of y (whatever its own layout): _NHWC is its own inverse
-    y = torch.cat([y, rest.repeat_interleave(y.shape[edge] // rest.shape[edge], dim=edge)], dim=edge + 1)
-    y = y.unflatten(edge + 1, (k, -1)).transpose(edge + 1, edge + 2).reshape(y.shape)
-    return _unblocked(y, edge)
+def _with_bypass(y: torch.Tensor, rest: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """PC-DARTS (Xu et al., ICLR 2020, Eq. 2) summed per node, before its channel shuffle: beside what the ops
+    of a node's edges add, ``y`` (N, nodes, C/K, H, W), the bypassed channels of their sources, ``rest``
+    (N, sources, C - C/K, H, W), each edge's times its weight in ``scale`` (sources x nodes; None: 1). The
+    shuffle is a fixed permutation of the channels, so the shuffle of this sum is the sum of the edges'
+    shuffled outputs: ``run_plan`` shuffles each node once, not each edge. In the layout of ``y``."""
+    nodes = y.shape[1]
+    y, k = _blocks(y)
+    rest = _unblocked(rest, k)  # into the view of y (whatever its own layout): _NHWC is its own inverse
+    per_node = [nodes if d == k else 1 for d in range(5)]
+    if scale is None:
+        rest = rest.sum(k, keepdim=True).expand([-1 if n == 1 else n for n in per_node])
+    else:
+        rest = sum(rest.narrow(k, s, 1) * weights.view(per_node) for s, weights in enumerate(scale.view(-1, nodes)))
+    return _unblocked(torch.cat([y, rest], dim=k + 1), k)
 
 
 def _same_on_every_edge(g: _Group) -> bool:
