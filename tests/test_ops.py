@@ -193,8 +193,12 @@ def test_stride_2_conv_runs_on_the_pixels_it_reads(k, padding, dilation, groups,
     for got, want in ((y, expected), (dx, want_dx), (dw, want_dw)):
         assert torch.allclose(got, want, rtol=0, atol=1e-12)
     assert y.is_contiguous(memory_format=layout) and dx.is_contiguous(memory_format=layout)
+
+
+def test_the_reducing_ops_convolve_by_conv2d():
+    """The dilated ops and FactorizedReduce of a reducing edge run their convolutions by ops.conv2d."""
     reducing = [m for name in ("dil_conv_3x3", "dil_conv_5x5", "skip_connect") for m in build(name, 2).modules()]
-    assert all(isinstance(m, Conv2d) for m in reducing if isinstance(m, nn.Conv2d))  # they run by conv2d
+    assert all(isinstance(m, Conv2d) for m in reducing if isinstance(m, nn.Conv2d))
 
 
 def test_dil_conv_5x5_keeps_size():
