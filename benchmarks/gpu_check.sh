@@ -40,14 +40,15 @@ step() {  # name, methods, paths, steps, seconds[, options]: one process per cal
     timeout "$5" python3 benchmarks/search_step.py --methods "$2" --paths "$3" --steps "$4" --no-results ${6:-} \
         > "$OUT/step-$1.json" 2>> "$OUT/errors.log"; report "$OUT/step-$1.json" || tail -5 "$OUT/errors.log"
 }
-e2e() {  # method, paths, seconds: real CIFAR-10, the paper's search network, 8,000 images (62 steps an
-         # epoch), 2 epochs per path (the readable path's rate is the step benchmark's: its 2 epochs take minutes)
-    timeout "$3" python3 benchmarks/search_e2e.py --method "$1" --paths "$2" --cifar10 .cache/cifar10 --subset 8000 \
-        --layers 8 --init-channels 16 --batch-size 64 --epochs 2 --no-results > "$OUT/e2e-$1.log" 2>&1
+e2e() {  # name, method, paths, seconds[, options]: real CIFAR-10, the paper's search network, 8,000 images (63
+         # steps an epoch), 2 epochs per path (the readable path's rate is the step benchmark's: its 2 epochs take minutes)
+    timeout "$4" python3 benchmarks/search_e2e.py --method "$2" --paths "$3" --cifar10 .cache/cifar10 --subset 8000 \
+        --layers 8 --init-channels 16 --batch-size 64 --epochs 2 --no-results ${5:-} > "$OUT/e2e-$1.log" 2>&1
     python3 -c "
 import json, sys; t = open(sys.argv[1]).read(); r = json.loads(t[t.index('{'):])
 for p, x in r['runs'].items():
-    print(sys.argv[2], p, x['seconds'], 's; last epoch', x['epoch_seconds'], 's; 50 full epochs', x['minutes_for_50_full_epochs'], 'min;', x['genotype'])
+    print(sys.argv[2], p, x['seconds'], 's; last epoch', x['epoch_seconds'], 's; ms per step', x.get('ms_per_step'),
+          '/ eval batch', x.get('ms_per_eval_batch'), '; 50 full epochs', x['minutes_for_50_full_epochs'], 'min;', x['genotype'])
 print('failed:', r['failed'])" "$OUT/e2e-$1.log" "$1" || tail -20 "$OUT/e2e-$1.log"
 }
 
@@ -75,7 +76,8 @@ convs)
     timeout 60 python3 benchmarks/conv_variants.py 2>&1 | tee "$OUT/convs.log" ;;
 e2e)
     [ -f .cache/cifar10/cifar-10-batches-py/test_batch ] || python3 .gpu_data/tools/cifar10_from_jpeg.py .cache/cifar10 > /dev/null
-    e2e darts-v1 fast,fast-bf16 90
-    e2e darts-v2 fast 90 ;;
+    e2e darts-v1 darts-v1 fast,fast-bf16 90
+    e2e darts-v1-eval64 darts-v1 fast 50 "--eval-batch-size 64"  # the evaluation at the training batch, as before
+    e2e darts-v2 darts-v2 fast 90 ;;
 *) echo "unknown stage $stage; valid: steps base tests recipes nb201 profile convs e2e" ;;
 esac; done

@@ -18,12 +18,16 @@ to RESULTS.md.
 Paths: readable (SearchCell), fused (spaces/fused.py), fast (``--fast`` of the CLI: fused, and on a GPU
 each step replayed from a CUDA graph, on a CPU in channels_last); a suffix -bf16 runs the steps under bf16 autocast
 (``--precision bf16``), -cl in channels_last (``--channels-last``). Each row also gives the seconds of the
-last epoch (after warm-up) and what 50 epochs on all 50,000 training images would take at that rate.
+last epoch and what 50 epochs on all 50,000 training images would take: the last epoch, plus the steps and
+evaluation batches a full epoch has beyond the subset's at their steady rate (``EpochParts``), so that an
+epoch's fixed costs (a CUDA graph's warm-up and capture, the checkpoint) count once per epoch, not once per
+subset's worth of steps.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -34,14 +38,88 @@ import torch
 
 import dnas
 from dnas.methods import get_method
-from dnas.search import fast_settings, resolve_device
+from dnas.search import Search, fast_settings, resolve_device
 from results import append_rows, commit
 from search_step import DEPTH, device_name, path_options, row_method
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## End-to-end search (benchmarks/search_e2e.py): CIFAR-10 search, readable vs fused cell"
 COLUMNS = ["date", "device", "torch", "commit", "method", "path", "images", "epochs", "cells x channels", "batch",
-           "minutes", "last epoch s (50 full epochs, min)", "speed-up", "max alpha diff to readable (max alpha)", "same genotype", "load", "command"]
+           "minutes", "last epoch s (50 full epochs, min; ms per step / eval batch)", "speed-up", "max alpha diff to readable (max alpha)", "same genotype", "load", "command"]
+
+
+class EpochParts:
+    """The steady rates of a search's steps and evaluation batches: while active, ``Search.train_epoch`` and
+    ``Search.evaluate`` iterate their loaders through ``_Timed``, which marks the time (the device
+    synchronised) once the first ``skip`` batches are done: on a GPU those are the CUDA graph's eager warm-up
+    steps and its capture. Keeps the last epoch's seconds per step and per evaluation batch after them."""
+
+    def __init__(self, skip: int = 3):
+        self.skip = skip
+        self.rate, self.batches = {}, {}  # per loader: seconds per batch, and (batch size, batches an epoch)
+
+    def __enter__(self):
+        self.saved = Search.train_epoch, Search.evaluate
+        parts = self
+
+        def train_epoch(search, progress):
+            with _Timed(search, "train_loader", parts):
+                return parts.saved[0](search, progress)
+
+        def evaluate(search):
+            with _Timed(search, "eval_loader", parts):
+                return parts.saved[1](search)
+
+        Search.train_epoch, Search.evaluate = train_epoch, evaluate
+        return self
+
+    def __exit__(self, *exc):
+        Search.train_epoch, Search.evaluate = self.saved
+
+    def full_epoch_seconds(self, epoch_seconds: float) -> float:
+        """An epoch on all 50,000 CIFAR-10 training images (25,000 per half), from the last epoch's seconds:
+        plus, at the steady rates, the steps and evaluation batches it lacks."""
+        return epoch_seconds + sum(rate * (math.ceil(25000 / self.batches[name][0]) - self.batches[name][1])
+                                   for name, rate in self.rate.items())
+
+
+class _Timed:
+    """A loader attribute of a search swapped, while in the ``with``, for one that times the batches after the
+    first ``skip``, as ``parts.rate[name]`` in seconds per batch."""
+
+    def __init__(self, search, name: str, parts: EpochParts):
+        self.search, self.name, self.parts = search, name, parts
+        self.loader, self.count = getattr(search, name), 0
+
+    def __enter__(self):
+        setattr(self.search, self.name, self)
+
+    def __exit__(self, *exc):
+        setattr(self.search, self.name, self.loader)
+        if exc[0] is None and self.count > self.parts.skip:
+            self.parts.rate[self.name] = (_now(self.search.device) - self.start) / (self.count - self.parts.skip)
+            self.parts.batches[self.name] = self.loader.batch_size, self.count
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):  # the generator, the batch size: the loader's
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        self.count = 0
+        for batch in self.loader:
+            if self.count == self.parts.skip:
+                self.start = _now(self.search.device)
+            self.count += 1
+            yield batch
+
+
+def _now(device: torch.device) -> float:
+    """The time once the device has done what it was given."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def main() -> None:
@@ -58,6 +136,9 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=5, help="cells (default 5); with --space nb201 cells per stage")
     p.add_argument("--init-channels", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int,
+                   help="batch of each epoch's evaluation on every path (default: the path's: fast on a GPU 256, "
+                        "else --batch-size)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
@@ -75,7 +156,9 @@ def main() -> None:
             settings = {"fused": base == "fused"}
         if channels_last:
             settings["channels_last"] = True
-        with tempfile.TemporaryDirectory() as tmp:
+        if args.eval_batch_size:
+            settings["eval_batch_size"] = args.eval_batch_size
+        with tempfile.TemporaryDirectory() as tmp, EpochParts() as parts:
             t0 = time.perf_counter()
             try:
                 result = dnas.search(space=args.space, method=args.method, dataset="cifar10", data=args.cifar10,
@@ -88,9 +171,11 @@ def main() -> None:
                 continue
             alphas = json.loads((Path(tmp) / path / "alphas.jsonl").read_text().splitlines()[-1])["alphas"]
             epoch_seconds = result.metrics[-1]["seconds"]
-            full = 50000 / args.subset if args.subset else 1  # an epoch on all of CIFAR-10's training images
+            full = parts.full_epoch_seconds(epoch_seconds)
             runs[path] = {"seconds": round(time.perf_counter() - t0, 1), "epoch_seconds": epoch_seconds,
-                          "minutes_for_50_full_epochs": round(50 * epoch_seconds * full / 60, 1),
+                          "ms_per_step": round(1000 * parts.rate.get("train_loader", math.nan), 1),
+                          "ms_per_eval_batch": round(1000 * parts.rate.get("eval_loader", math.nan), 1),
+                          "minutes_for_50_full_epochs": round(50 * full / 60, 1),
                           "genotype": str(result.genotype),
                           "final_val_acc": result.metrics[-1]["val_acc"],
                           "alphas": torch.tensor([alphas[t] for t in sorted(alphas)])}
@@ -120,11 +205,16 @@ def table_rows(report: dict, measured: str) -> list[str]:
     method = row_method(a["method"], a.get("space", "darts"))  # reports from before --space have none
     return [f"| {report['date']} | {report['device']} | torch {report['torch']} | {measured} | {method} | "
             f"{path} | {a['subset']} | {a['epochs']} | {a['layers']} x {a['init_channels']} | {a['batch_size']} | "
-            f"{r['seconds'] / 60:.2f} | {r['epoch_seconds']:.1f} ({r['minutes_for_50_full_epochs']}) | "
+            f"{r['seconds'] / 60:.2f} | {r['epoch_seconds']:.1f} ({r['minutes_for_50_full_epochs']}{_rates(r)}) | "
             f"{r['speedup_over_readable']} | "
             f"{r['max_alpha_diff_to_readable']:.1e} ({r['max_abs_alpha']:.1e}) | {r['same_genotype_as_readable']} | "
             f"{report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |"
             for path, r in report["runs"].items()]
+
+
+def _rates(run: dict) -> str:
+    """The steady rates behind the 50-epoch estimate (reports from before ``EpochParts`` have none)."""
+    return f"; {run['ms_per_step']} / {run['ms_per_eval_batch']} ms" if "ms_per_step" in run else ""
 
 
 if __name__ == "__main__":

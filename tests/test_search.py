@@ -88,6 +88,19 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashi
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_evaluation_batch_size_leaves_the_search_as_it_is(fashion_mnist_root, tmp_path):
+    """The per-epoch evaluation draws its crops from a generator of its own: at another batch size (5, with a
+    partial last batch) the steps, alphas and genotypes are those of the default run, and the measures those
+    of the same images under other random crops."""
+    runs = [dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / str(b),
+                        eval_batch_size=b, **TINY) for b in (None, 5)]
+    assert (runs[0].run_dir / "alphas.jsonl").read_text() == (runs[1].run_dir / "alphas.jsonl").read_text()
+    for a, b in zip(*(r.metrics for r in runs)):
+        assert (a["train_loss"], a["train_acc"], a["genotype"]) == (b["train_loss"], b["train_acc"], b["genotype"])
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=0.2) and abs(a["val_acc"] - b["val_acc"]) < 0.2
+    assert json.loads((runs[1].run_dir / "config.json").read_text())["config"]["eval_batch_size"] == 5
+
+
 def test_resume_refuses_changed_settings_and_foreign_folders(fashion_mnist_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a dnas search run"):
         dnas.search(resume=tmp_path)
@@ -121,6 +134,7 @@ def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_pa
     (dict(dataset="cifar10", data="/no/such/folder"), "/no/such/folder"),
     (dict(widht=3), r"unknown options \['widht'\] of the darts space; valid: .*C, .*fused"),
     (dict(space="nb201", layers=3), r"unknown options \['layers'\] of the nb201 space; valid: C, N"),
+    (dict(eval_batch_size=0), "eval_batch_size must be >= 1"),
 ])
 def test_bad_input_is_a_clear_error(fashion_mnist_root, tmp_path, kwargs, message):
     kwargs = {"dataset": "fashion-mnist", **kwargs}
@@ -132,7 +146,8 @@ def test_fast_settings_are_the_fastest_measured_per_device():
     """--fast (docs/speed.md): on a GPU the fused cells replayed from a CUDA graph; on a CPU NHWC, with the
     fused cells but for a hard relaxation (GDAS), whose readable cell is the faster one there."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert fast_settings(cuda, get_method("gdas")) == {"fused": True, "cuda_graph": True, "channels_last": False}
+    assert fast_settings(cuda, get_method("gdas")) == {"fused": True, "cuda_graph": True, "channels_last": False,
+                                                       "eval_batch_size": 256}
     assert fast_settings(cpu, get_method("darts-v2")) == {"fused": True, "cuda_graph": False, "channels_last": True}
     assert fast_settings(cpu, get_method("gdas")) == {"fused": False, "cuda_graph": False, "channels_last": True}
 

@@ -76,6 +76,8 @@ class SearchConfig:
     cuda_graph: bool = False  # on a GPU, replay each step from a CUDA graph (cuda_graph.py); no effect on the CPU
     precision: str = "fp32"  # "bf16": the search steps under bf16 autocast (evaluation stays fp32)
     channels_last: bool = False  # supernet and images in NHWC layout: on the CPU the readable cell's step ~2x faster
+    eval_batch_size: int | None = None  # of each epoch's evaluation (None: batch_size): a speed setting, the search
+    # is the same at any (its evaluation draws from its own generator); --fast makes it 256 on a GPU
 
     @classmethod
     def fields(cls) -> set[str]:
@@ -97,6 +99,8 @@ class Search:
         self.run_dir = Path(run_dir)
         self.method = method or get_method(config.method)
         self.device = resolve_device(config.device)
+        if config.eval_batch_size is not None and config.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1 (or None: the batch size), not {config.eval_batch_size}")
         if config.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {config.precision!r}; valid: {', '.join(PRECISIONS)}")
         torch.manual_seed(config.seed)
@@ -122,6 +126,9 @@ class Search:
         # DARTS draws both halves from the augmented training set
         self.train_loader = loader(x[train_idx], y[train_idx], generator=torch.Generator().manual_seed(config.seed))
         self.val_loader = loader(x[val_idx], y[val_idx], generator=torch.Generator().manual_seed(config.seed + 1))
+        # the evaluation's own batches, at its own batch size, drawn from its own generator (seeded each epoch)
+        self.eval_loader = loader(self.val_loader.x, self.val_loader.y, shuffle=False, generator=torch.Generator(),
+                                  batch_size=config.eval_batch_size or config.batch_size)
         if len(self.train_loader) == 0 or len(self.val_loader) == 0:
             raise ValueError(f"{len(y)} training images are too few to split into search-train and search-val")
 
@@ -172,10 +179,15 @@ class Search:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy of the supernet (evaluation mode) on the search-val half, augmented as DARTS's
+        code evaluates it. Its random crops and flips come from a generator seeded by the seed and the epoch,
+        not from the search's streams: the search is the same at any evaluation batch size (the measures are
+        over other random crops), and a resumed run evaluates as an uninterrupted one."""
         self.model.eval()
+        self.eval_loader.generator.manual_seed(self.config.seed + 1_000_003 * (self.epoch + 1))
         loss_sum = correct = seen = 0
         try:
-            for x, y in self.val_loader:
+            for x, y in self.eval_loader:
                 loss, right = (self.eval_graph or self._eval_batch)(x, y)
                 loss_sum, correct, seen = loss_sum + loss, correct + right, seen + len(y)
         finally:
@@ -376,10 +388,15 @@ def copy_into(targets, sources) -> None:
         torch._foreach_copy_([t for t, _ in pairs], [s for _, s in pairs])
 
 
-def fast_settings(device: torch.device, method: Method, space: str | None = None) -> dict[str, bool]:
+FAST_EVAL_BATCH = 256  # the evaluation's batch under --fast on a GPU: a forward of the search network at
+# batch 64 is a few thousand small kernels, too small to fill a GPU (on the CPU larger batches run no faster)
+
+
+def fast_settings(device: torch.device, method: Method, space: str | None = None) -> dict[str, Any]:
     """What ``--fast`` turns on for ``method`` on ``space`` (None: the method's), the fastest measured on each
-    kind of device (docs/speed.md): on a GPU the fused cells (a space option of darts and nb201) and each
-    step replayed from a CUDA graph; on a CPU the NHWC layout, with the fused cells unless the relaxation is
+    kind of device (docs/speed.md): on a GPU the fused cells (a space option of darts and nb201), each step
+    replayed from a CUDA graph and the evaluation at batch ``FAST_EVAL_BATCH`` (larger kernels; not yet timed
+    on a GPU); on a CPU the NHWC layout, with the fused cells unless the relaxation is
     hard (GDAS: one sampled op per edge leaves little to batch, and there the readable cell in NHWC is the
     fastest CPU path). A space without a fused cell (the recurrent one) has no fast path."""
     space = space or method.part("space")
@@ -389,7 +406,8 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
                          f"the {space} space has no fast path, leave it off")
     cpu = device.type == "cpu"
     hard = method.build("relaxation").hard
-    return {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda", "channels_last": cpu}
+    settings = {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda", "channels_last": cpu}
+    return settings | ({"eval_batch_size": FAST_EVAL_BATCH} if device.type == "cuda" else {})
 
 
 def resolve_device(device: str) -> torch.device:

@@ -26,6 +26,7 @@ def run_search(args: argparse.Namespace) -> None:
             "ops": tuple(args.ops.split(",")) if args.ops else None,
             "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
             "precision": args.precision, "channels_last": args.channels_last or None,
+            "eval_batch_size": args.eval_batch_size,
         }.items() if v is not None}
         result = search(space=args.space, method=args.method, dataset=args.dataset, run_dir=args.run_dir,
                         runs_root=args.runs, progress=not args.quiet, **settings)
@@ -65,6 +66,9 @@ def register(sub) -> None:
     s.add_argument("--channels-last", action="store_true",
                    help="supernet and images in the NHWC memory layout: on a CPU the search step runs 1.4-2x "
                         "faster (same results up to rounding; part of --fast there; docs/speed.md)")
+    s.add_argument("--eval-batch-size", type=int,
+                   help="batch of each epoch's evaluation (default: --batch-size; darts-rnn 10); the search is the "
+                        "same at any, only faster (--fast makes it 256 on a GPU)")
     s.add_argument("--seed", type=int, help="random seed (default 2); same seed, same result on the CPU")
     s.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     s.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")
