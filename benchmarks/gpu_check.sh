@@ -4,7 +4,7 @@
 # NAS-Bench-201 network's), the CUDA tests (fused path against readable, CUDA-graph replay against eager), the top kernels of an eager
 # fused step (profile_step.py), the fused cell's convolutions in other forms (conv_variants.py), and an
 # end-to-end search on real CIFAR-10. On an H200 on 2026-11-26 `steps tests recipes profile` took 5
-# minutes and `e2e` 2.5; the stages' timeouts sum to 14.5 minutes, more than one call may run, so run them
+# minutes and `e2e` 2.5; the stages' timeouts sum to 15.3 minutes, more than one call may run, so run them
 # in two calls (say `steps tests profile convs`, then `recipes nb201 e2e`) with timeout_s 600.
 # The lent machine has PyTorch but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
