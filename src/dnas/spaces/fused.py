@@ -414,7 +414,8 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     w_groups = [v for v, same in zip(slot_weights, shared) if not same]
     w_groups = w if len(w_groups) == len(slot_weights) else _cat(w_groups, dim=0) if w_groups else w[:0]
     per_channel = w_groups.repeat_interleave(x.shape[2]).split([len(g.edge_ids) * x.shape[2] for g in groups])
-    blocks, order = _run_groups(groups, outs, [int(g.head is not None) for g in groups], per_channel, run)
+    blocks, order = _run_groups(groups, outs, [int(g.head is not None) for g in groups], per_channel, run,
+                                summed=batch.pos is None)
     if any(shared):
         once = [i for i, same in enumerate(shared) if same]
         groups_once, weights_once = [batch.groups[i] for i in once], [slot_weights[i] for i in once]
@@ -636,7 +637,8 @@ def _sum_blocks(t: torch.Tensor, blocks: int) -> torch.Tensor:
     return t.unflatten(1, (blocks, -1)).sum(1)
 
 
-def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int], weights, run: _Run):
+def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int], weights, run: _Run,
+                summed: bool = False):
     """Run every group's leaves on its slot input, one BatchNorm for all the groups waiting at one, and
     weigh each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2).
 
@@ -647,7 +649,9 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int],
     weights' gradient in the pass it makes anyway. Groups that end otherwise (skip) are multiplied.
 
     Returns the weighted outputs as blocks, each of some groups' outputs concatenated (the groups a
-    BatchNorm finished are one block), and the order of the groups in the blocks."""
+    BatchNorm finished are one block), and the order of the groups in the blocks. With ``summed`` (every
+    group on every edge, in order) the groups a BatchNorm finished are summed instead, one block of one
+    group's size (``_split_summing``)."""
     ptr, blocks, order = list(starts), [], []
     while True:
         for i, g in enumerate(groups):
@@ -672,8 +676,12 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int],
             if done:  # 1 for the channels of the groups that go on
                 ones = [x.new_ones(sum(xs[i].shape[1] for i in going))] if going else []
                 scale = _cat(ones + [weights[i] for i in done], dim=0)
-            sizes = [xs[i].shape[1] for i in going] + ([sum(xs[i].shape[1] for i in done)] if done else [])
-            parts = _batch_norm(x, mods, run, scale).split(sizes, 1)
+            y = _batch_norm(x, mods, run, scale)
+            if done and summed:
+                parts = _split_summing(y, len(going), len(done))
+            else:
+                sizes = [xs[i].shape[1] for i in going] + ([sum(xs[i].shape[1] for i in done)] if done else [])
+                parts = y.split(sizes, 1)
             for i, part in zip(going, parts):
                 xs[i] = part
             for i in members:
@@ -684,6 +692,16 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int],
     unweighed = [i for i in range(len(groups)) if i not in order]
     blocks += [xs[i] * weights[i].view(1, -1, 1, 1) for i in unweighed]
     return blocks, order + unweighed
+
+
+def _split_summing(y: torch.Tensor, apart: int, summed: int) -> list[torch.Tensor]:
+    """``y`` (N, (apart + summed) x K, H, W) as its first ``apart`` blocks of K channels, each apart, and the sum
+    of the ``summed`` last ones, in the layout of ``y``: one split of y's (N, blocks, K, H, W) view
+    (``_blocks``). Backward the split concatenates the sum's gradient as it comes, expanded over the blocks;
+    the sum of a 4-d block's view would first copy that gradient into the block's shape."""
+    view, k = _blocks(y.unflatten(1, (apart + summed, -1)))
+    *parts, rest = view.split([1] * apart + [summed], k)
+    return [_unblocked(t, k).squeeze(1) for t in (*parts, rest.sum(k, keepdim=True))]
 
 
 def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=None) -> torch.Tensor:
