@@ -1,10 +1,14 @@
 """Every recipe of the method zoo runs a tiny search on real data, with the parts its paper names."""
 import json
+import re
+import textwrap
+from pathlib import Path
 
 import pytest
 
 import dnas
-from dnas.methods import builtin_methods
+from dnas.methods import builtin_methods, get_method
+from dnas.relax import RELAXATIONS
 
 TINY = dict(C=8, layers=3, nodes=2, batch_size=16, subset=32, progress=False)  # one step per epoch
 METHODS = sorted(builtin_methods())
@@ -66,3 +70,17 @@ def test_paper_settings_are_pinned():
     plus = m["darts-plus"].build("stopping")
     assert plus[0].max_skips == 2 and plus[1].patience == 10
     assert m["darts-v2"].build("arch_grad").epsilon == 0.01
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_part_of_adding_a_method_runs_as_the_doc_writes_it(fused, fashion_mnist_root, tmp_path, monkeypatch):
+    """docs/adding-a-method.md: its example relaxation, registered as written and named by a recipe, searches."""
+    doc = (Path(__file__).parents[1] / "docs" / "adding-a-method.md").read_text()
+    monkeypatch.setattr(RELAXATIONS, "_table", dict(RELAXATIONS._table))  # the registration ends with the test
+    exec(textwrap.dedent(re.search(r"```python\n(.*?)```", doc, re.S).group(1)), {})
+    recipe = tmp_path / "tempered.toml"
+    recipe.write_text('name = "tempered"\n[parts]\nrelaxation = {name = "tempered_softmax", temperature = 4.0}\n')
+    assert get_method(str(recipe)).build("relaxation").temperature == 4.0
+    result = dnas.search(method=str(recipe), dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", fused=fused,
+                         **TINY)
+    assert result.genotype.nodes == 2

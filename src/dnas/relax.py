@@ -3,9 +3,9 @@
 A relaxation maps alpha of shape (edges, ops) to op weights of the same shape; an alpha of -inf (an op
 masked out of the space) gets weight 0. ``weights`` is what the
 supernet multiplies the ops by in training (it may sample); ``strengths`` is the deterministic view used
-in evaluation mode, by selection and by reports. ``hard = True`` means each row of ``weights`` is one-hot
-in value, so that the space runs only the chosen op of each edge. A relaxation with a schedule (a
-temperature) defines ``on_epoch_start(epoch, epochs)``.
+in evaluation mode, by selection and by reports. ``hard = True`` (optional, ``is_hard``) means each row of
+``weights`` is one-hot in value, so that the space runs only the chosen op of each edge. A relaxation with
+a schedule (a temperature) defines ``on_epoch_start(epoch, epochs)``.
 """
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ from .registry import Registry
 from .schedule import check_shape, interpolate
 
 RELAXATIONS = Registry("relaxation")
+
+
+def is_hard(relaxation) -> bool:
+    """Whether ``relaxation``'s weights are one-hot in value (its ``hard`` attribute; none: soft)."""
+    return getattr(relaxation, "hard", False)
 
 
 @RELAXATIONS.register("softmax")

@@ -37,6 +37,7 @@ from .cuda_graph import GraphedStep, set_capturable
 from .data import BatchLoader, load_dataset, memory_format, split_indices
 from .genotype import Genotype
 from .methods import Method, Parts, get_method
+from .relax import is_hard
 from .spaces import SPACES
 
 CHECKPOINT_FORMAT = "dnas-search-checkpoint-v1"
@@ -405,7 +406,7 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
         raise ValueError(f"--fast (fused cells, CUDA graphs, NHWC) is for the image spaces {' and '.join(fusable)}; "
                          f"the {space} space has no fast path, leave it off")
     cpu = device.type == "cpu"
-    hard = method.build("relaxation").hard
+    hard = is_hard(method.build("relaxation"))
     settings = {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda", "channels_last": cpu}
     return settings | ({"eval_batch_size": FAST_EVAL_BATCH} if device.type == "cuda" else {})
 

@@ -43,7 +43,9 @@ class Threshold:
     """FairDARTS selection (Chu et al., ECCV 2020, Sec. 4.2): an edge is kept when the weight of its
     strongest op (sigmoid(alpha), independent per op) reaches ``threshold`` = 0.85; of those, each node
     keeps at most its ``k`` = 2 strongest, as in the FairDARTS code (``k=None``: no limit). A node may so
-    keep one edge or none."""
+    keep one edge or none: not a recurrent cell, whose every node keeps exactly one edge."""
+
+    spaces = ("darts", "nb201")  # an edge not kept is a node's fewer inputs there, or ``none``
 
     def __init__(self, threshold: float = 0.85, k: int | None = 2, exclude: tuple[str, ...] = ("none",)):
         self.threshold, self.k = threshold, k

@@ -23,7 +23,7 @@ from ..edges import WeightedSum
 from ..genotype import Genotype
 from ..ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, FactorizedReduce, ReLUConvBN
 from ..perturb import perturbed
-from ..relax import Softmax
+from ..relax import Softmax, is_hard
 from ..selection import TopK
 from . import SPACES
 from .base import Supernet, node_softmax
@@ -179,7 +179,7 @@ class DartsSupernet(Supernet):
     def forward(self, x):
         weights = self.op_weights(self.relaxation.weights if self.training else self.relaxation.strengths)
         active = {t: self.live_ops(t) for t in CELL_TYPES}
-        if self.training and self.relaxation.hard:  # one-hot in value: each edge runs its chosen op only
+        if self.training and is_hard(self.relaxation):  # one-hot in value: each edge runs its chosen op only
             active = {t: [[i] if live is None or live[e] else [] for e, i in enumerate(w.argmax(-1).tolist())]
                       for (t, w), live in zip(weights.items(), active.values())}
         edge_weights = {t: self.edge_weights(t) for t in CELL_TYPES} if self.betas else {t: None for t in weights}

@@ -1,6 +1,6 @@
 """The DARTS recurrent cell space (Liu, Simonyan, Yang, ICLR 2019, Sec. 3.1.2 and App. A.1.2).
 
-The supernet is the language model of ``dnas.lm`` with a ``SearchCell``: node 0 from x_t and h_{t-1}
+The supernet is the language model of ``dnas.rnn.model`` with a ``SearchCell``: node 0 from x_t and h_{t-1}
 (linear map, tanh, highway gate), then ``nodes`` (8) nodes, node i mixing every earlier node through every
 op of ``ops`` (none, tanh, relu, sigmoid, identity), each with its highway gate, batch-normalised; the
 output is the average of nodes 1..8. One alpha (36 edges x 5 ops), ``alphas["recurrent"]``, turned into op

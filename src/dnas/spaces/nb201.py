@@ -24,7 +24,7 @@ from ..perturb import perturbed
 from ..bench.nb201 import NB201_OPS, NB201Genotype, cell_edges
 from ..edges import WeightedSum
 from ..ops import OPS, ReLUConvBN
-from ..relax import Softmax
+from ..relax import Softmax, is_hard
 from ..selection import TopK
 from . import SPACES
 from .base import Supernet, node_softmax
@@ -131,7 +131,7 @@ class NB201Supernet(Supernet):
         if self.weight_delta is not None:  # SDARTS
             weights = perturbed(weights, self.weight_delta["cell"])
         # a hard relaxation is one-hot in value: each edge runs its chosen op only
-        active = [[i] for i in weights.argmax(-1).tolist()] if self.training and self.relaxation.hard else None
+        active = [[i] for i in weights.argmax(-1).tolist()] if self.training and is_hard(self.relaxation) else None
         edge_weights = self.edge_weights() if self.betas else None
         x = self.stem(x)
         for layer in self.cells:
