@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from dnas.ops import (DARTS_OPS, OPS, PARAMETER_FREE_OPS, Conv2d, DilConv, FactorizedReduce, SepConv, Zero,
-                      conv2d)
+                      conv2d, pixels)
 from dnas.registry import UnknownNameError
 
 C = 16
@@ -193,6 +193,8 @@ def test_stride_2_conv_runs_on_the_pixels_it_reads(k, padding, dilation, groups,
     for got, want in ((y, expected), (dx, want_dx), (dw, want_dw)):
         assert torch.allclose(got, want, rtol=0, atol=1e-12)
     assert y.is_contiguous(memory_format=layout) and dx.is_contiguous(memory_format=layout)
+    # given those pixels already (the fused cell takes them before copying a source to its edges)
+    assert torch.allclose(conv2d(pixels(x, step=2), w, *args, sampled=True), expected, rtol=0, atol=1e-12)
 
 
 def test_the_reducing_ops_convolve_by_conv2d():

@@ -87,20 +87,32 @@ class Conv2d(nn.Conv2d):
         return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1) -> torch.Tensor:
-    """``F.conv2d`` (pairs of ints). A convolution of stride s > 1 whose taps all fall on every s-th pixel (a
-    1x1 convolution without padding, as FactorizedReduce's; or one whose dilation and padding are multiples of
-    s, as a dilated op's on a reducing edge) runs on those pixels alone, with stride 1:
+def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+           sampled: bool = False) -> torch.Tensor:
+    """``F.conv2d`` (pairs of ints). A convolution of stride s > 1 whose taps all fall on every s-th pixel
+    (``reads_every``) runs on those pixels alone, with stride 1:
     y[i] = sum_a w[a] x[s i + d a - p] = sum_a w[a] x_s[i + (d/s) a - p/s], x_s = x[::s]. The same products
-    and sums; on the CPU (oneDNN) 1.2-7x faster forward and backward than the strided kernels."""
-    s, k = stride[0], weight.shape[-2:]
-    if s == 1 or stride[1] != s or any(p % s or (n > 1 and d % s) for p, d, n in zip(padding, dilation, k)):
+    and sums; on the CPU (oneDNN) 1.2-7x faster forward and backward than the strided kernels. ``sampled``:
+    ``x`` is x_s already (the fused cell takes those pixels before it copies a source to its edges)."""
+    s = reads_every(stride, padding, dilation, weight.shape[-2:])
+    if s == 1:
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    x = pixels(x, step=s)
+    if not sampled:
+        x = pixels(x, step=s)
     if channels_innermost(x):  # copied NHWC here: the convolution takes a view of odd sizes for NCHW
         x = x.contiguous(memory_format=torch.channels_last)
     return F.conv2d(x, weight, bias, 1, tuple(p // s for p in padding),
-                    tuple(d // s if n > 1 else 1 for d, n in zip(dilation, k)), groups)
+                    tuple(d // s if n > 1 else 1 for d, n in zip(dilation, weight.shape[-2:])), groups)
+
+
+def reads_every(stride, padding, dilation, kernel) -> int:
+    """s where a convolution of stride s > 1 reads every s-th pixel only, else 1: a 1x1 convolution without
+    padding (FactorizedReduce's), or one whose dilation and padding are multiples of s (a dilated op's on
+    a reducing edge)."""
+    s = stride[0]
+    if s == 1 or stride[1] != s or any(p % s or (n > 1 and d % s) for p, d, n in zip(padding, dilation, kernel)):
+        return 1
+    return s
 
 
 def pixels(x: torch.Tensor, start: int = 0, step: int = 1) -> torch.Tensor:

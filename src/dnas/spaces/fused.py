@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
-from ..ops import FactorizedReduce, Zero, channels_innermost, conv2d, pixels
+from ..ops import FactorizedReduce, Zero, channels_innermost, conv2d, pixels, reads_every
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
 
@@ -121,7 +121,9 @@ class _Group:
     src: torch.Tensor  # per slot, the source state (index into the batch's sources)
     edge_ids: tuple[int, ...]  # per slot, the edge (index into the cell's edges)
     every_edge: bool  # one slot per edge of the batch, in their order
-    head: tuple | None  # the signature of the ReLU or pooling that begins the op, run once per source
+    head: tuple | None  # the signature of the ReLU or pooling that begins the op, run once per source, and
+    # (the op's first convolution reads every step-th pixel only) the step: the head on those pixels alone
+    step: int  # 1, or that step: the first convolution then runs on the pixels it reads, with stride 1
     convs: list[tuple[tuple[int, int], ...]] | None = None  # per leaf, its convolutions' (bank, piece)
 
 
@@ -282,10 +284,12 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
         groups, positions = [], []
         for (o, signature), members in sorted(slots.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0)):
             edge_ids = tuple(m[2] for m in members)
+            leaves = [(leaf[0], [m[3][k][1] for m in members]) for k, leaf in enumerate(members[0][3])]
+            head = signature[0] if signature and signature[0][0] in ("relu", "pool") else None
+            step = _first_conv_step(leaves) if head is not None else 1
             groups.append(_Group(
-                leaves=[(leaves[0], [m[3][k][1] for m in members]) for k, leaves in enumerate(members[0][3])],
-                src=tensor([m[0] for m in members]), edge_ids=edge_ids, every_edge=list(edge_ids) == edges,
-                head=signature[0] if signature and signature[0][0] in ("relu", "pool") else None))
+                leaves=leaves, src=tensor([m[0] for m in members]), edge_ids=edge_ids,
+                every_edge=list(edge_ids) == edges, head=head if step == 1 else (head, step), step=step))
             positions += [m[1] for m in members]
             weight_index += [slot_weight(e, o) for e in edge_ids]
         first = cell.edges[edges[0]]
@@ -315,6 +319,15 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
                  topology.stride)
     _to_device(plan, device)
     return plan
+
+
+def _first_conv_step(leaves) -> int:
+    """s where the leaf after the head is a convolution that reads every s-th pixel only (a dilated op on a
+    reducing edge, ``ops.reads_every``), else 1."""
+    if len(leaves) < 2 or leaves[1][0] != "conv":
+        return 1
+    c = leaves[1][1][0]
+    return reads_every(c.stride, c.padding, c.dilation, c.kernel_size)
 
 
 _OPS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
@@ -392,9 +405,12 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     n, sources = x.shape[:2]
     per = len(batch.edges) // sources  # edges per source
     begun = {None: x}  # what the groups begin with, once per source: the sources, or a ReLU or pooling
-    for g in batch.groups:
+    for g in batch.groups:  # (on every step-th pixel only, where the op's first convolution reads no others)
+        head = g.head if g.step == 1 else g.head[0]
+        if head not in begun:
+            begun[head] = _run_leaf(g.leaves[0], _flatten_sources(x), sources).unflatten(1, (sources, -1))
         if g.head not in begun:
-            begun[g.head] = _run_leaf(g.leaves[0], _flatten_sources(x), sources).unflatten(1, (sources, -1))
+            begun[g.head] = _every_pixel(begun[head], g.step)
     # the ops that compute the same on every edge of a source run once per source (where every op covers
     # every edge, so that the order of the groups' blocks does not matter to _sum_slots); the rest per edge
     shared = [batch.pos is None and per > 1 and _same_on_every_edge(g) for g in batch.groups]
@@ -438,6 +454,12 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
             rest = F.max_pool2d(_flatten_sources(rest), 2, 2).unflatten(1, (sources, -1))
         y = _with_bypass(y, rest, scale)
     return y
+
+
+def _every_pixel(x: torch.Tensor, step: int) -> torch.Tensor:
+    """``x`` (N, K, C, H, W) at every ``step``-th pixel, in its layout (``_blocks``), as ``ops.pixels``."""
+    view, k = _blocks(x)
+    return _unblocked(view[:, ::step, ::step] if k == 3 else view[..., ::step, ::step], k)
 
 
 def _split_channels(x: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -657,7 +679,8 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int],
         for i, g in enumerate(groups):
             while ptr[i] < len(g.leaves) and g.leaves[ptr[i]][0] != "bn":
                 convs = [run.weights[bank][piece] for bank, piece in g.convs[ptr[i]]]
-                xs[i] = _run_leaf(g.leaves[ptr[i]], xs[i], len(g.edge_ids), convs, run.noise, g.edge_ids)
+                sampled = g.step > 1 and ptr[i] == starts[i]  # its head took the pixels the convolution reads
+                xs[i] = _run_leaf(g.leaves[ptr[i]], xs[i], len(g.edge_ids), convs, run.noise, g.edge_ids, sampled)
                 ptr[i] += 1
         waiting: dict[tuple, list[int]] = {}
         for i, g in enumerate(groups):
@@ -729,9 +752,10 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
     return y
 
 
-def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None) -> torch.Tensor:
+def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None, sampled=False) -> torch.Tensor:
     """One leaf on ``slots`` edges at once; ``x`` holds the slots' channels one after another, ``weights``
-    the stacked weights of its convolutions."""
+    the stacked weights of its convolutions; ``sampled``: a convolution's input is the pixels it reads
+    (``ops.conv2d``)."""
     kind, mods = leaf
     m = mods[0]
     if kind == "relu":
@@ -739,7 +763,7 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
     if kind == "pool":
         return m(x)
     if kind == "conv":
-        return _conv(x, mods, slots, weights[0])
+        return _conv(x, mods, slots, weights[0], sampled)
     if kind == "fr":
         a = _conv(x, [f.conv_1 for f in mods], slots, weights[0])
         b = _conv(pixels(x, start=1), [f.conv_2 for f in mods], slots, weights[1])
@@ -762,8 +786,8 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
     return torch.cat([mod(xs[:, i]) for i, mod in enumerate(mods)], 1)
 
 
-def _conv(x, convs: list[nn.Conv2d], slots: int, weight: torch.Tensor) -> torch.Tensor:
+def _conv(x, convs: list[nn.Conv2d], slots: int, weight: torch.Tensor, sampled: bool = False) -> torch.Tensor:
     """One convolution for ``slots`` edges, its groups repeated per edge; ``weight``: theirs, stacked."""
     c = convs[0]
     bias = None if c.bias is None else torch.cat([k.bias for k in convs])
-    return conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups * slots)
+    return conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups * slots, sampled)
