@@ -66,9 +66,9 @@ class EpochParts:
             with _Timed(search, "train_loader", parts):
                 return parts.saved[0](search, progress)
 
-        def evaluate(search):
+        def evaluate(search, progress=False):
             with _Timed(search, "eval_loader", parts):
-                return parts.saved[1](search)
+                return parts.saved[1](search, progress)
 
         Search.train_epoch, Search.evaluate = train_epoch, evaluate
         return self

@@ -39,13 +39,23 @@ def test_search_options_reach_the_config(fashion_mnist_root, tmp_path):
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid datasets: cifar10, cifar100, fashion-mnist, image-folder"),
     (["--dataset", "cifar10", "--data", "/nowhere/cifar"], "/nowhere/cifar"),
     (["--dataset", "fashion-mnist", "--ops", "sep_conv_3x3,conv_11x11"], "unknown op 'conv_11x11'"),
-    (["--resume", "/nowhere/run"], "not a dnas search run"),
     (["--method", "/nowhere/recipe.toml"], "recipe file /nowhere/recipe.toml does not exist"),
 ])
 def test_bad_input_exits_2_with_a_message(argv, message, capsys, tmp_path):
     assert main(["search", "--run-dir", str(tmp_path / "r"), "--epochs", "1", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dnas: error: ") and message in err
+
+
+def test_resume_takes_no_other_settings(capsys):
+    """The run's settings are its config.json's: options given beside --resume are refused, not dropped."""
+    assert main(["search", "--resume", "/nowhere/run"]) == 2
+    assert "not a dnas search run" in capsys.readouterr().err
+    assert main(["search", "--resume", "/nowhere/run", "--epochs", "3", "--method", "gdas", "--device", "cpu"]) == 2
+    assert "a resumed run keeps its settings: drop --method, --epochs (only --device, --tensorboard and -q go with " \
+           "--resume)" in capsys.readouterr().err
+    assert main(["train", "--resume", "/nowhere/run", "--lr", "0.5"]) == 2
+    assert "drop --lr (only --device and -q go with --resume)" in capsys.readouterr().err
 
 
 def test_cifar10_without_data_says_how_to_get_it(capsys, tmp_path):
@@ -74,3 +84,10 @@ def test_console_script_and_module_agree():
     a = subprocess.run(["dnas", "--version"], capture_output=True, text=True, check=True).stdout
     b = subprocess.run([sys.executable, "-m", "dnas", "--version"], capture_output=True, text=True, check=True).stdout
     assert a == b == f"dnas {dnas.__version__}\n"
+
+
+def test_options_are_taken_only_as_spelt_out(capsys):
+    """`dnas info` has no --data: abbreviated, it would be read as --dataset."""
+    with pytest.raises(SystemExit) as e:
+        main(["info", "--genotype", "DARTS_V2", "--data", "/some/folder"])
+    assert e.value.code == 2 and "unrecognized arguments: --data" in capsys.readouterr().err

@@ -270,3 +270,20 @@ def test_cli_bench_nb201(capsys):
     assert capsys.readouterr().err.startswith("dnas: error: |sep_conv_3x3~0|")
     assert main(["bench", "nb201", "--arch", "skip_connect"]) == 2
     assert "malformed NAS-Bench-201 arch string" in capsys.readouterr().err
+
+
+def test_a_nas_bench_201_cell_is_a_genotype_wherever_one_is_given(tmp_path, capsys):
+    """--genotype and dnas show take the arch string, and the .json and .txt files a search writes; training
+    and info, which build the DARTS evaluation networks, point to the benchmark instead."""
+    cell = NB201Genotype.parse(nb201.EXAMPLE)
+    cell.save(tmp_path / "genotype.json")
+    cell.save(tmp_path / "genotype.txt")
+    for spec in (nb201.EXAMPLE, tmp_path / "genotype.json", tmp_path / "genotype.txt", tmp_path):
+        assert dnas.load_genotype(spec)[0] == cell
+    assert main(["show", str(tmp_path / "genotype.json"), "-o", str(tmp_path / "cell.svg")]) == 0
+    assert (tmp_path / "cell.svg").stat().st_size > 0
+    with pytest.raises(ValueError, match=f"a NAS-Bench-201 cell, whose trained accuracy the benchmark holds: "
+                                         f"dnas bench nb201 --arch"):
+        dnas.train(tmp_path, "cifar10", run_dir=tmp_path / "run")
+    assert main(["info", "--genotype", nb201.EXAMPLE]) == 2
+    assert "dnas bench nb201 --arch" in capsys.readouterr().err

@@ -386,3 +386,10 @@ def test_threshold_derives_a_fairdarts_genotype_with_nodes_dropped():
     # the reduction cell, where nothing passed, keeps its strongest edge into node 2
     assert len(g.edges("reduce")) == 1 and g.edges("reduce")[0][2] == 2
     assert model.genotype_metrics(g) == {"skip_connect_normal": 2, "parameter_free_normal": 2}
+
+
+def test_a_part_given_an_option_it_has_not_says_which_it_has():
+    """A recipe's misspelt part option (``{name = "second_order", epsilonn = 0.05}``) names the part's options."""
+    from dnas.methods import registries
+    with pytest.raises(ValueError, match="architecture gradient 'second_order': .*'epsilonn'; its options: epsilon, clip"):
+        registries()["arch_grad"].build({"name": "second_order", "epsilonn": 0.05})

@@ -59,7 +59,8 @@ def test_same_seed_same_result_on_cpu(fashion_mnist_root, tmp_path):
     assert (other.run_dir / "alphas.jsonl").read_text() != lines[0]
 
 
-def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashion_mnist_root, tmp_path, monkeypatch):
+def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashion_mnist_root, tmp_path, monkeypatch,
+                                                                          capsys):
     whole = dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=3, run_dir=tmp_path / "whole", **TINY)
 
     calls = {"n": 0}
@@ -75,6 +76,8 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashi
     with pytest.raises(KeyboardInterrupt):
         dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=3, run_dir=tmp_path / "cut", **TINY)
     monkeypatch.setattr(Search, "train_epoch", original)
+    cut = tmp_path / "cut"
+    assert f"the last completed epoch is checkpointed: continue with `dnas search --resume {cut}`" in capsys.readouterr().err
     assert not (tmp_path / "cut" / "genotype.txt").exists()
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
 
@@ -109,6 +112,16 @@ def test_resume_refuses_changed_settings_and_foreign_folders(fashion_mnist_root,
         dnas.search(resume=run, epochs=5)
 
 
+def test_resume_of_a_training_run_or_a_broken_config_says_so(fashion_mnist_root, tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "config.json").write_text(json.dumps({"config": {}, "genotype": {}, "data": {}}))
+    with pytest.raises(FileNotFoundError, match="not a dnas search run: its config.json is a training run's"):
+        dnas.search(resume=tmp_path / "t")
+    (tmp_path / "t" / "config.json").write_text("{config: ")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        dnas.search(resume=tmp_path / "t")
+
+
 def test_corrupted_checkpoint_is_a_clear_error_and_nothing_is_lost(fashion_mnist_root, tmp_path):
     run = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY).run_dir
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != "checkpoint.pt"}
@@ -116,6 +129,25 @@ def test_corrupted_checkpoint_is_a_clear_error_and_nothing_is_lost(fashion_mnist
     with pytest.raises(CheckpointError, match="corrupted"):
         dnas.search(resume=run, progress=False)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != "checkpoint.pt"} == before
+
+
+def test_a_run_stopped_before_its_first_epoch_is_started_anew_in_its_directory(fashion_mnist_root, tmp_path,
+                                                                            monkeypatch, capsys):
+    """Nothing can resume a run without a checkpoint: its directory (only its config.json) takes a new run."""
+    def interrupted(self, progress):
+        raise KeyboardInterrupt
+
+    original = Search.train_epoch
+    monkeypatch.setattr(Search, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY)
+    monkeypatch.setattr(Search, "train_epoch", original)
+    assert "no epoch completed, nothing to resume: start it again" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["config.json"]
+    with pytest.raises(FileNotFoundError, match="has not completed an epoch; start it anew"):
+        dnas.search(resume=tmp_path / "r")
+    result = dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY)
+    assert json.loads((result.run_dir / "config.json").read_text())["config"]["method"] == "darts-v2"
 
 
 def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_path):
@@ -135,11 +167,16 @@ def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_pa
     (dict(widht=3), r"unknown options \['widht'\] of the darts space; valid: .*C, .*fused"),
     (dict(space="nb201", layers=3), r"unknown options \['layers'\] of the nb201 space; valid: C, N"),
     (dict(eval_batch_size=0), "eval_batch_size must be >= 1"),
+    (dict(epochs=0), "epochs must be >= 1, not 0"),
+    (dict(subset=-5), "subset must be >= 1, not -5"),
+    (dict(cutout=-4), "cutout must be >= 0, not -4"),
+    (dict(device="foo"), "unknown device 'foo'; valid: auto, cpu, cuda, cuda:N"),
 ])
 def test_bad_input_is_a_clear_error(fashion_mnist_root, tmp_path, kwargs, message):
     kwargs = {"dataset": "fashion-mnist", **kwargs}
     with pytest.raises((ValueError, KeyError, FileNotFoundError, TypeError), match=message):
-        dnas.search(epochs=1, run_dir=tmp_path / "r", **{**TINY, **kwargs})
+        dnas.search(run_dir=tmp_path / "r", **{"epochs": 1, **TINY, **kwargs})
+    assert not (tmp_path / "r").exists()  # refused before it wrote anything
 
 
 def test_fast_settings_are_the_fastest_measured_per_device():

@@ -127,18 +127,23 @@ def test_evaluate_run_writes_accuracy_and_the_confusion_matrix(trained):
     assert report.accuracy == pytest.approx(trained.test_acc)  # the same 128 images the run tested on
     assert report.confusion.shape == (10, 10) and report.confusion.sum() == 128
     assert report.accuracy == pytest.approx(report.confusion.trace().item() / 128)
-    saved = json.loads((trained.run_dir / "test-last.json").read_text())
+    saved = json.loads((trained.run_dir / "test-last-subset128.json").read_text())
     assert saved["images"] == 128 and saved["confusion"] == report.confusion.tolist()
-    rows = list(csv.reader(open(trained.run_dir / "confusion-last.csv")))
+    rows = list(csv.reader(open(trained.run_dir / "confusion-last-subset128.csv")))
     assert rows[0][1:] == report.classes and rows[2][0] == "Trouser"
     assert [int(v) for v in rows[1][1:]] == report.confusion[0].tolist()
+
+
+def test_test_command_refuses_an_empty_sample(trained, capsys):
+    assert main(["test", str(trained.run_dir), "--subset", "0", "-q"]) == 2
+    assert "batch_size and subset must be >= 1" in capsys.readouterr().err
 
 
 def test_test_command_prints_the_accuracy_and_matrix(trained, capsys):
     assert main(["test", str(trained.run_dir), "--weights", "best", "--subset", "64", "-q"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy: " in out and "confusion matrix" in out and "Ankle boot" in out
-    assert (trained.run_dir / "test-best.json").is_file()
+    assert (trained.run_dir / "test-best-subset64.json").is_file()  # beside, not over, a whole test's file
 
 
 def test_train_command_runs_and_reports(fashion_mnist_root, tmp_path, capsys):
@@ -185,6 +190,8 @@ def test_an_existing_run_directory_is_not_overwritten(tmp_path):
     (("DARTS_V2",), dict(drop_path=1.5), "drop_path is a probability"),
     (("DARTS_V2",), dict(lr_schedule="step"), "valid: cosine, exponential"),
     ((), {}, "give the genotype to train"),
+    (("DARTS_V2",), dict(test_subset=0), "test_subset must be >= 1, not 0"),
+    (("DARTS_V2",), dict(subset=-3, cutout=-1), "subset must be >= 1, not -3; cutout must be >= 0, not -1"),
 ])
 def test_bad_input_is_a_clear_error(args, kwargs, message, tmp_path):
     with pytest.raises((ValueError, KeyError), match=message):

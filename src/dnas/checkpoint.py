@@ -5,7 +5,10 @@ A checkpoint is a dict with a ``format`` tag, so that a file of another kind or 
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,52 @@ import torch
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read: corrupted, or not of the run's kind."""
+
+
+def check_new_run_dir(run_dir: str | os.PathLike, command: str) -> None:
+    """A new run may write into ``run_dir`` when it is missing or empty, or holds only the config.json of a
+    run that stopped before its first checkpoint (which nothing can resume); otherwise FileExistsError:
+    continue the run there (``dnas {command} --resume``) or choose another directory."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and {p.name for p in run_dir.iterdir()} - {"config.json"}:
+        raise FileExistsError(f"run directory {run_dir} is not empty; continue it with resume={str(run_dir)!r} "
+                              f"(dnas {command} --resume {run_dir}) or choose another")
+
+
+_running = [0]  # runs within runs (P-DARTS's stages): only the outermost says where to resume
+
+
+def says_where_to_resume(command: str) -> Callable:
+    """Decorates a run's ``run`` method: on Ctrl-C (KeyboardInterrupt, raised on) it says whether the run can
+    be resumed from its directory (its ``resumable()``, else: a checkpoint.pt there) and how."""
+    def decorate(run: Callable) -> Callable:
+        @functools.wraps(run)
+        def wrapped(self, *args, **kwargs):
+            _running[0] += 1
+            try:
+                return run(self, *args, **kwargs)
+            except KeyboardInterrupt:
+                if _running[0] == 1:
+                    done = (self.resumable() if hasattr(self, "resumable")
+                            else (self.run_dir / "checkpoint.pt").is_file())
+                    print(f"\n{self.run_dir}: " + (
+                        f"the last completed epoch is checkpointed: continue with `dnas {command} --resume "
+                        f"{self.run_dir}`" if done else "no epoch completed, nothing to resume: start it again "
+                        "(in the same directory if you like)"), file=sys.stderr, flush=True)
+                raise
+            finally:
+                _running[0] -= 1
+        return wrapped
+    return decorate
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A run's config.json, or a ValueError naming the file when it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); fix or restore it, the run's other files are "
+                         f"untouched") from None
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -42,13 +91,15 @@ def load(path: Path, fmt: str, device: torch.device, kind: str, restore: Callabl
     """Read the checkpoint at ``path`` and ``restore`` the run from it; any failure is a CheckpointError
     naming the file (the run's other files are left as they are)."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: the run has not completed an epoch, start it anew")
+        raise FileNotFoundError(f"{path} does not exist: the run has not completed an epoch; start it anew, in "
+                                f"{path.parent} if you like (a run without a checkpoint is started over there)")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         if state.get("format") != fmt:
             raise ValueError(f"format {state.get('format')!r}, expected {fmt!r}")
         restore(state)
     except Exception as e:
-        raise CheckpointError(f"{path} is corrupted or not a dnas {kind} checkpoint ({type(e).__name__}: {e}); "
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""  # not torch's advice after it
+        raise CheckpointError(f"{path} is corrupted or not a dnas {kind} checkpoint ({type(e).__name__}: {reason}); "
                               f"the run's other files are untouched") from None
     return state

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from . import checkpoint
 from .genotype import Genotype
 from .ops import DARTS_OPS
 from .registry import Registry
@@ -90,6 +91,10 @@ class ProgressiveSearch:
         if not (self.run_dir / "stage-1").is_dir():
             raise FileNotFoundError(f"{self.run_dir} has no stage-1/: the run has not started, start it anew")
 
+    def resumable(self) -> bool:
+        return (self.run_dir / "stage-1" / "checkpoint.pt").is_file()
+
+    @checkpoint.says_where_to_resume("search")
     def run(self, progress: bool = True) -> SearchResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(

@@ -1,6 +1,7 @@
 """One registry per kind of part (ops, spaces, relaxations, ...): name -> factory, with clear errors."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Iterator
 
 
@@ -39,7 +40,14 @@ class Registry:
         if not isinstance(spec, dict) or "name" not in spec:
             raise ValueError(f"a {self.kind} is given as a name or a table with a 'name' key, not {spec!r}")
         kwargs = {k: v for k, v in spec.items() if k != "name"}
-        return self.get(spec["name"])(**kwargs, **extra)
+        part = self.get(spec["name"])
+        try:
+            inspect.signature(part).bind(**kwargs, **extra)
+        except TypeError as e:
+            options = [p for p in inspect.signature(part).parameters if p not in extra]
+            raise ValueError(f"{self.kind} {spec['name']!r}: {e}; its options: {', '.join(options) or 'none'}"
+                             ) from None
+        return part(**kwargs, **extra)
 
     def names(self) -> list[str]:
         return sorted(self._table)

@@ -30,12 +30,12 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from .bench.nb201 import DATASETS as NB201_DATASETS
-from .bench.nb201 import NB201Genotype
 from .cost import Cost, cost
 from .genotype import Genotype
 from .search import format_seconds, read_jsonl
 from .spaces.darts_network import NetworkCIFAR
 from .viz import DOTS, GraphvizNotFound, draw
+from .zoo import genotype_class
 
 
 class RunError(ValueError):
@@ -50,14 +50,7 @@ class TensorBoardNotFound(ModuleNotFoundError):
 def parse_genotype(text: str):
     """A genotype from its text form: a NAS-Bench-201 arch string (``|op~0|+...``), the DARTS recurrent cell's
     ``Genotype(recurrent=...)`` or the DARTS convolutional cell's ``Genotype(normal=...)``."""
-    text = text.strip()
-    if text.startswith("|"):
-        return NB201Genotype.parse(text)
-    if text.startswith("Genotype(recurrent="):
-        from .rnn.genotype import RecurrentGenotype  # lazily: only recurrent runs need the language-model side
-
-        return RecurrentGenotype.parse(text)
-    return Genotype.parse(text)
+    return genotype_class(text).parse(text.strip())
 
 
 @dataclass

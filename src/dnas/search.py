@@ -80,9 +80,20 @@ class SearchConfig:
     eval_batch_size: int | None = None  # of each epoch's evaluation (None: batch_size): a speed setting, the search
     # is the same at any (its evaluation draws from its own generator); --fast makes it 256 on a GPU
 
+    def __post_init__(self):
+        check_minimums(self, epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1)
+
     @classmethod
     def fields(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
+
+
+def check_minimums(config, **minimums: int) -> None:
+    """A ValueError naming each of ``config``'s settings below its minimum (None: not set, allowed)."""
+    low = [f"{name} must be >= {m}, not {getattr(config, name)}" for name, m in minimums.items()
+           if getattr(config, name) is not None and getattr(config, name) < m]
+    if low:
+        raise ValueError("; ".join(low))
 
 
 @dataclass
@@ -100,8 +111,6 @@ class Search:
         self.run_dir = Path(run_dir)
         self.method = method or get_method(config.method)
         self.device = resolve_device(config.device)
-        if config.eval_batch_size is not None and config.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be >= 1 (or None: the batch size), not {config.eval_batch_size}")
         if config.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {config.precision!r}; valid: {', '.join(PRECISIONS)}")
         torch.manual_seed(config.seed)
@@ -166,12 +175,13 @@ class Search:
         loss_sum = correct = seen = 0
         bar = tqdm(zip(self.train_loader, self.val_loader), total=len(self.train_loader), disable=not progress,
                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="step", leave=False, dynamic_ncols=True)
+        postfix_every = max(1, min(10, len(self.train_loader) // 10))  # reads the device: not at every step
         try:
             for i, (train_batch, val_batch) in enumerate(bar):
                 loss, right = self.step(train_batch, val_batch)
                 n = len(train_batch[1])
                 loss_sum, correct, seen = loss_sum + loss * n, correct + right, seen + n
-                if i % 10 == 0:
+                if i % postfix_every == 0:
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         finally:
             if self.graph is not None:  # the epoch's settings (lr, temperature, ...) are baked into the graph
@@ -179,7 +189,7 @@ class Search:
         return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, progress: bool = False) -> dict[str, float]:
         """Loss and accuracy of the supernet (evaluation mode) on the search-val half, augmented as DARTS's
         code evaluates it. Its random crops and flips come from a generator seeded by the seed and the epoch,
         not from the search's streams: the search is the same at any evaluation batch size (the measures are
@@ -188,7 +198,8 @@ class Search:
         self.eval_loader.generator.manual_seed(self.config.seed + 1_000_003 * (self.epoch + 1))
         loss_sum = correct = seen = 0
         try:
-            for x, y in self.eval_loader:
+            for x, y in tqdm(self.eval_loader, disable=not progress, desc="evaluating", unit="batch", leave=False,
+                             dynamic_ncols=True):
                 loss, right = (self.eval_graph or self._eval_batch)(x, y)
                 loss_sum, correct, seen = loss_sum + loss, correct + right, seen + len(y)
         finally:
@@ -200,6 +211,7 @@ class Search:
         logits = self.model(x)
         return F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum()
 
+    @checkpoint.says_where_to_resume("search")
     def run(self, progress: bool = True) -> SearchResult:
         log = None
         if self.config.tensorboard:  # first, so that a missing tensorboard package fails before any work
@@ -214,7 +226,7 @@ class Search:
             t0 = time.time()
             lr = self.scheduler.get_last_lr()[0]
             record = {"epoch": self.epoch + 1, "lr": lr, **self.parts.on_epoch_start(self.epoch, self.config.epochs)}
-            record.update(**self.train_epoch(progress), **self.evaluate())
+            record.update(**self.train_epoch(progress), **self.evaluate(progress))
             self.scheduler.step()
             self.epoch += 1
             genotype = self.model.derive(self.parts.selection)
@@ -414,9 +426,13 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(device)
+    return resolved
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -488,9 +504,8 @@ def search(
         config.data = os.path.expanduser(os.fspath(config.data))
     if run_dir is None:
         run_dir = new_run_dir(runs_root, method, dataset)
-    elif Path(run_dir).exists() and any(Path(run_dir).iterdir()):
-        raise FileExistsError(f"run directory {run_dir} is not empty; continue it with resume={str(run_dir)!r} "
-                              f"(dnas search --resume {run_dir}) or choose another")
+    else:
+        checkpoint.check_new_run_dir(run_dir, "search")
     return search_cls(config, run_dir, recipe).run(progress)
 
 
@@ -512,7 +527,10 @@ def _resume(run_dir: Path, progress: bool, **settings: Any) -> SearchResult:
     if changed:
         raise ValueError(f"a resumed run keeps its settings; only device may change (and tensorboard be switched), "
                          f"not {sorted(changed)}")
-    saved = json.loads(config_file.read_text())
+    saved = checkpoint.read_config(config_file)
+    if "method" not in saved or "config" not in saved:
+        kind = "a training run's (dnas train --resume)" if "genotype" in saved else "not a search run's"
+        raise FileNotFoundError(f"{run_dir} is not a dnas search run: its config.json is {kind}")
     method = Method(**saved["method"])
     config_cls, search_cls = search_classes(saved["config"]["space"] or method.part("space"), method)
     config = config_cls(**{**saved["config"], **settings})

@@ -38,9 +38,9 @@ from .data import BatchLoader, DataError, load_dataset, memory_format
 from .genotype import Genotype
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .search import drop_lines_after, format_seconds, new_run_dir, read_jsonl, resolve_device
+from .search import check_minimums, drop_lines_after, format_seconds, new_run_dir, read_jsonl, resolve_device
 from .spaces.darts_network import NETWORKS, DartsNetwork
-from .zoo import load_genotype
+from .zoo import convolutional, load_genotype
 
 CHECKPOINT_FORMAT = "dnas-train-checkpoint-v1"
 
@@ -84,8 +84,7 @@ class TrainConfig:
         NETWORKS.get(self.network)  # an unknown network fails here, listing the valid ones
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        check_minimums(self, epochs=1, batch_size=1, subset=1, test_subset=1, cutout=0)
         if not 0 <= self.drop_path < 1:
             raise ValueError(f"drop_path is a probability in [0, 1), got {self.drop_path}")
 
@@ -199,10 +198,11 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            if i % 10 == 0:
+            if i % max(1, min(10, len(self.train_loader) // 10)) == 0:  # reads the device: not at every step
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
 
+    @checkpoint.says_where_to_resume("train")
     def run(self, progress: bool = True) -> TrainResult:
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -307,16 +307,16 @@ def train(
     if config.data is not None:
         config.data = os.path.expanduser(os.fspath(config.data))
     genotype, name = load_genotype(genotype)
+    genotype = convolutional(genotype, name)
     if run_dir is None:
         run_dir = new_run_dir(runs_root, f"train-{name}", dataset)
-    elif Path(run_dir).exists() and any(Path(run_dir).iterdir()):
-        raise FileExistsError(f"run directory {run_dir} is not empty; continue it with resume={str(run_dir)!r} "
-                              f"(dnas train --resume {run_dir}) or choose another")
+    else:
+        checkpoint.check_new_run_dir(run_dir, "train")
     return Trainer(config, genotype, run_dir).run(progress)
 
 
 def _read_run(run_dir: Path) -> dict[str, Any]:
-    saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    saved = checkpoint.read_config(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
     if "genotype" not in saved or "data" not in saved:
         raise FileNotFoundError(f"{run_dir} is not a dnas training run (no config.json with a genotype in it)")
     return saved
@@ -365,8 +365,11 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
                  subset: int | None = None, progress: bool = True) -> RunReport:
     """Test accuracy and confusion matrix of a trained run on its data set's test split (or on ``dataset`` /
     ``data`` given here; ``subset``: a fixed random sample of N of them), written to ``test-<weights>.json`` and
-    ``confusion-<weights>.csv`` in the run."""
+    ``confusion-<weights>.csv`` in the run (``-subset<N>`` added to the names for a sample)."""
     run_dir = Path(run_dir)
+    if batch_size is not None and batch_size < 1 or subset is not None and subset < 1:
+        raise ValueError(f"batch_size and subset must be >= 1 (or None: the run's batch, every test image), "
+                         f"not {batch_size} and {subset}")
     model, saved = load_run(run_dir, weights, device)
     c = saved["config"]
     dataset = dataset or c["dataset"]
@@ -380,7 +383,7 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     loader = BatchLoader(d.test_x[images], d.test_y[images], batch_size or c["batch_size"], saved["data"]["mean"],
                          saved["data"]["std"], device=next(model.parameters()).device)
     ev = evaluate(model, loader, d.num_classes, progress)
-    label = weights if weights in ("last", "best") else Path(weights).stem
+    label = (weights if weights in ("last", "best") else Path(weights).stem) + (f"-subset{subset}" if subset else "")
     report, table = run_dir / f"test-{label}.json", run_dir / f"confusion-{label}.csv"
     report.write_text(json.dumps({
         "dataset": dataset, "weights": label, "images": len(loader.y), "accuracy": ev.acc, "top5": ev.top5,

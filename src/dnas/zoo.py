@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bench.nb201 import EXAMPLE, NB201Genotype
 from .genotype import Genotype, GenotypeError
 from .registry import UnknownNameError
 from .rnn.genotype import RecurrentGenotype
@@ -242,12 +243,12 @@ def published(name: str) -> Genotype:
 
 def load_genotype(spec: str | Path | Genotype) -> tuple[Genotype, str]:
     """A genotype and a short name for it, from a zoo name, a genotype file (.json or the text form), a run
-    directory holding ``genotype.json``, or the DARTS text form itself."""
-    if isinstance(spec, (Genotype, RecurrentGenotype)):
+    directory holding ``genotype.json``, or the text form itself (DARTS's, or NAS-Bench-201's arch string)."""
+    if isinstance(spec, (Genotype, RecurrentGenotype, NB201Genotype)):
         return spec, "genotype"
     text = str(spec).strip()
-    if text.startswith("Genotype("):
-        return _genotype_class(text).parse(text), "genotype"
+    if text.startswith(("Genotype(", "|")):
+        return genotype_class(text).parse(text), "genotype"
     if _key(text) in _LOOKUP:
         entry = lookup(text)
         return entry.genotype, entry.name
@@ -260,14 +261,26 @@ def load_genotype(spec: str | Path | Genotype) -> tuple[Genotype, str]:
     if path.is_file():
         return _load(path), path.stem
     raise GenotypeError(f"{text!r} is not a published genotype ({', '.join(ZOO)}), an existing file or run "
-                        f"directory, or a genotype in the text form Genotype(normal=[...], ...) or "
-                        f"Genotype(recurrent=[...], concat=...)")
+                        f"directory, or a genotype in the text form Genotype(normal=[...], ...), "
+                        f"Genotype(recurrent=[...], concat=...) or a NAS-Bench-201 arch string {EXAMPLE}")
 
 
-def _genotype_class(text: str) -> type:
-    """The convolutional or the recurrent genotype class, by what the text or JSON names."""
+def genotype_class(text: str) -> type:
+    """The genotype class the text or JSON names: a NAS-Bench-201 cell (its arch string, or JSON with its
+    ``"space": "nb201"``), the DARTS recurrent cell or the convolutional one."""
+    if text.lstrip().startswith("|") or '"nb201"' in text:
+        return NB201Genotype
     return RecurrentGenotype if RecurrentGenotype.matches(text) else Genotype
 
 
+def convolutional(genotype, name: str) -> Genotype:
+    """``genotype`` if it is a DARTS convolutional cell, which the evaluation networks are built of; else an
+    error that says what to do with a NAS-Bench-201 cell."""
+    if isinstance(genotype, NB201Genotype):
+        raise ValueError(f"{name} is a NAS-Bench-201 cell, whose trained accuracy the benchmark holds: "
+                         f"dnas bench nb201 --arch '{genotype}' (its cells are drawn by dnas show)")
+    return genotype
+
+
 def _load(path: Path) -> Genotype | RecurrentGenotype:
-    return _genotype_class(path.read_text()).load(path)
+    return genotype_class(path.read_text()).load(path)

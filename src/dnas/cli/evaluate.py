@@ -14,7 +14,7 @@ from ..train import TrainConfig, evaluate_run, train
 from ..viz import GraphvizNotFound, draw
 from ..rnn.train import LMTrainConfig, LMTrainResult, build_lm, evaluate_lm_run, is_lm_run
 from ..rnn.genotype import RecurrentGenotype
-from ..zoo import ALIASES, ZOO, load_genotype
+from ..zoo import ALIASES, ZOO, convolutional, load_genotype
 
 GENOTYPE_HELP = "a zoo name (see `dnas zoo`), a genotype .json/.txt file, a run directory, or the text form"
 
@@ -23,6 +23,7 @@ def run_info(args: argparse.Namespace) -> None:
     genotype, name = load_genotype(args.genotype)
     if isinstance(genotype, RecurrentGenotype):
         return info_recurrent(args, genotype, name)
+    genotype = convolutional(genotype, name)
     network = NETWORKS.get(args.network)
     in_channels, size = args.in_channels or 3, args.image_size or network.image_size
     options = {k: v for k, v in {"C": args.init_channels, "layers": args.layers,
@@ -190,7 +191,8 @@ def register(sub) -> None:
 
     e = sub.add_parser("export", help="export a trained run's network to ONNX or TorchScript")
     e.add_argument("run", help="a training run directory")
-    e.add_argument("--format", required=True, choices=list(FORMATS))
+    e.add_argument("--format", required=True, choices=list(FORMATS),
+                   help=f"{' or '.join(FORMATS)}: the inference network (no auxiliary head), images in, logits out")
     e.add_argument("--weights", default="last", help="last (default), best, or a .pt file of the network's weights")
     e.add_argument("-o", "--output", help="output file (default RUN/model.onnx or RUN/model.pt)")
     e.set_defaults(func=run_export)

@@ -141,8 +141,10 @@ class RNNSearch(Search):
         bar.close()
         return {"train_loss": loss_sum / seen, "train_ppl": perplexity(loss_sum / seen)}
 
-    def evaluate(self) -> dict[str, float]:
-        loss = evaluate_lm(self.model, self.val_data, self.config.bptt)
+    def evaluate(self, progress: bool = False) -> dict[str, float]:
+        with tqdm(total=len(self.val_data) - 1, disable=not progress, desc="evaluating", unit="tok",
+                  leave=False, dynamic_ncols=True) as bar:
+            loss = evaluate_lm(self.model, self.val_data, self.config.bptt, bar)
         return {"val_loss": loss, "val_ppl": perplexity(loss)}
 
     @staticmethod

@@ -178,6 +178,7 @@ class LMTrainer:
                 for p, w in zip(self.model.parameters(), saved):
                     p.copy_(w)
 
+    @checkpoint.says_where_to_resume("train")
     def run(self, progress: bool = True) -> LMTrainResult:
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -278,9 +279,8 @@ def train_lm(genotype=None, dataset: str | None = None, *, run_dir=None, runs_ro
         raise ValueError(f"{name} is a convolutional genotype; a language model needs a recurrent one")
     if run_dir is None:
         run_dir = new_run_dir(runs_root, f"train-{name}", config.dataset)
-    elif Path(run_dir).exists() and any(Path(run_dir).iterdir()):
-        raise FileExistsError(f"run directory {run_dir} is not empty; continue it with resume={str(run_dir)!r} "
-                              f"(dnas train --resume {run_dir}) or choose another")
+    else:
+        checkpoint.check_new_run_dir(run_dir, "train")
     return LMTrainer(config, genotype, run_dir).run(progress)
 
 
