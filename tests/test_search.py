@@ -150,6 +150,21 @@ def test_a_run_stopped_before_its_first_epoch_is_started_anew_in_its_directory(f
     assert json.loads((result.run_dir / "config.json").read_text())["config"]["method"] == "darts-v2"
 
 
+def test_a_run_directory_takes_one_process_at_a_time(fashion_mnist_root, tmp_path):
+    """A --resume while the run still goes on (the lock another process holds) is refused, not interleaved."""
+    import fcntl
+    run = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY).run_dir
+    assert not (run / ".lock").exists()  # a run takes its lock away with it
+    before = (run / "metrics.jsonl").read_text()
+    with open(run / ".lock", "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.write("pid 12345")
+        other.flush()
+        with pytest.raises(FileExistsError, match=r"r is in use by another dnas process \(pid 12345\)"):
+            dnas.search(resume=run, progress=False)
+    assert (run / "metrics.jsonl").read_text() == before
+
+
 def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "notes.txt").write_text("mine")

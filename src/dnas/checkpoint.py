@@ -1,10 +1,12 @@
-"""Checkpoints of long runs (search, training): written atomically, read back with a clear error.
+"""Checkpoints of long runs (search, training): written atomically, read back with a clear error; and the
+run directories they live in: which a new run may take, one process at a time, what to do after Ctrl-C.
 
 A checkpoint is a dict with a ``format`` tag, so that a file of another kind or version is refused, and an
 ``rng`` entry (torch, CUDA and the run's own generators), so that a resumed run continues exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -14,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 class CheckpointError(RuntimeError):
@@ -25,23 +32,26 @@ def check_new_run_dir(run_dir: str | os.PathLike, command: str) -> None:
     run that stopped before its first checkpoint (which nothing can resume); otherwise FileExistsError:
     continue the run there (``dnas {command} --resume``) or choose another directory."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and {p.name for p in run_dir.iterdir()} - {"config.json"}:
+    if run_dir.exists() and {p.name for p in run_dir.iterdir()} - {"config.json", LOCK}:
         raise FileExistsError(f"run directory {run_dir} is not empty; continue it with resume={str(run_dir)!r} "
                               f"(dnas {command} --resume {run_dir}) or choose another")
 
 
+LOCK = ".lock"  # in a run directory while a process runs there
 _running = [0]  # runs within runs (P-DARTS's stages): only the outermost says where to resume
 
 
-def says_where_to_resume(command: str) -> Callable:
-    """Decorates a run's ``run`` method: on Ctrl-C (KeyboardInterrupt, raised on) it says whether the run can
-    be resumed from its directory (its ``resumable()``, else: a checkpoint.pt there) and how."""
+def guarded_run(command: str) -> Callable:
+    """Decorates a run's ``run`` method: one process at a time in its directory (``locked``), and on Ctrl-C
+    (KeyboardInterrupt, raised on) a word on whether the run can be resumed from its directory (its
+    ``resumable()``, else: a checkpoint.pt there) and how."""
     def decorate(run: Callable) -> Callable:
         @functools.wraps(run)
         def wrapped(self, *args, **kwargs):
             _running[0] += 1
             try:
-                return run(self, *args, **kwargs)
+                with locked(self.run_dir):
+                    return run(self, *args, **kwargs)
             except KeyboardInterrupt:
                 if _running[0] == 1:
                     done = (self.resumable() if hasattr(self, "resumable")
@@ -55,6 +65,32 @@ def says_where_to_resume(command: str) -> Callable:
                 _running[0] -= 1
         return wrapped
     return decorate
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path):
+    """Holds ``run_dir``/.lock, an advisory lock the system drops when the process ends, however it ends: a
+    second process on the same run directory (a --resume while the run goes on) is refused rather than
+    appending epochs beside the first's. Without ``fcntl`` (Windows) there is no lock."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    path = run_dir / LOCK
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise FileExistsError(f"{run_dir} is in use by another dnas process ({f.read().strip() or 'running'}); "
+                                  f"let it finish or stop it first") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
 
 
 def read_config(path: Path) -> dict[str, Any]:

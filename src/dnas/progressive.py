@@ -94,7 +94,7 @@ class ProgressiveSearch:
     def resumable(self) -> bool:
         return (self.run_dir / "stage-1" / "checkpoint.pt").is_file()
 
-    @checkpoint.says_where_to_resume("search")
+    @checkpoint.guarded_run("search")
     def run(self, progress: bool = True) -> SearchResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(

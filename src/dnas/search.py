@@ -211,7 +211,7 @@ class Search:
         logits = self.model(x)
         return F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum()
 
-    @checkpoint.says_where_to_resume("search")
+    @checkpoint.guarded_run("search")
     def run(self, progress: bool = True) -> SearchResult:
         log = None
         if self.config.tensorboard:  # first, so that a missing tensorboard package fails before any work

@@ -202,7 +202,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
 
-    @checkpoint.says_where_to_resume("train")
+    @checkpoint.guarded_run("train")
     def run(self, progress: bool = True) -> TrainResult:
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)

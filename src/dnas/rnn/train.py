@@ -178,7 +178,7 @@ class LMTrainer:
                 for p, w in zip(self.model.parameters(), saved):
                     p.copy_(w)
 
-    @checkpoint.says_where_to_resume("train")
+    @checkpoint.guarded_run("train")
     def run(self, progress: bool = True) -> LMTrainResult:
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
