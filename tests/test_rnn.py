@@ -250,6 +250,9 @@ def test_bad_input_is_refused_clearly(ptb, tmp_path, capsys):
                                          "space only, not on darts-rnn"):  # it may keep no edge of a node
         dnas.search(space="darts-rnn", method="fair-darts", dataset="ptb", data=ptb, run_dir=tmp_path / "f")
     assert not (tmp_path / "f").exists()
+    with pytest.raises(ValueError, match="method pc-darts: its edge 'partial_channel' works on the darts and nb201 "
+                                         "space only, not on darts-rnn"):
+        dnas.search(space="darts-rnn", method="pc-darts", dataset="ptb", data=ptb, run_dir=tmp_path / "p")
     with pytest.raises(ValueError, match="edge 'sum'"):
         SPACES.get("darts-rnn")(vocab_size=10, emb_size=4, hidden_size=4, edge=dnas.methods.registries()["edge"].build("partial_channel"))
     with pytest.raises(ValueError, match="text corpus"):

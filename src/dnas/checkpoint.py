@@ -71,11 +71,24 @@ def guarded_run(command: str) -> Callable:
 def locked(run_dir: Path):
     """Holds ``run_dir``/.lock, an advisory lock the system drops when the process ends, however it ends: a
     second process on the same run directory (a --resume while the run goes on) is refused rather than
-    appending epochs beside the first's. Without ``fcntl`` (Windows) there is no lock."""
+    appending epochs beside the first's. Without ``fcntl`` (Windows) there is no lock. A directory it made
+    for the lock and the run left empty (a run that failed before writing anything) is removed again."""
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        yield
-        return
+    try:
+        if fcntl is None:
+            yield
+        else:
+            with _lock_file(run_dir):
+                yield
+    finally:
+        if made and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+
+
+@contextlib.contextmanager
+def _lock_file(run_dir: Path):
+    """``run_dir``/.lock locked, with its owner's pid in it for the message of a refused second process."""
     path = run_dir / LOCK
     with open(path, "a+") as f:
         try:

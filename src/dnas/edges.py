@@ -21,6 +21,7 @@ from .registry import Registry
 from .schedule import check_shape, interpolate
 
 EDGES = Registry("edge computation")
+CONVOLUTIONAL = ("darts", "nb201")  # the spaces of image cells, whose edges' ops are convolutional
 
 Candidates = Callable[[int, int], dict[str, nn.Module]]
 
@@ -107,6 +108,8 @@ class WeightedSum:
 class PartialChannel:
     """PC-DARTS partial channel connections with K = 4 (Xu et al., ICLR 2020, Sec. 4.2)."""
 
+    spaces = CONVOLUTIONAL  # it changes the edges' convolutional ops
+
     def __init__(self, k: int = 4):
         self.k = k
 
@@ -122,6 +125,8 @@ class AuxiliarySkip:
     beta * x (a FactorizedReduce on a reducing edge), beta decayed from ``start`` to ``end`` over the search
     (linearly by default, beta = 1 - epoch / epochs) so that the skip's unfair advantage is factored out
     of the op weights."""
+
+    spaces = CONVOLUTIONAL  # it adds a convolutional skip to the edges
 
     def __init__(self, start: float = 1.0, end: float = 0.0, decay: str = "linear"):
         self.start, self.end, self.decay = start, end, check_shape(decay)
@@ -142,6 +147,8 @@ class NoisySkip:
     """NoisyDARTS (Chu et al., BMVC 2021, Sec. 3, Eq. 5): unbiased additive Gaussian noise on the skip
     connection's output during search, with standard deviation ``factor`` (lambda) times that of the
     output; lambda = 0.2, mean 0 is the paper's chosen setting (its Table 7, NoisyDARTS-a)."""
+
+    spaces = CONVOLUTIONAL  # it changes the edges' convolutional ops
 
     def __init__(self, factor: float = 0.2, mean: float = 0.0):
         self.factor, self.mean = factor, mean
@@ -170,6 +177,8 @@ class SkipDropout:
     """P-DARTS search regularisation (Chen et al., ICCV 2019, Sec. 3.3): dropout after the skip connection
     of every edge, so that the parameter-free skip cannot win on its fast early gradients; the rate decays
     from ``rate`` over the search, rate * (epochs - epoch - 1) / epochs as in its code (0 in the last epoch)."""
+
+    spaces = CONVOLUTIONAL  # it changes the edges' convolutional ops
 
     def __init__(self, rate: float = 0.0):
         self.initial, self.rate = rate, rate
