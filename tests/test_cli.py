@@ -91,3 +91,9 @@ def test_options_are_taken_only_as_spelt_out(capsys):
     with pytest.raises(SystemExit) as e:
         main(["info", "--genotype", "DARTS_V2", "--data", "/some/folder"])
     assert e.value.code == 2 and "unrecognized arguments: --data" in capsys.readouterr().err
+
+
+def test_info_refuses_the_recurrent_options_for_a_convolutional_cell(capsys):
+    assert main(["info", "--genotype", "DARTS_V2", "--dataset", "cifar100"]) == 2
+    assert "--dataset: for recurrent cells; DARTS_V2 is a convolutional one, sized by --num-classes" in \
+        capsys.readouterr().err

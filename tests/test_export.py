@@ -1,5 +1,6 @@
 """Exported networks give the PyTorch network's outputs: ONNX run in onnxruntime, TorchScript reloaded."""
 import importlib.util
+import json
 
 import numpy as np
 import onnx
@@ -11,6 +12,7 @@ import dnas
 from dnas import export as export_module
 from dnas.cli import main
 from dnas.export import MissingPackage, export, export_run
+from dnas.rnn.train import KIND
 from dnas.spaces.darts_network import NetworkCIFAR
 from dnas.train import load_run
 
@@ -61,3 +63,7 @@ def test_unknown_format_and_missing_packages_are_clear_errors(run, monkeypatch, 
         export_run(run, "onnx", path=tmp_path / "m.onnx")
     with pytest.raises(FileNotFoundError, match="not a dnas training run"):
         export_run(tmp_path, "onnx")
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "config.json").write_text(json.dumps({"kind": KIND}))
+    with pytest.raises(ValueError, match="a language model's run; export takes the image networks of dnas train"):
+        export_run(tmp_path / "lm", "onnx")

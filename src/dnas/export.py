@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .rnn.train import is_lm_run
 from .train import load_run
 
 #: Export formats and the file suffix each writes.
@@ -55,6 +56,8 @@ def export_run(run_dir: str | os.PathLike, format: str, weights: str = "last",
     by default ``<run_dir>/model<suffix>`` (model.onnx, model.pt)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
+    if is_lm_run(run_dir):
+        raise ValueError(f"{run_dir} is a language model's run; export takes the image networks of dnas train")
     model, saved = load_run(run_dir, weights)
     data = saved["data"]
     return export(model, path or Path(run_dir) / f"model{FORMATS[format]}", format,

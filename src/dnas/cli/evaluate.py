@@ -24,6 +24,11 @@ def run_info(args: argparse.Namespace) -> None:
     if isinstance(genotype, RecurrentGenotype):
         return info_recurrent(args, genotype, name)
     genotype = convolutional(genotype, name)
+    unused = [flag for flag, value in (("--dataset", args.dataset), ("--vocab-size", args.vocab_size),
+                                       ("--hidden-size", args.hidden_size)) if value is not None]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: for recurrent cells; {name} is a convolutional one, sized by "
+                         f"--num-classes, --in-channels and --image-size")
     network = NETWORKS.get(args.network)
     in_channels, size = args.in_channels or 3, args.image_size or network.image_size
     options = {k: v for k, v in {"C": args.init_channels, "layers": args.layers,
