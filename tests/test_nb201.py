@@ -287,3 +287,13 @@ def test_a_nas_bench_201_cell_is_a_genotype_wherever_one_is_given(tmp_path, caps
         dnas.train(tmp_path, "cifar10", run_dir=tmp_path / "run")
     assert main(["info", "--genotype", nb201.EXAMPLE]) == 2
     assert "dnas bench nb201 --arch" in capsys.readouterr().err
+
+
+def test_cells_outside_the_benchmark_are_said_to_be(recwarn):
+    """Other node counts or ops give cells NAS-Bench-201 has no accuracy for: a warning says so up front."""
+    NB201Supernet(C=4, N=1, ops=("none", "skip_connect", "nor_conv_3x3"))  # a subset of its ops: inside
+    assert not [w for w in recwarn if "NAS-Bench-201" in str(w.message)]
+    with pytest.warns(UserWarning, match="cells of 3 nodes are outside NAS-Bench-201"):
+        NB201Supernet(C=4, N=1, nodes=3)
+    with pytest.warns(UserWarning, match="cells of ops sep_conv_3x3 are outside NAS-Bench-201"):
+        NB201Supernet(C=4, N=1, ops=("skip_connect", "sep_conv_3x3"))

@@ -13,6 +13,7 @@ the strongest op of every edge, ``none`` included, and written as the benchmark'
 """
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import torch
@@ -106,6 +107,11 @@ class NB201Supernet(Supernet):
             OPS.get(name)  # an unknown op fails here, listing the valid ones
         if C < 1 or N < 1 or nodes < 2:
             raise ValueError(f"C and N must be positive and nodes at least 2, got C={C}, N={N}, nodes={nodes}")
+        outside = [f"{nodes} nodes"] if nodes != nb201.NODES else []
+        outside += [f"ops {', '.join(o for o in ops if o not in NB201_OPS)}"] if set(ops) - set(NB201_OPS) else []
+        if outside:
+            warnings.warn(f"cells of {' and '.join(outside)} are outside NAS-Bench-201 ({nb201.NODES} nodes, ops "
+                          f"{', '.join(NB201_OPS)}): their true accuracies cannot be looked up", stacklevel=2)
         self.ops = tuple(ops)
         self.nodes = nodes
         self.fused = fused  # the fast path of the cell (fused.py): same parameters, same results
