@@ -165,6 +165,17 @@ def test_a_run_directory_takes_one_process_at_a_time(fashion_mnist_root, tmp_pat
     assert (run / "metrics.jsonl").read_text() == before
 
 
+def test_a_p_darts_run_stopped_before_its_first_epoch_is_reusable_too(tmp_path):
+    from dnas.checkpoint import check_new_run_dir
+    (tmp_path / "r" / "stage-1").mkdir(parents=True)
+    for config in (tmp_path / "r" / "config.json", tmp_path / "r" / "stage-1" / "config.json"):
+        config.write_text("{}")
+    check_new_run_dir(tmp_path / "r", "search")
+    (tmp_path / "r" / "stage-1" / "metrics.jsonl").write_text("{}")
+    with pytest.raises(FileExistsError, match="not empty; continue it with"):
+        check_new_run_dir(tmp_path / "r", "search")
+
+
 def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "notes.txt").write_text("mine")

@@ -28,11 +28,12 @@ class CheckpointError(RuntimeError):
 
 
 def check_new_run_dir(run_dir: str | os.PathLike, command: str) -> None:
-    """A new run may write into ``run_dir`` when it is missing or empty, or holds only the config.json of a
-    run that stopped before its first checkpoint (which nothing can resume); otherwise FileExistsError:
-    continue the run there (``dnas {command} --resume``) or choose another directory."""
+    """A new run may write into ``run_dir`` when it is missing or empty, or holds only the config.json files
+    of a run that stopped before its first checkpoint (P-DARTS's: its stages' too), which nothing can
+    resume; otherwise FileExistsError: continue the run there (``dnas {command} --resume``) or choose
+    another directory."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and {p.name for p in run_dir.iterdir()} - {"config.json", LOCK}:
+    if run_dir.exists() and any(p.is_file() and p.name not in ("config.json", LOCK) for p in run_dir.rglob("*")):
         raise FileExistsError(f"run directory {run_dir} is not empty; continue it with resume={str(run_dir)!r} "
                               f"(dnas {command} --resume {run_dir}) or choose another")
 
