@@ -85,7 +85,8 @@ class EpochParts:
 
 class _Timed:
     """A loader attribute of a search swapped, while in the ``with``, for one that times the batches after the
-    first ``skip``, as ``parts.rate[name]`` in seconds per batch."""
+    first ``skip``, as ``parts.rate[name]`` in seconds per batch (all of them, warm-up included, where there
+    are no more than ``skip``: an overestimate rather than none)."""
 
     def __init__(self, search, name: str, parts: EpochParts):
         self.search, self.name, self.parts = search, name, parts
@@ -96,8 +97,10 @@ class _Timed:
 
     def __exit__(self, *exc):
         setattr(self.search, self.name, self.loader)
-        if exc[0] is None and self.count > self.parts.skip:
-            self.parts.rate[self.name] = (_now(self.search.device) - self.start) / (self.count - self.parts.skip)
+        if exc[0] is None and self.count:
+            steady = self.count > self.parts.skip
+            start, timed = (self.start, self.count - self.parts.skip) if steady else (self.first, self.count)
+            self.parts.rate[self.name] = (_now(self.search.device) - start) / timed
             self.parts.batches[self.name] = self.loader.batch_size, self.count
 
     def __len__(self):
@@ -107,7 +110,7 @@ class _Timed:
         return getattr(self.loader, name)
 
     def __iter__(self):
-        self.count = 0
+        self.count, self.first = 0, _now(self.search.device)
         for batch in self.loader:
             if self.count == self.parts.skip:
                 self.start = _now(self.search.device)
