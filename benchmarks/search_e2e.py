@@ -20,8 +20,9 @@ each step replayed from a CUDA graph, on a CPU in channels_last); a suffix -bf16
 (``--precision bf16``), -cl in channels_last (``--channels-last``). Each row also gives the seconds of the
 last epoch and what 50 epochs on all 50,000 training images would take: the last epoch, plus the steps and
 evaluation batches a full epoch has beyond the subset's at their steady rate (``EpochParts``), so that an
-epoch's fixed costs (a CUDA graph's warm-up and capture, the checkpoint) count once per epoch, not once per
-subset's worth of steps.
+epoch's fixed costs (a CUDA graph's eager warm-up and capture, deriving the genotype) count once per epoch,
+not once per subset's worth of steps. (An epoch's seconds, as metrics.jsonl records them, end before its
+checkpoint is written.)
 """
 from __future__ import annotations
 

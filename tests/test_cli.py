@@ -52,10 +52,12 @@ def test_resume_takes_no_other_settings(capsys):
     assert main(["search", "--resume", "/nowhere/run"]) == 2
     assert "not a dnas search run" in capsys.readouterr().err
     assert main(["search", "--resume", "/nowhere/run", "--epochs", "3", "--method", "gdas", "--device", "cpu"]) == 2
-    assert "a resumed run keeps its settings: drop --method, --epochs (only --device, --tensorboard and -q go with " \
+    assert "a resumed run keeps its settings: drop --epochs, --method (only --device, --tensorboard and -q go with " \
            "--resume)" in capsys.readouterr().err
     assert main(["train", "--resume", "/nowhere/run", "--lr", "0.5"]) == 2
     assert "drop --lr (only --device and -q go with --resume)" in capsys.readouterr().err
+    assert main(["search", "--resume", "/nowhere/run", "--method", "darts-v1"]) == 2  # a default typed out too
+    assert "drop --method" in capsys.readouterr().err
 
 
 def test_cifar10_without_data_says_how_to_get_it(capsys, tmp_path):

@@ -195,6 +195,9 @@ def test_stride_2_conv_runs_on_the_pixels_it_reads(k, padding, dilation, groups,
     assert y.is_contiguous(memory_format=layout) and dx.is_contiguous(memory_format=layout)
     # given those pixels already (the fused cell takes them before copying a source to its edges)
     assert torch.allclose(conv2d(pixels(x, step=2), w, *args, sampled=True), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="reads other pixels too"):  # a convolution that reads every pixel
+        conv2d(pixels(x, step=2), w, None, (2, 2), (padding + 1, padding + 1), (dilation, dilation), groups,
+               sampled=True)
 
 
 def test_the_reducing_ops_convolve_by_conv2d():

@@ -18,8 +18,8 @@ def test_first_order_search_on_fashion_mnist_writes_a_readable_run(fashion_mnist
 
     run = tmp_path / "run"
     assert result.run_dir == run
-    assert sorted(p.name for p in run.iterdir()) == [
-        "alphas.jsonl", "checkpoint.pt", "config.json", "genotype.json", "genotype.txt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [  # .lock: locked by a process running there
+        ".lock", "alphas.jsonl", "checkpoint.pt", "config.json", "genotype.json", "genotype.txt", "metrics.jsonl"]
     assert dnas.Genotype.load(run / "genotype.txt") == result.genotype == dnas.Genotype.load(run / "genotype.json")
     assert result.genotype.nodes == 2 and result.genotype.normal_concat == (2, 3)
 
@@ -91,12 +91,21 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashi
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_evaluation_batch_size_leaves_the_search_as_it_is(fashion_mnist_root, tmp_path):
+def test_the_evaluation_batch_size_leaves_the_search_as_it_is(fashion_mnist_root, tmp_path, monkeypatch):
     """The per-epoch evaluation draws its crops from a generator of its own: at another batch size (5, with a
     partial last batch) the steps, alphas and genotypes are those of the default run, and the measures those
     of the same images under other random crops."""
+    seen = []  # the evaluation's batch sizes
+    original = Search.evaluate
+
+    def evaluate(self, progress=False):
+        seen.append(self.eval_loader.batch_size)
+        return original(self, progress)
+
+    monkeypatch.setattr(Search, "evaluate", evaluate)
     runs = [dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / str(b),
                         eval_batch_size=b, **TINY) for b in (None, 5)]
+    assert seen == [16, 16, 5, 5]
     assert (runs[0].run_dir / "alphas.jsonl").read_text() == (runs[1].run_dir / "alphas.jsonl").read_text()
     for a, b in zip(*(r.metrics for r in runs)):
         assert (a["train_loss"], a["train_acc"], a["genotype"]) == (b["train_loss"], b["train_acc"], b["genotype"])
@@ -143,7 +152,7 @@ def test_a_run_stopped_before_its_first_epoch_is_started_anew_in_its_directory(f
         dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY)
     monkeypatch.setattr(Search, "train_epoch", original)
     assert "no epoch completed, nothing to resume: start it again" in capsys.readouterr().err
-    assert [p.name for p in (tmp_path / "r").iterdir()] == ["config.json"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [".lock", "config.json"]
     with pytest.raises(FileNotFoundError, match="has not completed an epoch; start it anew"):
         dnas.search(resume=tmp_path / "r")
     result = dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY)
@@ -151,10 +160,13 @@ def test_a_run_stopped_before_its_first_epoch_is_started_anew_in_its_directory(f
 
 
 def test_a_run_directory_takes_one_process_at_a_time(fashion_mnist_root, tmp_path):
-    """A --resume while the run still goes on (the lock another process holds) is refused, not interleaved."""
-    import fcntl
+    """A --resume while the run still goes on (the lock another process holds) is refused before it touches a
+    file: the running search writes an epoch's metrics line before its checkpoint, and a resume trims the
+    lines after the checkpoint's epoch."""
+    fcntl = pytest.importorskip("fcntl")
     run = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY).run_dir
-    assert not (run / ".lock").exists()  # a run takes its lock away with it
+    with open(run / "metrics.jsonl", "a") as f:  # the next epoch's line, its checkpoint not yet written
+        f.write(json.dumps({"epoch": 2}) + "\n")
     before = (run / "metrics.jsonl").read_text()
     with open(run / ".lock", "w") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -163,6 +175,24 @@ def test_a_run_directory_takes_one_process_at_a_time(fashion_mnist_root, tmp_pat
         with pytest.raises(FileExistsError, match=r"r is in use by another dnas process \(pid 12345\)"):
             dnas.search(resume=run, progress=False)
     assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_a_training_run_stopped_before_its_first_epoch_is_started_anew_in_its_directory(fashion_mnist_root,
+                                                                                       tmp_path, monkeypatch):
+    """A training run writes its config and genotype before its first epoch: nothing a new run must keep."""
+    from dnas.train import Trainer
+
+    def interrupted(self, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    settings = dict(dataset="fashion-mnist", epochs=1, layers=2, C=4, batch_size=16, subset=32, test_subset=32,
+                    progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        dnas.train("DARTS_V2", run_dir=tmp_path / "t", **settings)
+    assert {p.name for p in (tmp_path / "t").iterdir()} >= {"config.json", "genotype.json"}
+    monkeypatch.undo()
+    assert dnas.train("DARTS_V2", run_dir=tmp_path / "t", **settings).metrics
 
 
 def test_a_p_darts_run_stopped_before_its_first_epoch_is_reusable_too(tmp_path):

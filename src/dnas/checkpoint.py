@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,18 +28,23 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read: corrupted, or not of the run's kind."""
 
 
+LOCK = ".lock"  # a run directory's lock file, locked while a process runs there
+BEFORE_FIRST_CHECKPOINT = ("config.json", "genotype.json", "genotype.txt", LOCK, "events.out.tfevents.")
+# what a run writes before its first checkpoint (training: the genotype; --tensorboard: its event file)
+
+
 def check_new_run_dir(run_dir: str | os.PathLike, command: str) -> None:
-    """A new run may write into ``run_dir`` when it is missing or empty, or holds only the config.json files
-    of a run that stopped before its first checkpoint (P-DARTS's: its stages' too), which nothing can
-    resume; otherwise FileExistsError: continue the run there (``dnas {command} --resume``) or choose
+    """A new run may write into ``run_dir`` when it is missing or empty, or holds only what a run writes
+    before its first checkpoint (``BEFORE_FIRST_CHECKPOINT``; P-DARTS's stages too): such a run nothing can
+    resume. Otherwise FileExistsError: continue the run there (``dnas {command} --resume``) or choose
     another directory."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and any(p.is_file() and p.name not in ("config.json", LOCK) for p in run_dir.rglob("*")):
+    if run_dir.exists() and any(p.is_file() and not p.name.startswith(BEFORE_FIRST_CHECKPOINT)
+                                for p in run_dir.rglob("*")):
         raise FileExistsError(f"run directory {run_dir} is not empty; continue it with resume={str(run_dir)!r} "
                               f"(dnas {command} --resume {run_dir}) or choose another")
 
 
-LOCK = ".lock"  # in a run directory while a process runs there
 _running = [0]  # runs within runs (P-DARTS's stages): only the outermost says where to resume
 
 
@@ -68,12 +74,22 @@ def guarded_run(command: str) -> Callable:
     return decorate
 
 
+_held: set[Path] = set()  # the run directories this process holds the lock of
+
+
 @contextlib.contextmanager
 def locked(run_dir: Path):
     """Holds ``run_dir``/.lock, an advisory lock the system drops when the process ends, however it ends: a
-    second process on the same run directory (a --resume while the run goes on) is refused rather than
-    appending epochs beside the first's. Without ``fcntl`` (Windows) there is no lock. A directory it made
-    for the lock and the run left empty (a run that failed before writing anything) is removed again."""
+    second process on the same run directory (a --resume while the run goes on) is refused before it
+    touches a file, rather than appending epochs beside the first's. Re-entrant within a process (a resume
+    locks before it reads its checkpoint, then runs). Without ``fcntl`` (Windows) there is no lock. A
+    directory it made and the run left with nothing in it but the lock file (a run that failed before any
+    work) is removed again."""
+    run_dir = Path(run_dir)
+    key = run_dir.resolve()
+    if key in _held:
+        yield
+        return
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -81,10 +97,14 @@ def locked(run_dir: Path):
             yield
         else:
             with _lock_file(run_dir):
-                yield
+                _held.add(key)
+                try:
+                    yield
+                finally:
+                    _held.discard(key)
     finally:
-        if made and not any(run_dir.iterdir()):
-            run_dir.rmdir()
+        if made and {p.name for p in run_dir.iterdir()} <= {LOCK}:
+            shutil.rmtree(run_dir)
 
 
 @contextlib.contextmanager
@@ -101,10 +121,7 @@ def _lock_file(run_dir: Path):
         f.truncate(0)
         f.write(f"pid {os.getpid()}")
         f.flush()
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
+        yield  # the file stays: removed, a process that opened it just before could lock the removed file
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -142,7 +159,7 @@ def load(path: Path, fmt: str, device: torch.device, kind: str, restore: Callabl
     naming the file (the run's other files are left as they are)."""
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: the run has not completed an epoch; start it anew, in "
-                                f"{path.parent} if you like (a run without a checkpoint is started over there)")
+                                f"{path.parent} if you like (a run without a checkpoint can be started over there)")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         if state.get("format") != fmt:

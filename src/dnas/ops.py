@@ -96,6 +96,9 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     ``x`` is x_s already (the fused cell takes those pixels before it copies a source to its edges)."""
     s = reads_every(stride, padding, dilation, weight.shape[-2:])
     if s == 1:
+        if sampled:
+            raise ValueError(f"sampled: this convolution (stride {stride}, padding {padding}, dilation {dilation}) "
+                             f"reads other pixels too")
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     if not sampled:
         x = pixels(x, step=s)

@@ -535,5 +535,6 @@ def _resume(run_dir: Path, progress: bool, **settings: Any) -> SearchResult:
     config_cls, search_cls = search_classes(saved["config"]["space"] or method.part("space"), method)
     config = config_cls(**{**saved["config"], **settings})
     searcher = search_cls(config, run_dir, method)
-    searcher.load_checkpoint()
-    return searcher.run(progress)
+    with checkpoint.locked(run_dir):  # before load_checkpoint trims the metrics to the checkpoint's epoch
+        searcher.load_checkpoint()
+        return searcher.run(progress)

@@ -328,8 +328,9 @@ def _resume(run_dir: Path, progress: bool, **settings: Any) -> TrainResult:
     if changed:
         raise ValueError(f"a resumed run keeps its settings; only device may change, not {sorted(changed)}")
     trainer = Trainer(TrainConfig(**{**saved["config"], **settings}), Genotype.from_dict(saved["genotype"]), run_dir)
-    trainer.load_checkpoint()
-    return trainer.run(progress)
+    with checkpoint.locked(run_dir):  # before load_checkpoint trims the metrics to the checkpoint's epoch
+        trainer.load_checkpoint()
+        return trainer.run(progress)
 
 
 def load_run(run_dir: str | os.PathLike, weights: str = "last", device: str = "cpu") -> tuple[DartsNetwork, dict]:

@@ -36,14 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> list[str]:
+    """The options of ``args``' command that ``argv`` gave, whatever their values (a default typed out too):
+    ``argv`` parsed again with the command's defaults suppressed."""
+    options = [a for a in parser.commands[args.command]._actions if a.option_strings and a.dest in vars(args)]
+    defaults = [a.default for a in options]
+    for a in options:
+        a.default = argparse.SUPPRESS  # on the action, not by set_defaults: argparse would convert that string
+    try:
+        return [dest for dest in vars(parser.parse_args(argv)) if dest in {a.dest for a in options}]
+    finally:
+        for a, default in zip(options, defaults):
+            a.default = default
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if getattr(args, "resume", None):  # a resumed run keeps its settings: refuse others, not drop them
-            command = parser.commands[args.command]
-            given = [f"--{dest.replace('_', '-')}" for dest, value in vars(args).items()
-                     if dest not in RESUME_KEEPS and value != command.get_default(dest)]
+            given = [f"--{dest.replace('_', '-')}" for dest in given_options(parser, args, argv)
+                     if dest not in RESUME_KEEPS]
             if given:
                 also = ", --tensorboard" if hasattr(args, "tensorboard") else ""
                 raise ValueError(f"a resumed run keeps its settings: drop {', '.join(given)} (only --device{also} "

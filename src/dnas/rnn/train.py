@@ -247,7 +247,7 @@ def is_lm_job(genotype, resume) -> bool:
 
 def is_lm_run(run_dir: str | os.PathLike) -> bool:
     config = Path(run_dir) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("kind") == KIND
+    return config.is_file() and checkpoint.read_config(config).get("kind") == KIND
 
 
 def train_lm(genotype=None, dataset: str | None = None, *, run_dir=None, runs_root="runs", resume=None,
@@ -262,11 +262,12 @@ def train_lm(genotype=None, dataset: str | None = None, *, run_dir=None, runs_ro
         changed = set(settings) - {"device"}
         if changed:
             raise ValueError(f"a resumed run keeps its settings; only device may change, not {sorted(changed)}")
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = checkpoint.read_config(run_dir / "config.json")
         trainer = LMTrainer(LMTrainConfig(**{**saved["config"], **settings}),
                             RecurrentGenotype.from_dict(saved["genotype"]), run_dir)
-        trainer.load_checkpoint()
-        return trainer.run(progress)
+        with checkpoint.locked(run_dir):  # before load_checkpoint trims the metrics to the checkpoint's epoch
+            trainer.load_checkpoint()
+            return trainer.run(progress)
     unknown = set(settings) - LMTrainConfig.fields()
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)} for a language model; valid: "
@@ -309,7 +310,7 @@ def evaluate_lm_run(run_dir: str | os.PathLike, dataset: str | None = None, data
     run_dir = Path(run_dir)
     if not is_lm_run(run_dir):
         raise FileNotFoundError(f"{run_dir} is not a dnas language-model run (no config.json of one in it)")
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = checkpoint.read_config(run_dir / "config.json")
     config = LMTrainConfig(**{**saved["config"], "device": device})
     corpus = load_corpus(dataset or config.dataset, os.path.expanduser(os.fspath(data)) if data else config.data)
     if corpus.vocab_size != saved["vocab_size"]:
