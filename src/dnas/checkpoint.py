@@ -81,8 +81,8 @@ _held: set[Path] = set()  # the run directories this process holds the lock of
 def locked(run_dir: Path):
     """Holds ``run_dir``/.lock, an advisory lock the system drops when the process ends, however it ends: a
     second process on the same run directory (a --resume while the run goes on) is refused before it
-    touches a file, rather than appending epochs beside the first's. Re-entrant within a process (a resume
-    locks before it reads its checkpoint, then runs). Without ``fcntl`` (Windows) there is no lock. A
+    touches a file, rather than appending epochs beside the first's. Re-entrant within a process (``resume``
+    locks before it reads the checkpoint, then runs). Without ``fcntl`` (Windows) there is no lock. A
     directory it made and the run left with nothing in it but the lock file (a run that failed before any
     work) is removed again."""
     run_dir = Path(run_dir)
@@ -122,6 +122,14 @@ def _lock_file(run_dir: Path):
         f.write(f"pid {os.getpid()}")
         f.flush()
         yield  # the file stays: removed, a process that opened it just before could lock the removed file
+
+
+def resume(runner, progress: bool):
+    """``runner.run(progress)`` after ``runner.load_checkpoint()``, both under its directory's lock: loading
+    trims the metrics to the checkpoint's epoch, which a second process must not do to a live run."""
+    with locked(runner.run_dir):
+        runner.load_checkpoint()
+        return runner.run(progress)
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -88,6 +88,12 @@ class SearchConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
 
+def progress_every(steps: int) -> int:
+    """How often a progress bar of ``steps`` shows the running loss: reading it waits for the device, so not
+    at every step of a long epoch, but at least 10 times an epoch."""
+    return max(1, min(10, steps // 10))
+
+
 def check_minimums(config, **minimums: int) -> None:
     """A ValueError naming each of ``config``'s settings below its minimum (None: not set, allowed)."""
     low = [f"{name} must be >= {m}, not {getattr(config, name)}" for name, m in minimums.items()
@@ -175,7 +181,7 @@ class Search:
         loss_sum = correct = seen = 0
         bar = tqdm(zip(self.train_loader, self.val_loader), total=len(self.train_loader), disable=not progress,
                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="step", leave=False, dynamic_ncols=True)
-        postfix_every = max(1, min(10, len(self.train_loader) // 10))  # reads the device: not at every step
+        postfix_every = progress_every(len(self.train_loader))
         try:
             for i, (train_batch, val_batch) in enumerate(bar):
                 loss, right = self.step(train_batch, val_batch)
@@ -535,6 +541,4 @@ def _resume(run_dir: Path, progress: bool, **settings: Any) -> SearchResult:
     config_cls, search_cls = search_classes(saved["config"]["space"] or method.part("space"), method)
     config = config_cls(**{**saved["config"], **settings})
     searcher = search_cls(config, run_dir, method)
-    with checkpoint.locked(run_dir):  # before load_checkpoint trims the metrics to the checkpoint's epoch
-        searcher.load_checkpoint()
-        return searcher.run(progress)
+    return checkpoint.resume(searcher, progress)

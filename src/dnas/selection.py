@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .edges import CONVOLUTIONAL
 from .registry import Registry
 
 SELECTIONS = Registry("selection")
@@ -45,7 +46,7 @@ class Threshold:
     keeps at most its ``k`` = 2 strongest, as in the FairDARTS code (``k=None``: no limit). A node may so
     keep one edge or none: not a recurrent cell, whose every node keeps exactly one edge."""
 
-    spaces = ("darts", "nb201")  # an edge not kept is a node's fewer inputs there, or ``none``
+    spaces = CONVOLUTIONAL  # an edge not kept is a node's fewer inputs there, or ``none``
 
     def __init__(self, threshold: float = 0.85, k: int | None = 2, exclude: tuple[str, ...] = ("none",)):
         self.threshold, self.k = threshold, k

@@ -38,7 +38,8 @@ from .data import BatchLoader, DataError, load_dataset, memory_format
 from .genotype import Genotype
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .search import check_minimums, drop_lines_after, format_seconds, new_run_dir, read_jsonl, resolve_device
+from .search import (check_minimums, drop_lines_after, format_seconds, new_run_dir, progress_every, read_jsonl,
+                     resolve_device)
 from .spaces.darts_network import NETWORKS, DartsNetwork
 from .zoo import convolutional, load_genotype
 
@@ -198,7 +199,7 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            if i % max(1, min(10, len(self.train_loader) // 10)) == 0:  # reads the device: not at every step
+            if i % progress_every(len(self.train_loader)) == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
 
@@ -328,9 +329,7 @@ def _resume(run_dir: Path, progress: bool, **settings: Any) -> TrainResult:
     if changed:
         raise ValueError(f"a resumed run keeps its settings; only device may change, not {sorted(changed)}")
     trainer = Trainer(TrainConfig(**{**saved["config"], **settings}), Genotype.from_dict(saved["genotype"]), run_dir)
-    with checkpoint.locked(run_dir):  # before load_checkpoint trims the metrics to the checkpoint's epoch
-        trainer.load_checkpoint()
-        return trainer.run(progress)
+    return checkpoint.resume(trainer, progress)
 
 
 def load_run(run_dir: str | os.PathLike, weights: str = "last", device: str = "cpu") -> tuple[DartsNetwork, dict]:

@@ -265,9 +265,7 @@ def train_lm(genotype=None, dataset: str | None = None, *, run_dir=None, runs_ro
         saved = checkpoint.read_config(run_dir / "config.json")
         trainer = LMTrainer(LMTrainConfig(**{**saved["config"], **settings}),
                             RecurrentGenotype.from_dict(saved["genotype"]), run_dir)
-        with checkpoint.locked(run_dir):  # before load_checkpoint trims the metrics to the checkpoint's epoch
-            trainer.load_checkpoint()
-            return trainer.run(progress)
+        return checkpoint.resume(trainer, progress)
     unknown = set(settings) - LMTrainConfig.fields()
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)} for a language model; valid: "

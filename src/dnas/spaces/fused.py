@@ -410,7 +410,7 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
         if head not in begun:
             begun[head] = _run_leaf(g.leaves[0], _flatten_sources(x), sources).unflatten(1, (sources, -1))
         if g.head not in begun:
-            begun[g.head] = _every_pixel(begun[head], g.step)
+            begun[g.head] = pixels(_flatten_sources(begun[head]), step=g.step).unflatten(1, (sources, -1))
     # the ops that compute the same on every edge of a source run once per source (where every op covers
     # every edge, so that the order of the groups' blocks does not matter to _sum_slots); the rest per edge
     shared = [batch.pos is None and per > 1 and _same_on_every_edge(g) for g in batch.groups]
@@ -454,12 +454,6 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
             rest = F.max_pool2d(_flatten_sources(rest), 2, 2).unflatten(1, (sources, -1))
         y = _with_bypass(y, rest, scale)
     return y
-
-
-def _every_pixel(x: torch.Tensor, step: int) -> torch.Tensor:
-    """``x`` (N, K, C, H, W) at every ``step``-th pixel, in its layout (``_blocks``), as ``ops.pixels``."""
-    view, k = _blocks(x)
-    return _unblocked(view[:, ::step, ::step] if k == 3 else view[..., ::step, ::step], k)
 
 
 def _split_channels(x: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
