@@ -10,7 +10,9 @@ pixels), in the forms a faster fused cell could take:
   depthwise convolutions to cuDNN only in channels_last or half precision);
 * pointwise: the grouped convolution, or batched matrix products per edge (in either layout, no copy in NCHW);
 * sep_conv_3x3 and sep_conv_5x5 of the same edges: two depthwise convolutions, or one 5x5 over both with
-  the 3x3 kernels zero-padded (more arithmetic, one kernel).
+  the 3x3 kernels zero-padded (more arithmetic, one kernel);
+* "by ops.conv2d": what dnas runs, the forms ``ops.conv2d`` takes on the device (on a GPU: depthwise NHWC,
+  copied in and out of an NCHW input, dilated ones by their phases; grouped pointwise NCHW as matmuls).
 
 Each variant's forward and backward (gradients of input and weight) is captured in a CUDA graph and
 replayed, as in the search (on the CPU: eager, for a smoke run). Writes JSON to benchmarks/out/ and prints
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dnas import ops
 from dnas.search import resolve_device
 from search_step import device_name
 
@@ -39,9 +42,9 @@ LAYOUTS = {"nchw-fp32": (torch.contiguous_format, torch.float32),
            "nhwc-bf16": (torch.channels_last, torch.bfloat16)}
 
 
-def depthwise(x, w, dilation=1):
+def depthwise(x, w, dilation=1, conv=F.conv2d):
     k = w.shape[-1]
-    return F.conv2d(x, w, padding=dilation * (k - 1) // 2, dilation=dilation, groups=x.shape[1])
+    return conv(x, w, None, (1, 1), (dilation * (k - 1) // 2,) * 2, (dilation, dilation), x.shape[1])
 
 
 def pointwise_conv(x, w, edges):
@@ -80,8 +83,11 @@ def cases(batch: int):
         tag = f"E={e} C={c} {h}x{h}"
         for k, d in ((3, 1), (5, 1), (3, 2), (5, 2)):
             yield f"depthwise {k}x{k} dil {d}, {tag}", lambda x, w, d=d: depthwise(x, w, d), [x, (e * c, 1, k, k)]
+            yield (f"depthwise {k}x{k} dil {d} by ops.conv2d, {tag}",
+                   lambda x, w, d=d: depthwise(x, w, d, ops.conv2d), [x, (e * c, 1, k, k)])
         yield f"pointwise conv, {tag}", lambda x, w, e=e: pointwise_conv(x, w, e), [x, (e * c, c, 1, 1)]
         yield f"pointwise matmul, {tag}", lambda x, w, e=e: pointwise_matmul(x, w, e), [x, (e * c, c, 1, 1)]
+        yield f"pointwise by ops.conv2d, {tag}", lambda x, w, e=e: ops.conv2d(x, w, groups=e), [x, (e * c, c, 1, 1)]
         yield f"sep 3x3 + 5x5 apart, {tag}", sep_pair_apart, [x, (e * c, 1, 3, 3), (e * c, 1, 5, 5)]
         yield f"sep 3x3 + 5x5 merged, {tag}", sep_pair_merged, [x, (e * c, 1, 3, 3), (e * c, 1, 5, 5)]
 

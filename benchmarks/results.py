@@ -2,6 +2,7 @@
 the commit it measured."""
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -27,3 +28,11 @@ def append_rows(heading: str, columns: list[str], rows: list[str]) -> None:
         end += 1
     lines[end:end] = rows
     RESULTS.write_text("\n".join(lines) + "\n")
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (what ``timeout`` sends) a KeyboardInterrupt, which the scripts catch to report what they
+    measured before it: on a lent GPU a stage that runs out of time still brings its rows back."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)

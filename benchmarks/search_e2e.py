@@ -40,7 +40,7 @@ import torch
 import dnas
 from dnas.methods import get_method
 from dnas.search import Search, fast_settings, resolve_device
-from results import append_rows, commit
+from results import append_rows, commit, interrupt_on_sigterm
 from search_step import DEPTH, device_name, path_options, row_method
 
 HERE = Path(__file__).resolve().parent
@@ -151,8 +151,9 @@ def main() -> None:
     except ValueError as e:
         p.error(str(e))
     device = resolve_device(args.device)
+    interrupt_on_sigterm()
 
-    runs, failed = {}, {}  # a path that raises is reported, the others measured
+    runs, failed = {}, {}  # a path that raises is reported, the others measured; one interrupted ends the runs
     for path, (base, bf16, channels_last) in paths.items():
         if base == "fast":
             settings = fast_settings(device, get_method(args.method), args.space)
@@ -173,6 +174,9 @@ def main() -> None:
             except Exception as e:
                 failed[path] = f"{type(e).__name__}: {e}"
                 continue
+            except KeyboardInterrupt:  # Ctrl-C, or `timeout`: the paths done are reported
+                failed[path] = "interrupted"
+                break
             alphas = json.loads((Path(tmp) / path / "alphas.jsonl").read_text().splitlines()[-1])["alphas"]
             epoch_seconds = result.metrics[-1]["seconds"]
             full = parts.full_epoch_seconds(epoch_seconds)
@@ -183,6 +187,9 @@ def main() -> None:
                           "genotype": str(result.genotype),
                           "final_val_acc": result.metrics[-1]["val_acc"],
                           "alphas": torch.tensor([alphas[t] for t in sorted(alphas)])}
+            print(f"{path}: {runs[path]['seconds']} s, last epoch {epoch_seconds} s{_rates(runs[path])} per step / "
+                  f"eval batch; 50 full epochs {runs[path]['minutes_for_50_full_epochs']} min", file=sys.stderr,
+                  flush=True)
     if not runs:
         raise SystemExit(f"every path failed: {failed}")
     base = runs.get("readable", next(iter(runs.values())))  # the reference: readable, else the first path

@@ -39,7 +39,7 @@ from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device
 from dnas.spaces import SPACES
-from results import append_rows, commit
+from results import append_rows, commit, interrupt_on_sigterm
 
 HERE = Path(__file__).resolve().parent
 
@@ -128,22 +128,30 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         peaks[path] = max(peaks.get(path, 0), peak(device))
         return time.perf_counter() - t0
 
-    failed = {}  # a path whose warm-up raised (a failed capture, say) is reported, the others measured
-    for _ in range(args.warmup):
-        for path in list(steps):
-            try:
-                timed(path)
-            except Exception as e:
-                failed[path] = f"{type(e).__name__}: {e}"
-                del steps[path], times[path]
-    for _ in range(args.steps):
-        for path in steps:
-            times[path].append(timed(path))
+    failed, interrupted = {}, False  # a path whose warm-up raised (a failed capture, say) is reported
+    try:
+        for _ in range(args.warmup):
+            for path in list(steps):
+                try:
+                    timed(path)
+                except Exception as e:
+                    failed[path] = f"{type(e).__name__}: {e}"
+                    del steps[path], times[path]
+        for _ in range(args.steps):
+            for path in steps:
+                times[path].append(timed(path))
+    except KeyboardInterrupt:  # Ctrl-C, or `timeout`: the paths with timed steps are reported on them
+        print(f"{method_name}: interrupted after {min(map(len, times.values()), default=0)} timed steps",
+              file=sys.stderr)
+        failed |= {path: "interrupted before its first timed step" for path, t in times.items() if not t}
+        times, interrupted = {path: t for path, t in times.items() if t}, True
     median = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
     name = row_method(method_name, args.space)
-    return [{"method": name, "path": path, "error": error} for path, error in failed.items()] + [
+    return [{"method": name, "path": path, "error": error, "interrupted": interrupted}
+            for path, error in failed.items()] + [
             {"method": name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
              "ms_per_step_min": round(1000 * min(times[path]), 1), "peak_memory_gb": round(peaks[path] / 2**30, 2),
+             "steps_timed": len(times[path]), "interrupted": interrupted,
              "step_memory_per_sample_mb": round((peaks[path] - base) / args.batch_size / 2**20, 1),
              "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None,
              "saved_for_backward_mb_per_sample": round(saved[path] / args.batch_size / 2**20, 1),
@@ -206,6 +214,7 @@ def main() -> None:
     p.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)  # one recipe's rows as JSON
     args = p.parse_args()
     device = resolve_device(args.device)
+    interrupt_on_sigterm()
     torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
     args.paths = args.paths.split(",")
@@ -220,8 +229,11 @@ def main() -> None:
         print(json.dumps(measure(args.methods, args, device)))
         return
     # a process's peak resident set only grows: on the CPU each recipe is measured in a process of its own
-    rows = [row for name in args.methods.split(",") for row in (measure(name, args, device) if device.type == "cuda"
-                                                                  else measure_apart(name, args))]
+    rows = []
+    for name in args.methods.split(","):
+        rows += measure(name, args, device) if device.type == "cuda" else measure_apart(name, args)
+        if any(row.get("interrupted") for row in rows):
+            break
     report = {
         "benchmark": "search_step", "device": device_name(device), "load_average": os.getloadavg(),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from dnas import ops
 from dnas.edges import EDGES, MixedEdge
 from dnas.methods import builtin_methods
 from dnas.relax import GumbelSoftmax
@@ -98,6 +99,21 @@ def test_channels_last_step_equals_the_default_layout(name, space, fused):
     """``channels_last`` (NHWC weights and images) changes the kernels, not what they compute."""
     assert_same_step(search_step(name, fused, space=space),
                      search_step(name, fused, layout=torch.channels_last, space=space))
+
+
+@pytest.mark.parametrize("name, space, layout", [("darts-v1", "darts", torch.contiguous_format),
+                                                 ("darts-v1", "darts", torch.channels_last),
+                                                 ("pc-darts", "darts", torch.contiguous_format),
+                                                 ("idarts", "darts", torch.contiguous_format),
+                                                 ("darts-v1", "nb201", torch.contiguous_format)])
+def test_the_gpu_convolution_forms_compute_the_same_step(name, space, layout, monkeypatch):
+    """The forms a GPU runs its convolutions in (ops.FORM_DEVICES: depthwise NHWC and by phases, grouped
+    pointwise by matrix products), here on the CPU, leave a step of both cells as the plain convolutions do
+    (iDARTS: its second derivatives too)."""
+    reference = search_step(name, fused=False, layout=layout, space=space)
+    monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu",))
+    for fused in (False, True):
+        assert_same_step(reference, search_step(name, fused, layout=layout, space=space))
 
 
 def assert_same_step(reference, other):

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from dnas import ops
 from dnas.ops import (DARTS_OPS, OPS, PARAMETER_FREE_OPS, Conv2d, DilConv, FactorizedReduce, SepConv, Zero,
                       conv2d, pixels)
 from dnas.registry import UnknownNameError
@@ -204,6 +205,72 @@ def test_the_reducing_ops_convolve_by_conv2d():
     """The dilated ops and FactorizedReduce of a reducing edge run their convolutions by ops.conv2d."""
     reducing = [m for name in ("dil_conv_3x3", "dil_conv_5x5", "skip_connect") for m in build(name, 2).modules()]
     assert all(isinstance(m, Conv2d) for m in reducing if isinstance(m, nn.Conv2d))
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def form_device(request, monkeypatch):
+    """A device whose convolutions take the GPU's forms: the GPU where there is one, and the CPU made one."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device: the forms on the GPU itself")
+    if request.param == "cpu":
+        monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu",))
+    return request.param
+
+
+def test_the_gpu_forms_are_for_cuda_alone():
+    assert ops.FORM_DEVICES == ("cuda",)
+
+
+def _same_as_conv(x, w, args, form=None):
+    """conv2d against F.conv2d: outputs, both gradients (and that conv2d ran ``form``), each in x's layout."""
+    y, expected = conv2d(x, w, *args), nn.functional.conv2d(x, w, *args)
+    g = torch.randn_like(expected)
+    (dx, dw), (want_dx, want_dw) = torch.autograd.grad(y, (x, w), g), torch.autograd.grad(expected, (x, w), g)
+    for got, want in ((y, expected), (dx, want_dx), (dw, want_dw)):
+        assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    layout = torch.channels_last if ops.channels_innermost(x) else torch.contiguous_format
+    assert y.is_contiguous(memory_format=layout) and dx.is_contiguous(memory_format=layout)
+    return y
+
+
+@pytest.mark.parametrize("k,stride,padding,dilation", [(3, 1, 1, 1), (5, 1, 2, 1), (3, 2, 1, 1), (3, 1, 2, 2),
+                                                       (5, 1, 4, 2), (3, 1, 1, 2), (3, 1, 2, 3)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_depthwise_convolutions_in_the_gpu_form(form_device, k, stride, padding, dilation, layout, monkeypatch):
+    """On a GPU a depthwise convolution runs NHWC, a dilated one as the undilated convolution of its phases
+    (ops.depthwise_nhwc) where its padding is a multiple of the dilation and the sides of it: the same
+    outputs and gradients, in the layout of the input; others (padding 1 at dilation 2) as they are."""
+    torch.manual_seed(0)
+    x = torch.randn(2, C, 12, 12, dtype=torch.float64, device=form_device).contiguous(memory_format=layout)
+    w = torch.randn(C, 1, k, k, dtype=torch.float64, device=form_device, requires_grad=True)
+    formed = []
+    monkeypatch.setattr(ops, "depthwise_nhwc", lambda *a, form=ops.depthwise_nhwc: formed.append(a) or form(*a))
+    _same_as_conv(x.requires_grad_(), w, (None, (stride, stride), (padding, padding), (dilation, dilation), C))
+    assert len(formed) == int(padding % dilation == 0)
+
+
+
+def test_the_depthwise_form_has_second_derivatives(form_device):
+    """iDARTS differentiates the weights' gradient again (arch_grad ``implicit``)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64, device=form_device, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64, device=form_device, requires_grad=True)
+    dilated = lambda x, w: conv2d(x, w, None, (1, 1), (2, 2), (2, 2), 3)
+    assert torch.autograd.gradgradcheck(dilated, (x, w))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_grouped_pointwise_convolutions_in_the_gpu_form(form_device, layout, monkeypatch):
+    """On a GPU a grouped 1x1 convolution of an NCHW input runs as batched matrix products
+    (ops.pointwise_matmul); an NHWC one as it is."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3 * C, 5, 7, dtype=torch.float64, device=form_device).contiguous(memory_format=layout)
+    w = torch.randn(3 * C, C, 1, 1, dtype=torch.float64, device=form_device, requires_grad=True)
+    formed = []
+    monkeypatch.setattr(ops, "pointwise_matmul", lambda *a, form=ops.pointwise_matmul: formed.append(a) or form(*a))
+    _same_as_conv(x.requires_grad_(), w, (None, (1, 1), (0, 0), (1, 1), 3))
+    assert len(formed) == int(layout == torch.contiguous_format)
+
 
 
 def test_dil_conv_5x5_keeps_size():

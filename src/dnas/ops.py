@@ -89,23 +89,91 @@ class Conv2d(nn.Conv2d):
 
 def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
            sampled: bool = False) -> torch.Tensor:
-    """``F.conv2d`` (pairs of ints). A convolution of stride s > 1 whose taps all fall on every s-th pixel
-    (``reads_every``) runs on those pixels alone, with stride 1:
-    y[i] = sum_a w[a] x[s i + d a - p] = sum_a w[a] x_s[i + (d/s) a - p/s], x_s = x[::s]. The same products
-    and sums; on the CPU (oneDNN) 1.2-7x faster forward and backward than the strided kernels. ``sampled``:
-    ``x`` is x_s already (the fused cell takes those pixels before it copies a source to its edges)."""
+    """``F.conv2d`` (pairs of ints), computed in the form measured fastest on the tensor's device.
+
+    A convolution of stride s > 1 whose taps all fall on every s-th pixel (``reads_every``) runs on those
+    pixels alone, with stride 1: y[i] = sum_a w[a] x[s i + d a - p] = sum_a w[a] x_s[i + (d/s) a - p/s],
+    x_s = x[::s]. The same products and sums; on the CPU (oneDNN) 1.2-7x faster forward and backward than
+    the strided kernels. ``sampled``: ``x`` is x_s already (the fused cell takes those pixels before it
+    copies a source to its edges). On a GPU (``FORM_DEVICES``) depthwise and grouped pointwise
+    convolutions then take the forms of ``depthwise_nhwc`` and ``pointwise_matmul``."""
     s = reads_every(stride, padding, dilation, weight.shape[-2:])
-    if s == 1:
-        if sampled:
-            raise ValueError(f"sampled: this convolution (stride {stride}, padding {padding}, dilation {dilation}) "
-                             f"reads other pixels too")
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    if not sampled:
-        x = pixels(x, step=s)
-    if channels_innermost(x):  # copied NHWC here: the convolution takes a view of odd sizes for NCHW
-        x = x.contiguous(memory_format=torch.channels_last)
-    return F.conv2d(x, weight, bias, 1, tuple(p // s for p in padding),
-                    tuple(d // s if n > 1 else 1 for d, n in zip(dilation, weight.shape[-2:])), groups)
+    if s > 1:
+        if not sampled:
+            x = pixels(x, step=s)
+        if channels_innermost(x):  # copied NHWC here: the convolution takes a view of odd sizes for NCHW
+            x = x.contiguous(memory_format=torch.channels_last)
+        stride, padding = (1, 1), tuple(p // s for p in padding)
+        dilation = tuple(d // s if n > 1 else 1 for d, n in zip(dilation, weight.shape[-2:]))
+    elif sampled:
+        raise ValueError(f"sampled: this convolution (stride {stride}, padding {padding}, dilation {dilation}) "
+                         f"reads other pixels too")
+    if x.device.type in FORM_DEVICES:
+        depthwise = weight.shape[1] == 1 and groups == x.shape[1] == weight.shape[0]
+        if depthwise and _phases_fit(x, stride, padding, dilation):
+            return depthwise_nhwc(x, weight, bias, stride, padding, dilation[0])
+        pointwise = weight.shape[-2:] == (1, 1) and stride == (1, 1) and padding == (0, 0) and bias is None
+        if pointwise and groups > 1 and x.is_contiguous():
+            return pointwise_matmul(x, weight, groups)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+#: The device types whose convolutions take the forms ``conv2d`` names. Measured on an H100 (2026-11-26,
+#: ``benchmarks/conv_variants.py``, forward+backward at the fused cell's shapes, batch 64, fp32): PyTorch runs
+#: an NCHW depthwise convolution by its own kernels and an NHWC one by cuDNN's, 3-3.2x faster undilated but
+#: 3.5-4x slower dilated; a grouped 1x1 convolution took 1.5-2x less as batched matrix products than as cuDNN's.
+FORM_DEVICES = ("cuda",)
+
+
+def _phases_fit(x, stride, padding, dilation) -> bool:
+    """Whether ``depthwise_nhwc`` computes this convolution: undilated, or of one dilation d with stride 1,
+    padding a multiple of d and sides divisible by d."""
+    d = dilation[0]
+    if d == 1 == dilation[1]:
+        return True
+    return (dilation[1] == d and stride == (1, 1) and not padding[0] % d and not padding[1] % d
+            and not x.shape[2] % d and not x.shape[3] % d)
+
+
+def depthwise_nhwc(x, weight, bias, stride, padding, d: int) -> torch.Tensor:
+    """A depthwise convolution of dilation ``d`` (padding a multiple of d) computed NHWC as one undilated
+    convolution of x's d x d phases stacked in the batch, the "space to batch" of DeepLab's atrous
+    convolution (Chen et al., TPAMI 2017): with i = d m + r,
+    y[i] = sum_a w[a] x[i + d a - p] = sum_a w[a] x_r[m + a - p/d], x_r[j] = x[d j + r], the same products
+    and sums. Returned in the layout of ``x`` (an NCHW one is copied in and out), and so is
+    the gradient of ``x``."""
+    n, c, h, w = x.shape
+    rows = _GradientInLayout.apply(x).permute(0, 2, 3, 1)  # (N, H, W, C)
+    rows = rows.unflatten(2, (w // d, d)).unflatten(1, (h // d, d))  # (N, H/d, d, W/d, d, C)
+    phases = rows.permute(2, 4, 0, 1, 3, 5).reshape(d * d * n, h // d, w // d, c).permute(0, 3, 1, 2)
+    y = F.conv2d(phases.contiguous(memory_format=torch.channels_last), weight, bias, stride,
+                 (padding[0] // d, padding[1] // d), 1, c)
+    ho, wo = y.shape[2:]
+    y = y.permute(0, 2, 3, 1).unflatten(0, (d, d, n)).permute(2, 3, 0, 4, 1, 5).reshape(n, ho * d, wo * d, c)
+    y = y.permute(0, 3, 1, 2)
+    return y if channels_innermost(x) else y.contiguous()
+
+
+class _GradientInLayout(torch.autograd.Function):
+    """x itself; backward, its gradient copied into the layout of x, where it would otherwise keep the layout
+    of the copy made from x (NHWC for an NCHW x, and every kernel before it in the backward pass with it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.layout = torch.channels_last if channels_innermost(x) else torch.contiguous_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=ctx.layout)
+
+
+def pointwise_matmul(x, weight, groups: int) -> torch.Tensor:
+    """A grouped 1x1 convolution of an NCHW ``x`` as batched matrix products, without a copy of ``x``:
+    x (N, G*C, H, W) is (N, G, C, H*W), and each group's C_out x C weight multiplies its block."""
+    n, _, h, w = x.shape
+    m = weight.view(groups, weight.shape[0] // groups, -1)  # (G, C_out, C)
+    return torch.matmul(m, x.view(n, groups, -1, h * w)).view(n, -1, h, w)
 
 
 def reads_every(stride, padding, dilation, kernel) -> int:
