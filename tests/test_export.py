@@ -38,6 +38,21 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(tmp_path):
         np.testing.assert_allclose(out, model.eval()(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_exports_record_dilated_convolutions_as_convolutions(tmp_path):
+    """ops.conv2d runs a dilated convolution by its phases, whose shapes are the batch's; an export records
+    the convolution itself, so the exported network runs at any batch and image size."""
+    torch.manual_seed(0)
+    model = NetworkCIFAR(dnas.published("DARTS_V2"), C=8, layers=5).eval()  # dil_conv_3x3 in both cells
+    traced = torch.jit.load(str(export(model, tmp_path / "m.pt", "torchscript", (3, 32, 32))))
+    x = torch.randn(5, 3, 24, 24)
+    with torch.no_grad():
+        assert torch.allclose(traced(x), model(x), atol=1e-5)
+    proto = onnx.load(export(model, tmp_path / "m.onnx", "onnx", (3, 32, 32)))
+    dilations = [list(a.ints) for node in proto.graph.node if node.op_type == "Conv" for a in node.attribute
+                 if a.name == "dilations"]
+    assert [2, 2] in dilations
+
+
 def test_torchscript_export_reloads_with_the_same_outputs(run, tmp_path):
     path = export_run(run, "torchscript", weights="best", path=tmp_path / "m.pt")
     model, _ = load_run(run, "best")

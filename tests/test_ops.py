@@ -217,8 +217,18 @@ def form_device(request, monkeypatch):
     return request.param
 
 
-def test_the_gpu_forms_are_for_cuda_alone():
+def test_on_the_cpu_only_dilated_depthwise_convolutions_run_by_their_phases(monkeypatch):
+    """The forms measured faster on the CPU too: the phases of a dilated depthwise convolution (1.5-5x); an
+    undilated one and a grouped pointwise one stay oneDNN's convolutions there."""
     assert ops.FORM_DEVICES == ("cuda",)
+    formed = []
+    for form in ("depthwise_nhwc", "pointwise_matmul"):
+        monkeypatch.setattr(ops, form, lambda *a, form=getattr(ops, form), name=form: formed.append(name) or form(*a))
+    x = torch.randn(2, C, 8, 8)
+    conv2d(x, torch.randn(C, 1, 3, 3), None, (1, 1), (2, 2), (2, 2), C)  # dil_conv_3x3
+    conv2d(x, torch.randn(C, 1, 5, 5), None, (1, 1), (2, 2), (1, 1), C)  # sep_conv_5x5's
+    conv2d(x, torch.randn(C, C // 2, 1, 1), groups=2)
+    assert formed == ["depthwise_nhwc"]
 
 
 def _same_as_conv(x, w, args, form=None):
@@ -237,9 +247,10 @@ def _same_as_conv(x, w, args, form=None):
                                                        (5, 1, 4, 2), (3, 1, 1, 2), (3, 1, 2, 3)])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_depthwise_convolutions_in_the_gpu_form(form_device, k, stride, padding, dilation, layout, monkeypatch):
-    """On a GPU a depthwise convolution runs NHWC, a dilated one as the undilated convolution of its phases
-    (ops.depthwise_nhwc) where its padding is a multiple of the dilation and the sides of it: the same
-    outputs and gradients, in the layout of the input; others (padding 1 at dilation 2) as they are."""
+    """On a GPU a depthwise convolution runs NHWC, a dilated one (on every device) as the undilated
+    convolution of its phases (ops.depthwise_nhwc) where its padding is a multiple of the dilation and the
+    sides of it: the same outputs and gradients, in the layout of the input; others (padding 1 at dilation
+    2) as they are."""
     torch.manual_seed(0)
     x = torch.randn(2, C, 12, 12, dtype=torch.float64, device=form_device).contiguous(memory_format=layout)
     w = torch.randn(C, 1, k, k, dtype=torch.float64, device=form_device, requires_grad=True)

@@ -95,8 +95,10 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     pixels alone, with stride 1: y[i] = sum_a w[a] x[s i + d a - p] = sum_a w[a] x_s[i + (d/s) a - p/s],
     x_s = x[::s]. The same products and sums; on the CPU (oneDNN) 1.2-7x faster forward and backward than
     the strided kernels. ``sampled``: ``x`` is x_s already (the fused cell takes those pixels before it
-    copies a source to its edges). On a GPU (``FORM_DEVICES``) depthwise and grouped pointwise
-    convolutions then take the forms of ``depthwise_nhwc`` and ``pointwise_matmul``."""
+    copies a source to its edges). A dilated depthwise convolution then runs as the undilated one of its
+    phases (``depthwise_nhwc``; on the CPU 1.5-5x faster forward and backward, in either layout), and on a
+    GPU (``FORM_DEVICES``) every depthwise convolution runs NHWC so, and a grouped pointwise one of an
+    NCHW input as matrix products (``pointwise_matmul``)."""
     s = reads_every(stride, padding, dilation, weight.shape[-2:])
     if s > 1:
         if not sampled:
@@ -108,29 +110,32 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     elif sampled:
         raise ValueError(f"sampled: this convolution (stride {stride}, padding {padding}, dilation {dilation}) "
                          f"reads other pixels too")
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # an export (TorchScript, ONNX) records the
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)  # convolution, for any batch and size
+    depthwise = weight.shape[1] == 1 and groups == x.shape[1] == weight.shape[0]
+    if depthwise and dilation != (1, 1) and _phases_fit(x, stride, padding, dilation):
+        return depthwise_nhwc(x, weight, bias, stride, padding, dilation[0])
     if x.device.type in FORM_DEVICES:
-        depthwise = weight.shape[1] == 1 and groups == x.shape[1] == weight.shape[0]
-        if depthwise and _phases_fit(x, stride, padding, dilation):
-            return depthwise_nhwc(x, weight, bias, stride, padding, dilation[0])
+        if depthwise and dilation == (1, 1):
+            return depthwise_nhwc(x, weight, bias, stride, padding, 1)
         pointwise = weight.shape[-2:] == (1, 1) and stride == (1, 1) and padding == (0, 0) and bias is None
         if pointwise and groups > 1 and x.is_contiguous():
             return pointwise_matmul(x, weight, groups)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
-#: The device types whose convolutions take the forms ``conv2d`` names. Measured on an H100 (2026-11-26,
-#: ``benchmarks/conv_variants.py``, forward+backward at the fused cell's shapes, batch 64, fp32): PyTorch runs
-#: an NCHW depthwise convolution by its own kernels and an NHWC one by cuDNN's, 3-3.2x faster undilated but
-#: 3.5-4x slower dilated; a grouped 1x1 convolution took 1.5-2x less as batched matrix products than as cuDNN's.
+#: The device types whose undilated depthwise and grouped pointwise convolutions take the forms ``conv2d``
+#: names. Measured on an H100 (2026-11-26, ``benchmarks/conv_variants.py``, forward+backward at the fused
+#: cell's shapes, batch 64, fp32): PyTorch runs an NCHW depthwise convolution by its own kernels and an NHWC
+#: one by cuDNN's, 3-3.2x faster undilated but 3.5-4x slower dilated; a grouped 1x1 convolution took 1.5-2x
+#: less as batched matrix products than as cuDNN's. On the CPU neither form gains (oneDNN).
 FORM_DEVICES = ("cuda",)
 
 
 def _phases_fit(x, stride, padding, dilation) -> bool:
-    """Whether ``depthwise_nhwc`` computes this convolution: undilated, or of one dilation d with stride 1,
-    padding a multiple of d and sides divisible by d."""
+    """Whether ``depthwise_nhwc`` computes this dilated convolution: of one dilation d, stride 1, padding a
+    multiple of d and sides divisible by d."""
     d = dilation[0]
-    if d == 1 == dilation[1]:
-        return True
     return (dilation[1] == d and stride == (1, 1) and not padding[0] % d and not padding[1] % d
             and not x.shape[2] % d and not x.shape[3] % d)
 
