@@ -64,8 +64,9 @@ base)
         (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1,darts-v2 graph 10 150)
     else echo "stage base: no .gpu_data/base/src (see the header)"; fi ;;
 tests)
-    timeout 300 python3 -m pytest -q -rfEs --durations=5 --timeout 60 -p no:cacheprovider tests/test_cuda_graph.py \
-        tests/test_fused.py -k "cuda or replay or replayed or eager or failed" > "$OUT/tests.log" 2>&1
+    timeout 300 python3 -m pytest -q -rfEs --durations=5 --timeout 60 -p no:cacheprovider tests/test_fused.py \
+        tests/test_ops.py tests/test_cuda_graph.py -k "cuda or replay or replayed or eager or failed" \
+        > "$OUT/tests.log" 2>&1
     tail -25 "$OUT/tests.log" ;;
 recipes)
     step recipes pc-darts,gdas,sdarts-rs,drnas,fair-darts readable,fused,graph 5 100 ;;
