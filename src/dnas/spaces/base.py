@@ -13,6 +13,8 @@ ARCH_PREFIXES = ("alphas.", "betas.")
 class Supernet(nn.Module):
     """A search space's network; subclasses define ``alphas`` (and optionally ``betas``) ParameterDicts."""
 
+    fused = False  # whether its cells run by the fast path of fused.py (a space option where there is one)
+
     def arch_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if n.startswith(ARCH_PREFIXES)]
 
@@ -21,6 +23,14 @@ class Supernet(nn.Module):
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_weight_parameters()]
+
+    def runs_fused(self, x: torch.Tensor) -> bool:
+        """Whether a forward of ``x`` takes the fused cells (fused.py): where ``fused`` is set, but for a
+        forward without autograd on the CPU (the evaluation, DARTS-PT's projection), where the readable
+        cells, which compute the same, ran 1.4-3.4x faster at batch 32-256: the fused path's large
+        concatenated tensors cost page faults and cache misses there, where a training step keeps every
+        tensor for its backward anyway (docs/speed.md)."""
+        return self.fused and (torch.is_grad_enabled() or x.device.type != "cpu")
 
 
 def node_softmax(beta: torch.Tensor, inputs_per_node: list[int]) -> torch.Tensor:

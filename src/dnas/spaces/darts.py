@@ -184,9 +184,10 @@ class DartsSupernet(Supernet):
                       for (t, w), live in zip(weights.items(), active.values())}
         edge_weights = {t: self.edge_weights(t) for t in CELL_TYPES} if self.betas else {t: None for t in weights}
         s0 = s1 = self.stem(x)
+        fused = self.runs_fused(x)
         for cell in self.cells:
             t = "reduce" if cell.reduction else "normal"
-            run = cell.forward_fused if self.fused else cell
+            run = cell.forward_fused if fused else cell
             s0, s1 = s1, run(s0, s1, weights[t], active[t], edge_weights[t])
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
