@@ -1,7 +1,5 @@
 """End-to-end searches on real data, as a user runs them: run directory, resume, reproducibility, errors."""
 import json
-import resource
-import sys
 
 import pytest
 import torch
@@ -9,7 +7,7 @@ import torch
 import dnas
 from dnas.checkpoint import CheckpointError
 from dnas.methods import get_method
-from dnas.search import Search, SearchConfig, copies, copy_into, fast_settings, keep_freed_memory
+from dnas.search import Search, SearchConfig, copies, copy_into, fast_settings
 
 # a reduced supernet that runs in seconds on 2 CPU cores; the full-size defaults are pinned in test_space.py
 TINY = dict(C=4, layers=3, nodes=2, batch_size=16, subset=128, progress=False)
@@ -278,19 +276,6 @@ def test_channels_last_search_runs_in_nhwc(fashion_mnist_root, tmp_path):
     assert features.shape[1] > 1 and features.is_contiguous(memory_format=torch.channels_last)
     assert not features.is_contiguous()
     assert search.run(progress=False).genotype.nodes == 2
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: nothing to keep elsewhere")
-def test_a_cpu_search_keeps_freed_memory_for_the_next_step():
-    """Blocks of more than 32 MB, freed and taken again step after step, come back without page faults (glibc
-    would unmap each and fault its 16k pages in afresh every time)."""
-    keep_freed_memory()
-    faults = []
-    for _ in range(8):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.ones(2**24).sum()  # 64 MB, written and freed
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    assert max(faults[-3:]) < 1000, faults
 
 
 def test_copies_are_independent_and_copy_into_restores_them():

@@ -17,7 +17,6 @@ trained supernet (DARTS-PT's projection, projection.py); it keeps its progress i
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import inspect
 import json
@@ -123,8 +122,6 @@ class Search:
         torch.manual_seed(config.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once (as DARTS does)
-        else:
-            keep_freed_memory()
         self.setup()
         self.graph = self.eval_graph = None  # the step and the evaluation replayed from CUDA graphs (on a GPU)
         if config.cuda_graph and self.device.type == "cuda":
@@ -431,21 +428,6 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     hard = is_hard(method.build("relaxation"))
     settings = {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda", "channels_last": cpu}
     return settings | ({"eval_batch_size": FAST_EVAL_BATCH} if device.type == "cuda" else {})
-
-
-def keep_freed_memory() -> None:
-    """Keep the memory a step frees in the process for the next step (glibc's ``mallopt``; elsewhere
-    nothing). glibc maps every block of more than 32 MB afresh from the kernel and unmaps it when freed,
-    so a CPU step whose tensors are that large (the fused cells' concatenations at batch 64) faulted in
-    ~700k fresh pages a step and spent ~30% of its time so (docs/speed.md). Process-wide: blocks come from
-    the heap, and the heap is not trimmed below 2 GB of free memory."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_max = -1, -4
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def resolve_device(device: str) -> torch.device:
