@@ -145,8 +145,8 @@ def depthwise_nhwc(x, weight, bias, stride, padding, d: int) -> torch.Tensor:
     convolution of x's d x d phases stacked in the batch, the "space to batch" of DeepLab's atrous
     convolution (Chen et al., TPAMI 2017): with i = d m + r,
     y[i] = sum_a w[a] x[i + d a - p] = sum_a w[a] x_r[m + a - p/d], x_r[j] = x[d j + r], the same products
-    and sums. Returned in the layout of ``x`` (an NCHW one is copied in and out), and so is
-    the gradient of ``x``."""
+    and sums. Returned in the layout of ``x`` (an NCHW one is copied in and out), and so is the gradient of
+    ``x``."""
     n, c, h, w = x.shape
     rows = _GradientInLayout.apply(x).permute(0, 2, 3, 1)  # (N, H, W, C)
     rows = rows.unflatten(2, (w // d, d)).unflatten(1, (h // d, d))  # (N, H/d, d, W/d, d, C)

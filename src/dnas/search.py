@@ -416,9 +416,9 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     kind of device (docs/speed.md): on a GPU the fused cells (a space option of darts and nb201), each step
     replayed from a CUDA graph and the evaluation at batch ``FAST_EVAL_BATCH`` (larger kernels: on an H100 an
     epoch 4% shorter than at 64), in NCHW (NHWC was slower there); on a CPU the NHWC layout, with the fused
-    cells unless the relaxation is
-    hard (GDAS: one sampled op per edge leaves little to batch, and there the readable cell in NHWC is the
-    fastest CPU path). A space without a fused cell (the recurrent one) has no fast path."""
+    cells unless the relaxation is hard (GDAS: one sampled op per edge leaves little to batch, and there the
+    readable cell in NHWC is the fastest CPU path). A space without a fused cell (the recurrent one) has no
+    fast path."""
     space = space or method.part("space")
     fusable = [name for name in SPACES.names() if "fused" in inspect.signature(SPACES.get(name)).parameters]
     if space not in fusable:
