@@ -187,6 +187,7 @@ class Trainer:
         loss_sum = correct = seen = 0
         bar = tqdm(self.train_loader, disable=not progress, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="step",
                    leave=False, dynamic_ncols=True)
+        postfix_every = progress_every(len(self.train_loader))
         for i, (x, y) in enumerate(bar):
             self.optimizer.zero_grad(set_to_none=True)
             logits, aux_logits = model.forward_with_aux(x)
@@ -199,7 +200,7 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            if i % progress_every(len(self.train_loader)) == 0:
+            if i % postfix_every == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
 
