@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from dnas.data import memory_format
 from dnas.methods import get_method
-from dnas.search import autocast, bilevel_step, resolve_device
+from dnas.search import autocast, bilevel_step, resolve_device, reuse_large_blocks
 from search_step import DEPTH, device_name, supernet
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +43,8 @@ def main() -> None:
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
+    if device.type == "cpu":
+        reuse_large_blocks()  # as dnas.search does on the CPU
     batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
 
     layout = memory_format(args.channels_last)

@@ -37,7 +37,7 @@ import torch
 from dnas.cuda_graph import GraphedStep, set_capturable
 from dnas.data import memory_format
 from dnas.methods import get_method
-from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device
+from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device, reuse_large_blocks
 from dnas.spaces import SPACES
 from results import append_rows, commit, interrupt_on_sigterm
 
@@ -216,6 +216,8 @@ def main() -> None:
     device = resolve_device(args.device)
     interrupt_on_sigterm()
     torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
+    if device.type == "cpu":
+        reuse_large_blocks()  # as dnas.search does on the CPU
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
     args.paths = args.paths.split(",")
     try:

@@ -1,5 +1,7 @@
 """End-to-end searches on real data, as a user runs them: run directory, resume, reproducibility, errors."""
 import json
+import resource
+import sys
 
 import pytest
 import torch
@@ -7,7 +9,7 @@ import torch
 import dnas
 from dnas.checkpoint import CheckpointError
 from dnas.methods import get_method
-from dnas.search import Search, SearchConfig, copies, copy_into, fast_settings
+from dnas.search import HEAP_BLOCK_MAX, Search, SearchConfig, copies, copy_into, fast_settings
 
 # a reduced supernet that runs in seconds on 2 CPU cores; the full-size defaults are pinned in test_space.py
 TINY = dict(C=4, layers=3, nodes=2, batch_size=16, subset=128, progress=False)
@@ -276,6 +278,31 @@ def test_channels_last_search_runs_in_nhwc(fashion_mnist_root, tmp_path):
     assert features.shape[1] > 1 and features.is_contiguous(memory_format=torch.channels_last)
     assert not features.is_contiguous()
     assert search.run(progress=False).genotype.nodes == 2
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt; /proc/self/statm")
+def test_a_cpu_search_reuses_large_blocks_within_bounds(fashion_mnist_root, tmp_path):
+    """After a CPU search has set glibc's bounds, a 64 MB block freed and taken again step after step comes
+    back without faulting its pages in afresh (glibc maps blocks over 32 MB by default), while a block over
+    256 MB is still mapped, and returned when freed."""
+    Search(SearchConfig(dataset="fashion-mnist", subset=64, batch_size=16, epochs=1,
+                        space_options=dict(C=4, layers=3, nodes=2)), tmp_path / "r")
+    faults = []
+    for _ in range(6):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(2**24).sum()  # 64 MB, written and freed
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    assert max(faults[-3:]) < 1000, faults  # a fresh 64 MB block is 16k pages
+    start = resident_bytes()
+    large = torch.ones(HEAP_BLOCK_MAX // 2)  # 512 MB
+    assert resident_bytes() - start > HEAP_BLOCK_MAX
+    del large
+    assert resident_bytes() - start < HEAP_BLOCK_MAX // 4
 
 
 def test_copies_are_independent_and_copy_into_restores_them():
