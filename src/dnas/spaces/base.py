@@ -27,8 +27,8 @@ class Supernet(nn.Module):
     def runs_fused(self, x: torch.Tensor) -> bool:
         """Whether a forward of ``x`` takes the fused cells (fused.py): where ``fused`` is set, but for a
         forward without autograd on the CPU (the evaluation, DARTS-PT's projection), where the readable
-        cells, which compute the same, ran 1.4-3.4x faster at batch 32-256: the fused path's large
-        concatenated tensors cost page faults and cache misses there, where a training step keeps every
+        cells, which compute the same, ran 1.3-1.6x faster at batch 64 (PC-DARTS's at 256 the exception):
+        the fused path's large concatenated tensors miss the caches there, where a training step keeps every
         tensor for its backward anyway (docs/speed.md)."""
         return self.fused and (torch.is_grad_enabled() or x.device.type != "cpu")
 
