@@ -254,9 +254,9 @@ def test_a_cpu_forward_without_autograd_runs_the_readable_cells(space, monkeypat
 
 
 def test_fused_forward_launches_fewer_kernels():
-    """The point of the fast path: per cell, one convolution per op and source batch instead of one per
-    op and edge, two or three BatchNorms per source batch instead of one per op and edge, and the op
-    weights applied by those BatchNorms and one matmul instead of one multiply per op and edge."""
+    """The point of the fast path: per cell, one convolution and one BatchNorm per op, depth and source
+    batch instead of one per op, depth and edge, and the op weights applied by those BatchNorms and one
+    matmul instead of one multiply per op and edge."""
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     readable, fused = kernels(supernet(False), x), kernels(supernet(True), x)
     cells, batches, reductions = 5, 4, 2  # source batches: the two inputs together, then nodes 0, 1, 2
@@ -265,8 +265,10 @@ def test_fused_forward_launches_fewer_kernels():
     assert readable["convolution"] == 1 + cells * (2 + 14 * 12) + reductions * 8 * 2 + reductions
     assert fused["convolution"] == 1 + cells * (2 + batches * 12) + reductions * 2 + reductions
     assert readable["native_batch_norm"] == 1 + cells * (2 + 14 * 8) + reductions * 8
-    # the poolings' BatchNorms run once per source, where several edges leave it (all but the last batch)
-    assert fused["native_batch_norm"] == 1 + cells * (2 + batches * 2) + cells * (batches - 1)
+    # per batch the 6 BatchNorms of the convolution ops (2 in each separable one, 1 in each dilated one),
+    # the FactorizedReduce skip's on the reducing edges; the poolings' BatchNorms run once per source,
+    # where several edges leave it (one for both in all but the last batch, one each in the last)
+    assert fused["native_batch_norm"] == 1 + cells * (2 + batches * 6) + reductions + cells * (batches - 1 + 2)
     # DARTS Eq. 2: the op weights are the affine weights of the ops' last BatchNorms, and the ops that
     # compute the same on every edge of a source (poolings, skip) are summed by one batched matmul (two
     # backward); only the last batch's skip (one edge per source) multiplies by its weight. The op weights
@@ -278,9 +280,8 @@ def test_fused_forward_launches_fewer_kernels():
 
 
 def test_fused_nb201_cells_launch_fewer_kernels():
-    """NAS-Bench-201 cells: per cell, each convolution op runs once per source batch (the input, then nodes
-    1 and 2) instead of once per edge, its two convolution ops end in one BatchNorm per batch, and the
-    average pooling runs once per source."""
+    """NAS-Bench-201 cells: per cell, each convolution op and its BatchNorm run once per source batch (the
+    input, then nodes 1 and 2) instead of once per edge, and the average pooling runs once per source."""
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     readable, fused = (kernels(supernet(f, space="nb201"), x) for f in (False, True))
     cells, edges, batches = 6, 6, 3
@@ -288,7 +289,7 @@ def test_fused_nb201_cells_launch_fewer_kernels():
     assert readable["convolution"] == other_convs + cells * edges * 2
     assert fused["convolution"] == other_convs + cells * batches * 2
     assert readable["native_batch_norm"] == other_bns + cells * edges * 2
-    assert fused["native_batch_norm"] == other_bns + cells * batches
+    assert fused["native_batch_norm"] == other_bns + cells * batches * 2
     assert readable["avg_pool2d"] == other_pools + cells * edges
     assert fused["avg_pool2d"] == other_pools + cells * batches
     assert sum(fused.values()) < sum(readable.values()) / 2
@@ -320,8 +321,8 @@ def test_channels_last_stays_nhwc_through_the_fused_cell(name, space):
     """In channels_last the fused cell hands its convolutions, BatchNorms, poolings and ReLUs NHWC tensors,
     forward and backward, wherever the readable cell does: a step that returned NCHW would make the kernels
     after it copy their input back, and its gradient, NCHW too, would run every kernel before it in NCHW.
-    (The readable network's own NCHW kernels, such as NAS-Bench-201's last ReLU backward, which receives
-    the global pooling's NCHW gradient, are the same on both paths.)"""
+    The global pooling returns the last cell's gradient NHWC too (``ops.global_average``); what NCHW kernels
+    the readable cells run themselves (PC-DARTS's) the fused ones may run too."""
     method, parts = recipe_parts(name)
     seen = {}
     for fused in (False, True):

@@ -173,6 +173,15 @@ class _GradientInLayout(torch.autograd.Function):
         return grad.contiguous(memory_format=ctx.layout)
 
 
+def global_average(x: torch.Tensor) -> torch.Tensor:
+    """(N, C): the mean of each channel of ``x`` over its pixels, with the gradient of ``x`` in the layout of
+    x. The pooling's own backward gives NCHW for any layout (it divides an expanded (N, C) gradient), so in
+    channels_last every BatchNorm and convolution backward of the last cell would take an NCHW gradient."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+    return F.adaptive_avg_pool2d(_GradientInLayout.apply(x), 1).flatten(1)
+
+
 def pointwise_matmul(x, weight, groups: int) -> torch.Tensor:
     """A grouped 1x1 convolution of an NCHW ``x`` as batched matrix products, without a copy of ``x``:
     x (N, G*C, H, W) is (N, G, C, H*W), and each group's C_out x C weight multiplies its block."""

@@ -16,12 +16,11 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..edges import WeightedSum
 from ..genotype import Genotype
-from ..ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, FactorizedReduce, ReLUConvBN
+from ..ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, FactorizedReduce, ReLUConvBN, global_average
 from ..perturb import perturbed
 from ..relax import Softmax, is_hard
 from ..selection import TopK
@@ -189,7 +188,7 @@ class DartsSupernet(Supernet):
             t = "reduce" if cell.reduction else "normal"
             run = cell.forward_fused if fused else cell
             s0, s1 = s1, run(s0, s1, weights[t], active[t], edge_weights[t])
-        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+        return self.classifier(global_average(s1))
 
     def edge_weights(self, cell_type: str) -> torch.Tensor:
         """PC-DARTS Eq. 4: softmax of the betas over the incoming edges of each node."""

@@ -15,16 +15,18 @@ that leave the cell's inputs all at once:
 * one op on several edges is one convolution: the depthwise convolutions of the edges stacked
   (groups = edges x C), the pointwise ones as one convolution with groups = edges; a cell's convolution
   weights are concatenated once per shape and split per convolution;
-* BatchNorms reached at the same depth by the ops are one ``batch_norm`` over the concatenated channels.
-  BatchNorm without affine parameters normalises each channel by its own batch statistics, so this is
-  exactly equivalent; the running statistics are the readable modules' own buffers, concatenated and
-  written back (a cell's all at once), so a step leaves the same state behind;
+* each BatchNorm of an op is one ``batch_norm`` over the channels of all its edges, the grouped
+  convolution's output as it comes: BatchNorm normalises each channel by its own batch statistics, so this
+  is exactly equivalent; the running statistics are the readable modules' own buffers, concatenated and
+  written back (a cell's all at once), so a step leaves the same state behind. (The BatchNorms of several
+  ops at one depth were once one ``batch_norm`` too, over their outputs concatenated: fewer kernels, but
+  the concatenation and its backward moved more bytes than the kernels saved);
 * the zero op, and ops whose weight is structurally zero (not sampled by a hard relaxation, masked out
   of the space), are not computed; skip is the identity;
 * the op weights of DARTS Eq. 2 (gathered for the whole cell by one precomputed index) are the affine
   weights of each op's last BatchNorm, w BN(x) being BN(x) with weight w: no multiply runs, and the
-  BatchNorm's backward gives their gradient; only ops that end otherwise (skip) multiply. The ops that
-  one BatchNorm finishes are summed over the ops (and the cell's inputs) straight into the nodes by one
+  BatchNorm's backward gives their gradient; only ops that end otherwise (skip) multiply. The ops'
+  outputs are summed by one add per op, and over the cell's inputs straight into the nodes by one
   reduction; where the ops differ between edges (masked, or sampled by a hard relaxation), one
   ``index_add`` instead. The sums into the nodes are one add per source state.
 
@@ -430,8 +432,7 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     w_groups = [v for v, same in zip(slot_weights, shared) if not same]
     w_groups = w if len(w_groups) == len(slot_weights) else _cat(w_groups, dim=0) if w_groups else w[:0]
     per_channel = w_groups.repeat_interleave(x.shape[2]).split([len(g.edge_ids) * x.shape[2] for g in groups])
-    blocks, order = _run_groups(groups, outs, [int(g.head is not None) for g in groups], per_channel, run,
-                                summed=batch.pos is None)
+    blocks = _run_groups(groups, outs, [int(g.head is not None) for g in groups], per_channel, run)
     if any(shared):
         once = [i for i, same in enumerate(shared) if same]
         groups_once, weights_once = [batch.groups[i] for i in once], [slot_weights[i] for i in once]
@@ -443,9 +444,9 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
         keep = batch.keep.to(w.dtype)
         scale = keep if scale is None else scale * keep
     if st is None and scale is None:  # no term per edge: sum straight into the nodes
-        y = _sum_slots(batch, blocks, order, w, None, shape, by_node=True)
+        y = _sum_slots(batch, blocks, w, None, shape, by_node=True)
     else:
-        y = _sum_slots(batch, blocks, order, w, st, shape, by_node=False)
+        y = _sum_slots(batch, blocks, w, st, shape, by_node=False)
         if scale is not None:
             y = y * scale.view(1, -1, 1, 1, 1)
         y = _sum_blocks(y.flatten(1, 2), sources).unflatten(1, (-1, y.shape[2])) if sources > 1 else y
@@ -568,35 +569,29 @@ def _copy_to_edges(begun: dict, heads: list, per: int) -> dict:
     return copies
 
 
-def _sum_slots(batch: _Batch, blocks, order, w, st, shape, by_node: bool) -> torch.Tensor:
+def _sum_slots(batch: _Batch, blocks, w, st, shape, by_node: bool) -> torch.Tensor:
     """DARTS Eq. 2 for every edge of the batch at once: the groups' outputs, already weighed by their op
-    weights and concatenated in ``blocks`` (of the groups in ``order``), summed per edge (``shape``, plus
-    the straight-through term ``st``), or with ``by_node`` summed over the sources too, per node. ``w``,
-    the slots' weights, gives the dtype of an empty sum.
+    weights, one block per group in the order of the groups, summed per edge (``shape``, plus the
+    straight-through term ``st``), or with ``by_node`` summed over the sources too, per node. ``w``, the
+    slots' weights, gives the dtype of an empty sum.
 
-    When every group covers every edge in order the sum is one reduction per block, otherwise one
-    ``index_add`` of all the slots at their edges."""
+    When every group covers every edge in order the sum is one add per block, otherwise one ``index_add``
+    of all the slots at their edges."""
     sources = len(batch.sources)
     if by_node:
         shape = (shape[0], shape[1] // sources, *shape[2:])
     if not blocks:  # every edge of the batch runs the zero op only
         return w.new_zeros(shape) if st is None else st.view(1, -1, 1, 1, 1).expand(shape)
-    if batch.pos is None:  # each block (N, groups x sources x edges per source x C, H, W)
-        y = None
-        for b in blocks:
-            groups = b.shape[1] // (len(batch.edges) * shape[2])
-            b = _sum_blocks(b, groups) if groups > 1 else b
-            y = b if y is None else y + b
+    if batch.pos is None:  # each block one op's outputs, (N, sources x edges per source x C, H, W)
+        y = blocks[0]
+        for b in blocks[1:]:
+            y = y + b
         if by_node and sources > 1:
             y = _sum_blocks(y, sources)
         y = y.unflatten(1, (-1, shape[2]))
         return y if st is None else y + st.view(1, -1, 1, 1, 1)
     z = _cat(blocks).unflatten(1, (batch.slots, -1))
-    pos = batch.node_pos if by_node else batch.pos
-    if order != sorted(order):
-        pos = pos.split([len(g.edge_ids) for g in batch.groups])
-        pos = torch.cat([pos[i] for i in order])
-    return _index_add(shape[1], pos, z, st)
+    return _index_add(shape[1], batch.node_pos if by_node else batch.pos, z, st)
 
 
 _NHWC = (0, 3, 4, 1, 2)  # (N, K, C, H, W) <-> (N, H, W, K, C), its own inverse
@@ -653,72 +648,26 @@ def _sum_blocks(t: torch.Tensor, blocks: int) -> torch.Tensor:
     return t.unflatten(1, (blocks, -1)).sum(1)
 
 
-def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int], weights, run: _Run,
-                summed: bool = False):
-    """Run every group's leaves on its slot input, one BatchNorm for all the groups waiting at one, and
-    weigh each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2).
+def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int], weights, run: _Run):
+    """Run every group's leaves on its slot input, each BatchNorm over the group's slots at once, and weigh
+    each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2): the outputs, one
+    block per group, in the order of the groups.
 
-    The groups advance together: each runs its leaves up to its next BatchNorm, then the BatchNorms of
-    every group that reached one (with the same settings and spatial size) run as one over the
-    concatenated channels. Where that BatchNorm is a group's last leaf the weights are its affine weight,
-    w BN(x) being BN(x) with weight w: no multiply forward, and the BatchNorm's backward gives the
-    weights' gradient in the pass it makes anyway. Groups that end otherwise (skip) are multiplied.
-
-    Returns the weighted outputs as blocks, each of some groups' outputs concatenated (the groups a
-    BatchNorm finished are one block), and the order of the groups in the blocks. With ``summed`` (every
-    group on every edge, in order) the groups a BatchNorm finished are summed instead, one block of one
-    group's size (``_split_summing``)."""
-    ptr, blocks, order = list(starts), [], []
-    while True:
-        for i, g in enumerate(groups):
-            while ptr[i] < len(g.leaves) and g.leaves[ptr[i]][0] != "bn":
-                convs = [run.weights[bank][piece] for bank, piece in g.convs[ptr[i]]]
-                sampled = g.step > 1 and ptr[i] == starts[i]  # its head took the pixels the convolution reads
-                xs[i] = _run_leaf(g.leaves[ptr[i]], xs[i], len(g.edge_ids), convs, run.noise, g.edge_ids, sampled)
-                ptr[i] += 1
-        waiting: dict[tuple, list[int]] = {}
-        for i, g in enumerate(groups):
-            if ptr[i] < len(g.leaves):
-                bn = g.leaves[ptr[i]][1][0]
-                waiting.setdefault((_signature(("bn", bn))[2:], xs[i].shape[2:], bn.training), []).append(i)
-        if not waiting:
-            break
-        for members in waiting.values():
-            going = [i for i in members if ptr[i] < len(groups[i].leaves) - 1]
-            done = [i for i in members if ptr[i] == len(groups[i].leaves) - 1]  # last: one block after the rest
-            members = going + done
-            mods = [m for i in members for m in groups[i].leaves[ptr[i]][1]]
-            x = _cat([xs[i] for i in members])
-            scale = None
-            if done:  # 1 for the channels of the groups that go on
-                ones = [x.new_ones(sum(xs[i].shape[1] for i in going))] if going else []
-                scale = _cat(ones + [weights[i] for i in done], dim=0)
-            y = _batch_norm(x, mods, run, scale)
-            if done and summed:
-                parts = _split_summing(y, len(going), len(done))
+    Where a BatchNorm is a group's last leaf the weights are its affine weight, w BN(x) being BN(x) with
+    weight w: no multiply forward, and the BatchNorm's backward gives the weights' gradient in the pass it
+    makes anyway. Groups that end otherwise (skip) are multiplied."""
+    blocks = []
+    for g, x, start, w in zip(groups, xs, starts, weights):
+        for j in range(start, len(g.leaves)):
+            leaf = g.leaves[j]
+            if leaf[0] == "bn":
+                x = _batch_norm(x, leaf[1], run, w if j == len(g.leaves) - 1 else None)
             else:
-                sizes = [xs[i].shape[1] for i in going] + ([sum(xs[i].shape[1] for i in done)] if done else [])
-                parts = y.split(sizes, 1)
-            for i, part in zip(going, parts):
-                xs[i] = part
-            for i in members:
-                ptr[i] += 1
-            if done:
-                blocks.append(parts[-1])
-                order += done
-    unweighed = [i for i in range(len(groups)) if i not in order]
-    blocks += [xs[i] * weights[i].view(1, -1, 1, 1) for i in unweighed]
-    return blocks, order + unweighed
-
-
-def _split_summing(y: torch.Tensor, apart: int, summed: int) -> list[torch.Tensor]:
-    """``y`` (N, (apart + summed) x K, H, W) as its first ``apart`` blocks of K channels, each apart, and the sum
-    of the ``summed`` last ones, in the layout of ``y``: one split of y's (N, blocks, K, H, W) view
-    (``_blocks``). Backward the split concatenates the sum's gradient as it comes, expanded over the blocks;
-    the sum of a 4-d block's view would first copy that gradient into the block's shape."""
-    view, k = _blocks(y.unflatten(1, (apart + summed, -1)))
-    *parts, rest = view.split([1] * apart + [summed], k)
-    return [_unblocked(t, k).squeeze(1) for t in (*parts, rest.sum(k, keepdim=True))]
+                convs = [run.weights[bank][piece] for bank, piece in g.convs[j]]
+                sampled = g.step > 1 and j == start  # its head took the pixels the convolution reads
+                x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled)
+        blocks.append(x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1))
+    return blocks
 
 
 def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=None) -> torch.Tensor:

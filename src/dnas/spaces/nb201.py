@@ -17,14 +17,13 @@ import warnings
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..bench import nb201
 from ..perturb import perturbed
 from ..bench.nb201 import NB201_OPS, NB201Genotype, cell_edges
 from ..edges import WeightedSum
-from ..ops import OPS, ReLUConvBN
+from ..ops import OPS, ReLUConvBN, global_average
 from ..relax import Softmax, is_hard
 from ..selection import TopK
 from . import SPACES
@@ -146,7 +145,7 @@ class NB201Supernet(Supernet):
                 x = (layer.forward_fused if fused else layer)(x, weights, active, edge_weights)
             else:
                 x = layer(x)
-        return self.classifier(F.adaptive_avg_pool2d(self.lastact(x), 1).flatten(1))
+        return self.classifier(global_average(self.lastact(x)))
 
     def edge_weights(self) -> torch.Tensor:
         """PC-DARTS Eq. 4: softmax of the betas over the incoming edges of each node."""
