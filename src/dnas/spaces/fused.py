@@ -432,7 +432,7 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     w_groups = [v for v, same in zip(slot_weights, shared) if not same]
     w_groups = w if len(w_groups) == len(slot_weights) else _cat(w_groups, dim=0) if w_groups else w[:0]
     per_channel = w_groups.repeat_interleave(x.shape[2]).split([len(g.edge_ids) * x.shape[2] for g in groups])
-    blocks = _run_groups(groups, outs, [int(g.head is not None) for g in groups], per_channel, run)
+    blocks = _run_groups(groups, outs, per_channel, run)
     if any(shared):
         once = [i for i, same in enumerate(shared) if same]
         groups_once, weights_once = [batch.groups[i] for i in once], [slot_weights[i] for i in once]
@@ -648,8 +648,8 @@ def _sum_blocks(t: torch.Tensor, blocks: int) -> torch.Tensor:
     return t.unflatten(1, (blocks, -1)).sum(1)
 
 
-def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int], weights, run: _Run):
-    """Run every group's leaves on its slot input, each BatchNorm over the group's slots at once, and weigh
+def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run):
+    """Run every group's leaves after its head on its slot input, each BatchNorm over the group's slots at once, and weigh
     each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2): the outputs, one
     block per group, in the order of the groups.
 
@@ -657,7 +657,8 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], starts: list[int],
     weight w: no multiply forward, and the BatchNorm's backward gives the weights' gradient in the pass it
     makes anyway. Groups that end otherwise (skip) are multiplied."""
     blocks = []
-    for g, x, start, w in zip(groups, xs, starts, weights):
+    for g, x, w in zip(groups, xs, weights):
+        start = int(g.head is not None)  # the head ran once per source
         for j in range(start, len(g.leaves)):
             leaf = g.leaves[j]
             if leaf[0] == "bn":
