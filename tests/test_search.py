@@ -119,7 +119,7 @@ def test_resume_refuses_changed_settings_and_foreign_folders(fashion_mnist_root,
     with pytest.raises(FileNotFoundError, match="not a dnas search run"):
         dnas.search(resume=tmp_path)
     run = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY).run_dir
-    with pytest.raises(ValueError, match="only device may change"):
+    with pytest.raises(ValueError, match=r"only device and tensorboard may change, not \['epochs'\]"):
         dnas.search(resume=run, epochs=5)
 
 

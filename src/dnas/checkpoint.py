@@ -124,6 +124,15 @@ def _lock_file(run_dir: Path):
         yield  # the file stays: removed, a process that opened it just before could lock the removed file
 
 
+def check_resume_settings(settings: dict[str, Any], allowed: tuple[str, ...] = ("device",)) -> None:
+    """A resumed run keeps its saved settings: ``settings`` (those given to the resume) may name only the
+    ``allowed`` ones, which do not change what the run computes."""
+    changed = set(settings) - set(allowed)
+    if changed:
+        raise ValueError(f"a resumed run keeps its settings; only {' and '.join(allowed)} may change, "
+                         f"not {sorted(changed)}")
+
+
 def resume(runner, progress: bool):
     """``runner.run(progress)`` after ``runner.load_checkpoint()``, both under its directory's lock: loading
     trims the metrics to the checkpoint's epoch, which a second process must not do to a live run."""

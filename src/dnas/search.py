@@ -553,10 +553,7 @@ def _resume(run_dir: Path, progress: bool, **settings: Any) -> SearchResult:
     config_file = run_dir / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{run_dir} is not a dnas search run (no config.json in it)")
-    changed = set(settings) - {"device", "tensorboard"}
-    if changed:
-        raise ValueError(f"a resumed run keeps its settings; only device may change (and tensorboard be switched), "
-                         f"not {sorted(changed)}")
+    checkpoint.check_resume_settings(settings, ("device", "tensorboard"))
     saved = checkpoint.read_config(config_file)
     if "method" not in saved or "config" not in saved:
         kind = "a training run's (dnas train --resume)" if "genotype" in saved else "not a search run's"

@@ -326,9 +326,7 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
 
 def _resume(run_dir: Path, progress: bool, **settings: Any) -> TrainResult:
     saved = _read_run(run_dir)
-    changed = set(settings) - {"device"}
-    if changed:
-        raise ValueError(f"a resumed run keeps its settings; only device may change, not {sorted(changed)}")
+    checkpoint.check_resume_settings(settings)
     trainer = Trainer(TrainConfig(**{**saved["config"], **settings}), Genotype.from_dict(saved["genotype"]), run_dir)
     return checkpoint.resume(trainer, progress)
 

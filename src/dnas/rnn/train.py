@@ -259,9 +259,7 @@ def train_lm(genotype=None, dataset: str | None = None, *, run_dir=None, runs_ro
         run_dir = Path(resume)
         if not is_lm_run(run_dir):
             raise FileNotFoundError(f"{run_dir} is not a dnas language-model run (no config.json of one in it)")
-        changed = set(settings) - {"device"}
-        if changed:
-            raise ValueError(f"a resumed run keeps its settings; only device may change, not {sorted(changed)}")
+        checkpoint.check_resume_settings(settings)
         saved = checkpoint.read_config(run_dir / "config.json")
         trainer = LMTrainer(LMTrainConfig(**{**saved["config"], **settings}),
                             RecurrentGenotype.from_dict(saved["genotype"]), run_dir)
