@@ -21,6 +21,7 @@ process's peak resident set, shared by the paths of a run.
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import os
@@ -37,7 +38,7 @@ import torch
 from dnas.cuda_graph import GraphedStep, set_capturable
 from dnas.data import memory_format
 from dnas.methods import get_method
-from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device, reuse_large_blocks
+from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device
 from dnas.spaces import SPACES
 from results import append_rows, commit, interrupt_on_sigterm
 
@@ -219,7 +220,8 @@ def main() -> None:
     interrupt_on_sigterm()
     torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
     if device.type == "cpu":
-        reuse_large_blocks()  # as dnas.search does on the CPU
+        # as a search does on the CPU; looked up here, not imported: gpu_check.sh's stage base runs this script
+        importlib.import_module("dnas.search").reuse_large_blocks()  # on an older dnas (on a GPU)
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
     args.paths = args.paths.split(",")
     try:
