@@ -110,8 +110,8 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     elif sampled:
         raise ValueError(f"sampled: this convolution (stride {stride}, padding {padding}, dilation {dilation}) "
                          f"reads other pixels too")
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # an export (TorchScript, ONNX) records the
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)  # convolution, for any batch and size
+    if _exporting():  # records the convolution itself, for any batch and size
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     depthwise = weight.shape[1] == 1 and groups == x.shape[1] == weight.shape[0]
     if depthwise and dilation != (1, 1) and _phases_fit(x, stride, padding, dilation):
         return depthwise_nhwc(x, weight, bias, stride, padding, dilation[0])
@@ -122,6 +122,12 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
         if pointwise and groups > 1 and x.is_contiguous():
             return pointwise_matmul(x, weight, groups)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _exporting() -> bool:
+    """Whether the call is being traced or compiled (TorchScript, ONNX, ``torch.compile``): the export then
+    records the plain operation rather than the form an eager call computes by."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 #: The device types whose undilated depthwise and grouped pointwise convolutions take the forms ``conv2d``
@@ -177,9 +183,7 @@ def global_average(x: torch.Tensor) -> torch.Tensor:
     """(N, C): the mean of each channel of ``x`` over its pixels, with the gradient of ``x`` in the layout of
     x. The pooling's own backward gives NCHW for any layout (it divides an expanded (N, C) gradient), so in
     channels_last every BatchNorm and convolution backward of the last cell would take an NCHW gradient."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
-    return F.adaptive_avg_pool2d(_GradientInLayout.apply(x), 1).flatten(1)
+    return F.adaptive_avg_pool2d(x if _exporting() else _GradientInLayout.apply(x), 1).flatten(1)
 
 
 def pointwise_matmul(x, weight, groups: int) -> torch.Tensor:

@@ -442,7 +442,7 @@ def reuse_large_blocks() -> bool:
     """Let glibc serve blocks of up to 256 MB from its heap and keep up to 512 MB freed at the heap's top
     (``mallopt``; process-wide; False where there is no glibc). By default glibc maps every block of more
     than 32 MB afresh and unmaps it when freed, so a CPU step whose tensors are that large (the fused cells'
-    concatenations at batch 64) faulted its pages in again at every step: ~650k faults, ~2 s of system
+    grouped ones at batch 64) faulted its pages in again at every step: ~650k faults, ~2 s of system
     time, in a darts-v1 step of 10-12 s (7.5 s without them, docs/speed.md). A freed block on the heap is
     reused by the next ones, as blocks under 32 MB always are; larger blocks are still mapped and returned
     when freed (keeping blocks of every size on the heap, untrimmed, grew one benchmark process past 24 GB)."""

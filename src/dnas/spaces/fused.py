@@ -649,9 +649,9 @@ def _sum_blocks(t: torch.Tensor, blocks: int) -> torch.Tensor:
 
 
 def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run):
-    """Run every group's leaves after its head on its slot input, each BatchNorm over the group's slots at once, and weigh
-    each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2): the outputs, one
-    block per group, in the order of the groups.
+    """Run every group's leaves after its head on its slot input, each BatchNorm over the group's slots at
+    once, and weigh each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2): the
+    outputs, one block per group, in the order of the groups.
 
     Where a BatchNorm is a group's last leaf the weights are its affine weight, w BN(x) being BN(x) with
     weight w: no multiply forward, and the BatchNorm's backward gives the weights' gradient in the pass it
