@@ -8,12 +8,13 @@ pixels), in the forms a faster fused cell could take:
 
 * layout and precision: NCHW fp32 (today), channels_last fp32, channels_last bf16 (PyTorch hands
   depthwise convolutions to cuDNN only in channels_last or half precision);
-* pointwise: the grouped convolution, batched matrix products per edge (in either layout, no copy in NCHW),
-  or one dense product with the block-diagonal matrix of the edges' weights (no copy in NHWC);
+* pointwise: the grouped convolution, or batched matrix products per edge (in either layout, no copy in
+  NCHW);
 * sep_conv_3x3 and sep_conv_5x5 of the same edges: two depthwise convolutions, or one 5x5 over both with
   the 3x3 kernels zero-padded (more arithmetic, one kernel);
 * "by ops.conv2d": what dnas runs, the forms ``ops.conv2d`` takes on the device (on a GPU: depthwise NHWC,
-  copied in and out of an NCHW input, dilated ones by their phases; grouped pointwise NCHW as matmuls).
+  copied in and out of an NCHW input, dilated ones by their phases; grouped pointwise as matrix products,
+  in NHWC one dense product with the block-diagonal matrix of the edges' weights).
 
 Each variant's forward and backward (gradients of input and weight) is captured in a CUDA graph and
 replayed, as in the search (on the CPU: eager, for a smoke run). Writes JSON to benchmarks/out/ and prints
@@ -66,16 +67,6 @@ def pointwise_matmul(x, w, edges):
     return y.transpose(0, 1).reshape(n, h, wd, -1).permute(0, 3, 1, 2)
 
 
-def pointwise_block_diagonal(x, w, edges):
-    """The grouped 1x1 convolution as one dense matrix product over all pixels with the block-diagonal
-    matrix of the edges' weights: E times the arithmetic, one GEMM, and no copy of a channels_last ``x``
-    (N*H*W, E*C) (an NCHW one is copied)."""
-    n, _, h, wd = x.shape
-    m = torch.block_diag(*w.view(edges, w.shape[0] // edges, -1))  # (E*C_out, E*C)
-    y = x.permute(0, 2, 3, 1).reshape(n * h * wd, -1) @ m.t()
-    return y.view(n, h, wd, -1).permute(0, 3, 1, 2)
-
-
 def sep_pair_apart(x, w3, w5):
     return depthwise(x, w3), depthwise(x, w5)
 
@@ -98,8 +89,6 @@ def cases(batch: int):
                    lambda x, w, d=d: depthwise(x, w, d, ops.conv2d), [x, (e * c, 1, k, k)])
         yield f"pointwise conv, {tag}", lambda x, w, e=e: pointwise_conv(x, w, e), [x, (e * c, c, 1, 1)]
         yield f"pointwise matmul, {tag}", lambda x, w, e=e: pointwise_matmul(x, w, e), [x, (e * c, c, 1, 1)]
-        yield f"pointwise block-diagonal, {tag}", lambda x, w, e=e: pointwise_block_diagonal(x, w, e), \
-            [x, (e * c, c, 1, 1)]
         yield f"pointwise by ops.conv2d, {tag}", lambda x, w, e=e: ops.conv2d(x, w, groups=e), [x, (e * c, c, 1, 1)]
         yield f"sep 3x3 + 5x5 apart, {tag}", sep_pair_apart, [x, (e * c, 1, 3, 3), (e * c, 1, 5, 5)]
         yield f"sep 3x3 + 5x5 merged, {tag}", sep_pair_merged, [x, (e * c, 1, 3, 3), (e * c, 1, 5, 5)]
@@ -113,7 +102,6 @@ def check_variants(device: torch.device) -> None:
     w, w3, w5 = t(3 * 4, 4, 1, 1), t(3 * 4, 1, 3, 3), t(3 * 4, 1, 5, 5)
     for layout in (x, x.contiguous()):
         torch.testing.assert_close(pointwise_matmul(layout, w, 3), pointwise_conv(layout, w, 3))
-        torch.testing.assert_close(pointwise_block_diagonal(layout, w, 3), pointwise_conv(layout, w, 3))
     for merged, apart in zip(sep_pair_merged(x, w3, w5), sep_pair_apart(x, w3, w5)):
         torch.testing.assert_close(merged, apart)
 

@@ -97,8 +97,8 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     the strided kernels. ``sampled``: ``x`` is x_s already (the fused cell takes those pixels before it
     copies a source to its edges). A dilated depthwise convolution then runs as the undilated one of its
     phases (``depthwise_nhwc``; on the CPU 1.5-5x faster forward and backward, in either layout), and on a
-    GPU (``FORM_DEVICES``) every depthwise convolution runs NHWC so, and a grouped pointwise one of an
-    NCHW input as matrix products (``pointwise_matmul``)."""
+    GPU (``FORM_DEVICES``) every depthwise convolution runs NHWC so, and a grouped pointwise one as
+    matrix products (``pointwise_matmul``)."""
     s = reads_every(stride, padding, dilation, weight.shape[-2:])
     if s > 1:
         if not sampled:
@@ -119,7 +119,7 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
         if depthwise and dilation == (1, 1):
             return depthwise_nhwc(x, weight, bias, stride, padding, 1)
         pointwise = weight.shape[-2:] == (1, 1) and stride == (1, 1) and padding == (0, 0) and bias is None
-        if pointwise and groups > 1 and x.is_contiguous():
+        if pointwise and groups > 1 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             return pointwise_matmul(x, weight, groups)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
@@ -187,11 +187,19 @@ def global_average(x: torch.Tensor) -> torch.Tensor:
 
 
 def pointwise_matmul(x, weight, groups: int) -> torch.Tensor:
-    """A grouped 1x1 convolution of an NCHW ``x`` as batched matrix products, without a copy of ``x``:
-    x (N, G*C, H, W) is (N, G, C, H*W), and each group's C_out x C weight multiplies its block."""
-    n, _, h, w = x.shape
+    """A grouped 1x1 convolution of a dense ``x`` as matrix products, without a copy of ``x``. NCHW:
+    x (N, G*C, H, W) is (N, G, C, H*W), and each group's C_out x C weight multiplies its block, batched.
+    NHWC: x is (N*H*W, G*C) rows, multiplied by one dense matrix, the block-diagonal one of the groups'
+    weights: G times the arithmetic, in one large product. On an H100 (forward+backward, fp32) the NCHW
+    form took 0.65x cuDNN's grouped convolution, the NHWC one per group over the rows' strided blocks 9x
+    (so not that); the block-diagonal product is yet to be timed there (``benchmarks/conv_variants.py``)."""
+    n, c, h, w = x.shape
     m = weight.view(groups, weight.shape[0] // groups, -1)  # (G, C_out, C)
-    return torch.matmul(m, x.view(n, groups, -1, h * w)).view(n, -1, h, w)
+    if x.is_contiguous():
+        return torch.matmul(m, x.view(n, groups, -1, h * w)).view(n, -1, h, w)
+    eye = torch.eye(groups, dtype=m.dtype, device=m.device).view(groups, 1, groups, 1)
+    dense = (m.unsqueeze(2) * eye).flatten(2).flatten(0, 1)  # (G*C_out, G*C), block-diagonal
+    return (x.permute(0, 2, 3, 1).reshape(-1, c) @ dense.t()).view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 def reads_every(stride, padding, dilation, kernel) -> int:
