@@ -8,7 +8,9 @@ NAS-Bench-201's 1 input and 3 nodes), the edges that leave one state are compute
 that leave the cell's inputs all at once:
 
 * a ReLU or pooling that begins an op runs once per source state, not once per edge, and what the ops on
-  every edge begin with is copied to the edges at once; an op that computes the same on every edge of a
+  every edge begin with is copied to the edges at once, but for ops whose first step is then a dense
+  convolution (FactorizedReduce's two, NAS-Bench-201's ``nor_conv``): one convolution with groups = sources
+  reads each source once and computes all its edges' outputs; an op that computes the same on every edge of a
   source (a pooling and its BatchNorm, which normalises by the batch and holds no parameters; the skip)
   is not copied at all: it runs once per source, each edge's BatchNorm running statistics updated as its
   own forward would, and its share of DARTS Eq. 2 is one batched matmul with the edges' op weights;
@@ -126,6 +128,9 @@ class _Group:
     head: tuple | None  # the signature of the ReLU or pooling that begins the op, run once per source, and
     # (the op's first convolution reads every step-th pixel only) the step: the head on those pixels alone
     step: int  # 1, or that step: the first convolution then runs on the pixels it reads, with stride 1
+    from_sources: int  # 0, or the batch's sources where the op's first step after its head is a dense
+    # convolution on every edge: it reads the sources themselves, one convolution with groups = sources
+    # computing each source's edges' outputs, instead of a copy of the source for each edge
     convs: list[tuple[tuple[int, int], ...]] | None = None  # per leaf, its convolutions' (bank, piece)
 
 
@@ -289,9 +294,12 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
             leaves = [(leaf[0], [m[3][k][1] for m in members]) for k, leaf in enumerate(members[0][3])]
             head = signature[0] if signature and signature[0][0] in ("relu", "pool") else None
             step = _first_conv_step(leaves) if head is not None else 1
+            every_edge = list(edge_ids) == edges
+            dense = _first_step_is_dense_conv(leaves[int(head is not None):])
             groups.append(_Group(
-                leaves=leaves, src=tensor([m[0] for m in members]), edge_ids=edge_ids,
-                every_edge=list(edge_ids) == edges, head=head if step == 1 else (head, step), step=step))
+                leaves=leaves, src=tensor([m[0] for m in members]), edge_ids=edge_ids, every_edge=every_edge,
+                head=head if step == 1 else (head, step), step=step,
+                from_sources=len(srcs) if every_edge and dense and len(edges) > len(srcs) else 0))
             positions += [m[1] for m in members]
             weight_index += [slot_weight(e, o) for e in edge_ids]
         first = cell.edges[edges[0]]
@@ -321,6 +329,15 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
                  topology.stride)
     _to_device(plan, device)
     return plan
+
+
+def _first_step_is_dense_conv(leaves) -> bool:
+    """Whether ``leaves`` (an op after its head) begin with a convolution of one group (FactorizedReduce's
+    two, NAS-Bench-201's ``nor_conv``), which can read a source once for all the edges that leave it."""
+    if not leaves or leaves[0][0] not in ("conv", "fr"):
+        return False
+    m = leaves[0][1][0]
+    return all(c.groups == 1 for c in ((m.conv_1, m.conv_2) if leaves[0][0] == "fr" else (m,)))
 
 
 def _first_conv_step(leaves) -> int:
@@ -417,10 +434,11 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     # every edge, so that the order of the groups' blocks does not matter to _sum_slots); the rest per edge
     shared = [batch.pos is None and per > 1 and _same_on_every_edge(g) for g in batch.groups]
     groups = [g for g, same in zip(batch.groups, shared) if not same]
-    copies = _copy_to_edges(begun, [g.head for g in groups if g.every_edge], per) if per > 1 else {}
+    copied = [g.head for g in groups if g.every_edge and not g.from_sources]
+    copies = _copy_to_edges(begun, copied, per) if per > 1 else {}
     outs = []
-    for g in groups:  # its input: its slots' sources one after another, (N, slots x C, H, W)
-        if g.every_edge and per > 1:
+    for g in groups:  # its input: its slots' sources one after another, (N, slots x C, H, W), or the sources
+        if g.every_edge and per > 1 and not g.from_sources:
             outs.append(copies[g.head])
         elif g.every_edge or len(g.edge_ids) == sources == 1:
             outs.append(_flatten_sources(begun[g.head]))
@@ -666,7 +684,8 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
             else:
                 convs = [run.weights[bank][piece] for bank, piece in g.convs[j]]
                 sampled = g.step > 1 and j == start  # its head took the pixels the convolution reads
-                x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled)
+                x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled,
+                              g.from_sources if j == start else 0)
         blocks.append(x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1))
     return blocks
 
@@ -696,21 +715,24 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
     return y
 
 
-def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None, sampled=False) -> torch.Tensor:
-    """One leaf on ``slots`` edges at once; ``x`` holds the slots' channels one after another, ``weights``
-    the stacked weights of its convolutions; ``sampled``: a convolution's input is the pixels it reads
+def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None, sampled=False,
+              sources: int = 0) -> torch.Tensor:
+    """One leaf on ``slots`` edges at once; ``x`` holds the slots' channels one after another (``sources``:
+    the channels of that many sources, each read by its edges' dense convolutions at once), ``weights`` the
+    stacked weights of its convolutions; ``sampled``: a convolution's input is the pixels it reads
     (``ops.conv2d``)."""
     kind, mods = leaf
     m = mods[0]
+    blocks = sources or slots  # of the input: a convolution's groups repeat once per block
     if kind == "relu":
         return F.relu(x)
     if kind == "pool":
         return m(x)
     if kind == "conv":
-        return _conv(x, mods, slots, weights[0], sampled)
+        return _conv(x, mods, blocks, weights[0], sampled)
     if kind == "fr":
-        a = _conv(x, [f.conv_1 for f in mods], slots, weights[0])
-        b = _conv(pixels(x, start=1), [f.conv_2 for f in mods], slots, weights[1])
+        a = _conv(x, [f.conv_1 for f in mods], blocks, weights[0])
+        b = _conv(pixels(x, start=1), [f.conv_2 for f in mods], blocks, weights[1])
         if channels_innermost(x):  # each edge's two halves side by side, in NHWC
             per_slot = lambda t: t.permute(0, 2, 3, 1).unflatten(3, (slots, -1))
             return torch.cat([per_slot(a), per_slot(b)], 4).flatten(3).permute(0, 3, 1, 2)
@@ -730,8 +752,10 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
     return torch.cat([mod(xs[:, i]) for i, mod in enumerate(mods)], 1)
 
 
-def _conv(x, convs: list[nn.Conv2d], slots: int, weight: torch.Tensor, sampled: bool = False) -> torch.Tensor:
-    """One convolution for ``slots`` edges, its groups repeated per edge; ``weight``: theirs, stacked."""
+def _conv(x, convs: list[nn.Conv2d], blocks: int, weight: torch.Tensor, sampled: bool = False) -> torch.Tensor:
+    """One convolution for the edges of ``convs`` on ``x`` of ``blocks`` blocks of channels (one per edge,
+    or one per source, whose edges then follow each other in the output), its groups repeated per block;
+    ``weight``: the edges', stacked."""
     c = convs[0]
     bias = None if c.bias is None else torch.cat([k.bias for k in convs])
-    return conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups * slots, sampled)
+    return conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups * blocks, sampled)
