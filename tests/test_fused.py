@@ -17,11 +17,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from dnas import ops
 from dnas.edges import EDGES, MixedEdge
+from dnas.ops import FactorizedReduce
 from dnas.methods import builtin_methods
 from dnas.relax import GumbelSoftmax
 from dnas.search import SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
 from dnas.spaces.nb201 import NB201Supernet
+from dnas.spaces import fused as fused_module
 from dnas.spaces.fused import _PLANS, Topology, _build_plan
 
 from conftest import recipe_parts
@@ -293,6 +295,28 @@ def test_fused_nb201_cells_launch_fewer_kernels():
     assert readable["avg_pool2d"] == other_pools + cells * edges
     assert fused["avg_pool2d"] == other_pools + cells * batches
     assert sum(fused.values()) < sum(readable.values()) / 2
+
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_dense_first_convolutions_read_each_source_once(space, monkeypatch):
+    """An op whose first step after its ReLU is a dense convolution (NAS-Bench-201's nor_conv, the
+    FactorizedReduce skip of a reducing DARTS edge) reads each source once, by one convolution with groups =
+    sources computing all its edges, not from a copy of the source per edge: NAS-Bench-201's cells copy
+    nothing to their edges."""
+    copied, convs = [], []
+    monkeypatch.setattr(fused_module, "_copy_to_edges", lambda begun, heads, per, copy=fused_module._copy_to_edges:
+                        copied.extend(heads) or copy(begun, heads, per))
+    monkeypatch.setattr(fused_module, "_conv", lambda x, mods, blocks, *a, conv=fused_module._conv:
+                        convs.append((mods, blocks)) or conv(x, mods, blocks, *a))
+    model = supernet(True, space=space)
+    kernels(model, torch.randn(2, 3, 16, 16, dtype=torch.float64))
+    reduce = {id(c) for m in model.modules() if isinstance(m, FactorizedReduce) for c in (m.conv_1, m.conv_2)}
+    dense = [(len(mods), blocks) for mods, blocks in convs if len(mods) > 1 and mods[0].groups == 1
+             and (space == "nb201" or id(mods[0]) in reduce)]
+    sources, edges = (1, {3, 2}) if space == "nb201" else (2, {8})  # the edges out of a batch's sources
+    assert dense and {n for n, _ in dense} == edges and {blocks for _, blocks in dense} == {sources}
+    assert copied if space == "darts" else not copied  # DARTS's separable convolutions begin depthwise
 
 
 LAYOUT_BOUND = {"convolution", "convolution_backward", "native_batch_norm", "native_batch_norm_backward", "relu",
