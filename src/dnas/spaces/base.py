@@ -24,14 +24,6 @@ class Supernet(nn.Module):
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_weight_parameters()]
 
-    def runs_fused(self, x: torch.Tensor) -> bool:
-        """Whether a forward of ``x`` takes the fused cells (fused.py): where ``fused`` is set, but for a
-        forward without autograd on the CPU (the evaluation, DARTS-PT's projection), where the readable
-        cells, which compute the same, ran 1.3-1.6x faster at batch 64 (PC-DARTS's at 256 the exception):
-        the fused path's large concatenated tensors miss the caches there, where a training step keeps every
-        tensor for its backward anyway (docs/speed.md)."""
-        return self.fused and (torch.is_grad_enabled() or x.device.type != "cpu")
-
 
 def node_softmax(beta: torch.Tensor, inputs_per_node: list[int]) -> torch.Tensor:
     """PC-DARTS edge normalisation (Xu et al., ICLR 2020, Eq. 4): softmax of the edge betas over the incoming

@@ -183,10 +183,9 @@ class DartsSupernet(Supernet):
                       for (t, w), live in zip(weights.items(), active.values())}
         edge_weights = {t: self.edge_weights(t) for t in CELL_TYPES} if self.betas else {t: None for t in weights}
         s0 = s1 = self.stem(x)
-        fused = self.runs_fused(x)
         for cell in self.cells:
             t = "reduce" if cell.reduction else "normal"
-            run = cell.forward_fused if fused else cell
+            run = cell.forward_fused if self.fused else cell
             s0, s1 = s1, run(s0, s1, weights[t], active[t], edge_weights[t])
         return self.classifier(global_average(s1))
 

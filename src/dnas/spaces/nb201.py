@@ -138,11 +138,10 @@ class NB201Supernet(Supernet):
         # a hard relaxation is one-hot in value: each edge runs its chosen op only
         active = [[i] for i in weights.argmax(-1).tolist()] if self.training and is_hard(self.relaxation) else None
         edge_weights = self.edge_weights() if self.betas else None
-        fused = self.runs_fused(x)
         x = self.stem(x)
         for layer in self.cells:
             if isinstance(layer, SearchCell):
-                x = (layer.forward_fused if fused else layer)(x, weights, active, edge_weights)
+                x = (layer.forward_fused if self.fused else layer)(x, weights, active, edge_weights)
             else:
                 x = layer(x)
         return self.classifier(global_average(self.lastact(x)))
