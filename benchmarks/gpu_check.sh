@@ -37,7 +37,8 @@ import json, sys; r = json.load(open(sys.argv[1]))
 print(r['device'], r['torch'], 'batch', r['batch_size'])
 for x in r['results']:
     print(f\"{x['method']:10} {x['path']:11} \" + (f\"FAILED {x['error']}\" if 'error' in x else
-          f\"{x['ms_per_step_median']:8} ms  {x['peak_memory_gb']} GB  x{x['speedup_over_readable']}  replayed {x['replayed']}\"))" "$1"
+          f\"{x['ms_per_step_median']:8} ms  {x['peak_memory_gb']} GB  x{x['speedup_over_readable']}  replayed {x['replayed']}  \"
+          + ' '.join(f'{k[11:]} {v}' for k, v in x.items() if k.startswith('first_step_vs'))))" "$1"
 }
 step() {  # name, methods, paths, steps, seconds[, options]: one process per call, so that a failure stays in it
     timeout "$5" python3 benchmarks/search_step.py --methods "$2" --paths "$3" --steps "$4" --no-results ${6:-} \

@@ -15,7 +15,9 @@ appends a row per recipe to benchmarks/RESULTS.md.
                                                               # (16 channels, 5 cells per stage)
 
 With several paths, their steps are interleaved in one process, so that a change of machine load hits
-both alike; each row reports its speed-up over the readable path. On the CPU the peak memory is the
+both alike; each row reports its speed-up over the readable path, and how far its first step (its loss, the
+alphas' and the weights' gradients, from the same weights and batches) is from the first path's
+(``first_step_vs_<path>``, max |difference| over max |value|: float rounding, TF32 on a GPU, bf16). On the CPU the peak memory is the
 process's peak resident set, shared by the paths of a run.
 """
 from __future__ import annotations
@@ -104,13 +106,14 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     batch = lambda: (torch.randn(args.batch_size, 3, 32, 32, device=device),
                      torch.randint(0, 10, (args.batch_size,), device=device))
     inputs = (*batch(), *batch())
-    steps, times, peaks, saved = {}, {}, {}, {}
+    steps, times, peaks, saved, models, first = {}, {}, {}, {}, {}, {}
     for path in args.paths:
         base, bf16, channels_last = path_options(path, PATHS)
         layout = memory_format(channels_last)
         model, parts, w_opt, a_opt = supernet(method, base != "readable", layout, args.init_channels, args.layers,
                                               device, args.space)
         saved[path] = saved_for_backward(model, inputs[0])
+        models[path] = model
         step = partial(four_tensor_step, model, parts, a_opt, w_opt, bf16)
         if base == "graph":
             set_capturable(a_opt)
@@ -124,9 +127,11 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        steps[path]()
+        loss, _ = steps[path]()
         sync(device)
         peaks[path] = max(peaks.get(path, 0), peak(device))
+        if path not in first:  # every path's first step starts from the same weights, buffers and batches
+            first[path] = first_step(models[path], loss)
         return time.perf_counter() - t0
 
     failed, interrupted = {}, False  # a path whose warm-up raised (a failed capture, say) is reported
@@ -147,6 +152,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         failed |= {path: "interrupted before its first timed step" for path, t in times.items() if not t}
         times, interrupted = {path: t for path, t in times.items() if t}, True
     median = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
+    reference = next(iter(first), None)  # the first path's first step (the readable one's where it runs)
     name = row_method(method_name, args.space)
     return [{"method": name, "path": path, "error": error, "interrupted": interrupted}
             for path, error in failed.items()] + [
@@ -156,8 +162,23 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
              "step_memory_per_sample_mb": round((peaks[path] - base) / args.batch_size / 2**20, 1),
              "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None,
              "saved_for_backward_mb_per_sample": round(saved[path] / args.batch_size / 2**20, 1),
-             "replayed": isinstance(steps[path].func, GraphedStep) and steps[path].func.replays > 0}
+             "replayed": isinstance(steps[path].func, GraphedStep) and steps[path].func.replays > 0,
+             f"first_step_vs_{reference}": {k: relative_difference(v, first[reference][k])
+                                            for k, v in first[path].items()}}
             for path in steps]
+
+
+def first_step(model, loss) -> dict[str, torch.Tensor]:
+    """What a step computed: its training loss and the gradients of the alphas (the architecture step's) and
+    of the weights (the weight step's, clipped), in float64 on the host."""
+    grads = lambda params: torch.cat([p.grad.flatten() for p in params if p.grad is not None]).double().cpu()
+    return {"loss": loss.detach().double().cpu().view(1), "alpha_grad": grads(model.arch_parameters()),
+            "weight_grad": grads(model.weight_parameters())}
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| over max |b|: how far one path's first step is from another's (float rounding, TF32, bf16)."""
+    return float(f"{((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item():.2e}")
 
 
 def saved_for_backward(model, x) -> int:
