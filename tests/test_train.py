@@ -136,7 +136,7 @@ def test_evaluate_run_writes_accuracy_and_the_confusion_matrix(trained):
 
 def test_test_command_refuses_an_empty_sample(trained, capsys):
     assert main(["test", str(trained.run_dir), "--subset", "0", "-q"]) == 2
-    assert "batch_size and subset must be >= 1" in capsys.readouterr().err
+    assert "subset must be >= 1, not 0" in capsys.readouterr().err
 
 
 def test_test_command_prints_the_accuracy_and_matrix(trained, capsys):

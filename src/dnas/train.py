@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -366,9 +367,7 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     ``data`` given here; ``subset``: a fixed random sample of N of them), written to ``test-<weights>.json`` and
     ``confusion-<weights>.csv`` in the run (``-subset<N>`` added to the names for a sample)."""
     run_dir = Path(run_dir)
-    if batch_size is not None and batch_size < 1 or subset is not None and subset < 1:
-        raise ValueError(f"batch_size and subset must be >= 1 (or None: the run's batch, every test image), "
-                         f"not {batch_size} and {subset}")
+    check_minimums(SimpleNamespace(batch_size=batch_size, subset=subset), batch_size=1, subset=1)
     model, saved = load_run(run_dir, weights, device)
     c = saved["config"]
     dataset = dataset or c["dataset"]
