@@ -58,7 +58,7 @@ print('failed:', r['failed'])" "$OUT/e2e-$1.log" "$1" || tail -20 "$OUT/e2e-$1.l
 
 for stage in $STAGES; do case $stage in
 steps)
-    step darts-v1 darts-v1 fused,graph,graph-cl 10 150
+    step darts-v1 darts-v1 fused,graph,graph-cl,graph-bf16-cl 10 180
     step darts-v2 darts-v2 graph,graph-cl 10 150 ;;
 base)
     if [ -d .gpu_data/base/src ]; then
