@@ -129,10 +129,11 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         t0 = time.perf_counter()
         loss, _ = steps[path]()
         sync(device)
+        seconds = time.perf_counter() - t0
         peaks[path] = max(peaks.get(path, 0), peak(device))
         if path not in first:  # every path's first step starts from the same weights, buffers and batches
             first[path] = first_step(models[path], loss)
-        return time.perf_counter() - t0
+        return seconds
 
     failed, interrupted = {}, False  # a path whose warm-up raised (a failed capture, say) is reported
     try:
