@@ -14,6 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import dnas
+from dnas import ops
 from dnas.cuda_graph import GraphedStep, HostSyncs
 from dnas.methods import builtin_methods
 from dnas.search import Search, SearchConfig, bilevel_step, optimizers
@@ -62,6 +63,20 @@ def test_step_reads_nothing_on_the_host(name, fused, space):
         step(*second)
     assert syncs.found == {}
 
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_the_gpu_convolution_forms_read_nothing_on_the_host(layout, monkeypatch):
+    """The forms a GPU runs the convolutions in (ops.FORM_DEVICES: depthwise NHWC and by phases, grouped 1x1
+    as matrix products, block-diagonal in NHWC), here on the CPU, keep a second-order step capturable."""
+    monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu",))
+    model, step = recipe_step("darts-v2", fused=True)
+    model.to(memory_format=layout)
+    first, second = ([t.contiguous(memory_format=layout) if t.dim() == 4 else t for t in b] for b in batches(2))
+    step(*first)
+    with HostSyncs() as syncs:
+        step(*second)
+    assert syncs.found == {}
 
 def test_host_reads_are_named_with_their_line():
     _, step = recipe_step("gdas", fused=True)
