@@ -30,7 +30,7 @@ that leave the cell's inputs all at once:
   BatchNorm's backward gives their gradient; only ops that end otherwise (skip) multiply. The ops'
   outputs are summed by one add per op, and over the cell's inputs straight into the nodes by one
   reduction; where the ops differ between edges (masked, or sampled by a hard relaxation), one
-  ``index_add`` instead. The sums into the nodes are one add per source state.
+  ``index_add_`` per op instead. The sums into the nodes are one add per source state.
 
 Weights and buffers are read from the readable modules at call time, so a fused supernet has the same
 ``state_dict``, works under ``torch.func.functional_call`` (the unrolled model of second-order DARTS) and
@@ -593,8 +593,8 @@ def _sum_slots(batch: _Batch, blocks, w, st, shape, by_node: bool) -> torch.Tens
     straight-through term ``st``), or with ``by_node`` summed over the sources too, per node. ``w``, the
     slots' weights, gives the dtype of an empty sum.
 
-    When every group covers every edge in order the sum is one add per block, otherwise one ``index_add``
-    of all the slots at their edges."""
+    When every group covers every edge in order the sum is one add per block, otherwise one ``index_add_``
+    per block of its slots at their edges."""
     sources = len(batch.sources)
     if by_node:
         shape = (shape[0], shape[1] // sources, *shape[2:])
@@ -608,8 +608,8 @@ def _sum_slots(batch: _Batch, blocks, w, st, shape, by_node: bool) -> torch.Tens
             y = _sum_blocks(y, sources)
         y = y.unflatten(1, (-1, shape[2]))
         return y if st is None else y + st.view(1, -1, 1, 1, 1)
-    z = _cat(blocks).unflatten(1, (batch.slots, -1))
-    return _index_add(shape[1], batch.node_pos if by_node else batch.pos, z, st)
+    index = (batch.node_pos if by_node else batch.pos).split([b.shape[1] // shape[2] for b in blocks])
+    return _index_add(shape[1], [(i, b.unflatten(1, (-1, shape[2]))) for i, b in zip(index, blocks)], st)
 
 
 _NHWC = (0, 3, 4, 1, 2)  # (N, K, C, H, W) <-> (N, H, W, K, C), its own inverse
@@ -635,16 +635,22 @@ def _index_select(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _unblocked(view.index_select(k, index), k)
 
 
-def _index_add(blocks: int, index: torch.Tensor, z: torch.Tensor, st=None) -> torch.Tensor:
-    """Zeros of (N, ``blocks``, C, H, W), or ``st`` per block, with the blocks of ``z`` (N, slots, C, H, W)
-    added at ``index`` along the blocks, in the layout of ``z`` (as ``_index_select``); in the dtype that adding
-    them would give (under bf16 autocast: bf16 ops, fp32 ``st``, as ``w * op(x)`` sums in the readable cell)."""
-    if st is not None:
-        z, st = (t.to(torch.promote_types(z.dtype, st.dtype)) for t in (z, st))
+def _index_add(blocks: int, parts: list[tuple[torch.Tensor, torch.Tensor]], st=None) -> torch.Tensor:
+    """Zeros of (N, ``blocks``, C, H, W), or ``st`` per block, with each ``z`` (N, slots, C, H, W) of ``parts``
+    added at its ``index`` along the blocks, in the layout of ``z`` (as ``_index_select``), one ``index_add_``
+    each: the gradient of each ``z`` is then a dense tensor of its own (of one concatenation of them, the
+    slices: on the CPU a BatchNorm backward handed such a strided slice ran ~5x slower); in the dtype that
+    adding them would give (under bf16 autocast: bf16 ops, fp32 ``st``, as ``w * op(x)`` sums in the
+    readable cell)."""
+    z = parts[0][1]
+    dtype = z.dtype if st is None else torch.promote_types(z.dtype, st.dtype)
     view, k = _blocks(z)
     size = [*view.shape[:k], blocks, *view.shape[k + 1:]]
-    base = view.new_zeros(size) if st is None else st.view([-1 if d == k else 1 for d in range(5)]).expand(size)
-    return _unblocked(base.index_add(k, index, view), k)
+    y = (view.new_zeros(size, dtype=dtype) if st is None
+         else st.to(dtype).view([-1 if d == k else 1 for d in range(5)]).expand(size).clone())
+    for index, z in parts:
+        y = y.index_add_(k, index, _blocks(z.to(dtype))[0])
+    return _unblocked(y, k)
 
 
 def _cat(tensors: list[torch.Tensor], dim: int = 1) -> torch.Tensor:
