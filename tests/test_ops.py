@@ -273,7 +273,8 @@ def test_the_depthwise_form_has_second_derivatives(form_device):
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_grouped_pointwise_convolutions_in_the_gpu_form(form_device, layout, monkeypatch):
     """On a GPU a grouped 1x1 convolution runs as matrix products (ops.pointwise_matmul): of an NCHW input
-    batched per group, of an NHWC one as one product with the block-diagonal matrix of the groups' weights."""
+    batched per group, of an NHWC one of up to ops.BLOCK_DIAGONAL_CHANNELS channels as one product with the
+    block-diagonal matrix of the groups' weights (a wider one as cuDNN's grouped convolution)."""
     torch.manual_seed(0)
     x = torch.randn(2, 3 * C, 5, 7, dtype=torch.float64, device=form_device).contiguous(memory_format=layout)
     w = torch.randn(3 * C, C, 1, 1, dtype=torch.float64, device=form_device, requires_grad=True)
@@ -281,6 +282,9 @@ def test_grouped_pointwise_convolutions_in_the_gpu_form(form_device, layout, mon
     monkeypatch.setattr(ops, "pointwise_matmul", lambda *a, form=ops.pointwise_matmul: formed.append(a) or form(*a))
     _same_as_conv(x.requires_grad_(), w, (None, (1, 1), (0, 0), (1, 1), 3))
     assert len(formed) == 1
+    monkeypatch.setattr(ops, "BLOCK_DIAGONAL_CHANNELS", 3 * C - 1)
+    _same_as_conv(x, w, (None, (1, 1), (0, 0), (1, 1), 3))
+    assert len(formed) == 1 + int(layout == torch.contiguous_format)
 
 
 def test_dil_conv_5x5_keeps_size():

@@ -119,7 +119,8 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
         if depthwise and dilation == (1, 1):
             return depthwise_nhwc(x, weight, bias, stride, padding, 1)
         pointwise = weight.shape[-2:] == (1, 1) and stride == (1, 1) and padding == (0, 0) and bias is None
-        if pointwise and groups > 1 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        rows = x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] <= BLOCK_DIAGONAL_CHANNELS
+        if pointwise and groups > 1 and (x.is_contiguous() or rows):
             return pointwise_matmul(x, weight, groups)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
@@ -136,6 +137,11 @@ def _exporting() -> bool:
 #: one by cuDNN's, 3-3.2x faster undilated but 3.5-4x slower dilated; a grouped 1x1 convolution took 1.5-2x
 #: less as batched matrix products than as cuDNN's. On the CPU neither form gains (oneDNN).
 FORM_DEVICES = ("cuda",)
+
+#: The most channels of an NHWC input whose grouped 1x1 convolution runs as one block-diagonal product
+#: there: the paper's search network reaches 512 (8 edges x 64 channels). Wider, the groups-fold arithmetic
+#: (fp32, without TF32) would outweigh the copies it saves; an estimate until conv_variants.py times it.
+BLOCK_DIAGONAL_CHANNELS = 512
 
 
 def _phases_fit(x, stride, padding, dilation) -> bool:
