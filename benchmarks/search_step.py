@@ -166,7 +166,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
              "replayed": isinstance(steps[path].func, GraphedStep) and steps[path].func.replays > 0,
              f"first_step_vs_{reference}": {k: relative_difference(v, first[reference][k])
                                             for k, v in first[path].items()}}
-            for path in steps]
+            for path in times]
 
 
 def first_step(model, loss) -> dict[str, torch.Tensor]:
