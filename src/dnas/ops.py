@@ -118,9 +118,10 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     if x.device.type in FORM_DEVICES:
         if depthwise and dilation == (1, 1):
             return depthwise_nhwc(x, weight, bias, stride, padding, 1)
-        pointwise = weight.shape[-2:] == (1, 1) and stride == (1, 1) and padding == (0, 0) and bias is None
-        rows = x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] <= BLOCK_DIAGONAL_CHANNELS
-        if pointwise and groups > 1 and (x.is_contiguous() or rows):
+        grouped_pointwise = (groups > 1 and weight.shape[-2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
+                             and bias is None)
+        if grouped_pointwise and (x.is_contiguous() or x.shape[1] <= BLOCK_DIAGONAL_CHANNELS
+                                  and x.is_contiguous(memory_format=torch.channels_last)):
             return pointwise_matmul(x, weight, groups)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
