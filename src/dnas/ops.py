@@ -161,7 +161,7 @@ def depthwise_nhwc(x, weight, bias, stride, padding, d: int) -> torch.Tensor:
     and sums. Returned in the layout of ``x`` (an NCHW one is copied in and out), and so is the gradient of
     ``x``."""
     n, c, h, w = x.shape
-    rows = _GradientInLayout.apply(x).permute(0, 2, 3, 1)  # (N, H, W, C)
+    rows = dense_gradient(x).permute(0, 2, 3, 1)  # (N, H, W, C)
     rows = rows.unflatten(2, (w // d, d)).unflatten(1, (h // d, d))  # (N, H/d, d, W/d, d, C)
     phases = rows.permute(2, 4, 0, 1, 3, 5).reshape(d * d * n, h // d, w // d, c).permute(0, 3, 1, 2)
     y = F.conv2d(phases.contiguous(memory_format=torch.channels_last), weight, bias, stride,
@@ -172,10 +172,15 @@ def depthwise_nhwc(x, weight, bias, stride, padding, d: int) -> torch.Tensor:
     return y if channels_innermost(x) else y.contiguous()
 
 
-class _GradientInLayout(torch.autograd.Function):
-    """x itself; backward, its gradient copied into the layout of x, where it would otherwise keep the layout
-    of the copy made from x (NHWC for an NCHW x, and every kernel before it in the backward pass with it)."""
+def dense_gradient(x: torch.Tensor) -> torch.Tensor:
+    """x itself; backward, its gradient dense in the layout of x. The gradient would otherwise keep the
+    layout of a copy made from x (NHWC for an NCHW x, and every kernel before it in the backward pass with
+    it), or come as a strided view of a larger one (a concatenation's backward hands each input a slice of
+    its gradient), on which a CPU BatchNorm backward ran up to 25x slower than on a dense one."""
+    return _DenseGradient.apply(x) if x.requires_grad and not _exporting() else x
 
+
+class _DenseGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.layout = torch.channels_last if channels_innermost(x) else torch.contiguous_format
@@ -190,7 +195,7 @@ def global_average(x: torch.Tensor) -> torch.Tensor:
     """(N, C): the mean of each channel of ``x`` over its pixels, with the gradient of ``x`` in the layout of
     x. The pooling's own backward gives NCHW for any layout (it divides an expanded (N, C) gradient), so in
     channels_last every BatchNorm and convolution backward of the last cell would take an NCHW gradient."""
-    return F.adaptive_avg_pool2d(x if _exporting() else _GradientInLayout.apply(x), 1).flatten(1)
+    return F.adaptive_avg_pool2d(dense_gradient(x), 1).flatten(1)
 
 
 def pointwise_matmul(x, weight, groups: int) -> torch.Tensor:

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
-from ..ops import FactorizedReduce, Zero, channels_innermost, conv2d, pixels, reads_every
+from ..ops import FactorizedReduce, Zero, channels_innermost, conv2d, dense_gradient, pixels, reads_every
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
 
@@ -243,7 +243,10 @@ def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weight
             node = F.channel_shuffle(node, batch.partial_channels)
         states.append(node)
     run.write_back()
-    return states[inputs:]
+    # the DARTS cell concatenates its nodes, and the concatenation's backward hands each node a slice of its
+    # gradient: straight on to the BatchNorms that end the ops (their affine weights are Eq. 2's, so no
+    # multiply in between makes it dense), whose CPU backward ran up to 25x slower on such a slice
+    return [dense_gradient(node) for node in states[inputs:]]
 
 
 def _first_node(partial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -417,7 +420,8 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
 
     ``w`` holds the op weight of every slot of the groups; ``st`` (the straight-through term) and
     ``edge_weights`` a value per edge."""
-    x = _cat(hs).unflatten(1, (len(hs), -1))  # (N, sources, C, H, W), in the states' layout
+    # (N, sources, C, H, W), in the states' layout; each state's gradient dense (not a slice of this one's)
+    x = _cat([dense_gradient(h) for h in hs] if len(hs) > 1 else hs).unflatten(1, (len(hs), -1))
     k = batch.partial_channels
     if k is not None:  # PC-DARTS: the ops see the first C/K channels, the rest bypass them
         x, rest = _split_channels(x, x.shape[2] // k)
