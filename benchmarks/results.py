@@ -30,9 +30,13 @@ def append_rows(heading: str, columns: list[str], rows: list[str]) -> None:
     RESULTS.write_text("\n".join(lines) + "\n")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by ``interrupt_on_sigterm``; Ctrl-C's SIGINT raises a plain KeyboardInterrupt."""
+
+
 def interrupt_on_sigterm() -> None:
     """Make SIGTERM (what ``timeout`` sends) a KeyboardInterrupt, which the scripts catch to report what they
     measured before it: on a lent GPU a stage that runs out of time still brings its rows back."""
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
     signal.signal(signal.SIGTERM, interrupt)

@@ -42,7 +42,7 @@ from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device
 from dnas.spaces import SPACES
-from results import append_rows, commit, interrupt_on_sigterm
+from results import Terminated, append_rows, commit, interrupt_on_sigterm
 
 HERE = Path(__file__).resolve().parent
 
@@ -288,12 +288,25 @@ def table_rows(report: dict, measured: str) -> list[str]:
 
 
 def measure_apart(method_name: str, args) -> list[dict]:
-    """``measure`` in a fresh process."""
+    """``measure`` in a fresh process. Interrupted, that process is interrupted too (Ctrl-C reaches it by
+    itself; SIGTERM, from ``timeout``, is passed on), and what it measured before is returned."""
     argv = [sys.executable, __file__, "--rows-only", "--device", args.device, "--methods", method_name,
             "--batch-size", str(args.batch_size), "--init-channels", str(args.init_channels), "--space",
             args.space, *(["--layers", str(args.layers)] if args.layers else []), "--paths", ",".join(args.paths),
             "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        out = child.communicate()[0]
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated):
+            child.terminate()
+        out = child.communicate()[0]
+        if child.returncode:  # interrupted before it had built its supernets
+            return [{"method": row_method(method_name, args.space), "path": path, "interrupted": True,
+                     "error": "interrupted before its first timed step"} for path in args.paths]
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, argv)
+    return json.loads(out)
 
 
 if __name__ == "__main__":
