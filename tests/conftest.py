@@ -11,10 +11,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DNAS_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -34,6 +36,23 @@ def recipe_parts(name: str):
         parts.edge = EDGES.build({"name": "skip_dropout", "rate": 0.4})
     parts.on_epoch_start(1, 4)
     return method, parts
+
+
+class StridedInputs(TorchDispatchMode):
+    """Counts the BatchNorm and convolution kernels, forward and backward, handed a 4-d tensor that is dense in
+    neither layout (a slice of a larger one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        dense = lambda t: t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+        strided = lambda t: isinstance(t, torch.Tensor) and t.dim() == 4 and not dense(t)
+        name = func.overloadpacket.__name__
+        if name.startswith(("native_batch_norm", "convolution")) and any(map(strided, args)):
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -26,7 +26,7 @@ from dnas.spaces.nb201 import NB201Supernet
 from dnas.spaces import fused as fused_module
 from dnas.spaces.fused import _PLANS, Topology, _build_plan
 
-from conftest import recipe_parts
+from conftest import StridedInputs, recipe_parts
 
 RECIPES = sorted(builtin_methods())
 
@@ -320,23 +320,6 @@ class NCHWInputs(TorchDispatchMode):
         nchw = lambda t: isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[-2:].numel() > 1 and t.stride(1) != 1
         if func.overloadpacket.__name__ in LAYOUT_BOUND and any(map(nchw, args)):
             self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
-class StridedInputs(TorchDispatchMode):
-    """Counts the BatchNorm and convolution kernels, forward and backward, handed a 4-d tensor that is dense in
-    neither layout (a slice of a larger one)."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        dense = lambda t: t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
-        strided = lambda t: isinstance(t, torch.Tensor) and t.dim() == 4 and not dense(t)
-        name = func.overloadpacket.__name__
-        if name.startswith(("native_batch_norm", "convolution")) and any(map(strided, args)):
-            self.counts[name] += 1
         return func(*args, **(kwargs or {}))
 
 
