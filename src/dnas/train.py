@@ -80,7 +80,7 @@ class TrainConfig:
     test_subset: int | None = None  # test on N test images only (a fixed random sample)
     seed: int = 0
     device: str = "auto"
-    channels_last: bool = False  # network and images in NHWC layout (on the CPU ~1.35x faster; docs/speed.md)
+    channels_last: bool = False  # network and images in NHWC layout (CPU: the paper's network ~1.35x faster; docs/speed.md)
 
     def __post_init__(self):
         NETWORKS.get(self.network)  # an unknown network fails here, listing the valid ones
