@@ -38,6 +38,22 @@ def recipe_parts(name: str):
     return method, parts
 
 
+class CountOps(TorchDispatchMode):
+    """Counts the ATen ops that run, forward and backward, except views: each launches a kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.overloadpacket.__name__ not in NO_KERNEL:
+            self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+NO_KERNEL = {"detach", "lift_fresh", "empty", "_to_copy"}  # no launch, or not part of the step itself
+
+
 class StridedInputs(TorchDispatchMode):
     """Counts the BatchNorm and convolution kernels, forward and backward, handed a 4-d tensor that is dense in
     neither layout (a slice of a larger one)."""

@@ -8,6 +8,7 @@ parameters after the optimisers' steps, the BatchNorm running statistics and the
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dnas import ops
+from dnas import arch_grad, ops
 from dnas.edges import EDGES, MixedEdge
 from dnas.ops import FactorizedReduce
 from dnas.methods import builtin_methods
@@ -26,7 +27,7 @@ from dnas.spaces.nb201 import NB201Supernet
 from dnas.spaces import fused as fused_module
 from dnas.spaces.fused import _PLANS, Topology, _build_plan
 
-from conftest import StridedInputs, recipe_parts
+from conftest import CountOps, StridedInputs, recipe_parts
 
 RECIPES = sorted(builtin_methods())
 
@@ -116,6 +117,15 @@ def test_the_gpu_convolution_forms_compute_the_same_step(name, space, layout, mo
     monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu",))
     for fused in (False, True):
         assert_same_step(reference, search_step(name, fused, layout=layout, space=space))
+
+
+def test_idarts_step_is_the_same_with_pytorchs_own_double_backward(monkeypatch):
+    """iDARTS differentiates its weights' gradient again within ``ops.second_derivatives`` (grouped
+    convolutions' backward differentiated by grouped kernels); PyTorch's own double backward, a
+    convolution per group, gives the same step."""
+    reference = search_step("idarts", fused=True)
+    monkeypatch.setattr(arch_grad, "second_derivatives", contextlib.nullcontext)
+    assert_same_step(reference, search_step("idarts", fused=True))
 
 
 def assert_same_step(reference, other):
@@ -215,22 +225,6 @@ def test_unknown_edge_class_falls_back_to_the_readable_cell():
     readable, fused = supernet(False, edge=edge), supernet(True, edge=edge)
     assert_close(readable(x), fused(x), "logits")
     assert all(plan is None for cell in fused.cells for plan in _PLANS[cell].values())
-
-
-class CountOps(TorchDispatchMode):
-    """Counts the ATen ops that run, forward and backward, except views: each launches a kernel."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view and func.overloadpacket.__name__ not in NO_KERNEL:
-            self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
-NO_KERNEL = {"detach", "lift_fresh", "empty", "_to_copy"}  # no launch, or not part of the step itself
 
 
 def kernels(model, x) -> Counter:

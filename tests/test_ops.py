@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import CountOps
 from dnas import ops
 from dnas.ops import (DARTS_OPS, OPS, PARAMETER_FREE_OPS, Conv2d, DilConv, FactorizedReduce, SepConv, Zero,
                       conv2d, pixels)
@@ -268,6 +269,33 @@ def test_the_depthwise_form_has_second_derivatives(form_device):
     w = torch.randn(3, 1, 3, 3, dtype=torch.float64, device=form_device, requires_grad=True)
     dilated = lambda x, w: conv2d(x, w, None, (1, 1), (2, 2), (2, 2), 3)
     assert torch.autograd.gradgradcheck(dilated, (x, w))
+
+
+@pytest.mark.parametrize("weight, stride, padding, dilation, groups", [
+    ((6, 1, 3, 3), 1, 1, 1, 6), ((6, 1, 3, 3), 2, 2, 2, 6), ((6, 2, 1, 1), 1, 0, 1, 3)],
+    ids=["depthwise", "strided-dilated", "grouped-pointwise"])
+def test_second_derivatives_of_grouped_convolutions_by_grouped_kernels(weight, stride, padding, dilation, groups):
+    """Within ``ops.second_derivatives`` (iDARTS's Hessian-vector products) a grouped convolution's backward
+    is differentiated by one grouped kernel per term, where PyTorch's own double backward runs a convolution
+    per group, to the same first and second derivatives."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 9, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(*weight, dtype=torch.float64, requires_grad=True)
+    conv = lambda x, w: conv2d(x, w, None, (stride,) * 2, (padding,) * 2, (dilation,) * 2, groups)
+
+    def hessian_vector_products():  # of the weights' and the input's gradient, as iDARTS's chain rule needs
+        with CountOps() as ops_run:
+            gx, gw = torch.autograd.grad(conv(x, w).square().sum(), (x, w), create_graph=True)
+            products = torch.autograd.grad(gx.sum() + gw.square().sum(), (x, w))
+        return products, ops_run.counts["convolution"]
+
+    native, native_convolutions = hessian_vector_products()
+    with ops.second_derivatives():
+        assert torch.autograd.gradgradcheck(conv, (x, w))
+        grouped, grouped_convolutions = hessian_vector_products()
+    for a, b in zip(native, grouped):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert native_convolutions > groups and grouped_convolutions == 3  # the forward, two for d/dgy
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .ops import second_derivatives
 from .registry import Registry
 
 ARCH_GRADS = Registry("architecture gradient")
@@ -103,7 +104,8 @@ class Implicit:
 
         grad = grad_alpha L_val - eta * grad^2_{alpha,w} L_train . sum_{k=0}^{K} (I - eta grad^2_w L_train)^k grad_w L_val
 
-    Hessian-vector products are exact (double backward). ``eta`` defaults to the weight learning rate.
+    Hessian-vector products are exact (double backward; grouped convolutions differentiated twice by
+    grouped kernels, ``ops.second_derivatives``). ``eta`` defaults to the weight learning rate.
     """
 
     def __init__(self, k: int = 1, eta: float | None = None):
@@ -116,8 +118,9 @@ class Implicit:
         grads = _grad(loss, [*alphas, *weights])
         dalpha, v = grads[: len(alphas)], [g.detach() for g in grads[len(alphas):]]
 
-        dw_train = torch.autograd.grad(train_loss(), weights, create_graph=True, allow_unused=True,
-                                       materialize_grads=True)
+        with second_derivatives():  # grouped convolutions whose backward is differentiated by grouped kernels
+            dw_train = torch.autograd.grad(train_loss(), weights, create_graph=True, allow_unused=True,
+                                           materialize_grads=True)
         term, series = v, list(v)
         for _ in range(self.k):
             hv = torch.autograd.grad(dw_train, weights, grad_outputs=term, retain_graph=True, allow_unused=True,
