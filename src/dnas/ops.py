@@ -128,7 +128,7 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     return _conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
-_SECOND_ORDER = [False]  # within ``second_derivatives``
+_second_order = False  # within ``second_derivatives``
 
 
 @contextlib.contextmanager
@@ -137,16 +137,17 @@ def second_derivatives():
     convolution kernels (``_GroupedConv``), for the Hessian-vector products of a network's loss (iDARTS).
     PyTorch's own double backward of a grouped convolution runs a convolution per group for a weight
     gradient's term: ~80k calls in an iDARTS step of the paper's search network, on the CPU 1.8x its time."""
-    previous, _SECOND_ORDER[0] = _SECOND_ORDER[0], True
+    global _second_order
+    previous, _second_order = _second_order, True
     try:
         yield
     finally:
-        _SECOND_ORDER[0] = previous
+        _second_order = previous
 
 
 def _conv2d(x, weight, bias, stride, padding, dilation, groups: int) -> torch.Tensor:
     """``F.conv2d``; a grouped one without bias by ``_GroupedConv`` within ``second_derivatives``."""
-    if _SECOND_ORDER[0] and groups > 1 and bias is None and torch.is_grad_enabled():
+    if _second_order and groups > 1 and bias is None and torch.is_grad_enabled():
         pair = nn.modules.utils._pair
         return _GroupedConv.apply(x, weight, pair(stride), pair(padding), pair(dilation), groups)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
