@@ -319,7 +319,7 @@ def test_fused_batch_norms_get_dense_gradients(layout):
     gradient, which in the fused cell goes straight to the BatchNorms that end the ops (Eq. 2's weights are
     their affine weights: no multiply in between); a cell's two inputs are concatenated likewise. The fused
     cell hands its BatchNorm and convolution kernels such slices no more often than the readable cell does
-    (the CPU's BatchNorm backward ran up to 25x slower on them: ``ops.dense_gradient``)."""
+    (the CPU's BatchNorm backward ran up to 25x slower on them: ``ops.cat_dense_gradients``)."""
     seen = {}
     for fused in (False, True):
         model = supernet(fused, dtype=torch.float32).to(memory_format=layout)

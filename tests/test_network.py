@@ -134,7 +134,7 @@ def test_batch_norms_get_dense_gradients_without_drop_path(layout):
     """A cell concatenates its nodes, whose gradients the concatenation's backward hands on as slices; without
     drop path (the first epoch of the CIFAR schedule, every epoch of the ImageNet one) nothing lies between
     it and the BatchNorms that end the ops, whose CPU backward ran up to 25x slower on a slice. Each node's
-    gradient is made dense first (``ops.dense_gradient``): no BatchNorm kernel gets a strided tensor."""
+    gradient is made dense first (``ops.cat_dense_gradients``): no BatchNorm kernel gets a strided tensor."""
     model = NetworkCIFAR(DARTS_V2, C=8, layers=5).to(memory_format=layout).train()
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=layout)
     with StridedInputs() as seen:

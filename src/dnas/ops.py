@@ -258,6 +258,14 @@ def dense_gradient(x: torch.Tensor) -> torch.Tensor:
     return _DenseGradient.apply(x) if x.requires_grad and not _exporting() else x
 
 
+def cat_dense_gradients(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors concatenated along the channels (one alone as it is), each getting a dense gradient
+    (``dense_gradient``) rather than the slice of the concatenation's gradient its backward hands out: where
+    a BatchNorm's output reaches the concatenation with nothing in between that makes a fresh tensor (the
+    fused cell's ops, whose last BatchNorms apply Eq. 2's weights; a genotype's ops without drop path)."""
+    return torch.cat([dense_gradient(t) for t in tensors], 1) if len(tensors) > 1 else tensors[0]
+
+
 class _DenseGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):

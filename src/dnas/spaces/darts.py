@@ -20,7 +20,7 @@ from torch import nn
 
 from ..edges import WeightedSum
 from ..genotype import Genotype
-from ..ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, FactorizedReduce, ReLUConvBN, global_average
+from ..ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, FactorizedReduce, ReLUConvBN, cat_dense_gradients, global_average
 from ..perturb import perturbed
 from ..relax import Softmax, is_hard
 from ..selection import TopK
@@ -78,7 +78,7 @@ class SearchCell(nn.Module):
         if plan is None:
             return self(s0, s1, weights, active, edge_weights)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        return torch.cat(run_plan(self, plan, states, weights, edge_weights), dim=1)
+        return cat_dense_gradients(run_plan(self, plan, states, weights, edge_weights))
 
 
 @SPACES.register("darts")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..genotype import Genotype
-from ..ops import OPS, FactorizedReduce, ReLUConvBN, dense_gradient
+from ..ops import OPS, FactorizedReduce, ReLUConvBN, cat_dense_gradients
 from ..registry import Registry
 
 #: The evaluation networks by name; each class has ``image_size``, the input side its paper trains on.
@@ -61,7 +61,7 @@ class EvalCell(nn.Module):
             if self.training and drop_prob > 0 and not isinstance(op, nn.Identity):
                 h = drop_path(h, drop_prob)
             states[node] = states[node] + h if node in states else h
-        return torch.cat([dense_gradient(states[i]) for i in self.concat], dim=1)
+        return cat_dense_gradients([states[i] for i in self.concat])
 
 
 class AuxiliaryHead(nn.Module):

@@ -31,9 +31,9 @@ that leave the cell's inputs all at once:
   outputs are summed by one add per op, and over the cell's inputs straight into the nodes by one
   reduction; where the ops differ between edges (masked, or sampled by a hard relaxation), one
   ``index_add_`` per op instead. The sums into the nodes are one add per source state;
-* the nodes returned, and the states concatenated as a batch's sources, get dense gradients
-  (``ops.dense_gradient``), not the slices a concatenation's backward hands out: with no multiply after
-  the ops' last BatchNorms, those would reach their backward, up to 25x slower on the CPU.
+* the states concatenated as a batch's sources (and the nodes, by the DARTS cell) get dense gradients
+  (``ops.cat_dense_gradients``), not the slices a concatenation's backward hands out: with no multiply
+  after the ops' last BatchNorms, those would reach their backward, up to 25x slower on the CPU.
 
 Weights and buffers are read from the readable modules at call time, so a fused supernet has the same
 ``state_dict``, works under ``torch.func.functional_call`` (the unrolled model of second-order DARTS) and
@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
-from ..ops import FactorizedReduce, Zero, channels_innermost, conv2d, dense_gradient, pixels, reads_every
+from ..ops import FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d, pixels, reads_every
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
 
@@ -246,10 +246,7 @@ def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weight
             node = F.channel_shuffle(node, batch.partial_channels)
         states.append(node)
     run.write_back()
-    # the DARTS cell concatenates its nodes, and the concatenation's backward hands each node a slice of its
-    # gradient: straight on to the BatchNorms that end the ops (their affine weights are Eq. 2's, so no
-    # multiply in between makes it dense), whose CPU backward ran up to 25x slower on such a slice
-    return [dense_gradient(node) for node in states[inputs:]]
+    return states[inputs:]
 
 
 def _first_node(partial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -423,8 +420,7 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
 
     ``w`` holds the op weight of every slot of the groups; ``st`` (the straight-through term) and
     ``edge_weights`` a value per edge."""
-    # (N, sources, C, H, W), in the states' layout; each state's gradient dense (not a slice of this one's)
-    x = _cat([dense_gradient(h) for h in hs] if len(hs) > 1 else hs).unflatten(1, (len(hs), -1))
+    x = cat_dense_gradients(hs).unflatten(1, (len(hs), -1))  # (N, sources, C, H, W), in the states' layout
     k = batch.partial_channels
     if k is not None:  # PC-DARTS: the ops see the first C/K channels, the rest bypass them
         x, rest = _split_channels(x, x.shape[2] // k)
