@@ -54,21 +54,32 @@ class CountOps(TorchDispatchMode):
 NO_KERNEL = {"detach", "lift_fresh", "empty", "_to_copy"}  # no launch, or not part of the step itself
 
 
-class StridedInputs(TorchDispatchMode):
-    """Counts the BatchNorm and convolution kernels, forward and backward, handed a 4-d tensor that is dense in
-    neither layout (a slice of a larger one)."""
+class KernelInputs(TorchDispatchMode):
+    """Counts the ``kernels`` (ATen op names), forward and backward, handed a 4-d tensor that ``flagged``
+    picks (``nchw``, ``strided``)."""
 
-    def __init__(self):
+    def __init__(self, kernels: set[str], flagged):
         super().__init__()
-        self.counts = Counter()
+        self.kernels, self.flagged, self.counts = kernels, flagged, Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        dense = lambda t: t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
-        strided = lambda t: isinstance(t, torch.Tensor) and t.dim() == 4 and not dense(t)
         name = func.overloadpacket.__name__
-        if name.startswith(("native_batch_norm", "convolution")) and any(map(strided, args)):
+        if name in self.kernels and any(isinstance(t, torch.Tensor) and t.dim() == 4 and self.flagged(t) for t in args):
             self.counts[name] += 1
         return func(*args, **(kwargs or {}))
+
+
+def nchw(t: torch.Tensor) -> bool:
+    """Channels not innermost (an image of more than one pixel)."""
+    return t.shape[-2:].numel() > 1 and t.stride(1) != 1
+
+
+def strided(t: torch.Tensor) -> bool:
+    """Dense in neither layout: a slice of a larger tensor."""
+    return not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last))
+
+
+BATCH_NORM_AND_CONVOLUTION = {"native_batch_norm", "native_batch_norm_backward", "convolution", "convolution_backward"}
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,7 +14,6 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from dnas import arch_grad, ops
 from dnas.edges import EDGES, MixedEdge
@@ -27,7 +26,7 @@ from dnas.spaces.nb201 import NB201Supernet
 from dnas.spaces import fused as fused_module
 from dnas.spaces.fused import _PLANS, Topology, _build_plan
 
-from conftest import CountOps, StridedInputs, recipe_parts
+from conftest import BATCH_NORM_AND_CONVOLUTION, CountOps, KernelInputs, nchw, recipe_parts, strided
 
 RECIPES = sorted(builtin_methods())
 
@@ -298,21 +297,6 @@ LAYOUT_BOUND = {"convolution", "convolution_backward", "native_batch_norm", "nat
                 "max_pool2d_with_indices_backward"}
 
 
-class NCHWInputs(TorchDispatchMode):
-    """Counts the convolution, BatchNorm, pooling and ReLU kernels, forward and backward, handed a 4-d tensor
-    whose channels are not innermost (NCHW)."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        nchw = lambda t: isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[-2:].numel() > 1 and t.stride(1) != 1
-        if func.overloadpacket.__name__ in LAYOUT_BOUND and any(map(nchw, args)):
-            self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_fused_batch_norms_get_dense_gradients(layout):
     """The DARTS cell concatenates its nodes, and the concatenation's backward hands each node a slice of its
@@ -325,7 +309,7 @@ def test_fused_batch_norms_get_dense_gradients(layout):
         model = supernet(fused, dtype=torch.float32).to(memory_format=layout)
         x = torch.randn(2, 3, 16, 16).contiguous(memory_format=layout)
         model(x)
-        with StridedInputs() as seen[fused]:
+        with KernelInputs(BATCH_NORM_AND_CONVOLUTION, strided) as seen[fused]:
             F.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
     assert seen[True].counts <= seen[False].counts, seen[True].counts - seen[False].counts
     assert seen[True].counts["native_batch_norm_backward"] == 0
@@ -346,7 +330,7 @@ def test_channels_last_stays_nhwc_through_the_fused_cell(name, space):
                          **method.space_options(space)).to(memory_format=torch.channels_last)
         x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
         model(x)  # the plans, built once
-        with NCHWInputs() as seen[fused]:
+        with KernelInputs(LAYOUT_BOUND, nchw) as seen[fused]:
             F.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
     assert seen[True].counts <= seen[False].counts, seen[True].counts - seen[False].counts
     if space == "darts":

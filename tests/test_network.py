@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import dnas
-from conftest import StridedInputs
+from conftest import BATCH_NORM_AND_CONVOLUTION, KernelInputs, strided
 from dnas.ops import FactorizedReduce, SepConv
 from dnas.spaces.darts_network import (NETWORKS, AuxiliaryHead, EvalCell, NetworkCIFAR, NetworkImageNet,
                                        drop_path)
@@ -137,7 +137,7 @@ def test_batch_norms_get_dense_gradients_without_drop_path(layout):
     gradient is made dense first (``ops.cat_dense_gradients``): no BatchNorm kernel gets a strided tensor."""
     model = NetworkCIFAR(DARTS_V2, C=8, layers=5).to(memory_format=layout).train()
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=layout)
-    with StridedInputs() as seen:
+    with KernelInputs(BATCH_NORM_AND_CONVOLUTION, strided) as seen:
         logits, aux = model.forward_with_aux(x)
         (logits.sum() + aux.sum()).backward()
     assert seen.counts["native_batch_norm_backward"] == seen.counts["native_batch_norm"] == 0
