@@ -6,8 +6,9 @@ pointwise 1x1 convolutions with groups = edges. This times each, at the shapes o
 (batch 64; 8 edges out of a cell's two inputs, or the 3 out of its first node; C = 16, 32, 64 at 32, 16, 8
 pixels), in the forms a faster fused cell could take:
 
-* layout and precision: NCHW fp32 (today), channels_last fp32, channels_last bf16 (PyTorch hands
-  depthwise convolutions to cuDNN only in channels_last or half precision);
+* layout and precision: NCHW fp32, channels_last fp32 (the matrix products in full fp32 or in TF32, as
+  cuDNN runs float32 convolutions by default), channels_last bf16 (PyTorch hands depthwise convolutions to
+  cuDNN only in channels_last or half precision);
 * pointwise: the grouped convolution, or batched matrix products per edge (in either layout, no copy in
   NCHW);
 * sep_conv_3x3 and sep_conv_5x5 of the same edges: two depthwise convolutions, or one 5x5 over both with
@@ -21,6 +22,7 @@ replayed, as in the search (on the CPU: eager, for a smoke run). Writes JSON to 
 microseconds per forward+backward.
 
     python benchmarks/conv_variants.py                        # on a GPU
+    python benchmarks/conv_variants.py --only pointwise       # the grouped 1x1 convolutions' forms alone
     python benchmarks/conv_variants.py --device cpu --batch-size 2 --repeats 2
 """
 from __future__ import annotations
@@ -39,9 +41,13 @@ from search_step import device_name
 
 HERE = Path(__file__).resolve().parent
 SHAPES = [(8, 16, 32), (3, 16, 32), (8, 32, 16), (8, 64, 8)]  # (edges, C, H)
-LAYOUTS = {"nchw-fp32": (torch.contiguous_format, torch.float32),
-           "nhwc-fp32": (torch.channels_last, torch.float32),
-           "nhwc-bf16": (torch.channels_last, torch.bfloat16)}
+#: column: (layout, dtype, whether float32 matrix products run in TF32). cuDNN's float32 convolutions run in
+#: TF32 by default (``torch.backends.cudnn.allow_tf32``), PyTorch's matrix products not: nhwc-tf32 times the
+#: matrix-product forms as a convolution's default precision would run them.
+LAYOUTS = {"nchw-fp32": (torch.contiguous_format, torch.float32, False),
+           "nhwc-fp32": (torch.channels_last, torch.float32, False),
+           "nhwc-tf32": (torch.channels_last, torch.float32, True),
+           "nhwc-bf16": (torch.channels_last, torch.bfloat16, False)}
 
 
 def depthwise(x, w, dilation=1, conv=F.conv2d):
@@ -147,15 +153,17 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--only", default="", help="the cases whose name holds this text (pointwise, dil 2, E=8 C=64, ...)")
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
     check_variants(device)
     print(f"{'us per forward+backward, batch ' + str(args.batch_size):45}" + "".join(f"{k:>14}" for k in LAYOUTS))
     results = []
-    for name, fn, shapes in cases(args.batch_size):
+    for name, fn, shapes in (case for case in cases(args.batch_size) if args.only in case[0]):
         row = {"case": name}
-        for layout, (memory_format, dtype) in LAYOUTS.items():
+        for layout, (memory_format, dtype, tf32) in LAYOUTS.items():
+            torch.backends.cuda.matmul.allow_tf32 = tf32
             tensors = [torch.randn(s, device=device, dtype=dtype).contiguous(memory_format=memory_format)
                        .requires_grad_() for s in shapes]
             try:

@@ -96,9 +96,9 @@ class _Timed:
     def __enter__(self):
         setattr(self.search, self.name, self)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc):  # interrupted too: the rate of the batches done (search_e2e's report of a timeout)
         setattr(self.search, self.name, self.loader)
-        if exc[0] is None and self.count:
+        if self.count:
             steady = self.count > self.parts.skip
             start, timed = (self.start, self.count - self.parts.skip) if steady else (self.first, self.count)
             self.parts.rate[self.name] = (_now(self.search.device) - start) / timed
@@ -115,6 +115,8 @@ class _Timed:
         for batch in self.loader:
             if self.count == self.parts.skip:
                 self.start = _now(self.search.device)
+                print(f"{self.name}: first {self.count} batches in {self.start - self.first:.1f} s", file=sys.stderr,
+                      flush=True)
             self.count += 1
             yield batch
 
@@ -174,8 +176,10 @@ def main() -> None:
             except Exception as e:
                 failed[path] = f"{type(e).__name__}: {e}"
                 continue
-            except KeyboardInterrupt:  # Ctrl-C, or `timeout`: the paths done are reported
-                failed[path] = "interrupted"
+            except KeyboardInterrupt:  # Ctrl-C, or `timeout`: the paths done are reported, and this one's rates
+                failed[path] = f"interrupted after {time.perf_counter() - t0:.0f} s" + "".join(
+                    f"; {name} {parts.batches[name][1]} batches, {1000 * rate:.1f} ms each"
+                    for name, rate in parts.rate.items())
                 break
             alphas = json.loads((Path(tmp) / path / "alphas.jsonl").read_text().splitlines()[-1])["alphas"]
             epoch_seconds = result.metrics[-1]["seconds"]

@@ -123,22 +123,23 @@ def test_the_gpu_convolution_forms_compute_the_same_step(name, space, layout, mo
         assert_same_step(reference, search_step(name, fused, layout=layout, space=space))
 
 
-def assert_same_step(reference, other):
+def assert_same_step(reference, other, rtol=1e-9):
     """Two ``search_step`` results: loss, gradients, state after the step and evaluation logits."""
     loss_r, grads_r, state_r, logits_r = reference
     loss_f, grads_f, state_f, logits_f = other
-    assert_close(loss_r, loss_f, "training loss")
+    close = lambda a, b, what: assert_close(a, b, what, rtol)
+    close(loss_r, loss_f, "training loss")
     assert grads_r.keys() == grads_f.keys()
     assert any(n.startswith("alphas.") for n in grads_r) and any(n.startswith("cells.") for n in grads_r)
     for n in grads_r:
-        assert_close(grads_r[n], grads_f[n], f"gradient of {n}")
+        close(grads_r[n], grads_f[n], f"gradient of {n}")
     assert state_r.keys() == state_f.keys()  # a fused supernet is a drop-in: same state_dict
     for n in state_r:
         if "num_batches_tracked" in n:
             assert torch.equal(state_r[n], state_f[n]), n
         else:
-            assert_close(state_r[n].double(), state_f[n].double(), n)
-    assert_close(logits_r, logits_f, "evaluation-mode logits")
+            close(state_r[n].double(), state_f[n].double(), n)
+    close(logits_r, logits_f, "evaluation-mode logits")
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
@@ -346,6 +347,20 @@ def test_cuda_step_equals_readable(name, space):
     2e-3 of their tensor's largest, the two paths summing in different orders."""
     assert_same_step(search_step(name, fused=False, device="cuda", space=space),
                      search_step(name, fused=True, device="cuda", space=space))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: cuDNN's NHWC kernels")
+@pytest.mark.parametrize("name, space", [("darts-v1", "darts"), ("pc-darts", "darts"), ("darts-v1", "nb201")])
+def test_cuda_channels_last_step_equals_readable(name, space, monkeypatch):
+    """channels_last on the GPU (cuDNN's NHWC kernels, ops.conv2d's NHWC forms) against the readable NCHW
+    step, in float32 without TF32: PyTorch runs a float64 convolution NCHW in any layout. On the CPU the
+    same comparison differs by 3e-5 of a tensor's largest; a wrong gradient would by its own size."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    reference = search_step(name, fused=False, device="cuda", dtype=torch.float32, space=space)
+    for fused in (False, True):
+        assert_same_step(reference, search_step(name, fused, device="cuda", dtype=torch.float32,
+                                                layout=torch.channels_last, space=space), rtol=1e-3)
 
 
 def test_a_plan_moves_to_the_device_in_one_copy_per_dtype():

@@ -218,9 +218,11 @@ def _exporting() -> bool:
 FORM_DEVICES = ("cuda",)
 
 #: The most channels of an NHWC input whose grouped 1x1 convolution runs as one block-diagonal product
-#: there: the paper's search network reaches 512 (8 edges x 64 channels). Wider, the groups-fold arithmetic
-#: (fp32, without TF32) would outweigh the copies it saves; an estimate until conv_variants.py times it.
-BLOCK_DIAGONAL_CHANNELS = 512
+#: there. Measured on an H100 (2026-11-26, ``benchmarks/conv_variants.py``, forward+backward, fp32, us, the
+#: product against cuDNN's grouped convolution): 48 channels 79 / 145, 128 channels 210 / 250, 256
+#: channels 176 / 113, 512 channels 177 / 48: the groups-fold arithmetic (fp32, without TF32) outweighs the
+#: copies it saves from 256 channels (the paper's search network's last two stages) on.
+BLOCK_DIAGONAL_CHANNELS = 128
 
 
 def _phases_fit(x, stride, padding, dilation) -> bool:
@@ -289,8 +291,9 @@ def pointwise_matmul(x, weight, groups: int) -> torch.Tensor:
     x (N, G*C, H, W) is (N, G, C, H*W), and each group's C_out x C weight multiplies its block, batched.
     NHWC: x is (N*H*W, G*C) rows, multiplied by one dense matrix, the block-diagonal one of the groups'
     weights: G times the arithmetic, in one large product. On an H100 (forward+backward, fp32) the NCHW
-    form took 0.65x cuDNN's grouped convolution, the NHWC one per group over the rows' strided blocks 9x
-    (so not that); the block-diagonal product is yet to be timed there (``benchmarks/conv_variants.py``)."""
+    form took 0.5-0.65x cuDNN's grouped convolution, the NHWC one per group over the rows' strided blocks
+    9x (so not that), the block-diagonal one 0.55-0.85x up to 128 channels, 1.6-3.7x wider
+    (``BLOCK_DIAGONAL_CHANNELS``)."""
     n, c, h, w = x.shape
     m = weight.view(groups, weight.shape[0] // groups, -1)  # (G, C_out, C)
     if x.is_contiguous():
