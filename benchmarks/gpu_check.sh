@@ -83,7 +83,7 @@ recipes)
 nb201)
     step nb201 darts-v1,darts-v2,gdas readable,fused,graph,graph-cl 10 90 "--space nb201" ;;
 profile)
-    timeout 60 python3 benchmarks/profile_step.py --rows 30 2>&1 | grep -v USDT | tee "$OUT/profile.log" ;;
+    timeout 60 python3 benchmarks/profile_step.py --rows 30 --channels-last 2>&1 | grep -v USDT | tee "$OUT/profile.log" ;;
 convs)
     timeout 60 python3 benchmarks/conv_variants.py --repeats 30 --only pointwise 2>&1 | tee "$OUT/convs.log" ;;
 e2e)

@@ -82,7 +82,7 @@ class SearchConfig:
     # is the same at any (its evaluation draws from its own generator); --fast makes it 256 on a GPU
 
     def __post_init__(self):
-        check_minimums(self, epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1)
+        check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1)
 
     @classmethod
     def fields(cls) -> set[str]:
@@ -95,10 +95,10 @@ def progress_every(steps: int) -> int:
     return max(1, min(10, steps // 10))
 
 
-def check_minimums(config, **minimums: int) -> None:
-    """A ValueError naming each of ``config``'s settings below its minimum (None: not set, allowed)."""
-    low = [f"{name} must be >= {m}, not {getattr(config, name)}" for name, m in minimums.items()
-           if getattr(config, name) is not None and getattr(config, name) < m]
+def check_minimums(settings: dict[str, Any], **minimums: int) -> None:
+    """A ValueError naming each of ``settings`` below its minimum (None: not set, allowed)."""
+    low = [f"{name} must be >= {m}, not {settings[name]}" for name, m in minimums.items()
+           if settings[name] is not None and settings[name] < m]
     if low:
         raise ValueError("; ".join(low))
 
@@ -418,7 +418,7 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     """What ``--fast`` turns on for ``method`` on ``space`` (None: the method's), the fastest measured on each
     kind of device (docs/speed.md): on a GPU the fused cells (a space option of darts and nb201), each step
     replayed from a CUDA graph and the evaluation at batch ``FAST_EVAL_BATCH`` (larger kernels: on an H100 an
-    epoch 4% shorter than at 64), in NCHW (NHWC was slower there); on a CPU the NHWC layout, with the fused
+    epoch 4% shorter than at 64), in NCHW (NHWC: docs/speed.md, channels_last); on a CPU the NHWC layout, with the fused
     cells unless the relaxation is hard (GDAS: one sampled op per edge leaves little to batch, and there the
     readable cell in NHWC is the fastest CPU path). A space without a fused cell (the recurrent one) has no
     fast path."""

@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -86,7 +85,7 @@ class TrainConfig:
         NETWORKS.get(self.network)  # an unknown network fails here, listing the valid ones
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
-        check_minimums(self, epochs=1, batch_size=1, subset=1, test_subset=1, cutout=0)
+        check_minimums(vars(self), epochs=1, batch_size=1, subset=1, test_subset=1, cutout=0)
         if not 0 <= self.drop_path < 1:
             raise ValueError(f"drop_path is a probability in [0, 1), got {self.drop_path}")
 
@@ -367,7 +366,7 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     ``data`` given here; ``subset``: a fixed random sample of N of them), written to ``test-<weights>.json`` and
     ``confusion-<weights>.csv`` in the run (``-subset<N>`` added to the names for a sample)."""
     run_dir = Path(run_dir)
-    check_minimums(SimpleNamespace(batch_size=batch_size, subset=subset), batch_size=1, subset=1)
+    check_minimums({"batch_size": batch_size, "subset": subset}, batch_size=1, subset=1)
     model, saved = load_run(run_dir, weights, device)
     c = saved["config"]
     dataset = dataset or c["dataset"]
