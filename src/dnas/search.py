@@ -420,8 +420,10 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     replayed from a CUDA graph and the evaluation at batch ``FAST_EVAL_BATCH`` (larger kernels: on an H100 an
     epoch 4% shorter than at 64), in NCHW (NHWC: docs/speed.md, channels_last); on a CPU the NHWC layout, with the fused
     cells unless the relaxation is hard (GDAS: one sampled op per edge leaves little to batch, and there the
-    readable cell in NHWC is the fastest CPU path). A space without a fused cell (the recurrent one) has no
-    fast path."""
+    readable cell in NHWC is the fastest CPU path), and in NCHW for partial channels on NAS-Bench-201 (PC-DARTS:
+    its ops see C/K = 4 channels in the first stage, too few for NHWC kernels, a BatchNorm of them 0.62 ms
+    against 0.12 at batch 16; a step 311 ms in NCHW against 396, where the DARTS space's separable convolutions gain more
+    from NHWC than they lose). A space without a fused cell (the recurrent one) has no fast path."""
     space = space or method.part("space")
     fusable = [name for name in SPACES.names() if "fused" in inspect.signature(SPACES.get(name)).parameters]
     if space not in fusable:
@@ -429,7 +431,8 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
                          f"the {space} space has no fast path, leave it off")
     cpu = device.type == "cpu"
     hard = is_hard(method.build("relaxation"))
-    settings = {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda", "channels_last": cpu}
+    narrow = space == "nb201" and getattr(method.build("edge"), "k", 1) > 1  # partial channels, 1/K of them
+    settings = {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda", "channels_last": cpu and not narrow}
     return settings | ({"eval_batch_size": FAST_EVAL_BATCH} if device.type == "cuda" else {})
 
 
