@@ -2,14 +2,14 @@
 # The GPU checks of docs/speed.md, for a session lent a GPU: the search step of the paper's network at batch
 # 64 (first and second order, the replayed step in both layouts), the same against an earlier commit (stage
 # base), an end-to-end search on real CIFAR-10, the fused cell's convolutions in other forms (conv_variants.py),
-# the top kernels of an eager fused step (profile_step.py), the CUDA tests (fused path against readable,
+# the top kernels of an eager fused NHWC step (profile_step.py), the CUDA tests (fused path against readable,
 # CUDA-graph replay against eager), other recipes' paths and the NAS-Bench-201 network's. cuDNN times its
 # algorithms for every new shape and layout (on an H100 a channels_last search's first epoch took 80 s against
 # 20 s), so each stage times few paths, in the order of what decides most, and reports what it measured when
 # its timeout stops it. A session has 15 minutes of device time, a start (~35 s) included. On an H100 on
 # 2026-11-26 (second session) `steps base e2e convs` took 564 s, its e2e runs stopped by their timeouts before
 # an epoch ended, and `tests` ran past 270 s; so now: first `tests steps e2e` with timeout_s 600, then at once,
-# on the machine still warm, `convs steps2 profile` with what is left.
+# on the machine still warm, `convs profile steps2` with what is left.
 # The lent machine has PyTorch but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/
@@ -18,7 +18,7 @@
 # and, for an A/B of the replayed step against an earlier commit on the same GPU (stage `base`),
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
-# tool with carry [".gpu_data"]; stages: tests steps e2e convs steps2 profile e2e2 base recipes nb201
+# tool with carry [".gpu_data"]; stages: tests steps e2e convs profile steps2 e2e2 base recipes nb201
 # (default: all, in that order). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8 files come back); the
 # rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date
 # and command.
@@ -30,7 +30,7 @@ cp .gpu_data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-STAGES="${*:-tests steps e2e convs steps2 profile e2e2 base recipes nb201}"
+STAGES="${*:-tests steps e2e convs profile steps2 e2e2 base recipes nb201}"
 
 report() {  # the rows of a search_step JSON
     python3 -c "
