@@ -1,8 +1,9 @@
 #!/bin/sh
 # The GPU checks of docs/speed.md, for a session lent a GPU: the search step of the paper's network at batch
-# 64 (first and second order, the replayed step in both layouts), the same against an earlier commit (stage
-# base), an end-to-end search on real CIFAR-10, the fused cell's convolutions in other forms (conv_variants.py),
-# the top kernels of an eager fused NHWC step (profile_step.py), the CUDA tests (fused path against readable,
+# 64 (first and second order, the replayed step in both layouts, fp32, TF32 and bf16), the same against an
+# earlier commit (stage base: one with dnas.search.precision, which the benchmarks import), an end-to-end
+# search on real CIFAR-10, the fused cell's convolutions in other forms (conv_variants.py), the top kernels
+# of an eager fused NHWC step (profile_step.py), the CUDA tests (fused path against readable,
 # CUDA-graph replay against eager), other recipes' paths and the NAS-Bench-201 network's. cuDNN times its
 # algorithms for every new shape and layout (on an H100 a channels_last search's first epoch took 80 s against
 # 20 s), so each stage times few paths, in the order of what decides most, and reports what it measured when
@@ -67,7 +68,7 @@ print('failed:', r['failed'])" "$OUT/e2e-$1.log" "$1" || tail -20 "$OUT/e2e-$1.l
 
 for stage in $STAGES; do case $stage in
 steps)
-    step darts-v1 darts-v1 graph,graph-cl,graph-bf16-cl 10 150 ;;
+    step darts-v1 darts-v1 graph,graph-tf32,graph-cl,graph-bf16-cl 10 170 ;;
 steps2)
     step darts-v2 darts-v2 graph,graph-cl 10 150 ;;
 base)
@@ -75,9 +76,9 @@ base)
         (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1,darts-v2 graph 10 150)
     else echo "stage base: no .gpu_data/base/src (see the header)"; fi ;;
 tests)  # the CUDA tests, in three runs: SIGINT at a timeout makes pytest list the failures it saw
-    run_tests 60 tests/test_ops.py -k cuda
+    run_tests 40 tests/test_ops.py -k cuda
     run_tests 120 tests/test_fused.py -k cuda
-    run_tests 150 tests/test_cuda_graph.py -k "not nothing_on_the_host and not host_reads_are_named" ;;
+    run_tests 120 tests/test_cuda_graph.py -k "not nothing_on_the_host and not host_reads_are_named" ;;
 recipes)
     step recipes pc-darts,gdas,sdarts-rs,drnas,fair-darts readable,fused,graph 5 100 ;;
 nb201)
@@ -87,7 +88,7 @@ profile)
 convs)
     timeout 60 python3 benchmarks/conv_variants.py --repeats 30 --only pointwise 2>&1 | tee "$OUT/convs.log" ;;
 e2e)
-    e2e darts-v1 darts-v1 fast 170 ;;
+    e2e darts-v1 darts-v1 fast 150 ;;
 e2e2)
     e2e darts-v2 darts-v2 fast 200 ;;
 *) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 convs profile base recipes nb201" ;;

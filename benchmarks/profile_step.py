@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from dnas.data import memory_format
 from dnas.methods import get_method
-from dnas.search import autocast, bilevel_step, resolve_device, reuse_large_blocks
+from dnas.search import PRECISIONS, bilevel_step, precision, resolve_device, reuse_large_blocks
 from search_step import DEPTH, device_name, supernet
 
 HERE = Path(__file__).resolve().parent
@@ -31,7 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="darts-v1")
     p.add_argument("--path", default="fused", choices=["readable", "fused"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--init-channels", type=int, default=16)
@@ -55,7 +55,7 @@ def main() -> None:
     train, val = batch(), batch()
 
     def step():
-        with autocast(device.type, args.precision):
+        with precision(device.type, args.precision):
             bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -16,8 +16,8 @@ to RESULTS.md.
                                                           # 2 cells per stage
 
 Paths: readable (SearchCell), fused (spaces/fused.py), fast (``--fast`` of the CLI: fused, and on a GPU
-each step replayed from a CUDA graph, on a CPU in channels_last); a suffix -bf16 runs the steps under bf16 autocast
-(``--precision bf16``), -cl in channels_last (``--channels-last``). Each row also gives the seconds of the
+each step replayed from a CUDA graph, on a CPU in channels_last); a suffix -tf32 or -bf16 sets the precision
+(``--precision``), -cl runs in channels_last (``--channels-last``). Each row also gives the seconds of the
 last epoch and what 50 epochs on all 50,000 training images would take: the last epoch, plus the steps and
 evaluation batches a full epoch has beyond the subset's at their steady rate (``EpochParts``), so that an
 epoch's fixed costs (a CUDA graph's eager warm-up and capture, deriving the genotype) count once per epoch,
@@ -135,8 +135,8 @@ def main() -> None:
                    help="folder holding cifar-10-batches-py/ (default .cache/cifar10, where the tests convert it)")
     p.add_argument("--subset", type=int, default=512, help="training images, halved into search-train/val; 0: all")
     p.add_argument("--paths", default="readable,fused",
-                   help="comma-separated, of readable, fused, fast, each optionally followed by -bf16 (bf16 autocast) "
-                        "and -cl (channels_last): fast-bf16, readable-cl, ...")
+                   help="comma-separated, of readable, fused, fast, each optionally followed by -tf32 or -bf16 (the "
+                        "precision; default fp32) and -cl (channels_last): fast-bf16, readable-cl, ...")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--space", default="darts", choices=sorted(DEPTH), help="the search space (default darts)")
     p.add_argument("--layers", type=int, default=5, help="cells (default 5); with --space nb201 cells per stage")
@@ -156,7 +156,7 @@ def main() -> None:
     interrupt_on_sigterm()
 
     runs, failed = {}, {}  # a path that raises is reported, the others measured; one interrupted ends the runs
-    for path, (base, bf16, channels_last) in paths.items():
+    for path, (base, arithmetic, channels_last) in paths.items():
         if base == "fast":
             settings = fast_settings(device, get_method(args.method), args.space)
         else:
@@ -172,7 +172,7 @@ def main() -> None:
                                      run_dir=Path(tmp) / path, progress=False, epochs=args.epochs,
                                      subset=args.subset or None, batch_size=args.batch_size, device=str(device),
                                      seed=2, C=args.init_channels, **{DEPTH[args.space][0]: args.layers},
-                                     precision="bf16" if bf16 else "fp32", **settings)
+                                     precision=arithmetic, **settings)
             except Exception as e:
                 failed[path] = f"{type(e).__name__}: {e}"
                 continue

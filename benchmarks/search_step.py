@@ -7,8 +7,8 @@ appends a row per recipe to benchmarks/RESULTS.md.
     python benchmarks/search_step.py                          # cuda if present, else cpu (batch 16 on cpu)
     python benchmarks/search_step.py --device cpu --batch-size 16 --methods darts-v1,darts-v2,pc-darts
     python benchmarks/search_step.py --paths readable,fused   # the fast path (docs/speed.md) beside it
-    python benchmarks/search_step.py --paths readable,fused,graph,graph-bf16   # on a GPU: CUDA-graph replay
-                                                              # of the fused step, and that in bf16 autocast
+    python benchmarks/search_step.py --paths readable,fused,graph,graph-tf32,graph-bf16   # on a GPU: CUDA-graph
+                                                              # replay of the fused step, in fp32, TF32, bf16
     python benchmarks/search_step.py --paths fused,fused-cl,graph,graph-cl,graph-bf16-cl   # -cl:
                                                               # channels_last tensors
     python benchmarks/search_step.py --space nb201 --paths readable,fused   # the NAS-Bench-201 network
@@ -17,7 +17,7 @@ appends a row per recipe to benchmarks/RESULTS.md.
 With several paths, their steps are interleaved in one process, so that a change of machine load hits
 both alike; each row reports its speed-up over the readable path, and how far its first step (its loss, the
 alphas' and the weights' gradients, from the same weights and batches) is from the first path's
-(``first_step_vs_<path>``, max |difference| over max |value|: float rounding, TF32 on a GPU, bf16). On the CPU the peak memory is the
+(``first_step_vs_<path>``, max |difference| over max |value|: float rounding, TF32, bf16). On the CPU the peak memory is the
 process's peak resident set, shared by the paths of a run.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch
 from dnas.cuda_graph import GraphedStep, set_capturable
 from dnas.data import memory_format
 from dnas.methods import get_method
-from dnas.search import SearchConfig, autocast, bilevel_step, optimizers, resolve_device
+from dnas.search import PRECISIONS, SearchConfig, bilevel_step, optimizers, precision, resolve_device
 from dnas.spaces import SPACES
 from results import Terminated, append_rows, commit, interrupt_on_sigterm
 
@@ -52,20 +52,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-PATHS = ("readable", "fused", "graph")  # each optionally with -bf16 (autocast) and -cl (channels_last)
+PATHS = ("readable", "fused", "graph")  # each optionally with -tf32 or -bf16 and -cl (channels_last)
 SECTION = "## Search step (benchmarks/search_step.py)"
 COLUMNS = ["date", "device", "torch", "commit", "path", "method", "batch", "ms/step (median)", "speed-up",
            "peak memory (GB)", "load", "command"]
 
 
-def path_options(path: str, bases) -> tuple[str, bool, bool]:
-    """A benchmark path's name: its base (one of ``bases``), then whether -bf16 (bf16 autocast) and -cl
-    (channels_last) follow it, in that order."""
+def path_options(path: str, bases) -> tuple[str, str, bool]:
+    """A benchmark path's name: its base (one of ``bases``), then its precision if not fp32 (-tf32, -bf16:
+    ``dnas.search.precision``) and whether -cl (channels_last) follows, in that order."""
     base, *options = path.split("-")
-    if base not in bases or options not in ([], ["bf16"], ["cl"], ["bf16", "cl"]):
-        raise ValueError(f"unknown path {path!r}; valid: {', '.join(bases)}, each optionally followed by -bf16 "
-                         f"and -cl ({bases[-1]}-cl, {bases[-1]}-bf16-cl, ...)")
-    return base, "bf16" in options, "cl" in options
+    precisions = [p for p in PRECISIONS if p != "fp32"]
+    if base not in bases or options not in ([], ["cl"], *([p] for p in precisions), *([p, "cl"] for p in precisions)):
+        raise ValueError(f"unknown path {path!r}; valid: {', '.join(bases)}, each optionally followed by "
+                         f"{' or '.join('-' + p for p in precisions)} and -cl ({bases[-1]}-cl, {bases[-1]}-bf16-cl, ...)")
+    return base, next((o for o in options if o in precisions), "fp32"), "cl" in options
 
 
 def depth(space: str) -> tuple[str, int]:
@@ -100,7 +101,7 @@ def supernet(method, fused: bool, layout: torch.memory_format, C: int, layers: i
 def measure(method_name: str, args, device: torch.device) -> list[dict]:
     """The step of one recipe (darts-v1 is first order, darts-v2 second order) on random CIFAR-shaped data,
     on each path (readable: SearchCell; fused: spaces/fused.py; graph: the fused step replayed from a
-    CUDA graph, cuda_graph.py; -bf16: under bf16 autocast; -cl: in channels_last), the paths' steps
+    CUDA graph, cuda_graph.py; -tf32, -bf16: in that precision, ``dnas.search.precision``; -cl: in channels_last), the paths' steps
     interleaved."""
     method = get_method(method_name)
     batch = lambda: (torch.randn(args.batch_size, 3, 32, 32, device=device),
@@ -108,13 +109,13 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     inputs = (*batch(), *batch())
     steps, times, peaks, saved, models, first = {}, {}, {}, {}, {}, {}
     for path in args.paths:
-        base, bf16, channels_last = path_options(path, PATHS)
+        base, arithmetic, channels_last = path_options(path, PATHS)
         layout = memory_format(channels_last)
         model, parts, w_opt, a_opt = supernet(method, base != "readable", layout, args.init_channels, args.layers,
                                               device, args.space)
         saved[path] = saved_for_backward(model, inputs[0])
         models[path] = model
-        step = partial(four_tensor_step, model, parts, a_opt, w_opt, bf16)
+        step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic)
         if base == "graph":
             set_capturable(a_opt)
             step = GraphedStep(step)
@@ -201,8 +202,8 @@ def saved_for_backward(model, x) -> int:
     return sum(storages.values())
 
 
-def four_tensor_step(model, parts, a_opt, w_opt, bf16: bool, x, y, val_x, val_y):
-    with autocast(x.device.type, "bf16" if bf16 else "fp32"):
+def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, x, y, val_x, val_y):
+    with precision(x.device.type, arithmetic):
         return bilevel_step(model, parts, a_opt, w_opt, (x, y), (val_x, val_y), 5.0)
 
 
@@ -232,7 +233,8 @@ def main() -> None:
     p.add_argument("--space", default="darts", choices=sorted(DEPTH), help="the search space (default darts)")
     p.add_argument("--methods", default="darts-v1,darts-v2", help="recipes, comma-separated")
     p.add_argument("--paths", default="readable", help=f"comma-separated, of {', '.join(PATHS)} (graph: GPU "
-                   f"only), each optionally followed by -bf16 (bf16 autocast) and -cl (channels_last tensors)")
+                   f"only), each optionally followed by -tf32 or -bf16 (the precision; default fp32) and -cl (channels_last "
+                        f"tensors)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (a graph captures at the third)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")

@@ -243,12 +243,12 @@ def test_random_recipes_replay_fresh_draws(name):
 
 @CUDA
 def test_bf16_steps_replay():
-    from dnas.search import autocast
+    from dnas.search import precision
 
     _, step = recipe_step("darts-v2", True, "cuda")
 
     def bf16_step(*batch):
-        with autocast("cuda", "bf16"):
+        with precision("cuda", "bf16"):
             return step(*batch)
 
     graphed = GraphedStep(bf16_step)
@@ -321,5 +321,5 @@ def test_bf16_search_runs_its_convolutions_in_bf16(fashion_mnist_root, tmp_path,
 
 
 def test_unknown_precision_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="unknown precision 'fp16'; valid: fp32, bf16"):
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; valid: fp32, tf32, bf16"):
         dnas.search(method="darts-v1", precision="fp16", run_dir=tmp_path / "r")

@@ -1,4 +1,5 @@
 """End-to-end searches on real data, as a user runs them: run directory, resume, reproducibility, errors."""
+import importlib
 import json
 import resource
 import sys
@@ -235,6 +236,28 @@ def test_bad_input_is_a_clear_error(fashion_mnist_root, tmp_path, kwargs, messag
     with pytest.raises((ValueError, KeyError, FileNotFoundError, TypeError), match=message):
         dnas.search(run_dir=tmp_path / "r", **{"epochs": 1, **TINY, **kwargs})
     assert not (tmp_path / "r").exists()  # refused before it wrote anything
+
+
+@pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", False)])
+def test_precision_holds_for_the_whole_search_and_is_put_back(fashion_mnist_root, tmp_path, monkeypatch,
+                                                              precision, tf32):
+    """fp32 (the default) is IEEE float32: no TF32 in cuDNN's convolutions nor in matrix products, where
+    PyTorch's defaults would give a GPU's convolutions TF32; tf32 allows it in both; bf16 runs the steps under
+    bf16 autocast and the rest in fp32. The flags are the process's: a search sets them while it runs and
+    puts back what it found."""
+    assert SearchConfig().precision == "fp32"
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    for f in flags:
+        monkeypatch.setattr(f, "allow_tf32", not tf32)
+    seen = set()
+    state = lambda where: seen.add((where, *(f.allow_tf32 for f in flags), torch.is_autocast_enabled("cpu")))
+    module = importlib.import_module("dnas.search")  # (dnas.search is the function)
+    step, evaluate = module.bilevel_step, Search._eval_batch
+    monkeypatch.setattr(module, "bilevel_step", lambda *a: state("step") or step(*a))
+    monkeypatch.setattr(Search, "_eval_batch", lambda self, *a: state("eval") or evaluate(self, *a))
+    dnas.search(dataset="fashion-mnist", run_dir=tmp_path / "r", epochs=1, precision=precision, **TINY)
+    assert seen == {("step", tf32, tf32, precision == "bf16"), ("eval", tf32, tf32, False)}
+    assert [f.allow_tf32 for f in flags] == [not tf32] * 2
 
 
 def test_fast_settings_are_the_fastest_measured_per_device():

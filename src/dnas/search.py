@@ -17,6 +17,7 @@ trained supernet (DARTS-PT's projection, projection.py); it keeps its progress i
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import inspect
@@ -76,7 +77,8 @@ class SearchConfig:
     device: str = "auto"
     tensorboard: bool = False  # also log each epoch to TensorBoard in the run directory (pip install tensorboard)
     cuda_graph: bool = False  # on a GPU, replay each step from a CUDA graph (cuda_graph.py); no effect on the CPU
-    precision: str = "fp32"  # "bf16": the search steps under bf16 autocast (evaluation stays fp32)
+    precision: str = "fp32"  # IEEE float32; "tf32": convolutions and matrix products in TF32; "bf16": the steps
+    # under bf16 autocast (the rest fp32); ``precision`` below
     channels_last: bool = False  # supernet and images in NHWC layout: on the CPU the readable cell's step ~2x faster
     eval_batch_size: int | None = None  # of each epoch's evaluation (None: batch_size): a speed setting, the search
     # is the same at any (its evaluation draws from its own generator); --fast makes it 256 on a GPU
@@ -175,7 +177,7 @@ class Search:
     def bilevel(self, w_optimizer, update_arch: bool, x, y, val_x, val_y) -> tuple[torch.Tensor, torch.Tensor]:
         """``bilevel_step`` on this search's supernet and parts at its precision, with ``w_optimizer``
         (DARTS-PT tunes with one of its own)."""
-        with autocast(self.device.type, self.config.precision):
+        with precision(self.device.type, self.config.precision):
             return bilevel_step(self.model, self.parts, self.a_optimizer, w_optimizer, (x, y), (val_x, val_y),
                                 self.config.grad_clip, update_arch)
 
@@ -222,6 +224,16 @@ class Search:
 
     @checkpoint.guarded_run("search")
     def run(self, progress: bool = True) -> SearchResult:
+        with precision(self.device.type, self.eval_precision):  # all but the steps, which set their own
+            return self._run(progress)
+
+    @property
+    def eval_precision(self) -> str:
+        """The precision of all but the steps (evaluation, stoppers, DARTS-PT's measures): the steps' but bf16's,
+        which is fp32."""
+        return "fp32" if self.config.precision == "bf16" else self.config.precision
+
+    def _run(self, progress: bool) -> SearchResult:
         log = None
         if self.config.tensorboard:  # first, so that a missing tensorboard package fails before any work
             from .report import TensorBoardLog
@@ -319,14 +331,30 @@ class Search:
             f.write(json.dumps(obj) + "\n")
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
-def autocast(device_type: str, precision: str):
-    """The step's autocast: off for fp32; for bf16, convolutions and matrix products in bf16 (reductions,
-    softmax and the loss stay fp32, as torch.autocast decides). No cache of cast weights: second-order
-    DARTS moves the weights in place within one step (its finite differences)."""
-    return torch.autocast(device_type, torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
+@contextlib.contextmanager
+def precision(device_type: str, name: str):
+    """The arithmetic of what runs within: one of ``PRECISIONS``.
+
+    fp32: IEEE float32, as the papers' GPUs computed. On a GPU PyTorch runs float32 convolutions in TF32 by
+    default (cuDNN, a 10-bit mantissa), and a DARTS supernet's alpha gradients amplify the rounding of
+    their terms, which sums cancel to near zero: the first step's alpha gradients of two TF32 runs of the
+    same step in other kernels differed by ~1x their largest on an H100, two fp32 ones on the CPU by 1e-3
+    (docs/speed.md). tf32: float32 convolutions and matrix products in TF32. bf16: under bf16 autocast
+    (convolutions and matrix products in bf16; reductions, softmax and the loss fp32, as torch.autocast
+    decides), no cache of cast weights: second-order DARTS moves the weights in place within one step."""
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = [f.allow_tf32 for f in flags]
+    for f in flags:
+        f.allow_tf32 = name == "tf32"
+    try:
+        with torch.autocast(device_type, torch.bfloat16, enabled=name == "bf16", cache_enabled=False):
+            yield
+    finally:
+        for f, allowed in zip(flags, saved):
+            f.allow_tf32 = allowed
 
 
 def build_supernet(name: str, options: dict[str, Any], **given):

@@ -5,7 +5,7 @@ import argparse
 
 from ..data import CORPORA, DATASETS
 from ..methods import builtin_methods, get_method
-from ..search import fast_settings, resolve_device, search
+from ..search import PRECISIONS, fast_settings, resolve_device, search
 from ..spaces import SPACES
 
 
@@ -61,8 +61,10 @@ def register(sub) -> None:
                    help="the fast path: the cells fused (DARTS and NAS-Bench-201 spaces: same results, fewer and "
                         "larger kernels) and, on a GPU, each step replayed from a CUDA graph; on a CPU the NHWC "
                         "layout (--channels-last), fused but for GDAS; docs/speed.md")
-    s.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="fp32 (default), or bf16: the search steps under bf16 autocast (docs/speed.md)")
+    s.add_argument("--precision", choices=PRECISIONS,
+                   help="fp32 (default: IEEE float32, as the papers computed; on a GPU PyTorch's default would run "
+                        "convolutions in TF32), tf32 (convolutions and matrix products in TF32), or bf16 (the search "
+                        "steps under bf16 autocast); docs/speed.md")
     s.add_argument("--channels-last", action="store_true",
                    help="supernet and images in the NHWC memory layout: on a CPU the search step runs 1.4-2x "
                         "faster (same results up to rounding; part of --fast there; docs/speed.md)")
