@@ -21,8 +21,9 @@ each step replayed from a CUDA graph, on a CPU in channels_last); a suffix -tf32
 last epoch and what 50 epochs on all 50,000 training images would take: the last epoch, plus the steps and
 evaluation batches a full epoch has beyond the subset's at their steady rate (``EpochParts``), so that an
 epoch's fixed costs (a CUDA graph's eager warm-up and capture, deriving the genotype) count once per epoch,
-not once per subset's worth of steps. (An epoch's seconds, as metrics.jsonl records them, end before its
-checkpoint is written.)
+not once per subset's worth of steps; and, once, what the first epoch took beyond the last (a search's one-off
+costs: cuDNN timing its algorithms for each new shape, the fused cells' plans). (An epoch's seconds, as
+metrics.jsonl records them, end before its checkpoint is written.)
 """
 from __future__ import annotations
 
@@ -183,11 +184,13 @@ def main() -> None:
                 break
             alphas = json.loads((Path(tmp) / path / "alphas.jsonl").read_text().splitlines()[-1])["alphas"]
             epoch_seconds = result.metrics[-1]["seconds"]
+            once = max(result.metrics[0]["seconds"] - epoch_seconds, 0.0)  # the first epoch's one-off costs
             full = parts.full_epoch_seconds(epoch_seconds)
             runs[path] = {"seconds": round(time.perf_counter() - t0, 1), "epoch_seconds": epoch_seconds,
                           "ms_per_step": round(1000 * parts.rate.get("train_loader", math.nan), 1),
                           "ms_per_eval_batch": round(1000 * parts.rate.get("eval_loader", math.nan), 1),
-                          "minutes_for_50_full_epochs": round(50 * full / 60, 1),
+                          "first_epoch_extra_seconds": round(once, 1),
+                          "minutes_for_50_full_epochs": round((once + 50 * full) / 60, 1),
                           "genotype": str(result.genotype),
                           "final_val_acc": result.metrics[-1]["val_acc"],
                           "alphas": torch.tensor([alphas[t] for t in sorted(alphas)])}
