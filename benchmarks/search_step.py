@@ -17,8 +17,8 @@ appends a row per recipe to benchmarks/RESULTS.md.
 With several paths, their steps are interleaved in one process, so that a change of machine load hits
 both alike; each row reports its speed-up over the readable path, and how far its first step (its loss, the
 alphas' and the weights' gradients, from the same weights and batches) is from the first path's
-(``first_step_vs_<path>``, max |difference| over max |value|: float rounding, TF32, bf16). On the CPU the peak memory is the
-process's peak resident set, shared by the paths of a run.
+(``first_step_vs_<path>``, max |difference| over max |value|: float rounding, TF32, bf16). On the CPU the
+peak memory is the process's peak resident set, shared by the paths of a run.
 """
 from __future__ import annotations
 
@@ -62,11 +62,12 @@ def path_options(path: str, bases) -> tuple[str, str, bool]:
     """A benchmark path's name: its base (one of ``bases``), then its precision if not fp32 (-tf32, -bf16:
     ``dnas.search.precision``) and whether -cl (channels_last) follows, in that order."""
     base, *options = path.split("-")
-    precisions = [p for p in PRECISIONS if p != "fp32"]
-    if base not in bases or options not in ([], ["cl"], *([p] for p in precisions), *([p, "cl"] for p in precisions)):
+    others = [p for p in PRECISIONS if p != "fp32"]
+    arithmetic = options.pop(0) if options and options[0] in others else "fp32"
+    if base not in bases or options not in ([], ["cl"]):
         raise ValueError(f"unknown path {path!r}; valid: {', '.join(bases)}, each optionally followed by "
-                         f"{' or '.join('-' + p for p in precisions)} and -cl ({bases[-1]}-cl, {bases[-1]}-bf16-cl, ...)")
-    return base, next((o for o in options if o in precisions), "fp32"), "cl" in options
+                         f"{' or '.join('-' + p for p in others)}, then -cl ({bases[-1]}-cl, {bases[-1]}-bf16-cl, ...)")
+    return base, arithmetic, options == ["cl"]
 
 
 def depth(space: str) -> tuple[str, int]:
@@ -101,8 +102,8 @@ def supernet(method, fused: bool, layout: torch.memory_format, C: int, layers: i
 def measure(method_name: str, args, device: torch.device) -> list[dict]:
     """The step of one recipe (darts-v1 is first order, darts-v2 second order) on random CIFAR-shaped data,
     on each path (readable: SearchCell; fused: spaces/fused.py; graph: the fused step replayed from a
-    CUDA graph, cuda_graph.py; -tf32, -bf16: in that precision, ``dnas.search.precision``; -cl: in channels_last), the paths' steps
-    interleaved."""
+    CUDA graph, cuda_graph.py; -tf32, -bf16: in that precision, ``dnas.search.precision``; -cl: in
+    channels_last), the paths' steps interleaved."""
     method = get_method(method_name)
     batch = lambda: (torch.randn(args.batch_size, 3, 32, 32, device=device),
                      torch.randint(0, 10, (args.batch_size,), device=device))
@@ -233,8 +234,8 @@ def main() -> None:
     p.add_argument("--space", default="darts", choices=sorted(DEPTH), help="the search space (default darts)")
     p.add_argument("--methods", default="darts-v1,darts-v2", help="recipes, comma-separated")
     p.add_argument("--paths", default="readable", help=f"comma-separated, of {', '.join(PATHS)} (graph: GPU "
-                   f"only), each optionally followed by -tf32 or -bf16 (the precision; default fp32) and -cl (channels_last "
-                        f"tensors)")
+                   f"only), each optionally followed by -tf32 or -bf16 (the precision; default fp32), then -cl "
+                   f"(channels_last tensors)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (a graph captures at the third)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")

@@ -444,14 +444,15 @@ FAST_EVAL_BATCH = 256  # the evaluation's batch under --fast on a GPU: a forward
 
 def fast_settings(device: torch.device, method: Method, space: str | None = None) -> dict[str, Any]:
     """What ``--fast`` turns on for ``method`` on ``space`` (None: the method's), the fastest measured on each
-    kind of device (docs/speed.md): on a GPU the fused cells (a space option of darts and nb201), each step
+    kind of device (docs/speed.md). On a GPU: the fused cells (a space option of darts and nb201), each step
     replayed from a CUDA graph and the evaluation at batch ``FAST_EVAL_BATCH`` (larger kernels: on an H100 an
-    epoch 4% shorter than at 64), in NCHW (NHWC: docs/speed.md, channels_last); on a CPU the NHWC layout, with the fused
-    cells unless the relaxation is hard (GDAS: one sampled op per edge leaves little to batch, and there the
-    readable cell in NHWC is the fastest CPU path), and in NCHW for partial channels on NAS-Bench-201 (PC-DARTS:
-    its ops see C/K = 4 channels in the first stage, too few for NHWC kernels, a BatchNorm of them 0.62 ms
-    against 0.12 at batch 16; a step 311 ms in NCHW against 396, where the DARTS space's separable convolutions gain more
-    from NHWC than they lose). A space without a fused cell (the recurrent one) has no fast path."""
+    epoch 4% shorter than at 64), in NCHW (NHWC: docs/speed.md, channels_last). On a CPU: the NHWC layout,
+    with the fused cells unless the relaxation is hard (GDAS: one sampled op per edge leaves little to
+    batch, and there the readable cell in NHWC is the fastest CPU path); but NCHW for partial channels on
+    NAS-Bench-201 (PC-DARTS: its ops see C/K = 4 channels in the first stage, too few for NHWC kernels, a
+    BatchNorm of them 0.62 ms against 0.12 at batch 16, the step 311 ms against 396; the DARTS space's
+    separable convolutions gain more from NHWC than they lose). A space without a fused cell (the recurrent
+    one) has no fast path."""
     space = space or method.part("space")
     fusable = [name for name in SPACES.names() if "fused" in inspect.signature(SPACES.get(name)).parameters]
     if space not in fusable:
