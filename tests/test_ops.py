@@ -178,6 +178,12 @@ def test_dil_conv_structure(name, k, pad):
     assert _convs(strided)[1].stride == (1, 1)
 
 
+def assert_rounding_close(got, want):
+    """Equal but for float64's rounding, or float32's (a GPU's forms, ``form_dtype``)."""
+    rounding = 1e-12 if want.dtype == torch.float64 else 1e-5 * want.abs().max().item()
+    assert torch.allclose(got, want, rtol=0, atol=rounding)
+
+
 @pytest.mark.parametrize("k,padding,dilation,groups", [(3, 2, 2, C), (5, 4, 2, C), (1, 0, 1, 1)])
 @pytest.mark.parametrize("size", [(8, 8), (7, 9)])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
@@ -193,8 +199,7 @@ def test_stride_2_conv_runs_on_the_pixels_it_reads(k, padding, dilation, groups,
     g = torch.randn_like(y)
     (dx, dw), (want_dx, want_dw) = torch.autograd.grad(y, (x, w), g), torch.autograd.grad(expected, (x, w), g)
     for got, want in ((y, expected), (dx, want_dx), (dw, want_dw)):
-        rounding = 1e-12 if x.dtype == torch.float64 else 1e-5 * want.abs().max().item()
-        assert torch.allclose(got, want, rtol=0, atol=rounding)
+        assert_rounding_close(got, want)
     assert y.is_contiguous(memory_format=layout) and dx.is_contiguous(memory_format=layout)
     # given those pixels already (the fused cell takes them before copying a source to its edges)
     assert torch.allclose(conv2d(pixels(x, step=2), w, *args, sampled=True), expected, rtol=0, atol=1e-12)
@@ -252,8 +257,7 @@ def _same_as_conv(x, w, args):
     g = torch.randn_like(expected)
     (dx, dw), (want_dx, want_dw) = torch.autograd.grad(y, (x, w), g), torch.autograd.grad(expected, (x, w), g)
     for got, want in ((y, expected), (dx, want_dx), (dw, want_dw)):
-        rounding = 1e-12 if x.dtype == torch.float64 else 1e-5 * want.abs().max().item()
-        assert torch.allclose(got, want, rtol=0, atol=rounding)
+        assert_rounding_close(got, want)
     layout = torch.channels_last if ops.channels_innermost(x) else torch.contiguous_format
     assert y.is_contiguous(memory_format=layout) and dx.is_contiguous(memory_format=layout)
     return y
