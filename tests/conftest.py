@@ -82,6 +82,14 @@ def strided(t: torch.Tensor) -> bool:
 BATCH_NORM_AND_CONVOLUTION = {"native_batch_norm", "native_batch_norm_backward", "convolution", "convolution_backward"}
 
 
+@pytest.fixture
+def no_tf32(monkeypatch):
+    """IEEE float32 on a GPU: TF32 off for cuDNN's convolutions and for matrix products (cuDNN's are TF32 by
+    PyTorch's default), so that float32 results compare to float32's rounding."""
+    for flags in (torch.backends.cudnn, torch.backends.cuda.matmul):
+        monkeypatch.setattr(flags, "allow_tf32", False)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """The tests use small tensors: one intra-op thread is fastest there and avoids OpenMP contention."""

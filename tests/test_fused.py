@@ -351,12 +351,10 @@ def test_cuda_step_equals_readable(name, space):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: cuDNN's NHWC kernels")
 @pytest.mark.parametrize("name, space", [("darts-v1", "darts"), ("pc-darts", "darts"), ("darts-v1", "nb201")])
-def test_cuda_channels_last_step_equals_readable(name, space, monkeypatch):
+def test_cuda_channels_last_step_equals_readable(name, space, no_tf32):
     """channels_last on the GPU (cuDNN's NHWC kernels, ops.conv2d's NHWC forms) against the readable NCHW
     step, in float32 without TF32: PyTorch runs a float64 convolution NCHW in any layout. On the CPU the
     same comparison differs by 3e-5 of a tensor's largest; a wrong gradient would by its own size."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     reference = search_step(name, fused=False, device="cuda", dtype=torch.float32, space=space)
     for fused in (False, True):
         assert_same_step(reference, search_step(name, fused, device="cuda", dtype=torch.float32,

@@ -225,14 +225,13 @@ def form_device(request, monkeypatch):
 
 
 @pytest.fixture
-def form_dtype(form_device, monkeypatch):
+def form_dtype(form_device, request):
     """float64 on the CPU; float32 without TF32 on a GPU, where PyTorch gives a float64 convolution to its
     own NCHW kernels in any layout (cuDNN takes NHWC for float32 and half only), so that float64 would test
     neither cuDNN's NHWC kernels nor the layouts of what they return."""
     if form_device == "cpu":
         return torch.float64
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    request.getfixturevalue("no_tf32")
     return torch.float32
 
 
