@@ -19,7 +19,8 @@ pixels), in the forms a faster fused cell could take:
 
 Each variant's forward and backward (gradients of input and weight) is captured in a CUDA graph and
 replayed, as in the search (on the CPU: eager, for a smoke run). Writes JSON to benchmarks/out/ and prints
-microseconds per forward+backward.
+microseconds per forward+backward, and the milliseconds of each variant's first call (cuDNN's algorithm
+search, with ``cudnn.benchmark`` on as a search has it: a one-off cost per shape).
 
     python benchmarks/conv_variants.py                        # on a GPU
     python benchmarks/conv_variants.py --only pointwise       # the grouped 1x1 convolutions' forms alone
@@ -121,13 +122,18 @@ def forward_backward(fn, tensors):
     return run
 
 
-def time_it(run, device: torch.device, repeats: int) -> float:
-    """Microseconds per call: replayed from a CUDA graph on a GPU, eager on the CPU."""
+def time_it(run, device: torch.device, repeats: int) -> tuple[float, float]:
+    """Microseconds per call, replayed from a CUDA graph on a GPU (eager on the CPU), and milliseconds of the
+    first call: with ``cudnn.benchmark`` cuDNN times its algorithms (building some) for each new shape."""
     if device.type == "cuda":
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(3):
+            t0 = time.perf_counter()
+            run()
+            torch.cuda.synchronize()
+            first = 1000 * (time.perf_counter() - t0)
+            for _ in range(2):
                 run()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
@@ -140,12 +146,14 @@ def time_it(run, device: torch.device, repeats: int) -> float:
             graph.replay()
         end.record()
         torch.cuda.synchronize()
-        return 1000 * start.elapsed_time(end) / repeats
+        return 1000 * start.elapsed_time(end) / repeats, first
+    t0 = time.perf_counter()
     run()
+    first = 1000 * (time.perf_counter() - t0)
     t0 = time.perf_counter()
     for _ in range(repeats):
         run()
-    return 1e6 * (time.perf_counter() - t0) / repeats
+    return 1e6 * (time.perf_counter() - t0) / repeats, first
 
 
 def main() -> None:
@@ -153,25 +161,29 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--only", default="", help="the cases whose name holds this text (pointwise, dil 2, E=8 C=64, ...)")
+    p.add_argument("--only", default="", help="the cases whose name holds one of these texts, comma-separated "
+                                               "(pointwise, dil 2, E=8 C=64, ...)")
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
     check_variants(device)
     print(f"{'us per forward+backward, batch ' + str(args.batch_size):45}" + "".join(f"{k:>14}" for k in LAYOUTS))
     results = []
-    for name, fn, shapes in (case for case in cases(args.batch_size) if args.only in case[0]):
+    chosen = lambda name: any(text in name for text in args.only.split(","))
+    for name, fn, shapes in (case for case in cases(args.batch_size) if chosen(case[0])):
         row = {"case": name}
         for layout, (memory_format, dtype, tf32) in LAYOUTS.items():
             torch.backends.cuda.matmul.allow_tf32 = tf32
             tensors = [torch.randn(s, device=device, dtype=dtype).contiguous(memory_format=memory_format)
                        .requires_grad_() for s in shapes]
             try:
-                row[layout] = round(time_it(forward_backward(fn, tensors), device, args.repeats), 1)
+                us, first = time_it(forward_backward(fn, tensors), device, args.repeats)
+                row[layout], row[f"{layout} first call ms"] = round(us, 1), round(first, 1)
             except Exception as e:  # a variant a backend does not run is reported, the others timed
                 row[layout] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
         results.append(row)
-        print(f"{name:45}" + "".join(f"{str(row.get(k, '-')):>14}" for k in LAYOUTS), flush=True)
+        print(f"{name:45}" + "".join(f"{str(row.get(k, '-')):>14}" for k in LAYOUTS)
+              + "   first call ms: " + " ".join(str(row.get(f"{k} first call ms", "-")) for k in LAYOUTS), flush=True)
     report = {"benchmark": "conv_variants", "device": device_name(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size, "unit": "us per forward+backward",
               "columns": list(LAYOUTS), "results": results}

@@ -87,7 +87,7 @@ nb201)
 profile)
     timeout 60 python3 benchmarks/profile_step.py --rows 30 --channels-last 2>&1 | grep -v USDT | tee "$OUT/profile.log" ;;
 convs)
-    timeout 60 python3 benchmarks/conv_variants.py --repeats 30 --only pointwise 2>&1 | tee "$OUT/convs.log" ;;
+    timeout 80 python3 benchmarks/conv_variants.py --repeats 30 --only "pointwise,E=8 C=16" 2>&1 | tee "$OUT/convs.log" ;;
 e2e)
     e2e darts-v1 darts-v1 fast 150 ;;
 e2e2)
