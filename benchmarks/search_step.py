@@ -17,8 +17,9 @@ appends a row per recipe to benchmarks/RESULTS.md.
 With several paths, their steps are interleaved in one process, so that a change of machine load hits
 both alike; each row reports its speed-up over the readable path, and how far its first step (its loss, the
 alphas' and the weights' gradients, from the same weights and batches) is from the first path's
-(``first_step_vs_<path>``, max |difference| over max |value|: float rounding, TF32, bf16). On the CPU the
-peak memory is the process's peak resident set, shared by the paths of a run.
+(``first_step_vs_<path>``, max |difference| over max |value|: float rounding, TF32, bf16). On a GPU a
+path's peak memory is what it would take alone (the batches, its model and optimisers, its step's own rise
+above what was allocated before it); on the CPU it is the process's peak resident set, shared by the paths.
 """
 from __future__ import annotations
 
@@ -108,12 +109,14 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     batch = lambda: (torch.randn(args.batch_size, 3, 32, 32, device=device),
                      torch.randint(0, 10, (args.batch_size,), device=device))
     inputs = (*batch(), *batch())
-    steps, times, peaks, saved, models, first = {}, {}, {}, {}, {}, {}
+    steps, times, rises, held, saved, models, first = {}, {}, {}, {}, {}, {}, {}
     for path in args.paths:
         base, arithmetic, channels_last = path_options(path, PATHS)
         layout = memory_format(channels_last)
+        before = allocated(device)
         model, parts, w_opt, a_opt = supernet(method, base != "readable", layout, args.init_channels, args.layers,
                                               device, args.space)
+        held[path] = allocated(device) - before  # its model and optimisers (CUDA; the CPU's peak RSS grows alike)
         saved[path] = saved_for_backward(model, inputs[0])
         models[path] = model
         step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic)
@@ -122,17 +125,26 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
             step = GraphedStep(step)
         steps[path] = partial(step, *(t.contiguous(memory_format=layout) if t.dim() == 4 else t for t in inputs))
         times[path] = []
-    base = allocated(device)  # model, optimisers and data: what a step adds on top is the step's own memory
+    shared = allocated(device) - sum(held.values())  # the batches, and on the CPU the process itself
 
-    def timed(path):  # seconds; the peak memory of a path is over its warm-up too, where a graph is captured
-        sync(device)  # (a replay reuses the capture's memory, which no longer counts as allocated)
+    def memory(path) -> tuple[int, int]:
+        """Bytes: the path's peak, and what its step adds to what it holds before. On CUDA as if it ran
+        alone (what the batches, its model and optimisers hold, and its step's own rise); on the CPU the
+        process's peak resident set, shared by the paths (it only grows)."""
+        if device.type == "cuda":
+            return shared + held[path] + rises[path], rises[path]
+        return peak(device), peak(device) - shared - sum(held.values())
+
+    def timed(path):  # seconds; a step's memory is over its warm-up too, where a graph is captured (a replay
+        sync(device)  # reuses the capture's memory, which no longer counts as allocated)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        start = allocated(device)
         t0 = time.perf_counter()
         loss, _ = steps[path]()
         sync(device)
         seconds = time.perf_counter() - t0
-        peaks[path] = max(peaks.get(path, 0), peak(device))
+        rises[path] = max(rises.get(path, 0), peak(device) - start)  # the step's own, whatever other paths hold
         if path not in first:  # every path's first step starts from the same weights, buffers and batches
             first[path] = first_step(models[path], loss)
         return seconds
@@ -160,9 +172,10 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     return [{"method": name, "path": path, "error": error, "interrupted": interrupted}
             for path, error in failed.items()] + [
             {"method": name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
-             "ms_per_step_min": round(1000 * min(times[path]), 1), "peak_memory_gb": round(peaks[path] / 2**30, 2),
+             "ms_per_step_min": round(1000 * min(times[path]), 1),
+             "peak_memory_gb": round(memory(path)[0] / 2**30, 2),
              "steps_timed": len(times[path]), "interrupted": interrupted,
-             "step_memory_per_sample_mb": round((peaks[path] - base) / args.batch_size / 2**20, 1),
+             "step_memory_per_sample_mb": round(memory(path)[1] / args.batch_size / 2**20, 1),
              "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None,
              "saved_for_backward_mb_per_sample": round(saved[path] / args.batch_size / 2**20, 1),
              "replayed": isinstance(steps[path].func, GraphedStep) and steps[path].func.replays > 0,
