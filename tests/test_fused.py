@@ -340,11 +340,13 @@ def test_channels_last_stays_nhwc_through_the_fused_cell(name, space):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the fast path on the GPU")
 @pytest.mark.parametrize("name, space", [("darts-v1", "darts"), ("darts-v2", "darts"), ("gdas", "darts"),
-                                         ("pc-darts", "darts"), ("darts-v1", "nb201"), ("gdas", "nb201")])
+                                         ("pc-darts", "darts"), ("idarts", "darts"), ("darts-v1", "nb201"),
+                                         ("gdas", "nb201")])
 def test_cuda_step_equals_readable(name, space):
     """On the GPU too the paths compute the same, checked in float64: in float32, cuDNN's convolutions run
     in TF32 (10 bits of mantissa) by default, and on an H200 single gradient elements then differed by
-    2e-3 of their tensor's largest, the two paths summing in different orders."""
+    2e-3 of their tensor's largest, the two paths summing in different orders. iDARTS: its fused step
+    differentiates its grouped convolutions' backward by grouped kernels (``ops.second_derivatives``)."""
     assert_same_step(search_step(name, fused=False, device="cuda", space=space),
                      search_step(name, fused=True, device="cuda", space=space))
 
