@@ -6,9 +6,9 @@ pointwise 1x1 convolutions with groups = edges. This times each, at the shapes o
 (batch 64; 8 edges out of a cell's two inputs, or the 3 out of its first node; C = 16, 32, 64 at 32, 16, 8
 pixels), in the forms a faster fused cell could take:
 
-* layout and precision: NCHW fp32, channels_last fp32 (the matrix products in full fp32 or in TF32, as
-  cuDNN runs float32 convolutions by default), channels_last bf16 (PyTorch hands depthwise convolutions to
-  cuDNN only in channels_last or half precision);
+* layout and precision: NCHW fp32, channels_last fp32 and TF32 (``dnas.search.precision``: a search's
+  default fp32 turns TF32 off, which PyTorch leaves on for cuDNN's convolutions), channels_last bf16
+  (PyTorch hands depthwise convolutions to cuDNN only in channels_last or half precision);
 * pointwise: the grouped convolution, or batched matrix products per edge (in either layout, no copy in
   NCHW);
 * sep_conv_3x3 and sep_conv_5x5 of the same edges: two depthwise convolutions, or one 5x5 over both with
@@ -37,18 +37,18 @@ import torch
 import torch.nn.functional as F
 
 from dnas import ops
-from dnas.search import resolve_device
+from dnas.search import precision, resolve_device
 from search_step import device_name
 
 HERE = Path(__file__).resolve().parent
 SHAPES = [(8, 16, 32), (3, 16, 32), (8, 32, 16), (8, 64, 8)]  # (edges, C, H)
-#: column: (layout, dtype, whether float32 matrix products run in TF32). cuDNN's float32 convolutions run in
-#: TF32 by default (``torch.backends.cudnn.allow_tf32``), PyTorch's matrix products not: nhwc-tf32 times the
-#: matrix-product forms as a convolution's default precision would run them.
-LAYOUTS = {"nchw-fp32": (torch.contiguous_format, torch.float32, False),
-           "nhwc-fp32": (torch.channels_last, torch.float32, False),
-           "nhwc-tf32": (torch.channels_last, torch.float32, True),
-           "nhwc-bf16": (torch.channels_last, torch.bfloat16, False)}
+#: column: (layout, dtype, the search's precision it runs in, ``dnas.search.precision``): fp32 is IEEE float32
+#: (TF32 off), tf32 runs float32 convolutions and matrix products in TF32 (cuDNN's convolutions by PyTorch's
+#: default); bf16 tensors are bf16 already.
+LAYOUTS = {"nchw-fp32": (torch.contiguous_format, torch.float32, "fp32"),
+           "nhwc-fp32": (torch.channels_last, torch.float32, "fp32"),
+           "nhwc-tf32": (torch.channels_last, torch.float32, "tf32"),
+           "nhwc-bf16": (torch.channels_last, torch.bfloat16, "fp32")}
 
 
 def depthwise(x, w, dilation=1, conv=F.conv2d):
@@ -172,12 +172,12 @@ def main() -> None:
     chosen = lambda name: any(text in name for text in args.only.split(","))
     for name, fn, shapes in (case for case in cases(args.batch_size) if chosen(case[0])):
         row = {"case": name}
-        for layout, (memory_format, dtype, tf32) in LAYOUTS.items():
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+        for layout, (memory_format, dtype, arithmetic) in LAYOUTS.items():
             tensors = [torch.randn(s, device=device, dtype=dtype).contiguous(memory_format=memory_format)
                        .requires_grad_() for s in shapes]
             try:
-                us, first = time_it(forward_backward(fn, tensors), device, args.repeats)
+                with precision(device.type, arithmetic):
+                    us, first = time_it(forward_backward(fn, tensors), device, args.repeats)
                 row[layout], row[f"{layout} first call ms"] = round(us, 1), round(first, 1)
             except Exception as e:  # a variant a backend does not run is reported, the others timed
                 row[layout] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
