@@ -83,11 +83,13 @@ BATCH_NORM_AND_CONVOLUTION = {"native_batch_norm", "native_batch_norm_backward",
 
 
 @pytest.fixture
-def no_tf32(monkeypatch):
-    """IEEE float32 on a GPU: TF32 off for cuDNN's convolutions and for matrix products (cuDNN's are TF32 by
-    PyTorch's default), so that float32 results compare to float32's rounding."""
-    for flags in (torch.backends.cudnn, torch.backends.cuda.matmul):
-        monkeypatch.setattr(flags, "allow_tf32", False)
+def no_tf32():
+    """IEEE float32 on a GPU, as a search computes (``dnas.search.precision``): TF32 off for cuDNN's
+    convolutions, TF32 by PyTorch's default, so that float32 results compare to float32's rounding."""
+    from dnas.search import precision
+
+    with precision("cuda", "fp32"):
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")
