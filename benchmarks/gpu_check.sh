@@ -20,9 +20,9 @@
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
 # tool with carry [".gpu_data"]; stages: tests steps e2e convs profile steps2 e2e2 base recipes nb201
-# (default: all, in that order). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8 files come back); the
-# rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date
-# and command.
+# (default: all, in that order). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
+# files come back); the rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py)
+# with the device, date and command.
 set -u
 export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1 DNAS_SHARED_DATA="$PWD/.gpu_data/data"
 OUT="${OUT:-benchmarks/out}"
@@ -46,10 +46,11 @@ step() {  # name, methods, paths, steps, seconds[, options]: one process per cal
     timeout "$5" python3 benchmarks/search_step.py --methods "$2" --paths "$3" --steps "$4" --no-results ${6:-} \
         > "$OUT/step-$1.json" 2>> "$OUT/errors.log"; report "$OUT/step-$1.json" || tail -5 "$OUT/errors.log"
 }
-run_tests() {  # seconds, pytest arguments: appended to tests.log, its summary printed
-    seconds=$1; shift
-    timeout -s INT -k 10 "$seconds" python3 -m pytest -q -rfE --tb=short --durations=5 -p no:cacheprovider "$@" \
-        > "$OUT/tests.part" 2>&1
+run_tests() {  # seconds, pytest arguments: appended to tests.log, its summary printed; a test that hangs is
+    seconds=$1; shift  # stopped at 60 s where pytest-timeout is installed (the lent machines have it)
+    per_test=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60")
+    timeout -s INT -k 10 "$seconds" python3 -m pytest -q -rfE --tb=short --durations=5 $per_test \
+        -p no:cacheprovider "$@" > "$OUT/tests.part" 2>&1
     grep -E "^(FAILED|ERROR)|passed|failed|skipped|KeyboardInterrupt" "$OUT/tests.part" | tail -15
     cat "$OUT/tests.part" >> "$OUT/tests.log" && rm "$OUT/tests.part"
 }
