@@ -260,6 +260,26 @@ def test_precision_holds_for_the_whole_search_and_is_put_back(fashion_mnist_root
     assert [f.allow_tf32 for f in flags] == [not tf32] * 2
 
 
+def test_cudnn_times_its_algorithms_for_full_batches_only(fashion_mnist_root, tmp_path, monkeypatch):
+    """cuDNN's timing of its algorithms for each new shape (cudnn.benchmark) is on for a search's full batches,
+    whose shapes repeat every step, and off for an epoch's last, smaller batch (its step and its evaluation),
+    which runs once an epoch; the process's flag is put back after the run."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    seen = set()
+    setup = Search.setup
+
+    def setup_and_watch(self):
+        setup(self)
+        self.model.register_forward_pre_hook(
+            lambda model, args: seen.add((model.training, len(args[0]), torch.backends.cudnn.benchmark)))
+
+    monkeypatch.setattr(Search, "setup", setup_and_watch)
+    # 68 images a half: 4 steps of 16 and one of 4; evaluated in 2 batches of 24 and one of 20
+    dnas.search(dataset="fashion-mnist", run_dir=tmp_path / "r", epochs=1, eval_batch_size=24, **{**TINY, "subset": 136})
+    assert seen == {(True, 16, True), (True, 4, False), (False, 24, True), (False, 20, False)}
+    assert not torch.backends.cudnn.benchmark
+
+
 def test_fast_settings_are_the_fastest_measured_per_device():
     """--fast (docs/speed.md): on a GPU the fused cells replayed from a CUDA graph; on a CPU NHWC, with the
     fused cells but for a hard relaxation (GDAS), whose readable cell is the faster one there, and but for

@@ -123,9 +123,7 @@ class Search:
         if config.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {config.precision!r}; valid: {', '.join(PRECISIONS)}")
         torch.manual_seed(config.seed)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once (as DARTS does)
-        else:
+        if self.device.type == "cpu":
             reuse_large_blocks()
         self.setup()
         self.graph = self.eval_graph = None  # the step and the evaluation replayed from CUDA graphs (on a GPU)
@@ -177,7 +175,8 @@ class Search:
     def bilevel(self, w_optimizer, update_arch: bool, x, y, val_x, val_y) -> tuple[torch.Tensor, torch.Tensor]:
         """``bilevel_step`` on this search's supernet and parts at its precision, with ``w_optimizer``
         (DARTS-PT tunes with one of its own)."""
-        with precision(self.device.type, self.config.precision):
+        timed = torch.backends.cudnn.benchmark and len(y) == len(val_y) == self.config.batch_size
+        with precision(self.device.type, self.config.precision), cudnn_benchmark(timed):
             return bilevel_step(self.model, self.parts, self.a_optimizer, w_optimizer, (x, y), (val_x, val_y),
                                 self.config.grad_clip, update_arch)
 
@@ -219,12 +218,15 @@ class Search:
         return {"val_loss": float(loss_sum) / seen, "val_acc": float(correct) / seen}
 
     def _eval_batch(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(x)
+        with cudnn_benchmark(torch.backends.cudnn.benchmark and len(y) == self.eval_loader.batch_size):
+            logits = self.model(x)
         return F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum()
 
     @checkpoint.guarded_run("search")
     def run(self, progress: bool = True) -> SearchResult:
-        with precision(self.device.type, self.eval_precision):  # all but the steps, which set their own
+        # all but the steps, which set their own precision; cuDNN times its algorithms for each new shape of
+        # a full batch (fixed shapes, as DARTS does), not for an epoch's last, smaller ones
+        with precision(self.device.type, self.eval_precision), cudnn_benchmark(True):
             return self._run(progress)
 
     @property
@@ -332,6 +334,20 @@ class Search:
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool):
+    """Whether cuDNN times its algorithms for each new convolution shape within (``cudnn.benchmark``), the
+    flag put back after. A search has it on for its full batches, whose shapes repeat every step, and off
+    for the last, smaller batch of an epoch (its step and its evaluation): a step of the fused cells has
+    ~130 convolution shapes, each timed forward and backward, and that batch runs once an epoch."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 @contextlib.contextmanager
