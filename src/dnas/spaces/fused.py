@@ -51,7 +51,7 @@ each space's ``SearchCell.forward_fused``.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -165,24 +165,46 @@ class _Plan:
     random: list[tuple[int, Leaf]]  # (edge, its noise or dropout leaf), in the order the readable cell draws
     banks: list[tuple[list[nn.Conv2d], list[int]]]  # per weight shape: the convolutions, per call how many
     stride: int  # of the edges out of the inputs: the nodes' size is the inputs' over it
+    batch_norm_channels: int  # of all its BatchNorms: what a training forward normalises at most
 
 
 @dataclass
 class _Run:
     """What the batches of one fused cell forward share: per bank, the convolution weights concatenated once
-    and split per convolution call; the noise and dropout masks; the BatchNorm running statistics to write
-    back when the cell is done."""
+    and split per convolution call; the noise and dropout masks; the batch statistics of its training
+    BatchNorms, towards which their running statistics move when the cell is done."""
 
     weights: list[tuple[torch.Tensor, ...]]
     noise: dict[int, torch.Tensor]
-    buffers: list[torch.Tensor]
-    values: list[torch.Tensor]
-    counters: list[torch.Tensor]  # num_batches_tracked of every BatchNorm that ran in training mode
+    capacity: int  # channels of all the cell's BatchNorms: the most its training forward normalises
+    statistics: torch.Tensor | None = None  # (2, capacity) zeros, made at the first BatchNorm call: a slice
+    taken: int = 0  # for each call (channels handed out so far), where it writes its batch's statistics
+    moving: dict[float, tuple[list, list]] = field(default_factory=dict)  # momentum -> per module, its running
+    # statistics and its batch's
+    counters: list[torch.Tensor] = field(default_factory=list)  # num_batches_tracked of each BatchNorm
+
+    def batch_statistics(self, mods: list[nn.BatchNorm2d], channels: int, per: int = 1):
+        """(mean, variance) of ``channels`` for a BatchNorm call at momentum 1 to write its batch's mean and
+        unbiased variance into; the running statistics of ``mods`` (``per`` modules to each block of the
+        channels) move towards them at ``write_back``. Slices of one buffer zeroed once per cell: no kernel
+        per call, where concatenating the modules' own statistics for each call took one."""
+        if self.statistics is None:
+            self.statistics = mods[0].running_mean.new_zeros(2, self.capacity)
+        mean, var = self.statistics[:, self.taken:self.taken + channels]
+        self.taken += channels
+        means, variances = (t.view(-1, mods[0].num_features) for t in (mean, var))
+        old, new = self.moving.setdefault(mods[0].momentum, ([], []))
+        old += [b.running_mean for b in mods] + [b.running_var for b in mods]
+        new += [means[k // per] for k in range(len(mods))] + [variances[k // per] for k in range(len(mods))]
+        self.counters += [b.num_batches_tracked for b in mods]
+        return mean, var
 
     def write_back(self):
+        """Each running statistic moved towards its batch's by its momentum, (1 - m) old + m batch, as the
+        BatchNorm's own forward moves it: one kernel per momentum for the whole cell."""
         with torch.no_grad():
-            if self.buffers:
-                torch._foreach_copy_(self.buffers, self.values)
+            for momentum, (old, new) in self.moving.items():
+                torch._foreach_lerp_(old, new, momentum)
             if self.counters:
                 torch._foreach_add_(self.counters, 1)
 
@@ -227,7 +249,7 @@ def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weight
     noise = _draw_random(cell, plan, states[-1]) if plan.random and cell.training else {}
     banks = [torch.cat([m.weight for m in convs]).split(sizes) if len(convs) > 1 else (convs[0].weight,)
              for convs, sizes in plan.banks]
-    run = _Run(banks, noise, [], [], [])
+    run = _Run(banks, noise, plan.batch_norm_channels)
     flat = weights.reshape(-1)  # the op weight of every slot, all gathered at once
     if plan.schedules:
         flat = torch.cat([flat, *(flat.new_full((1,), s.beta) for s in plan.schedules)])
@@ -327,9 +349,11 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
             if kind == "fr":
                 calls = [[f.conv_1 for f in mods], [f.conv_2 for f in mods]]
             g.convs.append(tuple(_add_to_bank(banks, convs) for convs in calls))
+    batch_norm_channels = sum(len(mods) * mods[0].num_features for b in batches for g in b.groups
+                              for kind, mods in g.leaves if kind == "bn")
     plan = _Plan(batches, tensor(weight_index), schedules, tensor([e for b in batches for e in b.edges]),
                  straight_through, sorted(random.items(), key=lambda kv: kv[0]), list(banks.values()),
-                 topology.stride)
+                 topology.stride, batch_norm_channels)
     _to_device(plan, device)
     return plan
 
@@ -555,19 +579,9 @@ def _batch_norm_per_source(x: torch.Tensor, mods: list[nn.BatchNorm2d], per: int
     """The BatchNorms ``mods`` of ``per`` edges each that see the same input channels of ``x``, training
     and not affine: their output is the batch's normalisation of ``x``, once; each module's running
     statistics move towards the batch's mean and unbiased variance by its momentum, as its own forward
-    would move them, written back when the cell is done. The batch's statistics are the kernel's own
-    (written into fresh buffers at momentum 1), as each module's forward would compute them: no second pass."""
-    m = mods[0]
-    stats = x.new_zeros(2, x.shape[1], dtype=m.running_mean.dtype)  # (mean, variance) of each channel
-    y = F.batch_norm(x, stats[0], stats[1], training=True, momentum=1.0, eps=m.eps)
-    with torch.no_grad():
-        batch = stats.view(2, -1, 1, m.num_features).expand(-1, -1, per, -1).flatten()
-        buffers = [b.running_mean for b in mods] + [b.running_var for b in mods]
-        values = torch.cat(buffers).lerp_(batch, m.momentum)  # (1 - momentum) old + momentum batch
-    run.buffers += buffers
-    run.values += values.split([b.num_features for b in mods] * 2)
-    run.counters += [b.num_batches_tracked for b in mods]
-    return y
+    would move them, when the cell is done."""
+    mean, var = run.batch_statistics(mods, x.shape[1], per)
+    return F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=mods[0].eps)
 
 
 def _copy_to_edges(begun: dict, heads: list, per: int) -> dict:
@@ -701,27 +715,18 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
 
 def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=None) -> torch.Tensor:
     """The BatchNorms ``mods`` over their concatenated channels, their outputs times ``scale`` per channel
-    if given; their running statistics, updated in one concatenated copy, are written back to the modules
-    when the cell is done."""
+    if given. In training their running statistics move when the cell is done (``_Run.batch_statistics``);
+    in evaluation they normalise by them."""
     m = mods[0]
-    if len(mods) > 1:
-        buffers = [b.running_mean for b in mods] + [b.running_var for b in mods]
-        stat = torch.cat(buffers)  # the means, then the variances
-        mean, var = stat.split(x.shape[1])
-        weight = torch.cat([b.weight for b in mods]) if m.affine else None
-        bias = torch.cat([b.bias for b in mods]) if m.affine else None
-    else:
-        mean, var, weight, bias = m.running_mean, m.running_var, m.weight, m.bias
+    weight, bias = (_cat([b.weight for b in mods], 0), _cat([b.bias for b in mods], 0)) if m.affine else (None, None)
     if scale is not None:  # s (g x^ + b) = (s g) x^ + s b
         weight = scale if weight is None else weight * scale
         bias = None if bias is None else bias * scale
-    y = F.batch_norm(x, mean, var, weight, bias, m.training, m.momentum, m.eps)
     if m.training:
-        if len(mods) > 1:
-            run.buffers += buffers
-            run.values += stat.split([b.num_features for b in mods] * 2)
-        run.counters += [b.num_batches_tracked for b in mods]
-    return y
+        mean, var = run.batch_statistics(mods, x.shape[1])
+        return F.batch_norm(x, mean, var, weight, bias, True, 1.0, m.eps)
+    mean, var = (_cat([getattr(b, name) for b in mods], 0) for name in ("running_mean", "running_var"))
+    return F.batch_norm(x, mean, var, weight, bias, False, 0.0, m.eps)
 
 
 def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None, sampled=False,

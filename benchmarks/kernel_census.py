@@ -1,0 +1,163 @@
+"""Count the kernels of one search step and the bytes they move, on the CPU, as a GPU would run them.
+
+Every ATen op that moves data launches (at least) one kernel on a GPU: this script records each op of one
+step of the paper's search network (16 channels, 8 cells, batch 64), forward and backward, with the bytes
+of the tensors it reads and writes (views, and ops whose outputs only alias their inputs, move nothing).
+``--gpu-forms`` computes the convolutions in the forms a GPU runs (``ops.FORM_DEVICES``), and the optimisers
+run their multi-tensor (foreach) kernels, as they do on a GPU. What it tells, without a GPU: how many
+kernels a step launches, how many of them are small (latency-bound on a GPU: under ``--small`` bytes),
+where they come from (the dnas function for the forward, the autograd node for the backward), and the
+floor that the bytes set on a GPU's step time (bytes over its memory bandwidth, ``--bandwidth``). A replayed
+step that takes much more than that floor is bound by its kernels' count and efficiency, not its bytes.
+Writes JSON to benchmarks/out/ and appends a row to benchmarks/RESULTS.md.
+
+    python benchmarks/kernel_census.py --gpu-forms --channels-last     # the fused NHWC step a GPU replays
+    python benchmarks/kernel_census.py --gpu-forms --path readable     # the readable cell's, NCHW
+    python benchmarks/kernel_census.py --method darts-v2 --batch-size 16 --rows 30
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from dnas import ops
+from dnas.data import memory_format
+from dnas.methods import get_method
+from dnas.search import bilevel_step, reuse_large_blocks
+from results import append_rows, commit
+from search_step import DEPTH, row_method, supernet
+
+HERE = Path(__file__).resolve().parent
+PACKAGE = str(Path(ops.__file__).resolve().parent)
+SECTION = "## Kernel census (benchmarks/kernel_census.py)"
+COLUMNS = ["date", "commit", "method", "path", "layout", "convolutions", "batch", "kernels", "GB moved",
+           "small kernels (GB)", "GB at bandwidth (ms)", "command"]
+
+
+class Census(TorchDispatchMode):
+    """Each ATen op that moves data: (name, bytes read and written, origin)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, int, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            inputs, outputs = _tensors((args, kwargs)), _tensors(out)
+            name = func.overloadpacket.__name__
+            held = {t.untyped_storage().data_ptr() for t in inputs}
+            aliases = outputs and all(t.untyped_storage().data_ptr() in held for t in outputs)
+            if outputs and not (aliases and not name.endswith("_")) and name not in ("empty", "new_empty_strided"):
+                self.ops.append((name, sum(map(_bytes, inputs)) + sum(map(_bytes, outputs)), _origin()))
+        return out
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor) and t.numel()]
+
+
+def _bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _origin() -> str:
+    """The autograd node whose backward runs, or the innermost dnas function on the stack."""
+    node = torch._C._current_autograd_node()
+    if node is not None:
+        return f"backward {node.name()}"
+    for frame in reversed(traceback.extract_stack()):
+        if frame.filename.startswith(PACKAGE):
+            return f"{Path(frame.filename).name}:{frame.name}"
+    return "outside dnas"
+
+
+def census(args) -> dict:
+    torch.manual_seed(0)
+    if args.gpu_forms:
+        ops.FORM_DEVICES = ("cpu",)
+    layout = memory_format(args.channels_last)
+    model, parts, w_opt, a_opt = supernet(get_method(args.method), args.path == "fused", layout, args.init_channels,
+                                          args.layers, torch.device("cpu"), args.space)
+    for optimizer in (w_opt, a_opt):  # their multi-tensor kernels, the default on a GPU
+        for group in optimizer.param_groups:
+            group["foreach"] = True
+    batch = lambda: (torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=layout),
+                     torch.randint(0, 10, (args.batch_size,)))
+    train, val = batch(), batch()
+    bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)  # the optimisers' state, the plans
+    with Census() as seen:
+        bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)
+    total = sum(b for _, b, _ in seen.ops)
+    small = [b for _, b, _ in seen.ops if b < args.small]
+    by_op, by_origin = Counter(), Counter()
+    bytes_op, bytes_origin = Counter(), Counter()
+    for name, b, origin in seen.ops:
+        by_op[name] += 1
+        bytes_op[name] += b
+        by_origin[origin] += 1
+        bytes_origin[origin] += b
+    top = lambda counts, moved: [{"what": k, "kernels": n, "gb": round(moved[k] / 1e9, 3)}
+                                 for k, n in sorted(counts.items(), key=lambda kv: -moved[kv[0]])[:args.rows]]
+    return {
+        "benchmark": "kernel_census", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+        "method": row_method(args.method, args.space), "path": args.path,
+        "layout": "NHWC" if args.channels_last else "NCHW", "convolutions": "GPU forms" if args.gpu_forms else "CPU",
+        "batch_size": args.batch_size, "kernels": len(seen.ops), "gb": round(total / 1e9, 2),
+        "small_kernels": len(small), "small_gb": round(sum(small) / 1e9, 3), "small_bytes_below": args.small,
+        "bandwidth_tb_s": args.bandwidth, "ms_at_bandwidth": round(total / (args.bandwidth * 1e12) * 1e3, 1),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "by_op": top(by_op, bytes_op), "by_origin": top(by_origin, bytes_origin),
+    }
+
+
+def table_rows(report: dict, measured: str) -> list[str]:
+    r = report
+    return [f"| {r['date']} | {measured} | {r['method']} | {r['path']} | {r['layout']} | {r['convolutions']} | "
+            f"{r['batch_size']} | {r['kernels']} | {r['gb']} | {r['small_kernels']} ({r['small_gb']}) | "
+            f"{r['ms_at_bandwidth']} at {r['bandwidth_tb_s']} TB/s | `python benchmarks/{r['command']}` |"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="darts-v1")
+    p.add_argument("--path", default="fused", choices=["readable", "fused"])
+    p.add_argument("--channels-last", action="store_true", help="model and data in channels_last layout")
+    p.add_argument("--gpu-forms", action="store_true", help="the convolutions in the forms a GPU runs them in")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--init-channels", type=int, default=16)
+    p.add_argument("--layers", type=int, help="cells (default 8); with --space nb201 cells per stage (default 5)")
+    p.add_argument("--space", default="darts", choices=sorted(DEPTH), help="the search space (default darts)")
+    p.add_argument("--small", type=float, default=1e6, help="bytes under which a kernel counts as small")
+    p.add_argument("--bandwidth", type=float, default=3.35, help="memory bandwidth in TB/s (H100 SXM: 3.35)")
+    p.add_argument("--rows", type=int, default=15, help="rows of each table printed")
+    p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    args = p.parse_args()
+    reuse_large_blocks()
+    report = census(args)
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    (out / f"kernel_census-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{report['method']} {report['path']} {report['layout']}, {report['convolutions']} convolutions, batch "
+          f"{report['batch_size']}: {report['kernels']} kernels moving {report['gb']} GB "
+          f"({report['ms_at_bandwidth']} ms at {args.bandwidth} TB/s); {report['small_kernels']} under "
+          f"{args.small / 1e6:g} MB ({report['small_gb']} GB)")
+    for title in ("by_op", "by_origin"):
+        print(f"\n{'kernels':>8} {'GB':>7}  {title[3:]}")
+        for row in report[title]:
+            print(f"{row['kernels']:8d} {row['gb']:7.2f}  {row['what']}")
+    if not args.no_results:
+        append_rows(SECTION, COLUMNS, table_rows(report, commit()))
+
+
+if __name__ == "__main__":
+    main()
