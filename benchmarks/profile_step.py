@@ -2,7 +2,9 @@
 
 The step of a recipe on the paper's search network (16 channels, 8 cells) on random CIFAR-shaped data,
 eager (so that every kernel is seen), after warm-up steps. On a GPU the table is sorted by CUDA time, on
-the CPU by CPU time. Writes JSON to benchmarks/out/ and prints the table: what to make faster next.
+the CPU by CPU time. Writes JSON to benchmarks/out/ and prints the table: what to make faster next; and
+how many kernels (on the CPU, ops) took how long, up to 5, 10, 20, ... us: a step bound by the count of
+its kernels rather than by their bytes spends its time in short ones.
 
     python benchmarks/profile_step.py                         # darts-v1, fused, batch 64 on a GPU (16 on a CPU)
     python benchmarks/profile_step.py --method darts-v2 --path readable --rows 25
@@ -75,15 +77,30 @@ def main() -> None:
     report = {"benchmark": "profile_step", "device": device_name(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "space": args.space, "method": args.method, "path": args.path,
               "precision": args.precision, "channels_last": args.channels_last, "batch_size": batch_size,
-              "sorted_by": key,
-              "total_ms": round(total / 1000, 1), "top": rows}
+              "sorted_by": key, "total_ms": round(total / 1000, 1),
+              "by_duration": by_duration([getattr(e, key) for e in prof.events()
+                                          if device.type != "cuda" or e.device_type == DeviceType.CUDA]),
+              "top": rows}
     out = HERE / "out"
     out.mkdir(exist_ok=True)
     (out / f"profile_step-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"{report['device']}, {args.method} {args.path} {args.precision}{' channels_last' * args.channels_last}, "
           f"batch {batch_size}: {report['total_ms']} ms of {key} in one step")
+    print("each " + ("kernel" if device.type == "cuda" else "op") + "'s own time: " + ", ".join(
+        f"{b['count']} up to {b['up_to_us']} us ({b['ms']} ms)" for b in report["by_duration"]))
     for r in rows:
         print(f"{r['self_ms']:9.2f} ms {100 * r['share']:5.1f}% {r['calls']:6d}x  {r['name'][:90]}")
+
+
+def by_duration(times_us: list[float], bounds=(5, 10, 20, 50, 100, 1000, float("inf"))) -> list[dict]:
+    """How many of the kernels (on the CPU, ops) took up to each bound of microseconds, and their time: a step
+    of many kernels too short to fill the GPU spends its time in the short ones."""
+    rows, low = [], 0.0
+    for high in bounds:
+        inside = [t for t in times_us if low < t <= high]
+        rows.append({"up_to_us": high, "count": len(inside), "ms": round(sum(inside) / 1000, 2)})
+        low = high
+    return rows
 
 
 if __name__ == "__main__":

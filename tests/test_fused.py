@@ -31,11 +31,11 @@ from conftest import BATCH_NORM_AND_CONVOLUTION, CountOps, KernelInputs, nchw, r
 RECIPES = sorted(builtin_methods())
 
 
-def supernet(fused, relaxation=None, edge=None, dtype=torch.float64, space="darts", **options):
+def supernet(fused, relaxation=None, edge=None, dtype=torch.float64, space="darts", C=None, **options):
     torch.manual_seed(0)
     if space == "nb201":
-        return NB201Supernet(10, 3, C=4, N=2, relaxation=relaxation, edge=edge, fused=fused, **options).to(dtype)
-    return DartsSupernet(10, 3, C=8, layers=5, relaxation=relaxation, edge=edge, fused=fused, **options).to(dtype)
+        return NB201Supernet(10, 3, C=C or 4, N=2, relaxation=relaxation, edge=edge, fused=fused, **options).to(dtype)
+    return DartsSupernet(10, 3, C=C or 8, layers=5, relaxation=relaxation, edge=edge, fused=fused, **options).to(dtype)
 
 
 def random_mask(model, keep: int, seed: int = 3) -> None:
@@ -49,11 +49,11 @@ def random_mask(model, keep: int, seed: int = 3) -> None:
 
 
 def search_step(name: str, fused: bool, device="cpu", dtype=torch.float64, layout=torch.contiguous_format,
-                space="darts"):
-    """One bilevel step of a recipe on a small supernet of ``space``, its weights and images in ``layout``;
-    what it leaves behind."""
+                space="darts", C=None):
+    """One bilevel step of a recipe on a small supernet of ``space`` (``C`` channels; None: 8, NAS-Bench-201
+    4), its weights and images in ``layout``; what it leaves behind."""
     method, parts = recipe_parts(name)
-    model = supernet(fused, parts.relaxation, parts.edge, dtype, space, **method.space_options(space))
+    model = supernet(fused, parts.relaxation, parts.edge, dtype, space, C, **method.space_options(space))
     model = model.to(device, memory_format=layout)
     if method.part("schedule") is not None and space == "darts":  # P-DARTS, second stage: 3 ops left per edge
         random_mask(model, keep=3)
@@ -291,6 +291,28 @@ def test_dense_first_convolutions_read_each_source_once(space, monkeypatch):
     sources, edges = (1, {3, 2}) if space == "nb201" else (2, {8})  # the edges out of a batch's sources
     assert dense and {n for n, _ in dense} == edges and {blocks for _, blocks in dense} == {sources}
     assert copied if space == "darts" else not copied  # DARTS's separable convolutions begin depthwise
+
+
+def test_dilated_convolutions_run_on_phases_taken_once_per_source_batch(monkeypatch):
+    """In NHWC a fused cell computes its dilated convolution ops whole on the phases of their input
+    (``ops.to_phases``): taken once for both dilated ops of a source batch, their outputs added on the
+    phases and put back once, where each convolution took its input's phases and put its output back."""
+    calls = Counter()
+    for name in ("to_phases", "from_phases"):
+        monkeypatch.setattr(fused_module, name, lambda *a, f=getattr(ops, name), name=name, **k:
+                            calls.update([name]) or f(*a, **k))
+    monkeypatch.setattr(ops, "depthwise_nhwc", lambda *a, f=ops.depthwise_nhwc: calls.update([a[-1]]) or f(*a))
+    model = supernet(True, dtype=torch.float32).to(memory_format=torch.channels_last)
+    kernels(model, torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last))
+    # the source batches of stride 1: 4 in each of the 3 normal cells, 3 in each of the 2 reduction cells
+    assert calls == {"to_phases": 3 * 4 + 2 * 3, "from_phases": 3 * 4 + 2 * 3}  # no dilated depthwise_nhwc
+
+
+def test_one_channel_edges_read_their_sources_phases():
+    """PC-DARTS on 4 channels leaves each edge's ops one channel: a dilated convolution is then a dense one,
+    which reads each source once for all its edges (``from_sources``), here on the sources' phases."""
+    assert_same_step(search_step("pc-darts", False, C=4),
+                     search_step("pc-darts", True, layout=torch.channels_last, C=4))
 
 
 LAYOUT_BOUND = {"convolution", "convolution_backward", "native_batch_norm", "native_batch_norm_backward", "relu",

@@ -116,7 +116,7 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     if _exporting():  # records the convolution itself, for any batch and size
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     depthwise = weight.shape[1] == 1 and groups == x.shape[1] == weight.shape[0]
-    if depthwise and dilation != (1, 1) and _phases_fit(x, stride, padding, dilation):
+    if depthwise and dilation != (1, 1) and phases_fit(x, stride, padding, dilation):
         return depthwise_nhwc(x, weight, bias, stride, padding, dilation[0])
     if x.device.type in FORM_DEVICES:
         if depthwise and dilation == (1, 1):
@@ -226,7 +226,7 @@ FORM_DEVICES = ("cuda",)
 BLOCK_DIAGONAL_CHANNELS = 128
 
 
-def _phases_fit(x, stride, padding, dilation) -> bool:
+def phases_fit(x, stride, padding, dilation) -> bool:
     """Whether ``depthwise_nhwc`` computes this dilated convolution: of one dilation d, stride 1, padding a
     multiple of d and sides divisible by d."""
     d = dilation[0]
@@ -236,21 +236,32 @@ def _phases_fit(x, stride, padding, dilation) -> bool:
 
 def depthwise_nhwc(x, weight, bias, stride, padding, d: int) -> torch.Tensor:
     """A depthwise convolution of dilation ``d`` (padding a multiple of d) computed NHWC as one undilated
-    convolution of x's d x d phases stacked in the batch, the "space to batch" of DeepLab's atrous
-    convolution (Chen et al., TPAMI 2017): with i = d m + r,
+    convolution of x's d x d phases stacked in the batch (``to_phases``), the "space to batch" of DeepLab's
+    atrous convolution (Chen et al., TPAMI 2017): with i = d m + r,
     y[i] = sum_a w[a] x[i + d a - p] = sum_a w[a] x_r[m + a - p/d], x_r[j] = x[d j + r], the same products
     and sums. Returned in the layout of ``x`` (an NCHW one is copied in and out), and so is the gradient of
     ``x``."""
+    y = _conv2d(to_phases(x, d), weight, bias, stride, (padding[0] // d, padding[1] // d), 1, x.shape[1])
+    return from_phases(y, d, channels_innermost(x))
+
+
+def to_phases(x: torch.Tensor, d: int) -> torch.Tensor:
+    """x (N, C, H, W) as its d x d phases x_r[j] = x[d j + r] stacked in the batch, (d d N, C, H/d, W/d) NHWC
+    (a copy; of an NHWC x at d = 1, x itself); the gradient of x dense in the layout of x. Whatever treats
+    pixels alike (a 1x1 convolution, a BatchNorm, a ReLU) computes on the phases what it computes on x."""
     n, c, h, w = x.shape
     rows = dense_gradient(x).permute(0, 2, 3, 1)  # (N, H, W, C)
     rows = rows.unflatten(2, (w // d, d)).unflatten(1, (h // d, d))  # (N, H/d, d, W/d, d, C)
     phases = rows.permute(2, 4, 0, 1, 3, 5).reshape(d * d * n, h // d, w // d, c).permute(0, 3, 1, 2)
-    y = _conv2d(phases.contiguous(memory_format=torch.channels_last), weight, bias, stride,
-                 (padding[0] // d, padding[1] // d), 1, c)
-    ho, wo = y.shape[2:]
-    y = y.permute(0, 2, 3, 1).unflatten(0, (d, d, n)).permute(2, 3, 0, 4, 1, 5).reshape(n, ho * d, wo * d, c)
-    y = y.permute(0, 3, 1, 2)
-    return y if channels_innermost(x) else y.contiguous()
+    return phases.contiguous(memory_format=torch.channels_last)
+
+
+def from_phases(y: torch.Tensor, d: int, nhwc: bool) -> torch.Tensor:
+    """The image whose d x d phases ``y`` holds (``to_phases``), NHWC where ``nhwc``, else NCHW."""
+    m, c, h, w = y.shape
+    y = y.permute(0, 2, 3, 1).unflatten(0, (d, d, m // (d * d))).permute(2, 3, 0, 4, 1, 5)  # (N, H, d, W, d, C)
+    y = y.reshape(m // (d * d), h * d, w * d, c).permute(0, 3, 1, 2)
+    return y if nhwc else y.contiguous()
 
 
 def dense_gradient(x: torch.Tensor) -> torch.Tensor:

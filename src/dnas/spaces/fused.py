@@ -58,7 +58,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
-from ..ops import FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d, pixels, reads_every
+from ..ops import (FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d, from_phases,
+                   phases_fit, pixels, reads_every, to_phases)
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
 
@@ -467,17 +468,17 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     for g in groups:  # its input: its slots' sources one after another, (N, slots x C, H, W), or the sources
         if g.every_edge and per > 1 and not g.from_sources:
             outs.append(copies[g.head])
-        elif g.every_edge or len(g.edge_ids) == sources == 1:
-            outs.append(_flatten_sources(begun[g.head]))
-        else:
+        else:  # one tensor for the groups of one head and slots: the dilated ones take its phases once
             if (g.head, g.edge_ids) not in begun:
-                begun[g.head, g.edge_ids] = _index_select(begun[g.head], g.src).flatten(1, 2)
+                whole = g.every_edge or len(g.edge_ids) == sources == 1
+                begun[g.head, g.edge_ids] = (_flatten_sources(begun[g.head]) if whole
+                                             else _index_select(begun[g.head], g.src).flatten(1, 2))
             outs.append(begun[g.head, g.edge_ids])
     slot_weights = w.split([len(g.edge_ids) for g in batch.groups])
     w_groups = [v for v, same in zip(slot_weights, shared) if not same]
     w_groups = w if len(w_groups) == len(slot_weights) else _cat(w_groups, dim=0) if w_groups else w[:0]
     per_channel = w_groups.repeat_interleave(x.shape[2]).split([len(g.edge_ids) * x.shape[2] for g in groups])
-    blocks = _run_groups(groups, outs, per_channel, run)
+    blocks = _run_groups(groups, outs, per_channel, run, summed=batch.pos is None)
     if any(shared):
         once = [i for i, same in enumerate(shared) if same]
         groups_once, weights_once = [batch.groups[i] for i in once], [slot_weights[i] for i in once]
@@ -689,28 +690,63 @@ def _sum_blocks(t: torch.Tensor, blocks: int) -> torch.Tensor:
     return t.unflatten(1, (blocks, -1)).sum(1)
 
 
-def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run):
+def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run, summed: bool):
     """Run every group's leaves after its head on its slot input, each BatchNorm over the group's slots at
     once, and weigh each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2): the
     outputs, one block per group, in the order of the groups.
 
     Where a BatchNorm is a group's last leaf the weights are its affine weight, w BN(x) being BN(x) with
     weight w: no multiply forward, and the BatchNorm's backward gives the weights' gradient in the pass it
-    makes anyway. Groups that end otherwise (skip) are multiplied."""
-    blocks = []
+    makes anyway. Groups that end otherwise (skip) are multiplied.
+
+    A group that begins with a dilated depthwise convolution and goes on pixelwise (``_phase_dilation``: the
+    DARTS dilated convolutions) runs whole on its NHWC input's phases (``ops.to_phases``), taken once for
+    all such groups of one input; where the blocks are only summed (``summed``) their outputs are added on
+    the phases and put back together once, one block: two copies forward and two backward fewer per
+    source batch than phases taken and put back per convolution."""
+    blocks, phases, on_phases = [], {}, {}
     for g, x, w in zip(groups, xs, weights):
         start = int(g.head is not None)  # the head ran once per source
+        d = _phase_dilation(g.leaves[start:], x)
+        if d > 1:
+            if (id(x), d) not in phases:
+                phases[id(x), d] = to_phases(x, d)
+            x = phases[id(x), d]
         for j in range(start, len(g.leaves)):
             leaf = g.leaves[j]
             if leaf[0] == "bn":
                 x = _batch_norm(x, leaf[1], run, w if j == len(g.leaves) - 1 else None)
             else:
                 convs = [run.weights[bank][piece] for bank, piece in g.convs[j]]
+                if d > 1 and j == start:  # undilated on the phases
+                    x = _conv(x, leaf[1], g.from_sources or len(g.edge_ids), convs[0], phases=d)
+                    continue
                 sampled = g.step > 1 and j == start  # its head took the pixels the convolution reads
                 x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled,
                               g.from_sources if j == start else 0)
-        blocks.append(x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1))
-    return blocks
+        block = x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1)
+        if d == 1:
+            blocks.append(block)
+        elif summed:
+            on_phases[d] = on_phases[d] + block if d in on_phases else block
+        else:
+            blocks.append(from_phases(block, d, nhwc=True))
+    return blocks + [from_phases(y, d, nhwc=True) for d, y in on_phases.items()]
+
+
+def _phase_dilation(leaves, x: torch.Tensor) -> int:
+    """d where ``leaves`` begin with a depthwise convolution of dilation d > 1 that ``ops.depthwise_nhwc``
+    computes on the phases of ``x`` (NHWC), and go on with pixelwise steps only (1x1 convolutions of
+    stride 1, BatchNorms, ReLUs), which compute the same on the phases; else 1."""
+    if not leaves or leaves[0][0] != "conv" or not channels_innermost(x):
+        return 1
+    c = leaves[0][1][0]
+    pixelwise = all(kind in ("bn", "relu") or kind == "conv" and mods[0].kernel_size == (1, 1)
+                    and mods[0].stride == (1, 1) and mods[0].padding == (0, 0) for kind, mods in leaves[1:])
+    depthwise = c.groups == c.in_channels == c.out_channels
+    if c.dilation == (1, 1) or not (depthwise and pixelwise and phases_fit(x, c.stride, c.padding, c.dilation)):
+        return 1
+    return c.dilation[0]
 
 
 def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=None) -> torch.Tensor:
@@ -766,10 +802,13 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
     return torch.cat([mod(xs[:, i]) for i, mod in enumerate(mods)], 1)
 
 
-def _conv(x, convs: list[nn.Conv2d], blocks: int, weight: torch.Tensor, sampled: bool = False) -> torch.Tensor:
+def _conv(x, convs: list[nn.Conv2d], blocks: int, weight: torch.Tensor, sampled: bool = False,
+          phases: int = 1) -> torch.Tensor:
     """One convolution for the edges of ``convs`` on ``x`` of ``blocks`` blocks of channels (one per edge,
     or one per source, whose edges then follow each other in the output), its groups repeated per block;
-    ``weight``: the edges', stacked."""
+    ``weight``: the edges', stacked. ``phases``: d, ``x`` holds the d x d phases of the convolution's input
+    (dilation d), which it computes undilated."""
     c = convs[0]
     bias = None if c.bias is None else torch.cat([k.bias for k in convs])
-    return conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups * blocks, sampled)
+    padding, dilation = (tuple(v // phases for v in values) for values in (c.padding, c.dilation))
+    return conv2d(x, weight, bias, c.stride, padding, dilation, c.groups * blocks, sampled)
