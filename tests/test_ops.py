@@ -334,6 +334,16 @@ def test_grouped_pointwise_convolutions_in_the_gpu_form(form_device, form_dtype,
     assert len(formed) == 1 + int(layout == torch.contiguous_format)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_the_pointwise_form_has_second_derivatives(layout):
+    """iDARTS differentiates the weights' gradient again, through the matrix-product form too (the NHWC one's
+    block-diagonal matrix hands back the gradient's diagonal blocks as a view)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3 * C, 3, 2, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    w = torch.randn(3 * C, C, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, w: ops.pointwise_matmul(x, w, 3), (x, w))
+
+
 def test_dil_conv_5x5_keeps_size():
     x = torch.randn(1, C, 5, 5)
     with torch.no_grad():

@@ -310,14 +310,30 @@ def pointwise_matmul(x, weight, groups: int) -> torch.Tensor:
     m = weight.view(groups, weight.shape[0] // groups, -1)  # (G, C_out, C)
     if x.is_contiguous():
         return torch.matmul(m, x.view(n, groups, -1, h * w)).view(n, -1, h, w)
-    dense = (m.unsqueeze(2) * _block_mask(groups, m.dtype, m.device)).flatten(2).flatten(0, 1)  # (G*C_out, G*C)
+    dense = _BlockDiagonal.apply(m)  # (G*C_out, G*C)
     return (x.permute(0, 2, 3, 1).reshape(-1, c) @ dense.t()).view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+class _BlockDiagonal(torch.autograd.Function):
+    """(G, C_out, C) weights -> the (G*C_out, G*C) block-diagonal matrix of them, by a multiply with a mask
+    made once; backward, the gradient's diagonal blocks, a view (a masked product's own backward would
+    multiply and sum: two kernels for each of ~190 products a step)."""
+
+    @staticmethod
+    def forward(ctx, m):
+        ctx.shape = m.shape
+        return (m.unsqueeze(2) * _block_mask(m.shape[0], m.dtype, m.device)).flatten(2).flatten(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g, c_out, c = ctx.shape
+        return grad.reshape(g, c_out, g, c).diagonal(0, 0, 2).permute(2, 0, 1)
 
 
 @functools.cache
 def _block_mask(groups: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(G, 1, G, 1): 1 where a group meets itself; times the (G, C_out, 1, C) weights, the block-diagonal
-    matrix. Made once: an identity made per call is one more kernel for each of ~190 products a step."""
+    """(G, 1, G, 1): 1 where a group meets itself. Made once: an identity made per call is one more kernel
+    for each of ~190 products a step."""
     return torch.eye(groups, dtype=dtype, device=device).view(groups, 1, groups, 1)
 
 
