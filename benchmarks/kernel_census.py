@@ -52,13 +52,16 @@ class Census(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if not func.is_view:
-            inputs, outputs = _tensors((args, kwargs)), _tensors(out)
-            name = func.overloadpacket.__name__
-            held = {t.untyped_storage().data_ptr() for t in inputs}
-            aliases = outputs and all(t.untyped_storage().data_ptr() in held for t in outputs)
-            if outputs and not (aliases and not name.endswith("_")) and name not in ("empty", "new_empty_strided"):
-                self.ops.append((name, sum(map(_bytes, inputs)) + sum(map(_bytes, outputs)), _origin()))
+        name = func.overloadpacket.__name__
+        if func.is_view or name in ("empty", "empty_strided", "new_empty", "new_empty_strided"):
+            return out  # no data moves
+        inputs = _tensors((args, kwargs))
+        in_place = name.endswith("_")  # writes its first argument (a list of them: _foreach_*_), returns it or None
+        written = _tensors(args[0]) if in_place and args else _tensors(out)
+        held = {t.untyped_storage().data_ptr() for t in inputs}
+        aliases = not in_place and all(t.untyped_storage().data_ptr() in held for t in written)
+        if written and not aliases:
+            self.ops.append((name, sum(map(_bytes, inputs)) + sum(map(_bytes, written)), _origin()))
         return out
 
 
