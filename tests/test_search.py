@@ -64,7 +64,7 @@ def test_same_seed_same_result_on_cpu(fashion_mnist_root, tmp_path):
 
 def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashion_mnist_root, tmp_path, monkeypatch,
                                                                           capsys):
-    whole = dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=3, run_dir=tmp_path / "whole", **TINY)
+    whole = dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / "whole", **TINY)
 
     calls = {"n": 0}
     original = Search.train_epoch
@@ -77,7 +77,7 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashi
 
     monkeypatch.setattr(Search, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=3, run_dir=tmp_path / "cut", **TINY)
+        dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / "cut", **TINY)
     monkeypatch.setattr(Search, "train_epoch", original)
     cut = tmp_path / "cut"
     assert f"the last completed epoch is checkpointed: continue with `dnas search --resume {cut}`" in capsys.readouterr().err
