@@ -761,7 +761,8 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
     if m.training:
         mean, var = run.batch_statistics(mods, x.shape[1])
         return F.batch_norm(x, mean, var, weight, bias, True, 1.0, m.eps)
-    mean, var = (_cat([getattr(b, name) for b in mods], 0) for name in ("running_mean", "running_var"))
+    mean, var = ((m.running_mean, m.running_var) if len(mods) == 1 else  # one concatenation for both
+                 torch.cat([b.running_mean for b in mods] + [b.running_var for b in mods]).split(x.shape[1]))
     return F.batch_norm(x, mean, var, weight, bias, False, 0.0, m.eps)
 
 
