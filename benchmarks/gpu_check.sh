@@ -3,7 +3,7 @@
 # 64 (first and second order, the replayed step in both layouts, fp32, TF32 and bf16), the same against an
 # earlier commit (stage base: one with dnas.search.precision, which the benchmarks import), an end-to-end
 # search on real CIFAR-10, the fused cell's convolutions in other forms (conv_variants.py), the top kernels
-# of an eager fused NHWC step (profile_step.py), the CUDA tests (fused path against readable,
+# of an eager fused NHWC step and its kernels by duration (profile_step.py), the CUDA tests (fused path against readable,
 # CUDA-graph replay against eager), other recipes' paths and the NAS-Bench-201 network's. cuDNN times its
 # algorithms for every new shape and layout (on an H100 a channels_last search's first epoch took 80 s against
 # 20 s), so each stage times few paths, in the order of what decides most, and reports what it measured when
