@@ -337,17 +337,22 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @contextlib.contextmanager
+def _setting(holder, name: str, value):
+    """``holder.name`` set to ``value`` within, put back after: the process's flags a search sets while it runs."""
+    saved = getattr(holder, name)
+    setattr(holder, name, value)
+    try:
+        yield
+    finally:
+        setattr(holder, name, saved)
+
+
 def cudnn_benchmark(on: bool):
     """Whether cuDNN times its algorithms for each new convolution shape within (``cudnn.benchmark``), the
     flag put back after. A search has it on for its full batches, whose shapes repeat every step, and off
     for the last, smaller batch of an epoch (its step and its evaluation): a step of the fused cells has
     ~130 convolution shapes, each timed forward and backward, and that batch runs once an epoch."""
-    saved = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = saved
+    return _setting(torch.backends.cudnn, "benchmark", on)
 
 
 @contextlib.contextmanager
@@ -361,16 +366,10 @@ def precision(device_type: str, name: str):
     (docs/speed.md). tf32: float32 convolutions and matrix products in TF32. bf16: under bf16 autocast
     (convolutions and matrix products in bf16; reductions, softmax and the loss fp32, as torch.autocast
     decides), no cache of cast weights: second-order DARTS moves the weights in place within one step."""
-    flags = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = [f.allow_tf32 for f in flags]
-    for f in flags:
-        f.allow_tf32 = name == "tf32"
-    try:
-        with torch.autocast(device_type, torch.bfloat16, enabled=name == "bf16", cache_enabled=False):
-            yield
-    finally:
-        for f, allowed in zip(flags, saved):
-            f.allow_tf32 = allowed
+    tf32 = name == "tf32"
+    with _setting(torch.backends.cudnn, "allow_tf32", tf32), _setting(torch.backends.cuda.matmul, "allow_tf32", tf32), \
+            torch.autocast(device_type, torch.bfloat16, enabled=name == "bf16", cache_enabled=False):
+        yield
 
 
 def build_supernet(name: str, options: dict[str, Any], **given):
