@@ -53,7 +53,7 @@ class Census(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
-        if func.is_view or name in ("empty", "empty_strided", "new_empty", "new_empty_strided"):
+        if func.is_view or name in ("empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"):
             return out  # no data moves
         inputs = _tensors((args, kwargs))
         in_place = name.endswith("_")  # writes its first argument (a list of them: _foreach_*_), returns it or None
