@@ -11,6 +11,8 @@ appends a row per recipe to benchmarks/RESULTS.md.
                                                               # replay of the fused step, in fp32, TF32, bf16
     python benchmarks/search_step.py --paths fused,fused-cl,graph,graph-cl,graph-bf16-cl   # -cl:
                                                               # channels_last tensors
+    python benchmarks/search_step.py --paths graph-cl,graph-cl-lanes   # -lanes: the fused cell's independent
+                                                              # ops on side streams (fused.side_streams)
     python benchmarks/search_step.py --space nb201 --paths readable,fused   # the NAS-Bench-201 network
                                                               # (16 channels, 5 cells per stage)
 
@@ -24,6 +26,7 @@ above what was allocated before it); on the CPU it is the process's peak residen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
@@ -35,6 +38,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -53,22 +57,32 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-PATHS = ("readable", "fused", "graph")  # each optionally with -tf32 or -bf16 and -cl (channels_last)
+PATHS = ("readable", "fused", "graph")  # each optionally with -tf32 or -bf16, -cl (channels_last), -lanes
+LANES = 4  # the side streams of a -lanes path (``fused.side_streams``): a DARTS source batch has 4 convolution ops
 SECTION = "## Search step (benchmarks/search_step.py)"
 COLUMNS = ["date", "device", "torch", "commit", "path", "method", "batch", "ms/step (median)", "speed-up",
            "peak memory (GB)", "load", "command"]
 
 
-def path_options(path: str, bases) -> tuple[str, str, bool]:
+class PathOptions(NamedTuple):
+    base: str  # one of the benchmark's bases
+    arithmetic: str  # a precision of ``dnas.search.precision``
+    channels_last: bool
+    lanes: bool  # the fused cell's independent ops on side streams (``fused.side_streams``)
+
+
+def path_options(path: str, bases) -> PathOptions:
     """A benchmark path's name: its base (one of ``bases``), then its precision if not fp32 (-tf32, -bf16:
-    ``dnas.search.precision``) and whether -cl (channels_last) follows, in that order."""
+    ``dnas.search.precision``), -cl (channels_last) and -lanes (side streams), in that order."""
     base, *options = path.split("-")
     others = [p for p in PRECISIONS if p != "fp32"]
     arithmetic = options.pop(0) if options and options[0] in others else "fp32"
-    if base not in bases or options not in ([], ["cl"]):
+    flags = ["cl", "lanes"]
+    if base not in bases or options != [f for f in flags if f in options]:
         raise ValueError(f"unknown path {path!r}; valid: {', '.join(bases)}, each optionally followed by "
-                         f"{' or '.join('-' + p for p in others)}, then -cl ({bases[-1]}-cl, {bases[-1]}-bf16-cl, ...)")
-    return base, arithmetic, options == ["cl"]
+                         f"{' or '.join('-' + p for p in others)}, then -cl, then -lanes "
+                         f"({bases[-1]}-cl, {bases[-1]}-bf16-cl-lanes, ...)")
+    return PathOptions(base, arithmetic, "cl" in options, "lanes" in options)
 
 
 def depth(space: str) -> tuple[str, int]:
@@ -111,7 +125,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     inputs = (*batch(), *batch())
     steps, times, rises, held, saved, models, first = {}, {}, {}, {}, {}, {}, {}
     for path in args.paths:
-        base, arithmetic, channels_last = path_options(path, PATHS)
+        base, arithmetic, channels_last, lanes = path_options(path, PATHS)
         layout = memory_format(channels_last)
         before = allocated(device)
         model, parts, w_opt, a_opt = supernet(method, base != "readable", layout, args.init_channels, args.layers,
@@ -119,7 +133,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         held[path] = allocated(device) - before  # its model and optimisers (CUDA; the CPU's peak RSS grows alike)
         saved[path] = saved_for_backward(model, inputs[0])
         models[path] = model
-        step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic)
+        step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic, LANES if lanes else 0)
         if base == "graph":
             set_capturable(a_opt)
             step = GraphedStep(step)
@@ -216,9 +230,15 @@ def saved_for_backward(model, x) -> int:
     return sum(storages.values())
 
 
-def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, x, y, val_x, val_y):
-    with precision(x.device.type, arithmetic):
+def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, lanes: int, x, y, val_x, val_y):
+    with precision(x.device.type, arithmetic), side_streams(lanes):
         return bilevel_step(model, parts, a_opt, w_opt, (x, y), (val_x, val_y), 5.0)
+
+
+def side_streams(n: int):
+    """``dnas.spaces.fused.side_streams(n)``, looked up only where n > 0: gpu_check.sh's stage base runs this
+    script on an older dnas, which has none."""
+    return importlib.import_module("dnas.spaces.fused").side_streams(n) if n else contextlib.nullcontext()
 
 
 def allocated(device: torch.device) -> int:
@@ -248,7 +268,7 @@ def main() -> None:
     p.add_argument("--methods", default="darts-v1,darts-v2", help="recipes, comma-separated")
     p.add_argument("--paths", default="readable", help=f"comma-separated, of {', '.join(PATHS)} (graph: GPU "
                    f"only), each optionally followed by -tf32 or -bf16 (the precision; default fp32), then -cl "
-                   f"(channels_last tensors)")
+                   f"(channels_last tensors), then -lanes (side streams, GPU only)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (a graph captures at the third)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")

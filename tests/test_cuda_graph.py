@@ -19,6 +19,7 @@ from dnas.cuda_graph import GraphedStep, HostSyncs
 from dnas.methods import builtin_methods
 from dnas.search import Search, SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
+from dnas.spaces.fused import side_streams
 from dnas.spaces.nb201 import NB201Supernet
 
 from conftest import recipe_parts
@@ -228,6 +229,30 @@ def test_replayed_steps_equal_eager_steps(name):
         torch.testing.assert_close(loss_g, loss_e, rtol=1e-9, atol=0)
     assert graphed.eager_reason is None and graphed.replays == len(data) - 2
     for (n, a), b in zip(eager_model.state_dict().items(), graph_model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=lambda m: f"{n}: {m}")
+
+
+@CUDA
+@pytest.mark.parametrize("name, layout", [("darts-v1", torch.channels_last), ("darts-v2", torch.contiguous_format),
+                                          ("pc-darts", torch.channels_last)])
+def test_side_streams_compute_what_one_stream_computes(name, layout):
+    """The fused cells' independent ops on side streams (``fused.side_streams``), eager in the warm-up steps
+    and replayed from the graph they were captured into, forward and backward, in float64: the model and
+    optimiser state equal those of the same steps on one stream. A lane that read a tensor before the
+    stream writing it had finished would differ."""
+    to = lambda t: t.contiguous(memory_format=layout) if t.dim() == 4 else t
+    data = [tuple(map(to, batch)) for batch in batches(6, "cuda", torch.float64)]
+    models, steps = zip(*(recipe_step(name, True, "cuda", torch.float64) for _ in range(2)))
+    for model in models:
+        model.to(memory_format=layout)
+    graphed = GraphedStep(steps[1])
+    for batch in data:
+        loss, _ = steps[0](*batch)
+        with side_streams(4):
+            loss_lanes, _ = graphed(*batch)
+        torch.testing.assert_close(loss_lanes, loss, rtol=1e-9, atol=0)
+    assert graphed.eager_reason is None and graphed.replays == len(data) - 2
+    for (n, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=lambda m: f"{n}: {m}")
 
 

@@ -14,6 +14,8 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from dnas import arch_grad, ops
 from dnas.edges import EDGES, MixedEdge
@@ -401,3 +403,88 @@ def test_a_plan_moves_to_the_device_in_one_copy_per_dtype():
     assert len(pairs) > 10 and {t.dtype for (_, t), _ in pairs} == {torch.long, torch.float32}
     for (name, h), (_, m) in pairs:
         assert m.device.type == "meta" and m.shape == h.shape and m.dtype == h.dtype, name
+
+
+class FakeStream:
+    """Stands in for a CUDA stream on the CPU: its ops counted, and how far it has waited for each other."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, name: str):
+        self.name, self.clock, self.seen = name, 0, {}
+
+    def wait_stream(self, other: "FakeStream") -> None:
+        for s, clock in [*other.seen.items(), (other, other.clock)]:
+            self.seen[s] = max(self.seen.get(s, 0), clock)
+
+
+class Races(TorchDispatchMode):
+    """Each op on the fake stream current when it runs: every byte range it reads or writes must have been
+    last written on the same stream, or on one this stream has waited for since the write."""
+
+    def __init__(self, current: list):
+        super().__init__()
+        self.current, self.writes, self.races, self.ops = current, {}, [], Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.is_view:  # touches no data
+            return func(*args, **(kwargs or {}))
+        stream = self.current[0]
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        for t in inputs:
+            for start, end, s, clock in self.writes.get(_storage(t), []):
+                lo, hi = _extent(t)
+                if s is not stream and lo < end and start < hi and stream.seen.get(s, 0) < clock:
+                    self.races.append(f"{func} on {stream.name} reads what {s.name} wrote")
+        out = func(*args, **(kwargs or {}))
+        stream.clock += 1
+        self.ops[stream.name] += 1
+        held = {_storage(t) for t in inputs}
+        mutated = [a for a, spec in zip(args, func._schema.arguments)
+                   if isinstance(a, torch.Tensor) and spec.alias_info is not None and spec.alias_info.is_write]
+        for t in [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)] + mutated:
+            if _storage(t) not in held:  # a fresh tensor: what was written at its address before is gone
+                self.writes[_storage(t)] = []
+            self.writes.setdefault(_storage(t), []).append((*_extent(t), stream, stream.clock))
+        return out
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _extent(t: torch.Tensor) -> tuple[int, int]:
+    """The byte range of its storage that ``t`` spans."""
+    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride())) if t.numel() else -1
+    return t.storage_offset() * t.element_size(), (t.storage_offset() + last + 1) * t.element_size()
+
+
+@pytest.mark.parametrize("name, layout", [("darts-v1", torch.channels_last), ("darts-v1", torch.contiguous_format),
+                                          ("pc-darts", torch.channels_last), ("darts-minus", torch.contiguous_format)])
+def test_side_streams_read_only_what_they_waited_for(name, layout, monkeypatch):
+    """The lanes of ``fused.side_streams``, with fake streams on the CPU: in a fused training forward every
+    op reads and writes only what was written on its own stream or on one it has waited for since (a lane
+    forks from the current stream after its inputs are made, the current stream joins the lanes before it
+    reads their outputs; the BatchNorms' statistics buffer, which every lane writes slices of, is zeroed
+    before any lane forks); and the source batches' ops do run on several lanes."""
+    main, lanes = FakeStream("main"), [FakeStream(f"lane {i}") for i in range(4)]
+    current = [main]
+
+    @contextlib.contextmanager
+    def stream(s):
+        before, current[0] = current[0], s
+        try:
+            yield
+        finally:
+            current[0] = before
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[0])
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(fused_module, "_side_streams", lambda device: lanes)
+    method, parts = recipe_parts(name)
+    model = supernet(True, parts.relaxation, parts.edge, **method.space_options("darts")).to(memory_format=layout)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64).contiguous(memory_format=layout)
+    with Races(current) as seen:
+        model(x)
+    assert seen.races == []
+    assert all(seen.ops[s.name] > 50 for s in lanes), seen.ops

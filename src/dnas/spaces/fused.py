@@ -50,6 +50,7 @@ each space's ``SearchCell.forward_fused``.
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 
@@ -177,8 +178,9 @@ class _Run:
 
     weights: list[tuple[torch.Tensor, ...]]
     noise: dict[int, torch.Tensor]
-    capacity: int  # channels of all the cell's BatchNorms: the most its training forward normalises
-    statistics: torch.Tensor | None = None  # (2, capacity) zeros, made at the first BatchNorm call: a slice
+    streams: list | None  # the side streams a source batch's independent ops run on (``_Lanes``); None: none
+    statistics: torch.Tensor | None  # training: (2, channels of all the cell's BatchNorms) zeros, made before
+    # any lane forks; a slice
     taken: int = 0  # for each call (channels handed out so far), where it writes its batch's statistics
     moving: dict[float, tuple[list, list]] = field(default_factory=dict)  # momentum -> per module, its running
     # statistics and its batch's
@@ -190,7 +192,8 @@ class _Run:
         channels) move towards them at ``write_back``. Slices of one buffer zeroed once per cell: no kernel
         per call, where concatenating the modules' own statistics for each call took one."""
         if self.statistics is None:
-            self.statistics = mods[0].running_mean.new_zeros(2, self.capacity)
+            raise RuntimeError("a BatchNorm of the cell is in training mode, the cell in evaluation mode: set "
+                               "the mode of the whole model (model.train() or model.eval())")
         mean, var = self.statistics[:, self.taken:self.taken + channels]
         self.taken += channels
         means, variances = (t.view(-1, mods[0].num_features) for t in (mean, var))
@@ -208,6 +211,65 @@ class _Run:
                 torch._foreach_lerp_(old, new, momentum)
             if self.counters:
                 torch._foreach_add_(self.counters, 1)
+
+
+_side = 0  # the side streams of ``side_streams``
+
+
+@contextlib.contextmanager
+def side_streams(n: int):
+    """Within it, a fused cell on a GPU runs the independent ops of each source batch on ``n`` side streams
+    (``_Lanes``), 0: all on the current stream. What it computes is the same; whether it is faster depends on
+    how far the ops' kernels fill the GPU (docs/speed.md). A CUDA graph records the streams its capture ran
+    on: the setting of the warm-up and capture steps holds for the replays."""
+    global _side
+    before, _side = _side, n
+    try:
+        yield
+    finally:
+        _side = before
+
+
+def _side_streams(device: torch.device) -> list | None:
+    """The side streams of ``device`` (``side_streams``), made once and reused, so that a capture runs on the
+    streams its warm-up steps ran on; None on other devices, or with none set."""
+    if not _side or device.type != "cuda":
+        return None
+    pool = _STREAMS.setdefault(device, [])
+    pool += [torch.cuda.Stream(device) for _ in range(_side - len(pool))]
+    return pool[:_side]
+
+
+_STREAMS: dict[torch.device, list] = {}
+
+
+class _Lanes:
+    """The independent ops of a source batch (each group's leaves, the per-source sum), each on a side stream
+    forked from the current one, so that on a GPU their kernels, most too small to fill it, run side by
+    side; a CUDA graph records them as parallel branches. Autograd runs each op's backward on the stream of
+    its forward, so the backward branches overlap too. ``lane(i)`` is the context of the i-th op's stream
+    (the current stream where there are none: the CPU), ``join()`` makes the current stream wait for the
+    lanes. What a lane reads is made on the current stream before the lane forks, and what it makes is read
+    there only after the join; so no stream reads what another has not finished writing, and the caching
+    allocator, which hands a freed block to the next tensor of the stream it was made on, never gives a
+    block one stream still reads to another (tests/test_fused.py checks the forward with fake streams)."""
+
+    def __init__(self, streams: list | None):
+        self.streams, self.forked = streams, []
+
+    def __call__(self, i: int):
+        if not self.streams:
+            return contextlib.nullcontext()
+        stream = self.streams[i % len(self.streams)]
+        if stream not in self.forked:
+            stream.wait_stream(torch.cuda.current_stream(stream.device))
+            self.forked.append(stream)
+        return torch.cuda.stream(stream)
+
+    def join(self) -> None:
+        for stream in self.forked:
+            torch.cuda.current_stream(stream.device).wait_stream(stream)
+        self.forked = []
 
 
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -250,7 +312,8 @@ def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weight
     noise = _draw_random(cell, plan, states[-1]) if plan.random and cell.training else {}
     banks = [torch.cat([m.weight for m in convs]).split(sizes) if len(convs) > 1 else (convs[0].weight,)
              for convs, sizes in plan.banks]
-    run = _Run(banks, noise, plan.batch_norm_channels)
+    statistics = weights.new_zeros(2, plan.batch_norm_channels) if cell.training else None
+    run = _Run(banks, noise, _side_streams(states[0].device), statistics)
     flat = weights.reshape(-1)  # the op weight of every slot, all gathered at once
     if plan.schedules:
         flat = torch.cat([flat, *(flat.new_full((1,), s.beta) for s in plan.schedules)])
@@ -478,11 +541,16 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     w_groups = [v for v, same in zip(slot_weights, shared) if not same]
     w_groups = w if len(w_groups) == len(slot_weights) else _cat(w_groups, dim=0) if w_groups else w[:0]
     per_channel = w_groups.repeat_interleave(x.shape[2]).split([len(g.edge_ids) * x.shape[2] for g in groups])
-    blocks = _run_groups(groups, outs, per_channel, run, summed=batch.pos is None)
+    lanes = _Lanes(run.streams)
+    outs = _run_groups(groups, outs, per_channel, run, lanes)
+    per_source = []
     if any(shared):
         once = [i for i, same in enumerate(shared) if same]
         groups_once, weights_once = [batch.groups[i] for i in once], [slot_weights[i] for i in once]
-        blocks.append(_per_source_sum(groups_once, weights_once, begun, per, run))
+        with lanes(len(groups)):
+            per_source.append(_per_source_sum(groups_once, weights_once, begun, per, run))
+    lanes.join()
+    blocks = _off_phases(outs, summed=batch.pos is None) + per_source
     h, w_ = ((d + batch.stride - 1) // batch.stride for d in x.shape[-2:])
     shape = (n, len(batch.edges), x.shape[2], h, w_)  # of the edges' outputs
     scale = edge_weights  # a weight per edge: PC-DARTS's edge normalisation, and 0 for an edge with no op left
@@ -690,10 +758,10 @@ def _sum_blocks(t: torch.Tensor, blocks: int) -> torch.Tensor:
     return t.unflatten(1, (blocks, -1)).sum(1)
 
 
-def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run, summed: bool):
+def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run, lanes: _Lanes):
     """Run every group's leaves after its head on its slot input, each BatchNorm over the group's slots at
-    once, and weigh each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2): the
-    outputs, one block per group, in the order of the groups.
+    once, and weigh each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2): per
+    group, its output block and d, the dilation on whose phases it ran (1: none), each on its lane.
 
     Where a BatchNorm is a group's last leaf the weights are its affine weight, w BN(x) being BN(x) with
     weight w: no multiply forward, and the BatchNorm's backward gives the weights' gradient in the pass it
@@ -701,30 +769,46 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
 
     A group that begins with a dilated depthwise convolution and goes on pixelwise (``_phase_dilation``: the
     DARTS dilated convolutions) runs whole on its NHWC input's phases (``ops.to_phases``), taken once for
-    all such groups of one input; where the blocks are only summed (``summed``) their outputs are added on
-    the phases and put back together once, one block: two copies forward and two backward fewer per
-    source batch than phases taken and put back per convolution."""
-    blocks, phases, on_phases = [], {}, {}
-    for g, x, w in zip(groups, xs, weights):
-        start = int(g.head is not None)  # the head ran once per source
-        d = _phase_dilation(g.leaves[start:], x)
+    all such groups of one input, before the lanes fork (``_off_phases`` puts the outputs back)."""
+    inputs, phases = [], {}
+    for g, x in zip(groups, xs):
+        d = _phase_dilation(g.leaves[int(g.head is not None):], x)
         if d > 1:
             if (id(x), d) not in phases:
                 phases[id(x), d] = to_phases(x, d)
             x = phases[id(x), d]
-        for j in range(start, len(g.leaves)):
-            leaf = g.leaves[j]
-            if leaf[0] == "bn":
-                x = _batch_norm(x, leaf[1], run, w if j == len(g.leaves) - 1 else None)
-            else:
-                convs = [run.weights[bank][piece] for bank, piece in g.convs[j]]
-                if d > 1 and j == start:  # undilated on the phases
-                    x = _conv(x, leaf[1], g.from_sources or len(g.edge_ids), convs[0], phases=d)
-                    continue
-                sampled = g.step > 1 and j == start  # its head took the pixels the convolution reads
-                x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled,
-                              g.from_sources if j == start else 0)
-        block = x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1)
+        inputs.append((x, d))
+    outs = []
+    for i, (g, (x, d), w) in enumerate(zip(groups, inputs, weights)):
+        with lanes(i):
+            outs.append((_run_group(g, x, d, w, run), d))
+    return outs
+
+
+def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run) -> torch.Tensor:
+    """The leaves of ``g`` after its head on ``x`` (its input's d x d phases where d > 1), weighed by ``w``."""
+    start = int(g.head is not None)  # the head ran once per source
+    for j in range(start, len(g.leaves)):
+        leaf = g.leaves[j]
+        if leaf[0] == "bn":
+            x = _batch_norm(x, leaf[1], run, w if j == len(g.leaves) - 1 else None)
+        else:
+            convs = [run.weights[bank][piece] for bank, piece in g.convs[j]]
+            if d > 1 and j == start:  # undilated on the phases
+                x = _conv(x, leaf[1], g.from_sources or len(g.edge_ids), convs[0], phases=d)
+                continue
+            sampled = g.step > 1 and j == start  # its head took the pixels the convolution reads
+            x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled,
+                          g.from_sources if j == start else 0)
+    return x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1)
+
+
+def _off_phases(outs: list[tuple[torch.Tensor, int]], summed: bool) -> list[torch.Tensor]:
+    """The groups' blocks (``_run_groups``) in the images' pixel order; where the blocks are only summed
+    (``summed``) those on the phases of one d are added there and put back together once, one block: two
+    copies forward and two backward fewer per source batch than phases put back per group."""
+    blocks, on_phases = [], {}
+    for block, d in outs:
         if d == 1:
             blocks.append(block)
         elif summed:
