@@ -51,12 +51,14 @@ def batches(n: int, device="cpu", dtype=torch.float32):
     return [(image(), label(), image(), label()) for _ in range(n)]
 
 
-@pytest.mark.parametrize("space", ["darts", "nb201"])
-@pytest.mark.parametrize("fused", [False, True], ids=["readable", "fused"])
+@pytest.mark.parametrize("space, fused", [("darts", False), ("darts", True), ("nb201", True)],
+                         ids=["readable", "fused", "fused-nb201"])
 @pytest.mark.parametrize("name", sorted(set(builtin_methods()) - SAMPLES_ON_HOST))
 def test_step_reads_nothing_on_the_host(name, fused, space):
     """No .item(), no nonzero, no tensor made from Python data inside a step once its plans are cached: a
-    GPU never waits for the host, and the step can be captured whole."""
+    GPU never waits for the host, and the step can be captured whole. (What a recipe adds to the step, its
+    relaxation, edges and gradient, is the same code in both spaces; their cells, the readable one and the
+    fused path's batches, differ: the NAS-Bench-201 network is checked fused.)"""
     _, step = recipe_step(name, fused, space=space)
     first, second = batches(2)
     step(*first)

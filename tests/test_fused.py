@@ -100,10 +100,11 @@ def test_nb201_step_equals_readable(name):
     assert_same_step(search_step(name, fused=False, space="nb201"), search_step(name, fused=True, space="nb201"))
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["readable", "fused"])
-@pytest.mark.parametrize("name, space", [("darts-v1", "darts"), ("darts-v2", "darts"), ("pc-darts", "darts"),
-                                         ("gdas", "darts"), ("darts-minus", "darts"), ("darts-v1", "nb201"),
-                                         ("pc-darts", "nb201"), ("gdas", "nb201")])
+@pytest.mark.parametrize("name, space, fused", [
+    *((name, space, fused) for name, space in [("darts-v1", "darts"), ("pc-darts", "darts"), ("gdas", "darts"),
+                                               ("darts-minus", "darts"), ("darts-v1", "nb201"), ("pc-darts", "nb201"),
+                                               ("gdas", "nb201")] for fused in (False, True)),
+    ("darts-v2", "darts", True)])  # second order's unrolled model: the fused cells under functional_call
 def test_channels_last_step_equals_the_default_layout(name, space, fused):
     """``channels_last`` (NHWC weights and images) changes the kernels, not what they compute."""
     assert_same_step(search_step(name, fused, space=space),
@@ -118,10 +119,12 @@ def test_channels_last_step_equals_the_default_layout(name, space, fused):
 def test_the_gpu_convolution_forms_compute_the_same_step(name, space, layout, monkeypatch):
     """The forms a GPU runs its convolutions in (ops.FORM_DEVICES: depthwise NHWC and by phases, grouped
     pointwise by matrix products), here on the CPU, leave a step of both cells as the plain convolutions do
-    (iDARTS, on the fused cell: its second derivatives too)."""
-    reference = search_step(name, fused=False, layout=layout, space=space)
+    (iDARTS, the slowest step, on the fused cell only, against its own plain step: its second derivatives
+    too; test_step_equals_readable holds that plain step to the readable one)."""
+    paths = (True,) if name == "idarts" else (False, True)
+    reference = search_step(name, fused=paths[0], layout=layout, space=space)
     monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu",))
-    for fused in (True,) if name == "idarts" else (False, True):  # iDARTS's step is the slowest
+    for fused in paths:
         assert_same_step(reference, search_step(name, fused, layout=layout, space=space))
 
 
