@@ -58,7 +58,8 @@ def sync(device: torch.device) -> None:
 
 
 PATHS = ("readable", "fused", "graph")  # each optionally with -tf32 or -bf16, -cl (channels_last), -lanes
-LANES = 4  # the side streams of a -lanes path (``fused.side_streams``): a DARTS source batch has 4 convolution ops
+LANES = 5  # the side streams of a -lanes path (``fused.side_streams``): a DARTS source batch has 4 convolution ops
+# and the poolings and skip, run once per source (the lanes of one batch beyond them share streams)
 SECTION = "## Search step (benchmarks/search_step.py)"
 COLUMNS = ["date", "device", "torch", "commit", "path", "method", "batch", "ms/step (median)", "speed-up",
            "peak memory (GB)", "load", "command"]

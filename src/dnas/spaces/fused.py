@@ -514,17 +514,13 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
         x, rest = _split_channels(x, x.shape[2] // k)
     n, sources = x.shape[:2]
     per = len(batch.edges) // sources  # edges per source
-    begun = {None: x}  # what the groups begin with, once per source: the sources, or a ReLU or pooling
-    for g in batch.groups:  # (on every step-th pixel only, where the op's first convolution reads no others)
-        head = g.head if g.step == 1 else g.head[0]
-        if head not in begun:
-            begun[head] = _run_leaf(g.leaves[0], _flatten_sources(x), sources).unflatten(1, (sources, -1))
-        if g.head not in begun:
-            begun[g.head] = pixels(_flatten_sources(begun[head]), step=g.step).unflatten(1, (sources, -1))
     # the ops that compute the same on every edge of a source run once per source (where every op covers
     # every edge, so that the order of the groups' blocks does not matter to _sum_slots); the rest per edge
     shared = [batch.pos is None and per > 1 and _same_on_every_edge(g) for g in batch.groups]
     groups = [g for g, same in zip(batch.groups, shared) if not same]
+    begun = {None: x}  # what the groups begin with, once per source (those of the shared ops in their lane)
+    for g in groups:
+        _begin(begun, g, x)
     copied = [g.head for g in groups if g.every_edge and not g.from_sources]
     copies = _copy_to_edges(begun, copied, per) if per > 1 else {}
     outs = []
@@ -548,6 +544,8 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
         once = [i for i, same in enumerate(shared) if same]
         groups_once, weights_once = [batch.groups[i] for i in once], [slot_weights[i] for i in once]
         with lanes(len(groups)):
+            for g in groups_once:
+                _begin(begun, g, x)
             per_source.append(_per_source_sum(groups_once, weights_once, begun, per, run))
     lanes.join()
     blocks = _off_phases(outs, summed=batch.pos is None) + per_source
@@ -569,6 +567,18 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
             rest = F.max_pool2d(_flatten_sources(rest), 2, 2).unflatten(1, (sources, -1))
         y = _with_bypass(y, rest, scale)
     return y
+
+
+def _begin(begun: dict, g: _Group, x: torch.Tensor) -> None:
+    """What ``g`` begins with, once per source of ``x`` (N, sources, C, H, W), into ``begun`` (head -> it) if
+    not there yet: the sources, or a ReLU or pooling of them (on every step-th pixel only, where the op's
+    first convolution reads no others)."""
+    head = g.head if g.step == 1 else g.head[0]
+    sources = x.shape[1]
+    if head not in begun:
+        begun[head] = _run_leaf(g.leaves[0], _flatten_sources(x), sources).unflatten(1, (sources, -1))
+    if g.head not in begun:
+        begun[g.head] = pixels(_flatten_sources(begun[head]), step=g.step).unflatten(1, (sources, -1))
 
 
 def _split_channels(x: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
