@@ -51,6 +51,7 @@ each space's ``SearchCell.forward_fused``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from dataclasses import dataclass, field
 
@@ -247,20 +248,21 @@ class _Lanes:
     """The independent ops of a source batch (each group's leaves, the per-source sum), each on a side stream
     forked from the current one, so that on a GPU their kernels, most too small to fill it, run side by
     side; a CUDA graph records them as parallel branches. Autograd runs each op's backward on the stream of
-    its forward, so the backward branches overlap too. ``lane(i)`` is the context of the i-th op's stream
-    (the current stream where there are none: the CPU), ``join()`` makes the current stream wait for the
-    lanes. What a lane reads is made on the current stream before the lane forks, and what it makes is read
+    its forward, so the backward branches overlap too. Each ``lanes()`` is the context of the next stream in
+    turn (the current stream where there are none: the CPU), ``join()`` makes the current stream wait for
+    the lanes. What a lane reads is made on the current stream before the lane forks, and what it makes is read
     there only after the join; so no stream reads what another has not finished writing, and the caching
     allocator, which hands a freed block to the next tensor of the stream it was made on, never gives a
     block one stream still reads to another (tests/test_fused.py checks the forward with fake streams)."""
 
     def __init__(self, streams: list | None):
-        self.streams, self.forked = streams, []
+        self.streams, self.forked, self.taken = streams, [], 0
 
-    def __call__(self, i: int):
+    def __call__(self):
         if not self.streams:
             return contextlib.nullcontext()
-        stream = self.streams[i % len(self.streams)]
+        stream = self.streams[self.taken % len(self.streams)]
+        self.taken += 1
         if stream not in self.forked:
             stream.wait_stream(torch.cuda.current_stream(stream.device))
             self.forked.append(stream)
@@ -538,17 +540,15 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     w_groups = w if len(w_groups) == len(slot_weights) else _cat(w_groups, dim=0) if w_groups else w[:0]
     per_channel = w_groups.repeat_interleave(x.shape[2]).split([len(g.edge_ids) * x.shape[2] for g in groups])
     lanes = _Lanes(run.streams)
-    outs = _run_groups(groups, outs, per_channel, run, lanes)
-    per_source = []
+    blocks = _run_groups(groups, outs, per_channel, run, lanes, summed=batch.pos is None)
     if any(shared):
         once = [i for i, same in enumerate(shared) if same]
         groups_once, weights_once = [batch.groups[i] for i in once], [slot_weights[i] for i in once]
-        with lanes(len(groups)):
+        with lanes():
             for g in groups_once:
                 _begin(begun, g, x)
-            per_source.append(_per_source_sum(groups_once, weights_once, begun, per, run))
+            blocks.append(_per_source_sum(groups_once, weights_once, begun, per, run))
     lanes.join()
-    blocks = _off_phases(outs, summed=batch.pos is None) + per_source
     h, w_ = ((d + batch.stride - 1) // batch.stride for d in x.shape[-2:])
     shape = (n, len(batch.edges), x.shape[2], h, w_)  # of the edges' outputs
     scale = edge_weights  # a weight per edge: PC-DARTS's edge normalisation, and 0 for an edge with no op left
@@ -768,31 +768,39 @@ def _sum_blocks(t: torch.Tensor, blocks: int) -> torch.Tensor:
     return t.unflatten(1, (blocks, -1)).sum(1)
 
 
-def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run, lanes: _Lanes):
+def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run, lanes: _Lanes, summed: bool):
     """Run every group's leaves after its head on its slot input, each BatchNorm over the group's slots at
-    once, and weigh each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2): per
-    group, its output block and d, the dilation on whose phases it ran (1: none), each on its lane.
+    once, and weigh each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2): the
+    outputs, one block per group in the order of the groups (but for those summed on phases, below); each
+    group on a lane of its own.
 
     Where a BatchNorm is a group's last leaf the weights are its affine weight, w BN(x) being BN(x) with
     weight w: no multiply forward, and the BatchNorm's backward gives the weights' gradient in the pass it
     makes anyway. Groups that end otherwise (skip) are multiplied.
 
     A group that begins with a dilated depthwise convolution and goes on pixelwise (``_phase_dilation``: the
-    DARTS dilated convolutions) runs whole on its NHWC input's phases (``ops.to_phases``), taken once for
-    all such groups of one input, before the lanes fork (``_off_phases`` puts the outputs back)."""
-    inputs, phases = [], {}
-    for g, x in zip(groups, xs):
+    DARTS dilated convolutions) runs whole on its NHWC input's phases (``ops.to_phases``); the groups on the
+    phases of one input share a lane, which takes the phases once and puts the outputs back; where the blocks
+    are only summed (``summed``) it adds them on the phases and puts them back once, one block (after the
+    others): two copies forward and two backward fewer per source batch than per convolution."""
+    units: dict = {}  # what runs in one lane: a group, or the groups on the phases of one input
+    for i, (g, x) in enumerate(zip(groups, xs)):
         d = _phase_dilation(g.leaves[int(g.head is not None):], x)
-        if d > 1:
-            if (id(x), d) not in phases:
-                phases[id(x), d] = to_phases(x, d)
-            x = phases[id(x), d]
-        inputs.append((x, d))
-    outs = []
-    for i, (g, (x, d), w) in enumerate(zip(groups, inputs, weights)):
-        with lanes(i):
-            outs.append((_run_group(g, x, d, w, run), d))
-    return outs
+        units.setdefault((id(x), d) if d > 1 else i, (x, d, []))[2].append(i)
+    blocks, merged = [None] * len(groups), []
+    for x, d, members in units.values():
+        with lanes():
+            if d == 1:
+                blocks[members[0]] = _run_group(groups[members[0]], x, 1, weights[members[0]], run)
+                continue
+            phases = to_phases(x, d)
+            ys = [_run_group(groups[i], phases, d, weights[i], run) for i in members]
+            if summed:
+                merged.append(from_phases(functools.reduce(torch.add, ys), d, nhwc=True))
+            else:
+                for i, y in zip(members, ys):
+                    blocks[i] = from_phases(y, d, nhwc=True)
+    return [b for b in blocks if b is not None] + merged
 
 
 def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run) -> torch.Tensor:
@@ -811,21 +819,6 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run) -
             x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled,
                           g.from_sources if j == start else 0)
     return x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1)
-
-
-def _off_phases(outs: list[tuple[torch.Tensor, int]], summed: bool) -> list[torch.Tensor]:
-    """The groups' blocks (``_run_groups``) in the images' pixel order; where the blocks are only summed
-    (``summed``) those on the phases of one d are added there and put back together once, one block: two
-    copies forward and two backward fewer per source batch than phases put back per group."""
-    blocks, on_phases = [], {}
-    for block, d in outs:
-        if d == 1:
-            blocks.append(block)
-        elif summed:
-            on_phases[d] = on_phases[d] + block if d in on_phases else block
-        else:
-            blocks.append(from_phases(block, d, nhwc=True))
-    return blocks + [from_phases(y, d, nhwc=True) for d, y in on_phases.items()]
 
 
 def _phase_dilation(leaves, x: torch.Tensor) -> int:
