@@ -26,7 +26,7 @@ from ..relax import Softmax, is_hard
 from ..selection import TopK
 from . import SPACES
 from .base import Supernet, node_softmax
-from .fused import Topology, cell_plan, run_plan
+from .fused import Topology, cell_plan, run_plan, side_by_side
 
 CELL_TYPES = ("normal", "reduce")
 
@@ -77,7 +77,7 @@ class SearchCell(nn.Module):
         plan = cell_plan(self, Topology(2, self.nodes, 2 if self.reduction else 1), active, s1.device)
         if plan is None:
             return self(s0, s1, weights, active, edge_weights)
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = side_by_side(s1.device, lambda: self.preprocess0(s0), lambda: self.preprocess1(s1))
         return cat_dense_gradients(run_plan(self, plan, states, weights, edge_weights))
 
 

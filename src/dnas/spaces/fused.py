@@ -274,6 +274,18 @@ class _Lanes:
         self.forked = []
 
 
+def side_by_side(device: torch.device, *steps) -> list:
+    """The results of the independent ``steps`` (functions of no arguments), each run on a lane of its own
+    (``_Lanes``; one after another where there are no side streams): a DARTS cell's two preprocessings."""
+    lanes = _Lanes(_side_streams(device))
+    results = []
+    for step in steps:
+        with lanes():
+            results.append(step())
+    lanes.join()
+    return results
+
+
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
