@@ -228,6 +228,15 @@ def test_unknown_edge_class_falls_back_to_the_readable_cell():
     assert all(plan is None for cell in fused.cells for plan in _PLANS[cell].values())
 
 
+def test_a_training_batch_norm_in_a_cell_in_evaluation_mode_is_refused():
+    """A fused cell reads its mode from the cell: a BatchNorm left training in a cell set to evaluation (a
+    mode set module by module) would move running statistics the cell did not make room for."""
+    model = supernet(True).eval()
+    model.cells[0].edges[0].ops[4][0][3].train()  # sep_conv_3x3's first BatchNorm
+    with pytest.raises(RuntimeError, match=r"model\.train\(\) or model\.eval\(\)"):
+        model(torch.randn(2, 3, 16, 16, dtype=torch.float64))
+
+
 def kernels(model, x) -> Counter:
     with CountOps() as ops:
         F.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long)).backward()
