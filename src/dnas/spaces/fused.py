@@ -33,7 +33,10 @@ that leave the cell's inputs all at once:
   ``index_add_`` per op instead. The sums into the nodes are one add per source state;
 * the states concatenated as a batch's sources (and the nodes, by the DARTS cell) get dense gradients
   (``ops.cat_dense_gradients``), not the slices a concatenation's backward hands out: with no multiply
-  after the ops' last BatchNorms, those would reach their backward, up to 25x slower on the CPU.
+  after the ops' last BatchNorms, those would reach their backward, up to 25x slower on the CPU;
+* on a GPU, within ``side_streams(n)``, the independent ops of a batch (and a DARTS cell's two
+  preprocessings, ``side_by_side``) run on side streams, forward and backward, so that their small kernels
+  run side by side (``_Lanes``).
 
 Weights and buffers are read from the readable modules at call time, so a fused supernet has the same
 ``state_dict``, works under ``torch.func.functional_call`` (the unrolled model of second-order DARTS) and
