@@ -10,14 +10,15 @@ C channels to C channels; a stride-2 op halves the spatial size.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .registry import Registry
+from .settings import temporarily
 
 OPS = Registry("op")
 
@@ -132,18 +133,12 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
 _second_order = False  # within ``second_derivatives``
 
 
-@contextlib.contextmanager
 def second_derivatives():
     """Within it, each grouped convolution records a backward that is differentiated again by grouped
     convolution kernels (``_GroupedConv``), for the Hessian-vector products of a network's loss (iDARTS).
     PyTorch's own double backward of a grouped convolution runs a convolution per group for a weight
     gradient's term: ~80k calls in an iDARTS step of the paper's search network, on the CPU 1.8x its time."""
-    global _second_order
-    previous, _second_order = _second_order, True
-    try:
-        yield
-    finally:
-        _second_order = previous
+    return temporarily(sys.modules[__name__], "_second_order", True)
 
 
 def _conv2d(x, weight, bias, stride, padding, dilation, groups: int) -> torch.Tensor:

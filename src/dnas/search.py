@@ -40,6 +40,7 @@ from .data import BatchLoader, load_dataset, memory_format, split_indices
 from .genotype import Genotype
 from .methods import Method, Parts, get_method
 from .relax import is_hard
+from .settings import temporarily
 from .spaces import SPACES
 
 CHECKPOINT_FORMAT = "dnas-search-checkpoint-v1"
@@ -336,23 +337,12 @@ class Search:
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
-@contextlib.contextmanager
-def _setting(holder, name: str, value):
-    """``holder.name`` set to ``value`` within, put back after: the process's flags a search sets while it runs."""
-    saved = getattr(holder, name)
-    setattr(holder, name, value)
-    try:
-        yield
-    finally:
-        setattr(holder, name, saved)
-
-
 def cudnn_benchmark(on: bool):
     """Whether cuDNN times its algorithms for each new convolution shape within (``cudnn.benchmark``), the
     flag put back after. A search has it on for its full batches, whose shapes repeat every step, and off
     for the last, smaller batch of an epoch (its step and its evaluation): a step of the fused cells has
     ~130 convolution shapes, each timed forward and backward, and that batch runs once an epoch."""
-    return _setting(torch.backends.cudnn, "benchmark", on)
+    return temporarily(torch.backends.cudnn, "benchmark", on)
 
 
 @contextlib.contextmanager
@@ -367,7 +357,8 @@ def precision(device_type: str, name: str):
     (convolutions and matrix products in bf16; reductions, softmax and the loss fp32, as torch.autocast
     decides), no cache of cast weights: second-order DARTS moves the weights in place within one step."""
     tf32 = name == "tf32"
-    with _setting(torch.backends.cudnn, "allow_tf32", tf32), _setting(torch.backends.cuda.matmul, "allow_tf32", tf32), \
+    with temporarily(torch.backends.cudnn, "allow_tf32", tf32), \
+            temporarily(torch.backends.cuda.matmul, "allow_tf32", tf32), \
             torch.autocast(device_type, torch.bfloat16, enabled=name == "bf16", cache_enabled=False):
         yield
 

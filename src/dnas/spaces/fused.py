@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import weakref
 from dataclasses import dataclass, field
 
@@ -65,6 +66,7 @@ from torch import nn
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
 from ..ops import (FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d, from_phases,
                    phases_fit, pixels, reads_every, to_phases)
+from ..settings import temporarily
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
 
@@ -220,18 +222,12 @@ class _Run:
 _side = 0  # the side streams of ``side_streams``
 
 
-@contextlib.contextmanager
 def side_streams(n: int):
     """Within it, a fused cell on a GPU runs the independent ops of each source batch on ``n`` side streams
     (``_Lanes``), 0: all on the current stream. What it computes is the same; whether it is faster depends on
     how far the ops' kernels fill the GPU (docs/speed.md). A CUDA graph records the streams its capture ran
     on: the setting of the warm-up and capture steps holds for the replays."""
-    global _side
-    before, _side = _side, n
-    try:
-        yield
-    finally:
-        _side = before
+    return temporarily(sys.modules[__name__], "_side", n)
 
 
 def _side_streams(device: torch.device) -> list | None:
