@@ -230,7 +230,12 @@ def test_replayed_steps_equal_eager_steps(name):
         loss_g, _ = graphed(*batch)
         torch.testing.assert_close(loss_g, loss_e, rtol=1e-9, atol=0)
     assert graphed.eager_reason is None and graphed.replays == len(data) - 2
-    for (n, a), b in zip(eager_model.state_dict().items(), graph_model.state_dict().values()):
+    assert_same_state(eager_model, graph_model)
+
+
+def assert_same_state(reference, other) -> None:
+    """Every parameter and buffer of ``other`` equals ``reference``'s, to float64 rounding."""
+    for (n, a), b in zip(reference.state_dict().items(), other.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=lambda m: f"{n}: {m}")
 
 
@@ -254,8 +259,7 @@ def test_side_streams_compute_what_one_stream_computes(name, layout):
             loss_lanes, _ = graphed(*batch)
         torch.testing.assert_close(loss_lanes, loss, rtol=1e-9, atol=0)
     assert graphed.eager_reason is None and graphed.replays == len(data) - 2
-    for (n, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=lambda m: f"{n}: {m}")
+    assert_same_state(*models)
 
 
 @CUDA
