@@ -11,9 +11,11 @@
 # 2026-11-26 (second session) `steps base e2e convs` took 564 s, its e2e runs stopped by their timeouts before
 # an epoch ended, and `tests` ran past 270 s; so now: first `tests steps e2e` with timeout_s 600, then at once,
 # on the machine still warm, `convs profile steps2` with what is left. The -lanes paths of `steps` and
-# `steps2` run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams): if they
-# replay faster, and the CUDA test test_side_streams_compute_what_one_stream_computes passes, --fast on a
-# GPU should turn them on (search.fast_settings).
+# `steps2` run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams), the
+# -merged paths their 3x3 and 5x5 ops as one (dnas.spaces.fused.merge_kernel_sizes): what replays faster,
+# with its CUDA test passing (test_side_streams_compute_what_one_stream_computes,
+# test_cuda_channels_last_step_equals_readable[...True]), --fast on a GPU should turn on
+# (search.fast_settings).
 # The lent machine has PyTorch but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/
@@ -73,9 +75,10 @@ print('failed:', r['failed'])" "$OUT/e2e-$1.log" "$1" || tail -20 "$OUT/e2e-$1.l
 
 for stage in $STAGES; do case $stage in
 steps)
-    step darts-v1 darts-v1 graph,graph-tf32,graph-cl,graph-cl-lanes,graph-bf16-cl 10 190 ;;
+    step darts-v1 darts-v1 graph,graph-cl,graph-cl-lanes,graph-cl-merged,graph-cl-lanes-merged 10 190 ;;
 steps2)
-    step darts-v2 darts-v2 graph,graph-cl,graph-cl-lanes 10 150 ;;
+    step darts-v1-arithmetic darts-v1 graph-cl,graph-tf32-cl,graph-bf16-cl 10 100
+    step darts-v2 darts-v2 graph-cl,graph-cl-lanes,graph-cl-merged 10 150 ;;
 base)
     if [ -d .gpu_data/base/src ]; then
         (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1,darts-v2 graph 10 150)

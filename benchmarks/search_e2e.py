@@ -18,7 +18,8 @@ to RESULTS.md.
 Paths: readable (SearchCell), fused (spaces/fused.py), fast (``--fast`` of the CLI: fused, and on a GPU
 each step replayed from a CUDA graph, on a CPU in channels_last); a suffix -tf32 or -bf16 sets the precision
 (``--precision``), -cl runs in channels_last (``--channels-last``), -lanes the fused cells' independent ops on
-side streams (``dnas.spaces.fused.side_streams``). Each row also gives the seconds of the
+side streams (``dnas.spaces.fused.side_streams``), -merged their 3x3 and 5x5 ops as one
+(``dnas.spaces.fused.merge_kernel_sizes``). Each row also gives the seconds of the
 last epoch and what 50 epochs on all 50,000 training images would take: the last epoch, plus the steps and
 evaluation batches a full epoch has beyond the subset's at their steady rate (``EpochParts``), so that an
 epoch's fixed costs (a CUDA graph's eager warm-up and capture, deriving the genotype) count once per epoch,
@@ -43,7 +44,7 @@ import dnas
 from dnas.methods import get_method
 from dnas.search import Search, fast_settings, resolve_device
 from results import append_rows, commit, interrupt_on_sigterm
-from search_step import DEPTH, LANES, device_name, path_options, row_method, side_streams
+from search_step import DEPTH, LANES, device_name, fused_settings, path_options, row_method
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## End-to-end search (benchmarks/search_e2e.py): CIFAR-10 search, readable vs fused cell"
@@ -138,7 +139,8 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=512, help="training images, halved into search-train/val; 0: all")
     p.add_argument("--paths", default="readable,fused",
                    help="comma-separated, of readable, fused, fast, each optionally followed by -tf32 or -bf16 (the "
-                        "precision; default fp32), -cl (channels_last) and -lanes (side streams): fast-bf16, fast-cl-lanes, ...")
+                        "precision; default fp32), -cl (channels_last), -lanes (side streams) and -merged (3x3 and 5x5 ops as one): "
+                        "fast-bf16, fast-cl-lanes, ...")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--space", default="darts", choices=sorted(DEPTH), help="the search space (default darts)")
     p.add_argument("--layers", type=int, default=5, help="cells (default 5); with --space nb201 cells per stage")
@@ -158,7 +160,7 @@ def main() -> None:
     interrupt_on_sigterm()
 
     runs, failed = {}, {}  # a path that raises is reported, the others measured; one interrupted ends the runs
-    for path, (base, arithmetic, channels_last, lanes) in paths.items():
+    for path, (base, arithmetic, channels_last, lanes, merged) in paths.items():
         if base == "fast":
             settings = fast_settings(device, get_method(args.method), args.space)
         else:
@@ -167,7 +169,8 @@ def main() -> None:
             settings["channels_last"] = True
         if args.eval_batch_size:
             settings["eval_batch_size"] = args.eval_batch_size
-        with tempfile.TemporaryDirectory() as tmp, EpochParts() as parts, side_streams(LANES if lanes else 0):
+        with (tempfile.TemporaryDirectory() as tmp, EpochParts() as parts,
+              fused_settings(LANES if lanes else 0, merged)):
             t0 = time.perf_counter()
             try:
                 result = dnas.search(space=args.space, method=args.method, dataset="cifar10", data=args.cifar10,

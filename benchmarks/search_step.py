@@ -13,6 +13,8 @@ appends a row per recipe to benchmarks/RESULTS.md.
                                                               # channels_last tensors
     python benchmarks/search_step.py --paths graph-cl,graph-cl-lanes   # -lanes: the fused cell's independent
                                                               # ops on side streams (fused.side_streams)
+    python benchmarks/search_step.py --paths graph-cl,graph-cl-merged  # -merged: its 3x3 and 5x5 ops as one
+                                                              # (fused.merge_kernel_sizes)
     python benchmarks/search_step.py --space nb201 --paths readable,fused   # the NAS-Bench-201 network
                                                               # (16 channels, 5 cells per stage)
 
@@ -57,7 +59,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-PATHS = ("readable", "fused", "graph")  # each optionally with -tf32 or -bf16, -cl (channels_last), -lanes
+PATHS = ("readable", "fused", "graph")  # each optionally with -tf32 or -bf16, -cl (channels_last), -lanes, -merged
 LANES = 5  # the side streams of a -lanes path (``fused.side_streams``): a DARTS source batch has 4 convolution ops
 # and the poolings and skip, run once per source (the lanes of one batch beyond them share streams)
 SECTION = "## Search step (benchmarks/search_step.py)"
@@ -70,20 +72,22 @@ class PathOptions(NamedTuple):
     arithmetic: str  # a precision of ``dnas.search.precision``
     channels_last: bool
     lanes: bool  # the fused cell's independent ops on side streams (``fused.side_streams``)
+    merged: bool  # the fused cell's 3x3 and 5x5 ops as one (``fused.merge_kernel_sizes``)
 
 
 def path_options(path: str, bases) -> PathOptions:
     """A benchmark path's name: its base (one of ``bases``), then its precision if not fp32 (-tf32, -bf16:
-    ``dnas.search.precision``), -cl (channels_last) and -lanes (side streams), in that order."""
+    ``dnas.search.precision``), -cl (channels_last), -lanes (side streams) and -merged (3x3 and 5x5 ops as
+    one), in that order."""
     base, *options = path.split("-")
     others = [p for p in PRECISIONS if p != "fp32"]
     arithmetic = options.pop(0) if options and options[0] in others else "fp32"
-    flags = ["cl", "lanes"]
+    flags = ["cl", "lanes", "merged"]
     if base not in bases or options != [f for f in flags if f in options]:
         raise ValueError(f"unknown path {path!r}; valid: {', '.join(bases)}, each optionally followed by "
-                         f"{' or '.join('-' + p for p in others)}, then -cl, then -lanes "
-                         f"({bases[-1]}-cl, {bases[-1]}-bf16-cl-lanes, ...)")
-    return PathOptions(base, arithmetic, "cl" in options, "lanes" in options)
+                         f"{' or '.join('-' + p for p in others)}, then -cl, -lanes, -merged "
+                         f"({bases[-1]}-cl, {bases[-1]}-bf16-cl-lanes, {bases[-1]}-cl-merged, ...)")
+    return PathOptions(base, arithmetic, "cl" in options, "lanes" in options, "merged" in options)
 
 
 def depth(space: str) -> tuple[str, int]:
@@ -126,7 +130,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     inputs = (*batch(), *batch())
     steps, times, rises, held, saved, models, first = {}, {}, {}, {}, {}, {}, {}
     for path in args.paths:
-        base, arithmetic, channels_last, lanes = path_options(path, PATHS)
+        base, arithmetic, channels_last, lanes, merged = path_options(path, PATHS)
         layout = memory_format(channels_last)
         before = allocated(device)
         model, parts, w_opt, a_opt = supernet(method, base != "readable", layout, args.init_channels, args.layers,
@@ -134,7 +138,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         held[path] = allocated(device) - before  # its model and optimisers (CUDA; the CPU's peak RSS grows alike)
         saved[path] = saved_for_backward(model, inputs[0])
         models[path] = model
-        step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic, LANES if lanes else 0)
+        step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic, LANES if lanes else 0, merged)
         if base == "graph":
             set_capturable(a_opt)
             step = GraphedStep(step)
@@ -231,15 +235,21 @@ def saved_for_backward(model, x) -> int:
     return sum(storages.values())
 
 
-def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, lanes: int, x, y, val_x, val_y):
-    with precision(x.device.type, arithmetic), side_streams(lanes):
+def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, lanes: int, merged: bool, x, y, val_x, val_y):
+    with precision(x.device.type, arithmetic), fused_settings(lanes, merged):
         return bilevel_step(model, parts, a_opt, w_opt, (x, y), (val_x, val_y), 5.0)
 
 
-def side_streams(n: int):
-    """``dnas.spaces.fused.side_streams(n)``, looked up only where n > 0: gpu_check.sh's stage base runs this
-    script on an older dnas, which has none."""
-    return importlib.import_module("dnas.spaces.fused").side_streams(n) if n else contextlib.nullcontext()
+def fused_settings(lanes: int, merged: bool) -> contextlib.ExitStack:
+    """Within it, the fused cells run on ``lanes`` side streams (``fused.side_streams``) and with their 3x3 and
+    5x5 ops as one where ``merged`` (``fused.merge_kernel_sizes``); the module looked up only where one is
+    asked for: gpu_check.sh's stage base runs this script on an older dnas, which has neither."""
+    stack = contextlib.ExitStack()
+    if lanes or merged:
+        fused = importlib.import_module("dnas.spaces.fused")
+        stack.enter_context(fused.side_streams(lanes))
+        stack.enter_context(fused.merge_kernel_sizes(merged))
+    return stack
 
 
 def allocated(device: torch.device) -> int:
@@ -269,7 +279,7 @@ def main() -> None:
     p.add_argument("--methods", default="darts-v1,darts-v2", help="recipes, comma-separated")
     p.add_argument("--paths", default="readable", help=f"comma-separated, of {', '.join(PATHS)} (graph: GPU "
                    f"only), each optionally followed by -tf32 or -bf16 (the precision; default fp32), then -cl "
-                   f"(channels_last tensors), then -lanes (side streams, GPU only)")
+                   f"(channels_last tensors), -lanes (side streams, GPU only), -merged (3x3 and 5x5 ops as one)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (a graph captures at the third)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")

@@ -26,7 +26,7 @@ from dnas.search import SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
 from dnas.spaces.nb201 import NB201Supernet
 from dnas.spaces import fused as fused_module
-from dnas.spaces.fused import _PLANS, Topology, _build_plan
+from dnas.spaces.fused import _PLANS, Topology, _build_plan, merge_kernel_sizes
 
 from conftest import BATCH_NORM_AND_CONVOLUTION, CountOps, KernelInputs, nchw, recipe_parts, strided
 
@@ -126,6 +126,28 @@ def test_the_gpu_convolution_forms_compute_the_same_step(name, space, layout, mo
     monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu",))
     for fused in paths:
         assert_same_step(reference, search_step(name, fused, layout=layout, space=space))
+
+
+@pytest.mark.parametrize("name, layout, forms", [("darts-v1", torch.contiguous_format, False),
+                                                 ("darts-v1", torch.channels_last, True),
+                                                 ("pc-darts", torch.channels_last, False),
+                                                 ("gdas", torch.contiguous_format, False),
+                                                 ("p-darts", torch.contiguous_format, False)])
+def test_merged_kernel_sizes_compute_the_same_step(name, layout, forms, monkeypatch):
+    """The 3x3 and 5x5 variants of an op run as one (``merge_kernel_sizes``): on every edge (darts-v1, in
+    NCHW, and in NHWC on the phases of the dilated ones, in the GPU's convolution forms), on a part of the
+    channels (PC-DARTS), on the edges where both are sampled (GDAS) or kept (P-DARTS's masked ops); the step
+    is the readable one's."""
+    plans = []  # those built
+    monkeypatch.setattr(fused_module, "_build_plan", lambda *a, build=fused_module._build_plan:
+                        plans.append(plan := build(*a)) or plan)
+    reference = search_step(name, fused=False, layout=layout)
+    if forms:
+        monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu",))
+    with merge_kernel_sizes():
+        assert_same_step(reference, search_step(name, fused=True, layout=layout))
+    sizes = lambda g: {m.kernel_size for kind, mods in g.leaves if kind == "conv" for m in mods}
+    assert any(len(sizes(g)) > 1 for plan in plans for b in plan.batches for g in b.groups)
 
 
 def assert_same_step(reference, other, rtol=1e-9):
@@ -243,22 +265,29 @@ def kernels(model, x) -> Counter:
     return ops.counts
 
 
-def test_fused_forward_launches_fewer_kernels():
+@pytest.mark.parametrize("merged", [False, True])
+def test_fused_forward_launches_fewer_kernels(merged):
     """The point of the fast path: per cell, one convolution and one BatchNorm per op, depth and source
-    batch instead of one per op, depth and edge, and the op weights applied by those BatchNorms and one
-    matmul instead of one multiply per op and edge."""
+    batch instead of one per op, depth and edge (``merged``: one for the 3x3 and 5x5 variants of an op), and
+    the op weights applied by those BatchNorms and one matmul instead of one multiply per op and edge."""
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    readable, fused = kernels(supernet(False), x), kernels(supernet(True), x)
+    readable = kernels(supernet(False), x)
+    with merge_kernel_sizes(merged):
+        fused = kernels(supernet(True), x)
     cells, batches, reductions = 5, 4, 2  # source batches: the two inputs together, then nodes 0, 1, 2
     # stem; per cell 2 preprocessing convs and 12 per edge; the skip's FactorizedReduce on the 8 reducing
     # edges (2 convs); FactorizedReduce preprocessing after a reduction (1 conv more)
     assert readable["convolution"] == 1 + cells * (2 + 14 * 12) + reductions * 8 * 2 + reductions
-    assert fused["convolution"] == 1 + cells * (2 + batches * 12) + reductions * 2 + reductions
+    # per batch 4 for each separable op and 2 for each dilated one, or for both sizes of each
+    convolutions = 6 if merged else 12
+    assert fused["convolution"] == 1 + cells * (2 + batches * convolutions) + reductions * 2 + reductions
     assert readable["native_batch_norm"] == 1 + cells * (2 + 14 * 8) + reductions * 8
-    # per batch the 6 BatchNorms of the convolution ops (2 in each separable one, 1 in each dilated one),
-    # the FactorizedReduce skip's on the reducing edges; the poolings' BatchNorms run once per source,
-    # where several edges leave it (one for both in all but the last batch, one each in the last)
-    assert fused["native_batch_norm"] == 1 + cells * (2 + batches * 6) + reductions + cells * (batches - 1 + 2)
+    # per batch the BatchNorms of the convolution ops (2 in each separable one, 1 in each dilated one, or in
+    # both sizes of each), the FactorizedReduce skip's on the reducing edges; the poolings' BatchNorms run
+    # once per source, where several edges leave it (one for both in all but the last batch, one each in the
+    # last)
+    norms = 3 if merged else 6
+    assert fused["native_batch_norm"] == 1 + cells * (2 + batches * norms) + reductions + cells * (batches - 1 + 2)
     # DARTS Eq. 2: the op weights are the affine weights of the ops' last BatchNorms, and the ops that
     # compute the same on every edge of a source (poolings, skip) are summed by one batched matmul (two
     # backward); only the last batch's skip (one edge per source) multiplies by its weight. The op weights
@@ -293,8 +322,8 @@ def test_dense_first_convolutions_read_each_source_once(space, monkeypatch):
     sources computing all its edges, not from a copy of the source per edge: NAS-Bench-201's cells copy
     nothing to their edges."""
     copied, convs = [], []
-    monkeypatch.setattr(fused_module, "_copy_to_edges", lambda begun, heads, per, copy=fused_module._copy_to_edges:
-                        copied.extend(heads) or copy(begun, heads, per))
+    monkeypatch.setattr(fused_module, "_copy_to_edges", lambda begun, wanted, copy=fused_module._copy_to_edges:
+                        copied.extend(wanted) or copy(begun, wanted))
     monkeypatch.setattr(fused_module, "_conv", lambda x, mods, blocks, *a, conv=fused_module._conv:
                         convs.append((mods, blocks)) or conv(x, mods, blocks, *a))
     model = supernet(True, space=space)
@@ -388,15 +417,18 @@ def test_cuda_step_equals_readable(name, space):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: cuDNN's NHWC kernels")
-@pytest.mark.parametrize("name, space", [("darts-v1", "darts"), ("pc-darts", "darts"), ("darts-v1", "nb201")])
-def test_cuda_channels_last_step_equals_readable(name, space, no_tf32):
+@pytest.mark.parametrize("name, space, merged", [("darts-v1", "darts", False), ("darts-v1", "darts", True),
+                                                 ("pc-darts", "darts", False), ("darts-v1", "nb201", False)])
+def test_cuda_channels_last_step_equals_readable(name, space, merged, no_tf32):
     """channels_last on the GPU (cuDNN's NHWC kernels, ops.conv2d's NHWC forms) against the readable NCHW
     step, in float32 without TF32: PyTorch runs a float64 convolution NCHW in any layout. On the CPU the
-    same comparison differs by 3e-5 of a tensor's largest; a wrong gradient would by its own size."""
+    same comparison differs by 3e-5 of a tensor's largest; a wrong gradient would by its own size.
+    ``merged``: the fused cell's 3x3 and 5x5 ops as one (``merge_kernel_sizes``)."""
     reference = search_step(name, fused=False, device="cuda", dtype=torch.float32, space=space)
     for fused in (False, True):
-        assert_same_step(reference, search_step(name, fused, device="cuda", dtype=torch.float32,
-                                                layout=torch.channels_last, space=space), rtol=1e-3)
+        with merge_kernel_sizes(merged):
+            assert_same_step(reference, search_step(name, fused, device="cuda", dtype=torch.float32,
+                                                    layout=torch.channels_last, space=space), rtol=1e-3)
 
 
 def test_a_plan_moves_to_the_device_in_one_copy_per_dtype():

@@ -34,6 +34,9 @@ that leave the cell's inputs all at once:
 * the states concatenated as a batch's sources (and the nodes, by the DARTS cell) get dense gradients
   (``ops.cat_dense_gradients``), not the slices a concatenation's backward hands out: with no multiply
   after the ops' last BatchNorms, those would reach their backward, up to 25x slower on the CPU;
+* within ``merge_kernel_sizes()``, ops that differ only in the kernel sizes of their depthwise
+  convolutions (sep_conv_3x3 and 5x5, dil_conv_3x3 and 5x5) are one op, the smaller kernels zero-padded to
+  the larger with the padding widened to match (``_signature``, ``_bank``, ``_widened``);
 * on a GPU, within ``side_streams(n)``, the independent ops of a batch (and a DARTS cell's two
   preprocessings, ``side_by_side``) run on side streams, forward and backward, so that their small kernels
   run side by side (``_Lanes``).
@@ -111,8 +114,14 @@ def _flatten(module: nn.Module) -> list[Leaf] | None:
 
 
 def _signature(leaf: Leaf) -> tuple:
-    """What must agree for two edges' leaves to run as one batched kernel."""
+    """What must agree for two edges' leaves to run as one batched kernel. Depthwise convolutions of odd
+    kernels agree whatever their size (``_widened``): that of padding p, dilation d and size k computes
+    what one of size K > k computes with the k x k weights in the middle of K x K zeros and padding
+    p + d (K - k) / 2; what must agree is where the kernel's centre falls, p - d (k - 1) / 2."""
     kind, m = leaf
+    if kind == "conv" and _depthwise(m) and all(k % 2 for k in m.kernel_size):
+        centre = tuple(p - d * (k - 1) // 2 for p, d, k in zip(m.padding, m.dilation, m.kernel_size))
+        return kind, m.out_channels, centre, m.stride, m.dilation, m.groups, m.bias is None
     if kind == "conv":
         return kind, m.weight.shape, m.stride, m.padding, m.dilation, m.groups, m.bias is None
     if kind == "fr":
@@ -128,14 +137,21 @@ def _signature(leaf: Leaf) -> tuple:
     return (kind,)
 
 
+def _depthwise(m: nn.Conv2d) -> bool:
+    return m.groups == m.in_channels == m.out_channels
+
+
 @dataclass
 class _Group:
-    """One op (or the auxiliary skip) on the edges of a source batch that compute it, one slot per edge."""
+    """One op (or the auxiliary skip) on the edges of a source batch that compute it, one slot per edge; or
+    ops alike but for the kernel sizes of their depthwise convolutions (``_signature``: sep_conv_3x3 and
+    sep_conv_5x5), one slot per edge and op: one kernel for each of their steps, not one per op."""
 
     leaves: list[tuple[str, list[nn.Module]]]  # per leaf, its module on every slot
     src: torch.Tensor  # per slot, the source state (index into the batch's sources)
     edge_ids: tuple[int, ...]  # per slot, the edge (index into the cell's edges)
-    every_edge: bool  # one slot per edge of the batch, in their order
+    every_edge: bool  # ``repeats`` slots per edge of the batch, in their order (each edge's ops together)
+    repeats: int  # where every_edge, the ops of the group
     head: tuple | None  # the signature of the ReLU or pooling that begins the op, run once per source, and
     # (the op's first convolution reads every step-th pixel only) the step: the head on those pixels alone
     step: int  # 1, or that step: the first convolution then runs on the pixels it reads, with stride 1
@@ -217,6 +233,19 @@ class _Run:
                 torch._foreach_lerp_(old, new, momentum)
             if self.counters:
                 torch._foreach_add_(self.counters, 1)
+
+
+_merge = False  # within ``merge_kernel_sizes``
+
+
+def merge_kernel_sizes(on: bool = True):
+    """Within it, a fused cell's ops that differ only in the kernel sizes of their depthwise convolutions
+    (sep_conv_3x3 and sep_conv_5x5, dil_conv_3x3 and dil_conv_5x5) run as one op, the smaller kernels in the
+    middle of zeros (``_Group``): a darts-v1 step launches 22% fewer kernels (in NHWC on a GPU, counted by
+    ``benchmarks/kernel_census.py``), moves 8% more bytes (the sources copied to twice the slots) and
+    computes 2.8x the 3x3 depthwise convolutions' products. On the CPU 6-8% slower; on a GPU unmeasured
+    (docs/speed.md). The same results but for float rounding; a plan is made for each setting."""
+    return temporarily(sys.modules[__name__], "_merge", on)
 
 
 _side = 0  # the side streams of ``side_streams``
@@ -304,7 +333,7 @@ def cell_plan(cell, topology: Topology, active, device) -> _Plan | None:
     """How ``cell`` (its ``edges``, laid out as ``topology``) runs fused for one pattern of ``active`` ops
     (None: every op), built once and cached; None when an edge is of a class the fused path does not know,
     and the cell must run its own forward."""
-    key = (device, None if active is None else tuple(map(tuple, active)))
+    key = (device, _merge, None if active is None else tuple(map(tuple, active)))
     plans = _PLANS.setdefault(cell, {})
     if key not in plans:
         if len(plans) > 64:  # hard relaxations sample a new pattern each step
@@ -323,8 +352,7 @@ def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weight
     states = list(states)
     inputs = len(states)
     noise = _draw_random(cell, plan, states[-1]) if plan.random and cell.training else {}
-    banks = [torch.cat([m.weight for m in convs]).split(sizes) if len(convs) > 1 else (convs[0].weight,)
-             for convs, sizes in plan.banks]
+    banks = [_bank(convs, sizes) for convs, sizes in plan.banks]
     statistics = weights.new_zeros(2, plan.batch_norm_channels) if cell.training else None
     run = _Run(banks, noise, _side_streams(states[0].device), statistics)
     flat = weights.reshape(-1)  # the op weight of every slot, all gathered at once
@@ -380,7 +408,7 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
     for srcs in sources:
         pairs = [(j, offset[i] + j) for j in srcs for i in range(max(0, j - inputs + 1), n)]  # (source, edge)
         edges = [e for _, e in pairs]
-        slots: dict[tuple, list] = {}  # group key -> [(source, position, edge, leaves)]
+        slots: dict[tuple, list] = {}  # group key -> [(source, position, edge, leaves, op)]
         for pos, (j, e) in enumerate(pairs):
             table = ops[e]
             run = sorted(o for o in table if o is not None) if active is None else sorted(set(active[e]) & table.keys())
@@ -389,21 +417,25 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
             for o in run:
                 leaves, signature = table[o]
                 random.update((e, leaf) for leaf in leaves if leaf[0] in ("noise", "dropout"))
-                slots.setdefault((o, signature), []).append((srcs.index(j), pos, e, leaves))
+                key = signature if _merges(leaves) else (o, signature)
+                slots.setdefault(key, []).append((srcs.index(j), pos, e, leaves, o))
         groups, positions = [], []
-        for (o, signature), members in sorted(slots.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0)):
+        first_op = lambda members: min((m[4] is None, m[4] or 0) for m in members)
+        for members in sorted(slots.values(), key=first_op):
             edge_ids = tuple(m[2] for m in members)
+            signature = tuple(map(_signature, members[0][3]))
             leaves = [(leaf[0], [m[3][k][1] for m in members]) for k, leaf in enumerate(members[0][3])]
             head = signature[0] if signature and signature[0][0] in ("relu", "pool") else None
             step = _first_conv_step(leaves) if head is not None else 1
-            every_edge = list(edge_ids) == edges
+            repeats = len(edge_ids) // len(edges)
+            every_edge = list(edge_ids) == [e for e in edges for _ in range(repeats)]
             dense = _first_step_is_dense_conv(leaves[int(head is not None):])
             groups.append(_Group(
                 leaves=leaves, src=tensor([m[0] for m in members]), edge_ids=edge_ids, every_edge=every_edge,
-                head=head if step == 1 else (head, step), step=step,
+                repeats=repeats, head=head if step == 1 else (head, step), step=step,
                 from_sources=len(srcs) if every_edge and dense and len(edges) > len(srcs) else 0))
             positions += [m[1] for m in members]
-            weight_index += [slot_weight(e, o) for e in edge_ids]
+            weight_index += [slot_weight(m[2], m[4]) for m in members]
         first = cell.edges[edges[0]]
         k = first.k if isinstance(first, PartialChannelEdge) else None
         dropped = active is not None and not all(active[e] for e in edges)
@@ -433,6 +465,14 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
                  topology.stride, batch_norm_channels)
     _to_device(plan, device)
     return plan
+
+
+def _merges(leaves: list[Leaf]) -> bool:
+    """Whether an op shares a group with the ops whose leaves have its signatures (``_Group``), within
+    ``merge_kernel_sizes``: one with a convolution and otherwise ReLUs, poolings and BatchNorms only, none
+    that draws random numbers per edge."""
+    kinds = {kind for kind, _ in leaves}
+    return _merge and "conv" in kinds and kinds <= {"relu", "conv", "bn", "pool"}
 
 
 def _first_step_is_dense_conv(leaves) -> bool:
@@ -491,13 +531,29 @@ def _add_to_bank(banks: dict, convs: list[nn.Conv2d]) -> tuple[int, int]:
 
     A cell's weights of one shape are concatenated once per forward and split per call, one kernel where
     a concatenation per call takes one each; backward, the split is one kernel too."""
-    key = tuple(convs[0].weight.shape[1:])
+    key = max(tuple(c.weight.shape[1:]) for c in convs)  # of the widest kernel (``_signature``)
     if key not in banks:
         banks[key] = ([], [])
     mods, sizes = banks[key]
     mods += convs
     sizes.append(sum(c.weight.shape[0] for c in convs))
     return list(banks).index(key), len(sizes) - 1
+
+
+def _bank(convs: list[nn.Conv2d], sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """The weights of a bank's convolutions concatenated, split per call (``sizes``), each call's weights of
+    the bank's kernel size: smaller kernels in the middle of zeros (``_widened``), padded once per size."""
+    if len(convs) == 1:
+        return (convs[0].weight,)
+    kernel = max(c.kernel_size for c in convs)
+    weights = [c.weight for c in convs]
+    for size in {c.kernel_size for c in convs} - {kernel}:
+        mine = [i for i, c in enumerate(convs) if c.kernel_size == size]
+        rows, cols = ((k - own) // 2 for k, own in zip(kernel, size))
+        padded = F.pad(_cat([weights[i] for i in mine], 0), (cols, cols, rows, rows))
+        for i, w in zip(mine, padded.split([weights[i].shape[0] for i in mine])):
+            weights[i] = w
+    return torch.cat(weights).split(sizes)
 
 
 def _draw_random(cell, plan: _Plan, x: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -534,12 +590,12 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     begun = {None: x}  # what the groups begin with, once per source (those of the shared ops in their lane)
     for g in groups:
         _begin(begun, g, x)
-    copied = [g.head for g in groups if g.every_edge and not g.from_sources]
-    copies = _copy_to_edges(begun, copied, per) if per > 1 else {}
+    copied = lambda g: g.every_edge and per * g.repeats > 1 and not g.from_sources
+    copies = _copy_to_edges(begun, [(g.head, per * g.repeats) for g in groups if copied(g)])
     outs = []
     for g in groups:  # its input: its slots' sources one after another, (N, slots x C, H, W), or the sources
-        if g.every_edge and per > 1 and not g.from_sources:
-            outs.append(copies[g.head])
+        if copied(g):
+            outs.append(copies[g.head, per * g.repeats])
         else:  # one tensor for the groups of one head and slots: the dilated ones take its phases once
             if (g.head, g.edge_ids) not in begun:
                 whole = g.every_edge or len(g.edge_ids) == sources == 1
@@ -674,21 +730,23 @@ def _batch_norm_per_source(x: torch.Tensor, mods: list[nn.BatchNorm2d], per: int
     return F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=mods[0].eps)
 
 
-def _copy_to_edges(begun: dict, heads: list, per: int) -> dict:
-    """The ``heads`` of each source copied to its ``per`` edges, (N, sources x per x C, H, W), in their
-    layout (channels_last stays NHWC, which the convolutions take, and would otherwise copy them again):
-    one copy for all the heads of one size."""
-    heads = list(dict.fromkeys(heads))
+def _copy_to_edges(begun: dict, wanted: list[tuple]) -> dict:
+    """Each (head, per) ``wanted``: the head of each source copied to its ``per`` slots (its edges, times the
+    ops of a group of several), (N, sources x per x C, H, W), in their layout (channels_last stays NHWC,
+    which the convolutions take, and would otherwise copy them again): one copy for all the heads of one
+    size and ``per``."""
+    wanted = list(dict.fromkeys(wanted))
     copies = {}
-    for size in dict.fromkeys(begun[h].shape for h in heads):
-        same = [h for h in heads if begun[h].shape == size]
-        if channels_innermost(begun[same[0]][:, 0]):  # copied on (N, H, W, sources, C), dense, and back:
+    for size, per in dict.fromkeys((begun[h].shape, per) for h, per in wanted):
+        same = [(h, p) for h, p in wanted if begun[h].shape == size and p == per]
+        heads = [begun[h] for h, _ in same]
+        if channels_innermost(heads[0][:, 0]):  # copied on (N, H, W, sources, C), dense, and back:
             # the backward's sum over the copies then stays NHWC too
-            stacked = _stack([begun[h].permute(_NHWC) for h in same])  # (heads, N, H, W, sources, C)
+            stacked = _stack([h.permute(_NHWC) for h in heads])  # (heads, N, H, W, sources, C)
             copied = stacked.unsqueeze(5).expand(-1, -1, -1, -1, -1, per, -1).contiguous()
             copied = copied.permute(0, 1, 4, 5, 6, 2, 3)  # (heads, N, sources, per, C, H, W)
         else:
-            stacked = _stack([begun[h] for h in same])  # (heads, N, sources, C, H, W)
+            stacked = _stack(heads)  # (heads, N, sources, C, H, W)
             copied = stacked.unsqueeze(3).expand(-1, -1, -1, per, -1, -1, -1).contiguous()
         copies.update(zip(same, copied.flatten(2, 4)))
     return copies
@@ -770,13 +828,14 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors) if len(tensors) > 1 else tensors[0].unsqueeze(0)
 
 
-def _sum_blocks(t: torch.Tensor, blocks: int) -> torch.Tensor:
-    """``t`` (N, blocks x K, H, W) summed over its blocks, (N, K, H, W), in the layout of ``t``: a sum over
-    a dimension of a channels_last tensor would return NCHW, and every convolution after it would copy its
-    input back to NHWC."""
+def _sum_blocks(t: torch.Tensor, blocks: int, width: int | None = None) -> torch.Tensor:
+    """``t`` (N, M x blocks x width, H, W) summed over its blocks, (N, M x width, H, W) (``width`` None: M = 1),
+    in the layout of ``t``: a sum over a dimension of a channels_last tensor would return NCHW, and every
+    convolution after it would copy its input back to NHWC."""
+    split = (-1, blocks, width or t.shape[1] // blocks)
     if channels_innermost(t):
-        return t.permute(0, 2, 3, 1).unflatten(3, (blocks, -1)).sum(3).permute(0, 3, 1, 2)
-    return t.unflatten(1, (blocks, -1)).sum(1)
+        return t.permute(0, 2, 3, 1).unflatten(3, split).sum(4).flatten(3).permute(0, 3, 1, 2)
+    return t.unflatten(1, split).sum(2).flatten(1, 2)
 
 
 def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run, lanes: _Lanes, summed: bool):
@@ -802,10 +861,10 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
     for x, d, members in units.values():
         with lanes():
             if d == 1:
-                blocks[members[0]] = _run_group(groups[members[0]], x, 1, weights[members[0]], run)
+                blocks[members[0]] = _run_group(groups[members[0]], x, 1, weights[members[0]], run, summed)
                 continue
             phases = to_phases(x, d)
-            ys = [_run_group(groups[i], phases, d, weights[i], run) for i in members]
+            ys = [_run_group(groups[i], phases, d, weights[i], run, summed) for i in members]
             if summed:
                 merged.append(from_phases(functools.reduce(torch.add, ys), d, nhwc=True))
             else:
@@ -814,8 +873,10 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
     return [b for b in blocks if b is not None] + merged
 
 
-def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run) -> torch.Tensor:
-    """The leaves of ``g`` after its head on ``x`` (its input's d x d phases where d > 1), weighed by ``w``."""
+def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, summed: bool) -> torch.Tensor:
+    """The leaves of ``g`` after its head on ``x`` (its input's d x d phases where d > 1), weighed by ``w``;
+    where the batch's blocks are only summed (``summed``), the outputs of a group of several ops summed per
+    edge."""
     start = int(g.head is not None)  # the head ran once per source
     for j in range(start, len(g.leaves)):
         leaf = g.leaves[j]
@@ -829,7 +890,8 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run) -
             sampled = g.step > 1 and j == start  # its head took the pixels the convolution reads
             x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled,
                           g.from_sources if j == start else 0)
-    return x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1)
+    x = x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1)
+    return _sum_blocks(x, g.repeats, x.shape[1] // len(g.edge_ids)) if summed and g.repeats > 1 else x
 
 
 def _phase_dilation(leaves, x: torch.Tensor) -> int:
@@ -841,8 +903,7 @@ def _phase_dilation(leaves, x: torch.Tensor) -> int:
     c = leaves[0][1][0]
     pixelwise = all(kind in ("bn", "relu") or kind == "conv" and mods[0].kernel_size == (1, 1)
                     and mods[0].stride == (1, 1) and mods[0].padding == (0, 0) for kind, mods in leaves[1:])
-    depthwise = c.groups == c.in_channels == c.out_channels
-    if c.dilation == (1, 1) or not (depthwise and pixelwise and phases_fit(x, c.stride, c.padding, c.dilation)):
+    if c.dilation == (1, 1) or not (_depthwise(c) and pixelwise and phases_fit(x, c.stride, c.padding, c.dilation)):
         return 1
     return c.dilation[0]
 
@@ -909,5 +970,12 @@ def _conv(x, convs: list[nn.Conv2d], blocks: int, weight: torch.Tensor, sampled:
     (dilation d), which it computes undilated."""
     c = convs[0]
     bias = None if c.bias is None else torch.cat([k.bias for k in convs])
-    padding, dilation = (tuple(v // phases for v in values) for values in (c.padding, c.dilation))
+    padding = _widened(c, weight.shape[-2:])
+    padding, dilation = (tuple(v // phases for v in values) for values in (padding, c.dilation))
     return conv2d(x, weight, bias, c.stride, padding, dilation, c.groups * blocks, sampled)
+
+
+def _widened(c: nn.Conv2d, kernel) -> tuple[int, int]:
+    """The padding of ``c`` for a ``kernel`` (its weights zero-padded around: a bank's, ``_bank``) that
+    computes what ``c`` computes: one more pixel of padding for each ring of zeros, times the dilation."""
+    return tuple(p + d * (k - own) // 2 for p, d, k, own in zip(c.padding, c.dilation, kernel, c.kernel_size))
