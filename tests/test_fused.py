@@ -150,6 +150,24 @@ def test_merged_kernel_sizes_compute_the_same_step(name, layout, forms, monkeypa
     assert any(len(sizes(g)) > 1 for plan in plans for b in plan.batches for g in b.groups)
 
 
+def test_merged_kernel_sizes_of_three_sizes():
+    """The 3x3, 5x5 and 7x7 separable convolutions as one op of 7x7 kernels, beside the dilated ones."""
+    ops = ("skip_connect", "sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7", "dil_conv_3x3", "dil_conv_5x5")
+    out = []
+    for fused in (False, True):
+        with merge_kernel_sizes(fused):
+            model = supernet(fused, ops=ops)
+            x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+            loss = model(x).logsumexp(1).sum()
+        out.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+    assert_close(out[0][0], out[1][0], "loss")
+    for a, b in zip(out[0][1], out[1][1]):
+        assert_close(a, b, "gradient")
+    plan = next(iter(_PLANS[model.cells[0]].values()))
+    sizes = lambda g: {m.kernel_size for kind, mods in g.leaves if kind == "conv" for m in mods}
+    assert any({(3, 3), (5, 5), (7, 7)} <= sizes(g) for b in plan.batches for g in b.groups)
+
+
 def assert_same_step(reference, other, rtol=1e-9):
     """Two ``search_step`` results: loss, gradients, state after the step and evaluation logits."""
     loss_r, grads_r, state_r, logits_r = reference

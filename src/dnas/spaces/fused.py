@@ -531,7 +531,7 @@ def _add_to_bank(banks: dict, convs: list[nn.Conv2d]) -> tuple[int, int]:
 
     A cell's weights of one shape are concatenated once per forward and split per call, one kernel where
     a concatenation per call takes one each; backward, the split is one kernel too."""
-    key = max(tuple(c.weight.shape[1:]) for c in convs)  # of the widest kernel (``_signature``)
+    key = (convs[0].weight.shape[1], *_widest(convs))  # inputs per group, kernel: each merged one fits in it
     if key not in banks:
         banks[key] = ([], [])
     mods, sizes = banks[key]
@@ -545,7 +545,7 @@ def _bank(convs: list[nn.Conv2d], sizes: list[int]) -> tuple[torch.Tensor, ...]:
     the bank's kernel size: smaller kernels in the middle of zeros (``_widened``), padded once per size."""
     if len(convs) == 1:
         return (convs[0].weight,)
-    kernel = max(c.kernel_size for c in convs)
+    kernel = _widest(convs)
     weights = [c.weight for c in convs]
     for size in {c.kernel_size for c in convs} - {kernel}:
         mine = [i for i, c in enumerate(convs) if c.kernel_size == size]
@@ -554,6 +554,11 @@ def _bank(convs: list[nn.Conv2d], sizes: list[int]) -> tuple[torch.Tensor, ...]:
         for i, w in zip(mine, padded.split([weights[i].shape[0] for i in mine])):
             weights[i] = w
     return torch.cat(weights).split(sizes)
+
+
+def _widest(convs: list[nn.Conv2d]) -> tuple[int, int]:
+    """The kernel of a bank: the largest height and width of its convolutions' (``_signature``)."""
+    return tuple(max(sides) for sides in zip(*(c.kernel_size for c in convs)))
 
 
 def _draw_random(cell, plan: _Plan, x: torch.Tensor) -> dict[int, torch.Tensor]:
