@@ -238,6 +238,22 @@ def test_bad_input_is_a_clear_error(fashion_mnist_root, tmp_path, kwargs, messag
     assert not (tmp_path / "r").exists()  # refused before it wrote anything
 
 
+def test_a_step_trains_a_model_left_in_evaluation_mode_and_steps_its_optimisers_weights():
+    """``bilevel_step`` puts a model in evaluation mode (the search evaluates each epoch) in training mode,
+    and its weight step backpropagates into, clips and steps the weights of its weight optimiser."""
+    from dnas.search import bilevel_step, optimizers
+    from dnas.spaces.darts import DartsSupernet
+
+    torch.manual_seed(0)
+    model = DartsSupernet(10, 3, C=4, layers=2).eval()
+    w_opt, a_opt = optimizers(model, SearchConfig())
+    batch = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    before = [p.detach().clone() for p in model.parameters()]
+    bilevel_step(model, get_method("darts-v1").build_parts(), a_opt, w_opt, batch, batch, 5.0)
+    assert all(m.training for m in model.modules())
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # every weight and alpha moved
+
+
 @pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", False)])
 def test_precision_holds_for_the_whole_search_and_is_put_back(fashion_mnist_root, tmp_path, monkeypatch,
                                                               precision, tf32):

@@ -94,6 +94,17 @@ def test_parameter_split(supernet):
     assert len(weights) + len(arch) == len(list(supernet.parameters()))
 
 
+@pytest.mark.parametrize("name, options", [("darts", {"C": 4, "layers": 2, "edge_normalization": True}),
+                                           ("nb201", {"C": 4, "N": 1, "edge_normalization": True}),
+                                           ("darts-rnn", {"vocab_size": 20, "emb_size": 8, "hidden_size": 8})])
+def test_arch_parameters_are_the_alphas_and_betas_in_parameter_order(name, options):
+    """Read from their dicts (fast), they are what the parameters named alphas.* and betas.* are, in order."""
+    model = SPACES.get(name)(**options)
+    named = [p for n, p in model.named_parameters() if n.startswith(("alphas.", "betas."))]
+    assert [id(p) for p in model.arch_parameters()] == [id(p) for p in named]
+    assert len(named) == {"darts": 4, "nb201": 2, "darts-rnn": 1}[name]  # alphas and betas per cell type
+
+
 def test_search_bn_is_not_affine(supernet):
     cell_bns = [m for m in supernet.cells.modules() if isinstance(m, nn.BatchNorm2d)]
     assert cell_bns and not any(bn.affine for bn in cell_bns)

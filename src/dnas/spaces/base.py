@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-ARCH_PREFIXES = ("alphas.", "betas.")
+ARCH_DICTS = ("alphas", "betas")
 
 
 class Supernet(nn.Module):
@@ -16,10 +16,13 @@ class Supernet(nn.Module):
     fused = False  # whether its cells run by the fast path of fused.py (a space option where there is one)
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if n.startswith(ARCH_PREFIXES)]
+        """The alphas (and betas), in the order of ``named_parameters``, from their dicts alone: an architecture
+        step reads them each time, and finding them among all parameters walks the ~5,000 modules of the
+        paper's search network (8 ms on the CPU)."""
+        return [p for name, params in self.named_children() if name in ARCH_DICTS for p in params.parameters()]
 
     def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.named_parameters() if not n.startswith(ARCH_PREFIXES))
+        return ((n, p) for n, p in self.named_parameters() if n.split(".", 1)[0] not in ARCH_DICTS)
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_weight_parameters()]
