@@ -61,6 +61,7 @@ import functools
 import sys
 import weakref
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +160,17 @@ class _Group:
     # convolution on every edge: it reads the sources themselves, one convolution with groups = sources
     # computing each source's edges' outputs, instead of a copy of the source for each edge
     convs: list[tuple[tuple[int, int], ...]] | None = None  # per leaf, its convolutions' (bank, piece)
+
+
+class _Slot(NamedTuple):
+    """An op on an edge, while a plan groups them."""
+
+    source: int  # index into its batch's sources
+    position: int  # of its edge among the batch's edges
+    edge: int  # index into the cell's edges
+    op: int | None  # None: DARTS-'s auxiliary skip
+    leaves: list[Leaf]
+    signature: tuple  # of each leaf
 
 
 @dataclass
@@ -408,7 +420,7 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
     for srcs in sources:
         pairs = [(j, offset[i] + j) for j in srcs for i in range(max(0, j - inputs + 1), n)]  # (source, edge)
         edges = [e for _, e in pairs]
-        slots: dict[tuple, list] = {}  # group key -> [(source, position, edge, leaves, op)]
+        slots: dict[tuple, list[_Slot]] = {}  # group key -> its slots
         for pos, (j, e) in enumerate(pairs):
             table = ops[e]
             run = sorted(o for o in table if o is not None) if active is None else sorted(set(active[e]) & table.keys())
@@ -418,24 +430,24 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
                 leaves, signature = table[o]
                 random.update((e, leaf) for leaf in leaves if leaf[0] in ("noise", "dropout"))
                 key = signature if _merges(leaves) else (o, signature)
-                slots.setdefault(key, []).append((srcs.index(j), pos, e, leaves, o))
+                slots.setdefault(key, []).append(_Slot(srcs.index(j), pos, e, o, leaves, signature))
         groups, positions = [], []
-        first_op = lambda members: min((m[4] is None, m[4] or 0) for m in members)
+        first_op = lambda members: min((m.op is None, m.op or 0) for m in members)
         for members in sorted(slots.values(), key=first_op):
-            edge_ids = tuple(m[2] for m in members)
-            signature = tuple(map(_signature, members[0][3]))
-            leaves = [(leaf[0], [m[3][k][1] for m in members]) for k, leaf in enumerate(members[0][3])]
+            edge_ids = tuple(m.edge for m in members)
+            signature = members[0].signature
+            leaves = [(kind, [m.leaves[k][1] for m in members]) for k, (kind, _) in enumerate(members[0].leaves)]
             head = signature[0] if signature and signature[0][0] in ("relu", "pool") else None
             step = _first_conv_step(leaves) if head is not None else 1
             repeats = len(edge_ids) // len(edges)
             every_edge = list(edge_ids) == [e for e in edges for _ in range(repeats)]
             dense = _first_step_is_dense_conv(leaves[int(head is not None):])
             groups.append(_Group(
-                leaves=leaves, src=tensor([m[0] for m in members]), edge_ids=edge_ids, every_edge=every_edge,
+                leaves=leaves, src=tensor([m.source for m in members]), edge_ids=edge_ids, every_edge=every_edge,
                 repeats=repeats, head=head if step == 1 else (head, step), step=step,
                 from_sources=len(srcs) if every_edge and dense and len(edges) > len(srcs) else 0))
-            positions += [m[1] for m in members]
-            weight_index += [slot_weight(m[2], m[4]) for m in members]
+            positions += [m.position for m in members]
+            weight_index += [slot_weight(m.edge, m.op) for m in members]
         first = cell.edges[edges[0]]
         k = first.k if isinstance(first, PartialChannelEdge) else None
         dropped = active is not None and not all(active[e] for e in edges)
