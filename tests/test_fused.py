@@ -150,24 +150,6 @@ def test_merged_kernel_sizes_compute_the_same_step(name, layout, forms, monkeypa
     assert any(len(sizes(g)) > 1 for plan in plans for b in plan.batches for g in b.groups)
 
 
-def test_merged_kernel_sizes_of_three_sizes():
-    """The 3x3, 5x5 and 7x7 separable convolutions as one op of 7x7 kernels, beside the dilated ones."""
-    ops = ("skip_connect", "sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7", "dil_conv_3x3", "dil_conv_5x5")
-    out = []
-    for fused in (False, True):
-        with merge_kernel_sizes(fused):
-            model = supernet(fused, ops=ops)
-            x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-            loss = model(x).logsumexp(1).sum()
-        out.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
-    assert_close(out[0][0], out[1][0], "loss")
-    for a, b in zip(out[0][1], out[1][1]):
-        assert_close(a, b, "gradient")
-    plan = next(iter(_PLANS[model.cells[0]].values()))
-    sizes = lambda g: {m.kernel_size for kind, mods in g.leaves if kind == "conv" for m in mods}
-    assert any({(3, 3), (5, 5), (7, 7)} <= sizes(g) for b in plan.batches for g in b.groups)
-
-
 def assert_same_step(reference, other, rtol=1e-9):
     """Two ``search_step`` results: loss, gradients, state after the step and evaluation logits."""
     loss_r, grads_r, state_r, logits_r = reference
@@ -225,18 +207,27 @@ def test_op_mask_forward_and_gradients(hard, edge):
         assert_close(a, b, f"gradient {i}")
 
 
-def test_other_ops_run_fused_with_equal_results():
-    """Ops beyond the DARTS eight (plain ReLU-Conv-BN, 7x1-1x7, 7x7 separable) batch the same way."""
-    ops = ("none", "skip_connect", "nor_conv_3x3", "conv_7x1_1x7", "sep_conv_7x7", "avg_pool_3x3")
+@pytest.mark.parametrize("ops, merged", [
+    (("none", "skip_connect", "nor_conv_3x3", "conv_7x1_1x7", "sep_conv_7x7", "avg_pool_3x3"), False),
+    (("skip_connect", "sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7", "dil_conv_3x3", "dil_conv_5x5"), True)],
+    ids=["other-ops", "three-sizes-merged"])
+def test_other_ops_run_fused_with_equal_results(ops, merged):
+    """Ops beyond the DARTS eight (plain ReLU-Conv-BN, 7x1-1x7, 7x7 separable) batch the same way; within
+    ``merge_kernel_sizes``, the 3x3, 5x5 and 7x7 separable convolutions run as one op of 7x7 kernels."""
     out = []
     for fused in (False, True):
-        model = supernet(fused, ops=ops)
-        x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-        loss = model(x).logsumexp(1).sum()
+        with merge_kernel_sizes(merged):
+            model = supernet(fused, ops=ops)
+            x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+            loss = model(x).logsumexp(1).sum()
         out.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
     assert_close(out[0][0], out[1][0], "loss")
     for a, b in zip(out[0][1], out[1][1]):
         assert_close(a, b, "gradient")
+    if merged:
+        plan = next(iter(_PLANS[model.cells[0]].values()))
+        sizes = lambda g: {m.kernel_size for kind, mods in g.leaves if kind == "conv" for m in mods}
+        assert any({(3, 3), (5, 5), (7, 7)} <= sizes(g) for b in plan.batches for g in b.groups)
 
 
 def test_ops_the_same_on_every_edge_equal_the_readable_cell():
