@@ -150,6 +150,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=15, help="rows of each table printed")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
+    if args.merged and args.path != "fused":
+        p.error("--merged is the fused cell's (--path fused)")
     reuse_large_blocks()
     report = census(args)
     out = HERE / "out"
