@@ -44,7 +44,7 @@ import dnas
 from dnas.methods import get_method
 from dnas.search import Search, fast_settings, resolve_device
 from results import append_rows, commit, interrupt_on_sigterm
-from search_step import DEPTH, LANES, device_name, fused_settings, path_options, row_method
+from search_step import DEPTH, device_name, fused_settings, path_options, row_method
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## End-to-end search (benchmarks/search_e2e.py): CIFAR-10 search, readable vs fused cell"
@@ -169,8 +169,7 @@ def main() -> None:
             settings["channels_last"] = True
         if args.eval_batch_size:
             settings["eval_batch_size"] = args.eval_batch_size
-        with (tempfile.TemporaryDirectory() as tmp, EpochParts() as parts,
-              fused_settings(LANES if lanes else 0, merged)):
+        with tempfile.TemporaryDirectory() as tmp, EpochParts() as parts, fused_settings(lanes, merged):
             t0 = time.perf_counter()
             try:
                 result = dnas.search(space=args.space, method=args.method, dataset="cifar10", data=args.cifar10,

@@ -138,7 +138,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         held[path] = allocated(device) - before  # its model and optimisers (CUDA; the CPU's peak RSS grows alike)
         saved[path] = saved_for_backward(model, inputs[0])
         models[path] = model
-        step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic, LANES if lanes else 0, merged)
+        step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic, lanes, merged)
         if base == "graph":
             set_capturable(a_opt)
             step = GraphedStep(step)
@@ -235,19 +235,20 @@ def saved_for_backward(model, x) -> int:
     return sum(storages.values())
 
 
-def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, lanes: int, merged: bool, x, y, val_x, val_y):
+def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, lanes: bool, merged: bool, x, y, val_x, val_y):
     with precision(x.device.type, arithmetic), fused_settings(lanes, merged):
         return bilevel_step(model, parts, a_opt, w_opt, (x, y), (val_x, val_y), 5.0)
 
 
-def fused_settings(lanes: int, merged: bool) -> contextlib.ExitStack:
-    """Within it, the fused cells run on ``lanes`` side streams (``fused.side_streams``) and with their 3x3 and
-    5x5 ops as one where ``merged`` (``fused.merge_kernel_sizes``); the module looked up only where one is
-    asked for: gpu_check.sh's stage base runs this script on an older dnas, which has neither."""
+def fused_settings(lanes: bool, merged: bool) -> contextlib.ExitStack:
+    """Within it, the fused cells run on ``LANES`` side streams where ``lanes`` (``fused.side_streams``), and
+    with their 3x3 and 5x5 ops as one where ``merged`` (``fused.merge_kernel_sizes``); the module looked up
+    only where one is asked for: gpu_check.sh's stage base runs this script on an older dnas, which has
+    neither."""
     stack = contextlib.ExitStack()
     if lanes or merged:
         fused = importlib.import_module("dnas.spaces.fused")
-        stack.enter_context(fused.side_streams(lanes))
+        stack.enter_context(fused.side_streams(LANES if lanes else 0))
         stack.enter_context(fused.merge_kernel_sizes(merged))
     return stack
 
