@@ -6,6 +6,7 @@ saying where they looked, when it is absent.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -103,24 +104,27 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def cifar10_root() -> Path:
-    """A folder holding ``cifar-10-batches-py/``, converted once from the shared JPEG copy and cached."""
+    """A folder holding ``cifar-10-batches-py/``, converted once from the shared JPEG copy and cached; under a
+    file lock, as the test workers (pytest-xdist) may each ask for it at once."""
     out = CACHE / "cifar10"
-    if (out / "cifar-10-batches-py" / "test_batch").is_file():
-        return out
     tool = SHARED_DATA.parent / "tools" / "cifar10_from_jpeg.py"
     npz = [SHARED_DATA / "cifar10-jpeg" / f"{s}.npz" for s in ("train", "test")]
-    if not tool.is_file() or not all(p.is_file() for p in npz):
-        pytest.skip(f"CIFAR-10 not found: looked for {npz[0].parent}/{{train,test}}.npz and {tool}; "
-                    f"set DNAS_SHARED_DATA to the shared data folder")
-    # Convert into a temporary folder and move it in whole, so an interrupted run leaves no half-written cache.
     CACHE.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="cifar10-", dir=CACHE))
-    try:
-        subprocess.run([sys.executable, str(tool), str(tmp)], check=True, stdout=subprocess.DEVNULL)
-        shutil.rmtree(out, ignore_errors=True)  # an incomplete earlier cache
-        tmp.replace(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with open(CACHE / "cifar10.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "cifar-10-batches-py" / "test_batch").is_file():
+            return out
+        if not tool.is_file() or not all(p.is_file() for p in npz):
+            pytest.skip(f"CIFAR-10 not found: looked for {npz[0].parent}/{{train,test}}.npz and {tool}; "
+                        f"set DNAS_SHARED_DATA to the shared data folder")
+        # Convert into a temporary folder and move it in whole, so an interrupted run leaves no half-written cache.
+        tmp = Path(tempfile.mkdtemp(prefix="cifar10-", dir=CACHE))
+        try:
+            subprocess.run([sys.executable, str(tool), str(tmp)], check=True, stdout=subprocess.DEVNULL)
+            shutil.rmtree(out, ignore_errors=True)  # an incomplete earlier cache
+            tmp.replace(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
