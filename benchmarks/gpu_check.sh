@@ -54,8 +54,8 @@ step() {  # name, methods, paths, steps, seconds[, options]: one process per cal
 run_tests() {  # seconds, pytest arguments: appended to tests.log, its summary printed; a test that hangs is
     seconds=$1; shift  # stopped at 60 s where pytest-timeout is installed (the lent machines have it)
     per_test=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60")
-    timeout -s INT -k 10 "$seconds" python3 -m pytest -q -rfE --tb=short --durations=5 $per_test \
-        -p no:cacheprovider "$@" > "$OUT/tests.part" 2>&1
+    timeout -s INT -k 10 "$seconds" python3 -m pytest -o addopts="" -q -rfE --tb=short --durations=5 $per_test \
+        -p no:cacheprovider "$@" > "$OUT/tests.part" 2>&1  # in one process (pyproject's -n needs pytest-xdist)
     grep -E "^(FAILED|ERROR)|passed|failed|skipped|KeyboardInterrupt" "$OUT/tests.part" | tail -15
     cat "$OUT/tests.part" >> "$OUT/tests.log" && rm "$OUT/tests.part"
 }
@@ -84,7 +84,7 @@ base)
         (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1,darts-v2 graph 10 150)
     else echo "stage base: no .gpu_data/base/src (see the header)"; fi ;;
 tests)  # the CUDA tests, in three runs: SIGINT at a timeout makes pytest list the failures it saw
-    run_tests 40 tests/test_ops.py -k cuda
+    run_tests 40 tests/test_ops.py tests/test_data.py -k cuda
     run_tests 120 tests/test_fused.py -k cuda
     run_tests 120 tests/test_cuda_graph.py -k "not nothing_on_the_host and not host_reads_are_named" ;;
 recipes)

@@ -354,6 +354,22 @@ def test_loader_on_cuda_matches_cpu():
         assert torch.equal(yg.cpu(), yc)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_loader_on_cuda_never_makes_the_host_wait():
+    """The batches' random draws reach the GPU without synchronising it (``augment.on_device``): otherwise each
+    batch of a search would wait for the step before it, and the GPU for the host."""
+    x, y = toy()
+    loader = BatchLoader(x, y, 32, MEAN, STD, augment=True, cutout=4, shuffle=True, device="cuda", generator=gen())
+    torch.cuda.synchronize()
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batches = list(loader)
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+    assert len(batches) == len(loader) and all(xb.is_cuda and yb.is_cuda for xb, yb in batches)
+
+
 def test_split_indices():
     a, b = split_indices(50000, 0.5)
     assert torch.equal(a, torch.arange(25000)) and torch.equal(b, torch.arange(25000, 50000))

@@ -1,7 +1,7 @@
 """Standard CIFAR augmentation on whole batches (N x C x H x W), vectorised, with no torchvision.
 
 Random numbers come from an explicit CPU ``torch.Generator`` (None: torch's global one), so a run is
-reproducible on any device; only the small index/mask tensors move to the batch's device.
+reproducible on any device; only the small index/mask tensors move to the batch's device (``on_device``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
-    dy, dx = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
+    dy, dx = on_device(torch.randint(0, 2 * padding + 1, (2, n), generator=generator), x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # N x H x 1
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # N x 1 x W
     batch = torch.arange(n, device=x.device)[:, None, None]
@@ -27,7 +27,7 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None
 
 def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip each sample left-right with probability 0.5."""
-    flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+    flip = on_device(torch.rand(len(x), generator=generator) < 0.5, x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -35,8 +35,8 @@ def cutout(x: torch.Tensor, length: int, generator: torch.Generator | None = Non
     """Zero a ``length`` x ``length`` square (clipped at the border) centred at a uniformly random pixel of
     each sample (DeVries & Taylor 2017). Use after normalising, as DARTS does, so the hole is the mean colour."""
     n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n,), generator=generator).to(x.device)
-    cx = torch.randint(0, w, (n,), generator=generator).to(x.device)
+    cy = on_device(torch.randint(0, h, (n,), generator=generator), x.device)
+    cx = on_device(torch.randint(0, w, (n,), generator=generator), x.device)
     top, left = cy - length // 2, cx - length // 2
     ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     in_rows = (ys >= top[:, None]) & (ys < top[:, None] + length)  # N x H
@@ -49,3 +49,12 @@ def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequen
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     return x.float().div_(255).sub_(mean).div_(std)
+
+
+def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor of random draws on ``device``, without making the host wait: a copy to a GPU from pageable
+    memory synchronises the stream, so each batch would wait for the step before it to finish, and the GPU
+    for the host to draw and launch the next one; from pinned memory the copy is queued like a kernel."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

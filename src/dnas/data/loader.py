@@ -1,7 +1,8 @@
 """Mini-batches from a data set held whole on the device.
 
 CIFAR-sized sets are small (50000 x 3 x 32 x 32 uint8 is 150 MB), so the images live on the GPU as uint8 and
-each batch is gathered, augmented and normalised there: no worker processes, no host-to-device copy a step.
+each batch is gathered, augmented and normalised there: no worker processes; a step copies only its random
+draws to the device, without waiting for it (``augment.on_device``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .augment import cutout, normalize, random_crop, random_hflip
+from .augment import cutout, normalize, on_device, random_crop, random_hflip
 
 
 class BatchLoader:
@@ -44,7 +45,7 @@ class BatchLoader:
         return math.floor(n) if self.drop_last else math.ceil(n)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.x), generator=self.generator).to(self.device) if self.shuffle else None
+        order = on_device(torch.randperm(len(self.x), generator=self.generator), self.device) if self.shuffle else None
         for b in range(len(self)):
             s = slice(b * self.batch_size, (b + 1) * self.batch_size)
             idx = s if order is None else order[s]
