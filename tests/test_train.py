@@ -3,6 +3,7 @@ resume, testing with a confusion matrix, and errors."""
 import csv
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 import dnas
 from dnas.cli import main
 from dnas.checkpoint import CheckpointError
-from dnas.train import IMAGENET, SCHEDULES, TrainConfig, Trainer, evaluate_run, load_run
+from dnas.data import BatchLoader
+from dnas.train import IMAGENET, SCHEDULES, TrainConfig, Trainer, evaluate, evaluate_run, load_run
 
 # a tiny network on a few hundred real Fashion-MNIST images: seconds on 2 CPU cores
 TINY = dict(C=8, layers=3, batch_size=32, subset=128, test_subset=128, progress=False)
@@ -132,6 +134,46 @@ def test_evaluate_run_writes_accuracy_and_the_confusion_matrix(trained):
     rows = list(csv.reader(open(trained.run_dir / "confusion-last-subset128.csv")))
     assert rows[0][1:] == report.classes and rows[2][0] == "Trouser"
     assert [int(v) for v in rows[1][1:]] == report.confusion[0].tolist()
+
+
+def scorer_and_loader(device: str, batches: int):
+    """A linear classifier of 8 x 8 images and a loader of 7-image batches, both on ``device``."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (7 * batches, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(7 * batches) % 10
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).to(device)
+    return model, BatchLoader(x, y, 7, [0.5], [0.25], device=device)
+
+
+def test_evaluate_sums_loss_top1_top5_and_the_confusion_matrix_over_batches():
+    model, loader = scorer_and_loader("cpu", 3)
+    ev = evaluate(model, loader, 10)
+    x, y = (torch.cat(t) for t in zip(*loader))
+    with torch.no_grad():
+        logits = model(x)
+    assert ev.loss == pytest.approx(F.cross_entropy(logits, y).item())
+    assert ev.acc == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert ev.top5 == pytest.approx((logits.topk(5, 1).indices == y[:, None]).any(1).float().mean().item())
+    assert ev.confusion.sum() == 21 and ev.confusion[2].sum() == 2  # rows: true class; 21 images, class 2 twice
+    assert torch.equal(ev.confusion[y, logits.argmax(1)] > 0, torch.ones(21, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_evaluate_on_cuda_reads_the_device_once_not_per_batch():
+    """The sums stay on the GPU until the end: the host waits for it as often for 1 batch as for 5."""
+    waits = []
+    for batches in (1, 5):
+        model, loader = scorer_and_loader("cuda", batches)
+        torch.cuda.synchronize()
+        before = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                evaluate(model, loader, 10)
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+        waits.append(sum("synchroniz" in str(w.message) for w in seen))
+    assert waits[0] == waits[1], waits
 
 
 def test_test_command_refuses_an_empty_sample(trained, capsys):
