@@ -329,6 +329,27 @@ def test_one_epoch_search_on_real_cifar10(cifar10_root, tmp_path):
     assert json.loads((result.run_dir / "config.json").read_text())["config"]["data"] == str(cifar10_root)
 
 
+@pytest.mark.slow
+def test_fast_search_on_real_cifar10_computes_what_the_readable_search_computes(cifar10_root, tmp_path):
+    """``dnas.search(fast=True)`` on a CPU: the fused cells in NHWC (tests/test_fused.py holds one step of each
+    recipe to the readable one's in float64). Over an epoch of real CIFAR-10 in float32, with the alphas held
+    (an architecture warm-up epoch: Adam would turn rounding into full steps of near-tied alphas, docs/speed.md),
+    the losses agree to float32 rounding (2.5e-4 apart measured; a dropped op or a BatchNorm's statistics
+    gone wrong moves them by far more)."""
+    runs = {fast: dnas.search(method="darts-v1", dataset="cifar10", data=cifar10_root, epochs=1, arch_warmup_epochs=1,
+                              C=4, layers=3, batch_size=32, subset=512, device="cpu", run_dir=tmp_path / str(fast),
+                              progress=False, fast=fast)
+            for fast in (False, True)}
+    config = json.loads((runs[True].run_dir / "config.json").read_text())["config"]
+    assert config["space_options"]["fused"] and config["channels_last"]
+    readable, fast = (r.metrics[0] for r in runs.values())
+    assert fast["train_loss"] == pytest.approx(readable["train_loss"], rel=2e-3)
+    assert fast["val_loss"] == pytest.approx(readable["val_loss"], rel=2e-3)
+    assert fast["val_acc"] == pytest.approx(readable["val_acc"], abs=0.02)
+    with pytest.raises(ValueError, match="resumed run keeps the settings"):
+        dnas.search(resume=runs[True].run_dir, fast=True)
+
+
 def test_channels_last_search_runs_in_nhwc(fashion_mnist_root, tmp_path):
     config = SearchConfig(dataset="fashion-mnist", subset=64, batch_size=16, epochs=1, channels_last=True,
                           space_options=dict(C=4, layers=3, nodes=2))

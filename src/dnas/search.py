@@ -547,21 +547,28 @@ def search(
     runs_root: str | os.PathLike = "runs",
     resume: str | os.PathLike | None = None,
     progress: bool = True,
+    fast: bool = False,
     **settings: Any,
 ) -> SearchResult:
     """Run an architecture search and return its genotype, run directory and per-epoch metrics.
 
     ``settings`` are fields of ``SearchConfig`` (epochs, batch_size, data, seed, ...); keys it does not
-    know go to the search space (C, layers, nodes, ops). ``resume`` continues the run in that directory
-    from its last checkpoint, with its saved settings (only ``device`` and ``tensorboard`` may be changed).
-    ``dataset`` defaults to the space's (cifar10; ptb for the recurrent space ``darts-rnn``, whose settings are ``RNNSearchConfig``).
+    know go to the search space (C, layers, nodes, ops). ``fast`` turns on what ``fast_settings`` measured
+    fastest on the device (``dnas search --fast``: the fused cells, CUDA graphs, NHWC; docs/speed.md); the
+    settings given override it. ``resume`` continues the run in that directory from its last checkpoint, with
+    its saved settings (only ``device`` and ``tensorboard`` may be changed). ``dataset`` defaults to the
+    space's (cifar10; ptb for the recurrent space ``darts-rnn``, whose settings are ``RNNSearchConfig``).
 
-        dnas.search(space="darts", method="darts-v2", dataset="cifar10", data="~/data", epochs=50)
+        dnas.search(space="darts", method="darts-v2", dataset="cifar10", data="~/data", epochs=50, fast=True)
     """
     if resume is not None:
+        if fast:
+            raise ValueError("fast: a resumed run keeps the settings it was started with; leave it off with resume")
         return _resume(Path(resume), progress, **settings)
     recipe = get_method(method)
     recipe.check(space or recipe.part("space"))
+    if fast:
+        settings = fast_settings(resolve_device(settings.get("device") or "auto"), recipe, space) | settings
     config_cls, search_cls = search_classes(space or recipe.part("space"), recipe)
     dataset = dataset or config_cls.dataset
     config_fields = config_cls.fields()

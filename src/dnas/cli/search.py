@@ -5,7 +5,7 @@ import argparse
 
 from ..data import CORPORA, DATASETS
 from ..methods import builtin_methods, get_method
-from ..search import PRECISIONS, fast_settings, resolve_device, search
+from ..search import PRECISIONS, search
 from ..spaces import SPACES
 
 
@@ -15,10 +15,9 @@ def run_search(args: argparse.Namespace) -> None:
         result = search(resume=args.resume, progress=not args.quiet, **changes)
     else:
         method = get_method(args.method)
-        fast = fast_settings(resolve_device(args.device or "auto"), method, args.space) if args.fast else {}
         space = SPACES.get(args.space or method.part("space"))
         depth = getattr(space, "depth_option", "layers")  # --layers: NAS-Bench-201's cells per stage
-        settings = fast | {k: v for k, v in {
+        settings = {k: v for k, v in {
             "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
             "device": args.device, "subset": args.subset, "cutout": args.cutout,
             "tensorboard": args.tensorboard or None,
@@ -29,7 +28,7 @@ def run_search(args: argparse.Namespace) -> None:
             "eval_batch_size": args.eval_batch_size,
         }.items() if v is not None}
         result = search(space=args.space, method=args.method, dataset=args.dataset, run_dir=args.run_dir,
-                        runs_root=args.runs, progress=not args.quiet, **settings)
+                        runs_root=args.runs, progress=not args.quiet, fast=args.fast, **settings)
     print(f"genotype: {result.genotype}")
     print(f"run directory: {result.run_dir}")
 
