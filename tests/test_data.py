@@ -360,6 +360,7 @@ def test_loader_on_cuda_never_makes_the_host_wait():
     batch of a search would wait for the step before it, and the GPU for the host."""
     x, y = toy()
     loader = BatchLoader(x, y, 32, MEAN, STD, augment=True, cutout=4, shuffle=True, device="cuda", generator=gen())
+    list(loader)  # a first epoch: the lazy set-up of CUDA and of its pinned-memory allocator, outside the check
     torch.cuda.synchronize()
     before = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode("error")

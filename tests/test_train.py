@@ -163,6 +163,7 @@ def test_evaluate_on_cuda_reads_the_device_once_not_per_batch():
     waits = []
     for batches in (1, 5):
         model, loader = scorer_and_loader("cuda", batches)
+        evaluate(model, loader, 10)  # CUDA's and cuBLAS's lazy set-up, outside the count
         torch.cuda.synchronize()
         before = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode("warn")
