@@ -356,7 +356,7 @@ def test_loader_on_cuda_matches_cpu():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_loader_on_cuda_never_makes_the_host_wait():
-    """The batches' random draws reach the GPU without synchronising it (``augment.on_device``): otherwise each
+    """The batches' random draws reach the GPU without synchronising it (``device.on_device``): otherwise each
     batch of a search would wait for the step before it, and the GPU for the host."""
     x, y = toy()
     loader = BatchLoader(x, y, 32, MEAN, STD, augment=True, cutout=4, shuffle=True, device="cuda", generator=gen())

@@ -1,7 +1,7 @@
 """Standard CIFAR augmentation on whole batches (N x C x H x W), vectorised, with no torchvision.
 
 Random numbers come from an explicit CPU ``torch.Generator`` (None: torch's global one), so a run is
-reproducible on any device; only the small index/mask tensors move to the batch's device (``on_device``).
+reproducible on any device; only the small index/mask tensors move to the batch's device (``device.on_device``).
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ..device import on_device
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -49,12 +51,3 @@ def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequen
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     return x.float().div_(255).sub_(mean).div_(std)
-
-
-def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor of random draws on ``device``, without making the host wait: a copy to a GPU from pageable
-    memory synchronises the stream, so each batch would wait for the step before it to finish, and the GPU
-    for the host to draw and launch the next one; from pinned memory the copy is queued like a kernel."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)

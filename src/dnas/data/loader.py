@@ -2,7 +2,7 @@
 
 CIFAR-sized sets are small (50000 x 3 x 32 x 32 uint8 is 150 MB), so the images live on the GPU as uint8 and
 each batch is gathered, augmented and normalised there: no worker processes; a step copies only its random
-draws to the device, without waiting for it (``augment.on_device``).
+draws to the device, without waiting for it (``device.on_device``).
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .augment import cutout, normalize, on_device, random_crop, random_hflip
+from ..device import on_device
+from .augment import cutout, normalize, random_crop, random_hflip
 
 
 class BatchLoader:

@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import on_device
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
 from ..ops import (FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d, from_phases,
                    phases_fit, pixels, reads_every, to_phases)
@@ -533,7 +534,7 @@ def _to_device(plan: _Plan, device: torch.device) -> None:
     for dtype in {getattr(h, name).dtype for h, name in fields}:
         mine = [(h, name) for h, name in fields if getattr(h, name).dtype == dtype]
         host = torch.cat([getattr(h, name).flatten() for h, name in mine])
-        moved = (host.pin_memory() if device.type == "cuda" else host).to(device, non_blocking=True)
+        moved = on_device(host, device)
         for (h, name), t in zip(mine, moved.split([getattr(h, name).numel() for h, name in mine])):
             setattr(h, name, t.view(getattr(h, name).shape))
 
