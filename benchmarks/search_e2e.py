@@ -18,8 +18,8 @@ to RESULTS.md.
 Paths: readable (SearchCell), fused (spaces/fused.py), fast (``--fast`` of the CLI: fused, and on a GPU
 each step replayed from a CUDA graph, on a CPU in channels_last); a suffix -tf32 or -bf16 sets the precision
 (``--precision``), -cl runs in channels_last (``--channels-last``), -lanes the fused cells' independent ops on
-side streams (``dnas.spaces.fused.side_streams``), -merged their 3x3 and 5x5 ops as one
-(``dnas.spaces.fused.merge_kernel_sizes``). Each row also gives the seconds of the
+side streams (``side_streams``, ``--side-streams``), -merged their 3x3 and 5x5 ops as one
+(``merge_kernel_sizes``, ``--merge-kernel-sizes``). Each row also gives the seconds of the
 last epoch and what 50 epochs on all 50,000 training images would take: the last epoch, plus the steps and
 evaluation batches a full epoch has beyond the subset's at their steady rate (``EpochParts``), so that an
 epoch's fixed costs (a CUDA graph's eager warm-up and capture, deriving the genotype) count once per epoch,
@@ -44,7 +44,7 @@ import dnas
 from dnas.methods import get_method
 from dnas.search import Search, fast_settings, resolve_device
 from results import append_rows, commit, interrupt_on_sigterm
-from search_step import DEPTH, device_name, fused_settings, path_options, row_method
+from search_step import DEPTH, LANES, device_name, path_options, row_method
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## End-to-end search (benchmarks/search_e2e.py): CIFAR-10 search, readable vs fused cell"
@@ -167,9 +167,11 @@ def main() -> None:
             settings = {"fused": base == "fused"}
         if channels_last:
             settings["channels_last"] = True
+        if lanes or merged:
+            settings.update(side_streams=LANES if lanes else 0, merge_kernel_sizes=merged)
         if args.eval_batch_size:
             settings["eval_batch_size"] = args.eval_batch_size
-        with tempfile.TemporaryDirectory() as tmp, EpochParts() as parts, fused_settings(lanes, merged):
+        with tempfile.TemporaryDirectory() as tmp, EpochParts() as parts:
             t0 = time.perf_counter()
             try:
                 result = dnas.search(space=args.space, method=args.method, dataset="cifar10", data=args.cifar10,

@@ -26,12 +26,15 @@ def test_search_prints_the_genotype_and_resume_finishes_a_run(fashion_mnist_root
 def test_search_options_reach_the_config(fashion_mnist_root, tmp_path):
     run = tmp_path / "run"
     main(["search", "--method", "darts-v2", "--epochs", "1", "--seed", "7", "--cutout", "8", "--channels-last",
-          "--ops", "none,skip_connect,sep_conv_3x3", "--run-dir", str(run), "--device", "cpu", *TINY])
+          "--ops", "none,skip_connect,sep_conv_3x3,sep_conv_5x5", "--fused", "--merge-kernel-sizes", "--side-streams",
+          "2", "--run-dir", str(run), "--device", "cpu", *TINY])
     config = json.loads((run / "config.json").read_text())["config"]
     assert (config["method"], config["seed"], config["cutout"], config["device"]) == ("darts-v2", 7, 8, "cpu")
-    assert config["channels_last"] is True
-    assert config["space_options"] == {"C": 4, "layers": 3, "nodes": 2, "ops": ["none", "skip_connect", "sep_conv_3x3"]}
-    assert {op for op, _ in dnas.Genotype.load(run / "genotype.json").normal} <= {"skip_connect", "sep_conv_3x3"}
+    assert (config["channels_last"], config["merge_kernel_sizes"], config["side_streams"]) == (True, True, 2)
+    assert config["space_options"] == {"C": 4, "layers": 3, "nodes": 2, "fused": True,
+                                       "ops": ["none", "skip_connect", "sep_conv_3x3", "sep_conv_5x5"]}
+    assert {op for op, _ in dnas.Genotype.load(run / "genotype.json").normal} <= {"skip_connect", "sep_conv_3x3",
+                                                                                  "sep_conv_5x5"}
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -226,6 +226,8 @@ def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_pa
     (dict(widht=3), r"unknown options \['widht'\] of the darts space; valid: .*C, .*fused"),
     (dict(space="nb201", layers=3), r"unknown options \['layers'\] of the nb201 space; valid: C, N"),
     (dict(eval_batch_size=0), "eval_batch_size must be >= 1"),
+    (dict(merge_kernel_sizes=True), "merge_kernel_sizes: ways of running the fused cells, .* add fused=True"),
+    (dict(fused=True, side_streams=-1), "side_streams must be >= 0, not -1"),
     (dict(epochs=0), "epochs must be >= 1, not 0"),
     (dict(subset=-5), "subset must be >= 1, not -5"),
     (dict(cutout=-4), "cutout must be >= 0, not -4"),
@@ -294,6 +296,24 @@ def test_cudnn_times_its_algorithms_for_full_batches_only(fashion_mnist_root, tm
     dnas.search(dataset="fashion-mnist", run_dir=tmp_path / "r", epochs=1, eval_batch_size=24, **{**TINY, "subset": 136})
     assert seen == {(True, 16, True), (True, 4, False), (False, 24, True), (False, 20, False)}
     assert not torch.backends.cudnn.benchmark
+
+
+def test_the_fused_cells_ways_of_running_hold_for_the_whole_search_and_are_put_back(fashion_mnist_root, tmp_path,
+                                                                                   monkeypatch):
+    """``merge_kernel_sizes`` and ``side_streams`` (docs/speed.md) are settings of a search, kept in its
+    config.json for a resume: every fused cell of its steps and evaluation runs within them (side streams
+    have no effect on the CPU; what the cells ask for is watched), and the module's settings are put back
+    after the run."""
+    module = importlib.import_module("dnas.spaces.fused")
+    streams, seen = module._side_streams, set()
+    monkeypatch.setattr(module, "_side_streams", lambda device: seen.add((module._merge, module._side)) or streams(device))
+    run = dnas.search(dataset="fashion-mnist", run_dir=tmp_path / "r", epochs=1, fused=True, merge_kernel_sizes=True,
+                      side_streams=3, **TINY).run_dir
+    assert seen == {(True, 3)}
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert (config["merge_kernel_sizes"], config["side_streams"]) == (True, 3)
+    assert (module._merge, module._side) == (False, 0)
+    assert SearchConfig().merge_kernel_sizes is False and SearchConfig().side_streams == 0
 
 
 def test_fast_settings_are_the_fastest_measured_per_device():

@@ -41,7 +41,7 @@ from .genotype import Genotype
 from .methods import Method, Parts, get_method
 from .relax import is_hard
 from .settings import temporarily
-from .spaces import SPACES
+from .spaces import SPACES, fused
 
 CHECKPOINT_FORMAT = "dnas-search-checkpoint-v1"
 
@@ -83,9 +83,16 @@ class SearchConfig:
     channels_last: bool = False  # supernet and images in NHWC layout: on the CPU the readable cell's step ~2x faster
     eval_batch_size: int | None = None  # of each epoch's evaluation (None: batch_size): a speed setting, the search
     # is the same at any (its evaluation draws from its own generator); --fast makes it 256 on a GPU
+    merge_kernel_sizes: bool = False  # the fused cells' 3x3 and 5x5 ops run as one (spaces.fused.merge_kernel_sizes)
+    side_streams: int = 0  # on a GPU, the fused cells' independent ops on this many side streams (spaces.fused.
+    # side_streams); no effect on the CPU
 
     def __post_init__(self):
-        check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1)
+        check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, side_streams=0)
+        ways = [name for name in ("merge_kernel_sizes", "side_streams") if getattr(self, name)]
+        if ways and not self.space_options.get("fused"):
+            raise ValueError(f"{' and '.join(ways)}: ways of running the fused cells, which this search does not use; "
+                             f"add fused=True (--fused) or fast=True (--fast)")
 
     @classmethod
     def fields(cls) -> set[str]:
@@ -226,8 +233,10 @@ class Search:
     @checkpoint.guarded_run("search")
     def run(self, progress: bool = True) -> SearchResult:
         # all but the steps, which set their own precision; cuDNN times its algorithms for each new shape of
-        # a full batch (fixed shapes, as DARTS does), not for an epoch's last, smaller ones
-        with precision(self.device.type, self.eval_precision), cudnn_benchmark(True):
+        # a full batch (fixed shapes, as DARTS does), not for an epoch's last, smaller ones; the fused cells
+        # run as the search's settings say throughout (steps, evaluation, DARTS-PT's measures)
+        with precision(self.device.type, self.eval_precision), cudnn_benchmark(True), \
+                fused.merge_kernel_sizes(self.config.merge_kernel_sizes), fused.side_streams(self.config.side_streams):
             return self._run(progress)
 
     @property

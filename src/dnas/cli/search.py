@@ -25,7 +25,8 @@ def run_search(args: argparse.Namespace) -> None:
             "ops": tuple(args.ops.split(",")) if args.ops else None,
             "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
             "precision": args.precision, "channels_last": args.channels_last or None,
-            "eval_batch_size": args.eval_batch_size,
+            "eval_batch_size": args.eval_batch_size, "fused": args.fused or None,
+            "merge_kernel_sizes": args.merge_kernel_sizes or None, "side_streams": args.side_streams,
         }.items() if v is not None}
         result = search(space=args.space, method=args.method, dataset=args.dataset, run_dir=args.run_dir,
                         runs_root=args.runs, progress=not args.quiet, fast=args.fast, **settings)
@@ -60,6 +61,13 @@ def register(sub) -> None:
                    help="the fast path: the cells fused (DARTS and NAS-Bench-201 spaces: same results, fewer and "
                         "larger kernels) and, on a GPU, each step replayed from a CUDA graph; on a CPU the NHWC "
                         "layout (--channels-last), fused but for GDAS; docs/speed.md")
+    s.add_argument("--fused", action="store_true",
+                   help="the cells by their fused path alone (DARTS and NAS-Bench-201 spaces; part of --fast)")
+    s.add_argument("--merge-kernel-sizes", action="store_true",
+                   help="with fused cells: their 3x3 and 5x5 ops as one op of 5x5 kernels (22%% fewer kernels, 8%% "
+                        "more bytes; slower on a CPU; docs/speed.md)")
+    s.add_argument("--side-streams", type=int, metavar="N",
+                   help="with fused cells on a GPU: their independent ops on N side streams (docs/speed.md)")
     s.add_argument("--precision", choices=PRECISIONS,
                    help="fp32 (default: IEEE float32, as the papers computed; on a GPU PyTorch's default would run "
                         "convolutions in TF32), tf32 (convolutions and matrix products in TF32), or bf16 (the search "

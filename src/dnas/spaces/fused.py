@@ -257,7 +257,8 @@ def merge_kernel_sizes(on: bool = True):
     middle of zeros (``_Group``): a darts-v1 step launches 22% fewer kernels (in NHWC on a GPU, counted by
     ``benchmarks/kernel_census.py``), moves 8% more bytes (the sources copied to twice the slots) and
     computes 2.8x the 3x3 depthwise convolutions' products. On the CPU 6-8% slower; on a GPU unmeasured
-    (docs/speed.md). The same results but for float rounding; a plan is made for each setting."""
+    (docs/speed.md). The same results but for float rounding; a plan is made for each setting. A search runs
+    within it where its setting ``merge_kernel_sizes`` is on."""
     return temporarily(sys.modules[__name__], "_merge", on)
 
 
@@ -268,7 +269,8 @@ def side_streams(n: int):
     """Within it, a fused cell on a GPU runs the independent ops of each source batch on ``n`` side streams
     (``_Lanes``), 0: all on the current stream. What it computes is the same; whether it is faster depends on
     how far the ops' kernels fill the GPU (docs/speed.md). A CUDA graph records the streams its capture ran
-    on: the setting of the warm-up and capture steps holds for the replays."""
+    on: the setting of the warm-up and capture steps holds for the replays. A search runs within it with its
+    setting ``side_streams``."""
     return temporarily(sys.modules[__name__], "_side", n)
 
 
