@@ -226,7 +226,7 @@ def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_pa
     (dict(widht=3), r"unknown options \['widht'\] of the darts space; valid: .*C, .*fused"),
     (dict(space="nb201", layers=3), r"unknown options \['layers'\] of the nb201 space; valid: C, N"),
     (dict(eval_batch_size=0), "eval_batch_size must be >= 1"),
-    (dict(merge_kernel_sizes=True), "merge_kernel_sizes: ways of running the fused cells, .* add fused=True"),
+    (dict(merge_kernel_sizes=True), r"merge_kernel_sizes: ways of running the fused cells, .* fused=True \(--fused\)"),
     (dict(fused=True, side_streams=-1), "side_streams must be >= 0, not -1"),
     (dict(epochs=0), "epochs must be >= 1, not 0"),
     (dict(subset=-5), "subset must be >= 1, not -5"),
@@ -306,7 +306,8 @@ def test_the_fused_cells_ways_of_running_hold_for_the_whole_search_and_are_put_b
     after the run."""
     module = importlib.import_module("dnas.spaces.fused")
     streams, seen = module._side_streams, set()
-    monkeypatch.setattr(module, "_side_streams", lambda device: seen.add((module._merge, module._side)) or streams(device))
+    watch = lambda device: seen.add((module._merge, module._side)) or streams(device)
+    monkeypatch.setattr(module, "_side_streams", watch)
     run = dnas.search(dataset="fashion-mnist", run_dir=tmp_path / "r", epochs=1, fused=True, merge_kernel_sizes=True,
                       side_streams=3, **TINY).run_dir
     assert seen == {(True, 3)}

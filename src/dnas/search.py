@@ -91,8 +91,8 @@ class SearchConfig:
         check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, side_streams=0)
         ways = [name for name in ("merge_kernel_sizes", "side_streams") if getattr(self, name)]
         if ways and not self.space_options.get("fused"):
-            raise ValueError(f"{' and '.join(ways)}: ways of running the fused cells, which this search does not use; "
-                             f"add fused=True (--fused) or fast=True (--fast)")
+            raise ValueError(f"{' and '.join(ways)}: ways of running the fused cells, and this search runs the "
+                             f"readable ones: add fused=True (--fused)")
 
     @classmethod
     def fields(cls) -> set[str]:
