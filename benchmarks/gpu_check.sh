@@ -27,7 +27,8 @@
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
 # tool with carry [".gpu_data"]; stages: tests steps e2e convs profile steps2 e2e2 base recipes nb201
-# (default: all, in that order). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
+# (default: all, in that order), and e2e-ways (--fast in NHWC with side streams and merged kernel sizes, for
+# when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
 # files come back); the rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py)
 # with the device, date and command.
 set -u
@@ -101,5 +102,7 @@ e2e)
     e2e darts-v1 darts-v1 fast 150 ;;
 e2e2)
     e2e darts-v2 darts-v2 fast 200 ;;
-*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 convs profile base recipes nb201" ;;
+e2e-ways)  # --fast with the fused cells' ways (search settings side_streams, merge_kernel_sizes), in NHWC
+    e2e darts-v1-ways darts-v1 fast-cl-lanes-merged 180 ;;
+*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways convs profile base recipes nb201" ;;
 esac; done
