@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 import dnas
+from dnas.genotype import Genotype
 from dnas.methods import get_method
 from dnas.search import Search, fast_settings, resolve_device
 from results import append_rows, commit, interrupt_on_sigterm
@@ -150,6 +151,7 @@ def main() -> None:
                    help="batch of each epoch's evaluation on every path (default: the path's: fast on a GPU 256, "
                         "else --batch-size)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=2, help="of every path's search (default 2)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
     try:
@@ -177,7 +179,7 @@ def main() -> None:
                 result = dnas.search(space=args.space, method=args.method, dataset="cifar10", data=args.cifar10,
                                      run_dir=Path(tmp) / path, progress=False, epochs=args.epochs,
                                      subset=args.subset or None, batch_size=args.batch_size, device=str(device),
-                                     seed=2, C=args.init_channels, **{DEPTH[args.space][0]: args.layers},
+                                     seed=args.seed, C=args.init_channels, **{DEPTH[args.space][0]: args.layers},
                                      precision=arithmetic, **settings)
             except Exception as e:
                 failed[path] = f"{type(e).__name__}: {e}"
@@ -209,6 +211,7 @@ def main() -> None:
     for r in runs.values():
         r["speedup_over_readable"] = round(base["seconds"] / r["seconds"], 2)
         r["same_genotype_as_readable"] = r["genotype"] == base["genotype"]
+        r["edges_alike_readable"] = edges_alike(r["genotype"], base["genotype"])
         r["max_alpha_diff_to_readable"] = float((r.pop("alphas") - reference).abs().max())
         r["max_abs_alpha"] = float(reference.abs().max())
     report = {"benchmark": "search_e2e", "device": device_name(device), "torch": torch.__version__,
@@ -230,9 +233,26 @@ def table_rows(report: dict, measured: str) -> list[str]:
             f"{path} | {a['subset']} | {a['epochs']} | {a['layers']} x {a['init_channels']} | {a['batch_size']} | "
             f"{r['seconds'] / 60:.2f} | {r['epoch_seconds']:.1f} ({r['minutes_for_50_full_epochs']}{_rates(r)}) | "
             f"{r['speedup_over_readable']} | "
-            f"{r['max_alpha_diff_to_readable']:.1e} ({r['max_abs_alpha']:.1e}) | {r['same_genotype_as_readable']} | "
+            f"{r['max_alpha_diff_to_readable']:.1e} ({r['max_abs_alpha']:.1e}) | {r['same_genotype_as_readable']}{_alike(r)} | "
             f"{report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |"
             for path, r in report["runs"].items()]
+
+
+def edges_alike(genotype: str, reference: str) -> str:
+    """How many of the chosen edges (op and input, node by node, both cell types) of ``genotype`` the
+    ``reference`` genotype chose too, as "k/n"."""
+    mine, theirs = Genotype.parse(genotype), Genotype.parse(reference)
+    alike = total = 0
+    for a, b in ((mine.normal, theirs.normal), (mine.reduce, theirs.reduce)):
+        for node in range(0, len(a), 2):  # a node's two edges, in either order
+            alike += len(set(map(tuple, a[node:node + 2])) & set(map(tuple, b[node:node + 2])))
+            total += 2
+    return f"{alike}/{total}"
+
+
+def _alike(run: dict) -> str:
+    """The edges alike, where reported (not by reports from before 2026-11-27)."""
+    return f" ({run['edges_alike_readable']} edges)" if "edges_alike_readable" in run else ""
 
 
 def _rates(run: dict) -> str:
