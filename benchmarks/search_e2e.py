@@ -239,15 +239,12 @@ def table_rows(report: dict, measured: str) -> list[str]:
 
 
 def edges_alike(genotype: str, reference: str) -> str:
-    """How many of the chosen edges (op and input, node by node, both cell types) of ``genotype`` the
-    ``reference`` genotype chose too, as "k/n"."""
+    """How many of the chosen edges (op, input, node; both cell types) of ``genotype`` the ``reference``
+    genotype chose too, as "k/n"."""
     mine, theirs = Genotype.parse(genotype), Genotype.parse(reference)
-    alike = total = 0
-    for a, b in ((mine.normal, theirs.normal), (mine.reduce, theirs.reduce)):
-        for node in range(0, len(a), 2):  # a node's two edges, in either order
-            alike += len(set(map(tuple, a[node:node + 2])) & set(map(tuple, b[node:node + 2])))
-            total += 2
-    return f"{alike}/{total}"
+    cells = ("normal", "reduce")
+    alike = sum(len(set(mine.edges(c)) & set(theirs.edges(c))) for c in cells)
+    return f"{alike}/{sum(len(mine.edges(c)) for c in cells)}"
 
 
 def _alike(run: dict) -> str:
