@@ -15,9 +15,10 @@
 # -merged paths their 3x3 and 5x5 ops as one (dnas.spaces.fused.merge_kernel_sizes): what replays faster,
 # with its CUDA test passing (test_side_streams_compute_what_one_stream_computes,
 # test_cuda_channels_last_step_equals_readable[...True]), --fast on a GPU should turn on
-# (search.fast_settings: the search settings side_streams=5 and merge_kernel_sizes=True). The e2e stage's ms per step against the replayed step of `steps` says what the
-# loop costs beyond the step (at 9cc09f0: 122.0 against 113.8 ms, when each batch's random draws were copies
-# that synchronised the stream; queued copies since 61575f0).
+# (search.fast_settings: the search settings side_streams=5 and merge_kernel_sizes=True; stage e2e-ways runs
+# them end to end). The e2e stage's ms per step against the replayed step of `steps` says what the loop costs
+# beyond the step (at 9cc09f0: 122.0 against 113.8 ms, when each batch's random draws were copies that
+# synchronised the stream; queued copies since 61575f0).
 # The lent machine has PyTorch but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/

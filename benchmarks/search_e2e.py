@@ -233,7 +233,8 @@ def table_rows(report: dict, measured: str) -> list[str]:
             f"{path} | {a['subset']} | {a['epochs']} | {a['layers']} x {a['init_channels']} | {a['batch_size']} | "
             f"{r['seconds'] / 60:.2f} | {r['epoch_seconds']:.1f} ({r['minutes_for_50_full_epochs']}{_rates(r)}) | "
             f"{r['speedup_over_readable']} | "
-            f"{r['max_alpha_diff_to_readable']:.1e} ({r['max_abs_alpha']:.1e}) | {r['same_genotype_as_readable']}{_alike(r)} | "
+            f"{r['max_alpha_diff_to_readable']:.1e} ({r['max_abs_alpha']:.1e}) | "
+            f"{r['same_genotype_as_readable']}{_alike(r)} | "
             f"{report['load_average'][0]:.1f} | `python benchmarks/{report['command']}` |"
             for path, r in report["runs"].items()]
 
