@@ -24,8 +24,9 @@ last epoch and what 50 epochs on all 50,000 training images would take: the last
 evaluation batches a full epoch has beyond the subset's at their steady rate (``EpochParts``), so that an
 epoch's fixed costs (a CUDA graph's eager warm-up and capture, deriving the genotype) count once per epoch,
 not once per subset's worth of steps; and, once, what the first epoch took beyond the last (a search's one-off
-costs: cuDNN timing its algorithms for each new shape, the fused cells' plans). (An epoch's seconds, as
-metrics.jsonl records them, end before its checkpoint is written.)
+costs: cuDNN timing its algorithms for each new shape, the fused cells' plans). An epoch's seconds, as
+metrics.jsonl records them, end before its checkpoint is written: the estimate adds the last checkpoint's
+seconds to each epoch (a run writes one after every epoch).
 """
 from __future__ import annotations
 
@@ -57,14 +58,16 @@ class EpochParts:
     """The steady rates of a search's steps and evaluation batches: while active, ``Search.train_epoch`` and
     ``Search.evaluate`` iterate their loaders through ``_Timed``, which marks the time (the device
     synchronised) once the first ``skip`` batches are done: on a GPU those are the CUDA graph's eager warm-up
-    steps and its capture. Keeps the last epoch's seconds per step and per evaluation batch after them."""
+    steps and its capture. Keeps the last epoch's seconds per step and per evaluation batch after them, and
+    the seconds of the last checkpoint written (``Search.save_checkpoint``, after each epoch's seconds end)."""
 
     def __init__(self, skip: int = 3):
         self.skip = skip
         self.rate, self.batches = {}, {}  # per loader: seconds per batch, and (batch size, batches an epoch)
+        self.checkpoint_seconds = 0.0
 
     def __enter__(self):
-        self.saved = Search.train_epoch, Search.evaluate
+        self.saved = Search.train_epoch, Search.evaluate, Search.save_checkpoint
         parts = self
 
         def train_epoch(search, progress):
@@ -75,17 +78,23 @@ class EpochParts:
             with _Timed(search, "eval_loader", parts):
                 return parts.saved[1](search, progress)
 
-        Search.train_epoch, Search.evaluate = train_epoch, evaluate
+        def save_checkpoint(search):
+            start = _now(search.device)
+            parts.saved[2](search)
+            parts.checkpoint_seconds = time.perf_counter() - start
+
+        Search.train_epoch, Search.evaluate, Search.save_checkpoint = train_epoch, evaluate, save_checkpoint
         return self
 
     def __exit__(self, *exc):
-        Search.train_epoch, Search.evaluate = self.saved
+        Search.train_epoch, Search.evaluate, Search.save_checkpoint = self.saved
 
     def full_epoch_seconds(self, epoch_seconds: float) -> float:
         """An epoch on all 50,000 CIFAR-10 training images (25,000 per half), from the last epoch's seconds:
-        plus, at the steady rates, the steps and evaluation batches it lacks."""
-        return epoch_seconds + sum(rate * (math.ceil(25000 / self.batches[name][0]) - self.batches[name][1])
-                                   for name, rate in self.rate.items())
+        plus, at the steady rates, the steps and evaluation batches it lacks, and its checkpoint."""
+        lacking = sum(rate * (math.ceil(25000 / self.batches[name][0]) - self.batches[name][1])
+                      for name, rate in self.rate.items())
+        return epoch_seconds + lacking + self.checkpoint_seconds
 
 
 class _Timed:
@@ -197,6 +206,7 @@ def main() -> None:
                           "ms_per_step": round(1000 * parts.rate.get("train_loader", math.nan), 1),
                           "ms_per_eval_batch": round(1000 * parts.rate.get("eval_loader", math.nan), 1),
                           "first_epoch_extra_seconds": round(once, 1),
+                          "checkpoint_seconds": round(parts.checkpoint_seconds, 2),
                           "minutes_for_50_full_epochs": round((once + 50 * full) / 60, 1),
                           "genotype": str(result.genotype),
                           "final_val_acc": result.metrics[-1]["val_acc"],
