@@ -6,6 +6,7 @@ saying where they looked, when it is absent.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -100,6 +101,18 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def cuda_sync_debug(mode: str):
+    """Within it, CUDA reports each op that makes the host wait for the GPU ("warn": a warning, "error": an
+    error); the mode found is put back after."""
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
 
 
 @pytest.fixture(scope="session")

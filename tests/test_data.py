@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cuda_sync_debug
 from dnas.data import DATASETS, BatchLoader, DataError, load_dataset, split_indices
 from dnas.data.augment import cutout, normalize, random_crop, random_hflip
 from dnas.data.datasets import channel_stats
@@ -362,12 +363,8 @@ def test_loader_on_cuda_never_makes_the_host_wait():
     loader = BatchLoader(x, y, 32, MEAN, STD, augment=True, cutout=4, shuffle=True, device="cuda", generator=gen())
     list(loader)  # a first epoch: the lazy set-up of CUDA and of its pinned-memory allocator, outside the check
     torch.cuda.synchronize()
-    before = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with cuda_sync_debug("error"):
         batches = list(loader)
-    finally:
-        torch.cuda.set_sync_debug_mode(before)
     assert len(batches) == len(loader) and all(xb.is_cuda and yb.is_cuda for xb, yb in batches)
 
 

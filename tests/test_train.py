@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import dnas
+from conftest import cuda_sync_debug
 from dnas.cli import main
 from dnas.checkpoint import CheckpointError
 from dnas.data import BatchLoader
@@ -165,14 +166,9 @@ def test_evaluate_on_cuda_reads_the_device_once_not_per_batch():
         model, loader = scorer_and_loader("cuda", batches)
         evaluate(model, loader, 10)  # CUDA's and cuBLAS's lazy set-up, outside the count
         torch.cuda.synchronize()
-        before = torch.cuda.get_sync_debug_mode()
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            with warnings.catch_warnings(record=True) as seen:
-                warnings.simplefilter("always")
-                evaluate(model, loader, 10)
-        finally:
-            torch.cuda.set_sync_debug_mode(before)
+        with cuda_sync_debug("warn"), warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            evaluate(model, loader, 10)
         waits.append(sum("synchroniz" in str(w.message) for w in seen))
     assert waits[0] == waits[1], waits
 
