@@ -160,7 +160,10 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
             torch.cuda.reset_peak_memory_stats(device)
         start = allocated(device)
         t0 = time.perf_counter()
-        loss, _ = steps[path]()
+        with torch.random.fork_rng([device] if device.type == "cuda" else [], enabled=path not in first):
+            if path not in first:  # every path's first step draws the same samples (GDAS, SNAS, SDARTS-RS, ...)
+                torch.manual_seed(1)
+            loss, _ = steps[path]()
         sync(device)
         seconds = time.perf_counter() - t0
         rises[path] = max(rises.get(path, 0), peak(device) - start)  # the step's own, whatever other paths hold
@@ -205,8 +208,10 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
 
 def first_step(model, loss) -> dict[str, torch.Tensor]:
     """What a step computed: its training loss and the gradients of the alphas (the architecture step's) and
-    of the weights (the weight step's, clipped), in float64 on the host."""
-    grads = lambda params: torch.cat([p.grad.flatten() for p in params if p.grad is not None]).double().cpu()
+    of the weights (the weight step's, clipped; zeros for a weight it did not use, as an op GDAS did not
+    sample), in float64 on the host."""
+    grads = lambda params: torch.cat([torch.zeros(p.numel(), device=p.device) if p.grad is None else p.grad.flatten()
+                                      for p in params]).double().cpu()  # None: a weight the step did not use
     return {"loss": loss.detach().double().cpu().view(1), "alpha_grad": grads(model.arch_parameters()),
             "weight_grad": grads(model.weight_parameters())}
 
