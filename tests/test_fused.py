@@ -102,11 +102,13 @@ def test_nb201_step_equals_readable(name):
 
 @pytest.mark.parametrize("name, space, fused", [
     *((name, space, fused) for name, space in [("darts-v1", "darts"), ("pc-darts", "darts"), ("gdas", "darts"),
-                                               ("darts-minus", "darts"), ("darts-v1", "nb201"), ("pc-darts", "nb201"),
-                                               ("gdas", "nb201")] for fused in (False, True)),
+                                               ("darts-minus", "darts"), ("noisy-darts", "darts"), ("p-darts", "darts"),
+                                               ("darts-v1", "nb201"), ("pc-darts", "nb201"), ("gdas", "nb201")]
+      for fused in (False, True)),
     ("darts-v2", "darts", True)])  # second order's unrolled model: the fused cells under functional_call
 def test_channels_last_step_equals_the_default_layout(name, space, fused):
-    """``channels_last`` (NHWC weights and images) changes the kernels, not what they compute."""
+    """``channels_last`` (NHWC weights and images) changes the kernels, not what they compute: a seeded step
+    draws the same NoisyDARTS noise and P-DARTS skip dropout masks in either layout."""
     assert_same_step(search_step(name, fused, space=space),
                      search_step(name, fused, layout=torch.channels_last, space=space))
 

@@ -89,11 +89,17 @@ class GaussianNoise(nn.Module):
         super().__init__()
         self.module, self.factor, self.mean = module, factor, mean
 
+    @staticmethod
+    def draw(shape, like: torch.Tensor) -> torch.Tensor:
+        """N(0, 1) noise of ``shape``, drawn in (N, C, H, W) order whatever the layout of ``like``: a seeded
+        step adds the same noise in NCHW and NHWC, and in the fused cell."""
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+
     def forward(self, x):
         y = self.module(x)
         if not self.training:
             return y
-        return y + self.mean + self.factor * y.detach().std() * torch.randn_like(y)
+        return y + self.mean + self.factor * y.detach().std() * self.draw(y.shape, y)
 
 
 @EDGES.register("sum")
@@ -168,8 +174,14 @@ class ScheduledDropout(nn.Module):
         super().__init__()
         self.owner = owner
 
+    def mask(self, shape, like: torch.Tensor) -> torch.Tensor:
+        """The dropout mask of ``shape`` scaled by 1 / (1 - rate) (ones out of training), drawn in (N, C, H, W)
+        order whatever the layout of ``like``: a seeded step drops the same in NCHW and NHWC, and in the
+        fused cell."""
+        return F.dropout(like.new_ones(shape), self.owner.rate, self.training)
+
     def forward(self, x):
-        return F.dropout(x, self.owner.rate, self.training)
+        return x * self.mask(x.shape, x) if self.training else x
 
 
 @EDGES.register("skip_dropout")

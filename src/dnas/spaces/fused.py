@@ -585,10 +585,7 @@ def _draw_random(cell, plan: _Plan, x: torch.Tensor) -> dict[int, torch.Tensor]:
     for e, (kind, module) in plan.random:
         edge = cell.edges[e]
         shape = (n, c // edge.k if isinstance(edge, PartialChannelEdge) else c, h, w)
-        if kind == "noise":
-            out[e] = torch.randn(shape, dtype=x.dtype, device=x.device)
-        else:  # the dropout of a tensor of ones is its mask, scaled by 1 / (1 - rate)
-            out[e] = F.dropout(x.new_ones(shape), module.owner.rate, module.training)
+        out[e] = module.draw(shape, x) if kind == "noise" else module.mask(shape, x)
     return out
 
 
