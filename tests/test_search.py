@@ -320,7 +320,7 @@ def test_the_fused_cells_ways_of_running_hold_for_the_whole_search_and_are_put_b
 def test_fast_settings_are_the_fastest_measured_per_device():
     """--fast (docs/speed.md): on a GPU the fused cells replayed from a CUDA graph; on a CPU NHWC, with the
     fused cells but for a hard relaxation (GDAS), whose readable cell is the faster one there, and but for
-    PC-DARTS's partial channels on NAS-Bench-201, too few for NHWC kernels."""
+    PC-DARTS's partial channels (too few for NHWC kernels) and iDARTS on NAS-Bench-201."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert fast_settings(cuda, get_method("gdas")) == {"fused": True, "cuda_graph": True, "channels_last": False,
                                                        "eval_batch_size": 256}
@@ -328,6 +328,8 @@ def test_fast_settings_are_the_fastest_measured_per_device():
     assert fast_settings(cpu, get_method("gdas")) == {"fused": False, "cuda_graph": False, "channels_last": True}
     assert fast_settings(cpu, get_method("pc-darts"))["channels_last"]
     assert not fast_settings(cpu, get_method("pc-darts"), "nb201")["channels_last"]  # 4 channels an op
+    assert fast_settings(cpu, get_method("idarts"))["channels_last"]
+    assert not fast_settings(cpu, get_method("idarts"), "nb201")["channels_last"]  # BatchNorm's double backward
 
 
 def test_config_defaults_reach_the_optimisers(fashion_mnist_root, tmp_path):

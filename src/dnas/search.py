@@ -35,6 +35,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from . import checkpoint
+from .arch_grad import Implicit
 from .cuda_graph import GraphedStep, set_capturable
 from .data import BatchLoader, load_dataset, memory_format, split_indices
 from .genotype import Genotype
@@ -468,11 +469,12 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     replayed from a CUDA graph and the evaluation at batch ``FAST_EVAL_BATCH`` (larger kernels: on an H100 an
     epoch 4% shorter than at 64), in NCHW (NHWC: docs/speed.md, channels_last). On a CPU: the NHWC layout,
     with the fused cells unless the relaxation is hard (GDAS: one sampled op per edge leaves little to
-    batch, and there the readable cell in NHWC is the fastest CPU path); but NCHW for partial channels on
-    NAS-Bench-201 (PC-DARTS: its ops see C/K = 4 channels in the first stage, too few for NHWC kernels, a
-    BatchNorm of them 0.62 ms against 0.12 at batch 16, the step 311 ms against 396; the DARTS space's
-    separable convolutions gain more from NHWC than they lose). A space without a fused cell (the recurrent
-    one) has no fast path."""
+    batch, and there the readable cell in NHWC is the fastest CPU path); but NCHW on NAS-Bench-201 for
+    partial channels (PC-DARTS: its ops see C/K = 4 channels in the first stage, too few for NHWC kernels, a
+    BatchNorm of them 0.62 ms against 0.12 at batch 16, the step 311 ms against 396) and for the implicit
+    gradient (iDARTS: the BatchNorms' double backward, a chain of elementwise ops and sums over N, H and W,
+    runs slower in NHWC, the step 3.6 s against 3.0 at batch 16); the DARTS space's separable convolutions
+    gain more from NHWC than they lose. A space without a fused cell (the recurrent one) has no fast path."""
     space = space or method.part("space")
     fusable = [name for name in SPACES.names() if "fused" in inspect.signature(SPACES.get(name)).parameters]
     if space not in fusable:
@@ -480,8 +482,9 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
                          f"the {space} space has no fast path, leave it off")
     cpu = device.type == "cpu"
     hard = is_hard(method.build("relaxation"))
-    narrow = space == "nb201" and getattr(method.build("edge"), "k", 1) > 1  # partial channels, 1/K of them
-    settings = {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda", "channels_last": cpu and not narrow}
+    nchw = space == "nb201" and (getattr(method.build("edge"), "k", 1) > 1  # partial channels, 1/K of them
+                                 or isinstance(method.build("arch_grad"), Implicit))
+    settings = {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda", "channels_last": cpu and not nchw}
     return settings | ({"eval_batch_size": FAST_EVAL_BATCH} if device.type == "cuda" else {})
 
 
