@@ -1,6 +1,8 @@
-"""Exported networks give the PyTorch network's outputs: ONNX run in onnxruntime, TorchScript reloaded."""
+"""Exported networks give the PyTorch network's outputs: ONNX run in onnxruntime, pt2 in plain PyTorch, TorchScript reloaded."""
 import importlib.util
 import json
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -64,6 +66,23 @@ def test_torchscript_export_reloads_with_the_same_outputs(run, tmp_path):
         assert torch.allclose(torch.jit.load(str(path))(x), model(x), atol=1e-6)
 
 
+def test_pt2_export_runs_in_plain_pytorch_with_the_same_outputs(run, tmp_path, capsys):
+    """``dnas export RUN --format pt2`` (torch.export): loaded by a process that never imports dnas, at another
+    batch size than the export's, it gives the trained network's logits."""
+    assert main(["export", str(run), "--format", "pt2"]) == 0
+    path = run / "model.pt2"
+    assert f"exported: {path}" in capsys.readouterr().out
+    x = torch.randn(5, 1, 28, 28)
+    torch.save(x, tmp_path / "x.pt")
+    plain = ("import sys, torch; m = torch.export.load(sys.argv[1]).module(); "
+             "torch.save(m(torch.load(sys.argv[2])), sys.argv[3]); assert 'dnas' not in sys.modules")
+    subprocess.run([sys.executable, "-c", plain, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                   check=True, cwd=tmp_path)
+    model, _ = load_run(run, "last")
+    with torch.no_grad():
+        assert torch.allclose(torch.load(tmp_path / "y.pt"), model(x), atol=1e-5)
+
+
 def test_export_command_writes_into_the_run(run, capsys):
     assert main(["export", str(run), "--format", "onnx"]) == 0
     assert f"exported: {run / 'model.onnx'}" in capsys.readouterr().out
@@ -73,7 +92,7 @@ def test_export_command_writes_into_the_run(run, capsys):
 
 
 def test_unknown_format_and_missing_packages_are_clear_errors(run, monkeypatch, tmp_path):
-    with pytest.raises(ValueError, match="unknown export format 'tflite'; valid: onnx, torchscript"):
+    with pytest.raises(ValueError, match="unknown export format 'tflite'; valid: onnx, pt2, torchscript"):
         export_run(run, "tflite")
     real = importlib.util.find_spec
     monkeypatch.setattr(export_module.importlib.util, "find_spec", lambda n: None if n == "onnxscript" else real(n))

@@ -1,10 +1,12 @@
-"""Exporting a trained network for inference without dnas: TorchScript and ONNX.
+"""Exporting a trained network for inference without dnas: torch.export, ONNX and TorchScript.
 
 The exported model maps float32 images N x C x H x W, normalised with the training set's per-channel mean
 and std (in the run's config.json), to logits; the batch size is free. It is the inference network only:
 the auxiliary head and drop-path act in training and are left out.
 
-    TorchScript   torch.jit.trace; load with torch.jit.load(path)
+    pt2           torch.export's ExportedProgram; load with torch.export.load(path).module(), in
+                  PyTorch without dnas (TorchScript's successor)
+    TorchScript   torch.jit.trace; load with torch.jit.load(path) (deprecated in torch 2.13)
     ONNX          torch.onnx.export with the installed torch's default exporter and opset (needs the
                   packages onnx and onnxscript); run it with onnxruntime, input "images", output "logits"
 """
@@ -21,7 +23,7 @@ from .rnn.train import is_lm_run
 from .train import load_run
 
 #: Export formats and the file suffix each writes.
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
 
 
 class MissingPackage(ImportError, ValueError):
@@ -29,7 +31,7 @@ class MissingPackage(ImportError, ValueError):
 
 
 def export(model: nn.Module, path: str | os.PathLike, format: str, input_size: tuple[int, int, int]) -> Path:
-    """Write ``model`` (put in eval mode) to ``path`` as ``format`` ("onnx" or "torchscript") for inputs of
+    """Write ``model`` (put in eval mode) to ``path`` as ``format`` (one of ``FORMATS``) for inputs of
     ``input_size`` (C, H, W) and any batch size."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
@@ -38,22 +40,26 @@ def export(model: nn.Module, path: str | os.PathLike, format: str, input_size: t
     model.eval()
     p = next(model.parameters())
     example = torch.zeros(2, *input_size, device=p.device, dtype=p.dtype)  # batch 2: 1 would be specialised
+    any_batch = ({0: torch.export.Dim("batch")},)
     if format == "torchscript":
         with torch.no_grad():
             torch.jit.trace(model, example).save(str(path))
+        return path
+    if format == "pt2":
+        torch.export.save(torch.export.export(model, (example,), dynamic_shapes=any_batch), str(path))
         return path
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise MissingPackage(f"ONNX export needs the package(s) {', '.join(missing)}: pip install {' '.join(missing)}")
     torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
-                      dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+                      dynamic_shapes=any_batch, external_data=False, verbose=False)
     return path
 
 
 def export_run(run_dir: str | os.PathLike, format: str, weights: str = "last",
                path: str | os.PathLike | None = None) -> Path:
     """Export the trained network of a run directory (``weights`` "last", "best" or a .pt file) to ``path``,
-    by default ``<run_dir>/model<suffix>`` (model.onnx, model.pt)."""
+    by default ``<run_dir>/model<suffix>`` (model.onnx, model.pt2, model.pt)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
     if is_lm_run(run_dir):

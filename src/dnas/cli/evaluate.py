@@ -194,12 +194,12 @@ def register(sub) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=run_test)
 
-    e = sub.add_parser("export", help="export a trained run's network to ONNX or TorchScript")
+    e = sub.add_parser("export", help="export a trained run's network to ONNX, torch.export (pt2) or TorchScript")
     e.add_argument("run", help="a training run directory")
     e.add_argument("--format", required=True, choices=list(FORMATS),
                    help=f"{' or '.join(FORMATS)}: the inference network (no auxiliary head), images in, logits out")
     e.add_argument("--weights", default="last", help="last (default), best, or a .pt file of the network's weights")
-    e.add_argument("-o", "--output", help="output file (default RUN/model.onnx or RUN/model.pt)")
+    e.add_argument("-o", "--output", help="output file (default RUN/model.onnx, model.pt2 or model.pt)")
     e.set_defaults(func=run_export)
 
     w = sub.add_parser("show", help="draw a genotype's normal and reduction cells")
