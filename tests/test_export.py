@@ -1,4 +1,5 @@
-"""Exported networks give the PyTorch network's outputs: ONNX run in onnxruntime, pt2 in plain PyTorch, TorchScript reloaded."""
+"""Exported networks give the PyTorch network's outputs: ONNX run in onnxruntime, pt2 in plain PyTorch,
+TorchScript reloaded."""
 import importlib.util
 import json
 import subprocess

@@ -102,8 +102,9 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     copies a source to its edges). A dilated depthwise convolution then runs as the undilated one of its
     phases (``depthwise_nhwc``; on the CPU 1.5-5x faster forward and backward, in either layout), and on a
     GPU (``FORM_DEVICES``) every depthwise convolution runs NHWC so, and a grouped pointwise one as
-    matrix products (``pointwise_matmul``). A trace or compilation (TorchScript, ONNX, ``torch.compile``)
-    records the convolution itself, for any batch and size (of ``x`` whole; a ``sampled`` one takes its form)."""
+    matrix products (``pointwise_matmul``). A trace, export or compilation (TorchScript, ONNX, ``torch.export``,
+    ``torch.compile``) records the convolution itself, for any batch and size (of ``x`` whole; a ``sampled``
+    one takes its form)."""
     if _exporting() and not sampled:
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     s = reads_every(stride, padding, dilation, weight.shape[-2:])
