@@ -211,7 +211,7 @@ def first_step(model, loss) -> dict[str, torch.Tensor]:
     of the weights (the weight step's, clipped; zeros for a weight it did not use, as an op GDAS did not
     sample), in float64 on the host."""
     grads = lambda params: torch.cat([torch.zeros(p.numel(), device=p.device) if p.grad is None else p.grad.flatten()
-                                      for p in params]).double().cpu()  # None: a weight the step did not use
+                                      for p in params]).double().cpu()
     return {"loss": loss.detach().double().cpu().view(1), "alpha_grad": grads(model.arch_parameters()),
             "weight_grad": grads(model.weight_parameters())}
 
