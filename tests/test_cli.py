@@ -16,6 +16,7 @@ def test_search_prints_the_genotype_and_resume_finishes_a_run(fashion_mnist_root
     run = tmp_path / "run"
     assert main(["search", "--method", "darts-v1", "--epochs", "1", "--run-dir", str(run), *TINY]) == 0
     out = capsys.readouterr().out
+    assert out.startswith("darts-v1 on fashion-mnist, 1 epoch, on ") and f"(fp32): {run}\n" in out  # the first line
     assert f"genotype: {dnas.Genotype.load(run / 'genotype.txt')}" in out
     assert f"run directory: {run}" in out
     # a finished run resumes to the same end without training again
@@ -23,7 +24,7 @@ def test_search_prints_the_genotype_and_resume_finishes_a_run(fashion_mnist_root
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_search_options_reach_the_config(fashion_mnist_root, tmp_path):
+def test_search_options_reach_the_config(fashion_mnist_root, tmp_path, capsys):
     run = tmp_path / "run"
     main(["search", "--method", "darts-v2", "--epochs", "1", "--seed", "7", "--cutout", "8", "--channels-last",
           "--ops", "none,skip_connect,sep_conv_3x3,sep_conv_5x5", "--fused", "--merge-kernel-sizes", "--side-streams",
@@ -31,6 +32,8 @@ def test_search_options_reach_the_config(fashion_mnist_root, tmp_path):
     config = json.loads((run / "config.json").read_text())["config"]
     assert (config["method"], config["seed"], config["cutout"], config["device"]) == ("darts-v2", 7, 8, "cpu")
     assert (config["channels_last"], config["merge_kernel_sizes"], config["side_streams"]) == (True, True, 2)
+    # and the run's first line says how its steps run (side streams are a GPU's: none on the CPU)
+    assert f"on cpu (fused cells, NHWC, 3x3 and 5x5 ops merged, fp32): {run}" in capsys.readouterr().out
     assert config["space_options"] == {"C": 4, "layers": 3, "nodes": 2, "fused": True,
                                        "ops": ["none", "skip_connect", "sep_conv_3x3", "sep_conv_5x5"]}
     assert {op for op, _ in dnas.Genotype.load(run / "genotype.json").normal} <= {"skip_connect", "sep_conv_3x3",

@@ -240,6 +240,17 @@ class Search:
                 fused.merge_kernel_sizes(self.config.merge_kernel_sizes), fused.side_streams(self.config.side_streams):
             return self._run(progress)
 
+    def describe(self) -> str:
+        """The line a run starts with: the method, the data, the epochs, the device and how the steps run there
+        (what ``--fast`` chose), and the run directory."""
+        c, gpu = self.config, self.device.type == "cuda"
+        ways = [way for way, on in (("fused cells", c.space_options.get("fused")), ("NHWC", c.channels_last),
+                                    ("CUDA graph", c.cuda_graph and gpu), ("3x3 and 5x5 ops merged", c.merge_kernel_sizes),
+                                    (f"{c.side_streams} side streams", c.side_streams and gpu)) if on]
+        resumed = f" resumed after epoch {self.epoch}," if self.epoch else ""
+        return (f"{c.method} on {c.dataset}, {c.epochs} epoch{'s' * (c.epochs != 1)},{resumed} on {self.device} "
+                f"({', '.join([*ways, c.precision])}): {self.run_dir}")
+
     @property
     def eval_precision(self) -> str:
         """The precision of all but the steps (evaluation, stoppers, DARTS-PT's measures): the steps' but bf16's,
@@ -254,6 +265,7 @@ class Search:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_json("config.json", {"config": dataclasses.asdict(self.config),
                                          "method": dataclasses.asdict(self.method)})
+        print(self.describe(), flush=True)
         started = time.time()
         first_epoch = self.epoch
         while self.epoch < self.config.epochs and self.stopped is None:
