@@ -9,8 +9,9 @@
 # 20 s), so each stage times few paths, in the order of what decides most, and reports what it measured when
 # its timeout stops it. A session has 15 minutes of device time, a start (~35 s) included. On an H100 on
 # 2026-11-26 (second session) `steps base e2e convs` took 564 s, its e2e runs stopped by their timeouts before
-# an epoch ended, and `tests` ran past 270 s; so now: first `tests steps e2e` with timeout_s 600, then at once,
-# on the machine still warm, `convs profile steps2` with what is left. The -lanes paths of `steps` and
+# an epoch ended, and `tests` ran past 270 s; so now: first `steps tests e2e` with timeout_s 600 (the replay
+# times first: if the call runs out, what is cut is the end-to-end run), then at once, on the machine still
+# warm, `convs profile steps2` with what is left. The -lanes paths of `steps` and
 # `steps2` run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams), the
 # -merged paths their 3x3 and 5x5 ops as one (dnas.spaces.fused.merge_kernel_sizes): what replays faster,
 # with its CUDA test passing (test_side_streams_compute_what_one_stream_computes,
@@ -27,7 +28,7 @@
 # and, for an A/B of the replayed step against an earlier commit on the same GPU (stage `base`),
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
-# tool with carry [".gpu_data"]; stages: tests steps e2e convs profile steps2 e2e2 base recipes nb201
+# tool with carry [".gpu_data"]; stages: steps tests e2e convs profile steps2 e2e2 base recipes nb201
 # (default: all, in that order), and e2e-ways (--fast in NHWC with side streams and merged kernel sizes, for
 # when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
 # files come back); the rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py)
@@ -40,7 +41,7 @@ cp .gpu_data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-STAGES="${*:-tests steps e2e convs profile steps2 e2e2 base recipes nb201}"
+STAGES="${*:-steps tests e2e convs profile steps2 e2e2 base recipes nb201}"
 
 report() {  # the rows of a search_step JSON
     python3 -c "
