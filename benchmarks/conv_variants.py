@@ -29,18 +29,16 @@ search, with ``cudnn.benchmark`` on as a search has it: a one-off cost per shape
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from dnas import ops
 from dnas.search import precision, resolve_device
+from results import write_json
 from search_step import device_name
 
-HERE = Path(__file__).resolve().parent
 SHAPES = [(8, 16, 32), (3, 16, 32), (8, 32, 16), (8, 64, 8)]  # (edges, C, H)
 #: column: (layout, dtype, the search's precision it runs in, ``dnas.search.precision``): fp32 is IEEE float32
 #: (TF32 off), tf32 runs float32 convolutions and matrix products in TF32 (cuDNN's convolutions by PyTorch's
@@ -187,10 +185,7 @@ def main() -> None:
     report = {"benchmark": "conv_variants", "device": device_name(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size, "unit": "us per forward+backward",
               "columns": list(LAYOUTS), "results": results}
-    out = HERE / "out"
-    out.mkdir(exist_ok=True)
-    (out / f"conv_variants-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
-        json.dumps(report, indent=1) + "\n")
+    write_json(f"conv_variants-{device.type}", report)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Writes JSON to benchmarks/out/ and appends a row to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import traceback
@@ -35,10 +34,9 @@ from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import bilevel_step, reuse_large_blocks
 from dnas.spaces.fused import merge_kernel_sizes
-from results import append_rows, commit
+from results import append_rows, commit, write_json
 from search_step import DEPTH, row_method, supernet
 
-HERE = Path(__file__).resolve().parent
 PACKAGE = str(Path(ops.__file__).resolve().parent)
 SECTION = "## Kernel census (benchmarks/kernel_census.py)"
 COLUMNS = ["date", "commit", "method", "path", "layout", "convolutions", "batch", "kernels", "GB moved",
@@ -154,9 +152,7 @@ def main() -> None:
         p.error("--merged is the fused cell's (--path fused)")
     reuse_large_blocks()
     report = census(args)
-    out = HERE / "out"
-    out.mkdir(exist_ok=True)
-    (out / f"kernel_census-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json("kernel_census", report)
     print(f"{report['method']} {report['path']} {report['layout']}, {report['convolutions']} convolutions, batch "
           f"{report['batch_size']}: {report['kernels']} kernels moving {report['gb']} GB "
           f"({report['ms_at_bandwidth']} ms at {args.bandwidth} TB/s); {report['small_kernels']} under "

@@ -30,7 +30,6 @@ Methods are recipe names (`dnas methods`) or recipe files.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -150,11 +149,10 @@ def main() -> None:
                 + "".join(f", {k}={settings[k]}" for k in ("subset", "C", "N", "batch_size", "weight_decay") if k in settings))
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = HERE / "out"
     runs = []
     for method in methods:
         for seed in seeds:
-            run_dir = out / f"nb201-{stamp}" / f"{Path(method).stem}-seed{seed}"
+            run_dir = results.OUT / f"nb201-{stamp}" / f"{Path(method).stem}-seed{seed}"
             run = search_once(method, seed, {**settings, "epochs": epochs[method]}, run_dir)
             print(f"{method} seed {seed}: {run['arch']}  cifar10 {run['cifar10']:.2f}  cifar100 {run['cifar100']:.2f}  "
                   f"ImageNet16-120 {run['ImageNet16-120']:.2f}  {run['search_seconds']:.0f}s", flush=True)
@@ -167,8 +165,7 @@ def main() -> None:
     report = {"benchmark": "nb201_compare", "date": time.strftime("%Y-%m-%d"), "device": device_name(device),
               "torch": torch.__version__, "commit": commit, "command": command, "protocol": protocol,
               "settings": settings, "epochs": epochs, "runs": runs, "table": markdown}
-    path = out / f"nb201_compare-{stamp}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path = results.write_json("nb201_compare", report)
     print(f"\n{markdown}\n\nwrote {path}")
     if not args.no_results:
         with open(HERE / "RESULTS.md", "a") as f:

@@ -13,9 +13,7 @@ its kernels rather than by their bytes spends its time in short ones.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
@@ -24,9 +22,8 @@ from torch.profiler import ProfilerActivity, profile
 from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import PRECISIONS, bilevel_step, precision, resolve_device, reuse_large_blocks
+from results import write_json
 from search_step import DEPTH, device_name, supernet
-
-HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
@@ -81,9 +78,7 @@ def main() -> None:
               "by_duration": by_duration([getattr(e, key) for e in prof.events()
                                           if device.type != "cuda" or e.device_type == DeviceType.CUDA]),
               "top": rows}
-    out = HERE / "out"
-    out.mkdir(exist_ok=True)
-    (out / f"profile_step-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(f"profile_step-{device.type}", report)
     print(f"{report['device']}, {args.method} {args.path} {args.precision}{' channels_last' * args.channels_last}, "
           f"batch {batch_size}: {report['total_ms']} ms of {key} in one step")
     print("each " + ("kernel" if device.type == "cuda" else "op") + "'s own time: " + ", ".join(

@@ -64,9 +64,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     report = {"benchmark": "recipes_cifar", "device": device_name(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "protocol": "full" if args.full else REDUCED, "results": rows}
-    out = HERE / "out"
-    out.mkdir(exist_ok=True)
-    (out / f"recipes_cifar-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
+    results.write_json("recipes_cifar", report)
     if not args.no_results:
         commit = results.commit()
         protocol = "each recipe's own" if args.full else ", ".join(f"{k}={v}" for k, v in REDUCED.items())

@@ -1,12 +1,25 @@
 """benchmarks/RESULTS.md, as the scripts here write it: each appends its rows to its own table, and names
-the commit it measured."""
+the commit it measured; and the JSON record of each run, in benchmarks/out/."""
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+OUT = Path(os.environ.get("DNAS_BENCHMARK_OUT", RESULTS.parent / "out"))  # the runs' JSON (and run directories)
+
+
+def write_json(name: str, report: dict) -> Path:
+    """``report`` as ``OUT/<name>-<date>-<time>.json`` (``DNAS_BENCHMARK_OUT`` sets another folder than
+    benchmarks/out): the whole record of a run, of which RESULTS.md gets the rows."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return path
 
 
 def commit() -> str:

@@ -45,7 +45,7 @@ import dnas
 from dnas.genotype import Genotype
 from dnas.methods import get_method
 from dnas.search import Search, fast_settings, resolve_device
-from results import append_rows, commit, interrupt_on_sigterm
+from results import append_rows, commit, interrupt_on_sigterm, write_json
 from search_step import DEPTH, LANES, device_name, path_options, row_method
 
 HERE = Path(__file__).resolve().parent
@@ -227,9 +227,7 @@ def main() -> None:
     report = {"benchmark": "search_e2e", "device": device_name(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg(), "settings": vars(args),
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": runs, "failed": failed}
-    out = HERE / "out"
-    out.mkdir(exist_ok=True)
-    (out / f"search_e2e-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(f"search_e2e-{device.type}", report)
     print(json.dumps(report, indent=1))
     if not args.no_results:
         append_rows(SECTION, COLUMNS, table_rows(report, commit()))

@@ -49,7 +49,7 @@ from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import PRECISIONS, SearchConfig, bilevel_step, optimizers, precision, resolve_device
 from dnas.spaces import SPACES
-from results import Terminated, append_rows, commit, interrupt_on_sigterm
+from results import Terminated, append_rows, commit, interrupt_on_sigterm, write_json
 
 HERE = Path(__file__).resolve().parent
 
@@ -322,10 +322,7 @@ def main() -> None:
         "steps": args.steps,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "results": rows,
     }
-    out = HERE / "out"
-    out.mkdir(exist_ok=True)
-    path = out / f"search_step-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(f"search_step-{device.type}", report)
     print(json.dumps(report, indent=1))
     if not args.no_results:
         append_rows(SECTION, COLUMNS, table_rows(report, commit()))

@@ -53,14 +53,12 @@ def main() -> None:
     device = device_name(resolve_device(args.device))
     commit = results.commit()
     command = " ".join(["python benchmarks/train_eval.py", *sys.argv[1:]])
-    out = HERE / "out"
-    out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     for dataset in args.datasets.split(","):
         t0 = time.time()
         result = dnas.train(args.genotype, dataset, data=args.cifar10 if dataset == "cifar10" else None,
-                            run_dir=out / f"train_eval-{dataset}-{stamp}", C=args.init_channels, layers=args.layers,
+                            run_dir=results.OUT / f"train_eval-{dataset}-{stamp}", C=args.init_channels, layers=args.layers,
                             epochs=args.epochs, subset=args.subset, test_subset=args.test_subset,
                             batch_size=args.batch_size, device=args.device, channels_last=args.channels_last)
         minutes = (time.time() - t0) / 60
@@ -71,9 +69,9 @@ def main() -> None:
             "params": result.cost.params,
             "mult_adds": result.cost.mult_adds, "epochs": args.epochs, "train_images": args.subset,
             "test_images": args.test_subset, "test_acc": result.test_acc, "minutes": round(minutes, 2),
-            "run_dir": str(result.run_dir.relative_to(HERE.parent)), "metrics": result.metrics,
+            "run_dir": str(result.run_dir), "metrics": result.metrics,
         }
-        (out / f"train_eval-{dataset}-{stamp}.json").write_text(json.dumps(report, indent=1) + "\n")
+        results.write_json(f"train_eval-{dataset}", report)
         print(json.dumps({k: v for k, v in report.items() if k != "metrics"}, indent=1), flush=True)
         if not args.no_results:
             results.append_rows(SECTION, COLUMNS, [
