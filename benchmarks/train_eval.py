@@ -58,8 +58,8 @@ def main() -> None:
     for dataset in args.datasets.split(","):
         t0 = time.time()
         result = dnas.train(args.genotype, dataset, data=args.cifar10 if dataset == "cifar10" else None,
-                            run_dir=results.OUT / f"train_eval-{dataset}-{stamp}", C=args.init_channels, layers=args.layers,
-                            epochs=args.epochs, subset=args.subset, test_subset=args.test_subset,
+                            run_dir=results.OUT / f"train_eval-{dataset}-{stamp}", C=args.init_channels,
+                            layers=args.layers, epochs=args.epochs, subset=args.subset, test_subset=args.test_subset,
                             batch_size=args.batch_size, device=args.device, channels_last=args.channels_last)
         minutes = (time.time() - t0) / 60
         report = {

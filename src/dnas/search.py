@@ -245,7 +245,8 @@ class Search:
         (what ``--fast`` chose), and the run directory."""
         c, gpu = self.config, self.device.type == "cuda"
         ways = [way for way, on in (("fused cells", c.space_options.get("fused")), ("NHWC", c.channels_last),
-                                    ("CUDA graph", c.cuda_graph and gpu), ("3x3 and 5x5 ops merged", c.merge_kernel_sizes),
+                                    ("CUDA graph", c.cuda_graph and gpu),
+                                    ("3x3 and 5x5 ops merged", c.merge_kernel_sizes),
                                     (f"{c.side_streams} side streams", c.side_streams and gpu)) if on]
         resumed = f" resumed after epoch {self.epoch}," if self.epoch else ""
         return (f"{c.method} on {c.dataset}, {c.epochs} epoch{'s' * (c.epochs != 1)},{resumed} on {self.device} "
