@@ -749,23 +749,20 @@ def _batch_norm_per_source(x: torch.Tensor, mods: list[nn.BatchNorm2d], per: int
 
 def _copy_to_edges(begun: dict, wanted: list[tuple]) -> dict:
     """Each (head, per) ``wanted``: the head of each source copied to its ``per`` slots (its edges, times the
-    ops of a group of several), (N, sources x per x C, H, W), in their layout (channels_last stays NHWC,
-    which the convolutions take, and would otherwise copy them again): one copy for all the heads of one
-    size and ``per``."""
-    wanted = list(dict.fromkeys(wanted))
+    ops of a group of several), (N, sources x per x C, H, W), in its layout (channels_last stays NHWC, which
+    the convolutions take, and would otherwise copy them again): one copy each, whose backward is the sum
+    over the slots. (One copy of all the heads of a size stacked took a stack forward, and backward the
+    unbind's stack of the whole copy's gradient: 51 kernels and 0.32 GB of a darts-v1 step in NHWC.)"""
     copies = {}
-    for size, per in dict.fromkeys((begun[h].shape, per) for h, per in wanted):
-        same = [(h, p) for h, p in wanted if begun[h].shape == size and p == per]
-        heads = [begun[h] for h, _ in same]
-        if channels_innermost(heads[0][:, 0]):  # copied on (N, H, W, sources, C), dense, and back:
-            # the backward's sum over the copies then stays NHWC too
-            stacked = _stack([h.permute(_NHWC) for h in heads])  # (heads, N, H, W, sources, C)
-            copied = stacked.unsqueeze(5).expand(-1, -1, -1, -1, -1, per, -1).contiguous()
-            copied = copied.permute(0, 1, 4, 5, 6, 2, 3)  # (heads, N, sources, per, C, H, W)
+    for head, per in dict.fromkeys(wanted):
+        h = begun[head]
+        if channels_innermost(h[:, 0]):  # copied on (N, H, W, sources, C), dense, and back: the backward's
+            # sum over the copies then stays NHWC too
+            copied = h.permute(_NHWC).unsqueeze(4).expand(-1, -1, -1, -1, per, -1).contiguous()
+            copied = copied.permute(0, 3, 4, 5, 1, 2)  # (N, sources, per, C, H, W)
         else:
-            stacked = _stack(heads)  # (heads, N, sources, C, H, W)
-            copied = stacked.unsqueeze(3).expand(-1, -1, -1, per, -1, -1, -1).contiguous()
-        copies.update(zip(same, copied.flatten(2, 4)))
+            copied = h.unsqueeze(2).expand(-1, -1, per, -1, -1, -1).contiguous()
+        copies[head, per] = copied.flatten(1, 3)
     return copies
 
 
@@ -838,11 +835,6 @@ def _index_add(blocks: int, parts: list[tuple[torch.Tensor, torch.Tensor]], st=N
 def _cat(tensors: list[torch.Tensor], dim: int = 1) -> torch.Tensor:
     """The tensors concatenated (along the channels by default); one alone as it is, not copied."""
     return torch.cat(tensors, dim) if len(tensors) > 1 else tensors[0]
-
-
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The tensors stacked along a new first dimension; one alone as a view, not copied."""
-    return torch.stack(tensors) if len(tensors) > 1 else tensors[0].unsqueeze(0)
 
 
 def _sum_blocks(t: torch.Tensor, blocks: int, width: int | None = None) -> torch.Tensor:
