@@ -64,7 +64,7 @@ def register(sub) -> None:
     s.add_argument("--fused", action="store_true",
                    help="the cells by their fused path alone (DARTS and NAS-Bench-201 spaces; part of --fast)")
     s.add_argument("--merge-kernel-sizes", action="store_true",
-                   help="with fused cells: their 3x3 and 5x5 ops as one op of 5x5 kernels (22%% fewer kernels, 8%% "
+                   help="with fused cells: their 3x3 and 5x5 ops as one op of 5x5 kernels (23%% fewer kernels, 6%% "
                         "more bytes; slower on a CPU; docs/speed.md)")
     s.add_argument("--side-streams", type=int, metavar="N",
                    help="with fused cells on a GPU: their independent ops on N side streams (docs/speed.md)")

@@ -254,8 +254,8 @@ _merge = False  # within ``merge_kernel_sizes``
 def merge_kernel_sizes(on: bool = True):
     """Within it, a fused cell's ops that differ only in the kernel sizes of their depthwise convolutions
     (sep_conv_3x3 and sep_conv_5x5, dil_conv_3x3 and dil_conv_5x5) run as one op, the smaller kernels in the
-    middle of zeros (``_Group``): a darts-v1 step launches 22% fewer kernels (in NHWC on a GPU, counted by
-    ``benchmarks/kernel_census.py``), moves 8% more bytes (the sources copied to twice the slots) and
+    middle of zeros (``_Group``): a darts-v1 step launches 23% fewer kernels (in NHWC on a GPU, counted by
+    ``benchmarks/kernel_census.py``), moves 6% more bytes (the sources copied to twice the slots) and
     computes 2.8x the 3x3 depthwise convolutions' products. On the CPU 6-8% slower; on a GPU unmeasured
     (docs/speed.md). The same results but for float rounding; a plan is made for each setting. A search runs
     within it where its setting ``merge_kernel_sizes`` is on."""
