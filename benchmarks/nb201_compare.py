@@ -168,7 +168,7 @@ def main() -> None:
     path = results.write_json("nb201_compare", report)
     print(f"\n{markdown}\n\nwrote {path}")
     if not args.no_results:
-        with open(HERE / "RESULTS.md", "a") as f:
+        with open(results.RESULTS, "a") as f:
             f.write(f"\n## NAS-Bench-201 (benchmarks/nb201_compare.py): {report['date']}, {report['device']}, "
                     f"torch {report['torch']}, commit {commit}\n"
                     f"CIFAR-10 search, {protocol}; test accuracy (%) after 200 epochs of the found cell, from the "

@@ -68,7 +68,7 @@ def main() -> None:
     if not args.no_results:
         commit = results.commit()
         protocol = "each recipe's own" if args.full else ", ".join(f"{k}={v}" for k, v in REDUCED.items())
-        with open(HERE / "RESULTS.md", "a") as f:
+        with open(results.RESULTS, "a") as f:
             f.write(f"\n## Method zoo on CIFAR-10 (benchmarks/recipes_cifar.py): {report['date']}, {report['device']}, "
                     f"torch {report['torch']}, commit {commit}\nProtocol: {protocol}. "
                     f"`python benchmarks/recipes_cifar.py{' --full' if args.full else ''}`\n\n"

@@ -1,5 +1,6 @@
 """benchmarks/RESULTS.md, as the scripts here write it: each appends its rows to its own table, and names
-the commit it measured; and the JSON record of each run, in benchmarks/out/."""
+the commit it measured; and the JSON record of each run, in benchmarks/out/. ``DNAS_BENCHMARK_RESULTS`` and
+``DNAS_BENCHMARK_OUT`` put them elsewhere (the tests run the scripts so)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,9 @@ import subprocess
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-OUT = Path(os.environ.get("DNAS_BENCHMARK_OUT", RESULTS.parent / "out"))  # the runs' JSON (and run directories)
+HERE = Path(__file__).resolve().parent
+RESULTS = Path(os.environ.get("DNAS_BENCHMARK_RESULTS", HERE / "RESULTS.md"))  # where the rows go
+OUT = Path(os.environ.get("DNAS_BENCHMARK_OUT", HERE / "out"))  # the runs' JSON (and run directories)
 
 
 def write_json(name: str, report: dict) -> Path:
@@ -25,7 +27,7 @@ def write_json(name: str, report: dict) -> Path:
 def commit() -> str:
     """The short hash of the checked-out commit."""
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=RESULTS.parent).stdout.strip()
+                          cwd=HERE).stdout.strip()
 
 
 def append_rows(heading: str, columns: list[str], rows: list[str]) -> None:

@@ -1,41 +1,43 @@
 """The benchmark scripts as a session lent a GPU runs them (benchmarks/gpu_check.sh), here on the CPU at tiny
-sizes: each runs, writes its JSON record and leaves RESULTS.md alone with --no-results, and what it reports
-holds (the fused step agrees with the readable one and launches fewer kernels). A GPU session has minutes:
+sizes: each runs, writes its JSON record and its rows (none with --no-results), and what it reports holds
+(the fused step agrees with the readable one and launches fewer kernels). A GPU session has minutes:
 a script that fails there costs the measurement, so it fails here first."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 TINY = ["--batch-size", "2", "--init-channels", "4", "--layers", "2"]
 
 
-def run(script: str, *args: str, out: Path) -> tuple[str, list[dict]]:
-    """``python benchmarks/<script> args`` on the CPU with its JSON written under ``out``: its output and the
-    records it wrote. RESULTS.md must be left as it was."""
-    before = hashlib.sha256((BENCHMARKS / "RESULTS.md").read_bytes()).hexdigest()
-    env = {**os.environ, "DNAS_BENCHMARK_OUT": str(out), "CUDA_VISIBLE_DEVICES": ""}
+def run(script: str, *args: str, out: Path) -> tuple[str, list[dict], list[str]]:
+    """``python benchmarks/<script> args`` on the CPU, its JSON written under ``out`` and its RESULTS.md rows
+    appended to a copy there: its output, the records it wrote and the rows it appended."""
+    results = out / "RESULTS.md"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(BENCHMARKS / "RESULTS.md", results)
+    env = {**os.environ, "DNAS_BENCHMARK_OUT": str(out), "DNAS_BENCHMARK_RESULTS": str(results),
+           "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert hashlib.sha256((BENCHMARKS / "RESULTS.md").read_bytes()).hexdigest() == before
-    return done.stdout, [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    before = set((BENCHMARKS / "RESULTS.md").read_text().splitlines())
+    added = [line for line in results.read_text().splitlines() if line not in before]
+    return done.stdout, [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))], added
 
 
 def test_search_step_times_the_paths_and_their_first_steps_agree(tmp_path):
-    out, [report] = run("search_step.py", "--device", "cpu", "--methods", "darts-v1,gdas", "--paths",
-                        "readable,fused-cl,fused-cl-lanes-merged", "--steps", "1", "--warmup", "0", "--no-results",
-                        *TINY, out=tmp_path)
-    assert json.loads(out) == report
+    out, [report], rows = run("search_step.py", "--device", "cpu", "--methods", "darts-v1,gdas", "--paths",
+                              "readable,fused-cl,fused-cl-lanes-merged", "--steps", "1", "--warmup", "0",
+                              "--no-results", *TINY, out=tmp_path)
+    assert json.loads(out) == report and rows == []
     assert [(r["method"], r["path"]) for r in report["results"]] == [
         (m, p) for m in ("darts-v1", "gdas") for p in ("readable", "fused-cl", "fused-cl-lanes-merged")]
     for r in report["results"]:
@@ -45,7 +47,7 @@ def test_search_step_times_the_paths_and_their_first_steps_agree(tmp_path):
 
 
 def test_search_e2e_searches_real_cifar10_on_both_paths(cifar10_root, tmp_path):
-    out, [report] = run("search_e2e.py", "--device", "cpu", "--paths", "readable,fast", "--subset", "64",
+    out, [report], _ = run("search_e2e.py", "--device", "cpu", "--paths", "readable,fast", "--subset", "64",
                         "--epochs", "1", "--batch-size", "16", "--layers", "2", "--init-channels", "4",
                         "--cifar10", str(cifar10_root), "--no-results", out=tmp_path)
     assert report["failed"] == {} and set(report["runs"]) == {"readable", "fast"}
@@ -55,26 +57,29 @@ def test_search_e2e_searches_real_cifar10_on_both_paths(cifar10_root, tmp_path):
     assert report["runs"]["fast"]["max_alpha_diff_to_readable"] < 1e-3
 
 
-def test_kernel_census_counts_fewer_kernels_fused(tmp_path):
+def test_kernel_census_counts_fewer_kernels_fused_and_appends_its_row(tmp_path):
     counts = {}
-    for path, options in (("readable", []), ("fused", ["--merged"])):
-        out, reports = run("kernel_census.py", "--gpu-forms", "--channels-last", "--path", path, *options, "--rows",
-                           "3", "--no-results", *TINY, out=tmp_path / path)
-        [report] = reports
+    for path, options in (("readable", ["--no-results"]), ("fused", ["--merged"])):
+        out, [report], rows = run("kernel_census.py", "--gpu-forms", "--channels-last", "--path", path, *options,
+                                  "--rows", "3", *TINY, out=tmp_path / path)
         assert f"{report['kernels']} kernels moving {report['gb']} GB" in out
         assert report["gb"] > 0 and "convolution_backward" in {row["what"] for row in report["by_op"]}
         counts[path] = report["kernels"]
     assert counts["fused"] < counts["readable"] / 2
+    # without --no-results, its row in its table: the method, path, layout and count it measured
+    [row] = rows
+    assert row.startswith("| ") and "| darts-v1 | fused merged | NHWC | GPU forms | 2 | " in row
+    assert f"| {counts['fused']} |" in row
 
 
 def test_profile_step_ranks_the_ops_of_a_step(tmp_path):
-    out, [report] = run("profile_step.py", "--device", "cpu", "--warmup", "1", "--rows", "5", *TINY, out=tmp_path)
+    out, [report], _ = run("profile_step.py", "--device", "cpu", "--warmup", "1", "--rows", "5", *TINY, out=tmp_path)
     assert len(report["top"]) == 5 and report["total_ms"] > 0
     assert sum(r["share"] for r in report["top"]) <= 1 and report["top"][0]["name"] in out
 
 
 def test_conv_variants_times_the_forms(tmp_path):
-    out, [report] = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
+    out, [report], _ = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
                         "pointwise", out=tmp_path)
     assert report["results"] and all(r["nchw-fp32"] > 0 and r["nhwc-fp32"] > 0 for r in report["results"])
     assert all(f"{r['case']:45}" in out for r in report["results"])
