@@ -306,6 +306,9 @@ def test_fused_forward_launches_fewer_kernels(merged):
     assert fused["bmm"] == cells * (batches - 1) * 3
     assert fused["mul"] == cells * 3
     assert fused["index_select"] == fused["index_add"] == cells
+    # stacks: the per-source sums' weights and outputs only; a head copied to its edges takes none, forward
+    # or backward (a copy of stacked heads did, backward, by its unbind: the whole copy's gradient again)
+    assert fused["stack"] == cells * (batches - 1) * 2
     assert sum(fused.values()) < sum(readable.values()) / 4
 
 
