@@ -81,7 +81,7 @@ class EpochParts:
         def save_checkpoint(search):
             start = _now(search.device)
             parts.saved[2](search)
-            parts.checkpoint_seconds = time.perf_counter() - start
+            parts.checkpoint_seconds = _now(search.device) - start
 
         Search.train_epoch, Search.evaluate, Search.save_checkpoint = train_epoch, evaluate, save_checkpoint
         return self

@@ -48,8 +48,8 @@ def test_search_step_times_the_paths_and_their_first_steps_agree(tmp_path):
 
 def test_search_e2e_searches_real_cifar10_on_both_paths(cifar10_root, tmp_path):
     out, [report], _ = run("search_e2e.py", "--device", "cpu", "--paths", "readable,fast", "--subset", "64",
-                        "--epochs", "1", "--batch-size", "16", "--layers", "2", "--init-channels", "4",
-                        "--cifar10", str(cifar10_root), "--no-results", out=tmp_path)
+                           "--epochs", "1", "--batch-size", "16", "--layers", "2", "--init-channels", "4",
+                           "--cifar10", str(cifar10_root), "--no-results", out=tmp_path)
     assert report["failed"] == {} and set(report["runs"]) == {"readable", "fast"}
     for r in report["runs"].values():
         assert r["ms_per_step"] > 0 and r["ms_per_eval_batch"] > 0 and r["minutes_for_50_full_epochs"] > 0
@@ -80,7 +80,7 @@ def test_profile_step_ranks_the_ops_of_a_step(tmp_path):
 
 def test_conv_variants_times_the_forms(tmp_path):
     out, [report], _ = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
-                        "pointwise", out=tmp_path)
+                           "pointwise", out=tmp_path)
     assert report["results"] and all(r["nchw-fp32"] > 0 and r["nhwc-fp32"] > 0 for r in report["results"])
     assert all(f"{r['case']:45}" in out for r in report["results"])
 
