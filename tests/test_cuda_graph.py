@@ -67,7 +67,6 @@ def test_step_reads_nothing_on_the_host(name, fused, space):
     assert syncs.found == {}
 
 
-
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_the_gpu_convolution_forms_read_nothing_on_the_host(layout, monkeypatch):
     """The forms a GPU runs the convolutions in (ops.FORM_DEVICES: depthwise NHWC and by phases, grouped 1x1
@@ -80,6 +79,7 @@ def test_the_gpu_convolution_forms_read_nothing_on_the_host(layout, monkeypatch)
     with HostSyncs() as syncs:
         step(*second)
     assert syncs.found == {}
+
 
 def test_host_reads_are_named_with_their_line():
     _, step = recipe_step("gdas", fused=True)

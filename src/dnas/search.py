@@ -166,7 +166,8 @@ class Search:
                                     relaxation=self.parts.relaxation, edge=self.parts.edge
                                     ).to(self.device, memory_format=layout)
         self.w_optimizer, self.a_optimizer = optimizers(self.model, config)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.lr_min)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs,
+                                                                    eta_min=config.lr_min)
 
     def generators(self) -> dict[str, torch.Generator]:
         """The random generators of the data, saved and restored with the checkpoint."""
@@ -479,15 +480,17 @@ FAST_EVAL_BATCH = 256  # the evaluation's batch under --fast on a GPU: a forward
 def fast_settings(device: torch.device, method: Method, space: str | None = None) -> dict[str, Any]:
     """What ``--fast`` turns on for ``method`` on ``space`` (None: the method's), the fastest measured on each
     kind of device (docs/speed.md). On a GPU: the fused cells (a space option of darts and nb201), each step
-    replayed from a CUDA graph and the evaluation at batch ``FAST_EVAL_BATCH`` (larger kernels: on an H100 an
-    epoch 4% shorter than at 64), in NCHW (NHWC: docs/speed.md, channels_last). On a CPU: the NHWC layout,
-    with the fused cells unless the relaxation is hard (GDAS: one sampled op per edge leaves little to
-    batch, and there the readable cell in NHWC is the fastest CPU path); but NCHW on NAS-Bench-201 for
-    partial channels (PC-DARTS: its ops see C/K = 4 channels in the first stage, too few for NHWC kernels, a
-    BatchNorm of them 0.62 ms against 0.12 at batch 16, the step 311 ms against 396) and for the implicit
-    gradient (iDARTS: the BatchNorms' double backward, a chain of elementwise ops and sums over N, H and W,
-    runs slower in NHWC, the step 3.6 s against 3.0 at batch 16); the DARTS space's separable convolutions
-    gain more from NHWC than they lose. A space without a fused cell (the recurrent one) has no fast path."""
+    replayed from a CUDA graph but for a hard relaxation (GDAS decides on the host which op of each edge runs,
+    so its steps and evaluation cannot be captured), and the evaluation at batch ``FAST_EVAL_BATCH`` (larger
+    kernels: on an H100 an epoch 4% shorter than at 64), in NCHW (NHWC: docs/speed.md, channels_last). On a
+    CPU: the NHWC layout, with the fused cells unless the relaxation is hard (GDAS: one sampled op per edge
+    leaves little to batch, and there the readable cell in NHWC is the fastest CPU path); but NCHW on
+    NAS-Bench-201 for partial channels (PC-DARTS: its ops see C/K = 4 channels in the first stage, too few for
+    NHWC kernels, a BatchNorm of them 0.62 ms against 0.12 at batch 16, the step 311 ms against 396) and for
+    the implicit gradient (iDARTS: the BatchNorms' double backward, a chain of elementwise ops and sums over
+    N, H and W, runs slower in NHWC, the step 3.6 s against 3.0 at batch 16); the DARTS space's separable
+    convolutions gain more from NHWC than they lose. A space without a fused cell (the recurrent one) has no
+    fast path."""
     space = space or method.part("space")
     fusable = [name for name in SPACES.names() if "fused" in inspect.signature(SPACES.get(name)).parameters]
     if space not in fusable:
@@ -497,7 +500,7 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     hard = is_hard(method.build("relaxation"))
     nchw = space == "nb201" and (getattr(method.build("edge"), "k", 1) > 1  # partial channels, 1/K of them
                                  or isinstance(method.build("arch_grad"), Implicit))
-    settings = {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda", "channels_last": cpu and not nchw}
+    settings = {"fused": not (cpu and hard), "cuda_graph": not (cpu or hard), "channels_last": cpu and not nchw}
     return settings | ({"eval_batch_size": FAST_EVAL_BATCH} if device.type == "cuda" else {})
 
 
