@@ -40,7 +40,8 @@ def build(csv_path: Path) -> dict[str, np.ndarray]:
             raise ValueError(f"{csv_path}: row {row['index']} does not survive float32: {row}")
     if (index == -1).any():
         raise ValueError(f"{csv_path}: {int((index == -1).sum())} of the {size} cells are missing")
-    return {"accuracy": accuracy, "index": index, "ops": np.array(nb201.NB201_OPS), "datasets": np.array(nb201.DATASETS)}
+    return {"accuracy": accuracy, "index": index, "ops": np.array(nb201.NB201_OPS),
+            "datasets": np.array(nb201.DATASETS)}
 
 
 def main() -> None:

@@ -160,7 +160,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--only", default="", help="the cases whose name holds one of these texts, comma-separated "
-                                               "(pointwise, dil 2, E=8 C=64, ...)")
+                                              "(pointwise, dil 2, E=8 C=64, ...)")
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True

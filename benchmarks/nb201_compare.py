@@ -117,7 +117,8 @@ def table(runs: list[dict], methods: list[str], protocol: str) -> str:
             lines.append(f"| {name} | published: {source} | "
                          + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in accuracies) + " | |")
     best = [nb201.lookup(nb201.best(d))[d] for d in nb201.DATASETS]
-    lines.append("| optimal | the benchmark's best cell per data set | " + " | ".join(f"{a:.2f}" for a in best) + " | |")
+    lines.append("| optimal | the benchmark's best cell per data set | "
+                 + " | ".join(f"{a:.2f}" for a in best) + " | |")
     return "\n".join(lines)
 
 
@@ -146,7 +147,8 @@ def main() -> None:
     epochs = {m: fixed_epochs or EPOCHS.get(Path(m).stem, 50) for m in methods}
     protocol = (("reduced protocol: " if reduced else "the benchmark's protocol: ")
                 + ", ".join(f"{m} {e} epochs" for m, e in epochs.items())
-                + "".join(f", {k}={settings[k]}" for k in ("subset", "C", "N", "batch_size", "weight_decay") if k in settings))
+                + "".join(f", {k}={settings[k]}" for k in ("subset", "C", "N", "batch_size", "weight_decay")
+                          if k in settings))
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = []

@@ -51,7 +51,8 @@ from search_step import DEPTH, LANES, device_name, path_options, row_method
 HERE = Path(__file__).resolve().parent
 SECTION = "## End-to-end search (benchmarks/search_e2e.py): CIFAR-10 search, readable vs fused cell"
 COLUMNS = ["date", "device", "torch", "commit", "method", "path", "images", "epochs", "cells x channels", "batch",
-           "minutes", "last epoch s (50 full epochs, min; ms per step / eval batch)", "speed-up", "max alpha diff to readable (max alpha)", "same genotype", "load", "command"]
+           "minutes", "last epoch s (50 full epochs, min; ms per step / eval batch)", "speed-up",
+           "max alpha diff to readable (max alpha)", "same genotype", "load", "command"]
 
 
 class EpochParts:
@@ -149,8 +150,8 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=512, help="training images, halved into search-train/val; 0: all")
     p.add_argument("--paths", default="readable,fused",
                    help="comma-separated, of readable, fused, fast, each optionally followed by -tf32 or -bf16 (the "
-                        "precision; default fp32), -cl (channels_last), -lanes (side streams) and -merged (3x3 and 5x5 ops as one): "
-                        "fast-bf16, fast-cl-lanes, ...")
+                        "precision; default fp32), -cl (channels_last), -lanes (side streams) and -merged (3x3 and "
+                        "5x5 ops as one): fast-bf16, fast-cl-lanes, ...")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--space", default="darts", choices=sorted(DEPTH), help="the search space (default darts)")
     p.add_argument("--layers", type=int, default=5, help="cells (default 5); with --space nb201 cells per stage")

@@ -191,19 +191,19 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     median = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
     reference = next(iter(first), None)  # the first path's first step (the readable one's where it runs)
     name = row_method(method_name, args.space)
-    return [{"method": name, "path": path, "error": error, "interrupted": interrupted}
-            for path, error in failed.items()] + [
-            {"method": name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
-             "ms_per_step_min": round(1000 * min(times[path]), 1),
-             "peak_memory_gb": round(memory(path)[0] / 2**30, 2),
-             "steps_timed": len(times[path]), "interrupted": interrupted,
-             "step_memory_per_sample_mb": round(memory(path)[1] / args.batch_size / 2**20, 1),
-             "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None,
-             "saved_for_backward_mb_per_sample": round(saved[path] / args.batch_size / 2**20, 1),
-             "replayed": isinstance(steps[path].func, GraphedStep) and steps[path].func.replays > 0,
-             f"first_step_vs_{reference}": {k: relative_difference(v, first[reference][k])
-                                            for k, v in first[path].items()}}
-            for path in times]
+    return ([{"method": name, "path": path, "error": error, "interrupted": interrupted}
+             for path, error in failed.items()]
+            + [{"method": name, "path": path, "ms_per_step_median": round(1000 * median[path], 1),
+                "ms_per_step_min": round(1000 * min(times[path]), 1),
+                "peak_memory_gb": round(memory(path)[0] / 2**30, 2),
+                "steps_timed": len(times[path]), "interrupted": interrupted,
+                "step_memory_per_sample_mb": round(memory(path)[1] / args.batch_size / 2**20, 1),
+                "speedup_over_readable": round(median["readable"] / median[path], 2) if "readable" in median else None,
+                "saved_for_backward_mb_per_sample": round(saved[path] / args.batch_size / 2**20, 1),
+                "replayed": isinstance(steps[path].func, GraphedStep) and steps[path].func.replays > 0,
+                f"first_step_vs_{reference}": {k: relative_difference(v, first[reference][k])
+                                               for k, v in first[path].items()}}
+               for path in times])
 
 
 def first_step(model, loss) -> dict[str, torch.Tensor]:

@@ -30,8 +30,8 @@ from search_step import device_name
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Training a genotype (benchmarks/train_eval.py): reduced networks on real data, the paper's CIFAR settings"
-COLUMNS = ["date", "device", "torch", "commit", "genotype", "dataset", "cells x channels", "params", "train images", "epochs",
-           "test images", "test acc (last epoch)", "minutes", "command"]
+COLUMNS = ["date", "device", "torch", "commit", "genotype", "dataset", "cells x channels", "params", "train images",
+           "epochs", "test images", "test acc (last epoch)", "minutes", "command"]
 
 
 def main() -> None:
@@ -47,7 +47,8 @@ def main() -> None:
     p.add_argument("--test-subset", type=int, default=2000, help="test images (a fixed random sample)")
     p.add_argument("--batch-size", type=int, default=96)
     p.add_argument("--device", default="auto")
-    p.add_argument("--channels-last", action="store_true", help="network and images in NHWC (dnas train --channels-last)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="network and images in NHWC (dnas train --channels-last)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
     device = device_name(resolve_device(args.device))

@@ -328,7 +328,6 @@ def test_fused_nb201_cells_launch_fewer_kernels():
     assert sum(fused.values()) < sum(readable.values()) / 2
 
 
-
 @pytest.mark.parametrize("space", ["darts", "nb201"])
 def test_dense_first_convolutions_read_each_source_once(space, monkeypatch):
     """An op whose first step after its ReLU is a dense convolution (NAS-Bench-201's nor_conv, the

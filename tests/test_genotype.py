@@ -259,7 +259,8 @@ def test_code_injection_is_not_executed(tmp_path):
             "reduce=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], reduce_concat=[2])")
     _raises(text, "normal", "literal")
     text = (f"Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], normal_concat=[2], "
-            f"reduce=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], reduce_concat=range(open(r'{marker}', 'w').write('x')))")
+            f"reduce=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], "
+            f"reduce_concat=range(open(r'{marker}', 'w').write('x')))")
     with pytest.raises(GenotypeError):
         Genotype.parse(text)
     text = f"__import__('os').system('touch {marker}')"

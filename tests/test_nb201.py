@@ -48,7 +48,8 @@ def test_supernet_defaults_structure_and_output_shape():
     assert len(names) == len(model.weight_parameters()) == len(list(model.parameters())) - 1
     assert not any(n.startswith("alphas") for n in names)
     # the search setting: non-affine BN in the cells' ops, affine BN in the fixed residual blocks
-    cell_bns = [m for c in model.cells if isinstance(c, SearchCell) for m in c.modules() if isinstance(m, nn.BatchNorm2d)]
+    cell_bns = [m for c in model.cells if isinstance(c, SearchCell)
+                for m in c.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(cell_bns) == 15 * 6 * 2 and not any(bn.affine for bn in cell_bns)  # the two convs of each edge
     assert all(bn.affine for c in model.cells if isinstance(c, ResidualBlock)
                for bn in c.modules() if isinstance(bn, nn.BatchNorm2d))
@@ -67,7 +68,8 @@ def test_bad_options_are_clear_errors():
 
 def test_a_cell_with_one_op_forced_per_edge_is_the_hand_computed_cell():
     model = NB201Supernet(C=3, N=1).eval()  # eval: BN uses its fresh running stats, y = x / sqrt(1 + eps)
-    arch = NB201Genotype.parse("|nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|skip_connect~2|")
+    arch = NB201Genotype.parse(
+        "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|skip_connect~2|")
     with torch.no_grad():
         model.alphas["cell"].copy_(1e3 * F.one_hot(torch.tensor([NB201_OPS.index(op) for op in arch.ops]), 5))
     weights = model.relaxation.strengths(model.alphas["cell"])
@@ -208,7 +210,8 @@ def test_encoding_and_cells_outside_the_benchmark():
         nb201.lookup("|none~0|+|none~0|none~1|")
     with pytest.raises(ValueError, match="valid: cifar10, cifar100, ImageNet16-120"):
         nb201.best("imagenet")
-    assert NB201Supernet.genotype_metrics(NB201Genotype.parse("|sep_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|")) == {
+    assert NB201Supernet.genotype_metrics(
+        NB201Genotype.parse("|sep_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|")) == {
         "skip_connect_normal": 0}  # no ground truth outside the benchmark
 
 
@@ -220,7 +223,8 @@ def test_the_package_data_is_the_benchmarks_table():
     assert len(rows) == 15625 and [int(r["index"]) for r in rows] == list(range(15625))
     columns = dict(zip(nb201.DATASETS, ("cifar10_test", "cifar100_test", "imagenet16_120_test")))
     for row in rows:
-        assert nb201.lookup(row["arch"]) == {**{d: float(row[c]) for d, c in columns.items()}, "index": int(row["index"])}
+        assert nb201.lookup(row["arch"]) == {**{d: float(row[c]) for d, c in columns.items()},
+                                             "index": int(row["index"])}
     for d, c in columns.items():  # the first of the best rows, in the benchmark's order
         assert str(nb201.best(d)) == max(rows, key=lambda r: float(r[c]))["arch"]
     by_arch = {r["arch"]: r for r in rows}

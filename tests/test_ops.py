@@ -280,7 +280,6 @@ def test_depthwise_convolutions_in_the_gpu_form(form_device, form_dtype, k, stri
     assert len(formed) == int(padding % dilation == 0)
 
 
-
 def test_the_depthwise_form_has_second_derivatives(form_device):
     """iDARTS differentiates the weights' gradient again (arch_grad ``implicit``)."""
     torch.manual_seed(0)

@@ -167,7 +167,8 @@ def test_beta_decay_is_lambda_times_mean_logsumexp():
     alphas = torch.cat(list(model.alphas.values()))
     torch.testing.assert_close(reg(model), 2.0 * torch.logsumexp(alphas, -1).mean())
     reg(model).backward()
-    torch.testing.assert_close(model.alphas["normal"].grad, 2.0 * torch.softmax(model.alphas["normal"].detach(), -1) / 10)
+    torch.testing.assert_close(model.alphas["normal"].grad,
+                               2.0 * torch.softmax(model.alphas["normal"].detach(), -1) / 10)
 
 
 def test_zero_one_loss_and_its_gradient():
@@ -237,7 +238,6 @@ def test_adversarial_perturbation_increases_the_loss_and_stays_in_the_ball():
         model.weight_delta = {t: torch.empty_like(d).uniform_(-0.3, 0.3) for t, d in deltas.items()}
         random = batch_loss(model, batch).item()
     assert attacked > clean and attacked > random
-
 
 
 # -- stopping ---------------------------------------------------------------------------------------------
@@ -391,5 +391,6 @@ def test_threshold_derives_a_fairdarts_genotype_with_nodes_dropped():
 def test_a_part_given_an_option_it_has_not_says_which_it_has():
     """A recipe's misspelt part option (``{name = "second_order", epsilonn = 0.05}``) names the part's options."""
     from dnas.methods import registries
-    with pytest.raises(ValueError, match="architecture gradient 'second_order': .*'epsilonn'; its options: epsilon, clip"):
+    with pytest.raises(ValueError,
+                       match="architecture gradient 'second_order': .*'epsilonn'; its options: epsilon, clip"):
         registries()["arch_grad"].build({"name": "second_order", "epsilonn": 0.05})

@@ -181,7 +181,7 @@ def test_tensorboard_events_hold_the_scalars_and_images_of_every_epoch(darts_run
 
 
 def test_a_missing_tensorboard_says_how_to_install_it_before_any_work(fashion_mnist_root, tmp_path, monkeypatch,
-                                                                        capsys):
+                                                                      capsys):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     run = tmp_path / "run"
     argv = ["search", "--dataset", "fashion-mnist", "--subset", "64", "--epochs", "1", "--layers", "3",

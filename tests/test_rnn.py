@@ -44,7 +44,8 @@ def test_the_paper_sizes_and_settings_are_the_defaults():
     expected = 10000 * 850 + 10000 + (850 + 850) * 2 * 850 + 8 * 850 * 2 * 850
     assert sum(p.numel() for p in model.parameters()) == expected == 22_960_000
     c = LMTrainConfig()
-    assert (c.emb_size, c.hidden_size, c.batch_size, c.lr, c.weight_decay, c.bptt, c.epochs) == (850, 850, 64, 20.0, 8e-7, 35, 8000)
+    assert ((c.emb_size, c.hidden_size, c.batch_size, c.lr, c.weight_decay, c.bptt, c.epochs)
+            == (850, 850, 64, 20.0, 8e-7, 35, 8000))
     assert (c.dropout, c.dropouth, c.dropoutx, c.dropouti, c.dropoute, c.grad_clip, c.tar, c.nonmono) == \
         (0.75, 0.25, 0.75, 0.2, 0.1, 0.25, 1e-3, 5)
     # App. A.1.2: the search
@@ -55,9 +56,11 @@ def test_the_paper_sizes_and_settings_are_the_defaults():
     space = inspect.signature(SPACES.get("darts-rnn")).parameters
     assert {k: space[k].default for k in ("emb_size", "hidden_size", "nodes", "dropout", "dropouth", "dropoutx",
                                           "dropouti", "dropoute")} == \
-        dict(emb_size=300, hidden_size=300, nodes=8, dropout=0.75, dropouth=0.25, dropoutx=0.75, dropouti=0.2, dropoute=0.0)
+        dict(emb_size=300, hidden_size=300, nodes=8, dropout=0.75, dropouth=0.25, dropoutx=0.75, dropouti=0.2,
+             dropoute=0.0)
     supernet = SPACES.get("darts-rnn")(vocab_size=50, emb_size=4, hidden_size=4)
-    assert supernet.alphas["recurrent"].shape == (36, 5) and supernet.ops == ("none", "tanh", "relu", "sigmoid", "identity")
+    assert supernet.alphas["recurrent"].shape == (36, 5) and supernet.ops == ("none", "tanh", "relu", "sigmoid",
+                                                                              "identity")
 
 
 def test_a_node_of_the_cell_by_hand():
@@ -134,11 +137,13 @@ def test_every_relaxation_drives_the_recurrent_supernet(relaxation):
 def test_genotype_text_json_and_errors(tmp_path):
     g = published("DARTS_RNN_V2")
     assert str(g) == V2_TEXT
-    assert RecurrentGenotype.parse(V2_TEXT) == g == RecurrentGenotype.parse(str(g).replace("range(1, 9)", str(list(range(1, 9)))))
+    assert RecurrentGenotype.parse(V2_TEXT) == g == RecurrentGenotype.parse(str(g).replace("range(1, 9)",
+                                                                                           str(list(range(1, 9)))))
     g.save(tmp_path / "g.json")
     g.save(tmp_path / "g.txt")
     assert json.loads((tmp_path / "g.json").read_text())["space"] == "darts-rnn"
-    assert load_genotype(tmp_path / "g.json")[0] == load_genotype(tmp_path / "g.txt")[0] == load_genotype(V2_TEXT)[0] == g
+    assert (load_genotype(tmp_path / "g.json")[0] == load_genotype(tmp_path / "g.txt")[0]
+            == load_genotype(V2_TEXT)[0] == g)
     assert published("DARTS_RNN_V1").recurrent[5] == ("identity", 1)
     for text, message in [("Genotype(recurrent=[('gelu', 0)], concat=[1])", "unknown activation 'gelu'"),
                           ("Genotype(recurrent=[('tanh', 1)], concat=[1])", "node 1 takes input 1"),
@@ -256,7 +261,8 @@ def test_bad_input_is_refused_clearly(ptb, tmp_path, capsys):
                                          "space only, not on darts-rnn"):
         dnas.search(space="darts-rnn", method="pc-darts", dataset="ptb", data=ptb, run_dir=tmp_path / "p")
     with pytest.raises(ValueError, match="edge 'sum'"):
-        SPACES.get("darts-rnn")(vocab_size=10, emb_size=4, hidden_size=4, edge=dnas.methods.registries()["edge"].build("partial_channel"))
+        SPACES.get("darts-rnn")(vocab_size=10, emb_size=4, hidden_size=4,
+                                edge=dnas.methods.registries()["edge"].build("partial_channel"))
     with pytest.raises(ValueError, match="text corpus"):
         dnas.train("DARTS_RNN_V2", "cifar10", run_dir=tmp_path / "t", progress=False)
     with pytest.raises(ValueError, match="hidden size must equal the embedding"):

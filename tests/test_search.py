@@ -29,7 +29,8 @@ def test_first_order_search_on_fashion_mnist_writes_a_readable_run(fashion_mnist
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2] and metrics == result.metrics
     assert metrics[0]["lr"] == pytest.approx(0.025)  # cosine from the paper's 0.025 ...
-    assert metrics[1]["lr"] == pytest.approx(0.001 + 0.5 * (0.025 - 0.001) * (1 + torch.cos(torch.tensor(torch.pi / 2)).item()))
+    assert metrics[1]["lr"] == pytest.approx(0.001 + 0.5 * (0.025 - 0.001)
+                                             * (1 + torch.cos(torch.tensor(torch.pi / 2)).item()))
     for m in metrics:
         assert 0 <= m["train_acc"] <= 1 and 0 <= m["val_acc"] <= 1 and m["train_loss"] > 0
         assert dnas.Genotype.parse(m["genotype"]).nodes == 2
@@ -63,7 +64,7 @@ def test_same_seed_same_result_on_cpu(fashion_mnist_root, tmp_path):
 
 
 def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashion_mnist_root, tmp_path, monkeypatch,
-                                                                          capsys):
+                                                                           capsys):
     whole = dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / "whole", **TINY)
 
     calls = {"n": 0}
@@ -80,7 +81,8 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashi
         dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / "cut", **TINY)
     monkeypatch.setattr(Search, "train_epoch", original)
     cut = tmp_path / "cut"
-    assert f"the last completed epoch is checkpointed: continue with `dnas search --resume {cut}`" in capsys.readouterr().err
+    assert (f"the last completed epoch is checkpointed: continue with `dnas search --resume {cut}`"
+            in capsys.readouterr().err)
     assert not (tmp_path / "cut" / "genotype.txt").exists()
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
 
@@ -144,7 +146,7 @@ def test_corrupted_checkpoint_is_a_clear_error_and_nothing_is_lost(fashion_mnist
 
 
 def test_a_run_stopped_before_its_first_epoch_is_started_anew_in_its_directory(fashion_mnist_root, tmp_path,
-                                                                            monkeypatch, capsys):
+                                                                               monkeypatch, capsys):
     """Nothing can resume a run without a checkpoint: its directory (only its config.json) takes a new run."""
     def interrupted(self, progress):
         raise KeyboardInterrupt
@@ -181,7 +183,7 @@ def test_a_run_directory_takes_one_process_at_a_time(fashion_mnist_root, tmp_pat
 
 
 def test_a_training_run_stopped_before_its_first_epoch_is_started_anew_in_its_directory(fashion_mnist_root,
-                                                                                       tmp_path, monkeypatch):
+                                                                                        tmp_path, monkeypatch):
     """A training run writes its config and genotype before its first epoch: nothing a new run must keep."""
     from dnas.train import Trainer
 
@@ -293,13 +295,14 @@ def test_cudnn_times_its_algorithms_for_full_batches_only(fashion_mnist_root, tm
 
     monkeypatch.setattr(Search, "setup", setup_and_watch)
     # 68 images a half: 4 steps of 16 and one of 4; evaluated in 2 batches of 24 and one of 20
-    dnas.search(dataset="fashion-mnist", run_dir=tmp_path / "r", epochs=1, eval_batch_size=24, **{**TINY, "subset": 136})
+    dnas.search(dataset="fashion-mnist", run_dir=tmp_path / "r", epochs=1, eval_batch_size=24,
+                **{**TINY, "subset": 136})
     assert seen == {(True, 16, True), (True, 4, False), (False, 24, True), (False, 20, False)}
     assert not torch.backends.cudnn.benchmark
 
 
 def test_the_fused_cells_ways_of_running_hold_for_the_whole_search_and_are_put_back(fashion_mnist_root, tmp_path,
-                                                                                   monkeypatch):
+                                                                                    monkeypatch):
     """``merge_kernel_sizes`` and ``side_streams`` (docs/speed.md) are settings of a search, kept in its
     config.json for a resume: every fused cell of its steps and evaluation runs within them (side streams
     have no effect on the CPU; what the cells ask for is watched), and the module's settings are put back

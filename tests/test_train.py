@@ -29,7 +29,8 @@ def trained(fashion_mnist_root, tmp_path_factory):
 def test_training_writes_a_readable_run(trained):
     run = trained.run_dir
     assert sorted(p.name for p in run.iterdir()) == [".lock",  # locked by a process running there
-        "best.pt", "checkpoint.pt", "config.json", "genotype.json", "genotype.txt", "last.pt", "metrics.jsonl"]
+                                                     "best.pt", "checkpoint.pt", "config.json", "genotype.json",
+                                                     "genotype.txt", "last.pt", "metrics.jsonl"]
     assert dnas.Genotype.load(run / "genotype.json") == dnas.published("DARTS_V2") == trained.genotype
 
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -102,7 +102,8 @@ class Implicit:
     """iDARTS (Zhang et al., ICML 2021, Eq. 6-9): the hypergradient by the implicit function theorem at
     the current weights, the inverse Hessian approximated by a Neumann series of K terms:
 
-        grad = grad_alpha L_val - eta * grad^2_{alpha,w} L_train . sum_{k=0}^{K} (I - eta grad^2_w L_train)^k grad_w L_val
+        grad = grad_alpha L_val
+               - eta * grad^2_{alpha,w} L_train . sum_{k=0}^{K} (I - eta grad^2_w L_train)^k grad_w L_val
 
     Hessian-vector products are exact (double backward; grouped convolutions differentiated twice by
     grouped kernels, ``ops.second_derivatives``). ``eta`` defaults to the weight learning rate.

@@ -154,7 +154,7 @@ def _end_failed_capture(device: torch.device) -> None:
     capture (torch 2.11 leaves it counting offsets for the dead graph, and the next draw raises)."""
     if device.type == "cuda":
         generator = torch.cuda.default_generators[device.index if device.index is not None
-                                                   else torch.cuda.current_device()]
+                                                  else torch.cuda.current_device()]
         generator.graphsafe_set_state(generator.clone_state())
 
 

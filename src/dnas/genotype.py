@@ -58,7 +58,8 @@ class GenotypeFile:
             raise GenotypeError(f"malformed {kind} ({e.msg}); expected {form}") from None
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Genotype"):
             raise GenotypeError(f"malformed {kind}: expected {form}, got {text.strip()[:80]!r}")
-        if len(node.args) + len(node.keywords) != len(cls.FIELDS) or any(k.arg not in cls.FIELDS for k in node.keywords):
+        if (len(node.args) + len(node.keywords) != len(cls.FIELDS)
+                or any(k.arg not in cls.FIELDS for k in node.keywords)):
             number = ("one", "two", "three", "four")[len(cls.FIELDS) - 1]
             raise GenotypeError(f"malformed {kind}: expected the {number} fields {', '.join(cls.FIELDS)} of {form}")
         values = dict(zip(cls.FIELDS, node.args)) | {k.arg: k.value for k in node.keywords}
@@ -181,7 +182,8 @@ def _check_cell(cell: str, edges: tuple[tuple[str, int, int], ...]) -> None:
         if op not in OPS:
             raise GenotypeError(f"{cell}: unknown op {op!r}; valid ops: {', '.join(OPS.names())}")
         if node < 2:
-            raise GenotypeError(f"{cell}: nodes 0 and 1 are the cell's inputs; an edge goes into a node >= 2, got {node}")
+            raise GenotypeError(f"{cell}: nodes 0 and 1 are the cell's inputs; an edge goes into a node >= 2, "
+                                f"got {node}")
         if not 0 <= j < node:
             raise GenotypeError(f"{cell}: node {node} takes input {j}, but only inputs 0..{node - 1} exist before it")
         if j not in present:

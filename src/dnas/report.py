@@ -502,7 +502,7 @@ def animate(run: str | os.PathLike | SearchRun, output: str | os.PathLike | None
         frame = Image.new("RGB", (width, height), "white")
         frame.paste(pictures[m["genotype"]], (0, band))
         measures = "".join(f"   {label} {m[key]}" for key, label in (("skip_connect_normal", "skip connections:"),
-                                                                       ("nb201_cifar10", "NAS-Bench-201 CIFAR-10:"))
+                                                                     ("nb201_cifar10", "NAS-Bench-201 CIFAR-10:"))
                            if key in m)
         ImageDraw.Draw(frame).text((12, 10), f"{run.name}   epoch {m['epoch']} of {run.planned_epochs}{measures}",
                                    fill="black", font=font)

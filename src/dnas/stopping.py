@@ -72,7 +72,8 @@ class HessianEigenvalue:
 
     def __init__(self, window: int = 5, threshold: float = 0.75, batches: int = 2, iterations: int = 20,
                  stop: bool = True):
-        self.window, self.threshold, self.batches, self.iterations, self.stop = window, threshold, batches, iterations, stop
+        self.window, self.threshold, self.batches, self.iterations, self.stop = (window, threshold, batches,
+                                                                                 iterations, stop)
         self.history: list[float] = []
 
     def __call__(self, search, record):

@@ -79,7 +79,8 @@ class TrainConfig:
     test_subset: int | None = None  # test on N test images only (a fixed random sample)
     seed: int = 0
     device: str = "auto"
-    channels_last: bool = False  # network and images in NHWC layout (CPU: the paper's network ~1.35x faster; docs/speed.md)
+    # network and images in NHWC layout (CPU: the paper's network ~1.35x faster; docs/speed.md)
+    channels_last: bool = False
 
     def __post_init__(self):
         NETWORKS.get(self.network)  # an unknown network fails here, listing the valid ones
@@ -176,7 +177,7 @@ class Trainer:
                                    shuffle=True, generator=torch.Generator().manual_seed(config.seed))
         self.test_loader = loader(data.test_x[test], data.test_y[test])
         self.model = build_network(config, genotype, data.num_classes, data.channels).to(self.device,
-                                                                                      memory_format=layout)
+                                                                                         memory_format=layout)
         self.cost = cost(self.model, (data.channels, *data.image_size))
         self.optimizer = torch.optim.SGD(self.model.parameters(), config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)

@@ -216,8 +216,8 @@ _ENTRIES = [
 ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
 
 #: Short names for the variant each method's own code uses by default.
-ALIASES = {"DARTS": "DARTS_V2", "DARTS_RNN": "DARTS_RNN_V2", "PC_DARTS": "PC_DARTS_cifar", "DrNAS": "DrNAS_cifar10", "SNAS": "SNAS_mild",
-           "NASNet_A": "NASNet", "AmoebaNet_A": "AmoebaNet", "P_DARTS": "PDARTS"}
+ALIASES = {"DARTS": "DARTS_V2", "DARTS_RNN": "DARTS_RNN_V2", "PC_DARTS": "PC_DARTS_cifar", "DrNAS": "DrNAS_cifar10",
+           "SNAS": "SNAS_mild", "NASNet_A": "NASNet", "AmoebaNet_A": "AmoebaNet", "P_DARTS": "PDARTS"}
 
 
 def _key(name: str) -> str:

@@ -174,7 +174,8 @@ def register(sub) -> None:
     t.add_argument("--test-subset", type=int, help="test on N test images only (a fixed random sample)")
     t.add_argument("--channels-last", action="store_true",
                    help="network and images in the NHWC memory layout (same results up to rounding; on a CPU "
-                        "a training step of the paper's CIFAR network ~1.35x faster, of a small one ~5%%; docs/speed.md)")
+                        "a training step of the paper's CIFAR network ~1.35x faster, of a small one ~5%%; "
+                        "docs/speed.md)")
     t.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
     t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     t.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")

@@ -36,6 +36,6 @@ def register(sub) -> None:
     a.add_argument("run", help="a search run directory")
     a.add_argument("-o", "--output", help="GIF file (default RUN/cells.gif)")
     a.add_argument("--frame-ms", type=int, default=500, help="milliseconds per frame (default 500; the last "
-                                                              "frame shows four times as long)")
+                                                             "frame shows four times as long)")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=run_animate)

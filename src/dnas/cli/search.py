@@ -46,11 +46,12 @@ def register(sub) -> None:
     s.add_argument("--dataset", help=f"one of {', '.join(DATASETS.names())} (default cifar10); for --space darts-rnn "
                                      f"a text corpus: {', '.join(CORPORA.names())} (default ptb)")
     s.add_argument("--data", help="data folder (Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
-    s.add_argument("--space", help="search space (default: the method's): darts, nb201, darts-rnn (recurrent, on a corpus)")
+    s.add_argument("--space", help="search space (default: the method's): darts, nb201, darts-rnn (recurrent, "
+                                   "on a corpus)")
     s.add_argument("--epochs", type=int, help="default 50")
     s.add_argument("--batch-size", type=int, help="default 64")
     s.add_argument("--layers", type=int, help="cells in the supernet (default 8); --space nb201: cells per "
-                                             "stage (default 5)")
+                                              "stage (default 5)")
     s.add_argument("--init-channels", type=int, help="initial channels C (default 16)")
     s.add_argument("--nodes", type=int, help="intermediate nodes per cell (default 4; darts-rnn 8)")
     s.add_argument("--hidden-size", type=int, help="darts-rnn: embedding = hidden size (default 300)")

@@ -46,7 +46,8 @@ def cutout(x: torch.Tensor, length: int, generator: torch.Generator | None = Non
     return x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0)
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+              std: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """uint8 images to float32: ``(x / 255 - mean) / std`` per channel."""
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)

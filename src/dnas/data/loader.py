@@ -27,7 +27,8 @@ class BatchLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], *, augment: bool = False, padding: int = 4, cutout: int = 0,
                  shuffle: bool = False, drop_last: bool = False, device: str | torch.device = "cpu",
-                 generator: torch.Generator | None = None, memory_format: torch.memory_format = torch.contiguous_format):
+                 generator: torch.Generator | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} images but {len(y)} labels")
         if batch_size < 1:

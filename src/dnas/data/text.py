@@ -45,7 +45,8 @@ CORPORA.register("wikitext2", CorpusKind(
     "to train.txt / valid.txt / test.txt in DIR, then pass --data DIR"))
 CORPORA.register("text", CorpusKind(
     "any corpus in the Penn Treebank layout", None,
-    "put train.txt, valid.txt and test.txt (one sentence a line, words separated by spaces) in DIR and pass --data DIR"))
+    "put train.txt, valid.txt and test.txt (one sentence a line, words separated by spaces) in DIR "
+    "and pass --data DIR"))
 
 
 @dataclass

@@ -75,7 +75,8 @@ class RecurrentGenotype(GenotypeFile):
     def from_dict(cls, d: dict[str, Any]) -> "RecurrentGenotype":
         missing = [f for f in FIELDS if f not in d]
         if missing:
-            raise GenotypeError(f"recurrent genotype JSON lacks {', '.join(missing)}; expected keys {', '.join(FIELDS)}")
+            raise GenotypeError(f"recurrent genotype JSON lacks {', '.join(missing)}; "
+                                f"expected keys {', '.join(FIELDS)}")
         return cls(tuple(tuple(e) if isinstance(e, list) else e for e in d["recurrent"]), d["concat"])
 
     @classmethod

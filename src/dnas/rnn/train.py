@@ -82,7 +82,8 @@ class LMTrainConfig:
             raise ValueError(f"a recurrent genotype trains a language model on a text corpus, not {self.dataset!r}; "
                              f"valid: {', '.join(CORPORA.names())}")
         if self.epochs < 1 or self.batch_size < 1 or self.bptt < 1:
-            raise ValueError(f"epochs, batch_size and bptt must be >= 1, got {self.epochs}, {self.batch_size}, {self.bptt}")
+            raise ValueError(f"epochs, batch_size and bptt must be >= 1, "
+                             f"got {self.epochs}, {self.batch_size}, {self.bptt}")
 
     @classmethod
     def fields(cls) -> set[str]:

@@ -50,7 +50,8 @@ class SearchCell(nn.Module):
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
-        self.preprocess0 = FactorizedReduce(C_pp, C, affine=False) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, False)
+        self.preprocess0 = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
+                            else ReLUConvBN(C_pp, C, 1, 1, 0, False))
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
         self.edges = nn.ModuleList(
             edge(C, 2 if reduction and j < 2 else 1, partial(candidate_ops, ops))

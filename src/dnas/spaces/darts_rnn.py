@@ -28,6 +28,7 @@ from ..selection import TopK
 from . import SPACES
 from .base import Supernet
 
+
 @SPACES.register("darts-rnn")
 class DartsRnnSupernet(Supernet):
     """The DARTS recurrent search network: ``forward(words (T, B), hidden (B, H))`` -> (logits, hidden, raw

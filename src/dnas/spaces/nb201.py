@@ -127,7 +127,8 @@ class NB201Supernet(Supernet):
         num_edges = len(cell_edges(nodes))
         self.alphas = nn.ParameterDict({"cell": nn.Parameter(1e-3 * torch.randn(num_edges, len(ops)))})
         # PC-DARTS edge normalisation: one beta per edge, softmax-normalised over the edges into a node
-        self.betas = nn.ParameterDict({"cell": nn.Parameter(1e-3 * torch.randn(num_edges))} if edge_normalization else {})
+        self.betas = nn.ParameterDict({"cell": nn.Parameter(1e-3 * torch.randn(num_edges))}
+                                      if edge_normalization else {})
         self.weight_delta: dict[str, torch.Tensor] | None = None  # set by a perturbation for the weight step
 
     def forward(self, x):
