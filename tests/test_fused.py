@@ -9,17 +9,19 @@ parameters after the optimisers' steps, the BatchNorm running statistics and the
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from dnas import arch_grad, ops
 from dnas.edges import EDGES, MixedEdge
-from dnas.ops import FactorizedReduce
+from dnas.ops import OPS, FactorizedReduce
 from dnas.methods import builtin_methods
 from dnas.relax import GumbelSoftmax
 from dnas.search import SearchConfig, bilevel_step, optimizers
@@ -230,6 +232,54 @@ def test_other_ops_run_fused_with_equal_results(ops, merged):
         plan = next(iter(_PLANS[model.cells[0]].values()))
         sizes = lambda g: {m.kernel_size for kind, mods in g.leaves if kind == "conv" for m in mods}
         assert any({(3, 3), (5, 5), (7, 7)} <= sizes(g) for b in plan.batches for g in b.groups)
+
+
+OTHER_MODULES = {
+    "gelu_conv_1x1": lambda C, stride, affine: nn.Sequential(nn.GELU(), nn.Conv2d(C, C, 1, stride, bias=False),
+                                                             nn.BatchNorm2d(C, affine=affine)),
+    "avg_pool_3x3_with_pad": lambda C, stride, affine: nn.AvgPool2d(3, stride, 1, count_include_pad=True),
+    "conv_3x3_same": lambda C, stride, affine: nn.Sequential(
+        nn.ReLU(), nn.Conv2d(C, C, 3, stride, "same" if stride == 1 else 1, bias=False),
+        nn.BatchNorm2d(C, affine=affine)),
+}
+
+
+@pytest.mark.parametrize("ops", [("none", "gelu_conv_1x1", "skip_connect"),
+                                 ("none", "avg_pool_3x3", "avg_pool_3x3_with_pad", "skip_connect"),
+                                 ("none", "conv_3x3_same", "sep_conv_3x3")],
+                         ids=["module-per-edge", "poolings-differing-in-padding", "padding-same"])
+def test_ops_of_other_modules_equal_the_readable_cell(ops, monkeypatch):
+    """A user's ops: a module the fused path does not batch (GELU) runs per edge, and the edges' sums still
+    come out per node; two poolings that differ only in a setting their repr leaves out are two heads, not
+    one; a convolution padded "same" runs as its own module. Loss, gradients and evaluation output are the
+    readable cell's."""
+    for name, factory in OTHER_MODULES.items():
+        monkeypatch.setitem(OPS._table, name, factory)
+
+    def forward_backward(fused):
+        model = supernet(fused, ops=ops)
+        x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        loss = model(x).logsumexp(1).sum()
+        names, params = zip(*model.named_parameters())
+        grads = dict(zip(names, torch.autograd.grad(loss, params)))
+        model.eval()
+        return loss, grads, model.state_dict(), model(x)
+
+    assert_same_step(forward_backward(False), forward_backward(True))
+
+
+def test_an_op_replaced_after_a_forward_is_the_one_that_runs():
+    """The fused path caches how a cell runs; setting a module anywhere (here each edge's sep_conv_3x3
+    replaced by a copy of its dil_conv_3x3) makes the next forward build it afresh from the modules the
+    cell holds then."""
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    readable, fused = supernet(False), supernet(True)
+    for model in (readable, fused):
+        model(x)
+        for cell in model.cells:
+            for edge in cell.edges:
+                edge.ops[4] = copy.deepcopy(edge.ops[6])
+    assert_close(readable(x), fused(x), "logits")
 
 
 def test_ops_the_same_on_every_edge_equal_the_readable_cell():

@@ -16,13 +16,14 @@ that leave the cell's inputs all at once:
   own forward would, and its share of DARTS Eq. 2 is one batched matmul with the edges' op weights;
 * one op on several edges is one convolution: the depthwise convolutions of the edges stacked
   (groups = edges x C), the pointwise ones as one convolution with groups = edges; a cell's convolution
-  weights are concatenated once per shape and split per convolution;
+  weights are concatenated once per bank (input channels per group, kernel) and split per convolution;
 * each BatchNorm of an op is one ``batch_norm`` over the channels of all its edges, the grouped
   convolution's output as it comes: BatchNorm normalises each channel by its own batch statistics, so this
-  is exactly equivalent; the running statistics are the readable modules' own buffers, concatenated and
-  written back (a cell's all at once), so a step leaves the same state behind. (The BatchNorms of several
-  ops at one depth were once one ``batch_norm`` too, over their outputs concatenated: fewer kernels, but
-  the concatenation and its backward moved more bytes than the kernels saved);
+  is exactly equivalent; each call writes its batch's statistics into a slice of one buffer, and the
+  readable modules' own running statistics move towards them when the cell is done (one ``lerp`` per
+  momentum), so a step leaves the same state behind. (The BatchNorms of several ops at one depth run as
+  one only for the poolings run once per source: elsewhere the concatenation of their outputs and its
+  backward moved more bytes than the kernels saved);
 * the zero op, and ops whose weight is structurally zero (not sampled by a hard relaxation, masked out
   of the space), are not computed; skip is the identity;
 * the op weights of DARTS Eq. 2 (gathered for the whole cell by one precomputed index) are the affine
@@ -30,7 +31,7 @@ that leave the cell's inputs all at once:
   BatchNorm's backward gives their gradient; only ops that end otherwise (skip) multiply. The ops'
   outputs are summed by one add per op, and over the cell's inputs straight into the nodes by one
   reduction; where the ops differ between edges (masked, or sampled by a hard relaxation), one
-  ``index_add_`` per op instead. The sums into the nodes are one add per source state;
+  ``index_add_`` per op instead. The sums into the nodes are one add per source batch;
 * the states concatenated as a batch's sources (and the nodes, by the DARTS cell) get dense gradients
   (``ops.cat_dense_gradients``), not the slices a concatenation's backward hands out: with no multiply
   after the ops' last BatchNorms, those would reach their backward, up to 25x slower on the CPU;
@@ -50,9 +51,11 @@ channels, the bypass max-pooled on a reducing edge, the channel shuffle; PC-DART
 ``auxiliary_skip`` (beta * skip as one more op, beta one more weight), ``noisy_skip`` and ``skip_dropout``
 (the noise and the dropout masks drawn in the readable path's order, so that a seeded step is the same).
 What it cannot batch falls back to the readable modules: an op module of a kind not listed in
-``_flatten`` runs per edge, and a cell with edges of another class runs its own forward whole
-(``cell_plan`` gives None). A cell runs fused by ``run_plan(cell, cell_plan(cell, topology, ...), ...)``:
-each space's ``SearchCell.forward_fused``.
+``_flatten`` (or a convolution padded by a string, "same") runs per edge, and a cell with edges of another
+class, or with an edge that draws random numbers twice, runs its own forward whole (``cell_plan`` gives
+None). A cell runs fused by ``run_plan(cell, cell_plan(cell, topology, ...), ...)``: each space's
+``SearchCell.forward_fused``. Plans are cached per cell and forgotten whenever a module is set anywhere (an
+op replaced on an edge), so that they never name modules a cell no longer holds.
 """
 from __future__ import annotations
 
@@ -106,7 +109,7 @@ def _flatten(module: nn.Module) -> list[Leaf] | None:
         return [("dropout", module)]
     if isinstance(module, nn.ReLU):
         return [("relu", module)]
-    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
+    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and not isinstance(module.padding, str):
         return [("conv", module)]
     if isinstance(module, nn.BatchNorm2d) and module.track_running_stats and module.momentum is not None:
         return [("bn", module)]
@@ -130,8 +133,8 @@ def _signature(leaf: Leaf) -> tuple:
         return kind, m.conv_1.weight.shape, m.conv_2.weight.shape
     if kind == "bn":
         return kind, m.num_features, m.eps, m.momentum, m.affine
-    if kind == "pool":
-        return kind, repr(m)
+    if kind == "pool":  # its type and every setting (a repr leaves out AvgPool2d's count_include_pad)
+        return kind, type(m), tuple(getattr(m, name) for name in m.__constants__)
     if kind == "noise":
         return kind, m.factor, m.mean
     if kind == "opaque":
@@ -200,7 +203,8 @@ class _Plan:
     edge_order: torch.Tensor  # the cell's edges in batch order, to split a value per edge by batch
     straight_through: torch.Tensor | None  # (edges, ops): 1 for an op not run on a kept edge; None: all run
     random: list[tuple[int, Leaf]]  # (edge, its noise or dropout leaf), in the order the readable cell draws
-    banks: list[tuple[list[nn.Conv2d], list[int]]]  # per weight shape: the convolutions, per call how many
+    banks: list[tuple[list[nn.Conv2d], list[int]]]  # per bank (``_add_to_bank``): the convolutions, per call
+    # how many
     stride: int  # of the edges out of the inputs: the nodes' size is the inputs' over it
     batch_norm_channels: int  # of all its BatchNorms: what a training forward normalises at most
 
@@ -215,7 +219,7 @@ class _Run:
     noise: dict[int, torch.Tensor]
     streams: list | None  # the side streams a source batch's independent ops run on (``_Lanes``); None: none
     statistics: torch.Tensor | None  # training: (2, channels of all the cell's BatchNorms) zeros, made before
-    # any lane forks; a slice
+    # any lane forks; each call writes into a slice of it
     taken: int = 0  # for each call (channels handed out so far), where it writes its batch's statistics
     moving: dict[float, tuple[list, list]] = field(default_factory=dict)  # momentum -> per module, its running
     # statistics and its batch's
@@ -329,7 +333,18 @@ def side_by_side(device: torch.device, *steps) -> list:
     return results
 
 
-_PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()  # cell -> key -> plan
+_OPS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()  # cell -> its edges' ops
+
+
+def _forget_plans(module, name, submodule) -> None:
+    """A module set anywhere (an op replaced on an edge, a BatchNorm swapped for another kind): the plans
+    and op tables name the modules their cells held, so every one is built afresh when next needed."""
+    _PLANS.clear()
+    _OPS.clear()
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_forget_plans)
 
 
 @dataclass(frozen=True)
@@ -350,11 +365,12 @@ def cell_plan(cell, topology: Topology, active, device) -> _Plan | None:
     and the cell must run its own forward."""
     key = (device, _merge, None if active is None else tuple(map(tuple, active)))
     plans = _PLANS.setdefault(cell, {})
-    if key not in plans:
+    plan = plans.get(key, False)
+    if plan is False:
         if len(plans) > 64:  # hard relaxations sample a new pattern each step
             plans.clear()
-        plans[key] = _build_plan(cell, topology, active, device)
-    return plans[key]
+        plan = plans[key] = _build_plan(cell, topology, active, device)
+    return plan
 
 
 def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weights=None) -> list[torch.Tensor]:
@@ -419,6 +435,9 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
                                 else len(cell.edges) * num_ops + schedules.index(cell.edges[e].schedule))
     sources = [list(range(inputs))] + [[j] for j in range(inputs, inputs + n - 1)]  # the batches' states
     ops = _edge_ops(cell)
+    if any(sum(kind in ("noise", "dropout") for leaves, _ in table.values() for kind, _ in leaves) > 1
+           for table in ops):
+        return None  # an edge that draws random numbers twice (the draws are kept one per edge)
     batches, weight_index, random = [], [], {}
     for srcs in sources:
         pairs = [(j, offset[i] + j) for j in srcs for i in range(max(0, j - inputs + 1), n)]  # (source, edge)
@@ -508,9 +527,6 @@ def _first_conv_step(leaves) -> int:
     return reads_every(c.stride, c.padding, c.dilation, c.kernel_size)
 
 
-_OPS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
-
-
 def _edge_ops(cell) -> list[dict]:
     """Per edge: op index (None: DARTS-'s auxiliary skip) -> (its leaves, their signatures), the zero op
     left out. Flattened once per cell, since a hard relaxation builds a plan every step."""
@@ -542,9 +558,10 @@ def _to_device(plan: _Plan, device: torch.device) -> None:
 
 
 def _add_to_bank(banks: dict, convs: list[nn.Conv2d]) -> tuple[int, int]:
-    """The weights of one batched convolution, put in the bank of their shape: (bank, piece) to find them.
+    """The weights of one batched convolution, put in the bank of their input channels per group and kernel
+    (the widest, where merged 3x3 and 5x5 ones share a bank): (bank, piece) to find them.
 
-    A cell's weights of one shape are concatenated once per forward and split per call, one kernel where
+    A cell's weights of one bank are concatenated once per forward and split per call, one kernel where
     a concatenation per call takes one each; backward, the split is one kernel too."""
     key = (convs[0].weight.shape[1], *_widest(convs))  # inputs per group, kernel: each merged one fits in it
     if key not in banks:
@@ -904,8 +921,8 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
 
 
 def _phase_dilation(leaves, x: torch.Tensor) -> int:
-    """d where ``leaves`` begin with a depthwise convolution of dilation d > 1 that ``ops.depthwise_nhwc``
-    computes on the phases of ``x`` (NHWC), and go on with pixelwise steps only (1x1 convolutions of
+    """d where ``leaves`` begin with a depthwise convolution of dilation d > 1 whose phases fit ``x`` (NHWC;
+    ``ops.phases_fit``), so that it runs undilated on them, and go on with pixelwise steps only (1x1 convolutions of
     stride 1, BatchNorms, ReLUs), which compute the same on the phases; else 1."""
     if not leaves or leaves[0][0] != "conv" or not channels_innermost(x):
         return 1
