@@ -165,6 +165,11 @@ class _Group:
     # computing each source's edges' outputs, instead of a copy of the source for each edge
     convs: list[tuple[tuple[int, int], ...]] | None = None  # per leaf, its convolutions' (bank, piece)
 
+    @property
+    def start(self) -> int:
+        """The first leaf after the head (which runs once per source): where the group's own steps begin."""
+        return int(self.head is not None)
+
 
 class _Slot(NamedTuple):
     """An op on an edge, while a plan groups them."""
@@ -445,10 +450,11 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
         slots: dict[tuple, list[_Slot]] = {}  # group key -> its slots
         for pos, (j, e) in enumerate(pairs):
             table = ops[e]
-            run = sorted(o for o in table if o is not None) if active is None else sorted(set(active[e]) & table.keys())
+            to_run = (sorted(o for o in table if o is not None) if active is None
+                      else sorted(set(active[e]) & table.keys()))
             if None in table and (active is None or active[e]):  # DARTS-'s auxiliary skip, after the ops
-                run.append(None)
-            for o in run:
+                to_run.append(None)
+            for o in to_run:
                 leaves, signature = table[o]
                 random.update((e, leaf) for leaf in leaves if leaf[0] in ("noise", "dropout"))
                 key = signature if _merges(leaves) else (o, signature)
@@ -621,7 +627,10 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     # every edge, so that the order of the groups' blocks does not matter to _sum_slots); the rest per edge
     shared = [batch.pos is None and per > 1 and _same_on_every_edge(g) for g in batch.groups]
     groups = [g for g, same in zip(batch.groups, shared) if not same]
-    begun = {None: x}  # what the groups begin with, once per source (those of the shared ops in their lane)
+    # what the groups begin with, once per source (the shared ops' in their lane), by key: None, the sources
+    # themselves; a head's signature, its output; (signature, step), that on every step-th pixel (``_begin``);
+    # (a head's key, edge ids), the input of a group not copied to its edges, gathered from it (below)
+    begun = {None: x}
     for g in groups:
         _begin(begun, g, x)
     copied = lambda g: g.every_edge and per * g.repeats > 1 and not g.from_sources
@@ -720,7 +729,7 @@ def _same_on_every_edge(g: _Group) -> bool:
     """Whether the op computes the same on every edge that leaves a source: what follows its head (a
     pooling, a ReLU, or nothing: the skip) is only BatchNorms that normalise by the batch (training, not
     affine), which hold no parameters, only running statistics."""
-    rest = g.leaves[int(g.head is not None):]
+    rest = g.leaves[g.start:]
     return all(kind == "bn" and mods[0].training and not mods[0].affine for kind, mods in rest)
 
 
@@ -730,7 +739,7 @@ def _per_source_sum(groups: list[_Group], weights: list, begun: dict, per: int, 
     not copied to the edges, and DARTS Eq. 2 over these ops is one batched matmul of their outputs with
     their weights ``weights`` (per op, one per edge), giving every edge its own sum."""
     xs = [_flatten_sources(begun[g.head]) for g in groups]  # (N, sources x C, H, W)
-    ptr = [int(g.head is not None) for g in groups]
+    ptr = [g.start for g in groups]
     while any(p < len(g.leaves) for p, g in zip(ptr, groups)):  # BatchNorms: one for those alike
         waiting: dict[tuple, list[int]] = {}
         for i, g in enumerate(groups):
@@ -740,7 +749,7 @@ def _per_source_sum(groups: list[_Group], weights: list, begun: dict, per: int, 
         for members in waiting.values():
             x = _cat([xs[i] for i in members])
             mods = [m for i in members for m in groups[i].leaves[ptr[i]][1]]
-            parts = _batch_norm_per_source(x, mods, per, run).split([xs[i].shape[1] for i in members], 1)
+            parts = _batch_norm(x, mods, run, per=per).split([xs[i].shape[1] for i in members], 1)
             for i, part in zip(members, parts):
                 xs[i] = part
                 ptr[i] += 1
@@ -753,15 +762,6 @@ def _per_source_sum(groups: list[_Group], weights: list, begun: dict, per: int, 
         return torch.einsum("spo,onhwsc->nhwspc", w, z).flatten(3).permute(0, 3, 1, 2)
     z = torch.stack([x.reshape(n, sources, -1) for x in xs], 2)  # (N, sources, ops, C H W)
     return torch.matmul(w, z).view(n, -1, height, width)  # (N, sources, per, C H W): per edge
-
-
-def _batch_norm_per_source(x: torch.Tensor, mods: list[nn.BatchNorm2d], per: int, run: _Run) -> torch.Tensor:
-    """The BatchNorms ``mods`` of ``per`` edges each that see the same input channels of ``x``, training
-    and not affine: their output is the batch's normalisation of ``x``, once; each module's running
-    statistics move towards the batch's mean and unbiased variance by its momentum, as its own forward
-    would move them, when the cell is done."""
-    mean, var = run.batch_statistics(mods, x.shape[1], per)
-    return F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=mods[0].eps)
 
 
 def _copy_to_edges(begun: dict, wanted: list[tuple]) -> dict:
@@ -881,7 +881,7 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
     others): two copies forward and two backward fewer per source batch than per convolution."""
     units: dict = {}  # what runs in one lane: a group, or the groups on the phases of one input
     for i, (g, x) in enumerate(zip(groups, xs)):
-        d = _phase_dilation(g.leaves[int(g.head is not None):], x)
+        d = _phase_dilation(g.leaves[g.start:], x)
         units.setdefault((id(x), d) if d > 1 else i, (x, d, []))[2].append(i)
     blocks, merged = [None] * len(groups), []
     for x, d, members in units.values():
@@ -903,7 +903,7 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
     """The leaves of ``g`` after its head on ``x`` (its input's d x d phases where d > 1), weighed by ``w``;
     where the batch's blocks are only summed (``summed``), the outputs of a group of several ops summed per
     edge."""
-    start = int(g.head is not None)  # the head ran once per source
+    start = g.start  # the head ran once per source
     for j in range(start, len(g.leaves)):
         leaf = g.leaves[j]
         if leaf[0] == "bn":
@@ -934,17 +934,19 @@ def _phase_dilation(leaves, x: torch.Tensor) -> int:
     return c.dilation[0]
 
 
-def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=None) -> torch.Tensor:
+def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=None, per: int = 1) -> torch.Tensor:
     """The BatchNorms ``mods`` over their concatenated channels, their outputs times ``scale`` per channel
-    if given. In training their running statistics move when the cell is done (``_Run.batch_statistics``);
-    in evaluation they normalise by them."""
+    if given. In training their running statistics move towards the batch's when the cell is done
+    (``_Run.batch_statistics``); in evaluation they normalise by them. ``per`` > 1 (training, not affine):
+    each block of channels of ``x`` is what ``per`` modules, on the edges of one source, see alike, so it is
+    normalised once and each of them moves by the same batch statistics."""
     m = mods[0]
     weight, bias = (_cat([b.weight for b in mods], 0), _cat([b.bias for b in mods], 0)) if m.affine else (None, None)
     if scale is not None:  # s (g x^ + b) = (s g) x^ + s b
         weight = scale if weight is None else weight * scale
         bias = None if bias is None else bias * scale
     if m.training:
-        mean, var = run.batch_statistics(mods, x.shape[1])
+        mean, var = run.batch_statistics(mods, x.shape[1], per)
         return F.batch_norm(x, mean, var, weight, bias, True, 1.0, m.eps)
     mean, var = ((m.running_mean, m.running_var) if len(mods) == 1 else  # one concatenation for both
                  torch.cat([b.running_mean for b in mods] + [b.running_var for b in mods]).split(x.shape[1]))
