@@ -269,16 +269,20 @@ def test_ops_of_other_modules_equal_the_readable_cell(ops, monkeypatch):
 
 
 def test_an_op_replaced_after_a_forward_is_the_one_that_runs():
-    """The fused path caches how a cell runs; setting a module anywhere (here each edge's sep_conv_3x3
+    """The fused path caches how a cell runs; setting a module inside a cell (here each edge's sep_conv_3x3
     replaced by a copy of its dil_conv_3x3) makes the next forward build it afresh from the modules the
-    cell holds then."""
+    cell holds then. A module made elsewhere leaves the plans as they are (a CUDA graph reads them)."""
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     readable, fused = supernet(False), supernet(True)
+    readable(x), fused(x)
+    plans = [_PLANS[cell] for cell in fused.cells]
+    supernet(True)  # another network: thousands of modules set
+    assert all(_PLANS[cell] is kept for cell, kept in zip(fused.cells, plans))
     for model in (readable, fused):
-        model(x)
         for cell in model.cells:
             for edge in cell.edges:
                 edge.ops[4] = copy.deepcopy(edge.ops[6])
+    assert all(cell not in _PLANS for cell in fused.cells)
     assert_close(readable(x), fused(x), "logits")
 
 

@@ -54,8 +54,8 @@ What it cannot batch falls back to the readable modules: an op module of a kind 
 ``_flatten`` (or a convolution padded by a string, "same") runs per edge, and a cell with edges of another
 class, or with an edge that draws random numbers twice, runs its own forward whole (``cell_plan`` gives
 None). A cell runs fused by ``run_plan(cell, cell_plan(cell, topology, ...), ...)``: each space's
-``SearchCell.forward_fused``. Plans are cached per cell and forgotten whenever a module is set anywhere (an
-op replaced on an edge), so that they never name modules a cell no longer holds.
+``SearchCell.forward_fused``. Plans are cached per cell and forgotten when a module is set inside it (an op
+replaced on an edge), so that they never name modules the cell no longer holds.
 """
 from __future__ import annotations
 
@@ -340,13 +340,18 @@ def side_by_side(device: torch.device, *steps) -> list:
 
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()  # cell -> key -> plan
 _OPS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()  # cell -> its edges' ops
+_CELL_OF: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()  # module -> cell
 
 
 def _forget_plans(module, name, submodule) -> None:
-    """A module set anywhere (an op replaced on an edge, a BatchNorm swapped for another kind): the plans
-    and op tables name the modules their cells held, so every one is built afresh when next needed."""
-    _PLANS.clear()
-    _OPS.clear()
+    """A module set inside a cell that has run fused (an op replaced on an edge, a BatchNorm swapped for
+    another kind): the cell's plans and op table name the modules it held, so they are built afresh when
+    next needed. Modules made or set elsewhere leave every plan as it is (a CUDA graph captured with a plan
+    reads its index tensors)."""
+    cell = _CELL_OF.get(module, lambda: None)()
+    if cell is not None:
+        _PLANS.pop(cell, None)
+        _OPS.pop(cell, None)
 
 
 torch.nn.modules.module.register_module_module_registration_hook(_forget_plans)
@@ -369,6 +374,10 @@ def cell_plan(cell, topology: Topology, active, device) -> _Plan | None:
     (None: every op), built once and cached; None when an edge is of a class the fused path does not know,
     and the cell must run its own forward."""
     key = (device, _merge, None if active is None else tuple(map(tuple, active)))
+    if cell not in _PLANS:  # its first plan, or the first since a module was set in it (``_forget_plans``)
+        owner = weakref.ref(cell)
+        for module in cell.modules():
+            _CELL_OF[module] = owner
     plans = _PLANS.setdefault(cell, {})
     plan = plans.get(key, False)
     if plan is False:
