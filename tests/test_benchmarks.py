@@ -14,7 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-TINY = ["--batch-size", "2", "--init-channels", "4", "--layers", "2"]
+TINY = ["--batch-size", "2", "--init-channels", "4", "--layers", "3"]
 
 
 def run(script: str, *args: str, out: Path) -> tuple[str, list[dict], list[str]]:
@@ -48,7 +48,7 @@ def test_search_step_times_the_paths_and_their_first_steps_agree(tmp_path):
 
 def test_search_e2e_searches_real_cifar10_on_both_paths(cifar10_root, tmp_path):
     out, [report], _ = run("search_e2e.py", "--device", "cpu", "--paths", "readable,fast", "--subset", "64",
-                           "--epochs", "1", "--batch-size", "16", "--layers", "2", "--init-channels", "4",
+                           "--epochs", "1", "--batch-size", "16", "--layers", "3", "--init-channels", "4",
                            "--cifar10", str(cifar10_root), "--no-results", out=tmp_path)
     assert report["failed"] == {} and set(report["runs"]) == {"readable", "fast"}
     for r in report["runs"].values():

@@ -56,7 +56,7 @@ def test_bad_input_exits_2_with_a_message(argv, message, capsys, tmp_path):
 def test_resume_takes_no_other_settings(capsys):
     """The run's settings are its config.json's: options given beside --resume are refused, not dropped."""
     assert main(["search", "--resume", "/nowhere/run"]) == 2
-    assert "not a dnas search run" in capsys.readouterr().err
+    assert "/nowhere/run does not exist: --resume takes the directory of a search run" in capsys.readouterr().err
     assert main(["search", "--resume", "/nowhere/run", "--epochs", "3", "--method", "gdas", "--device", "cpu"]) == 2
     assert "a resumed run keeps its settings: drop --epochs, --method (only --device, --tensorboard and -q go with " \
            "--resume)" in capsys.readouterr().err

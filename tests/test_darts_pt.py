@@ -122,7 +122,7 @@ def test_the_protocol_is_the_papers():
     assert (selection.tune_epochs, selection.lr_scale, selection.criterion) == (5, 0.1, "accuracy")
     assert (selection.eval_batches, selection.tune_steps) == (None, None)  # the whole validation half
     # DARTS cell: 14 edges, then the 3 nodes with more than 2 inputs; 5 epochs after each step, 1 after the last
-    steps = selection.schedule(DartsSupernet(C=2, layers=1))
+    steps = selection.schedule(DartsSupernet(C=2, layers=3))
     assert steps == ["op"] * 14 + ["topology"] * 3
     assert selection.tuning_epochs(len(steps)) == 81
     # the supernet is a DARTS one (first order, 50 epochs, lr 0.025 to 0.001) over the code's space s5: no `none`

@@ -66,13 +66,21 @@ def test_bad_schedules_are_clear_errors():
 def _recipe(tmp_path):
     recipe = tmp_path / "p-tiny.toml"
     recipe.write_text('name = "p-tiny"\nchanges = "P-DARTS, two tiny stages"\n[parts]\n'
-                      'schedule = {name = "progressive", layers = [2, 3], keep = [2, 1], skip_dropout = [0.1, 0.4]}\n'
+                      'schedule = {name = "progressive", layers = [3, 4], keep = [2, 1], skip_dropout = [0.1, 0.4]}\n'
                       '[config]\nepochs = 2\n')
     return str(recipe)
 
 
 TINY = dict(dataset="fashion-mnist", C=4, nodes=2, batch_size=16, subset=64, progress=False,
             ops=("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3"))
+
+
+def test_layers_are_the_schedules_not_the_users(tmp_path):
+    """P-DARTS deepens the supernet stage by stage: a depth given beside it would be dropped, so it is refused."""
+    with pytest.raises(ValueError, match=r"sets the cells of each stage \(its schedule's layers, \[3, 4\]\), so "
+                                         r"layers \(--layers\) does not apply"):
+        dnas.search(method=_recipe(tmp_path), run_dir=tmp_path / "r", layers=3, **TINY)
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_staged_run_prunes_between_stages_and_resumes_where_it_stopped(fashion_mnist_root, tmp_path, monkeypatch):
@@ -82,9 +90,9 @@ def test_a_staged_run_prunes_between_stages_and_resumes_where_it_stopped(fashion
     assert [s["ops_kept_after"] for s in stages] == [2, 1]
     stage1_mask = torch.tensor(stages[0]["op_mask"]["normal"])
     assert (stage1_mask.sum(-1) == 2).all()
-    # stage 2's supernet ran with stage 1's mask, on 3 cells, with the skip dropout of stage 2
+    # stage 2's supernet ran with stage 1's mask, on 4 cells, with the skip dropout of stage 2
     config2 = json.loads((run / "stage-2" / "config.json").read_text())
-    assert config2["config"]["space_options"]["layers"] == 3
+    assert config2["config"]["space_options"]["layers"] == 4
     assert torch.equal(torch.tensor(config2["config"]["space_options"]["op_mask"]["normal"]), stage1_mask)
     assert config2["method"]["parts"]["edge"] == {"name": "skip_dropout", "rate": 0.4}
     # each normal edge of the genotype uses its one op left, never none

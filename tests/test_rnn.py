@@ -251,7 +251,7 @@ def test_bad_input_is_refused_clearly(ptb, tmp_path, capsys):
     assert "unknown text data set 'cifar10'; valid text data sets: ptb, text, wikitext2" in capsys.readouterr().err
     assert main(["search", "--space", "darts-rnn", "--data", str(ptb), "--fast"]) == 2
     assert "--fast (fused cells, CUDA graphs, NHWC) is for the image spaces" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="unknown options \\['layers'\\].*hidden_size"):
+    with pytest.raises(ValueError, match="unknown settings layers: .* of the darts-rnn space; valid: .*hidden_size"):
         dnas.search(space="darts-rnn", dataset="ptb", data=ptb, layers=5, run_dir=tmp_path / "r", progress=False)
     with pytest.raises(ValueError, match="method fair-darts: its selection 'threshold' works on the darts and nb201 "
                                          "space only, not on darts-rnn"):  # it may keep no edge of a node

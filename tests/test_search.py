@@ -3,12 +3,14 @@ import importlib
 import json
 import resource
 import sys
+import warnings
 
 import pytest
 import torch
 
 import dnas
 from dnas.checkpoint import CheckpointError
+from dnas.cli import main
 from dnas.methods import get_method
 from dnas.search import HEAP_BLOCK_MAX, Search, SearchConfig, copies, copy_into, fast_settings
 
@@ -85,8 +87,11 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashi
             in capsys.readouterr().err)
     assert not (tmp_path / "cut" / "genotype.txt").exists()
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
+    with open(cut / "metrics.jsonl", "a") as f:  # and a line cut short: the run stopped while appending it
+        f.write('{"epoch": 2, "train_lo')
 
     resumed = dnas.search(resume=tmp_path / "cut", progress=False)
+    assert "resumed after epoch 1 of 2," in capsys.readouterr().out
     assert resumed.genotype == whole.genotype
     assert (resumed.run_dir / "alphas.jsonl").read_text() == (whole.run_dir / "alphas.jsonl").read_text()
     strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]
@@ -121,9 +126,17 @@ def test_the_evaluation_batch_size_leaves_the_search_as_it_is(fashion_mnist_root
 def test_resume_refuses_changed_settings_and_foreign_folders(fashion_mnist_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a dnas search run"):
         dnas.search(resume=tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist: --resume takes the directory of a search run"):
+        dnas.search(resume=tmp_path / "typo")
     run = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY).run_dir
     with pytest.raises(ValueError, match=r"only device and tensorboard may change, not \['epochs'\]"):
         dnas.search(resume=run, epochs=5)
+    lines = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "tr\n' + lines)  # damaged, not cut short at its end
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 1: not JSON \(.*\): the file is damaged; mend or "
+                                         r"delete that line \(the run's other files are untouched\)"):
+        dnas.search(resume=run)
+    assert (run / "metrics.jsonl").read_text() == '{"epoch": 1, "tr\n' + lines
 
 
 def test_resume_of_a_training_run_or_a_broken_config_says_so(fashion_mnist_root, tmp_path):
@@ -225,8 +238,12 @@ def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_pa
     (dict(ops=("sep_conv_3x3", "conv_9x9")), "valid ops:"),
     (dict(space="nasnet"), "valid search spaces: darts"),
     (dict(dataset="cifar10", data="/no/such/folder"), "/no/such/folder"),
-    (dict(widht=3), r"unknown options \['widht'\] of the darts space; valid: .*C, .*fused"),
-    (dict(space="nb201", layers=3), r"unknown options \['layers'\] of the nb201 space; valid: C, N"),
+    (dict(widht=3), r"unknown settings widht: neither search settings nor options of the darts space; valid: C, "
+                    r".*epochs, .*fused"),
+    (dict(epoch=1, init_channels=4), r"unknown settings epoch \(did you mean epochs\?\), init_channels \(did you "
+                                     r"mean C\?\)"),
+    (dict(space="nb201", layers=3), r"unknown settings layers \(did you mean N\?\): .* of the nb201 space; valid: C, "
+                                    r"N, "),
     (dict(eval_batch_size=0), "eval_batch_size must be >= 1"),
     (dict(merge_kernel_sizes=True), r"merge_kernel_sizes: ways of running the fused cells, .* fused=True \(--fused\)"),
     (dict(fused=True, side_streams=-1), "side_streams must be >= 0, not -1"),
@@ -249,7 +266,7 @@ def test_a_step_trains_a_model_left_in_evaluation_mode_and_steps_its_optimisers_
     from dnas.spaces.darts import DartsSupernet
 
     torch.manual_seed(0)
-    model = DartsSupernet(10, 3, C=4, layers=2).eval()
+    model = DartsSupernet(10, 3, C=4, layers=3).eval()
     w_opt, a_opt = optimizers(model, SearchConfig())
     batch = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
     before = [p.detach().clone() for p in model.parameters()]
@@ -359,6 +376,7 @@ def test_one_epoch_search_on_real_cifar10(cifar10_root, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:darts-v1. the alphas move only after")  # held on purpose, as said below
 def test_fast_search_on_real_cifar10_computes_what_the_readable_search_computes(cifar10_root, tmp_path):
     """``dnas.search(fast=True)`` on a CPU: the fused cells in NHWC (tests/test_fused.py holds one step of each
     recipe to the readable one's in float64). Over an epoch of real CIFAR-10 in float32, with the alphas held
@@ -432,3 +450,22 @@ def test_copies_are_independent_and_copy_into_restores_them():
     copy_into(tensors, saved)
     assert torch.equal(tensors[0], saved[0]) and tensors[1] == 7
     assert torch.equal(tensors[3], torch.tensor([True, False]))
+
+
+def test_warm_up_epochs_past_the_search_are_a_warning(fashion_mnist_root, tmp_path):
+    """PC-DARTS trains only the weights for its first 15 epochs: a shorter search ends with the initial alphas,
+    which is said; --arch-warmup-epochs shortens the warm-up."""
+    def last_alphas(name, *options):
+        assert main(["search", "--method", "pc-darts", "--dataset", "fashion-mnist", "--epochs", "1", "--subset",
+                     "64", "--batch-size", "16", "--layers", "3", "--init-channels", "4", "-q", *options,
+                     "--run-dir", str(tmp_path / name)]) == 0
+        return json.loads((tmp_path / name / "alphas.jsonl").read_text().splitlines()[-1])["alphas"]
+
+    with pytest.warns(UserWarning, match="pc-darts: the alphas move only after 15 warm-up epochs of weight steps, "
+                                         "and the search has 1: they never move"):
+        initial = last_alphas("warm-up")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        searched = last_alphas("no-warm-up", "--arch-warmup-epochs", "0")
+        SearchConfig(method="pc-darts", epochs=16, arch_warmup_epochs=15)
+    assert searched != initial

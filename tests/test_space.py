@@ -94,7 +94,7 @@ def test_parameter_split(supernet):
     assert len(weights) + len(arch) == len(list(supernet.parameters()))
 
 
-@pytest.mark.parametrize("name, options", [("darts", {"C": 4, "layers": 2, "edge_normalization": True}),
+@pytest.mark.parametrize("name, options", [("darts", {"C": 4, "layers": 3, "edge_normalization": True}),
                                            ("nb201", {"C": 4, "N": 1, "edge_normalization": True}),
                                            ("darts-rnn", {"vocab_size": 20, "emb_size": 8, "hidden_size": 8})])
 def test_arch_parameters_are_the_alphas_and_betas_in_parameter_order(name, options):
@@ -169,6 +169,14 @@ def test_invalid_sizes():
         DartsSupernet(layers=0)
     with pytest.raises(ValueError):
         DartsSupernet(nodes=0)
+    with pytest.raises(ValueError, match=r"at least 3 to search a normal cell \(cells 0 and 1 are the reduction"):
+        DartsSupernet(layers=2)  # both cells would reduce: the normal cell's alphas would never move
+
+
+@pytest.mark.parametrize("ops", [("none",), ("sep_conv_3x3", "skip_connect", "sep_conv_3x3")])
+def test_ops_must_be_distinct_and_more_than_none(ops):
+    with pytest.raises(ValueError, match="ops must be distinct and include one besides 'none'"):
+        DartsSupernet(C=4, layers=3, ops=ops)
 
 
 # --- mixed edge and relaxation -----------------------------------------------------------------------

@@ -396,6 +396,17 @@ DARTS_OPS = (
     "dil_conv_5x5",
 )
 
+
+def check_ops(ops) -> tuple[str, ...]:
+    """A space's candidate ops as a tuple, each registered (an unknown one fails listing the valid ones),
+    distinct, and one at least besides ``none`` (which a derived cell never takes)."""
+    for name in ops:
+        OPS.get(name)
+    if len(set(ops)) < len(ops) or set(ops) <= {"none"}:
+        raise ValueError(f"ops must be distinct and include one besides 'none', got {', '.join(ops) or 'none'}")
+    return tuple(ops)
+
+
 #: Ops without parameters, whose share in a derived cell signals the DARTS collapse.
 PARAMETER_FREE_OPS = frozenset({"none", "avg_pool_3x3", "max_pool_3x3", "skip_connect"})
 

@@ -84,6 +84,10 @@ class ProgressiveSearch:
                              f"recipe {method.name} sets edge {method.part('edge')!r}")
         self.config, self.run_dir, self.method = config, Path(run_dir), method
         self.schedule = method.build("schedule")
+        if "layers" in config.space_options:
+            raise ValueError(f"{method.name} sets the cells of each stage (its schedule's layers, "
+                             f"{list(self.schedule.layers)}), so layers (--layers) does not apply; a recipe of your "
+                             f"own can set the schedule's layers")
         self.ops = list(config.space_options.get("ops", DARTS_OPS))
 
     def load_checkpoint(self) -> None:

@@ -20,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import difflib
 import inspect
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -89,7 +91,12 @@ class SearchConfig:
     # side_streams); no effect on the CPU
 
     def __post_init__(self):
-        check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, side_streams=0)
+        check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, side_streams=0,
+                       arch_warmup_epochs=0)
+        if self.arch_warmup_epochs >= self.epochs:
+            warnings.warn(f"{self.method}: the alphas move only after {self.arch_warmup_epochs} warm-up epochs of "
+                          f"weight steps, and the search has {self.epochs}: they never move, and the genotype is "
+                          f"the initial alphas' (set fewer warm-up epochs, --arch-warmup-epochs)", stacklevel=3)
         ways = [name for name in ("merge_kernel_sizes", "side_streams") if getattr(self, name)]
         if ways and not self.space_options.get("fused"):
             raise ValueError(f"{' and '.join(ways)}: ways of running the fused cells, and this search runs the "
@@ -249,7 +256,7 @@ class Search:
                                     ("CUDA graph", c.cuda_graph and gpu),
                                     ("3x3 and 5x5 ops merged", c.merge_kernel_sizes),
                                     (f"{c.side_streams} side streams", c.side_streams and gpu)) if on]
-        resumed = f" resumed after epoch {self.epoch}," if self.epoch else ""
+        resumed = f" resumed after epoch {self.epoch} of {c.epochs}," if self.epoch else ""
         return (f"{c.method} on {c.dataset}, {c.epochs} epoch{'s' * (c.epochs != 1)},{resumed} on {self.device} "
                 f"({', '.join([*ways, c.precision])}): {self.run_dir}")
 
@@ -536,10 +543,24 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path, partial_last: bool = False) -> list[dict[str, Any]]:
+    """The records of a run's JSON-lines file ([] if there is none). A line that is not JSON is an error
+    naming the file and the line; with ``partial_last``, a last line cut short (the run stopped while
+    appending it, before the checkpoint of its epoch) is left out."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            if line.strip():
+                records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if partial_last and number == len(lines):
+                break
+            raise ValueError(f"{path}, line {number}: not JSON ({e}): the file is damaged; mend or delete that "
+                             f"line (the run's other files are untouched)") from None
+    return records
 
 
 def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
@@ -549,7 +570,7 @@ def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
 def drop_lines_after(path: Path, epoch: int) -> None:
     """On resume: lines written after the checkpoint (a crash between the two) belong to an epoch that will
     rerun."""
-    write_jsonl(path, [r for r in read_jsonl(path) if r["epoch"] <= epoch])
+    write_jsonl(path, [r for r in read_jsonl(path, partial_last=True) if r["epoch"] <= epoch])
 
 
 def format_seconds(s: float) -> str:
@@ -600,6 +621,7 @@ def search(
     config_cls, search_cls = search_classes(space or recipe.part("space"), recipe)
     dataset = dataset or config_cls.dataset
     config_fields = config_cls.fields()
+    _check_settings(settings, config_fields, space or recipe.part("space"))
     known = {k: v for k, v in settings.items() if k in config_fields}
     space_options = {**recipe.space_options(space), **known.pop("space_options", {}),
                      **{k: v for k, v in settings.items() if k not in config_fields}}
@@ -617,6 +639,26 @@ def search(
     return search_cls(config, run_dir, recipe).run(progress)
 
 
+SET_BY_THE_SEARCH = {"method", "dataset", "space", "num_classes", "in_channels", "vocab_size", "relaxation", "edge"}
+
+
+def _check_settings(settings: dict[str, Any], config_fields: set[str], space: str) -> None:
+    """A ValueError for each setting that is neither a search setting nor an option of the space, with the
+    name it most resembles."""
+    space_cls = SPACES.get(space)
+    valid = sorted((config_fields | set(inspect.signature(space_cls).parameters)) - SET_BY_THE_SEARCH)
+    unknown = [k for k in settings if k not in valid]
+    cli_names = {"init_channels": "C", "layers": getattr(space_cls, "depth_option", None)}  # --init-channels ...
+
+    def hint(name: str) -> str:
+        near = [cli_names[name]] if cli_names.get(name) in valid else difflib.get_close_matches(name, valid, 1)
+        return f"{name} (did you mean {near[0]}?)" if near else name
+
+    if unknown:
+        raise ValueError(f"unknown settings {', '.join(map(hint, unknown))}: neither search settings nor options "
+                         f"of the {space} space; valid: {', '.join(valid)}")
+
+
 def search_classes(space: str, method: Method) -> tuple[type[SearchConfig], type[Search]]:
     """The settings and search classes of a space: its own (``search_classes()``) or the image search's;
     a method with a schedule part runs its stages of searches (P-DARTS, progressive.py)."""
@@ -629,6 +671,8 @@ def search_classes(space: str, method: Method) -> tuple[type[SearchConfig], type
 
 def _resume(run_dir: Path, progress: bool, **settings: Any) -> SearchResult:
     config_file = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} does not exist: --resume takes the directory of a search run")
     if not config_file.exists():
         raise FileNotFoundError(f"{run_dir} is not a dnas search run (no config.json in it)")
     checkpoint.check_resume_settings(settings, ("device", "tensorboard"))

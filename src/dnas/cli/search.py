@@ -20,6 +20,7 @@ def run_search(args: argparse.Namespace) -> None:
         settings = {k: v for k, v in {
             "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
             "device": args.device, "subset": args.subset, "cutout": args.cutout,
+            "arch_warmup_epochs": args.arch_warmup_epochs,
             "tensorboard": args.tensorboard or None,
             "C": args.init_channels, depth: args.layers, "nodes": args.nodes,
             "ops": tuple(args.ops.split(",")) if args.ops else None,
@@ -50,6 +51,9 @@ def register(sub) -> None:
                                    "on a corpus)")
     s.add_argument("--epochs", type=int, help="default 50")
     s.add_argument("--batch-size", type=int, help="default 64")
+    s.add_argument("--arch-warmup-epochs", type=int, metavar="N",
+                   help="epochs of weight steps only before the alphas move (default: the method's; PC-DARTS 15, "
+                        "P-DARTS 10 per stage, others 0)")
     s.add_argument("--layers", type=int, help="cells in the supernet (default 8); --space nb201: cells per "
                                               "stage (default 5)")
     s.add_argument("--init-channels", type=int, help="initial channels C (default 16)")
@@ -59,7 +63,8 @@ def register(sub) -> None:
     s.add_argument("--subset", type=int, help="use only the first N training images (quick runs)")
     s.add_argument("--cutout", type=int, help="cutout length (default 0: off)")
     s.add_argument("--fast", action="store_true",
-                   help="the fast path: the cells fused (DARTS and NAS-Bench-201 spaces: same results, fewer and "
+                   help="the fast path: the cells fused (DARTS and NAS-Bench-201 spaces: the same computation up to "
+                        "float32 rounding, which near-tied alphas can turn into another genotype; fewer and "
                         "larger kernels) and, on a GPU, each step replayed from a CUDA graph; on a CPU the NHWC "
                         "layout (--channels-last), fused but for GDAS; docs/speed.md")
     s.add_argument("--fused", action="store_true",

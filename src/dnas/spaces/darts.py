@@ -20,7 +20,8 @@ from torch import nn
 
 from ..edges import WeightedSum
 from ..genotype import Genotype
-from ..ops import DARTS_OPS, OPS, PARAMETER_FREE_OPS, FactorizedReduce, ReLUConvBN, cat_dense_gradients, global_average
+from ..ops import (DARTS_OPS, OPS, PARAMETER_FREE_OPS, FactorizedReduce, ReLUConvBN, cat_dense_gradients, check_ops,
+                   global_average)
 from ..perturb import perturbed
 from ..relax import Softmax, is_hard
 from ..selection import TopK
@@ -106,11 +107,12 @@ class DartsSupernet(Supernet):
         fused: bool = False,
     ):
         super().__init__()
-        for name in ops:
-            OPS.get(name)  # an unknown op fails here, listing the valid ones
+        self.ops = check_ops(ops)
         if layers < 1 or nodes < 1 or C < 1:
             raise ValueError(f"layers, nodes and C must be positive, got layers={layers}, nodes={nodes}, C={C}")
-        self.ops = tuple(ops)
+        if layers < 3:  # cells layers // 3 and 2 layers // 3 reduce: with fewer than 3 no cell is a normal one
+            raise ValueError(f"layers must be at least 3 to search a normal cell (cells {layers // 3} and "
+                             f"{2 * layers // 3} are the reduction cells), got layers={layers}")
         self.nodes = nodes
         self.relaxation = relaxation or Softmax()
         self.fused = fused  # the fast path of the cell (fused.py): same parameters, same results

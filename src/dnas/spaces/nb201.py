@@ -23,7 +23,7 @@ from ..bench import nb201
 from ..perturb import perturbed
 from ..bench.nb201 import NB201_OPS, NB201Genotype, cell_edges
 from ..edges import WeightedSum
-from ..ops import OPS, ReLUConvBN, global_average
+from ..ops import OPS, ReLUConvBN, check_ops, global_average
 from ..relax import Softmax, is_hard
 from ..selection import TopK
 from . import SPACES
@@ -102,8 +102,7 @@ class NB201Supernet(Supernet):
         fused: bool = False,
     ):
         super().__init__()
-        for name in ops:
-            OPS.get(name)  # an unknown op fails here, listing the valid ones
+        self.ops = check_ops(ops)
         if C < 1 or N < 1 or nodes < 2:
             raise ValueError(f"C and N must be positive and nodes at least 2, got C={C}, N={N}, nodes={nodes}")
         outside = [f"{nodes} nodes"] if nodes != nb201.NODES else []
@@ -111,7 +110,6 @@ class NB201Supernet(Supernet):
         if outside:
             warnings.warn(f"cells of {' and '.join(outside)} are outside NAS-Bench-201 ({nb201.NODES} nodes, ops "
                           f"{', '.join(NB201_OPS)}): their true accuracies cannot be looked up", stacklevel=2)
-        self.ops = tuple(ops)
         self.nodes = nodes
         self.fused = fused  # the fast path of the cell (fused.py): same parameters, same results
         self.relaxation = relaxation or Softmax()
