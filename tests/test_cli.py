@@ -21,6 +21,7 @@ def test_search_prints_the_genotype_and_resume_finishes_a_run(fashion_mnist_root
     assert f"run directory: {run}" in out
     # a finished run resumes to the same end without training again
     assert main(["search", "--resume", str(run), "-q"]) == 0
+    assert "darts-v1 on fashion-mnist, 1 epoch, resumed after epoch 1 of 1, on " in capsys.readouterr().out
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 

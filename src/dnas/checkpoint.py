@@ -171,6 +171,10 @@ def set_rng_state(rng: dict[str, Any], generators: dict[str, torch.Generator]) -
         g.set_state(rng[name].cpu())
 
 
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 def load(path: Path, fmt: str, device: torch.device, kind: str, restore: Callable[[dict[str, Any]], None]) -> dict:
     """Read the checkpoint at ``path`` and ``restore`` the run from it; any failure is a CheckpointError
     naming the file (the run's other files are left as they are)."""
@@ -183,7 +187,7 @@ def load(path: Path, fmt: str, device: torch.device, kind: str, restore: Callabl
             raise ValueError(f"format {state.get('format')!r}, expected {fmt!r}")
         restore(state)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""  # not torch's advice after it
+        reason = _first_line(str(e).split("WeightsUnpickler error:")[-1])  # not torch's advice around it
         raise CheckpointError(f"{path} is corrupted or not a dnas {kind} checkpoint ({type(e).__name__}: {reason}); "
                               f"the run's other files are untouched") from None
     return state

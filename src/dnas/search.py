@@ -257,8 +257,8 @@ class Search:
                                     ("3x3 and 5x5 ops merged", c.merge_kernel_sizes),
                                     (f"{c.side_streams} side streams", c.side_streams and gpu)) if on]
         resumed = f" resumed after epoch {self.epoch} of {c.epochs}," if self.epoch else ""
-        return (f"{c.method} on {c.dataset}, {c.epochs} epoch{'s' * (c.epochs != 1)},{resumed} on {self.device} "
-                f"({', '.join([*ways, c.precision])}): {self.run_dir}")
+        return (f"{self.method.name} on {c.dataset}, {c.epochs} epoch{'s' * (c.epochs != 1)},{resumed} on "
+                f"{self.device} ({', '.join([*ways, c.precision])}): {self.run_dir}")
 
     @property
     def eval_precision(self) -> str:
@@ -672,7 +672,8 @@ def search_classes(space: str, method: Method) -> tuple[type[SearchConfig], type
 def _resume(run_dir: Path, progress: bool, **settings: Any) -> SearchResult:
     config_file = run_dir / "config.json"
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir} does not exist: --resume takes the directory of a search run")
+        raise FileNotFoundError(f"{run_dir} {'is not a directory' if run_dir.exists() else 'does not exist'}: "
+                                f"--resume takes the directory of a search run")
     if not config_file.exists():
         raise FileNotFoundError(f"{run_dir} is not a dnas search run (no config.json in it)")
     checkpoint.check_resume_settings(settings, ("device", "tensorboard"))
