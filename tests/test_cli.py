@@ -102,7 +102,20 @@ def test_options_are_taken_only_as_spelt_out(capsys):
     assert e.value.code == 2 and "unrecognized arguments: --data" in capsys.readouterr().err
 
 
-def test_info_refuses_the_recurrent_options_for_a_convolutional_cell(capsys):
-    assert main(["info", "--genotype", "DARTS_V2", "--dataset", "cifar100"]) == 2
-    assert "--dataset: for recurrent cells; DARTS_V2 is a convolutional one, sized by --num-classes" in \
-        capsys.readouterr().err
+def test_info_sizes_a_convolutional_network_by_its_images(tmp_path, capsys):
+    """--dataset, else the data set a run directory's genotype was searched on, gives the network's input
+    channels, image size and classes; the recurrent options are refused."""
+    picture = ["-o", str(tmp_path / "cells.png")]
+    assert main(["info", "--genotype", "DARTS_V2", "--dataset", "cifar100", *picture]) == 0
+    assert "network: cifar, 20 cells, 100 classes, input 3x32x32" in capsys.readouterr().out
+    run = tmp_path / "run"  # a search run's files: its config and genotype
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"dataset": "fashion-mnist"}, "method": {}}))
+    dnas.load_genotype("DARTS_V2")[0].save(run / "genotype.json")
+    assert main(["info", "--genotype", str(run), *picture]) == 0
+    assert "network: cifar, 20 cells, 10 classes, input 1x28x28" in capsys.readouterr().out
+    assert main(["info", "--genotype", "DARTS_V2", "--dataset", "image-folder"]) == 2
+    assert ("--dataset image-folder: the image shapes known are those of cifar10, cifar100, fashion-mnist; for "
+            "other images give --in-channels, --image-size and --num-classes") in capsys.readouterr().err
+    assert main(["info", "--genotype", "DARTS_V2", "--vocab-size", "5"]) == 2
+    assert "--vocab-size: for recurrent cells; DARTS_V2 is a convolutional one" in capsys.readouterr().err

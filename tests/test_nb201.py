@@ -276,6 +276,16 @@ def test_cli_bench_nb201(capsys):
     assert "malformed NAS-Bench-201 arch string" in capsys.readouterr().err
 
 
+def test_cli_bench_nb201_reads_a_search_run_or_a_genotype_file(tmp_path, capsys):
+    NB201Genotype.parse(ALL_SKIP).save(tmp_path / "genotype.json")  # as a --space nb201 search leaves it
+    for arch in (tmp_path, tmp_path / "genotype.json"):
+        assert main(["bench", "nb201", "--arch", str(arch)]) == 0
+        assert capsys.readouterr().out.splitlines()[:2] == [f"arch: {ALL_SKIP}", "index: 1835"]
+    dnas.load_genotype("DARTS_V2")[0].save(tmp_path / "darts.json")
+    assert main(["bench", "nb201", "--arch", str(tmp_path / "darts.json")]) == 2
+    assert "darts.json holds a Genotype, not a NAS-Bench-201 cell" in capsys.readouterr().err
+
+
 def test_a_nas_bench_201_cell_is_a_genotype_wherever_one_is_given(tmp_path, capsys):
     """--genotype and dnas show take the arch string, and the .json and .txt files a search writes; training
     and info, which build the DARTS evaluation networks, point to the benchmark instead."""

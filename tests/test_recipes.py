@@ -76,7 +76,7 @@ def test_paper_settings_are_pinned():
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_the_part_of_adding_a_method_runs_as_the_doc_writes_it(fused, fashion_mnist_root, tmp_path, monkeypatch,
-                                                                capsys):
+                                                               capsys):
     """docs/adding-a-method.md: its example relaxation, registered as written and named by a recipe, searches."""
     doc = (Path(__file__).parents[1] / "docs" / "adding-a-method.md").read_text()
     monkeypatch.setattr(RELAXATIONS, "_table", dict(RELAXATIONS._table))  # the registration ends with the test

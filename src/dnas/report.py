@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .bench.nb201 import DATASETS as NB201_DATASETS
 from .cost import Cost, cost
+from .data import IMAGE_SHAPES
 from .genotype import Genotype
 from .search import format_seconds, read_jsonl
 from .spaces.darts_network import NetworkCIFAR
@@ -137,7 +138,6 @@ def load_run(path: str | os.PathLike) -> SearchRun:
 
 # -- the cost of a derived network -------------------------------------------------------------------------
 #: (channels, image side, classes) of the data sets the derived network is measured on; others: CIFAR-10's
-EVAL_INPUT = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "fashion-mnist": (1, 28, 10)}
 COST_NETWORK = "the DARTS CIFAR network (20 cells, 36 channels, no auxiliary head)"
 
 
@@ -149,7 +149,7 @@ def derived_cost(genotype: str, dataset: str) -> Cost | None:
     g = parse_genotype(genotype)
     if not isinstance(g, Genotype):
         return None
-    channels, side, classes = EVAL_INPUT.get(dataset, EVAL_INPUT["cifar10"])
+    channels, side, classes = IMAGE_SHAPES.get(dataset, IMAGE_SHAPES["cifar10"])
     with torch.device("meta"):
         network = NetworkCIFAR(g, num_classes=classes, in_channels=channels, auxiliary=False)
     return cost(network, (channels, side, side))

@@ -3,10 +3,11 @@ measured and exported network."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..cost import cost, count_params
-from ..data import CORPORA, DATASETS
+from ..data import CORPORA, DATASETS, IMAGE_SHAPES
 from ..export import FORMATS, export_run
 from ..report import load_run
 from ..spaces.darts_network import NETWORKS
@@ -24,15 +25,20 @@ def run_info(args: argparse.Namespace) -> None:
     if isinstance(genotype, RecurrentGenotype):
         return info_recurrent(args, genotype, name)
     genotype = convolutional(genotype, name)
-    unused = [flag for flag, value in (("--dataset", args.dataset), ("--vocab-size", args.vocab_size),
-                                       ("--hidden-size", args.hidden_size)) if value is not None]
+    unused = [flag for flag, value in (("--vocab-size", args.vocab_size), ("--hidden-size", args.hidden_size))
+              if value is not None]
     if unused:
         raise ValueError(f"{', '.join(unused)}: for recurrent cells; {name} is a convolutional one, sized by "
-                         f"--num-classes, --in-channels and --image-size")
+                         f"--dataset, or --num-classes, --in-channels and --image-size")
+    if args.dataset is not None and args.dataset not in IMAGE_SHAPES:
+        raise ValueError(f"--dataset {args.dataset}: the image shapes known are those of {', '.join(IMAGE_SHAPES)}; "
+                         f"for other images give --in-channels, --image-size and --num-classes")
     network = NETWORKS.get(args.network)
-    in_channels, size = args.in_channels or 3, args.image_size or network.image_size
+    # the images of --dataset, else of the data set the genotype was searched on (a run directory's)
+    in_channels, side, classes = IMAGE_SHAPES.get(args.dataset or searched_on(args.genotype), (3, None, None))
+    in_channels, size = args.in_channels or in_channels, args.image_size or side or network.image_size
     options = {k: v for k, v in {"C": args.init_channels, "layers": args.layers,
-                                 "num_classes": args.num_classes}.items() if v is not None}
+                                 "num_classes": args.num_classes or classes}.items() if v is not None}
     model = network(genotype, in_channels=in_channels, **options)
     entry = ZOO.get(name)
     published = entry is not None and entry.genotype == genotype
@@ -47,6 +53,15 @@ def run_info(args: argparse.Namespace) -> None:
         print(f"cells: {draw(genotype, args.output or f'{name}-cells.png')}")
     except GraphvizNotFound as e:
         print(f"cells: not drawn ({e})")
+
+
+def searched_on(genotype: str) -> str | None:
+    """The data set a search run directory's genotype was searched on (None for any other genotype)."""
+    config = Path(genotype).expanduser() / "config.json"
+    try:
+        return json.loads(config.read_text())["config"]["dataset"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def info_recurrent(args: argparse.Namespace, genotype: RecurrentGenotype, name: str) -> None:
@@ -141,8 +156,10 @@ def register(sub) -> None:
     i.add_argument("--init-channels", type=int, help="initial channels (default: the network's, 36 or 48)")
     i.add_argument("--layers", type=int, help="cells (default: the network's, 20 or 14)")
     i.add_argument("--num-classes", type=int, help="classes (default 10 or 1000)")
-    i.add_argument("--dataset", help=f"recurrent cells: the corpus whose vocabulary sizes the model, one of "
-                                     f"{', '.join(CORPORA.names())} (default ptb: 10,000 words)")
+    i.add_argument("--dataset", help=f"the images whose channels, size and classes size the network: "
+                                     f"{', '.join(IMAGE_SHAPES)} (default: a run directory's, else 3x32x32 "
+                                     f"images); recurrent cells: the corpus whose vocabulary sizes the model, one "
+                                     f"of {', '.join(CORPORA.names())} (default ptb: 10,000 words)")
     i.add_argument("--vocab-size", type=int, help="recurrent cells: vocabulary size (default: the corpus's)")
     i.add_argument("--hidden-size", type=int, help="recurrent cells: embedding = hidden size (default 850)")
     i.add_argument("--in-channels", type=int, help="image channels (default 3)")

@@ -95,6 +95,10 @@ def _cifar_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, tor
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
+#: (channels, side, classes) of the registered data sets whose images all have one known shape
+IMAGE_SHAPES = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "fashion-mnist": (1, 28, 10)}
+
+
 @DATASETS.register("cifar10")
 def cifar10(root: Path | None) -> ImageDataset:
     train = [f"data_batch_{i}" for i in range(1, 6)]
