@@ -54,6 +54,13 @@ def test_bad_input_exits_2_with_a_message(argv, message, capsys, tmp_path):
     assert err.startswith("dnas: error: ") and message in err
 
 
+def test_run_dir_and_runs_are_not_given_together(tmp_path, capsys):
+    for command in ("search", "train"):
+        assert main([command, "--run-dir", str(tmp_path / "r"), "--runs", str(tmp_path)]) == 2
+        assert "--runs, the folder of new run directories, does not apply with it" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_takes_no_other_settings(capsys):
     """The run's settings are its config.json's: options given beside --resume are refused, not dropped."""
     assert main(["search", "--resume", "/nowhere/run"]) == 2

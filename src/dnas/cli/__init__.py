@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if {"run_dir", "runs"} <= set(given_options(parser, args, argv)):
+            raise ValueError("--run-dir names the run's own directory; --runs, the folder of new run directories, "
+                             "does not apply with it")
         if getattr(args, "resume", None):  # a resumed run keeps its settings: refuse others, not drop them
             given = [f"--{dest.replace('_', '-')}" for dest in given_options(parser, args, argv)
                      if dest not in RESUME_KEEPS]
