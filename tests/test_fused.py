@@ -234,6 +234,18 @@ def test_other_ops_run_fused_with_equal_results(ops, merged):
         assert any({(3, 3), (5, 5), (7, 7)} <= sizes(g) for b in plan.batches for g in b.groups)
 
 
+def forward_backward(fused: bool, ops: tuple[str, ...]):
+    """A supernet of ``ops``: its training loss and gradients, then its state and its evaluation output, as
+    ``assert_same_step`` compares them."""
+    model = supernet(fused, ops=ops)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    loss = model(x).logsumexp(1).sum()
+    names, params = zip(*model.named_parameters())
+    grads = dict(zip(names, torch.autograd.grad(loss, params)))
+    model.eval()
+    return loss, grads, model.state_dict(), model(x)
+
+
 OTHER_MODULES = {
     "gelu_conv_1x1": lambda C, stride, affine: nn.Sequential(nn.GELU(), nn.Conv2d(C, C, 1, stride, bias=False),
                                                              nn.BatchNorm2d(C, affine=affine)),
@@ -255,17 +267,7 @@ def test_ops_of_other_modules_equal_the_readable_cell(ops, monkeypatch):
     readable cell's."""
     for name, factory in OTHER_MODULES.items():
         monkeypatch.setitem(OPS._table, name, factory)
-
-    def forward_backward(fused):
-        model = supernet(fused, ops=ops)
-        x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-        loss = model(x).logsumexp(1).sum()
-        names, params = zip(*model.named_parameters())
-        grads = dict(zip(names, torch.autograd.grad(loss, params)))
-        model.eval()
-        return loss, grads, model.state_dict(), model(x)
-
-    assert_same_step(forward_backward(False), forward_backward(True))
+    assert_same_step(forward_backward(False, ops), forward_backward(True, ops))
 
 
 def test_an_op_replaced_after_a_forward_is_the_one_that_runs():
@@ -291,16 +293,8 @@ def test_ops_the_same_on_every_edge_equal_the_readable_cell():
     fused cell runs them once per source; in a space of only such ops every source batch runs so. The loss,
     gradients, every edge's BatchNorm running statistics and the evaluation-mode output are the readable
     cell's."""
-    def forward_backward(fused):
-        model = supernet(fused, ops=("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"))
-        x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-        loss = model(x).logsumexp(1).sum()
-        names, params = zip(*model.named_parameters())
-        grads = dict(zip(names, torch.autograd.grad(loss, params)))
-        model.eval()
-        return loss, grads, model.state_dict(), model(x)
-
-    assert_same_step(forward_backward(False), forward_backward(True))
+    ops = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect")
+    assert_same_step(forward_backward(False, ops), forward_backward(True, ops))
 
 
 def test_unknown_edge_class_falls_back_to_the_readable_cell():
