@@ -250,6 +250,8 @@ def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_pa
     (dict(fused=True, side_streams=-1), "side_streams must be >= 0, not -1"),
     (dict(epochs=0), "epochs must be >= 1, not 0"),
     (dict(subset=-5), "subset must be >= 1, not -5"),
+    (dict(subset=10 ** 8), "subset 100000000 is more than the 60,000 training images of fashion-mnist; give at most "
+                           "60000"),
     (dict(cutout=-4), "cutout must be >= 0, not -4"),
     (dict(device="foo"), "unknown device 'foo'; valid: auto, cpu, cuda, cuda:N"),
 ])

@@ -121,6 +121,12 @@ def check_minimums(settings: dict[str, Any], **minimums: int) -> None:
         raise ValueError("; ".join(low))
 
 
+def check_subset(n: int | None, total: int, what: str) -> None:
+    """A ValueError where a subset of ``n`` images is asked of ``total`` ``what``."""
+    if n is not None and n > total:
+        raise ValueError(f"subset {n} is more than the {total:,} {what}; give at most {total} (or none: all)")
+
+
 @dataclass
 class SearchResult:
     genotype: Genotype
@@ -153,6 +159,7 @@ class Search:
         """Data, parts, supernet, optimisers and schedule (a space with its own data overrides this)."""
         config = self.config
         data = load_dataset(config.dataset, config.data)
+        check_subset(config.subset, len(data.train_y), f"training images of {config.dataset}")
         x, y = data.train_x[: config.subset], data.train_y[: config.subset]
         train_idx, val_idx = split_indices(len(y), config.train_portion)
         layout = memory_format(config.channels_last)
