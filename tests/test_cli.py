@@ -121,6 +121,8 @@ def test_info_sizes_a_convolutional_network_by_its_images(tmp_path, capsys):
     dnas.load_genotype("DARTS_V2")[0].save(run / "genotype.json")
     assert main(["info", "--genotype", str(run), *picture]) == 0
     assert "network: cifar, 20 cells, 10 classes, input 1x28x28" in capsys.readouterr().out
+    assert main(["info", "--genotype", str(run), "--network", "imagenet", *picture]) == 0  # the cell moved
+    assert "network: imagenet, 14 cells, 1000 classes, input 3x224x224" in capsys.readouterr().out
     assert main(["info", "--genotype", "DARTS_V2", "--dataset", "image-folder"]) == 2
     assert ("--dataset image-folder: the image shapes known are those of cifar10, cifar100, fashion-mnist; for "
             "other images give --in-channels, --image-size and --num-classes") in capsys.readouterr().err

@@ -61,6 +61,8 @@ def test_bad_schedules_are_clear_errors():
         Progressive(layers=(5, 11), keep=(5, 3, 1))
     with pytest.raises(ValueError, match="shrink to 1"):
         Progressive(keep=(5, 3, 2))
+    with pytest.raises(ValueError, match=r"at least 3 cells \(one normal, two reductions\), got layers \[2, 5\]"):
+        Progressive(layers=(2, 5), keep=(2, 1), skip_dropout=(0.1, 0.4))
 
 
 def _recipe(tmp_path):
@@ -80,6 +82,8 @@ def test_layers_are_the_schedules_not_the_users(tmp_path):
     with pytest.raises(ValueError, match=r"sets the cells of each stage \(its schedule's layers, \[3, 4\]\), so "
                                          r"layers \(--layers\) does not apply"):
         dnas.search(method=_recipe(tmp_path), run_dir=tmp_path / "r", layers=3, **TINY)
+    with pytest.raises(ValueError, match="ops must be distinct"):  # checked before the run's files are made
+        dnas.search(method=_recipe(tmp_path), run_dir=tmp_path / "r", **{**TINY, "ops": ("none", "none")})
     assert not (tmp_path / "r").exists()
 
 

@@ -169,7 +169,8 @@ def test_invalid_sizes():
         DartsSupernet(layers=0)
     with pytest.raises(ValueError):
         DartsSupernet(nodes=0)
-    with pytest.raises(ValueError, match=r"at least 3 to search a normal cell \(cells 0 and 1 are the reduction"):
+    with pytest.raises(ValueError, match=r"at least 3 to search a normal cell \(the cells at 1/3 and 2/3 of the "
+                                         r"depth are reduction cells\), got layers=2"):
         DartsSupernet(layers=2)  # both cells would reduce: the normal cell's alphas would never move
 
 

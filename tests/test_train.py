@@ -232,7 +232,8 @@ def test_an_existing_run_directory_is_not_overwritten(tmp_path):
     ((), {}, "give the genotype to train"),
     (("DARTS_V2",), dict(test_subset=0), "test_subset must be >= 1, not 0"),
     (("DARTS_V2",), dict(subset=-3, cutout=-1), "subset must be >= 1, not -3; cutout must be >= 0, not -1"),
-    (("DARTS_V2",), dict(test_subset=10 ** 6), "subset 1000000 is more than the 10,000 test images of fashion-mnist"),
+    (("DARTS_V2",), dict(test_subset=10 ** 6), "test_subset 1000000 is more than the 10,000 test images of "
+                                               "fashion-mnist"),
 ])
 def test_bad_input_is_a_clear_error(args, kwargs, message, tmp_path):
     with pytest.raises((ValueError, KeyError), match=message):

@@ -403,7 +403,7 @@ def check_ops(ops) -> tuple[str, ...]:
     for name in ops:
         OPS.get(name)
     if len(set(ops)) < len(ops) or set(ops) <= {"none"}:
-        raise ValueError(f"ops must be distinct and include one besides 'none', got {', '.join(ops) or 'none'}")
+        raise ValueError(f"ops must be distinct and include one besides 'none', got {', '.join(ops) or 'no ops'}")
     return tuple(ops)
 
 

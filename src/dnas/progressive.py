@@ -25,7 +25,7 @@ import torch
 
 from . import checkpoint
 from .genotype import Genotype
-from .ops import DARTS_OPS
+from .ops import DARTS_OPS, check_ops
 from .registry import Registry
 from .search import Search, SearchConfig, SearchResult, read_jsonl, write_jsonl
 from .selection import TopK
@@ -46,6 +46,9 @@ class Progressive:
                              f"{list(layers)}, {list(keep)}, {list(skip_dropout)}")
         if list(keep) != sorted(keep, reverse=True) or keep[-1] != 1:
             raise ValueError(f"progressive: keep must shrink to 1 op per edge after the last stage, got {list(keep)}")
+        if min(layers) < 3:
+            raise ValueError(f"progressive: each stage's supernet needs at least 3 cells (one normal, two "
+                             f"reductions), got layers {list(layers)}")
         self.layers, self.keep, self.skip_dropout = tuple(layers), tuple(keep), tuple(skip_dropout)
         self.max_skips = max_skips
 
@@ -84,11 +87,7 @@ class ProgressiveSearch:
                              f"recipe {method.name} sets edge {method.part('edge')!r}")
         self.config, self.run_dir, self.method = config, Path(run_dir), method
         self.schedule = method.build("schedule")
-        if "layers" in config.space_options:
-            raise ValueError(f"{method.name} sets the cells of each stage (its schedule's layers, "
-                             f"{list(self.schedule.layers)}), so layers (--layers) does not apply; a recipe of your "
-                             f"own can set the schedule's layers")
-        self.ops = list(config.space_options.get("ops", DARTS_OPS))
+        self.ops = list(check_ops(config.space_options.get("ops", DARTS_OPS)))  # before the run's files are made
 
     def load_checkpoint(self) -> None:
         """Nothing to load here: each stage resumes from its own checkpoint when ``run`` reaches it."""

@@ -285,5 +285,6 @@ def _edge_ends(nodes: int) -> list[tuple[int, int]]:
 
 
 def _keep_lines(path, n: int) -> None:
+    """On resume: the first ``n`` records, those of the checkpoint (and a last line cut short dropped)."""
     if path.exists():
-        write_jsonl(path, read_jsonl(path)[:n])
+        write_jsonl(path, read_jsonl(path, partial_last=True)[:n])

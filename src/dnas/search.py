@@ -93,10 +93,6 @@ class SearchConfig:
     def __post_init__(self):
         check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, side_streams=0,
                        arch_warmup_epochs=0)
-        if self.arch_warmup_epochs >= self.epochs:
-            warnings.warn(f"{self.method}: the alphas move only after {self.arch_warmup_epochs} warm-up epochs of "
-                          f"weight steps, and the search has {self.epochs}: they never move, and the genotype is "
-                          f"the initial alphas' (set fewer warm-up epochs, --arch-warmup-epochs)", stacklevel=3)
         ways = [name for name in ("merge_kernel_sizes", "side_streams") if getattr(self, name)]
         if ways and not self.space_options.get("fused"):
             raise ValueError(f"{' and '.join(ways)}: ways of running the fused cells, and this search runs the "
@@ -121,10 +117,10 @@ def check_minimums(settings: dict[str, Any], **minimums: int) -> None:
         raise ValueError("; ".join(low))
 
 
-def check_subset(n: int | None, total: int, what: str) -> None:
-    """A ValueError where a subset of ``n`` images is asked of ``total`` ``what``."""
+def check_subset(n: int | None, total: int, what: str, option: str = "subset") -> None:
+    """A ValueError where a subset of ``n`` images (the setting ``option``) is asked of ``total`` ``what``."""
     if n is not None and n > total:
-        raise ValueError(f"subset {n} is more than the {total:,} {what}; give at most {total} (or none: all)")
+        raise ValueError(f"{option} {n} is more than the {total:,} {what}; give at most {total} (or none: all)")
 
 
 @dataclass
@@ -159,7 +155,8 @@ class Search:
         """Data, parts, supernet, optimisers and schedule (a space with its own data overrides this)."""
         config = self.config
         data = load_dataset(config.dataset, config.data)
-        check_subset(config.subset, len(data.train_y), f"training images of {config.dataset}")
+        if not (self.run_dir / "checkpoint.pt").exists():  # a resumed run keeps the settings it started with
+            check_subset(config.subset, len(data.train_y), f"training images of {config.dataset}")
         x, y = data.train_x[: config.subset], data.train_y[: config.subset]
         train_idx, val_idx = split_indices(len(y), config.train_portion)
         layout = memory_format(config.channels_last)
@@ -514,7 +511,8 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     hard = is_hard(method.build("relaxation"))
     nchw = space == "nb201" and (getattr(method.build("edge"), "k", 1) > 1  # partial channels, 1/K of them
                                  or isinstance(method.build("arch_grad"), Implicit))
-    settings = {"fused": not (cpu and hard), "cuda_graph": not (cpu or hard), "channels_last": cpu and not nchw}
+    settings = {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda" and not hard,
+                "channels_last": cpu and not nchw}
     return settings | ({"eval_batch_size": FAST_EVAL_BATCH} if device.type == "cuda" else {})
 
 
@@ -635,8 +633,16 @@ def search(
     unknown_recipe = set(recipe.config) - config_fields
     if unknown_recipe:
         raise ValueError(f"recipe {recipe.name} sets unknown settings {sorted(unknown_recipe)}")
+    if recipe.part("schedule") is not None and "layers" in space_options:  # P-DARTS
+        raise ValueError(f"{recipe.name} sets the cells of each stage (its schedule's layers, "
+                         f"{list(recipe.build('schedule').layers)}), so layers (--layers) does not apply; a recipe of "
+                         f"your own can set the schedule's layers")
     config = config_cls(**{**recipe.config, **known, "method": method, "dataset": dataset, "space": space,
                            "space_options": space_options})
+    if config.arch_warmup_epochs >= config.epochs:
+        warnings.warn(f"{recipe.name}: the alphas move only after {config.arch_warmup_epochs} warm-up epochs of "
+                      f"weight steps, and the search has {config.epochs}: they never move, and the genotype is the "
+                      f"initial alphas' (set fewer warm-up epochs, --arch-warmup-epochs)", stacklevel=2)
     if config.data is not None:
         config.data = os.path.expanduser(os.fspath(config.data))
     if run_dir is None:

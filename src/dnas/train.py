@@ -124,12 +124,10 @@ class Evaluation:
     confusion: torch.Tensor  # classes x classes, rows: true class, columns: predicted
 
 
-def sample(total: int, n: int | None, what: str) -> slice | torch.Tensor:
+def sample(total: int, n: int | None) -> slice | torch.Tensor:
     """Indices of a fixed random sample of ``n`` of ``total`` images, in file order (all when ``n`` is None):
-    quick runs see every class even where a data set's files are sorted by class. ``what``: the images, for
-    the error when there are fewer than ``n``."""
-    check_subset(n, total, what)
-    if n is None or n == total:
+    quick runs see every class even where a data set's files are sorted by class."""
+    if n is None or n >= total:
         return slice(None)
     return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n].sort().values
 
@@ -174,8 +172,10 @@ class Trainer:
         layout = memory_format(config.channels_last)
         loader = partial(BatchLoader, batch_size=config.batch_size, mean=data.mean, std=data.std, device=self.device,
                          memory_format=layout)
-        train = sample(len(data.train_y), config.subset, f"training images of {config.dataset}")
-        test = sample(len(data.test_y), config.test_subset, f"test images of {config.dataset}")
+        if not (self.run_dir / "checkpoint.pt").exists():  # a resumed run keeps the settings it started with
+            check_subset(config.subset, len(data.train_y), f"training images of {config.dataset}")
+            check_subset(config.test_subset, len(data.test_y), f"test images of {config.dataset}", "test_subset")
+        train, test = sample(len(data.train_y), config.subset), sample(len(data.test_y), config.test_subset)
         self.train_loader = loader(data.train_x[train], data.train_y[train], augment=True, cutout=config.cutout,
                                    shuffle=True, generator=torch.Generator().manual_seed(config.seed))
         self.test_loader = loader(data.test_x[test], data.test_y[test])
@@ -384,7 +384,8 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     if d.num_classes != saved["data"]["num_classes"]:
         raise ValueError(f"{dataset} has {d.num_classes} classes; the run was trained on "
                          f"{saved['data']['num_classes']} ({c['dataset']})")
-    images = sample(len(d.test_y), subset, f"test images of {dataset}")
+    check_subset(subset, len(d.test_y), f"test images of {dataset}")
+    images = sample(len(d.test_y), subset)
     loader = BatchLoader(d.test_x[images], d.test_y[images], batch_size or c["batch_size"], saved["data"]["mean"],
                          saved["data"]["std"], device=next(model.parameters()).device)
     ev = evaluate(model, loader, d.num_classes, progress)

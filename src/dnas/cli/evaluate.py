@@ -34,8 +34,10 @@ def run_info(args: argparse.Namespace) -> None:
         raise ValueError(f"--dataset {args.dataset}: the image shapes known are those of {', '.join(IMAGE_SHAPES)}; "
                          f"for other images give --in-channels, --image-size and --num-classes")
     network = NETWORKS.get(args.network)
-    # the images of --dataset, else of the data set the genotype was searched on (a run directory's)
-    in_channels, side, classes = IMAGE_SHAPES.get(args.dataset or searched_on(args.genotype), (3, None, None))
+    # the images of --dataset, else, for the CIFAR network, of the data set a run directory's genotype was
+    # searched on (a cell moved to ImageNet keeps that network's 224 x 224 images and 1000 classes)
+    dataset = args.dataset or (searched_on(args.genotype) if args.network == "cifar" else None)
+    in_channels, side, classes = IMAGE_SHAPES.get(dataset, (3, None, None))
     in_channels, size = args.in_channels or in_channels, args.image_size or side or network.image_size
     options = {k: v for k, v in {"C": args.init_channels, "layers": args.layers,
                                  "num_classes": args.num_classes or classes}.items() if v is not None}
@@ -157,9 +159,9 @@ def register(sub) -> None:
     i.add_argument("--layers", type=int, help="cells (default: the network's, 20 or 14)")
     i.add_argument("--num-classes", type=int, help="classes (default 10 or 1000)")
     i.add_argument("--dataset", help=f"the images whose channels, size and classes size the network: "
-                                     f"{', '.join(IMAGE_SHAPES)} (default: a run directory's, else 3x32x32 "
-                                     f"images); recurrent cells: the corpus whose vocabulary sizes the model, one "
-                                     f"of {', '.join(CORPORA.names())} (default ptb: 10,000 words)")
+                                     f"{', '.join(IMAGE_SHAPES)} (default: the network's, or for the cifar network "
+                                     f"a run directory's); recurrent cells: the corpus whose vocabulary sizes the "
+                                     f"model, one of {', '.join(CORPORA.names())} (default ptb: 10,000 words)")
     i.add_argument("--vocab-size", type=int, help="recurrent cells: vocabulary size (default: the corpus's)")
     i.add_argument("--hidden-size", type=int, help="recurrent cells: embedding = hidden size (default 850)")
     i.add_argument("--in-channels", type=int, help="image channels (default 3)")

@@ -54,8 +54,8 @@ def register(sub) -> None:
     s.add_argument("--arch-warmup-epochs", type=int, metavar="N",
                    help="epochs of weight steps only before the alphas move (default: the method's; PC-DARTS 15, "
                         "P-DARTS 10 per stage, others 0)")
-    s.add_argument("--layers", type=int, help="cells in the supernet (default 8); --space nb201: cells per "
-                                              "stage (default 5)")
+    s.add_argument("--layers", type=int, help="cells in the supernet (default 8, at least 3; P-DARTS: its "
+                                              "stages' own); --space nb201: cells per stage (default 5)")
     s.add_argument("--init-channels", type=int, help="initial channels C (default 16)")
     s.add_argument("--nodes", type=int, help="intermediate nodes per cell (default 4; darts-rnn 8)")
     s.add_argument("--hidden-size", type=int, help="darts-rnn: embedding = hidden size (default 300)")

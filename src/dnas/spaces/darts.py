@@ -87,7 +87,8 @@ class SearchCell(nn.Module):
 class DartsSupernet(Supernet):
     """The DARTS search network. Defaults are the paper's search setting: 8 cells, 16 initial channels,
     4 intermediate nodes, the 8 DARTS ops, stem of 3 x C channels (App. A.1.1). ``fused=True`` runs the
-    cells by the fast path of fused.py: the same results and parameters, fewer and larger kernels."""
+    cells by the fast path of fused.py: the same computation (up to float rounding) and parameters, fewer
+    and larger kernels."""
 
     depth_option = "layers"  # the option that sets the network's depth (the CLI's --layers)
 
@@ -111,11 +112,11 @@ class DartsSupernet(Supernet):
         if layers < 1 or nodes < 1 or C < 1:
             raise ValueError(f"layers, nodes and C must be positive, got layers={layers}, nodes={nodes}, C={C}")
         if layers < 3:  # cells layers // 3 and 2 layers // 3 reduce: with fewer than 3 no cell is a normal one
-            raise ValueError(f"layers must be at least 3 to search a normal cell (cells {layers // 3} and "
-                             f"{2 * layers // 3} are the reduction cells), got layers={layers}")
+            raise ValueError(f"layers must be at least 3 to search a normal cell (the cells at 1/3 and 2/3 of the "
+                             f"depth are reduction cells), got layers={layers}")
         self.nodes = nodes
         self.relaxation = relaxation or Softmax()
-        self.fused = fused  # the fast path of the cell (fused.py): same parameters, same results
+        self.fused = fused  # the fast path of the cell (fused.py): same parameters, same computation
         edge = edge or WeightedSum()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))

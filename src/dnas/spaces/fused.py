@@ -55,7 +55,9 @@ What it cannot batch falls back to the readable modules: an op module of a kind 
 class, or with an edge that draws random numbers twice, runs its own forward whole (``cell_plan`` gives
 None). A cell runs fused by ``run_plan(cell, cell_plan(cell, topology, ...), ...)``: each space's
 ``SearchCell.forward_fused``. Plans are cached per cell and forgotten when a module is set inside it (an op
-replaced on an edge), so that they never name modules the cell no longer holds.
+replaced on an edge), so that they never name modules the cell no longer holds; ``del`` and ``insert`` on a
+cell's module lists set none (make the supernet afresh after those), and a module shared by cells is known
+to the last that planned with it.
 """
 from __future__ import annotations
 

@@ -83,8 +83,8 @@ class SearchCell(nn.Module):
 class NB201Supernet(Supernet):
     """The NAS-Bench-201 search network. Defaults are the benchmark's: 16 channels, 5 cells per stage,
     4 nodes, its 5 ops; ``ops`` may name any registered ops (the ground truth then covers only cells of
-    NB201_OPS). ``fused=True`` runs the cells by the fast path of fused.py: the same results and
-    parameters, fewer and larger kernels."""
+    NB201_OPS). ``fused=True`` runs the cells by the fast path of fused.py: the same computation (up to
+    float rounding) and parameters, fewer and larger kernels."""
 
     depth_option = "N"  # the option that sets the network's depth (the CLI's --layers): cells per stage
 
@@ -111,7 +111,7 @@ class NB201Supernet(Supernet):
             warnings.warn(f"cells of {' and '.join(outside)} are outside NAS-Bench-201 ({nb201.NODES} nodes, ops "
                           f"{', '.join(NB201_OPS)}): their true accuracies cannot be looked up", stacklevel=2)
         self.nodes = nodes
-        self.fused = fused  # the fast path of the cell (fused.py): same parameters, same results
+        self.fused = fused  # the fast path of the cell (fused.py): same parameters, same computation
         self.relaxation = relaxation or Softmax()
         edge = edge or WeightedSum()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
