@@ -10,8 +10,9 @@
 # its timeout stops it. A session has 15 minutes of device time, a start (~35 s) included. On an H100 on
 # 2026-11-26 (second session) `steps base e2e convs` took 564 s, its e2e runs stopped by their timeouts before
 # an epoch ended, and `tests` ran past 270 s; so now: first `steps tests e2e` with timeout_s 600 (the replay
-# times first: if the call runs out, what is cut is the end-to-end run), then at once, on the machine still
-# warm, `convs profile steps2` with what is left. The -lanes paths of `steps` and
+# times first: if the call runs out, what is cut is the end-to-end run, cut to what is left of BUDGET, 585 s,
+# so that it still reports its rate), then at once, on the machine still warm, `BUDGET=<seconds left, less a
+# minute> sh benchmarks/gpu_check.sh convs profile steps2`. The -lanes paths of `steps` and
 # `steps2` run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams), the
 # -merged paths their 3x3 and 5x5 ops as one (dnas.spaces.fused.merge_kernel_sizes): what replays faster,
 # with its CUDA test passing (test_side_streams_compute_what_one_stream_computes,
@@ -42,6 +43,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
 STAGES="${*:-steps tests e2e convs profile steps2 e2e2 base recipes nb201}"
+# the whole call's seconds (the device tool stops a command at 600): each stage's timeout is cut to what is left,
+# less 15 s, so that a stage stopped reports what it measured before the call is killed (BUDGET=0: no cut)
+BUDGET="${BUDGET:-585}" START=$(date +%s)
+
+within() {  # seconds: $1, or what is left of BUDGET if less
+    left=$((BUDGET - $(date +%s) + START - 15))
+    if [ "$BUDGET" -eq 0 ] || [ "$1" -le "$left" ]; then echo "$1"; else echo $((left > 1 ? left : 1)); fi
+}
 
 report() {  # the rows of a search_step JSON
     python3 -c "
@@ -53,13 +62,13 @@ for x in r['results']:
           + ' '.join(f'{k[11:]} {v}' for k, v in x.items() if k.startswith('first_step_vs'))))" "$1"
 }
 step() {  # name, methods, paths, steps, seconds[, options]: one process per call, so that a failure stays in it
-    timeout "$5" python3 benchmarks/search_step.py --methods "$2" --paths "$3" --steps "$4" --no-results ${6:-} \
+    timeout "$(within "$5")" python3 benchmarks/search_step.py --methods "$2" --paths "$3" --steps "$4" --no-results ${6:-} \
         > "$OUT/step-$1.json" 2>> "$OUT/errors.log"; report "$OUT/step-$1.json" || tail -5 "$OUT/errors.log"
 }
 run_tests() {  # seconds, pytest arguments: appended to tests.log, its summary printed; a test that hangs is
     seconds=$1; shift  # stopped at 60 s where pytest-timeout is installed (the lent machines have it)
     per_test=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60")
-    timeout -s INT -k 10 "$seconds" python3 -m pytest -o addopts="" -q -rfE --tb=short --durations=5 $per_test \
+    timeout -s INT -k 10 "$(within "$seconds")" python3 -m pytest -o addopts="" -q -rfE --tb=short --durations=5 $per_test \
         -p no:cacheprovider "$@" > "$OUT/tests.part" 2>&1  # in one process (pyproject's -n needs pytest-xdist)
     grep -E "^(FAILED|ERROR)|passed|failed|skipped|KeyboardInterrupt" "$OUT/tests.part" | tail -15
     cat "$OUT/tests.part" >> "$OUT/tests.log" && rm "$OUT/tests.part"
@@ -67,7 +76,7 @@ run_tests() {  # seconds, pytest arguments: appended to tests.log, its summary p
 e2e() {  # name, method, paths, seconds[, options]: real CIFAR-10, the paper's search network, 8,000 images (63
          # steps an epoch), 2 epochs per path (the readable path's rate is the step benchmark's: its 2 epochs take minutes)
     [ -f .cache/cifar10/cifar-10-batches-py/test_batch ] || python3 .gpu_data/tools/cifar10_from_jpeg.py .cache/cifar10 > /dev/null
-    timeout "$4" python3 benchmarks/search_e2e.py --method "$2" --paths "$3" --cifar10 .cache/cifar10 --subset 8000 \
+    timeout "$(within "$4")" python3 benchmarks/search_e2e.py --method "$2" --paths "$3" --cifar10 .cache/cifar10 --subset 8000 \
         --layers 8 --init-channels 16 --batch-size 64 --epochs 2 --no-results ${5:-} > "$OUT/e2e-$1.log" 2>&1
     python3 -c "
 import json, sys; t = open(sys.argv[1]).read(); r = json.loads(t[t.index('{'):])
@@ -98,9 +107,9 @@ recipes)
 nb201)
     step nb201 darts-v1,darts-v2,gdas readable,fused,graph,graph-cl 10 90 "--space nb201" ;;
 profile)
-    timeout 60 python3 benchmarks/profile_step.py --rows 30 --channels-last 2>&1 | grep -v USDT | tee "$OUT/profile.log" ;;
+    timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 --channels-last 2>&1 | grep -v USDT | tee "$OUT/profile.log" ;;
 convs)
-    timeout 80 python3 benchmarks/conv_variants.py --repeats 30 --only "pointwise,E=8 C=16" 2>&1 | tee "$OUT/convs.log" ;;
+    timeout "$(within 80)" python3 benchmarks/conv_variants.py --repeats 30 --only "pointwise,E=8 C=16" 2>&1 | tee "$OUT/convs.log" ;;
 e2e)
     e2e darts-v1 darts-v1 fast 150 ;;
 e2e2)

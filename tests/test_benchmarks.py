@@ -110,3 +110,19 @@ def test_gpu_check_names_only_paths_and_recipes_that_exist():
     stages = set(re.findall(r"^([\w-]+)\)", script, re.M))
     default = re.search(r'STAGES="\$\{\*:-([^}]*)\}"', script).group(1).split()
     assert set(default) | {"e2e-ways"} == stages
+
+
+def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call():
+    """The device tool stops a command at 600 s, and a stage killed with the call reports nothing: each stage's
+    timeout is its own or what is left of BUDGET less 15 s, whichever is less (BUDGET=0: its own)."""
+    script = (BENCHMARKS / "gpu_check.sh").read_text()
+    within = re.search(r"^BUDGET=.*?^}", script, re.S | re.M).group(0)
+
+    def seconds(elapsed: int, asked: int, budget: str = "585") -> int:
+        shell = f"{within}\nSTART=$((START - {elapsed})); within {asked}"
+        done = subprocess.run(["sh", "-c", shell], env={**os.environ, "BUDGET": budget}, capture_output=True,
+                              text=True, check=True)
+        return int(done.stdout)
+
+    assert [seconds(0, 150), seconds(500, 150), seconds(700, 150), seconds(700, 150, "0")] == [150, 70, 1, 150]
+    assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 5  # every stage's timeout
