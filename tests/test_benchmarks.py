@@ -42,8 +42,9 @@ def test_search_step_times_the_paths_and_their_first_steps_agree(tmp_path):
         (m, p) for m in ("darts-v1", "gdas") for p in ("readable", "fused-cl", "fused-cl-lanes-merged")]
     for r in report["results"]:
         assert r["ms_per_step_median"] > 0 and r["speedup_over_readable"] > 0 and r["peak_memory_gb"] > 0
-        # the first step of every path from the same weights and batches: float32 rounding apart
-        assert max(r["first_step_vs_readable"].values()) < 1e-3, r
+        # the first step of every path from the same weights and batches: float32 rounding apart (relative to
+        # the largest value: up to a few 1e-3 for the weights' gradients, docs/speed.md; a wrong op, O(1))
+        assert max(r["first_step_vs_readable"].values()) < 1e-2, r
 
 
 def test_search_e2e_searches_real_cifar10_on_both_paths(cifar10_root, tmp_path):
