@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from dnas import arch_grad, ops
-from dnas.edges import EDGES, MixedEdge
+from dnas.edges import EDGES, GaussianNoise, MixedEdge
 from dnas.ops import OPS, FactorizedReduce
 from dnas.methods import builtin_methods
 from dnas.relax import GumbelSoftmax
@@ -268,6 +268,21 @@ def test_ops_of_other_modules_equal_the_readable_cell(ops, monkeypatch):
     for name, factory in OTHER_MODULES.items():
         monkeypatch.setitem(OPS._table, name, factory)
     assert_same_step(forward_backward(False, ops), forward_backward(True, ops))
+
+
+def test_an_edge_that_draws_twice_runs_the_readable_cell(monkeypatch):
+    """NoisyDARTS's noise on the skip and a user's op that draws noise too: the fused cell keeps one draw per
+    edge, so such a cell runs its own forward, and a seeded step is the readable one's."""
+    monkeypatch.setitem(OPS._table, "noisy_avg_pool", lambda C, stride, affine: GaussianNoise(
+        nn.AvgPool2d(3, stride, 1, count_include_pad=False), 0.2))
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    outputs = []
+    for fused in (False, True):
+        model = supernet(fused, edge=EDGES.build({"name": "noisy_skip"}), ops=("skip_connect", "noisy_avg_pool"))
+        torch.manual_seed(6)
+        outputs.append(model(x))
+    assert_close(*outputs, "logits")
+    assert all(plan is None for cell in model.cells for plan in _PLANS[cell].values())
 
 
 def test_an_op_replaced_after_a_forward_is_the_one_that_runs():

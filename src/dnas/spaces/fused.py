@@ -451,9 +451,8 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
                                 else len(cell.edges) * num_ops + schedules.index(cell.edges[e].schedule))
     sources = [list(range(inputs))] + [[j] for j in range(inputs, inputs + n - 1)]  # the batches' states
     ops = _edge_ops(cell)
-    if any(sum(kind in ("noise", "dropout") for leaves, _ in table.values() for kind, _ in leaves) > 1
-           for table in ops):
-        return None  # an edge that draws random numbers twice (the draws are kept one per edge)
+    if ops is None:
+        return None
     batches, weight_index, random = [], [], {}
     for srcs in sources:
         pairs = [(j, offset[i] + j) for j in srcs for i in range(max(0, j - inputs + 1), n)]  # (source, edge)
@@ -544,9 +543,10 @@ def _first_conv_step(leaves) -> int:
     return reads_every(c.stride, c.padding, c.dilation, c.kernel_size)
 
 
-def _edge_ops(cell) -> list[dict]:
+def _edge_ops(cell) -> list[dict] | None:
     """Per edge: op index (None: DARTS-'s auxiliary skip) -> (its leaves, their signatures), the zero op
-    left out. Flattened once per cell, since a hard relaxation builds a plan every step."""
+    left out; None where an edge draws random numbers twice (the draws are kept one per edge), and the cell
+    runs its own forward. Flattened once per cell, since a hard relaxation builds a plan every step."""
     if cell not in _OPS:
         table = []
         for edge in cell.edges:
@@ -554,7 +554,8 @@ def _edge_ops(cell) -> list[dict]:
             ops = [*enumerate(mixed.ops), *([(None, edge.skip)] if isinstance(edge, AuxiliarySkipEdge) else [])]
             flat = ((o, _flatten(module)) for o, module in ops)
             table.append({o: (leaves, tuple(map(_signature, leaves))) for o, leaves in flat if leaves is not None})
-        _OPS[cell] = table
+        draws = [sum(kind in ("noise", "dropout") for leaves, _ in ops.values() for kind, _ in leaves) for ops in table]
+        _OPS[cell] = None if max(draws) > 1 else table
     return _OPS[cell]
 
 
