@@ -3,9 +3,9 @@ measured and exported network."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from ..checkpoint import read_config
 from ..cost import cost, count_params
 from ..data import CORPORA, DATASETS, IMAGE_SHAPES
 from ..export import FORMATS, export_run
@@ -59,9 +59,8 @@ def run_info(args: argparse.Namespace) -> None:
 
 def searched_on(genotype: str) -> str | None:
     """The data set a search run directory's genotype was searched on (None for any other genotype)."""
-    config = Path(genotype).expanduser() / "config.json"
     try:
-        return json.loads(config.read_text())["config"]["dataset"]
+        return read_config(Path(genotype).expanduser() / "config.json")["config"]["dataset"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
