@@ -280,6 +280,36 @@ def test_depthwise_convolutions_in_the_gpu_form(form_device, form_dtype, k, stri
     assert len(formed) == int(padding % dilation == 0)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cpu-pooling-nchw", "cuda"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("pool", [dict(kernel_size=3, stride=1, padding=1, count_include_pad=False),
+                                  dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+                                  dict(kernel_size=2, stride=2), dict(kernel_size=5, stride=3, count_include_pad=False,
+                                                                      ceil_mode=True)],
+                         ids=["avg_pool_3x3", "avg_pool_3x3-reducing", "nb201-shortcut", "auxiliary-head"])
+def test_average_pooling_has_its_gradient_in_either_layout(device, layout, pool, monkeypatch):
+    """ops.AvgPool2d (the avg_pool_3x3 op, NAS-Bench-201's shortcut, the auxiliary head) against PyTorch's
+    pooling in float64 on the CPU: output and gradient, in the layout of the input. On a GPU PyTorch 2.11's
+    own backward of a channels_last input was wrong by the gradient's size (benchmarks/RESULTS.md, 2026-11-27);
+    there this one pools such an input NCHW (``cpu-pooling-nchw``: so on the CPU too)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device: PyTorch's NHWC pooling kernels on the GPU")
+    if device == "cpu-pooling-nchw":
+        monkeypatch.setattr(ops, "NCHW_POOLING_DEVICES", ("cpu",))
+        device = "cpu"
+    torch.manual_seed(0)
+    x = torch.randn(2, C, 8, 8, dtype=torch.float64, requires_grad=True)
+    y = nn.AvgPool2d(**pool)(x)
+    g = torch.randn_like(y)
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    x_ = x.detach().to(device, dtype).contiguous(memory_format=layout).requires_grad_()
+    y_ = ops.AvgPool2d(**pool)(x_)
+    (dx_,) = torch.autograd.grad(y_, x_, g.to(device, dtype).contiguous(memory_format=layout))
+    for got, want in ((y_, y), (dx_, torch.autograd.grad(y, x, g)[0])):
+        assert_rounding_close(got.cpu(), want.to(dtype))
+        assert got.is_contiguous(memory_format=layout)
+
+
 def test_the_depthwise_form_has_second_derivatives(form_device):
     """iDARTS differentiates the weights' gradient again (arch_grad ``implicit``)."""
     torch.manual_seed(0)

@@ -91,6 +91,23 @@ class Conv2d(nn.Conv2d):
         return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+NCHW_POOLING_DEVICES = ("cuda",)  # where ``AvgPool2d`` pools a channels_last input that takes a gradient NCHW
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """``nn.AvgPool2d``, its gradient right in channels_last on a GPU too. On an H100 with PyTorch 2.11 (CUDA
+    13), ``avg_pool2d``'s backward of a channels_last input came out wrong by the gradient's own size (3x3 and
+    strides 1 and 2, with count_include_pad either way; its forward right, the NCHW kernels right, max pooling
+    right), so every NHWC search there got wrong gradients: a CUDA input laid out channels_last that takes a
+    gradient is pooled NCHW (a copy in, one out, and the gradient's back to NHWC; benchmarks/RESULTS.md,
+    2026-11-27)."""
+
+    def forward(self, x):
+        if x.device.type in NCHW_POOLING_DEVICES and x.requires_grad and channels_innermost(x) and not _exporting():
+            return super().forward(dense_gradient(x).contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
            sampled: bool = False) -> torch.Tensor:
     """``F.conv2d`` (pairs of ints), computed in the form measured fastest on the tensor's device.
@@ -371,7 +388,7 @@ class Conv7x1x1x7(nn.Sequential):
 
 
 OPS.register("none", lambda C, stride, affine: Zero(stride))
-OPS.register("avg_pool_3x3", lambda C, stride, affine: nn.AvgPool2d(3, stride, 1, count_include_pad=False))
+OPS.register("avg_pool_3x3", lambda C, stride, affine: AvgPool2d(3, stride, 1, count_include_pad=False))
 OPS.register("max_pool_3x3", lambda C, stride, affine: nn.MaxPool2d(3, stride, 1))
 OPS.register(
     "skip_connect",

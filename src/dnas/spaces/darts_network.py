@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..genotype import Genotype
-from ..ops import OPS, FactorizedReduce, ReLUConvBN, cat_dense_gradients
+from ..ops import OPS, AvgPool2d, FactorizedReduce, ReLUConvBN, cat_dense_gradients
 from ..registry import Registry
 
 #: The evaluation networks by name; each class has ``image_size``, the input side its paper trains on.
@@ -78,7 +78,7 @@ class AuxiliaryHead(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.ReLU(),
-            nn.AvgPool2d(5, stride=stride, count_include_pad=False, ceil_mode=True),
+            AvgPool2d(5, stride=stride, count_include_pad=False, ceil_mode=True),
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(),

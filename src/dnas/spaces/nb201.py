@@ -23,7 +23,7 @@ from ..bench import nb201
 from ..perturb import perturbed
 from ..bench.nb201 import NB201_OPS, NB201Genotype, cell_edges
 from ..edges import WeightedSum
-from ..ops import OPS, ReLUConvBN, check_ops, global_average
+from ..ops import OPS, AvgPool2d, ReLUConvBN, check_ops, global_average
 from ..relax import Softmax, is_hard
 from ..selection import TopK
 from . import SPACES
@@ -44,7 +44,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1)
         self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
-        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(C_in, C_out, 1, bias=False))
+        self.shortcut = nn.Sequential(AvgPool2d(2, 2), nn.Conv2d(C_in, C_out, 1, bias=False))
 
     def forward(self, x):
         return self.shortcut(x) + self.conv_b(self.conv_a(x))
