@@ -3,24 +3,21 @@
 # 64 (first and second order, the replayed step in both layouts, fp32, TF32 and bf16), the same against an
 # earlier commit (stage base: one with dnas.search.precision, which the benchmarks import), an end-to-end
 # search on real CIFAR-10, the fused cell's convolutions in other forms (conv_variants.py), the top kernels
-# of an eager fused NHWC step and its kernels by duration (profile_step.py), the CUDA tests (fused path against readable,
-# CUDA-graph replay against eager), other recipes' paths and the NAS-Bench-201 network's. cuDNN times its
-# algorithms for every new shape and layout (on an H100 a channels_last search's first epoch took 80 s against
-# 20 s), so each stage times few paths, in the order of what decides most, and reports what it measured when
-# its timeout stops it. A session has 15 minutes of device time, a start (~35 s) included. On an H100 on
-# 2026-11-26 (second session) `steps base e2e convs` took 564 s, its e2e runs stopped by their timeouts before
-# an epoch ended, and `tests` ran past 270 s; so now: first `steps tests e2e` with timeout_s 600 (the replay
-# times first: if the call runs out, what is cut is the end-to-end run, cut to what is left of BUDGET, 585 s,
-# so that it still reports its rate), then at once, on the machine still warm, `BUDGET=<seconds left, less a
-# minute> sh benchmarks/gpu_check.sh convs profile steps2`. The -lanes paths of `steps` and
-# `steps2` run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams), the
-# -merged paths their 3x3 and 5x5 ops as one (dnas.spaces.fused.merge_kernel_sizes): what replays faster,
-# with its CUDA test passing (test_side_streams_compute_what_one_stream_computes,
-# test_cuda_channels_last_step_equals_readable[...True]), --fast on a GPU should turn on
-# (search.fast_settings: the search settings side_streams=5 and merge_kernel_sizes=True; stage e2e-ways runs
-# them end to end). The e2e stage's ms per step against the replayed step of `steps` says what the loop costs
-# beyond the step (at 9cc09f0: 122.0 against 113.8 ms, when each batch's random draws were copies that
-# synchronised the stream; queued copies since 61575f0).
+# of an eager fused NHWC step and its kernels by duration (profile_step.py), the CUDA tests (fused path
+# against readable, CUDA-graph replay against eager), other recipes' paths and the NAS-Bench-201 network's.
+# cuDNN times its algorithms for every new shape and layout (on an H100 a channels_last search's first epoch
+# took 80 s against 20 s), so each stage times few paths, in the order of what decides most, and reports
+# what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s) included. On an H100 on
+# 2026-11-27 `steps tests e2e` took 527 s (tests/test_cuda_graph.py stopped at its 120 s); so next: first
+# `steps e2e tests` with timeout_s 600 (the replay times first, then --fast end to end, now with side
+# streams; the tests get what is left of BUDGET, 585 s), then at once, on the machine still warm,
+# `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh e2e2 steps2`. The -lanes paths run the
+# fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU
+# since they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as
+# one (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms;
+# its gradients wrong before ops.AvgPool2d: test_cuda_channels_last_step_equals_readable says whether they
+# are right now). The e2e stage's ms per step against the replayed step of `steps` says what the loop costs
+# beyond the step (at 2586493, one stream: 124.3 against 114.9 ms).
 # The lent machine has PyTorch but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/
@@ -90,10 +87,10 @@ print('failed:', r['failed'])" "$OUT/e2e-$1.log" "$1" || tail -20 "$OUT/e2e-$1.l
 
 for stage in $STAGES; do case $stage in
 steps)
-    step darts-v1 darts-v1 graph,graph-cl,graph-cl-lanes,graph-cl-merged,graph-cl-lanes-merged 10 190 ;;
+    step darts-v1 darts-v1 graph-lanes,graph,graph-cl-lanes,graph-bf16-lanes 10 190 ;;
 steps2)
-    step darts-v1-arithmetic darts-v1 graph-cl,graph-tf32-cl,graph-bf16-cl 10 100
-    step darts-v2 darts-v2 graph-cl,graph-cl-lanes,graph-cl-merged 10 150 ;;
+    step darts-v1-ways darts-v1 graph-lanes,graph-lanes-merged,graph-tf32-lanes,graph-bf16-cl-lanes 10 100
+    step darts-v2 darts-v2 graph-lanes,graph,graph-cl-lanes 10 150 ;;
 base)
     if [ -d .gpu_data/base/src ]; then
         (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1,darts-v2 graph 10 150)

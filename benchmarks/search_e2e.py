@@ -16,17 +16,17 @@ to RESULTS.md.
                                                           # 2 cells per stage
 
 Paths: readable (SearchCell), fused (spaces/fused.py), fast (``--fast`` of the CLI: fused, and on a GPU
-each step replayed from a CUDA graph, on a CPU in channels_last); a suffix -tf32 or -bf16 sets the precision
-(``--precision``), -cl runs in channels_last (``--channels-last``), -lanes the fused cells' independent ops on
-side streams (``side_streams``, ``--side-streams``), -merged their 3x3 and 5x5 ops as one
-(``merge_kernel_sizes``, ``--merge-kernel-sizes``). Each row also gives the seconds of the
-last epoch and what 50 epochs on all 50,000 training images would take: the last epoch, plus the steps and
-evaluation batches a full epoch has beyond the subset's at their steady rate (``EpochParts``), so that an
-epoch's fixed costs (a CUDA graph's eager warm-up and capture, deriving the genotype) count once per epoch,
-not once per subset's worth of steps; and, once, what the first epoch took beyond the last (a search's one-off
-costs: cuDNN timing its algorithms for each new shape, the fused cells' plans). An epoch's seconds, as
-metrics.jsonl records them, end before its checkpoint is written: the estimate adds the last checkpoint's
-seconds to each epoch (a run writes one after every epoch).
+each step replayed from a CUDA graph with the cells' ops on side streams, on a CPU in channels_last); a
+suffix -tf32 or -bf16 sets the precision (``--precision``), -cl runs in channels_last (``--channels-last``),
+-lanes the fused cells' independent ops on side streams (``side_streams``, ``--side-streams``), -merged
+their 3x3 and 5x5 ops as one (``merge_kernel_sizes``, ``--merge-kernel-sizes``). Each row also gives the
+seconds of the last epoch and what 50 epochs on all 50,000 training images would take: the last epoch, plus
+the steps and evaluation batches a full epoch has beyond the subset's at their steady rate (``EpochParts``),
+so that an epoch's fixed costs (a CUDA graph's eager warm-up and capture, deriving the genotype) count once
+per epoch, not once per subset's worth of steps; and, once, what the first epoch took beyond the last (a
+search's one-off costs: cuDNN timing its algorithms for each new shape, the fused cells' plans). An epoch's
+seconds, as metrics.jsonl records them, end before its checkpoint is written: the estimate adds the last
+checkpoint's seconds to each epoch (a run writes one after every epoch).
 """
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ import torch
 import dnas
 from dnas.genotype import Genotype
 from dnas.methods import get_method
-from dnas.search import Search, fast_settings, resolve_device
+from dnas.search import FAST_SIDE_STREAMS, Search, fast_settings, resolve_device
 from results import append_rows, commit, interrupt_on_sigterm, write_json
-from search_step import DEPTH, LANES, device_name, path_options, row_method
+from search_step import DEPTH, device_name, path_options, row_method
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## End-to-end search (benchmarks/search_e2e.py): CIFAR-10 search, readable vs fused cell"
@@ -179,8 +179,10 @@ def main() -> None:
             settings = {"fused": base == "fused"}
         if channels_last:
             settings["channels_last"] = True
-        if lanes or merged:
-            settings.update(side_streams=LANES if lanes else 0, merge_kernel_sizes=merged)
+        if lanes:
+            settings["side_streams"] = FAST_SIDE_STREAMS
+        if merged:
+            settings["merge_kernel_sizes"] = True
         if args.eval_batch_size:
             settings["eval_batch_size"] = args.eval_batch_size
         with tempfile.TemporaryDirectory() as tmp, EpochParts() as parts:

@@ -60,8 +60,6 @@ def sync(device: torch.device) -> None:
 
 
 PATHS = ("readable", "fused", "graph")  # each optionally with -tf32 or -bf16, -cl (channels_last), -lanes, -merged
-LANES = 5  # the side streams of a -lanes path (``fused.side_streams``): a DARTS source batch has 4 convolution ops
-# and the poolings and skip, run once per source (the lanes of one batch beyond them share streams)
 SECTION = "## Search step (benchmarks/search_step.py)"
 COLUMNS = ["date", "device", "torch", "commit", "path", "method", "batch", "ms/step (median)", "speed-up",
            "peak memory (GB)", "load", "command"]
@@ -246,14 +244,15 @@ def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, lanes: bool, m
 
 
 def fused_settings(lanes: bool, merged: bool) -> contextlib.ExitStack:
-    """Within it, the fused cells run on ``LANES`` side streams where ``lanes`` (``fused.side_streams``), and
-    with their 3x3 and 5x5 ops as one where ``merged`` (``fused.merge_kernel_sizes``); the module looked up
-    only where one is asked for: gpu_check.sh's stage base runs this script on an older dnas, which has
-    neither."""
+    """Within it, the fused cells run on as many side streams as --fast runs where ``lanes``
+    (``fused.side_streams``, ``search.FAST_SIDE_STREAMS``), and with their 3x3 and 5x5 ops as one where
+    ``merged`` (``fused.merge_kernel_sizes``); the modules looked up only where one is asked for: gpu_check.sh's
+    stage base runs this script on an older dnas, which has neither."""
     stack = contextlib.ExitStack()
     if lanes or merged:
         fused = importlib.import_module("dnas.spaces.fused")
-        stack.enter_context(fused.side_streams(LANES if lanes else 0))
+        streams = importlib.import_module("dnas.search").FAST_SIDE_STREAMS if lanes else 0
+        stack.enter_context(fused.side_streams(streams))
         stack.enter_context(fused.merge_kernel_sizes(merged))
     return stack
 

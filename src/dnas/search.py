@@ -486,18 +486,22 @@ def copy_into(targets, sources) -> None:
 
 FAST_EVAL_BATCH = 256  # the evaluation's batch under --fast on a GPU: a forward of the search network at
 # batch 64 is a few thousand small kernels, too small to fill a GPU (on the CPU larger batches run no faster)
+FAST_SIDE_STREAMS = 5  # the side streams of a replayed fused cell under --fast (spaces.fused.side_streams): a
+# DARTS source batch has 4 convolution ops besides the poolings and the skip, each then on its own stream
 
 
 def fast_settings(device: torch.device, method: Method, space: str | None = None) -> dict[str, Any]:
     """What ``--fast`` turns on for ``method`` on ``space`` (None: the method's), the fastest measured on each
     kind of device (docs/speed.md). On a GPU: the fused cells (a space option of darts and nb201), each step
     replayed from a CUDA graph but for a hard relaxation (GDAS decides on the host which op of each edge runs,
-    so its steps and evaluation cannot be captured), and the evaluation at batch ``FAST_EVAL_BATCH`` (larger
-    kernels: on an H100 an epoch 4% shorter than at 64), in NCHW (NHWC: docs/speed.md, channels_last). On a
-    CPU: the NHWC layout, with the fused cells unless the relaxation is hard (GDAS: one sampled op per edge
-    leaves little to batch, and there the readable cell in NHWC is the fastest CPU path); but NCHW on
-    NAS-Bench-201 for partial channels (PC-DARTS: its ops see C/K = 4 channels in the first stage, too few for
-    NHWC kernels, a BatchNorm of them 0.62 ms against 0.12 at batch 16, the step 311 ms against 396) and for
+    so its steps and evaluation cannot be captured), a replayed DARTS cell's independent ops on
+    ``FAST_SIDE_STREAMS`` side streams (an H100 replayed a darts-v1 step in 86.6 ms against 114.9 on one
+    stream, darts-v2 221.8 against 296.8), and the evaluation at batch ``FAST_EVAL_BATCH`` (larger kernels: on
+    an H100 an epoch 4% shorter than at 64), in NCHW (NHWC with side streams 95.9 ms; docs/speed.md,
+    channels_last). On a CPU: the NHWC layout, with the fused cells unless the relaxation is hard (GDAS: one sampled
+    op per edge leaves little to batch, and there the readable cell in NHWC is the fastest CPU path); but NCHW on
+    NAS-Bench-201 for partial channels (PC-DARTS: its ops see C/K = 4 channels in the first stage, too few for NHWC
+    kernels, a BatchNorm of them 0.62 ms against 0.12 at batch 16, the step 311 ms against 396) and for
     the implicit gradient (iDARTS: the BatchNorms' double backward, a chain of elementwise ops and sums over
     N, H and W, runs slower in NHWC, the step 3.6 s against 3.0 at batch 16); the DARTS space's separable
     convolutions gain more from NHWC than they lose. A space without a fused cell (the recurrent one) has no
@@ -511,9 +515,11 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     hard = is_hard(method.build("relaxation"))
     nchw = space == "nb201" and (getattr(method.build("edge"), "k", 1) > 1  # partial channels, 1/K of them
                                  or isinstance(method.build("arch_grad"), Implicit))
-    settings = {"fused": not (cpu and hard), "cuda_graph": device.type == "cuda" and not hard,
-                "channels_last": cpu and not nchw}
-    return settings | ({"eval_batch_size": FAST_EVAL_BATCH} if device.type == "cuda" else {})
+    graph = device.type == "cuda" and not hard
+    settings = {"fused": not (cpu and hard), "cuda_graph": graph, "channels_last": cpu and not nchw}
+    lanes = graph and space == "darts"  # measured there; the NAS-Bench-201 cell's on a GPU not yet
+    gpu = {"eval_batch_size": FAST_EVAL_BATCH} | ({"side_streams": FAST_SIDE_STREAMS} if lanes else {})
+    return settings | (gpu if device.type == "cuda" else {})
 
 
 # glibc's mallopt parameters (malloc.h) and the bounds reuse_large_blocks sets
