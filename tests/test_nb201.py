@@ -249,6 +249,28 @@ def test_search_on_nb201_reports_the_true_accuracy_of_its_genotype(fashion_mnist
     assert json.loads((run / "config.json").read_text())["config"]["space_options"] == {"C": 4, "N": 1}
 
 
+@pytest.mark.parametrize("arch, connected", [
+    (ALL_NONE, False), (ALL_SKIP, True),
+    ("|skip_connect~0|+|none~0|none~1|+|none~0|none~1|none~2|", False),  # node 1 reached, the output not
+    ("|none~0|+|none~0|none~1|+|avg_pool_3x3~0|none~1|none~2|", True),  # straight from the input
+    ("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|skip_connect~2|", False),  # node 2 never reached
+    ("|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|none~0|none~1|skip_connect~2|", True)])
+def test_a_cell_whose_every_path_has_none_is_a_defect(arch, connected):
+    """Its output is zeros, so its network ignores it: NAS-Bench-201 lists such cells at chance, 10.0%."""
+    genotype = NB201Genotype.parse(arch)
+    assert (genotype.defect() is None) == connected
+    assert connected or nb201.lookup(genotype)["cifar10"] == 10.0
+
+
+def test_a_search_that_ends_with_a_cell_of_zeros_warns(fashion_mnist_root, tmp_path, monkeypatch):
+    """FairDARTS's sigmoids can leave ``none`` the strongest op of every edge after a short search."""
+    monkeypatch.setattr(NB201Supernet, "derive", lambda self, selection=None: NB201Genotype.parse(ALL_NONE))
+    with pytest.warns(UserWarning, match="every path from the cell's input to its output has a none op"):
+        result = dnas.search(space="nb201", method="fair-darts", dataset="fashion-mnist", C=4, N=1, subset=64,
+                             batch_size=16, epochs=1, run_dir=tmp_path / "run", progress=False)
+    assert (result.run_dir / "genotype.txt").read_text() == ALL_NONE + "\n"  # written all the same
+
+
 def test_fast_search_on_nb201_runs_its_cells_fused(fashion_mnist_root, tmp_path, capsys):
     """``dnas search --space nb201 --fast`` on a CPU: the cells run by the fused path (tests/test_fused.py
     holds it to the readable cell) in NHWC, and the run ends with a benchmark genotype; ``--layers`` sets

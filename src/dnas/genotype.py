@@ -65,6 +65,10 @@ class GenotypeFile:
         values = dict(zip(cls.FIELDS, node.args)) | {k.arg: k.value for k in node.keywords}
         return {f: _literal(v, f, kind) for f, v in values.items()}
 
+    def defect(self) -> str | None:
+        """Why a network of this genotype would not use its cells, or None: what a search warns of."""
+        return None
+
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON (``.json``) or the text form (any other suffix)."""
         path = os.fspath(path)

@@ -324,6 +324,8 @@ class Search:
             genotype = self.parts.selection.after_search(self, progress)
         genotype.save(self.run_dir / "genotype.txt")
         genotype.save(self.run_dir / "genotype.json")
+        if genotype.defect():
+            warnings.warn(f"the searched genotype {genotype}: {genotype.defect()}", stacklevel=2)
         return SearchResult(genotype, self.run_dir, metrics)
 
     @staticmethod
