@@ -4,6 +4,7 @@ import json
 import resource
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,24 +66,27 @@ def test_same_seed_same_result_on_cpu(fashion_mnist_root, tmp_path):
     assert (other.run_dir / "alphas.jsonl").read_text() != lines[0]
 
 
-def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashion_mnist_root, tmp_path, monkeypatch,
-                                                                           capsys):
-    whole = dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / "whole", **TINY)
-
+def interrupted_in_epoch_2(run_dir: Path, monkeypatch, method: str) -> Path:
+    """``run_dir``, a 2-epoch search of ``method`` stopped by Ctrl-C in the middle of its second epoch."""
     calls = {"n": 0}
     original = Search.train_epoch
 
-    def interrupted(self, progress):  # Ctrl-C in the middle of the second epoch
+    def interrupted(self, progress):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
         return original(self, progress)
 
-    monkeypatch.setattr(Search, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / "cut", **TINY)
-    monkeypatch.setattr(Search, "train_epoch", original)
-    cut = tmp_path / "cut"
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(Search, "train_epoch", interrupted)
+        dnas.search(method=method, dataset="fashion-mnist", epochs=2, run_dir=run_dir, **TINY)
+    return run_dir
+
+
+def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashion_mnist_root, tmp_path, monkeypatch,
+                                                                           capsys):
+    whole = dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / "whole", **TINY)
+    cut = interrupted_in_epoch_2(tmp_path / "cut", monkeypatch, "darts-v2")
     assert (f"the last completed epoch is checkpointed: continue with `dnas search --resume {cut}`"
             in capsys.readouterr().err)
     assert not (tmp_path / "cut" / "genotype.txt").exists()
@@ -99,6 +103,16 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashi
     a = torch.load(whole.run_dir / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_the_alphas_file_goes_on_and_warns(fashion_mnist_root, tmp_path, monkeypatch):
+    """A deleted alphas.jsonl: the resumed run appends what it does, saying what is missing."""
+    cut = interrupted_in_epoch_2(tmp_path / "cut", monkeypatch, "darts-v1")
+    (cut / "alphas.jsonl").unlink()
+    with pytest.warns(UserWarning, match=r"alphas.jsonl holds 0 of the 1 epochs done before the checkpoint \(deleted "
+                                         r"or edited\?\): the resumed run appends epoch 2 on"):
+        dnas.search(resume=cut, progress=False)
+    assert [line["epoch"] for line in map(json.loads, (cut / "alphas.jsonl").read_text().splitlines())] == [2]
 
 
 def test_the_evaluation_batch_size_leaves_the_search_as_it_is(fashion_mnist_root, tmp_path, monkeypatch):

@@ -582,8 +582,14 @@ def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
 
 def drop_lines_after(path: Path, epoch: int) -> None:
     """On resume: lines written after the checkpoint (a crash between the two) belong to an epoch that will
-    rerun."""
-    write_jsonl(path, [r for r in read_jsonl(path, partial_last=True) if r["epoch"] <= epoch])
+    rerun. A file that lacks some of the checkpoint's epochs (deleted, edited) goes on without them, with a
+    warning."""
+    kept = [r for r in read_jsonl(path, partial_last=True) if r["epoch"] <= epoch]
+    if len(kept) < epoch:
+        warnings.warn(f"{path} holds {len(kept)} of the {epoch} epochs done before the checkpoint (deleted or "
+                      f"edited?): the resumed run appends epoch {epoch + 1} on, and the missing ones stay missing",
+                      stacklevel=2)
+    write_jsonl(path, kept)
 
 
 def format_seconds(s: float) -> str:
