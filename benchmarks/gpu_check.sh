@@ -2,22 +2,22 @@
 # The GPU checks of docs/speed.md, for a session lent a GPU: the search step of the paper's network at batch
 # 64 (first and second order, the replayed step in both layouts, fp32, TF32 and bf16), the same against an
 # earlier commit (stage base: one with dnas.search.precision, which the benchmarks import), an end-to-end
-# search on real CIFAR-10, the fused cell's convolutions in other forms (conv_variants.py), the top kernels
-# of an eager fused NHWC step and its kernels by duration (profile_step.py), the CUDA tests (fused path
-# against readable, CUDA-graph replay against eager), other recipes' paths and the NAS-Bench-201 network's.
-# cuDNN times its algorithms for every new shape and layout (on an H100 a channels_last search's first epoch
-# took 80 s against 20 s), so each stage times few paths, in the order of what decides most, and reports
-# what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s) included. On an H100 on
-# 2026-11-27 `steps tests e2e` took 527 s (tests/test_cuda_graph.py stopped at its 120 s); so next: first
-# `steps e2e tests` with timeout_s 600 (the replay times first, then --fast end to end, now with side
-# streams; the tests get what is left of BUDGET, 585 s), then at once, on the machine still warm,
+# search on real CIFAR-10, the fused cell's convolutions in other forms (conv_variants.py), the top kernels of
+# an eager fused NCHW step (what --fast runs) and its kernels by duration (profile_step.py), the CUDA tests
+# (fused path against readable, CUDA-graph replay against eager), other recipes' paths and the NAS-Bench-201
+# network's. cuDNN times its algorithms for every new shape and layout (on an H100 a channels_last search's
+# first epoch took 80 s against 20 s), so each stage times few paths, in the order of what decides most, and
+# reports what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s)
+# included. On an H100 on 2026-11-27 `steps tests e2e` took 527 s (tests/test_cuda_graph.py stopped at its 120
+# s); so next: first `steps e2e tests` with timeout_s 600 (the replay times first, then --fast end to end, now
+# with side streams; the tests get what is left of BUDGET, 585 s), then at once, on the machine still warm,
 # `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh e2e2 steps2`. The -lanes paths run the
-# fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU
-# since they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as
-# one (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms;
-# its gradients wrong before ops.AvgPool2d: test_cuda_channels_last_step_equals_readable says whether they
-# are right now). The e2e stage's ms per step against the replayed step of `steps` says what the loop costs
-# beyond the step (at 2586493, one stream: 124.3 against 114.9 ms).
+# fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
+# they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
+# (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its
+# gradients wrong before ops.AvgPool2d: test_cuda_channels_last_step_equals_readable says whether they are
+# right now). The e2e stage's ms per step against the replayed step of `steps` says what the loop costs beyond
+# the step (at 2586493, one stream: 124.3 against 114.9 ms).
 # The lent machine has PyTorch but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/
@@ -98,13 +98,13 @@ base)
 tests)  # the CUDA tests, in three runs: SIGINT at a timeout makes pytest list the failures it saw
     run_tests 40 tests/test_ops.py tests/test_data.py tests/test_train.py -k cuda
     run_tests 120 tests/test_fused.py -k cuda
-    run_tests 120 tests/test_cuda_graph.py -k "not nothing_on_the_host and not host_reads_are_named" ;;
+    run_tests 240 tests/test_cuda_graph.py -k "not nothing_on_the_host and not host_reads_are_named" ;;
 recipes)
     step recipes pc-darts,gdas,sdarts-rs,drnas,fair-darts readable,fused,graph 5 100 ;;
 nb201)
     step nb201 darts-v1,darts-v2,gdas readable,fused,graph,graph-cl 10 90 "--space nb201" ;;
 profile)
-    timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 --channels-last 2>&1 | grep -v USDT | tee "$OUT/profile.log" ;;
+    timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 2>&1 | grep -v USDT | tee "$OUT/profile.log" ;;
 convs)
     timeout "$(within 80)" python3 benchmarks/conv_variants.py --repeats 30 --only "pointwise,E=8 C=16" 2>&1 | tee "$OUT/convs.log" ;;
 e2e)
