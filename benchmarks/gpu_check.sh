@@ -95,10 +95,13 @@ base)
     if [ -d .gpu_data/base/src ]; then
         (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1,darts-v2 graph 10 150)
     else echo "stage base: no .gpu_data/base/src (see the header)"; fi ;;
-tests)  # the CUDA tests, in three runs: SIGINT at a timeout makes pytest list the failures it saw
+tests)  # the CUDA tests, in five runs: SIGINT at a timeout makes pytest list the failures it saw; first
+    # what --fast runs on a GPU (side streams, replayed), then the NHWC step since ops.AvgPool2d
+    run_tests 90 tests/test_cuda_graph.py -k side_streams
     run_tests 40 tests/test_ops.py tests/test_data.py tests/test_train.py -k cuda
-    run_tests 120 tests/test_fused.py -k cuda
-    run_tests 240 tests/test_cuda_graph.py -k "not nothing_on_the_host and not host_reads_are_named" ;;
+    run_tests 90 tests/test_fused.py -k cuda_channels_last
+    run_tests 240 tests/test_cuda_graph.py -k "not side_streams and not nothing_on_the_host and not host_reads_are_named"
+    run_tests 120 tests/test_fused.py -k "cuda_step_equals_readable" ;;
 recipes)
     step recipes pc-darts,gdas,sdarts-rs,drnas,fair-darts readable,fused,graph 5 100 ;;
 nb201)
