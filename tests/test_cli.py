@@ -128,3 +128,14 @@ def test_info_sizes_a_convolutional_network_by_its_images(tmp_path, capsys):
             "other images give --in-channels, --image-size and --num-classes") in capsys.readouterr().err
     assert main(["info", "--genotype", "DARTS_V2", "--vocab-size", "5"]) == 2
     assert "--vocab-size: for recurrent cells; DARTS_V2 is a convolutional one" in capsys.readouterr().err
+
+
+def test_info_refuses_sizes_its_network_cannot_take(capsys):
+    """A side a reduction cannot halve evenly, or none at all: a clear error, where PyTorch's own came from
+    deep in the network (a concatenation of 4 and 3 pixels; a negative tensor dimension)."""
+    assert main(["info", "--genotype", "DARTS_V2", "--image-size", "30"]) == 2
+    assert "the cifar network does not take 3x30x30 images (" in capsys.readouterr().err
+    for option in ("--init-channels", "--image-size", "--hidden-size"):
+        with pytest.raises(SystemExit):
+            main(["info", "--genotype", "DARTS_V2", option, "0"])
+        assert f"argument {option}: must be 1 or more, not 0" in capsys.readouterr().err

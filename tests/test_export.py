@@ -105,3 +105,27 @@ def test_unknown_format_and_missing_packages_are_clear_errors(run, monkeypatch, 
     (tmp_path / "lm" / "config.json").write_text(json.dumps({"kind": KIND}))
     with pytest.raises(ValueError, match="a language model's run; export takes the image networks of dnas train"):
         export_run(tmp_path / "lm", "onnx")
+
+
+def test_an_output_path_that_cannot_be_the_file_is_refused_before_exporting(run, tmp_path, capsys):
+    """A directory, or another format's suffix: refused, nothing written (pt2's own writer raised a C++
+    error for a directory; ONNX into x.pt2 was written as asked)."""
+    assert main(["export", str(run), "--format", "pt2", "-o", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path} is a directory; give the file to write, e.g. {tmp_path / 'model.pt2'}" in error
+    with pytest.raises(ValueError, match=r"x.pt2: onnx exports are written to .onnx files \(.pt2 is pt2's\)"):
+        export_run(run, "onnx", path=tmp_path / "x.pt2")
+    assert not (tmp_path / "x.pt2").exists()
+
+
+def test_ctrl_c_during_an_export_stays_a_ctrl_c(run, tmp_path, monkeypatch):
+    """torch's ONNX exporter, interrupted, raised an AttributeError of its own while handling the interrupt;
+    the command line then printed its traceback rather than "interrupted"."""
+    def exporter(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise AttributeError("module 'torch._dynamo' has no attribute 'exc'")
+
+    monkeypatch.setattr(export_module.torch.onnx, "export", exporter)
+    assert main(["export", str(run), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]) == 130

@@ -179,6 +179,12 @@ def test_test_command_refuses_an_empty_sample(trained, capsys):
     assert "subset must be >= 1, not 0" in capsys.readouterr().err
 
 
+def test_testing_on_images_of_another_shape_is_refused(trained, cifar10_root):
+    with pytest.raises(ValueError, match=r"cifar10's images have 3 channels; the run was trained on images of 1 "
+                                         r"\(fashion-mnist\)"):
+        evaluate_run(trained.run_dir, dataset="cifar10", data=cifar10_root, subset=10, progress=False)
+
+
 def test_test_command_prints_the_accuracy_and_matrix(trained, capsys):
     assert main(["test", str(trained.run_dir), "--weights", "best", "--subset", "64", "-q"]) == 0
     out = capsys.readouterr().out
@@ -234,6 +240,9 @@ def test_an_existing_run_directory_is_not_overwritten(tmp_path):
     (("DARTS_V2",), dict(subset=-3, cutout=-1), "subset must be >= 1, not -3; cutout must be >= 0, not -1"),
     (("DARTS_V2",), dict(test_subset=10 ** 6), "test_subset 1000000 is more than the 10,000 test images of "
                                                "fashion-mnist"),
+    (("DARTS_V2",), dict(C=0), "C must be >= 1, not 0"),
+    (("DARTS_V2",), dict(network="imagenet", C=8, layers=3),
+     r"the imagenet network does not take 1x28x28 images \(.*\): each reduction needs an even side"),
 ])
 def test_bad_input_is_a_clear_error(args, kwargs, message, tmp_path):
     with pytest.raises((ValueError, KeyError), match=message):

@@ -36,6 +36,12 @@ def export(model: nn.Module, path: str | os.PathLike, format: str, input_size: t
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
     path = Path(path)
+    if path.is_dir():
+        example_file = path / f"model{FORMATS[format]}"
+        raise IsADirectoryError(f"{path} is a directory; give the file to write, e.g. {example_file}")
+    if path.suffix in FORMATS.values() and path.suffix != FORMATS[format]:
+        raise ValueError(f"{path}: {format} exports are written to {FORMATS[format]} files ({path.suffix} is "
+                         f"{', '.join(f for f, s in FORMATS.items() if s == path.suffix)}'s)")
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     p = next(model.parameters())
@@ -51,9 +57,23 @@ def export(model: nn.Module, path: str | os.PathLike, format: str, input_size: t
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise MissingPackage(f"ONNX export needs the package(s) {', '.join(missing)}: pip install {' '.join(missing)}")
-    torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
-                      dynamic_shapes=any_batch, external_data=False, verbose=False)
+    try:
+        torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=any_batch, external_data=False, verbose=False)
+    except Exception as e:  # torch's exporter can turn a Ctrl-C into an error of its own while handling it
+        if interrupted(e):
+            raise KeyboardInterrupt from None
+        raise
     return path
+
+
+def interrupted(error: BaseException | None) -> bool:
+    """Whether ``error`` was raised while handling a KeyboardInterrupt (its context or cause, at any depth)."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def export_run(run_dir: str | os.PathLike, format: str, weights: str = "last",

@@ -40,7 +40,7 @@ from . import checkpoint
 from .checkpoint import CheckpointError
 from .search import (check_minimums, check_subset, drop_lines_after, format_seconds, new_run_dir, progress_every,
                      read_jsonl, resolve_device)
-from .spaces.darts_network import NETWORKS, DartsNetwork
+from .spaces.darts_network import NETWORKS, DartsNetwork, check_fits
 from .zoo import convolutional, load_genotype
 
 CHECKPOINT_FORMAT = "dnas-train-checkpoint-v1"
@@ -86,7 +86,7 @@ class TrainConfig:
         NETWORKS.get(self.network)  # an unknown network fails here, listing the valid ones
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
-        check_minimums(vars(self), epochs=1, batch_size=1, subset=1, test_subset=1, cutout=0)
+        check_minimums(vars(self), C=1, layers=1, epochs=1, batch_size=1, subset=1, test_subset=1, cutout=0)
         if not 0 <= self.drop_path < 1:
             raise ValueError(f"drop_path is a probability in [0, 1), got {self.drop_path}")
 
@@ -179,8 +179,9 @@ class Trainer:
         self.train_loader = loader(data.train_x[train], data.train_y[train], augment=True, cutout=config.cutout,
                                    shuffle=True, generator=torch.Generator().manual_seed(config.seed))
         self.test_loader = loader(data.test_x[test], data.test_y[test])
-        self.model = build_network(config, genotype, data.num_classes, data.channels).to(self.device,
-                                                                                         memory_format=layout)
+        self.model = build_network(config, genotype, data.num_classes, data.channels)
+        check_fits(self.model, data.channels, data.image_size)
+        self.model = self.model.to(self.device, memory_format=layout)
         self.cost = cost(self.model, (data.channels, *data.image_size))
         self.optimizer = torch.optim.SGD(self.model.parameters(), config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
@@ -384,6 +385,10 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     if d.num_classes != saved["data"]["num_classes"]:
         raise ValueError(f"{dataset} has {d.num_classes} classes; the run was trained on "
                          f"{saved['data']['num_classes']} ({c['dataset']})")
+    if d.channels != saved["data"].get("channels", d.channels):
+        raise ValueError(f"{dataset}'s images have {d.channels} channels; the run was trained on images of "
+                         f"{saved['data']['channels']} ({c['dataset']})")
+    check_fits(model, d.channels, d.image_size)
     check_subset(subset, len(d.test_y), f"test images of {dataset}")
     images = sample(len(d.test_y), subset)
     loader = BatchLoader(d.test_x[images], d.test_y[images], batch_size or c["batch_size"], saved["data"]["mean"],

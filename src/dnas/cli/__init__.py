@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the run has said what it checkpointed (Search.run, Trainer.run)
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (UnknownNameError, DataError, GenotypeError, CheckpointError, FileNotFoundError, FileExistsError,
-            ValueError, TensorBoardNotFound) as e:
+    except (UnknownNameError, DataError, GenotypeError, CheckpointError, OSError, ValueError,
+            TensorBoardNotFound) as e:  # OSError: a file not found, already there, a directory, not writable
         print(f"dnas: error: {e}", file=sys.stderr)
         return 2
     return 0

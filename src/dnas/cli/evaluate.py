@@ -10,7 +10,7 @@ from ..cost import cost, count_params
 from ..data import CORPORA, DATASETS, IMAGE_SHAPES
 from ..export import FORMATS, export_run
 from ..report import load_run
-from ..spaces.darts_network import NETWORKS
+from ..spaces.darts_network import NETWORKS, check_fits
 from ..train import TrainConfig, evaluate_run, train
 from ..viz import GraphvizNotFound, draw
 from ..rnn.train import LMTrainConfig, LMTrainResult, build_lm, evaluate_lm_run, is_lm_run
@@ -42,6 +42,7 @@ def run_info(args: argparse.Namespace) -> None:
     options = {k: v for k, v in {"C": args.init_channels, "layers": args.layers,
                                  "num_classes": args.num_classes or classes}.items() if v is not None}
     model = network(genotype, in_channels=in_channels, **options)
+    check_fits(model, in_channels, (size, size))
     entry = ZOO.get(name)
     published = entry is not None and entry.genotype == genotype
     print(f"genotype: {name}" + (f"  ({entry.paper}, arXiv {entry.arxiv})" if published else ""))
@@ -148,23 +149,31 @@ def run_zoo(args: argparse.Namespace) -> None:
     print("aliases: " + ", ".join(f"{a} = {n}" for a, n in ALIASES.items()))
 
 
+def positive(text: str) -> int:
+    """An argparse type: an int of 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def register(sub) -> None:
     defaults = TrainConfig()
 
     i = sub.add_parser("info", help="parameters, mult-adds and a picture of a genotype's network")
     i.add_argument("--genotype", required=True, help=GENOTYPE_HELP)
     i.add_argument("--network", default="cifar", help=f"one of {', '.join(NETWORKS.names())} (default cifar)")
-    i.add_argument("--init-channels", type=int, help="initial channels (default: the network's, 36 or 48)")
-    i.add_argument("--layers", type=int, help="cells (default: the network's, 20 or 14)")
-    i.add_argument("--num-classes", type=int, help="classes (default 10 or 1000)")
+    i.add_argument("--init-channels", type=positive, help="initial channels (default: the network's, 36 or 48)")
+    i.add_argument("--layers", type=positive, help="cells (default: the network's, 20 or 14)")
+    i.add_argument("--num-classes", type=positive, help="classes (default 10 or 1000)")
     i.add_argument("--dataset", help=f"the images whose channels, size and classes size the network: "
                                      f"{', '.join(IMAGE_SHAPES)} (default: the network's, or for the cifar network "
                                      f"a run directory's); recurrent cells: the corpus whose vocabulary sizes the "
                                      f"model, one of {', '.join(CORPORA.names())} (default ptb: 10,000 words)")
-    i.add_argument("--vocab-size", type=int, help="recurrent cells: vocabulary size (default: the corpus's)")
-    i.add_argument("--hidden-size", type=int, help="recurrent cells: embedding = hidden size (default 850)")
-    i.add_argument("--in-channels", type=int, help="image channels (default 3)")
-    i.add_argument("--image-size", type=int, help="image side for mult-adds (default 32 or 224)")
+    i.add_argument("--vocab-size", type=positive, help="recurrent cells: vocabulary size (default: the corpus's)")
+    i.add_argument("--hidden-size", type=positive, help="recurrent cells: embedding = hidden size (default 850)")
+    i.add_argument("--in-channels", type=positive, help="image channels (default 3)")
+    i.add_argument("--image-size", type=positive, help="image side for mult-adds (default 32 or 224)")
     i.add_argument("-o", "--output", help="cell picture, .png or .svg (default <genotype>-cells.png)")
     i.set_defaults(func=run_info)
 

@@ -18,6 +18,7 @@ per sample while training, as the DARTS code does.
 """
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import torch
@@ -139,6 +140,23 @@ class DartsNetwork(nn.Module):
             if aux and i == self.aux_index:
                 aux_logits = self.auxiliary_head(s1)
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1)), aux_logits
+
+
+def check_fits(model: DartsNetwork, in_channels: int, size: tuple[int, int]) -> None:
+    """A ValueError unless ``model`` takes images of ``in_channels`` x ``size``: a training forward with its
+    auxiliary head, on the meta device (shapes only). Each reduction needs an even side (FactorizedReduce
+    halves it at two offsets) and the auxiliary head a side of 5 or more where it is attached; the ImageNet
+    network's stems halve the side three times first."""
+    probe = copy.deepcopy(model).to("meta").train()
+    try:
+        with torch.no_grad():
+            probe.forward_with_aux(torch.empty(2, in_channels, *size, device="meta"))
+    except RuntimeError as e:
+        name = next((n for n in NETWORKS.names() if NETWORKS.get(n) is type(model)), type(model).__name__)
+        raise ValueError(f"the {name} network does not take {in_channels}x{size[0]}x{size[1]} images "
+                         f"({str(e).splitlines()[0]}): each reduction needs an even side and the auxiliary head "
+                         f"one of 5 or more; the cifar network is made for 32x32 images, the imagenet one for "
+                         f"224x224") from None
 
 
 class CIFARStem(nn.Sequential):
