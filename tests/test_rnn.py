@@ -211,6 +211,13 @@ def test_a_tiny_language_model_trains_tests_and_resumes(ptb, tmp_path, monkeypat
     assert json.loads(report.file.read_text())["test_ppl"] == pytest.approx(report.test_ppl)
     assert main(["test", str(result.run_dir), "--subset", "600", "-q"]) == 0
     assert "test perplexity" in capsys.readouterr().out
+    # a part of the text, or another test batch, is written beside a whole test's file, not over it
+    assert report.file.name == "test-best-subset600.json"
+    other = evaluate_lm_run(result.run_dir, subset=600, batch_size=4, device="cpu", progress=False)
+    assert other.file.name == "test-best-subset600-batch4.json"
+    assert json.loads(other.file.read_text())["test_batch_size"] == 4
+    with pytest.raises(DataError, match="wikitext2: no data folder given"):  # not the run's PTB files, mislabelled
+        evaluate_lm_run(result.run_dir, dataset="wikitext2", subset=600, device="cpu", progress=False)
 
     from dnas.rnn.train import LMTrainer
     calls, original = {"n": 0}, LMTrainer.train_epoch

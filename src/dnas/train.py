@@ -378,8 +378,9 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     check_minimums({"batch_size": batch_size, "subset": subset}, batch_size=1, subset=1)
     model, saved = load_run(run_dir, weights, device)
     c = saved["config"]
+    own = dataset in (None, c["dataset"])  # another data set is read from ``data`` or its own place, not the run's
     dataset = dataset or c["dataset"]
-    d = load_dataset(dataset, os.path.expanduser(os.fspath(data)) if data is not None else c["data"])
+    d = load_dataset(dataset, os.path.expanduser(os.fspath(data)) if data is not None else c["data"] if own else None)
     if d.test_x is None:
         raise DataError(f"{dataset}: no test images to test on")
     if d.num_classes != saved["data"]["num_classes"]:

@@ -36,7 +36,7 @@ from .. import checkpoint
 from ..checkpoint import CheckpointError
 from ..cost import count_params
 from ..data import CORPORA, batchify, get_batch, is_corpus, load_corpus
-from ..search import drop_lines_after, format_seconds, new_run_dir, read_jsonl, resolve_device
+from ..search import check_minimums, drop_lines_after, format_seconds, new_run_dir, read_jsonl, resolve_device
 from ..zoo import load_genotype
 from .genotype import RecurrentGenotype
 from .model import (GenotypeCell, LanguageModel, activation_regularization, bptt_length, evaluate_lm, lm_loss,
@@ -303,13 +303,18 @@ def evaluate_lm_run(run_dir: str | os.PathLike, dataset: str | None = None, data
     """Validation and test perplexity of a trained language model (``weights``: best, last or a .pt file),
     validation with ``eval_batch_size`` streams and test with ``batch_size`` (the run's test_batch_size, 1, by
     default), as the DARTS code measures them; ``subset``: the first N tokens of each. Written to
-    ``test-<weights>.json`` in the run."""
+    ``test-<weights>.json`` in the run, ``-subset<N>`` and ``-batch<B>`` added for a part of the corpus or
+    another test batch (a whole test at the run's batch is not overwritten by them). Another ``dataset`` is
+    read from ``data`` (or its own default place), not from the run's files."""
     run_dir = Path(run_dir)
     if not is_lm_run(run_dir):
         raise FileNotFoundError(f"{run_dir} is not a dnas language-model run (no config.json of one in it)")
     saved = checkpoint.read_config(run_dir / "config.json")
     config = LMTrainConfig(**{**saved["config"], "device": device})
-    corpus = load_corpus(dataset or config.dataset, os.path.expanduser(os.fspath(data)) if data else config.data)
+    check_minimums({"batch_size": batch_size, "subset": subset}, batch_size=1, subset=1)
+    own = dataset in (None, config.dataset)
+    corpus = load_corpus(dataset or config.dataset,
+                         os.path.expanduser(os.fspath(data)) if data else config.data if own else None)
     if corpus.vocab_size != saved["vocab_size"]:
         raise ValueError(f"{corpus.name} has {corpus.vocab_size} words; the run was trained on a vocabulary of "
                          f"{saved['vocab_size']} ({config.dataset})")
@@ -323,15 +328,18 @@ def evaluate_lm_run(run_dir: str | os.PathLike, dataset: str | None = None, data
         raise CheckpointError(f"{path} is not the weights of this run's model ({type(e).__name__}: {e})") from None
     dev = resolve_device(device)
     model.to(dev)
+    test_batch = batch_size or config.test_batch_size
     valid = batchify(corpus.valid[:subset], config.eval_batch_size).to(dev)
-    test = batchify(corpus.test[:subset], batch_size or config.test_batch_size).to(dev)
+    test = batchify(corpus.test[:subset], test_batch).to(dev)
     with tqdm(total=len(valid) + len(test), disable=not progress, desc="valid + test", unit="tok", leave=False) as bar:
         valid_loss = evaluate_lm(model, valid, config.bptt, bar)
         test_loss = evaluate_lm(model, test, config.bptt, bar)
-    label = weights if weights in ("last", "best") else Path(weights).stem
+    label = ((weights if weights in ("last", "best") else Path(weights).stem) + (f"-subset{subset}" if subset else "")
+             + (f"-batch{test_batch}" if test_batch != config.test_batch_size else ""))
     report = LMReport(valid_loss, test_loss, run_dir / f"test-{label}.json")
     report.file.write_text(json.dumps({
-        "dataset": corpus.name, "weights": label, "valid_tokens": valid.numel(), "test_tokens": test.numel(),
+        "dataset": corpus.name, "weights": label, "test_batch_size": test_batch, "valid_tokens": valid.numel(),
+        "test_tokens": test.numel(),
         "valid_loss": valid_loss, "valid_ppl": report.valid_ppl, "test_loss": test_loss,
         "test_ppl": report.test_ppl}, indent=1) + "\n")
     return report
