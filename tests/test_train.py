@@ -179,6 +179,28 @@ def test_test_command_refuses_an_empty_sample(trained, capsys):
     assert "subset must be >= 1, not 0" in capsys.readouterr().err
 
 
+def test_weights_that_are_not_the_networks_are_one_line_errors(trained, tmp_path, capsys):
+    """The run's own checkpoint, another network's weights, a file that is not PyTorch's: said in a line,
+    where load_state_dict listed every key."""
+    run = trained.run_dir
+    assert main(["test", str(run), "--weights", str(run / "checkpoint.pt"), "-q"]) == 2
+    error = capsys.readouterr().err
+    assert "is a run's checkpoint (its state to resume from), not this run's network's weights: give --weights " \
+           "last or best" in error and len(error.splitlines()) == 1
+    model, _ = load_run(run)
+    state = model.state_dict()
+    state["extra"] = state.pop("classifier.bias")
+    state["classifier.weight"] = state["classifier.weight"][:3]
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other.pt is not this run's network's weights \(1 of its tensors "
+                                              r"missing, e.g. 'classifier.bias'; 1 not its own, e.g. 'extra'; 1 of "
+                                              r"other shapes, e.g. 'classifier.weight'\)"):
+        load_run(run, str(tmp_path / "other.pt"))
+    (tmp_path / "notes.pt").write_text("not weights")
+    with pytest.raises(CheckpointError, match="notes.pt is not a file of weights"):
+        load_run(run, str(tmp_path / "notes.pt"))
+
+
 def test_testing_on_images_of_another_shape_is_refused(trained, cifar10_root):
     with pytest.raises(ValueError, match=r"cifar10's images have 3 channels; the run was trained on images of 1 "
                                          r"\(fashion-mnist\)"):

@@ -191,3 +191,28 @@ def load(path: Path, fmt: str, device: torch.device, kind: str, restore: Callabl
         raise CheckpointError(f"{path} is corrupted or not a dnas {kind} checkpoint ({type(e).__name__}: {reason}); "
                               f"the run's other files are untouched") from None
     return state
+
+
+def load_weights(model: torch.nn.Module, path: Path, what: str) -> None:
+    """``model``'s weights from ``path``, a file of its state_dict; a CheckpointError in one line where it is
+    not one (a run's checkpoint, another network's weights, not a PyTorch file), naming what differs."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = _first_line(str(e).split("WeightsUnpickler error:")[-1])
+        raise CheckpointError(f"{path} is not a file of weights ({type(e).__name__}: {reason})") from None
+    if isinstance(state, dict) and "format" in state and "model" in state:
+        raise CheckpointError(f"{path} is a run's checkpoint (its state to resume from), not {what}'s weights: "
+                              f"give --weights last or best (the run's last.pt, best.pt), or a file of a state_dict")
+    expected = model.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not {what}'s weights (a state_dict)")
+    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+    shapes = [k for k in expected.keys() & state.keys()
+              if isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        differences = [f"{n} {kind}, e.g. {sorted(keys)[0]!r}" for n, kind, keys in (
+            (len(missing), "of its tensors missing", missing), (len(unexpected), "not its own", unexpected),
+            (len(shapes), "of other shapes", shapes)) if keys]
+        raise CheckpointError(f"{path} is not {what}'s weights ({'; '.join(differences)})")
+    model.load_state_dict(state)

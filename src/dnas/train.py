@@ -37,7 +37,6 @@ from .cost import Cost, cost
 from .data import BatchLoader, DataError, load_dataset, memory_format
 from .genotype import Genotype
 from . import checkpoint
-from .checkpoint import CheckpointError
 from .search import (check_minimums, check_subset, drop_lines_after, format_seconds, new_run_dir, progress_every,
                      read_jsonl, resolve_device)
 from .spaces.darts_network import NETWORKS, DartsNetwork, check_fits
@@ -351,10 +350,7 @@ def load_run(run_dir: str | os.PathLike, weights: str = "last", device: str = "c
     path = run_dir / f"{weights}.pt" if weights in ("last", "best") else Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; a run writes last.pt and best.pt after its first epoch")
-    try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as e:
-        raise CheckpointError(f"{path} is not the weights of this run's network ({type(e).__name__}: {e})") from None
+    checkpoint.load_weights(model, path, "this run's network")
     return model.to(resolve_device(device)).eval(), saved
 
 

@@ -33,7 +33,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import checkpoint
-from ..checkpoint import CheckpointError
 from ..cost import count_params
 from ..data import CORPORA, batchify, get_batch, is_corpus, load_corpus
 from ..search import check_minimums, drop_lines_after, format_seconds, new_run_dir, read_jsonl, resolve_device
@@ -322,10 +321,7 @@ def evaluate_lm_run(run_dir: str | os.PathLike, dataset: str | None = None, data
     path = run_dir / f"{weights}.pt" if weights in ("last", "best") else Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; a run writes last.pt and best.pt after its first epoch")
-    try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as e:
-        raise CheckpointError(f"{path} is not the weights of this run's model ({type(e).__name__}: {e})") from None
+    checkpoint.load_weights(model, path, "this run's model")
     dev = resolve_device(device)
     model.to(dev)
     test_batch = batch_size or config.test_batch_size
