@@ -264,3 +264,5 @@ def test_a_report_of_an_unfinished_run_says_so(darts_run, tmp_path):
     page = report.write_report([run], progress=False).read_text()
     assert "unfinished (no genotype.txt yet)" in page and "<td>1 of 2</td>" in page
     assert genotypes(page) == [run.metrics[0]["genotype"]]
+    # as a genotype to train or size, too: the cells of its last completed epoch, named so
+    assert dnas.load_genotype(unfinished) == (run.genotype(1), "unfinished-epoch1")

@@ -243,7 +243,9 @@ def published(name: str) -> Genotype:
 
 def load_genotype(spec: str | Path | Genotype) -> tuple[Genotype, str]:
     """A genotype and a short name for it, from a zoo name, a genotype file (.json or the text form), a run
-    directory holding ``genotype.json``, or the text form itself (DARTS's, or NAS-Bench-201's arch string)."""
+    directory holding ``genotype.json`` (a search run still running: the cells derived after its last
+    completed epoch, named ``<run>-epoch<k>``), or the text form itself (DARTS's, or NAS-Bench-201's arch
+    string)."""
     if isinstance(spec, (Genotype, RecurrentGenotype, NB201Genotype)):
         return spec, "genotype"
     text = str(spec).strip()
@@ -254,10 +256,14 @@ def load_genotype(spec: str | Path | Genotype) -> tuple[Genotype, str]:
         return entry.genotype, entry.name
     path = Path(text).expanduser()
     if path.is_dir():
-        if not (path / "genotype.json").is_file():
-            raise GenotypeError(f"{path} is a directory without genotype.json; give a search run directory, "
-                                f"a genotype file or a zoo name")
-        return _load(path / "genotype.json"), path.name
+        if (path / "genotype.json").is_file():
+            return _load(path / "genotype.json"), path.name
+        if (path / "metrics.jsonl").is_file():  # a search run not yet finished, as dnas show and report read it
+            from .report import load_run  # report reads genotypes by this module
+            run = load_run(path)
+            return run.genotype(), f"{run.name}-epoch{run.epochs}"
+        raise GenotypeError(f"{path} is a directory without genotype.json; give a search run directory, "
+                            f"a genotype file or a zoo name")
     if path.is_file():
         return _load(path), path.stem
     raise GenotypeError(f"{text!r} is not a published genotype ({', '.join(ZOO)}), an existing file or run "
