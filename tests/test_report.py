@@ -121,6 +121,7 @@ def test_show_draws_the_cells_of_an_epoch(darts_run, nb201_run, tmp_path, capsys
     (["report", "{tmp}/nowhere"], "nowhere is not a directory"),
     (["report", "{train}"], "is a training run (dnas train), not a search run"),
     (["report", "{empty}"], "has not completed an epoch yet"),
+    (["show", "{empty}"], "has not completed an epoch yet"),
     (["report", "{run}", "-o", "{tmp}/r.pdf"], "the report is HTML; give a path ending in .html"),
     (["animate", "{tmp}"], "is not a dnas search run"),
     (["animate", "{run}", "-o", "{tmp}/c.png"], "the animation is a GIF; give a path ending in .gif"),

@@ -201,6 +201,13 @@ def test_weights_that_are_not_the_networks_are_one_line_errors(trained, tmp_path
         load_run(run, str(tmp_path / "notes.pt"))
 
 
+def test_a_training_runs_cells_are_drawn_and_its_weights_are_no_genotype(trained, tmp_path, capsys):
+    assert main(["show", str(trained.run_dir), "-o", str(tmp_path / "cells.svg")]) == 0
+    assert (tmp_path / "cells.svg").is_file()
+    assert main(["show", str(trained.run_dir / "last.pt")]) == 2
+    assert "last.pt is not a genotype file: it is not text" in capsys.readouterr().err
+
+
 def test_testing_on_images_of_another_shape_is_refused(trained, cifar10_root):
     with pytest.raises(ValueError, match=r"cifar10's images have 3 channels; the run was trained on images of 1 "
                                          r"\(fashion-mnist\)"):
@@ -229,6 +236,14 @@ def test_train_command_runs_and_reports(fashion_mnist_root, tmp_path, capsys):
 def test_resume_refuses_changed_settings_and_foreign_folders(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a dnas training run"):
         dnas.train(resume=tmp_path)
+    with pytest.raises(FileNotFoundError, match="typo does not exist or is not a directory: give the directory of a "
+                                                "training run"):
+        dnas.train(resume=tmp_path / "typo")
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "config.json").write_text(json.dumps({"config": {}, "method": {}}))
+    with pytest.raises(FileNotFoundError, match="is a search run \\(dnas search\\), not a training run: train its "
+                                                "genotype with dnas train --genotype"):
+        load_run(tmp_path / "search")
     with pytest.raises(ValueError, match="only device may change"):
         dnas.train(resume=trained.run_dir, epochs=5)
 

@@ -326,7 +326,14 @@ def train(
 
 
 def _read_run(run_dir: Path) -> dict[str, Any]:
+    """A training run's config.json; a FileNotFoundError that says what ``run_dir`` is where it is not one."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} does not exist or is not a directory: give the directory of a "
+                                f"training run (dnas train)")
     saved = checkpoint.read_config(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    if "method" in saved:
+        raise FileNotFoundError(f"{run_dir} is a search run (dnas search), not a training run: train its genotype "
+                                f"with dnas train --genotype {run_dir}")
     if "genotype" not in saved or "data" not in saved:
         raise FileNotFoundError(f"{run_dir} is not a dnas training run (no config.json with a genotype in it)")
     return saved
@@ -349,7 +356,8 @@ def load_run(run_dir: str | os.PathLike, weights: str = "last", device: str = "c
                           saved["data"]["channels"])
     path = run_dir / f"{weights}.pt" if weights in ("last", "best") else Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; a run writes last.pt and best.pt after its first epoch")
+        raise FileNotFoundError(f"{path} does not exist; weights are last, best (the last.pt and best.pt a run "
+                                f"writes after its first epoch) or a .pt file of the network's state_dict")
     checkpoint.load_weights(model, path, "this run's network")
     return model.to(resolve_device(device)).eval(), saved
 

@@ -258,9 +258,9 @@ def load_genotype(spec: str | Path | Genotype) -> tuple[Genotype, str]:
     if path.is_dir():
         if (path / "genotype.json").is_file():
             return _load(path / "genotype.json"), path.name
-        if (path / "metrics.jsonl").is_file():  # a search run not yet finished, as dnas show and report read it
+        if (path / "config.json").is_file():  # a search run not yet finished, as dnas show and report read it
             from .report import load_run  # report reads genotypes by this module
-            run = load_run(path)
+            run = load_run(path)  # an error that says what the directory is, where it has no completed epoch
             return run.genotype(), f"{run.name}-epoch{run.epochs}"
         raise GenotypeError(f"{path} is a directory without genotype.json; give a search run directory, "
                             f"a genotype file or a zoo name")
@@ -289,4 +289,9 @@ def convolutional(genotype, name: str) -> Genotype:
 
 
 def _load(path: Path) -> Genotype | RecurrentGenotype:
-    return genotype_class(path.read_text()).load(path)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise GenotypeError(f"{path} is not a genotype file: it is not text (a genotype is a .json file or the "
+                            f"text form Genotype(normal=[...], ...))") from None
+    return genotype_class(text).load(path)

@@ -131,14 +131,12 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def run_show(args: argparse.Namespace) -> None:
-    path = Path(args.genotype).expanduser()
-    if (path / "metrics.jsonl").is_file():  # a search run: its result, or the cells derived at --epoch
-        run = load_run(path)
-        genotype = run.genotype(args.epoch)
-        name = run.name if args.epoch is None else f"{run.name}-epoch{args.epoch}"
-    elif args.epoch is not None:
-        raise ValueError(f"--epoch picks an epoch of a search run; {args.genotype} is not a search run directory")
-    else:
+    if args.epoch is not None:  # the cells derived after an epoch of a search run
+        if not Path(args.genotype).expanduser().is_dir():
+            raise ValueError(f"--epoch picks an epoch of a search run; {args.genotype} is not a search run directory")
+        run = load_run(args.genotype)
+        genotype, name = run.genotype(args.epoch), f"{run.name}-epoch{args.epoch}"
+    else:  # a search run's result (its last completed epoch's while it runs), a training run's, a file, a name
         genotype, name = load_genotype(args.genotype)
     print(f"{name}: {draw(genotype, args.output or f'{name}-cells.png')}")
 

@@ -320,7 +320,8 @@ def evaluate_lm_run(run_dir: str | os.PathLike, dataset: str | None = None, data
     model = build_lm(config, RecurrentGenotype.from_dict(saved["genotype"]), corpus.vocab_size)
     path = run_dir / f"{weights}.pt" if weights in ("last", "best") else Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; a run writes last.pt and best.pt after its first epoch")
+        raise FileNotFoundError(f"{path} does not exist; weights are last, best (the last.pt and best.pt a run "
+                                f"writes after its first epoch) or a .pt file of the model's state_dict")
     checkpoint.load_weights(model, path, "this run's model")
     dev = resolve_device(device)
     model.to(dev)
