@@ -200,7 +200,8 @@ def test_several_runs_compared_in_one_report(darts_run, nb201_run, tmp_path, mon
     assert genotypes(page) == [(darts_run / "genotype.txt").read_text().strip(),
                                (nb201_run / "genotype.txt").read_text().strip()]
     differ = page[page.index("Settings that differ"):page.index("All settings")]
-    assert "<td>space_options.nodes</td>" in differ and "<td>parts.space</td>" not in differ
+    assert "<td>space_options.nodes</td>" in differ and "<td>parts.space</td>" not in page
+    assert "<tr><td>space</td><td>darts</td><td>nb201</td></tr>" in differ  # the space run, not the setting None
     names = [f"{p.parent.name}/{p.name}" for p in (darts_run, nb201_run)]  # both directories are named run
     assert f"<th>setting</th><th>{names[0]}</th><th>{names[1]}</th>" in page
     figures = images(page)

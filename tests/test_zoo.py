@@ -108,3 +108,5 @@ def test_zoo_command_lists_names_papers_and_arxiv_ids():
     for e in ZOO.values():
         assert e.name in out and e.arxiv in out
     assert "DARTS = DARTS_V2" in out
+    one = subprocess.run(["dnas", "zoo", "darts"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert one[0].startswith("DARTS_V2  ") and one[-1] == str(ZOO["DARTS_V2"].genotype)

@@ -310,9 +310,9 @@ def run_labels(runs: list[SearchRun]) -> list[str]:
 def _config_rows(runs: list[SearchRun], labels: list[str]) -> tuple[list[str], list[list[str]]]:
     flat = []
     for run in runs:
-        c = {k: v for k, v in run.config.items() if k != "space_options"}
+        c = {k: v for k, v in run.config.items() if k != "space_options"} | {"space": run.space}  # None: the method's
         c |= {f"space_options.{k}": v for k, v in run.config.get("space_options", {}).items()}
-        c |= {f"parts.{k}": v for k, v in run.method.get("parts", {}).items()}
+        c |= {f"parts.{k}": v for k, v in run.method.get("parts", {}).items() if k != "space"}  # the recipe's default
         flat.append({k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in c.items()})
     keys = list(dict.fromkeys(k for c in flat for k in c))
     return ["setting", *labels], [[k, *[c.get(k, "") for c in flat]] for k in keys]

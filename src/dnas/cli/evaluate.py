@@ -15,7 +15,7 @@ from ..train import TrainConfig, evaluate_run, train
 from ..viz import GraphvizNotFound, draw
 from ..rnn.train import LMTrainConfig, LMTrainResult, build_lm, evaluate_lm_run, is_lm_run
 from ..rnn.genotype import RecurrentGenotype
-from ..zoo import ALIASES, ZOO, convolutional, load_genotype
+from ..zoo import ALIASES, ZOO, convolutional, load_genotype, lookup
 
 GENOTYPE_HELP = "a zoo name (see `dnas zoo`), a genotype .json/.txt file, a run directory, or the text form"
 
@@ -142,6 +142,10 @@ def run_show(args: argparse.Namespace) -> None:
 
 
 def run_zoo(args: argparse.Namespace) -> None:
+    if args.name:  # one entry, with its cells
+        e = lookup(args.name)
+        print(f"{e.name}  {e.paper}  arXiv {e.arxiv}\ntranscribed from {e.source}\n{e.genotype}")
+        return
     for e in ZOO.values():
         print(f"{e.name:<15} {e.paper}  arXiv {e.arxiv}\n{'':<15} transcribed from {e.source}")
     print("aliases: " + ", ".join(f"{a} = {n}" for a, n in ALIASES.items()))
@@ -237,4 +241,5 @@ def register(sub) -> None:
     w.set_defaults(func=run_show)
 
     z = sub.add_parser("zoo", help="list the published genotypes with their papers")
+    z.add_argument("name", nargs="?", help="one of them (or an alias): its paper, source and genotype")
     z.set_defaults(func=run_zoo)
