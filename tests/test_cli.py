@@ -128,6 +128,15 @@ def test_info_sizes_a_convolutional_network_by_its_images(tmp_path, capsys):
             "other images give --in-channels, --image-size and --num-classes") in capsys.readouterr().err
     assert main(["info", "--genotype", "DARTS_V2", "--vocab-size", "5"]) == 2
     assert "--vocab-size: for recurrent cells; DARTS_V2 is a convolutional one" in capsys.readouterr().err
+    trained = tmp_path / "trained"  # a training run's files: its network as it trained it
+    trained.mkdir()
+    (trained / "config.json").write_text(json.dumps({
+        "config": {"network": "cifar", "C": 8, "layers": 3, "dataset": "image-folder"},
+        "genotype": dnas.published("DARTS_V2").to_dict(), "data": {"channels": 3, "image_size": [40, 40],
+                                                                   "num_classes": 5}}))
+    dnas.published("DARTS_V2").save(trained / "genotype.json")
+    assert main(["info", "--genotype", str(trained), *picture]) == 0
+    assert "network: cifar, 3 cells, 5 classes, input 3x40x40" in capsys.readouterr().out
 
 
 def test_info_refuses_sizes_its_network_cannot_take(capsys):

@@ -14,7 +14,7 @@ from dnas.cli import main
 from dnas.data import DataError, batchify, load_corpus
 from dnas.genotype import GenotypeError
 from dnas.rnn.model import GenotypeCell, SearchCell, highway, lm_loss
-from dnas.rnn.train import LMTrainConfig, build_lm, evaluate_lm_run
+from dnas.rnn.train import KIND, LMTrainConfig, build_lm, evaluate_lm_run
 from dnas.registry import UnknownNameError
 from dnas.relax import RELAXATIONS
 from dnas.rnn.genotype import RecurrentGenotype
@@ -276,6 +276,16 @@ def test_bad_input_is_refused_clearly(ptb, tmp_path, capsys):
         build_lm(LMTrainConfig(emb_size=8, hidden_size=6), published("DARTS_RNN_V2"), 10)
     assert main(["info", "--genotype", "DARTS_RNN_V2", "--dataset", "ptb"]) == 0
     assert "22,960,000" in capsys.readouterr().out
+    assert main(["info", "--genotype", "DARTS_RNN_V2", "--layers", "3"]) == 2
+    assert "--layers: for convolutional cells; DARTS_RNN_V2 is a recurrent one" in capsys.readouterr().err
+    run = tmp_path / "lm"  # a training run's files: sized as it trained
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"kind": KIND, "config": {"hidden_size": 32}, "vocab_size": 500,
+                                                 "genotype": published("DARTS_RNN_V2").to_dict()}))
+    published("DARTS_RNN_V2").save(run / "genotype.json")
+    assert main(["info", "--genotype", str(run), "-o", str(tmp_path / "cell.svg")]) == 0
+    out = capsys.readouterr().out
+    assert "embedding = hidden = 32, vocabulary 500" in out and f"cells: {tmp_path / 'cell.svg'}" in out
 
 
 @pytest.mark.parametrize("setting, message", [

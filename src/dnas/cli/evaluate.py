@@ -22,8 +22,9 @@ GENOTYPE_HELP = "a zoo name (see `dnas zoo`), a genotype .json/.txt file, a run 
 
 def run_info(args: argparse.Namespace) -> None:
     genotype, name = load_genotype(args.genotype)
+    trained = trained_run(args.genotype)
     if isinstance(genotype, RecurrentGenotype):
-        return info_recurrent(args, genotype, name)
+        return info_recurrent(args, genotype, name, trained)
     genotype = convolutional(genotype, name)
     unused = [flag for flag, value in (("--vocab-size", args.vocab_size), ("--hidden-size", args.hidden_size))
               if value is not None]
@@ -33,27 +34,39 @@ def run_info(args: argparse.Namespace) -> None:
     if args.dataset is not None and args.dataset not in IMAGE_SHAPES:
         raise ValueError(f"--dataset {args.dataset}: the image shapes known are those of {', '.join(IMAGE_SHAPES)}; "
                          f"for other images give --in-channels, --image-size and --num-classes")
-    network = NETWORKS.get(args.network)
-    # the images of --dataset, else, for the CIFAR network, of the data set a run directory's genotype was
-    # searched on (a cell moved to ImageNet keeps that network's 224 x 224 images and 1000 classes)
-    dataset = args.dataset or (searched_on(args.genotype) if args.network == "cifar" else None)
+    # a training run's network, as it trained it, unless told otherwise
+    config = trained.get("config", {}) if args.network in (None, trained.get("config", {}).get("network")) else {}
+    network_name = args.network or config.get("network", "cifar")
+    network = NETWORKS.get(network_name)
+    # the images of --dataset, else a training run's, else, for the CIFAR network, of the data set a run
+    # directory's genotype was searched on (a cell moved to ImageNet keeps that network's 224 x 224 images)
+    dataset = args.dataset or (searched_on(args.genotype) if network_name == "cifar" else None)
     in_channels, side, classes = IMAGE_SHAPES.get(dataset, (3, None, None))
+    if config and not args.dataset:
+        data = trained["data"]
+        in_channels, side, classes = data["channels"], data["image_size"][0], data["num_classes"]
     in_channels, size = args.in_channels or in_channels, args.image_size or side or network.image_size
-    options = {k: v for k, v in {"C": args.init_channels, "layers": args.layers,
-                                 "num_classes": args.num_classes or classes}.items() if v is not None}
+    options = {"C": args.init_channels or config.get("C"), "layers": args.layers or config.get("layers"),
+               "num_classes": args.num_classes or classes}
+    options = {k: v for k, v in options.items() if v is not None}
     model = network(genotype, in_channels=in_channels, **options)
     check_fits(model, in_channels, (size, size))
     entry = ZOO.get(name)
     published = entry is not None and entry.genotype == genotype
     print(f"genotype: {name}" + (f"  ({entry.paper}, arXiv {entry.arxiv})" if published else ""))
     print(genotype)
-    print(f"network: {args.network}, {len(model.cells)} cells, {model.classifier.out_features} classes, "
+    print(f"network: {network_name}, {len(model.cells)} cells, {model.classifier.out_features} classes, "
           f"input {in_channels}x{size}x{size}")
     c = cost(model, (in_channels, size, size))
     print(f"params: {c.params / 1e6:.3f}M ({c.params:,}; auxiliary head excluded)")
     print(f"mult-adds: {c.mult_adds / 1e6:.1f}M per image ({c.mult_adds:,})")
+    print_cells(genotype, name, args.output)
+
+
+def print_cells(genotype, name: str, output: str | None) -> None:
+    """Draw the cells to ``output`` (default <name>-cells.png) and say where, or why not."""
     try:
-        print(f"cells: {draw(genotype, args.output or f'{name}-cells.png')}")
+        print(f"cells: {draw(genotype, output or f'{name}-cells.png')}")
     except GraphvizNotFound as e:
         print(f"cells: not drawn ({e})")
 
@@ -66,13 +79,31 @@ def searched_on(genotype: str) -> str | None:
         return None
 
 
-def info_recurrent(args: argparse.Namespace, genotype: RecurrentGenotype, name: str) -> None:
-    """The language model of a recurrent cell: its size at the paper's 850 (or --hidden-size) on the vocabulary
-    of --dataset (ptb: 10,000 words) or --vocab-size."""
-    vocab = args.vocab_size or CORPORA.get(args.dataset or "ptb").vocab_size
+def trained_run(genotype: str) -> dict:
+    """The config.json of a training run directory (its network's settings and data; {} for any other
+    genotype): dnas info sizes the network that run trained."""
+    try:
+        saved = read_config(Path(genotype).expanduser() / "config.json")
+    except (OSError, ValueError):
+        return {}
+    return saved if "genotype" in saved and "config" in saved else {}
+
+
+def info_recurrent(args: argparse.Namespace, genotype: RecurrentGenotype, name: str, trained: dict) -> None:
+    """The language model of a recurrent cell: its size at the paper's 850 (or --hidden-size, or a training
+    run's) on the vocabulary of --dataset (ptb: 10,000 words), --vocab-size or a training run's."""
+    unused = [flag for flag, value in (("--network", args.network), ("--init-channels", args.init_channels),
+                                       ("--layers", args.layers), ("--num-classes", args.num_classes),
+                                       ("--in-channels", args.in_channels), ("--image-size", args.image_size))
+              if value is not None]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: for convolutional cells; {name} is a recurrent one, sized by "
+                         f"--hidden-size and --dataset or --vocab-size")
+    vocab = args.vocab_size or (trained.get("vocab_size") if not args.dataset else None) \
+        or CORPORA.get(args.dataset or "ptb").vocab_size
     if vocab is None:
         raise ValueError(f"the size of a {args.dataset!r} vocabulary is that of its files; give --vocab-size")
-    size = args.hidden_size or LMTrainConfig.hidden_size
+    size = args.hidden_size or trained.get("config", {}).get("hidden_size") or LMTrainConfig.hidden_size
     model = build_lm(LMTrainConfig(emb_size=size, hidden_size=size), genotype, vocab)
     entry = ZOO.get(name)
     print(f"genotype: {name}" + (f"  ({entry.paper}, arXiv {entry.arxiv})" if entry else ""))
@@ -80,6 +111,8 @@ def info_recurrent(args: argparse.Namespace, genotype: RecurrentGenotype, name: 
     print(f"language model: embedding = hidden = {size}, vocabulary {vocab:,}, tied decoder")
     params = count_params(model)
     print(f"params: {params / 1e6:.3f}M ({params:,})")
+    if args.output:  # drawn where asked (dnas show draws it too)
+        print_cells(genotype, name, args.output)
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -164,9 +197,11 @@ def register(sub) -> None:
 
     i = sub.add_parser("info", help="parameters, mult-adds and a picture of a genotype's network")
     i.add_argument("--genotype", required=True, help=GENOTYPE_HELP)
-    i.add_argument("--network", default="cifar", help=f"one of {', '.join(NETWORKS.names())} (default cifar)")
-    i.add_argument("--init-channels", type=positive, help="initial channels (default: the network's, 36 or 48)")
-    i.add_argument("--layers", type=positive, help="cells (default: the network's, 20 or 14)")
+    i.add_argument("--network", help=f"one of {', '.join(NETWORKS.names())} (default cifar, or the one a training "
+                                     f"run trained)")
+    i.add_argument("--init-channels", type=positive,
+                   help="initial channels (default: a training run's, or the network's, 36 or 48)")
+    i.add_argument("--layers", type=positive, help="cells (default: a training run's, or the network's, 20 or 14)")
     i.add_argument("--num-classes", type=positive, help="classes (default 10 or 1000)")
     i.add_argument("--dataset", help=f"the images whose channels, size and classes size the network: "
                                      f"{', '.join(IMAGE_SHAPES)} (default: the network's, or for the cifar network "
