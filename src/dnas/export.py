@@ -12,8 +12,11 @@ the auxiliary head and drop-path act in training and are left out.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,13 +61,29 @@ def export(model: nn.Module, path: str | os.PathLike, format: str, input_size: t
     if missing:
         raise MissingPackage(f"ONNX export needs the package(s) {', '.join(missing)}: pip install {' '.join(missing)}")
     try:
-        torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=any_batch, external_data=False, verbose=False)
+        with quiet_onnx_exporter():
+            torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
+                              dynamic_shapes=any_batch, external_data=False, verbose=False)
     except Exception as e:  # torch's exporter can turn a Ctrl-C into an error of its own while handling it
         if interrupted(e):
             raise KeyboardInterrupt from None
         raise
     return path
+
+
+@contextlib.contextmanager
+def quiet_onnx_exporter():
+    """Within it, torch's ONNX exporter says nothing of what does not concern a dnas network: that torchvision,
+    whose detection ops it would register, is not installed, and a deprecation inside torch's own pytrees."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated", category=FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)
 
 
 def interrupted(error: BaseException | None) -> bool:
