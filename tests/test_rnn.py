@@ -276,6 +276,11 @@ def test_bad_input_is_refused_clearly(ptb, tmp_path, capsys):
         build_lm(LMTrainConfig(emb_size=8, hidden_size=6), published("DARTS_RNN_V2"), 10)
     assert main(["info", "--genotype", "DARTS_RNN_V2", "--dataset", "ptb"]) == 0
     assert "22,960,000" in capsys.readouterr().out
+    assert main(["train", "--genotype", "DARTS_RNN_V2", "--test-subset", "64", "--layers", "3"]) == 2
+    assert "--layers, --test-subset: not for DARTS_RNN_V2, a recurrent one, trained as a language model" in \
+        capsys.readouterr().err
+    assert main(["train", "--genotype", "DARTS_V2", "--hidden-size", "16"]) == 2
+    assert "--hidden-size: not for DARTS_V2, a convolutional one, trained on images" in capsys.readouterr().err
     assert main(["info", "--genotype", "DARTS_RNN_V2", "--layers", "3"]) == 2
     assert "--layers: for convolutional cells; DARTS_RNN_V2 is a recurrent one" in capsys.readouterr().err
     run = tmp_path / "lm"  # a training run's files: sized as it trained

@@ -121,6 +121,7 @@ def run_train(args: argparse.Namespace) -> None:
     else:
         if not args.genotype:
             raise ValueError("give --genotype (" + GENOTYPE_HELP + "), or --resume RUN_DIR")
+        check_train_options(args, *load_genotype(args.genotype))
         settings = {k: v for k, v in {
             "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "C": args.init_channels, "layers": args.layers, "auxiliary": args.auxiliary, "cutout": args.cutout,
@@ -128,7 +129,8 @@ def run_train(args: argparse.Namespace) -> None:
             "device": args.device, "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
             "channels_last": args.channels_last or None,
         }.items() if v is not None}
-        result = train(args.genotype, args.dataset, network=args.network, run_dir=args.run_dir, runs_root=args.runs,
+        result = train(args.genotype, args.dataset, network=args.network or "cifar", run_dir=args.run_dir,
+                       runs_root=args.runs,
                        progress=not args.quiet, **settings)
     if isinstance(result, LMTrainResult):
         print(f"validation perplexity: {result.metrics[-1]['val_ppl']:.2f} after the last epoch "
@@ -138,6 +140,20 @@ def run_train(args: argparse.Namespace) -> None:
     best = max(m["test_acc"] for m in result.metrics)
     print(f"test accuracy: {result.test_acc:.4f} after the last epoch (best epoch: {best:.4f})")
     print(f"run directory: {result.run_dir}")
+
+
+def check_train_options(args: argparse.Namespace, genotype, name: str) -> None:
+    """A ValueError naming the options of ``dnas train`` that do not apply to ``genotype``'s kind of network."""
+    recurrent = isinstance(genotype, RecurrentGenotype)
+    image = {"--network": args.network, "--layers": args.layers, "--init-channels": args.init_channels,
+             "--auxiliary": args.auxiliary, "--cutout": args.cutout, "--drop-path": args.drop_path,
+             "--test-subset": args.test_subset, "--channels-last": args.channels_last or None}
+    unused = [flag for flag, value in image.items() if value is not None] if recurrent else \
+        (["--hidden-size"] if args.hidden_size is not None else [])
+    if unused:
+        kind = ("a recurrent one, trained as a language model on a text corpus (docs/recurrent.md)" if recurrent
+                else "a convolutional one, trained on images")
+        raise ValueError(f"{', '.join(unused)}: not for {name}, {kind}")
 
 
 def run_test(args: argparse.Namespace) -> None:
@@ -222,7 +238,7 @@ def register(sub) -> None:
                                      f"genotype a corpus: {', '.join(CORPORA.names())} (default ptb)")
     t.add_argument("--hidden-size", type=int, help="recurrent genotype: embedding = hidden size (default 850)")
     t.add_argument("--data", help="data folder (Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
-    t.add_argument("--network", default="cifar", help=f"one of {', '.join(NETWORKS.names())} (default cifar)")
+    t.add_argument("--network", help=f"one of {', '.join(NETWORKS.names())} (default cifar)")
     t.add_argument("--epochs", type=int, help=f"default {defaults.epochs} (imagenet 250)")
     t.add_argument("--batch-size", type=int, help=f"default {defaults.batch_size} (imagenet 128)")
     t.add_argument("--lr", type=float, help=f"initial learning rate (default {defaults.lr}; imagenet 0.1)")
