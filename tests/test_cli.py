@@ -1,12 +1,15 @@
 """The dnas command as a user types it."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 import dnas
-from dnas.cli import main
+from dnas.cli import evaluate, main
 
 TINY = ["--dataset", "fashion-mnist", "--subset", "128", "--batch-size", "16", "--layers", "3",
         "--init-channels", "4", "--nodes", "2", "-q"]
@@ -148,3 +151,17 @@ def test_info_refuses_sizes_its_network_cannot_take(capsys):
         with pytest.raises(SystemExit):
             main(["info", "--genotype", "DARTS_V2", option, "0"])
         assert f"argument {option}: must be 1 or more, not 0" in capsys.readouterr().err
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does(monkeypatch, capsys):
+    """``timeout`` and job schedulers send SIGTERM: the run's own handler of an interrupt then says how to
+    resume it (Search.run, Trainer.run); the process's handler is put back after."""
+    def terminated_while_running(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives before this ends
+
+    monkeypatch.setattr(evaluate, "run_train", terminated_while_running)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", "--genotype", "DARTS_V2"]) == 143
+    assert capsys.readouterr().err == "\nterminated\n"
+    assert signal.getsignal(signal.SIGTERM) is before

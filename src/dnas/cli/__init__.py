@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from .. import __version__
 from ..data import DataError
@@ -50,9 +52,19 @@ def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace, arg
             a.default = default
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a job scheduler's notice) as a Ctrl-C: the run checkpointed says how to resume."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # where Python takes signals
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         if {"run_dir", "runs"} <= set(given_options(parser, args, argv)):
             raise ValueError("--run-dir names the run's own directory; --runs, the folder of new run directories, "
@@ -65,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"a resumed run keeps its settings: drop {', '.join(given)} (only --device{also} "
                                  f"and -q go with --resume)")
         args.func(args)
-    except KeyboardInterrupt:  # the run has said what it checkpointed (Search.run, Trainer.run)
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # the run has said what it checkpointed (Search.run, Trainer.run)
+        print("\nterminated" if isinstance(e, Terminated) else "\ninterrupted", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except (UnknownNameError, DataError, GenotypeError, CheckpointError, OSError, ValueError,
             TensorBoardNotFound) as e:  # OSError: a file not found, already there, a directory, not writable
         print(f"dnas: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
