@@ -278,6 +278,7 @@ def test_an_existing_run_directory_is_not_overwritten(tmp_path):
     (("DARTS_V2",), dict(test_subset=10 ** 6), "test_subset 1000000 is more than the 10,000 test images of "
                                                "fashion-mnist"),
     (("DARTS_V2",), dict(C=0), "C must be >= 1, not 0"),
+    (("DARTS_V2",), dict(cutout=100), r"cutout 100 is longer than the images' side \(28x28\)"),
     (("DARTS_V2",), dict(network="imagenet", C=8, layers=3),
      r"the imagenet network does not take 1x28x28 images \(.*\): each reduction needs an even side"),
 ])

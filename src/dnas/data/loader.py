@@ -33,6 +33,9 @@ class BatchLoader:
             raise ValueError(f"{len(x)} images but {len(y)} labels")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        if augment and cutout > min(x.shape[-2:]):
+            raise ValueError(f"cutout {cutout} is longer than the images' side ({x.shape[-2]}x{x.shape[-1]}): its "
+                             f"square would blank whole images (DARTS cuts 16 out of CIFAR's 32)")
         self.device = torch.device(device)
         self.x = x.to(self.device)
         self.y = y.to(self.device, torch.int64)
