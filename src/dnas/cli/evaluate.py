@@ -130,8 +130,7 @@ def run_train(args: argparse.Namespace) -> None:
             "channels_last": args.channels_last or None,
         }.items() if v is not None}
         result = train(args.genotype, args.dataset, network=args.network or "cifar", run_dir=args.run_dir,
-                       runs_root=args.runs,
-                       progress=not args.quiet, **settings)
+                       runs_root=args.runs, progress=not args.quiet, **settings)
     if isinstance(result, LMTrainResult):
         print(f"validation perplexity: {result.metrics[-1]['val_ppl']:.2f} after the last epoch "
               f"(best epoch: {result.best_val_ppl:.2f}); `dnas test {result.run_dir}` for the test perplexity")

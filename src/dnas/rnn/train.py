@@ -336,7 +336,6 @@ def evaluate_lm_run(run_dir: str | os.PathLike, dataset: str | None = None, data
     report = LMReport(valid_loss, test_loss, run_dir / f"test-{label}.json")
     report.file.write_text(json.dumps({
         "dataset": corpus.name, "weights": label, "test_batch_size": test_batch, "valid_tokens": valid.numel(),
-        "test_tokens": test.numel(),
-        "valid_loss": valid_loss, "valid_ppl": report.valid_ppl, "test_loss": test_loss,
+        "test_tokens": test.numel(), "valid_loss": valid_loss, "valid_ppl": report.valid_ppl, "test_loss": test_loss,
         "test_ppl": report.test_ppl}, indent=1) + "\n")
     return report
