@@ -17,7 +17,8 @@
 # (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its
 # gradients wrong before ops.AvgPool2d: test_cuda_channels_last_step_equals_readable says whether they are
 # right now). The e2e stage's ms per step against the replayed step of `steps` says what the loop costs beyond
-# the step (at 2586493, one stream: 124.3 against 114.9 ms).
+# the step (at 2586493, one stream: 124.3 against 114.9 ms, most of it the eager last batch that rate then
+# counted).
 # The lent machine has PyTorch but neither dnas nor the data; first, here:
 #     mkdir -p .gpu_data/data/cifar10-jpeg .gpu_data/tools .gpu_data/fashion-mnist
 #     cp ../shared/data/cifar10-jpeg/*.npz .gpu_data/data/cifar10-jpeg/

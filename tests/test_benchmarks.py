@@ -127,3 +127,27 @@ def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call():
 
     assert [seconds(0, 150), seconds(500, 150), seconds(700, 150), seconds(700, 150, "0")] == [150, 70, 1, 150]
     assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 5  # every stage's timeout
+
+
+def test_the_end_to_end_rate_leaves_out_an_epochs_last_smaller_batch(monkeypatch):
+    """On a GPU an epoch's last, smaller batch runs eagerly, once an epoch of any size: its time belongs to
+    the epoch's seconds, not to the steady rate that the 50-epoch estimate multiplies (a clock that full
+    batches advance by 1, the smaller one by 100)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import search_e2e
+
+    clock = [0.0]
+    monkeypatch.setattr(search_e2e, "_now", lambda device: clock[0])
+
+    class Loader:
+        batch_size = 4
+
+        def __iter__(self):
+            return iter([(None, [0] * n) for n in (4, 4, 4, 4, 4, 2)])
+
+    search = type("Search", (), {"device": "cpu", "train_loader": Loader()})()
+    parts = search_e2e.EpochParts(skip=1)
+    with search_e2e._Timed(search, "train_loader", parts):
+        for _, y in search.train_loader:
+            clock[0] += 1 if len(y) == 4 else 100
+    assert parts.rate["train_loader"] == 1.0 and parts.batches["train_loader"] == (4, 6)
