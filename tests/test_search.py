@@ -345,8 +345,9 @@ def test_the_fused_cells_ways_of_running_hold_for_the_whole_search_and_are_put_b
     streams, seen = module._side_streams, set()
     watch = lambda device: seen.add((module._merge, module._side)) or streams(device)
     monkeypatch.setattr(module, "_side_streams", watch)
-    run = dnas.search(dataset="fashion-mnist", run_dir=tmp_path / "r", epochs=1, fused=True, merge_kernel_sizes=True,
-                      side_streams=3, **TINY).run_dir
+    with pytest.warns(UserWarning, match="side_streams: ways of running on a GPU, with no effect on cpu"):
+        run = dnas.search(dataset="fashion-mnist", run_dir=tmp_path / "r", epochs=1, fused=True,
+                          merge_kernel_sizes=True, side_streams=3, **TINY).run_dir
     assert seen == {(True, 3)}
     config = json.loads((run / "config.json").read_text())["config"]
     assert (config["merge_kernel_sizes"], config["side_streams"]) == (True, 3)
