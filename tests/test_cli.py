@@ -30,9 +30,10 @@ def test_search_prints_the_genotype_and_resume_finishes_a_run(fashion_mnist_root
 
 def test_search_options_reach_the_config(fashion_mnist_root, tmp_path, capsys):
     run = tmp_path / "run"
-    main(["search", "--method", "darts-v2", "--epochs", "1", "--seed", "7", "--cutout", "8", "--channels-last",
-          "--ops", "none,skip_connect,sep_conv_3x3,sep_conv_5x5", "--fused", "--merge-kernel-sizes", "--side-streams",
-          "2", "--run-dir", str(run), "--device", "cpu", *TINY])
+    with pytest.warns(UserWarning, match="side_streams: ways of running on a GPU, with no effect on cpu"):
+        main(["search", "--method", "darts-v2", "--epochs", "1", "--seed", "7", "--cutout", "8", "--channels-last",
+              "--ops", "none,skip_connect,sep_conv_3x3,sep_conv_5x5", "--fused", "--merge-kernel-sizes",
+              "--side-streams", "2", "--run-dir", str(run), "--device", "cpu", *TINY])
     config = json.loads((run / "config.json").read_text())["config"]
     assert (config["method"], config["seed"], config["cutout"], config["device"]) == ("darts-v2", 7, 8, "cpu")
     assert (config["channels_last"], config["merge_kernel_sizes"], config["side_streams"]) == (True, True, 2)

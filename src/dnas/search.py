@@ -143,11 +143,11 @@ class Search:
         torch.manual_seed(config.seed)
         if self.device.type == "cpu":
             reuse_large_blocks()
+        self.setup()
         gpu_only = [name for name in ("cuda_graph", "side_streams") if getattr(config, name)]
-        if gpu_only and self.device.type != "cuda":
+        if gpu_only and self.device.type != "cuda":  # after setup, which refuses them where they do not apply
             warnings.warn(f"{' and '.join(gpu_only)}: ways of running on a GPU, with no effect on {self.device}",
                           stacklevel=2)
-        self.setup()
         self.graph = self.eval_graph = None  # the step and the evaluation replayed from CUDA graphs (on a GPU)
         if config.cuda_graph and self.device.type == "cuda":
             set_capturable(self.a_optimizer)
