@@ -171,7 +171,9 @@ def set_rng_state(rng: dict[str, Any], generators: dict[str, torch.Generator]) -
         g.set_state(rng[name].cpu())
 
 
-def _first_line(text: str) -> str:
+def _reason(error: Exception) -> str:
+    """The first line of what ``error`` says, not the advice torch's unpickler gives around it."""
+    text = str(error).split("WeightsUnpickler error:")[-1]
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
@@ -187,9 +189,8 @@ def load(path: Path, fmt: str, device: torch.device, kind: str, restore: Callabl
             raise ValueError(f"format {state.get('format')!r}, expected {fmt!r}")
         restore(state)
     except Exception as e:
-        reason = _first_line(str(e).split("WeightsUnpickler error:")[-1])  # not torch's advice around it
-        raise CheckpointError(f"{path} is corrupted or not a dnas {kind} checkpoint ({type(e).__name__}: {reason}); "
-                              f"the run's other files are untouched") from None
+        raise CheckpointError(f"{path} is corrupted or not a dnas {kind} checkpoint ({type(e).__name__}: "
+                              f"{_reason(e)}); the run's other files are untouched") from None
     return state
 
 
@@ -199,8 +200,7 @@ def load_weights(model: torch.nn.Module, path: Path, what: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = _first_line(str(e).split("WeightsUnpickler error:")[-1])
-        raise CheckpointError(f"{path} is not a file of weights ({type(e).__name__}: {reason})") from None
+        raise CheckpointError(f"{path} is not a file of weights ({type(e).__name__}: {_reason(e)})") from None
     if isinstance(state, dict) and "format" in state and "model" in state:
         raise CheckpointError(f"{path} is a run's checkpoint (its state to resume from), not {what}'s weights: "
                               f"give --weights last or best (the run's last.pt, best.pt), or a file of a state_dict")

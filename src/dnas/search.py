@@ -328,8 +328,9 @@ class Search:
             genotype = self.parts.selection.after_search(self, progress)
         genotype.save(self.run_dir / "genotype.txt")
         genotype.save(self.run_dir / "genotype.json")
-        if genotype.defect():
-            warnings.warn(f"the searched genotype {genotype}: {genotype.defect()}", stacklevel=2)
+        defect = genotype.defect()
+        if defect:
+            warnings.warn(f"the searched genotype {genotype}: {defect}", stacklevel=2)
         return SearchResult(genotype, self.run_dir, metrics)
 
     @staticmethod

@@ -22,7 +22,8 @@ GENOTYPE_HELP = "a zoo name (see `dnas zoo`), a genotype .json/.txt file, a run 
 
 def run_info(args: argparse.Namespace) -> None:
     genotype, name = load_genotype(args.genotype)
-    trained = trained_run(args.genotype)
+    saved = run_config(args.genotype)
+    trained = saved if "genotype" in saved and "config" in saved else {}  # a training run: its network's sizes
     if isinstance(genotype, RecurrentGenotype):
         return info_recurrent(args, genotype, name, trained)
     genotype = convolutional(genotype, name)
@@ -40,7 +41,7 @@ def run_info(args: argparse.Namespace) -> None:
     network = NETWORKS.get(network_name)
     # the images of --dataset, else a training run's, else, for the CIFAR network, of the data set a run
     # directory's genotype was searched on (a cell moved to ImageNet keeps that network's 224 x 224 images)
-    dataset = args.dataset or (searched_on(args.genotype) if network_name == "cifar" else None)
+    dataset = args.dataset or (saved.get("config", {}).get("dataset") if network_name == "cifar" else None)
     in_channels, side, classes = IMAGE_SHAPES.get(dataset, (3, None, None))
     if config and not args.dataset:
         data = trained["data"]
@@ -71,22 +72,14 @@ def print_cells(genotype, name: str, output: str | None) -> None:
         print(f"cells: not drawn ({e})")
 
 
-def searched_on(genotype: str) -> str | None:
-    """The data set a search run directory's genotype was searched on (None for any other genotype)."""
-    try:
-        return read_config(Path(genotype).expanduser() / "config.json")["config"]["dataset"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def trained_run(genotype: str) -> dict:
-    """The config.json of a training run directory (its network's settings and data; {} for any other
-    genotype): dnas info sizes the network that run trained."""
+def run_config(genotype: str) -> dict:
+    """The config.json of a run directory given as the genotype ({} for any other genotype): the data set it
+    searched or trained on, and a training run's network."""
     try:
         saved = read_config(Path(genotype).expanduser() / "config.json")
     except (OSError, ValueError):
         return {}
-    return saved if "genotype" in saved and "config" in saved else {}
+    return saved if isinstance(saved.get("config"), dict) else {}
 
 
 def info_recurrent(args: argparse.Namespace, genotype: RecurrentGenotype, name: str, trained: dict) -> None:
