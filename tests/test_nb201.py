@@ -234,8 +234,9 @@ def test_the_package_data_is_the_benchmarks_table():
 # -- a search on the space, and the command line ----------------------------------------------------------------
 def test_search_on_nb201_reports_the_true_accuracy_of_its_genotype(fashion_mnist_root, tmp_path):
     result = dnas.search(space="nb201", method="darts-v1", dataset="fashion-mnist", C=4, N=1, subset=128,
-                         batch_size=16, epochs=1, run_dir=tmp_path / "run", progress=False)
+                         batch_size=16, epochs=1, runs_root=tmp_path, progress=False)
     assert isinstance(result.genotype, NB201Genotype)
+    assert result.run_dir.name.endswith("-darts-v1-nb201-fashion-mnist")  # the space in the name: not darts-v1's own
     truth = nb201.lookup(result.genotype)
     m = result.metrics[0]
     assert m["genotype"] == str(result.genotype)

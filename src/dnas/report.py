@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -454,8 +455,15 @@ def render_markdown(title: str, sections: list[tuple[str, list[Block]]], figures
 def write_report(runs: list[str | os.PathLike | SearchRun], output: str | os.PathLike | None = None,
                  progress: bool = True) -> Path:
     """Write the report of one run (default ``<run>/report.html``) or of several compared (default
-    ``./report.html``), with ``report.md`` and its figures (``report_files/``) beside; return the HTML's path."""
+    ``./report.html``), with ``report.md`` and its figures (``report_files/``) beside; return the HTML's path.
+    A run given twice is reported once."""
     runs = [r if isinstance(r, SearchRun) else load_run(r) for r in runs]
+    unique: dict[Path, SearchRun] = {}
+    for r in runs:
+        unique.setdefault(r.path.resolve(), r)
+    if len(unique) < len(runs):
+        warnings.warn(f"{len(runs) - len(unique)} run(s) given more than once; each is reported once", stacklevel=2)
+        runs = list(unique.values())
     if not runs:
         raise RunError("give at least one search run directory")
     output = Path(output) if output else runs[0].path / "report.html" if len(runs) == 1 else Path("report.html")

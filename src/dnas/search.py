@@ -92,7 +92,14 @@ class SearchConfig:
 
     def __post_init__(self):
         check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, side_streams=0,
-                       arch_warmup_epochs=0)
+                       arch_warmup_epochs=0, lr_min=0, momentum=0, weight_decay=0, arch_weight_decay=0)
+        wrong = [f"{name} must be > 0, not {getattr(self, name)}" for name in ("lr", "arch_lr", "grad_clip")
+                 if getattr(self, name) <= 0]
+        if not 0 < self.train_portion < 1:
+            wrong.append(f"train_portion is the share of the training images the weights train on, the rest "
+                                f"the alphas', between 0 and 1; not {self.train_portion}")
+        if wrong:
+            raise ValueError("; ".join(wrong))
         ways = [name for name in ("merge_kernel_sizes", "side_streams") if getattr(self, name)]
         if ways and not self.space_options.get("fused"):
             raise ValueError(f"{' and '.join(ways)}: ways of running the fused cells, and this search runs the "
@@ -602,8 +609,10 @@ def format_seconds(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def new_run_dir(root: str | os.PathLike, method: str, dataset: str) -> Path:
-    stem = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(method).stem}-{dataset}"
+def new_run_dir(root: str | os.PathLike, *names: str) -> Path:
+    """A new folder under ``root`` named by the time and ``names`` (method, space, data set), with ``-2``,
+    ``-3``, ... where one of that name exists."""
+    stem = Path(root) / "-".join([time.strftime('%Y%m%d-%H%M%S'), *names])
     path, n = stem, 1
     while path.exists():
         n += 1
@@ -665,7 +674,8 @@ def search(
     if config.data is not None:
         config.data = os.path.expanduser(os.fspath(config.data))
     if run_dir is None:
-        run_dir = new_run_dir(runs_root, method, dataset)
+        other_space = [space] if space and space != recipe.part("space") else []  # e.g. darts-v1-nb201-cifar10
+        run_dir = new_run_dir(runs_root, Path(method).stem, *other_space, dataset)  # a recipe file by its stem
     else:
         checkpoint.check_new_run_dir(run_dir, "search")
     return search_cls(config, run_dir, recipe).run(progress)

@@ -9,6 +9,19 @@ from ..search import PRECISIONS, search
 from ..spaces import SPACES
 
 
+#: The optimisers' settings ``dnas search`` takes, with their defaults and what they set.
+OPTIMISATION = {
+    "lr": ("0.025 [20]", "the weights' SGD learning rate, cosine-annealed to --lr-min [constant]"),
+    "lr_min": ("0.001", "the weights' learning rate at the last epoch"),
+    "momentum": ("0.9 [0]", "the weights' SGD momentum"),
+    "weight_decay": ("3e-4 [5e-7]", "the weights' weight decay"),
+    "grad_clip": ("5 [0.25]", "the norm the weights' gradient is clipped to"),
+    "arch_lr": ("3e-4 [3e-3]", "the alphas' Adam learning rate"),
+    "arch_weight_decay": ("1e-3", "the alphas' weight decay"),
+    "train_portion": ("0.5", "the share of the training images the weights train on; the alphas' is the rest"),
+}
+
+
 def run_search(args: argparse.Namespace) -> None:
     if args.resume:
         changes = {k: v for k, v in {"device": args.device, "tensorboard": args.tensorboard or None}.items() if v}
@@ -28,6 +41,7 @@ def run_search(args: argparse.Namespace) -> None:
             "precision": args.precision, "channels_last": args.channels_last or None,
             "eval_batch_size": args.eval_batch_size, "fused": args.fused or None,
             "merge_kernel_sizes": args.merge_kernel_sizes or None, "side_streams": args.side_streams,
+            **{name: getattr(args, name) for name in OPTIMISATION},
         }.items() if v is not None}
         result = search(space=args.space, method=args.method, dataset=args.dataset, run_dir=args.run_dir,
                         runs_root=args.runs, progress=not args.quiet, fast=args.fast, **settings)
@@ -62,6 +76,10 @@ def register(sub) -> None:
     s.add_argument("--ops", help="comma-separated candidate ops (default: the 8 DARTS ops)")
     s.add_argument("--subset", type=int, help="use only the first N training images (quick runs)")
     s.add_argument("--cutout", type=int, help="cutout length (default 0: off)")
+    optimisation = s.add_argument_group("optimisation (default: the method's; the DARTS paper's CIFAR-10 search "
+                                        "below, darts-rnn's PTB search in brackets)")
+    for name, (default, what) in OPTIMISATION.items():
+        optimisation.add_argument("--" + name.replace("_", "-"), type=float, metavar="X", help=f"{what} ({default})")
     s.add_argument("--fast", action="store_true",
                    help="the fast path: the cells fused (DARTS and NAS-Bench-201 spaces: the same computation up to "
                         "float32 rounding, which near-tied alphas can turn into another genotype; fewer and "
@@ -87,7 +105,8 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, help="random seed (default 2); same seed, same result on the CPU")
     s.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     s.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")
-    s.add_argument("--run-dir", help="run directory (default runs/<time>-<method>-<dataset>)")
+    s.add_argument("--run-dir", help="run directory (default runs/<time>-<method>-<dataset>, with the space before "
+                                     "the data set where it is not the method's own)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     s.add_argument("--tensorboard", action="store_true",
                    help="log scalars, alpha heat maps and cell pictures to TensorBoard in the run directory "
