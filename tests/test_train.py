@@ -225,10 +225,14 @@ def test_train_command_runs_and_reports(fashion_mnist_root, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--genotype", "pc-darts", "--dataset", "fashion-mnist", "--epochs", "1", "--layers", "2",
                  "--init-channels", "4", "--subset", "64", "--test-subset", "64", "--no-auxiliary", "--cutout",
-                 "--drop-path", "0.3", "--channels-last", "--run-dir", str(run), "-q"]) == 0
+                 "--drop-path", "0.3", "--channels-last", "--lr-schedule", "exponential", "--momentum", "0.8",
+                 "--weight-decay", "0", "--grad-clip", "1", "--label-smoothing", "0.1", "--auxiliary-weight", "0.5",
+                 "--run-dir", str(run), "-q"]) == 0
     assert f"run directory: {run}" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())["config"]
     assert (config["auxiliary"], config["cutout"], config["drop_path"], config["C"]) == (False, 16, 0.3, 4)
+    assert [config[k] for k in ("lr_schedule", "momentum", "weight_decay", "grad_clip", "label_smoothing",
+                                "auxiliary_weight")] == ["exponential", 0.8, 0, 1, 0.1, 0.5]
     assert config["channels_last"] is True
     assert json.loads((run / "config.json").read_text())["genotype"] == dnas.published("PC_DARTS").to_dict()
 
@@ -278,6 +282,9 @@ def test_an_existing_run_directory_is_not_overwritten(tmp_path):
     (("DARTS_V2",), dict(test_subset=10 ** 6), "test_subset 1000000 is more than the 10,000 test images of "
                                                "fashion-mnist"),
     (("DARTS_V2",), dict(C=0), "C must be >= 1, not 0"),
+    (("DARTS_V2",), dict(lr=0, grad_clip=-1, weight_decay=-1e-4), "weight_decay must be >= 0, not -0.0001"),
+    (("DARTS_V2",), dict(lr=0, grad_clip=-1), "lr must be > 0, not 0; grad_clip must be > 0, not -1"),
+    (("DARTS_V2",), dict(label_smoothing=1), r"label_smoothing is a probability in \[0, 1\), got 1"),
     (("DARTS_V2",), dict(cutout=100), r"cutout 100 is longer than the images' side \(28x28\)"),
     (("DARTS_V2",), dict(network="imagenet", C=8, layers=3),
      r"the imagenet network does not take 1x28x28 images \(.*\): each reduction needs an even side"),

@@ -93,13 +93,10 @@ class SearchConfig:
     def __post_init__(self):
         check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, side_streams=0,
                        arch_warmup_epochs=0, lr_min=0, momentum=0, weight_decay=0, arch_weight_decay=0)
-        wrong = [f"{name} must be > 0, not {getattr(self, name)}" for name in ("lr", "arch_lr", "grad_clip")
-                 if getattr(self, name) <= 0]
+        check_positive(vars(self), "lr", "arch_lr", "grad_clip")
         if not 0 < self.train_portion < 1:
-            wrong.append(f"train_portion is the share of the training images the weights train on, the rest "
-                                f"the alphas', between 0 and 1; not {self.train_portion}")
-        if wrong:
-            raise ValueError("; ".join(wrong))
+            raise ValueError(f"train_portion is the share of the training images the weights train on, the rest "
+                             f"the alphas', between 0 and 1; not {self.train_portion}")
         ways = [name for name in ("merge_kernel_sizes", "side_streams") if getattr(self, name)]
         if ways and not self.space_options.get("fused"):
             raise ValueError(f"{' and '.join(ways)}: ways of running the fused cells, and this search runs the "
@@ -120,6 +117,13 @@ def check_minimums(settings: dict[str, Any], **minimums: int) -> None:
     """A ValueError naming each of ``settings`` below its minimum (None: not set, allowed)."""
     low = [f"{name} must be >= {m}, not {settings[name]}" for name, m in minimums.items()
            if settings[name] is not None and settings[name] < m]
+    if low:
+        raise ValueError("; ".join(low))
+
+
+def check_positive(settings: dict[str, Any], *names: str) -> None:
+    """A ValueError naming each of ``settings``' ``names`` that is not above 0."""
+    low = [f"{name} must be > 0, not {settings[name]}" for name in names if settings[name] <= 0]
     if low:
         raise ValueError("; ".join(low))
 

@@ -37,8 +37,8 @@ from .cost import Cost, cost
 from .data import BatchLoader, DataError, load_dataset, memory_format
 from .genotype import Genotype
 from . import checkpoint
-from .search import (check_minimums, check_subset, drop_lines_after, format_seconds, new_run_dir, progress_every,
-                     read_jsonl, resolve_device)
+from .search import (check_minimums, check_positive, check_subset, drop_lines_after, format_seconds, new_run_dir,
+                     progress_every, read_jsonl, resolve_device)
 from .spaces.darts_network import NETWORKS, DartsNetwork, check_fits
 from .zoo import convolutional, load_genotype
 
@@ -85,9 +85,12 @@ class TrainConfig:
         NETWORKS.get(self.network)  # an unknown network fails here, listing the valid ones
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
-        check_minimums(vars(self), C=1, layers=1, epochs=1, batch_size=1, subset=1, test_subset=1, cutout=0)
-        if not 0 <= self.drop_path < 1:
-            raise ValueError(f"drop_path is a probability in [0, 1), got {self.drop_path}")
+        check_minimums(vars(self), C=1, layers=1, epochs=1, batch_size=1, subset=1, test_subset=1, cutout=0,
+                       momentum=0, weight_decay=0, auxiliary_weight=0)
+        check_positive(vars(self), "lr", "grad_clip", "lr_gamma")
+        for name in ("drop_path", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
 
     @classmethod
     def fields(cls) -> set[str]:

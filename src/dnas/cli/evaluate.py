@@ -11,7 +11,7 @@ from ..data import CORPORA, DATASETS, IMAGE_SHAPES
 from ..export import FORMATS, export_run
 from ..report import load_run
 from ..spaces.darts_network import NETWORKS, check_fits
-from ..train import TrainConfig, evaluate_run, train
+from ..train import SCHEDULES, TrainConfig, evaluate_run, train
 from ..viz import GraphvizNotFound, draw
 from ..rnn.train import LMTrainConfig, LMTrainResult, build_lm, evaluate_lm_run, is_lm_run
 from ..rnn.genotype import RecurrentGenotype
@@ -120,7 +120,9 @@ def run_train(args: argparse.Namespace) -> None:
             "C": args.init_channels, "layers": args.layers, "auxiliary": args.auxiliary, "cutout": args.cutout,
             "drop_path": args.drop_path, "subset": args.subset, "test_subset": args.test_subset, "seed": args.seed,
             "device": args.device, "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
-            "channels_last": args.channels_last or None,
+            "channels_last": args.channels_last or None, "lr_schedule": args.lr_schedule, "momentum": args.momentum,
+            "weight_decay": args.weight_decay, "grad_clip": args.grad_clip, "label_smoothing": args.label_smoothing,
+            "auxiliary_weight": args.auxiliary_weight,
         }.items() if v is not None}
         result = train(args.genotype, args.dataset, network=args.network or "cifar", run_dir=args.run_dir,
                        runs_root=args.runs, progress=not args.quiet, **settings)
@@ -139,7 +141,9 @@ def check_train_options(args: argparse.Namespace, genotype, name: str) -> None:
     recurrent = isinstance(genotype, RecurrentGenotype)
     image = {"--network": args.network, "--layers": args.layers, "--init-channels": args.init_channels,
              "--auxiliary": args.auxiliary, "--cutout": args.cutout, "--drop-path": args.drop_path,
-             "--test-subset": args.test_subset, "--channels-last": args.channels_last or None}
+             "--test-subset": args.test_subset, "--channels-last": args.channels_last or None,
+             "--lr-schedule": args.lr_schedule, "--momentum": args.momentum, "--label-smoothing": args.label_smoothing,
+             "--auxiliary-weight": args.auxiliary_weight}
     unused = [flag for flag, value in image.items() if value is not None] if recurrent else \
         (["--hidden-size"] if args.hidden_size is not None else [])
     if unused:
@@ -234,10 +238,21 @@ def register(sub) -> None:
     t.add_argument("--epochs", type=int, help=f"default {defaults.epochs} (imagenet 250)")
     t.add_argument("--batch-size", type=int, help=f"default {defaults.batch_size} (imagenet 128)")
     t.add_argument("--lr", type=float, help=f"initial learning rate (default {defaults.lr}; imagenet 0.1)")
+    t.add_argument("--lr-schedule", choices=list(SCHEDULES),
+                   help=f"the learning rate's decay over the epochs (default {defaults.lr_schedule}; imagenet "
+                        f"exponential, by 0.97 an epoch)")
+    t.add_argument("--momentum", type=float, help=f"SGD momentum (default {defaults.momentum})")
+    t.add_argument("--weight-decay", type=float,
+                   help=f"default {defaults.weight_decay:g} (imagenet 3e-05; recurrent 8e-07)")
+    t.add_argument("--grad-clip", type=float, help=f"the norm the gradient is clipped to (default "
+                                                   f"{defaults.grad_clip:g}; recurrent 0.25)")
+    t.add_argument("--label-smoothing", type=float, help=f"default {defaults.label_smoothing:g} (imagenet 0.1)")
     t.add_argument("--layers", type=int, help=f"cells (default {defaults.layers}; imagenet 14)")
     t.add_argument("--init-channels", type=int, help=f"initial channels C (default {defaults.C}; imagenet 48)")
     t.add_argument("--auxiliary", action=argparse.BooleanOptionalAction,
-                   help=f"auxiliary head, loss weight {defaults.auxiliary_weight} (default on)")
+                   help="auxiliary head, its loss weighted by --auxiliary-weight (default on)")
+    t.add_argument("--auxiliary-weight", type=float,
+                   help=f"the auxiliary head's share of the loss (default {defaults.auxiliary_weight})")
     t.add_argument("--cutout", type=int, nargs="?", const=16,
                    help=f"cutout length; --cutout alone is 16, 0 is off (default {defaults.cutout}; imagenet 0)")
     t.add_argument("--drop-path", type=float,

@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from .. import checkpoint
 from ..cost import count_params
 from ..data import CORPORA, batchify, get_batch, is_corpus, load_corpus
-from ..search import check_minimums, drop_lines_after, format_seconds, new_run_dir, read_jsonl, resolve_device
+from ..search import (check_minimums, check_positive, drop_lines_after, format_seconds, new_run_dir, read_jsonl,
+                      resolve_device)
 from ..zoo import load_genotype
 from .genotype import RecurrentGenotype
 from .model import (GenotypeCell, LanguageModel, activation_regularization, bptt_length, evaluate_lm, lm_loss,
@@ -80,9 +81,8 @@ class LMTrainConfig:
         if not is_corpus(self.dataset):
             raise ValueError(f"a recurrent genotype trains a language model on a text corpus, not {self.dataset!r}; "
                              f"valid: {', '.join(CORPORA.names())}")
-        if self.epochs < 1 or self.batch_size < 1 or self.bptt < 1:
-            raise ValueError(f"epochs, batch_size and bptt must be >= 1, "
-                             f"got {self.epochs}, {self.batch_size}, {self.bptt}")
+        check_minimums(vars(self), epochs=1, batch_size=1, bptt=1, weight_decay=0)
+        check_positive(vars(self), "lr", "grad_clip")
 
     @classmethod
     def fields(cls) -> set[str]:
