@@ -24,6 +24,7 @@ search, with ``cudnn.benchmark`` on as a search has it: a one-off cost per shape
 
     python benchmarks/conv_variants.py                        # on a GPU
     python benchmarks/conv_variants.py --only pointwise       # the grouped 1x1 convolutions' forms alone
+    python benchmarks/conv_variants.py --forward-only --batch-size 256 --only depthwise   # as evaluation runs
     python benchmarks/conv_variants.py --device cpu --batch-size 2 --repeats 2
 """
 from __future__ import annotations
@@ -120,6 +121,14 @@ def forward_backward(fn, tensors):
     return run
 
 
+def forward_only(fn, tensors):
+    """One forward without gradients, as a search's evaluation runs: a function of no arguments."""
+    @torch.no_grad()
+    def run():
+        return fn(*tensors)
+    return run
+
+
 def time_it(run, device: torch.device, repeats: int) -> tuple[float, float]:
     """Microseconds per call, replayed from a CUDA graph on a GPU (eager on the CPU), and milliseconds of the
     first call: with ``cudnn.benchmark`` cuDNN times its algorithms (building some) for each new shape."""
@@ -161,21 +170,25 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--only", default="", help="the cases whose name holds one of these texts, comma-separated "
                                               "(pointwise, dil 2, E=8 C=64, ...)")
+    p.add_argument("--forward-only", action="store_true",
+                   help="time the forward alone, without gradients (as each epoch's evaluation runs)")
     args = p.parse_args()
+    what = "forward" if args.forward_only else "forward+backward"
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
     check_variants(device)
-    print(f"{'us per forward+backward, batch ' + str(args.batch_size):45}" + "".join(f"{k:>14}" for k in LAYOUTS))
+    print(f"{f'us per {what}, batch {args.batch_size}':45}" + "".join(f"{k:>14}" for k in LAYOUTS))
     results = []
     chosen = lambda name: any(text in name for text in args.only.split(","))
     for name, fn, shapes in (case for case in cases(args.batch_size) if chosen(case[0])):
         row = {"case": name}
         for layout, (memory_format, dtype, arithmetic) in LAYOUTS.items():
             tensors = [torch.randn(s, device=device, dtype=dtype).contiguous(memory_format=memory_format)
-                       .requires_grad_() for s in shapes]
+                       .requires_grad_(not args.forward_only) for s in shapes]
             try:
                 with precision(device.type, arithmetic):
-                    us, first = time_it(forward_backward(fn, tensors), device, args.repeats)
+                    us, first = time_it((forward_only if args.forward_only else forward_backward)(fn, tensors),
+                                        device, args.repeats)
                 row[layout], row[f"{layout} first call ms"] = round(us, 1), round(first, 1)
             except Exception as e:  # a variant a backend does not run is reported, the others timed
                 row[layout] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
@@ -183,9 +196,9 @@ def main() -> None:
         print(f"{name:45}" + "".join(f"{str(row.get(k, '-')):>14}" for k in LAYOUTS)
               + "   first call ms: " + " ".join(str(row.get(f"{k} first call ms", "-")) for k in LAYOUTS), flush=True)
     report = {"benchmark": "conv_variants", "device": device_name(device), "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size, "unit": "us per forward+backward",
+              "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size, "unit": f"us per {what}",
               "columns": list(LAYOUTS), "results": results}
-    write_json(f"conv_variants-{device.type}", report)
+    write_json(f"conv_variants-{device.type}{'-forward' * args.forward_only}", report)
 
 
 if __name__ == "__main__":

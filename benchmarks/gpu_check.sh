@@ -11,7 +11,7 @@
 # included. On an H100 on 2026-11-27 `steps tests e2e` took 527 s (tests/test_cuda_graph.py stopped at its 120
 # s); so next: first `steps e2e tests` with timeout_s 600 (the replay times first, then --fast end to end, now
 # with side streams; the tests get what is left of BUDGET, 585 s), then at once, on the machine still warm,
-# `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh e2e2 steps2`. The -lanes paths run the
+# `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh e2e2 evalconvs steps2 profile`. The -lanes paths run the
 # fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
 # they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
 # (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its
@@ -27,9 +27,9 @@
 # and, for an A/B of the replayed step against an earlier commit on the same GPU (stage `base`),
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
-# tool with carry [".gpu_data"]; stages: steps tests e2e convs profile steps2 e2e2 base recipes nb201
-# (default: all, in that order), and e2e-ways (--fast in NHWC with side streams and merged kernel sizes, for
-# when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
+# tool with carry [".gpu_data"]; stages: steps tests e2e convs evalconvs (the evaluation's depthwise forms,
+# forward only) profile steps2 e2e2 base recipes nb201 (default: all, in that order), and e2e-ways (--fast
+# in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
 # files come back); the rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py)
 # with the device, date and command.
 set -u
@@ -40,7 +40,7 @@ cp .gpu_data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-STAGES="${*:-steps tests e2e convs profile steps2 e2e2 base recipes nb201}"
+STAGES="${*:-steps tests e2e convs evalconvs profile steps2 e2e2 base recipes nb201}"
 # the whole call's seconds (the device tool stops a command at 600): each stage's timeout is cut to what is left,
 # less 15 s, so that a stage stopped reports what it measured before the call is killed (BUDGET=0: no cut)
 BUDGET="${BUDGET:-585}" START=$(date +%s)
@@ -111,11 +111,15 @@ profile)
     timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 2>&1 | grep -v USDT | tee "$OUT/profile.log" ;;
 convs)
     timeout "$(within 80)" python3 benchmarks/conv_variants.py --repeats 30 --only "pointwise,E=8 C=16" 2>&1 | tee "$OUT/convs.log" ;;
+evalconvs)  # the evaluation's forward (no gradients, batch 256): is PyTorch's own NCHW depthwise kernel then faster
+    # than the NHWC form with its copies in and out (ops.conv2d's form, chosen by forward+backward)?
+    timeout "$(within 60)" python3 benchmarks/conv_variants.py --forward-only --batch-size 256 --repeats 30 \
+        --only "depthwise 3x3 dil 1,depthwise 5x5 dil 1,depthwise 3x3 dil 2" 2>&1 | tee "$OUT/evalconvs.log" ;;
 e2e)
     e2e darts-v1 darts-v1 fast 150 ;;
 e2e2)
     e2e darts-v2 darts-v2 fast 200 ;;
 e2e-ways)  # --fast with the fused cells' ways (search settings side_streams, merge_kernel_sizes), in NHWC
     e2e darts-v1-ways darts-v1 fast-cl-lanes-merged 180 ;;
-*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways convs profile base recipes nb201" ;;
+*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways convs evalconvs profile base recipes nb201" ;;
 esac; done

@@ -84,6 +84,10 @@ def test_conv_variants_times_the_forms(tmp_path):
                            "pointwise", out=tmp_path)
     assert report["results"] and all(r["nchw-fp32"] > 0 and r["nhwc-fp32"] > 0 for r in report["results"])
     assert all(f"{r['case']:45}" in out for r in report["results"])
+    out, [report], _ = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
+                           "depthwise 3x3 dil 1", "--forward-only", out=tmp_path / "forward")
+    assert report["unit"] == "us per forward" and "us per forward, batch 2" in out
+    assert len(report["results"]) == 8 and all(r["nchw-fp32"] > 0 for r in report["results"])  # 4 shapes, 2 forms
 
 
 def test_gpu_check_names_only_paths_and_recipes_that_exist():
@@ -126,7 +130,7 @@ def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call():
         return int(done.stdout)
 
     assert [seconds(0, 150), seconds(500, 150), seconds(700, 150), seconds(700, 150, "0")] == [150, 70, 1, 150]
-    assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 5  # every stage's timeout
+    assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 6  # every stage's timeout
 
 
 def test_the_end_to_end_rate_leaves_out_an_epochs_last_smaller_batch(monkeypatch):
