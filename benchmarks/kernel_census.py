@@ -4,7 +4,7 @@ Every ATen op that moves data launches (at least) one kernel on a GPU: this scri
 step of the paper's search network (16 channels, 8 cells, batch 64), forward and backward, with the bytes
 of the tensors it reads and writes (views, and ops whose outputs only alias their inputs, move nothing).
 ``--gpu-forms`` computes the convolutions in the forms a GPU runs (``ops.FORM_DEVICES``), and the optimisers
-run their multi-tensor (foreach) kernels, as they do on a GPU. What it tells, without a GPU: how many
+run as a search replayed on a GPU runs them (SGD fused, Adam's multi-tensor kernels). What it tells, without a GPU: how many
 kernels a step launches, how many of them are small (latency-bound on a GPU: under ``--small`` bytes),
 where they come from (the dnas function for the forward, the autograd node for the backward), and the
 floor that the bytes set on a GPU's step time (bytes over its memory bandwidth, ``--bandwidth``). A replayed
@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from dnas import ops
+from dnas.cuda_graph import set_capturable
 from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import bilevel_step, reuse_large_blocks
@@ -91,9 +92,9 @@ def census(args) -> dict:
     layout = memory_format(args.channels_last)
     model, parts, w_opt, a_opt = supernet(get_method(args.method), args.path == "fused", layout, args.init_channels,
                                           args.layers, torch.device("cpu"), args.space)
-    for optimizer in (w_opt, a_opt):  # their multi-tensor kernels, the default on a GPU
-        for group in optimizer.param_groups:
-            group["foreach"] = True
+    set_capturable(w_opt)  # fused, as a search replayed from a CUDA graph has it
+    for group in a_opt.param_groups:  # its multi-tensor kernels, the default on a GPU
+        group["foreach"] = True
     batch = lambda: (torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=layout),
                      torch.randint(0, 10, (args.batch_size,)))
     train, val = batch(), batch()

@@ -138,7 +138,8 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         models[path] = model
         step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic, lanes, merged)
         if base == "graph":
-            set_capturable(a_opt)
+            for optimizer in (a_opt, w_opt):  # as a replayed search has them
+                set_capturable(optimizer)
             step = GraphedStep(step)
         steps[path] = partial(step, *(t.contiguous(memory_format=layout) if t.dim() == 4 else t for t in inputs))
         times[path] = []

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import dnas
 from dnas import ops
-from dnas.cuda_graph import GraphedStep, HostSyncs
+from dnas.cuda_graph import GraphedStep, HostSyncs, set_capturable
 from dnas.methods import builtin_methods
 from dnas.search import Search, SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
@@ -29,8 +29,8 @@ SAMPLES_ON_HOST = {"gdas"}  # the hard relaxation decides on the host which op o
 
 
 def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32, space="darts"):
-    """A small supernet of a recipe with its optimisers (Adam with its step counter on the device, as a
-    capture needs), and its bilevel step as a function of four tensors."""
+    """A small supernet of a recipe with its optimisers (SGD fused with its lr a device tensor, Adam with its
+    step counter on the device, as a capture needs), and its bilevel step as a function of four tensors."""
     method, parts = recipe_parts(name)
     options = method.space_options(space)
     torch.manual_seed(0)
@@ -38,6 +38,7 @@ def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32, space
     model = (NB201Supernet if space == "nb201" else DartsSupernet)(
         10, 3, relaxation=parts.relaxation, edge=parts.edge, fused=fused, **size, **options).to(device, dtype)
     w_opt, _ = optimizers(model, SearchConfig())
+    set_capturable(w_opt)  # fused, its lr a device tensor, as a replayed search has it
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
                              **({"capturable": True} if device == "cuda" else {"fused": True}))
     step = lambda x, y, vx, vy: bilevel_step(model, parts, a_opt, w_opt, (x, y), (vx, vy), 5.0)
@@ -135,8 +136,8 @@ def fake_cuda_graphs(monkeypatch):
     from contextlib import contextmanager
 
     @contextmanager
-    def graph(g):
-        FakeGraph.capturing = g
+    def graph(g, pool=None):
+        FakeGraph.capturing, g.pool = g, pool
         try:
             yield
         finally:
@@ -159,6 +160,48 @@ def test_graphed_step_warms_up_captures_replays_and_resets(fake_cuda_graphs):
     for i in range(3):
         graphed(torch.ones(3))
     assert step.eager == 5 and graphed.replays == 4
+
+
+def test_graphed_steps_given_a_pool_capture_into_it(fake_cuda_graphs):
+    pool = object()
+    graphed = [GraphedStep(Doubling(), pool=pool) for _ in range(2)]
+    for g in graphed:
+        for _ in range(3):
+            g(torch.ones(3))
+    assert [g.graph.pool for g in graphed] == [pool, pool]
+
+
+class EagerGraphedStep:
+    """Stands in for a search's ``GraphedStep`` on the CPU: runs the step, counts the resets."""
+
+    def __init__(self, step):
+        self.step, self.resets = step, 0
+
+    def __call__(self, *inputs):
+        return self.step(*inputs)
+
+    def reset(self):
+        self.resets += 1
+
+
+@pytest.mark.parametrize("method, settings, resets", [
+    ("darts-v1", {}, 1),  # captured once, for all epochs (and dropped after the last)
+    ("pc-darts", {"arch_warmup_epochs": 1}, 2),  # and again at the first epoch that moves the alphas
+    ("darts-minus", {}, 3),  # a part with a schedule (DARTS-'s beta): captured afresh each epoch
+])
+def test_a_search_recaptures_its_graphs_only_when_its_steps_change(fashion_mnist_root, tmp_path, method, settings,
+                                                                    resets):
+    """With the weights' lr a device tensor (fused SGD, which the scheduler fills), on the CPU here."""
+    config = SearchConfig(method=method, dataset="fashion-mnist", subset=96, batch_size=16, epochs=3,
+                          space_options={"C": 4, "layers": 3, "nodes": 2}, **settings)
+    search = Search(config, tmp_path / "r")
+    set_capturable(search.w_optimizer)
+    search.graph, search.eval_graph = EagerGraphedStep(search._bilevel_step), EagerGraphedStep(search._eval_batch)
+    metrics = search.run(progress=False).metrics
+    assert search.graph.resets == search.eval_graph.resets == resets + 1
+    assert [m["lr"] for m in metrics] == pytest.approx([0.001 + 0.024 * (1 + math.cos(math.pi * e / 3)) / 2
+                                                        for e in range(3)])  # cosine over 3 epochs, as floats
+    assert isinstance(search.w_optimizer.param_groups[0]["lr"], torch.Tensor)
 
 
 def test_graphed_step_stays_eager_when_the_step_reads_the_host(fake_cuda_graphs):
@@ -202,18 +245,23 @@ def test_a_failed_capture_leaves_the_step_eager_and_random_draws_working():
 
 
 def test_a_run_saved_with_the_graph_on_resumes_without_it(fashion_mnist_root, tmp_path):
-    """A --fast run from a GPU (Adam's step counters on the device) continues on a machine without one."""
+    """A --fast run from a GPU (Adam's step counters on the device, SGD fused with its lr a device tensor)
+    continues on a machine without one."""
     config = SearchConfig(method="darts-v1", dataset="fashion-mnist", subset=64, batch_size=16, epochs=1,
                           space_options={"C": 4, "layers": 3, "nodes": 2})
     Search(config, tmp_path / "r").run(progress=False)
     state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
     for group in state["a_optimizer"]["param_groups"]:
         group["capturable"] = True
+    for group in state["w_optimizer"]["param_groups"]:
+        group["fused"], group["foreach"], group["lr"] = True, False, torch.tensor(group["lr"])
     torch.save(state, tmp_path / "r" / "checkpoint.pt")
     resumed = Search(dataclasses.replace(config, epochs=2), tmp_path / "r")
     resumed.load_checkpoint()
     assert len(resumed.run(progress=False).metrics) == 2
     assert not resumed.a_optimizer.param_groups[0]["capturable"]
+    group = resumed.w_optimizer.param_groups[0]
+    assert not group["fused"] and isinstance(group["lr"], float)
 
 
 @CUDA
@@ -299,12 +347,14 @@ def test_gdas_runs_eagerly_with_a_warning():
 
 @CUDA
 def test_search_with_cuda_graph_runs_replays_and_resumes(fashion_mnist_root, tmp_path):
-    config = SearchConfig(method="darts-v1", dataset="fashion-mnist", subset=640, batch_size=32, epochs=1,
+    config = SearchConfig(method="darts-v1", dataset="fashion-mnist", subset=640, batch_size=32, epochs=2,
                           device="cuda", cuda_graph=True, space_options={"C": 4, "layers": 3, "fused": True})
     first = Search(config, tmp_path / "r")
-    first.run(progress=False)
-    assert first.graph.replays == 10 - 2  # 10 steps an epoch: 2 eager, then captured and replayed
-    assert first.eval_graph.replays == 10 - 2  # likewise the 10 evaluation batches
+    metrics = first.run(progress=False).metrics
+    # 10 steps an epoch: 2 eager, then captured once and replayed, the second epoch too (its lr a device tensor)
+    assert first.graph.replays == 20 - 2
+    assert first.eval_graph.replays == 20 - 2  # likewise the 10 evaluation batches of each epoch
+    assert [m["lr"] for m in metrics] == pytest.approx([0.025, 0.001])  # cosine over 2 epochs
     rng = first.val_loader.generator.get_state()
     replayed = first.evaluate()
     first.val_loader.generator.set_state(rng)
@@ -312,10 +362,10 @@ def test_search_with_cuda_graph_runs_replays_and_resumes(fashion_mnist_root, tmp
     eager = first.evaluate()
     assert replayed["val_acc"] == eager["val_acc"]
     assert replayed["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-5)
-    resumed = Search(dataclasses.replace(config, epochs=2), tmp_path / "r")
+    resumed = Search(dataclasses.replace(config, epochs=3), tmp_path / "r")
     resumed.load_checkpoint()
     result = resumed.run(progress=False)
-    assert resumed.graph.replays == 8 and len(result.metrics) == 2
+    assert resumed.graph.replays == 8 and len(result.metrics) == 3
     assert all(s["step"].device.type == "cuda" for s in resumed.a_optimizer.state.values())
 
 

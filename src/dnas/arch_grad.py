@@ -83,7 +83,8 @@ class SecondOrder:
                       if (buf := w_optimizer.state.get(w, {}).get("momentum_buffer")) is not None]
             if moving:
                 torch._foreach_add_([d[i] for i, _ in moving], [buf for _, buf in moving], alpha=mu)
-            return [w.requires_grad_() for w in torch._foreach_add(weights, d, alpha=-xi)]
+            # xi a number, or the device tensor of a search replayed from a CUDA graph (cuda_graph.set_capturable)
+            return [w.requires_grad_() for w in torch._foreach_sub(weights, torch._foreach_mul(d, xi))]
 
     def hessian_vector_product(self, weights, alphas, v, train_loss: Loss) -> list[torch.Tensor]:
         """grad^2_{alpha,w} L_train . v by central differences (DARTS Eq. 8), weights restored after. eps stays

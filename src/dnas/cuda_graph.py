@@ -8,9 +8,10 @@ needs, and how ``GraphedStep`` provides it:
 
 * the same input tensors: each batch is copied into the captured inputs before a replay; a batch of
   another shape (the last, smaller batch of an epoch) runs eagerly;
-* the same Python numbers: a learning rate, temperature or regulariser weight is baked into the kernels
-  when the step is captured, so the search captures afresh each epoch (``reset``), after the schedules
-  have moved;
+* the same Python numbers: a temperature or regulariser weight is baked into the kernels when the step is
+  captured, so a search whose parts have schedules captures afresh each epoch (``reset``), after they have
+  moved; the learning rate is a device tensor that the scheduler fills (``set_capturable``), so a search
+  without (DARTS) captures once;
 * no reading of the device on the host inside the step: the second step (the first fills caches) runs
   under ``HostSyncs``, which sees every ATen op; a step that reads the device (GDAS decides on the host
   which sampled op to run) keeps running eagerly, with a warning naming the op and the line;
@@ -78,14 +79,15 @@ def _caller() -> str:
 class GraphedStep:
     """``step(*tensors) -> tuple of tensors``, replayed from a CUDA graph once warmed up and captured.
 
-    Call ``reset()`` whenever a Python number the step reads has changed (each epoch); the next calls warm
-    up and capture again. ``eager_reason`` says why the step runs eagerly for good, if it does."""
+    Call ``reset()`` whenever a Python number the step reads has changed; the next calls warm up and capture
+    again. ``eager_reason`` says why the step runs eagerly for good, if it does. Steps given one ``pool``
+    (``torch.cuda.graph_pool_handle()``) share their graphs' memory: they must never run at once."""
 
-    def __init__(self, step: Callable[..., Sequence[torch.Tensor]], warmup: int = 2):
+    def __init__(self, step: Callable[..., Sequence[torch.Tensor]], warmup: int = 2, pool=None):
         if warmup < 2:
             raise ValueError(f"warmup must be >= 2 eager steps before a capture (the first fills caches, the "
                              f"second is checked for host reads), not {warmup}")
-        self.step, self.warmup = step, warmup
+        self.step, self.warmup, self.pool = step, warmup, pool
         self.eager_reason: str | None = None
         self.checked = False
         self.replays = 0  # steps replayed so far, over all captures
@@ -120,7 +122,7 @@ class GraphedStep:
         self.inputs = [t.clone() for t in inputs]
         self.graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, pool=self.pool):
                 self.outputs = self.step(*self.inputs)
         except Exception as e:  # the capture ran nothing: this step, and those after it, run eagerly
             _end_failed_capture(inputs[0].device)
@@ -159,14 +161,28 @@ def _end_failed_capture(device: torch.device) -> None:
 
 
 def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool = True) -> None:
-    """Whether an optimiser keeps its step counters on the device (Adam's ``capturable``), as a captured step
-    needs. Set again after ``load_state_dict``, which restores the saved setting: a run may resume with the
-    graph on or off, on another device."""
+    """Whether an optimiser's step can be replayed from a CUDA graph over the epochs of a search: Adam keeps its
+    step counters on the device (``capturable``); SGD runs fused with its learning rate a device tensor, which
+    the scheduler fills each epoch (a Python number would be baked into the graph, and PyTorch's multi-tensor
+    SGD reads a tensor one on the host). Set again after ``load_state_dict``, which restores the saved
+    settings: a run may resume with the graph on or off, on another device."""
     for group in optimizer.param_groups:
-        if "capturable" not in group:
-            continue
-        group["capturable"] = capturable
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            if "step" in state:
-                state["step"] = state["step"].to(p.device if capturable else "cpu", torch.float32)
+        device = group["params"][0].device
+        if "capturable" in group:
+            group["capturable"] = capturable
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                if "step" in state:
+                    state["step"] = state["step"].to(p.device if capturable else "cpu", torch.float32)
+        elif isinstance(optimizer, torch.optim.SGD):
+            group["fused"], group["foreach"] = (True, False) if capturable else (None, None)
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, device=device) if capturable else lr
+            if capturable and group["momentum"] and not group["dampening"]:
+                # each weight's momentum from the start: fused SGD takes no weight whose first gradient comes
+                # after the others' (a hard relaxation's unsampled op). Zero is what PyTorch's first step
+                # makes exact: buffer = momentum * 0 + gradient
+                for p in group["params"]:
+                    state = optimizer.state[p]
+                    if state.get("momentum_buffer") is None:
+                        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -161,8 +161,12 @@ class Search:
                           stacklevel=2)
         self.graph = self.eval_graph = None  # the step and the evaluation replayed from CUDA graphs (on a GPU)
         if config.cuda_graph and self.device.type == "cuda":
-            set_capturable(self.a_optimizer)
-            self.graph, self.eval_graph = GraphedStep(self._bilevel_step), GraphedStep(self._eval_batch)
+            for optimizer in (self.a_optimizer, self.w_optimizer):
+                set_capturable(optimizer)
+            pool = torch.cuda.graph_pool_handle()  # one memory for both graphs, which never run at once
+            self.graph, self.eval_graph = (GraphedStep(self._bilevel_step, pool=pool),
+                                           GraphedStep(self._eval_batch, pool=pool))
+        self.graphed_for = None  # what the graphs were captured for (``renew_graphs``)
         self.epoch = 0  # epochs completed
         self.stopped: dict[str, Any] | None = None  # {"reason", "genotype_epoch"} once a stopper ended the run
 
@@ -222,16 +226,12 @@ class Search:
         bar = tqdm(zip(self.train_loader, self.val_loader), total=len(self.train_loader), disable=not progress,
                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="step", leave=False, dynamic_ncols=True)
         postfix_every = progress_every(len(self.train_loader))
-        try:
-            for i, (train_batch, val_batch) in enumerate(bar):
-                loss, right = self.step(train_batch, val_batch)
-                n = len(train_batch[1])
-                loss_sum, correct, seen = loss_sum + loss * n, correct + right, seen + n
-                if i % postfix_every == 0:
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
-        finally:
-            if self.graph is not None:  # the epoch's settings (lr, temperature, ...) are baked into the graph
-                self.graph.reset()
+        for i, (train_batch, val_batch) in enumerate(bar):
+            loss, right = self.step(train_batch, val_batch)
+            n = len(train_batch[1])
+            loss_sum, correct, seen = loss_sum + loss * n, correct + right, seen + n
+            if i % postfix_every == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
 
     @torch.no_grad()
@@ -243,15 +243,23 @@ class Search:
         self.model.eval()
         self.eval_loader.generator.manual_seed(self.config.seed + 1_000_003 * (self.epoch + 1))
         loss_sum = correct = seen = 0
-        try:
-            for x, y in tqdm(self.eval_loader, disable=not progress, desc="evaluating", unit="batch", leave=False,
-                             dynamic_ncols=True):
-                loss, right = (self.eval_graph or self._eval_batch)(x, y)
-                loss_sum, correct, seen = loss_sum + loss, correct + right, seen + len(y)
-        finally:
-            if self.eval_graph is not None:  # an epoch's numbers (DARTS-'s beta) are baked into it
-                self.eval_graph.reset()
+        for x, y in tqdm(self.eval_loader, disable=not progress, desc="evaluating", unit="batch", leave=False,
+                         dynamic_ncols=True):
+            loss, right = (self.eval_graph or self._eval_batch)(x, y)
+            loss_sum, correct, seen = loss_sum + loss, correct + right, seen + len(y)
         return {"val_loss": float(loss_sum) / seen, "val_acc": float(correct) / seen}
+
+    def renew_graphs(self) -> None:
+        """Before an epoch: drop the captured graphs where its steps differ from those they were captured for.
+        A part with a schedule (``on_epoch_start``: a temperature, a regulariser's weight, DARTS-'s beta) has
+        its numbers baked into them, so they are captured afresh each epoch; otherwise once, and again at the
+        first epoch whose steps move the alphas. The learning rate is a device tensor (``set_capturable``)."""
+        scheduled = any(hasattr(part, "on_epoch_start") for part in self.parts)
+        now = (self.epoch if scheduled else None, self.epoch >= self.config.arch_warmup_epochs)
+        if self.graph is not None and now != self.graphed_for:
+            self.graph.reset()
+            self.eval_graph.reset()
+        self.graphed_for = now
 
     def _eval_batch(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         with cudnn_benchmark(torch.backends.cudnn.benchmark and len(y) == self.eval_loader.batch_size):
@@ -298,8 +306,9 @@ class Search:
         first_epoch = self.epoch
         while self.epoch < self.config.epochs and self.stopped is None:
             t0 = time.time()
-            lr = self.scheduler.get_last_lr()[0]
+            lr = float(self.scheduler.get_last_lr()[0])  # a device tensor where the steps are replayed
             record = {"epoch": self.epoch + 1, "lr": lr, **self.parts.on_epoch_start(self.epoch, self.config.epochs)}
+            self.renew_graphs()
             record.update(**self.train_epoch(progress), **self.evaluate(progress))
             self.scheduler.step()
             self.epoch += 1
@@ -329,6 +338,9 @@ class Search:
                   + f"{record['seconds']:.1f}s  eta {format_seconds(eta)}", flush=True)
         if log is not None:
             log.close()
+        for graph in (self.graph, self.eval_graph):  # their memory, for what comes after the epochs (DARTS-PT)
+            if graph is not None:
+                graph.reset()
         metrics = read_jsonl(self.run_dir / "metrics.jsonl")
         genotype = self.model.derive(self.parts.selection)
         if self.stopped is not None:
@@ -368,7 +380,8 @@ class Search:
             self.model.load_state_dict(state["model"])
             self.w_optimizer.load_state_dict(state["w_optimizer"])
             self.a_optimizer.load_state_dict(state["a_optimizer"])
-            set_capturable(self.a_optimizer, self.graph is not None)  # the saved setting may be another
+            for optimizer in (self.a_optimizer, self.w_optimizer):  # the saved settings may be others
+                set_capturable(optimizer, self.graph is not None)
             self.scheduler.load_state_dict(state["scheduler"])
             self.parts.load_state_dict(state["parts"])
             checkpoint.set_rng_state(state["rng"], self.generators())
