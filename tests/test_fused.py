@@ -246,7 +246,29 @@ def forward_backward(fused: bool, ops: tuple[str, ...]):
     return loss, grads, model.state_dict(), model(x)
 
 
+class ResidualConv(nn.Sequential):
+    """A Sequential whose forward adds its input: not the sequence of its children."""
+
+    def __init__(self, C, stride, affine):
+        super().__init__(nn.ReLU(), nn.Conv2d(C, C, 3, stride, 1, bias=False), nn.BatchNorm2d(C, affine=affine))
+        self.stride = stride
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y if self.stride > 1 else x + y
+
+
+class CentredConv(nn.Conv2d):
+    """A convolution of its weights less their mean (weight standardisation's centring)."""
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight - self.weight.mean((1, 2, 3), keepdim=True), None)
+
+
 OTHER_MODULES = {
+    "residual_conv_3x3": ResidualConv,
+    "centred_conv_3x3": lambda C, stride, affine: nn.Sequential(
+        nn.ReLU(), CentredConv(C, C, 3, stride, 1, bias=False), nn.BatchNorm2d(C, affine=affine)),
     "gelu_conv_1x1": lambda C, stride, affine: nn.Sequential(nn.GELU(), nn.Conv2d(C, C, 1, stride, bias=False),
                                                              nn.BatchNorm2d(C, affine=affine)),
     "avg_pool_3x3_with_pad": lambda C, stride, affine: nn.AvgPool2d(3, stride, 1, count_include_pad=True),
@@ -258,13 +280,15 @@ OTHER_MODULES = {
 
 @pytest.mark.parametrize("ops", [("none", "gelu_conv_1x1", "skip_connect"),
                                  ("none", "avg_pool_3x3", "avg_pool_3x3_with_pad", "skip_connect"),
-                                 ("none", "conv_3x3_same", "sep_conv_3x3")],
-                         ids=["module-per-edge", "poolings-differing-in-padding", "padding-same"])
+                                 ("none", "conv_3x3_same", "sep_conv_3x3"),
+                                 ("residual_conv_3x3", "centred_conv_3x3", "sep_conv_3x3", "skip_connect")],
+                         ids=["module-per-edge", "poolings-differing-in-padding", "padding-same", "subclasses"])
 def test_ops_of_other_modules_equal_the_readable_cell(ops, monkeypatch):
     """A user's ops: a module the fused path does not batch (GELU) runs per edge, and the edges' sums still
     come out per node; two poolings that differ only in a setting their repr leaves out are two heads, not
-    one; a convolution padded "same" runs as its own module. Loss, gradients and evaluation output are the
-    readable cell's."""
+    one; a convolution padded "same" runs as its own module; subclasses of a Sequential and of a
+    convolution that change what they compute run as themselves. Loss, gradients and evaluation output are
+    the readable cell's."""
     for name, factory in OTHER_MODULES.items():
         monkeypatch.setitem(OPS._table, name, factory)
     assert_same_step(forward_backward(False, ops), forward_backward(True, ops))

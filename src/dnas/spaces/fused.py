@@ -74,8 +74,8 @@ from torch import nn
 
 from ..device import on_device
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
-from ..ops import (FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d, from_phases,
-                   phases_fit, pixels, reads_every, to_phases)
+from ..ops import (AvgPool2d, Conv2d, FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d,
+                   from_phases, phases_fit, pixels, reads_every, to_phases)
 from ..settings import temporarily
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
@@ -88,13 +88,14 @@ def _flatten(module: nn.Module) -> list[Leaf] | None:
     pool, fr (the two shifted convolutions of a ``FactorizedReduce``), noise (``GaussianNoise``), dropout
     (``ScheduledDropout``). Any other module is one ``opaque`` leaf: it runs per edge, as in the readable
     path, though in source-batch order (an opaque module that draws random numbers would draw them in
-    another order than the readable cell).
+    another order than the readable cell); so is one whose class changes what its base computes (``_plain``:
+    a residual ``nn.Sequential``, a weight-standardised ``nn.Conv2d``).
     """
     if isinstance(module, Zero):
         return None
-    if isinstance(module, nn.Identity):
+    if _plain(module, nn.Identity):
         return []
-    if isinstance(module, nn.Sequential):
+    if _plain(module, nn.Sequential):
         leaves = []
         for child in module:
             sub = _flatten(child)
@@ -102,22 +103,33 @@ def _flatten(module: nn.Module) -> list[Leaf] | None:
                 return [("opaque", module)]
             leaves += sub
         return leaves
-    if isinstance(module, FactorizedReduce):
+    if _plain(module, FactorizedReduce) and _plain(module.relu, nn.ReLU) and \
+            all(_plain(c, nn.Conv2d, Conv2d) for c in (module.conv_1, module.conv_2)):
         return [("relu", module.relu), ("fr", module), *_flatten(module.bn)]
-    if isinstance(module, GaussianNoise):
+    if _plain(module, GaussianNoise):
         inner = _flatten(module.module)
         return None if inner is None else [*inner, ("noise", module)]
-    if isinstance(module, ScheduledDropout):
+    if _plain(module, ScheduledDropout):
         return [("dropout", module)]
-    if isinstance(module, nn.ReLU):
+    if _plain(module, nn.ReLU):
         return [("relu", module)]
-    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+    if _plain(module, nn.Conv2d, Conv2d) and module.padding_mode == "zeros" and not isinstance(module.padding, str):
         return [("conv", module)]
-    if isinstance(module, nn.BatchNorm2d) and module.track_running_stats and module.momentum is not None:
+    if _plain(module, nn.BatchNorm2d) and module.track_running_stats and module.momentum is not None:
         return [("bn", module)]
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+    if _plain(module, nn.MaxPool2d) or _plain(module, nn.AvgPool2d, AvgPool2d):
         return [("pool", module)]
     return [("opaque", module)]
+
+
+def _plain(module: nn.Module, base: type, *alike: type) -> bool:
+    """Whether ``module`` is a ``base`` that computes what ``base`` computes: its class takes ``forward`` (and a
+    convolution's ``_conv_forward``) from ``base`` or from one of ``alike``, dnas's subclasses that compute
+    the same in other forms. The fused path computes a known module by its own kernels, not by calling it,
+    so a subclass that changes its computation must run as itself."""
+    methods = {name: {getattr(c, name, None) for c in (base, *alike)} for name in ("forward", "_conv_forward")}
+    return isinstance(module, base) and all(getattr(type(module), name, None) in allowed
+                                            for name, allowed in methods.items())
 
 
 def _signature(leaf: Leaf) -> tuple:
