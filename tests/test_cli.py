@@ -55,8 +55,9 @@ def test_search_options_reach_the_config(fashion_mnist_root, tmp_path, capsys):
     (["--dataset", "cifar10", "--data", "/nowhere/cifar"], "/nowhere/cifar"),
     (["--dataset", "fashion-mnist", "--ops", "sep_conv_3x3,conv_11x11"], "unknown op 'conv_11x11'"),
     (["--method", "/nowhere/recipe.toml"], "recipe file /nowhere/recipe.toml does not exist"),
-    (["--dataset", "fashion-mnist", "--lr", "0", "--train-portion", "1"],
-     "lr must be > 0, not 0.0; train_portion is the share of the training images the weights train on"),
+    (["--dataset", "fashion-mnist", "--lr", "0", "--grad-clip", "-1"], "lr must be > 0, not 0.0; grad_clip must be > 0"),
+    (["--dataset", "fashion-mnist", "--train-portion", "1"], "train_portion is the share of the training images the "
+                                                             "weights train on"),
     (["--space", "darts-rnn", "--train-portion", "0.8"], "train_portion: settings of the image search; the "
                                                          "recurrent search keeps its lr constant"),
 ])
@@ -101,6 +102,36 @@ def test_user_recipe_file(fashion_mnist_root, tmp_path):
     saved = json.loads((run / "config.json").read_text())
     assert saved["method"]["parts"]["arch_grad"] == {"name": "second_order", "epsilon": 0.05}
     assert saved["config"]["arch_lr"] == 6e-4
+
+
+MY_OP = """from torch import nn
+from dnas.ops import OPS
+OPS.register("plain_conv_3x3", lambda C, stride, affine: nn.Sequential(
+    nn.ReLU(), nn.Conv2d(C, C, 3, stride, 1, bias=False), nn.BatchNorm2d(C, affine=affine)))
+"""
+
+
+def test_import_brings_a_users_op_to_every_command(fashion_mnist_root, tmp_path, monkeypatch, capsys):
+    """--import MODULE (before or after the command; a name from the working folder, or a .py file): an op of
+    one's own for the search, and for every later command on its run, which names --import where it is missing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_ops_for_dnas.py").write_text(MY_OP)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(dnas.ops.OPS, "_table", dict(dnas.ops.OPS._table))
+    monkeypatch.setitem(sys.modules, "my_ops_for_dnas", None)  # not importable until the test imports it
+    del sys.modules["my_ops_for_dnas"]  # (monkeypatch removes it again afterwards)
+    run = tmp_path / "run"
+    search = ["search", "--epochs", "1", "--ops", "plain_conv_3x3,skip_connect", "--run-dir", str(run), *TINY]
+    assert main(search) == 2
+    assert "unknown op 'plain_conv_3x3'" in capsys.readouterr().err
+    assert main(["--import", "my_ops_for_dnas", *search]) == 0
+    assert "plain_conv_3x3" in (run / "genotype.txt").read_text()
+    del dnas.ops.OPS._table["plain_conv_3x3"]
+    assert main(["show", str(run), "-o", str(tmp_path / "c.png")]) == 2
+    assert "import the module that registers it: --import MODULE" in capsys.readouterr().err
+    assert main(["show", str(run), "--import", str(tmp_path / "my_ops_for_dnas.py"), "-o", str(tmp_path / "c.png")]) == 0
+    assert main(["--import", "no_such_module_here", "methods"]) == 2
+    assert "--import no_such_module_here: no module 'no_such_module_here' in " in capsys.readouterr().err
 
 
 def test_methods_lists_recipes_with_papers():

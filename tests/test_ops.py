@@ -8,6 +8,7 @@ from dnas import ops
 from dnas.ops import (DARTS_OPS, OPS, PARAMETER_FREE_OPS, Conv2d, DilConv, FactorizedReduce, SepConv, Zero,
                       conv2d, pixels)
 from dnas.registry import UnknownNameError
+from dnas.spaces.darts import DartsSupernet
 
 C = 16
 
@@ -420,3 +421,33 @@ def test_unknown_op_lists_valid_ops():
         OPS.get("foo")
     with pytest.raises(ValueError):
         OPS.get("foo")
+
+
+@pytest.mark.parametrize("factory, message", [
+    (lambda C, stride, affine: nn.Conv2d(C, C, 3, 1, 1), r"op 'mine' \(C=4, stride 2\) takes a \(2, 4, 16, 16\) "
+                                                         r"input to \(2, 4, 16, 16\), not \(2, 4, 8, 8\): an op keeps"),
+    (lambda C, stride, affine: nn.Conv2d(C, 2 * C, 1, stride), r"stride 1\) takes .* to \(2, 8, 16, 16\)"),
+    (lambda C, stride, affine: nn.Conv2d(C, C, 3, stride, 1, bias=False) if stride == 1 else None,
+     r"op 'mine' \(C=4, stride 2\) fails on a \(2, 4, 16, 16\) input: AttributeError"),
+])
+def test_an_op_of_other_shapes_is_refused_naming_it(factory, message, monkeypatch):
+    monkeypatch.setitem(OPS._table, "mine", factory)
+    with pytest.raises(ValueError, match=message):
+        DartsSupernet(10, 3, C=4, layers=3, ops=("mine", "skip_connect"))
+
+
+def test_a_name_is_registered_once_but_a_definition_again_replaces_itself():
+    """A module imported again (a notebook cell run again, importlib.reload) registers what it did; another
+    definition under a taken name is refused, naming both."""
+    from dnas.registry import Registry
+
+    def factory():
+        return 1
+
+    reg = Registry("op")
+    reg.register("mine", factory)
+    reg.register("mine", factory)
+    with pytest.raises(ValueError, match=r"op 'mine' is registered twice \(by .*<lambda> and .*factory\): give one "
+                                         r"of them another name"):
+        reg.register("mine", lambda: 2)
+    assert reg.get("mine") is factory

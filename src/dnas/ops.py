@@ -415,13 +415,32 @@ DARTS_OPS = (
 
 
 def check_ops(ops) -> tuple[str, ...]:
-    """A space's candidate ops as a tuple, each registered (an unknown one fails listing the valid ones),
-    distinct, and one at least besides ``none`` (which a derived cell never takes)."""
+    """A space's candidate ops as a tuple, each registered (an unknown one fails listing the valid ones) and
+    of the shapes an op must give (``check_op_shapes``), distinct, and one at least besides ``none`` (which a
+    derived cell never takes)."""
     for name in ops:
-        OPS.get(name)
+        check_op_shapes(name, OPS.get(name))
     if len(set(ops)) < len(ops) or set(ops) <= {"none"}:
         raise ValueError(f"ops must be distinct and include one besides 'none', got {', '.join(ops) or 'no ops'}")
     return tuple(ops)
+
+
+@functools.cache
+def check_op_shapes(name: str, factory) -> None:
+    """An op takes C channels to C and at stride 2 halves the sides: a ValueError naming the op where it does
+    not (a user's op, checked once on a small input), rather than a size mismatch deep in a cell's sum."""
+    x = torch.zeros(2, 4, 16, 16)
+    for stride in (1, 2):
+        try:  # the random numbers its weights draw are given back: a search's seed gives the same weights
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                y = factory(4, stride, False).eval()(x)
+        except Exception as e:
+            raise ValueError(f"op {name!r} (C=4, stride {stride}) fails on a (2, 4, 16, 16) input: "
+                             f"{type(e).__name__}: {e}") from e
+        if tuple(y.shape) != (2, 4, 16 // stride, 16 // stride):
+            raise ValueError(f"op {name!r} (C=4, stride {stride}) takes a (2, 4, 16, 16) input to {tuple(y.shape)}, "
+                             f"not {(2, 4, 16 // stride, 16 // stride)}: an op keeps its C channels and at stride 2 "
+                             f"halves the height and width")
 
 
 #: Ops without parameters, whose share in a derived cell signals the DARTS collapse.

@@ -17,9 +17,12 @@ class Registry:
         self._table: dict[str, Any] = {}
 
     def register(self, name: str, obj: Any = None) -> Callable:
+        """Register ``obj`` (or, as a decorator, what it decorates) as ``name``. A name is registered once; the
+        same definition again (its module re-imported or reloaded, a notebook cell run again) replaces it."""
         def add(o):
-            if name in self._table:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if name in self._table and _defined_at(self._table[name]) != _defined_at(o):
+                raise ValueError(f"{self.kind} {name!r} is registered twice (by {'.'.join(_defined_at(o))} and "
+                                 f"{'.'.join(_defined_at(self._table[name]))}): give one of them another name")
             self._table[name] = o
             return o
 
@@ -57,6 +60,11 @@ class Registry:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._table)
+
+
+def _defined_at(obj: Any) -> tuple[str, str]:
+    """Where ``obj`` is defined: its module and qualified name."""
+    return getattr(obj, "__module__", None) or "?", getattr(obj, "__qualname__", None) or type(obj).__qualname__
 
 
 class UnknownNameError(KeyError, ValueError):
