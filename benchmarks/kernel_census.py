@@ -4,8 +4,8 @@ Every ATen op that moves data launches (at least) one kernel on a GPU: this scri
 step of the paper's search network (16 channels, 8 cells, batch 64), forward and backward, with the bytes
 of the tensors it reads and writes (views, and ops whose outputs only alias their inputs, move nothing).
 ``--gpu-forms`` computes the convolutions in the forms a GPU runs (``ops.FORM_DEVICES``), and the optimisers
-run as a search replayed on a GPU runs them (SGD fused, Adam's multi-tensor kernels). What it tells, without a GPU: how many
-kernels a step launches, how many of them are small (latency-bound on a GPU: under ``--small`` bytes),
+run as a search replayed on a GPU runs them (SGD fused, Adam's multi-tensor kernels). What it tells, without
+a GPU: how many kernels a step launches, how many of them are small (latency-bound on a GPU: under ``--small`` bytes),
 where they come from (the dnas function for the forward, the autograd node for the backward), and the
 floor that the bytes set on a GPU's step time (bytes over its memory bandwidth, ``--bandwidth``). A replayed
 step that takes much more than that floor is bound by its kernels' count and efficiency, not its bytes.

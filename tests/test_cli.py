@@ -55,7 +55,8 @@ def test_search_options_reach_the_config(fashion_mnist_root, tmp_path, capsys):
     (["--dataset", "cifar10", "--data", "/nowhere/cifar"], "/nowhere/cifar"),
     (["--dataset", "fashion-mnist", "--ops", "sep_conv_3x3,conv_11x11"], "unknown op 'conv_11x11'"),
     (["--method", "/nowhere/recipe.toml"], "recipe file /nowhere/recipe.toml does not exist"),
-    (["--dataset", "fashion-mnist", "--lr", "0", "--grad-clip", "-1"], "lr must be > 0, not 0.0; grad_clip must be > 0"),
+    (["--dataset", "fashion-mnist", "--lr", "0", "--grad-clip", "-1"],
+     "lr must be > 0, not 0.0; grad_clip must be > 0"),
     (["--dataset", "fashion-mnist", "--train-portion", "1"], "train_portion is the share of the training images the "
                                                              "weights train on"),
     (["--space", "darts-rnn", "--train-portion", "0.8"], "train_portion: settings of the image search; the "
@@ -129,7 +130,8 @@ def test_import_brings_a_users_op_to_every_command(fashion_mnist_root, tmp_path,
     del dnas.ops.OPS._table["plain_conv_3x3"]
     assert main(["show", str(run), "-o", str(tmp_path / "c.png")]) == 2
     assert "import the module that registers it: --import MODULE" in capsys.readouterr().err
-    assert main(["show", str(run), "--import", str(tmp_path / "my_ops_for_dnas.py"), "-o", str(tmp_path / "c.png")]) == 0
+    picture = str(tmp_path / "c.png")
+    assert main(["show", str(run), "--import", str(tmp_path / "my_ops_for_dnas.py"), "-o", picture]) == 0
     assert main(["--import", "no_such_module_here", "methods"]) == 2
     assert "--import no_such_module_here: no module 'no_such_module_here' in " in capsys.readouterr().err
 

@@ -189,8 +189,8 @@ class EagerGraphedStep:
     ("pc-darts", {"arch_warmup_epochs": 1}, 2),  # and again at the first epoch that moves the alphas
     ("darts-minus", {}, 3),  # a part with a schedule (DARTS-'s beta): captured afresh each epoch
 ])
-def test_a_search_recaptures_its_graphs_only_when_its_steps_change(fashion_mnist_root, tmp_path, method, settings,
-                                                                    resets):
+def test_a_search_recaptures_its_graphs_only_when_its_steps_change(fashion_mnist_root, tmp_path, method,
+                                                                   settings, resets):
     """With the weights' lr a device tensor (fused SGD, which the scheduler fills), on the CPU here."""
     config = SearchConfig(method=method, dataset="fashion-mnist", subset=96, batch_size=16, epochs=3,
                           space_options={"C": 4, "layers": 3, "nodes": 2}, **settings)

@@ -209,12 +209,12 @@ def test_several_runs_compared_in_one_report(darts_run, nb201_run, tmp_path, mon
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report_files" / "cells-1.png").is_file()
 
 
-
 def test_a_run_given_twice_is_reported_once(darts_run):
     with pytest.warns(UserWarning, match=r"1 run\(s\) given more than once; each is reported once"):
         path = report.write_report([darts_run, darts_run / ".." / darts_run.name], progress=False)
     assert path == darts_run / "report.html"  # one run's report, where one run's goes
     assert len(genotypes(path.read_text())) == 1
+
 
 # -- a real browser ----------------------------------------------------------------------------------------------
 # Injected at the top of <head>: records every script error and every resource that fails to load (images, in the

@@ -60,7 +60,8 @@ class RNNSearch(Search):
             raise ValueError("channels_last is a layout of images (NHWC); the recurrent search has none, leave it off")
         if c.precision != "fp32":
             raise ValueError(f"precision {c.precision!r}: the recurrent search runs in fp32 only")
-        given = [name for name in ("lr_min", "train_portion", "cutout") if getattr(c, name) != getattr(SearchConfig, name)]
+        given = [name for name in ("lr_min", "train_portion", "cutout")
+                 if getattr(c, name) != getattr(SearchConfig, name)]
         if given:
             raise ValueError(f"{', '.join(given)}: settings of the image search; the recurrent search keeps its lr "
                              f"constant, takes the corpus's own splits and has no images; leave them off")
