@@ -19,12 +19,14 @@ def test_search_prints_the_genotype_and_resume_finishes_a_run(fashion_mnist_root
     run = tmp_path / "run"
     assert main(["search", "--method", "darts-v1", "--epochs", "1", "--run-dir", str(run), *TINY]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("darts-v1 on fashion-mnist, 1 epoch, on ") and f"(fp32): {run}\n" in out  # the first line
+    assert out.startswith("darts-v1 on fashion-mnist (128 training images of 10 classes, 1x28x28), 1 epoch, on ")
+    assert f"(fp32): {run}\n" in out  # the first line
     assert f"genotype: {dnas.Genotype.load(run / 'genotype.txt')}" in out
     assert f"run directory: {run}" in out
     # a finished run resumes to the same end without training again
     assert main(["search", "--resume", str(run), "-q"]) == 0
-    assert "darts-v1 on fashion-mnist, 1 epoch, resumed after epoch 1 of 1, on " in capsys.readouterr().out
+    assert "darts-v1 on fashion-mnist (128 training images of 10 classes, 1x28x28), 1 epoch, resumed after epoch 1 " \
+           "of 1, on " in capsys.readouterr().out
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
@@ -80,10 +82,11 @@ def test_resume_takes_no_other_settings(capsys):
     assert main(["search", "--resume", "/nowhere/run"]) == 2
     assert "/nowhere/run does not exist: --resume takes the directory of a search run" in capsys.readouterr().err
     assert main(["search", "--resume", "/nowhere/run", "--epochs", "3", "--method", "gdas", "--device", "cpu"]) == 2
-    assert "a resumed run keeps its settings: drop --epochs, --method (only --device, --tensorboard and -q go with " \
-           "--resume)" in capsys.readouterr().err
+    assert "a resumed run keeps its settings: drop --epochs, --method (only --device, --data (where the data is " \
+           "now), --tensorboard and -q go with --resume)" in capsys.readouterr().err
     assert main(["train", "--resume", "/nowhere/run", "--lr", "0.5"]) == 2
-    assert "drop --lr (only --device and -q go with --resume)" in capsys.readouterr().err
+    assert "drop --lr (only --device, --data (where the data is now) and -q go with --resume)" in \
+           capsys.readouterr().err
     assert main(["search", "--resume", "/nowhere/run", "--method", "darts-v1"]) == 2  # a default typed out too
     assert "drop --method" in capsys.readouterr().err
 

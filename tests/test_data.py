@@ -180,11 +180,48 @@ def test_image_folder_flat(tmp_path):
     d = load_dataset("image-folder", str(tmp_path))
     assert d.classes == ["cat", "dog"] and d.test_x is None and d.test_y is None
     assert d.train_x.shape == (5, 3, 5, 6) and d.train_x.dtype == torch.uint8
-    assert d.train_y.tolist() == [0, 0, 0, 1, 1]
-    assert torch.equal(d.train_x[3], torch.from_numpy(images["dog/0.png"]).permute(2, 0, 1))
+    assert sorted(d.train_y.tolist()) == [0, 0, 0, 1, 1]
+    pairs = {(name.split("/")[0], a.tobytes()) for name, a in images.items()}
+    assert {(d.classes[y], x.permute(1, 2, 0).numpy().tobytes()) for x, y in zip(d.train_x, d.train_y)} == pairs
     x = d.train_x.double() / 255
     assert d.mean == pytest.approx(x.mean((0, 2, 3)).tolist())
     assert d.std == pytest.approx(x.std((0, 2, 3), correction=0).tolist())
+
+
+def test_image_folder_takes_every_class_into_each_half(tmp_path):
+    """Files are read class by class; the training images come in a fixed random order (as CIFAR-10's
+    release does), so that DARTS's search halves (split by index) and --subset (the first N) see every class."""
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c", "d"):
+        for i in range(10):
+            write_png(tmp_path / c / f"{i}.png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    d = load_dataset("image-folder", tmp_path)
+    assert set(d.train_y[:20].tolist()) == set(d.train_y[20:].tolist()) == {0, 1, 2, 3}
+    assert len(set(d.train_y[:8].tolist())) >= 3
+    assert torch.equal(load_dataset("image-folder", tmp_path).train_x, d.train_x)  # the same order each time
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({"a": 2, "b": 0}, r"the class folders b hold no images \(images in their subfolders are not read\)"),
+    ({"a": 3}, r"one class only \(a\) is nothing to tell apart"),
+])
+def test_image_folder_of_an_empty_class_or_one_class_is_refused(tmp_path, layout, message):
+    for c, n in layout.items():
+        (tmp_path / c).mkdir()
+        for i in range(n):
+            write_png(tmp_path / c / f"{i}.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError, match=message):
+        load_dataset("image-folder", tmp_path)
+
+
+def test_image_folder_scales_16_bit_grey_to_8_bits(tmp_path):
+    from PIL import Image
+
+    for c, value in (("dark", 257 * 10), ("light", 65535)):
+        (tmp_path / c).mkdir()
+        Image.fromarray(np.full((4, 4), value, np.uint16)).save(tmp_path / c / "0.png")
+    d = load_dataset("image-folder", tmp_path)
+    assert d.channels == 1 and sorted(d.train_x.flatten(1).max(1).values.tolist()) == [10, 255]
 
 
 def test_image_folder_train_val_grey(tmp_path):
@@ -205,7 +242,8 @@ def test_image_folder_mixed_modes_become_rgb(tmp_path):
     write_png(tmp_path / "b" / "colour.png", rgb(rng, 4, 4))
     d = load_dataset("image-folder", tmp_path)
     assert d.channels == 3
-    assert torch.equal(d.train_x[0, 0], d.train_x[0, 2])  # the grey image, replicated
+    grey = d.train_x[d.train_y.tolist().index(d.classes.index("a"))]
+    assert torch.equal(grey[0], grey[2])  # the grey image, replicated
 
 
 def test_image_folder_size_mismatch(tmp_path):

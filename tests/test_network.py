@@ -103,6 +103,22 @@ def test_networks_registry_names_the_two_settings():
         NetworkCIFAR(DARTS_V2, layers=0)
 
 
+def test_create_network_makes_a_genotypes_network_by_name():
+    """As timm's create_model: a published genotype's name (or a file, a run, the text form) and the network's
+    options; the paper's network by default."""
+    torch.manual_seed(0)
+    made = dnas.create_network("DARTS_V2")
+    torch.manual_seed(0)
+    assert made.state_dict().keys() == NetworkCIFAR(dnas.published("DARTS_V2")).state_dict().keys()
+    small = dnas.create_network(str(dnas.published("PDARTS")), "imagenet", num_classes=5, C=8, layers=3)
+    assert isinstance(small, NetworkImageNet) and small.classifier.out_features == 5
+    with pytest.raises(ValueError, match="network 'cifar': got an unexpected keyword argument 'widht'; its "
+                                         "options: num_classes, in_channels, C, layers, auxiliary"):
+        dnas.create_network("DARTS_V2", widht=3)
+    with pytest.raises(ValueError, match="is not a convolutional cell"):
+        dnas.create_network("DARTS_RNN_V2")
+
+
 def test_fairdarts_cell_with_an_empty_node_builds_and_runs():
     g = dnas.Genotype.parse(
         "Genotype(normal=[('sep_conv_3x3', 2, 0), ('sep_conv_5x5', 2, 1), ('max_pool_3x3', 4, 0), "

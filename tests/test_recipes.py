@@ -87,4 +87,14 @@ def test_the_part_of_adding_a_method_runs_as_the_doc_writes_it(fused, fashion_mn
     result = dnas.search(method=str(recipe), dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", fused=fused,
                          **TINY)
     assert result.genotype.nodes == 2
-    assert capsys.readouterr().out.startswith("tempered on fashion-mnist, 1 epoch,")  # the recipe's name
+    assert capsys.readouterr().out.startswith("tempered on fashion-mnist (")  # the recipe's name
+
+
+def test_a_method_made_in_python_and_ops_as_text_search(fashion_mnist_root, tmp_path):
+    method = dnas.Method(name="mine", parts={"relaxation": "sigmoid"})
+    result = dnas.search(method=method, dataset="fashion-mnist", epochs=1, ops="sep_conv_3x3, skip_connect",
+                         runs_root=tmp_path, **TINY)
+    assert result.run_dir.name.endswith("-mine-fashion-mnist")
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert saved["method"]["parts"] == {"relaxation": "sigmoid"} and saved["config"]["method"] == "mine"
+    assert saved["config"]["space_options"]["ops"] == ["sep_conv_3x3", "skip_connect"]

@@ -232,7 +232,7 @@ def test_a_tiny_language_model_trains_tests_and_resumes(ptb, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         dnas.train("DARTS_RNN_V2", "ptb", run_dir=tmp_path / "cut", **settings)
     monkeypatch.setattr(LMTrainer, "train_epoch", original)
-    with pytest.raises(ValueError, match=r"only device may change, not \['epochs'\]"):
+    with pytest.raises(ValueError, match=r"only device, data may change, not \['epochs'\]"):
         dnas.train(resume=tmp_path / "cut", epochs=3, progress=False)
     resumed = dnas.train(resume=tmp_path / "cut", progress=False)
     strip = lambda ms: [{k: v for k, v in r.items() if k != "seconds"} for r in ms]

@@ -7,10 +7,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 import dnas
 from dnas.checkpoint import CheckpointError
+from dnas.data import DataError
 from dnas.cli import main
 from dnas.methods import get_method
 from dnas.search import HEAP_BLOCK_MAX, Search, SearchConfig, copies, copy_into, fast_settings
@@ -105,6 +107,37 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashi
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_keeps_its_data_folder_absolute_and_resumes_from_where_it_moved(fashion_mnist_root, tmp_path,
+                                                                              monkeypatch):
+    import shutil
+
+    shutil.copytree(fashion_mnist_root, tmp_path / "data" / "fmnist")
+    monkeypatch.chdir(tmp_path / "data")
+    dnas.search(method="darts-v1", dataset="fashion-mnist", data="fmnist", epochs=1, run_dir=tmp_path / "r", **TINY)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert config["data"] == str(tmp_path / "data" / "fmnist")
+    (tmp_path / "data" / "fmnist").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        dnas.search(resume=tmp_path / "r", progress=False)
+    result = dnas.search(resume=tmp_path / "r", data="moved", progress=False)  # where the data is now
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["data"] == str(tmp_path / "moved")
+    assert len(result.metrics) == 1
+
+
+def test_images_the_supernet_cannot_halve_twice_are_refused_before_any_file(tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    with pytest.raises(ValueError, match=r"halves the images' sides 2 times, each an even side: 30x40 images do not "
+                                         r"fit; crop or resize them to sides that are multiples of 4"):
+        dnas.search(dataset="image-folder", data=tmp_path / "imgs", run_dir=tmp_path / "r", **{**TINY, "subset": None})
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_without_the_alphas_file_goes_on_and_warns(fashion_mnist_root, tmp_path, monkeypatch):
     """A deleted alphas.jsonl: the resumed run appends what it does, saying what is missing."""
     cut = interrupted_in_epoch_2(tmp_path / "cut", monkeypatch, "darts-v1")
@@ -143,7 +176,7 @@ def test_resume_refuses_changed_settings_and_foreign_folders(fashion_mnist_root,
     with pytest.raises(FileNotFoundError, match="does not exist: --resume takes the directory of a search run"):
         dnas.search(resume=tmp_path / "typo")
     run = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY).run_dir
-    with pytest.raises(ValueError, match=r"only device and tensorboard may change, not \['epochs'\]"):
+    with pytest.raises(ValueError, match=r"only device, data, tensorboard may change, not \['epochs'\]"):
         dnas.search(resume=run, epochs=5)
     lines = (run / "metrics.jsonl").read_text()
     (run / "metrics.jsonl").write_text('{"epoch": 1, "tr\n' + lines)  # damaged, not cut short at its end

@@ -305,6 +305,29 @@ def test_a_dataset_without_test_images_is_refused(tmp_path):
         dnas.train("DARTS_V2", "image-folder", data=tmp_path / "imgs", run_dir=tmp_path / "r", progress=False)
 
 
+def test_a_run_is_tested_only_on_its_own_classes_and_says_what_it_tested_on(tmp_path):
+    """The network's outputs are the run's classes in their order: a folder of other class names is refused;
+    images of another size are tested with a warning; the report names the folder."""
+    from PIL import Image
+
+    def folder(root, classes, side):
+        for split in ("train", "val"):
+            for c in classes:
+                (root / split / c).mkdir(parents=True)
+                for i in range(4):
+                    Image.new("L", (side, side), 40 * i).save(root / split / c / f"{i}.png")
+        return root
+
+    run = dnas.train("DARTS_V2", "image-folder", data=folder(tmp_path / "ab", "ab", 8), epochs=1, C=4, layers=3,
+                     auxiliary=False, batch_size=4, run_dir=tmp_path / "r", progress=False).run_dir
+    with pytest.raises(ValueError, match="image-folder's classes are a, z; the run's network outputs a, b, in that "
+                                         "order"):
+        dnas.evaluate_run(run, data=folder(tmp_path / "az", "az", 8), progress=False)
+    with pytest.warns(UserWarning, match="image-folder's images are 16x16; the run trained on 8x8 ones"):
+        report = dnas.evaluate_run(run, data=folder(tmp_path / "big", "ab", 16), progress=False)
+    assert json.loads(report.files[0].read_text())["data"] == str(tmp_path / "big")
+
+
 @pytest.mark.slow
 def test_two_epochs_on_real_cifar10_learn(cifar10_root, tmp_path):
     result = dnas.train("DARTS_V2", "cifar10", data=cifar10_root, epochs=2, run_dir=tmp_path / "c10", C=8, layers=3,

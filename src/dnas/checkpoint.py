@@ -124,13 +124,16 @@ def _lock_file(run_dir: Path):
         yield  # the file stays: removed, a process that opened it just before could lock the removed file
 
 
-def check_resume_settings(settings: dict[str, Any], allowed: tuple[str, ...] = ("device",)) -> None:
+def check_resume_settings(settings: dict[str, Any], allowed: tuple[str, ...] = ("device", "data")) -> None:
     """A resumed run keeps its saved settings: ``settings`` (those given to the resume) may name only the
-    ``allowed`` ones, which do not change what the run computes."""
+    ``allowed`` ones, which do not change what the run computes (``data``: where its data is now), and
+    ``data`` is made absolute, as a new run's is."""
     changed = set(settings) - set(allowed)
     if changed:
-        raise ValueError(f"a resumed run keeps its settings; only {' and '.join(allowed)} may change, "
+        raise ValueError(f"a resumed run keeps its settings; only {', '.join(allowed)} may change, "
                          f"not {sorted(changed)}")
+    if settings.get("data") is not None:
+        settings["data"] = os.path.abspath(os.path.expanduser(os.fspath(settings["data"])))
 
 
 def resume(runner, progress: bool):

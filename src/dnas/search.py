@@ -195,6 +195,9 @@ class Search:
                                     num_classes=data.num_classes, in_channels=data.channels,
                                     relaxation=self.parts.relaxation, edge=self.parts.edge
                                     ).to(self.device, memory_format=layout)
+        self.model.check_image_size(data.image_size)
+        self.data_line = (f"{len(y):,} training images of {data.num_classes} classes, "
+                          f"{data.channels}x{data.image_size[0]}x{data.image_size[1]}")
         self.w_optimizer, self.a_optimizer = optimizers(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs,
                                                                     eta_min=config.lr_min)
@@ -276,15 +279,16 @@ class Search:
             return self._run(progress)
 
     def describe(self) -> str:
-        """The line a run starts with: the method, the data, the epochs, the device and how the steps run there
-        (what ``--fast`` chose), and the run directory."""
+        """The line a run starts with: the method, the data (what was read of it), the epochs, the device and
+        how the steps run there (what ``--fast`` chose), and the run directory."""
         c, gpu = self.config, self.device.type == "cuda"
         ways = [way for way, on in (("fused cells", c.space_options.get("fused")), ("NHWC", c.channels_last),
                                     ("CUDA graph", c.cuda_graph and gpu),
                                     ("3x3 and 5x5 ops merged", c.merge_kernel_sizes),
                                     (f"{c.side_streams} side streams", c.side_streams and gpu)) if on]
         resumed = f" resumed after epoch {self.epoch} of {c.epochs}," if self.epoch else ""
-        return (f"{self.method.name} on {c.dataset}, {c.epochs} epoch{'s' * (c.epochs != 1)},{resumed} on "
+        return (f"{self.method.name} on {c.dataset} ({self.data_line}), {c.epochs} epoch{'s' * (c.epochs != 1)},"
+                f"{resumed} on "
                 f"{self.device} ({', '.join([*ways, c.precision])}): {self.run_dir}")
 
     @property
@@ -639,7 +643,7 @@ def new_run_dir(root: str | os.PathLike, *names: str) -> Path:
 
 def search(
     space: str | None = None,
-    method: str = "darts-v1",
+    method: str | Method = "darts-v1",
     dataset: str | None = None,
     *,
     run_dir: str | os.PathLike | None = None,
@@ -665,6 +669,9 @@ def search(
             raise ValueError("fast: a resumed run keeps the settings it was started with; leave it off with resume")
         return _resume(Path(resume), progress, **settings)
     recipe = get_method(method)
+    method = method if isinstance(method, str) else recipe.name  # a Method made in Python: its name
+    if isinstance(settings.get("ops"), str):  # "sep_conv_3x3,skip_connect", as --ops takes them
+        settings["ops"] = tuple(op.strip() for op in settings["ops"].split(","))
     recipe.check(space or recipe.part("space"))
     if fast:
         settings = fast_settings(resolve_device(settings.get("device") or "auto"), recipe, space) | settings
@@ -689,7 +696,7 @@ def search(
                       f"weight steps, and the search has {config.epochs}: they never move, and the genotype is the "
                       f"initial alphas' (set fewer warm-up epochs, --arch-warmup-epochs)", stacklevel=2)
     if config.data is not None:
-        config.data = os.path.expanduser(os.fspath(config.data))
+        config.data = os.path.abspath(os.path.expanduser(os.fspath(config.data)))  # a run resumes from anywhere
     if run_dir is None:
         other_space = [space] if space and space != recipe.part("space") else []  # e.g. darts-v1-nb201-cifar10
         run_dir = new_run_dir(runs_root, Path(method).stem, *other_space, dataset)  # a recipe file by its stem
@@ -735,7 +742,7 @@ def _resume(run_dir: Path, progress: bool, **settings: Any) -> SearchResult:
                                 f"--resume takes the directory of a search run")
     if not config_file.exists():
         raise FileNotFoundError(f"{run_dir} is not a dnas search run (no config.json in it)")
-    checkpoint.check_resume_settings(settings, ("device", "tensorboard"))
+    checkpoint.check_resume_settings(settings, ("device", "data", "tensorboard"))
     saved = checkpoint.read_config(config_file)
     if "method" not in saved or "config" not in saved:
         kind = "a training run's (dnas train --resume)" if "genotype" in saved else "not a search run's"

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -318,7 +319,7 @@ def train(
     NETWORKS.get(network)
     config = TrainConfig(**{**NETWORK_DEFAULTS[network], **settings, "network": network, "dataset": dataset})
     if config.data is not None:
-        config.data = os.path.expanduser(os.fspath(config.data))
+        config.data = os.path.abspath(os.path.expanduser(os.fspath(config.data)))  # a run resumes from anywhere
     genotype, name = load_genotype(genotype)
     genotype = convolutional(genotype, name)
     if run_dir is None:
@@ -387,7 +388,8 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     c = saved["config"]
     own = dataset in (None, c["dataset"])  # another data set is read from ``data`` or its own place, not the run's
     dataset = dataset or c["dataset"]
-    d = load_dataset(dataset, os.path.expanduser(os.fspath(data)) if data is not None else c["data"] if own else None)
+    folder = os.path.abspath(os.path.expanduser(os.fspath(data))) if data is not None else c["data"] if own else None
+    d = load_dataset(dataset, folder)
     if d.test_x is None:
         raise DataError(f"{dataset}: no test images to test on")
     if d.num_classes != saved["data"]["num_classes"]:
@@ -396,7 +398,15 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     if d.channels != saved["data"].get("channels", d.channels):
         raise ValueError(f"{dataset}'s images have {d.channels} channels; the run was trained on images of "
                          f"{saved['data']['channels']} ({c['dataset']})")
+    trained_on = saved["data"].get("classes")
+    if trained_on is not None and d.classes != trained_on:
+        raise ValueError(f"{dataset}'s classes are {', '.join(d.classes)}; the run's network outputs "
+                         f"{', '.join(trained_on)}, in that order: test it on images of those classes")
     check_fits(model, d.channels, d.image_size)
+    size = tuple(saved["data"].get("image_size", d.image_size))
+    if tuple(d.image_size) != size:
+        warnings.warn(f"{dataset}'s images are {d.image_size[0]}x{d.image_size[1]}; the run trained on {size[0]}x"
+                      f"{size[1]} ones", stacklevel=2)
     check_subset(subset, len(d.test_y), f"test images of {dataset}")
     images = sample(len(d.test_y), subset)
     loader = BatchLoader(d.test_x[images], d.test_y[images], batch_size or c["batch_size"], saved["data"]["mean"],
@@ -405,8 +415,8 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     label = (weights if weights in ("last", "best") else Path(weights).stem) + (f"-subset{subset}" if subset else "")
     report, table = run_dir / f"test-{label}.json", run_dir / f"confusion-{label}.csv"
     report.write_text(json.dumps({
-        "dataset": dataset, "weights": label, "images": len(loader.y), "accuracy": ev.acc, "top5": ev.top5,
-        "loss": ev.loss, "classes": d.classes, "confusion": ev.confusion.tolist()}, indent=1) + "\n")
+        "dataset": dataset, "data": folder, "weights": label, "images": len(loader.y), "accuracy": ev.acc,
+        "top5": ev.top5, "loss": ev.loss, "classes": d.classes, "confusion": ev.confusion.tolist()}, indent=1) + "\n")
     with open(table, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["true \\ predicted", *d.classes])

@@ -22,8 +22,8 @@ from . import bench, evaluate, report, search
 COMMAND_MODULES = (search, evaluate, bench, report)
 
 
-RESUME_KEEPS = {"command", "func", "resume", "device", "tensorboard", "quiet", "imports"}  # what --resume may be
-# given with
+RESUME_KEEPS = {"command", "func", "resume", "device", "data", "tensorboard", "quiet", "imports"}  # what --resume
+# may be given with
 IMPORT_HELP = ("import a module of your own first, by name (from this folder or the Python path) or as a .py "
                "file: the ops, parts or spaces it registers (docs/adding-a-method.md); repeatable")
 
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                      if dest not in RESUME_KEEPS]
             if given:
                 also = ", --tensorboard" if hasattr(args, "tensorboard") else ""
-                raise ValueError(f"a resumed run keeps its settings: drop {', '.join(given)} (only --device{also} "
-                                 f"and -q go with --resume)")
+                raise ValueError(f"a resumed run keeps its settings: drop {', '.join(given)} (only --device, --data "
+                                 f"(where the data is now){also} and -q go with --resume)")
         args.func(args)
     except KeyboardInterrupt as e:  # the run has said what it checkpointed (Search.run, Trainer.run)
         print("\nterminated" if isinstance(e, Terminated) else "\ninterrupted", file=sys.stderr)

@@ -110,7 +110,8 @@ def info_recurrent(args: argparse.Namespace, genotype: RecurrentGenotype, name: 
 
 def run_train(args: argparse.Namespace) -> None:
     if args.resume:
-        result = train(resume=args.resume, progress=not args.quiet, **({"device": args.device} if args.device else {}))
+        changes = {k: v for k, v in {"device": args.device, "data": args.data}.items() if v}
+        result = train(resume=args.resume, progress=not args.quiet, **changes)
     else:
         if not args.genotype:
             raise ValueError("give --genotype (" + GENOTYPE_HELP + "), or --resume RUN_DIR")

@@ -24,7 +24,8 @@ OPTIMISATION = {
 
 def run_search(args: argparse.Namespace) -> None:
     if args.resume:
-        changes = {k: v for k, v in {"device": args.device, "tensorboard": args.tensorboard or None}.items() if v}
+        changes = {k: v for k, v in {"device": args.device, "data": args.data,
+                                     "tensorboard": args.tensorboard or None}.items() if v}
         result = search(resume=args.resume, progress=not args.quiet, **changes)
     else:
         method = get_method(args.method)

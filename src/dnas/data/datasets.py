@@ -184,15 +184,21 @@ def _scan(folder: Path, classes: list[str] | None = None) -> tuple[list[Path], l
         classes = found
     elif set(found) - set(classes):
         raise DataError(f"{folder}: class folders {sorted(set(found) - set(classes))} are not training classes")
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for i, c in enumerate(classes):
         if (folder / c).is_dir():
             imgs = sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             files += imgs
             labels += [i] * len(imgs)
+            empty += [] if imgs else [c]
     if not files:
         raise DataError(f"image-folder: no images in {folder}; expected one subfolder per class holding "
                         f"image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if found is classes and (empty or len(classes) < 2):  # the training classes
+        what = (f"the class folders {', '.join(empty)} hold no images (images in their subfolders are not read)"
+                if empty else f"one class only ({classes[0]}) is nothing to tell apart")
+        raise DataError(f"image-folder: {folder}: {what}; expected two or more subfolders, one per class, each "
+                        f"holding its image files")
     return files, labels, classes
 
 
@@ -217,10 +223,26 @@ def _read_images(files: list[Path]) -> torch.Tensor:
     arrays = []
     for p in files:
         with Image.open(p) as im:
-            arrays.append(np.asarray(im.convert(mode)))
+            arrays.append(np.asarray(_eight_bits(im, p).convert(mode)))
     x = np.stack(arrays)
     x = x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _eight_bits(im, path: Path):
+    """``im`` with 8 bits a channel: 16-bit greyscale scaled down (65535 -> 255; Pillow's own conversion clips
+    it to 255), floating-point pixels refused."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        x = np.asarray(im).astype(np.int64)
+        if x.min() < 0 or x.max() > 65535:
+            raise DataError(f"{path}: pixels of {x.min()}..{x.max()}, not the 0..65535 of 16-bit images; give "
+                            f"8- or 16-bit images")
+        return Image.fromarray(((x * 255 + 32767) // 65535).astype(np.uint8))
+    if im.mode == "F":
+        raise DataError(f"{path}: floating-point pixels; give 8- or 16-bit images")
+    return im
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -239,7 +261,8 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
 
 @DATASETS.register("image-folder")
 def image_folder(root: Path | None) -> ImageDataset:
-    """``root/<class>/*.png``, or ``root/train/<class>/...`` with an optional ``root/val`` (or ``root/test``)."""
+    """``root/<class>/*.png``, or ``root/train/<class>/...`` with an optional ``root/val`` (or ``root/test``).
+    The training images in a fixed random order (seed 0); 16-bit greyscale scaled to 8 bits."""
     if root is None:
         raise DataError("image-folder: no data folder given; pass --data DIR with one subfolder per class "
                         "(or DIR/train/<class>/ and DIR/val/<class>/)")
@@ -249,6 +272,9 @@ def image_folder(root: Path | None) -> ImageDataset:
     else:
         train_dir, test_dir = root, None
     train_files, train_y, classes = _scan(train_dir)
+    order = torch.randperm(len(train_files), generator=torch.Generator().manual_seed(0)).tolist()
+    train_files, train_y = [train_files[i] for i in order], [train_y[i] for i in order]  # as CIFAR-10's release
+    # is: a split or subset by index (DARTS's search halves, --subset) takes every class
     test_files, test_y, _ = _scan(test_dir, classes) if test_dir else ([], [], classes)
     x = _read_images(train_files + test_files)
     train_x, test_x = x[:len(train_files)], x[len(train_files):]

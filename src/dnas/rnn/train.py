@@ -270,7 +270,7 @@ def train_lm(genotype=None, dataset: str | None = None, *, run_dir=None, runs_ro
                          f"{', '.join(sorted(LMTrainConfig.fields()))}")
     config = LMTrainConfig(**{**settings, "dataset": dataset or LMTrainConfig.dataset})
     if config.data is not None:
-        config.data = os.path.expanduser(os.fspath(config.data))
+        config.data = os.path.abspath(os.path.expanduser(os.fspath(config.data)))  # a run resumes from anywhere
     genotype, name = load_genotype(genotype)
     if not isinstance(genotype, RecurrentGenotype):
         raise ValueError(f"{name} is a convolutional genotype; a language model needs a recurrent one")

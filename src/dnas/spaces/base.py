@@ -14,6 +14,16 @@ class Supernet(nn.Module):
     """A search space's network; subclasses define ``alphas`` (and optionally ``betas``) ParameterDicts."""
 
     fused = False  # whether its cells run by the fast path of fused.py (a space option where there is one)
+    reductions = 2  # how often it halves the images' sides (a FactorizedReduce or a pooled shortcut: of an even side)
+
+    def check_image_size(self, size: tuple[int, int]) -> None:
+        """A ValueError unless the network takes images of ``size`` (height, width): each reduction halves an
+        even side."""
+        m = 2 ** self.reductions
+        if size[0] % m or size[1] % m:
+            raise ValueError(f"the {type(self).__name__} halves the images' sides {self.reductions} times, each an "
+                             f"even side: {size[0]}x{size[1]} images do not fit; crop or resize them to sides that "
+                             f"are multiples of {m}")
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The alphas (and betas), in the order of ``named_parameters``, from their dicts alone: an architecture

@@ -216,3 +216,18 @@ class NetworkImageNet(DartsNetwork):
         head = partial(AuxiliaryHead, stride=2, final_bn=False) if auxiliary else None
         super().__init__(genotype, ImageNetStem(in_channels, C), (C, C), C, layers, num_classes,
                          reduction_prev=True, auxiliary_head=head)
+
+
+def create_network(genotype, network: str = "cifar", **options) -> DartsNetwork:
+    """A genotype's evaluation network, as timm's ``create_model`` makes a model by name. ``genotype``: a
+    ``Genotype``, a published one's name (``"DARTS_V2"``, ``dnas zoo``), a genotype file, a search run's
+    directory or the text form; ``network``: ``cifar`` (DARTS App. A.2.1: 20 cells, 36 channels, auxiliary
+    head) or ``imagenet`` (Sec. 3.4: 14 cells, 48 channels); ``options``: its num_classes, in_channels, C,
+    layers, auxiliary. Untrained: ``dnas.train`` trains one, ``dnas.load_run`` gives a trained run's."""
+    from ..zoo import convolutional, load_genotype
+
+    genotype, name = load_genotype(genotype)
+    if not isinstance(genotype, Genotype):
+        raise ValueError(f"{name} is not a convolutional cell, which the {network} network is built of "
+                         f"(a recurrent cell trains a language model: dnas.train, docs/recurrent.md)")
+    return NETWORKS.build({"name": network, **options}, genotype=convolutional(genotype, name))
