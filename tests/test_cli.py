@@ -59,6 +59,8 @@ def test_search_options_reach_the_config(fashion_mnist_root, tmp_path, capsys):
     (["--method", "/nowhere/recipe.toml"], "recipe file /nowhere/recipe.toml does not exist"),
     (["--dataset", "fashion-mnist", "--lr", "0", "--grad-clip", "-1"],
      "lr must be > 0, not 0.0; grad_clip must be > 0"),
+    (["--dataset", "fashion-mnist", "--hidden-size", "50"],
+     "--hidden-size is the recurrent space's (--space darts-rnn); the darts space's width is --init-channels"),
     (["--dataset", "fashion-mnist", "--train-portion", "1"], "train_portion is the share of the training images the "
                                                              "weights train on"),
     (["--space", "darts-rnn", "--train-portion", "0.8"], "train_portion: settings of the image search; the "

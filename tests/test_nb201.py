@@ -119,8 +119,8 @@ def test_a_recipe_keeps_its_op_set_to_its_own_space():
     assert pc.space_options("nb201") == {"edge_normalization": True}
 
 
-@pytest.mark.parametrize("method, part", [("p-darts", "schedule 'progressive'"),
-                                          ("darts-pt", "selection 'perturbation'")])
+@pytest.mark.parametrize("method, part", [("p-darts", "schedule part 'progressive'"),
+                                          ("darts-pt", "selection part 'perturbation'")])
 def test_a_method_for_the_darts_space_only_is_refused_before_it_runs(method, part, tmp_path):
     """P-DARTS deepens the DARTS supernet and DARTS-PT projects its op masks: on NAS-Bench-201 they are refused
     at once, not after a search has run."""

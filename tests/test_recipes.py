@@ -98,3 +98,37 @@ def test_a_method_made_in_python_and_ops_as_text_search(fashion_mnist_root, tmp_
     saved = json.loads((result.run_dir / "config.json").read_text())
     assert saved["method"]["parts"] == {"relaxation": "sigmoid"} and saved["config"]["method"] == "mine"
     assert saved["config"]["space_options"]["ops"] == ["sep_conv_3x3", "skip_connect"]
+
+
+def test_parts_that_break_their_interface_say_so(fashion_mnist_root, tmp_path, monkeypatch):
+    """A relaxation without strengths, before anything runs; a selection that chooses an input a node does
+    not have, at the first epoch's genotype (it was dropped, and the genotype took other edges)."""
+    from dnas.selection import SELECTIONS
+
+    class WeightsOnly:
+        def weights(self, alpha):
+            return alpha.softmax(-1)
+
+    class OutOfRange:
+        def __call__(self, strengths, ops):
+            return [("sep_conv_3x3", 7)]
+
+    monkeypatch.setattr(RELAXATIONS, "_table", {**RELAXATIONS._table, "weights_only": WeightsOnly})
+    monkeypatch.setattr(SELECTIONS, "_table", {**SELECTIONS._table, "out_of_range": OutOfRange})
+    with pytest.raises(ValueError, match=r"method m: its relaxation WeightsOnly has no strengths\(alpha\): a "
+                                         r"relaxation gives the op weights"):
+        dnas.search(method=dnas.Method("m", parts={"relaxation": "weights_only"}), dataset="fashion-mnist",
+                    epochs=1, run_dir=tmp_path / "a", **TINY)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ValueError, match=r"selection OutOfRange chose \('sep_conv_3x3', 7\) for node 2: a selection "
+                                         r"returns \(op, input\) pairs .* of the node's inputs, 0 to 1"):
+        dnas.search(method=dnas.Method("m", parts={"selection": "out_of_range"}), dataset="fashion-mnist",
+                    epochs=1, run_dir=tmp_path / "b", **TINY)
+
+
+def test_a_recipe_setting_of_another_name_lists_the_valid_ones(tmp_path):
+    recipe = tmp_path / "typo.toml"
+    recipe.write_text('name = "typo"\n[config]\narch_learning_rate = 1e-3\nbatch_sise = 8\n')
+    with pytest.raises(ValueError, match=r"recipe typo: unknown settings in its \[config\]: arch_learning_rate, "
+                                         r"batch_sise \(did you mean batch_size\?\); valid: arch_betas, arch_lr, "):
+        dnas.search(method=str(recipe), dataset="fashion-mnist", run_dir=tmp_path / "r", progress=False)

@@ -260,12 +260,12 @@ def test_bad_input_is_refused_clearly(ptb, tmp_path, capsys):
     assert "--fast (fused cells, CUDA graphs, NHWC) is for the image spaces" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown settings layers: .* of the darts-rnn space; valid: .*hidden_size"):
         dnas.search(space="darts-rnn", dataset="ptb", data=ptb, layers=5, run_dir=tmp_path / "r", progress=False)
-    with pytest.raises(ValueError, match="method fair-darts: its selection 'threshold' works on the darts and nb201 "
-                                         "space only, not on darts-rnn"):  # it may keep no edge of a node
+    with pytest.raises(ValueError, match="method fair-darts: its selection part 'threshold' works on the darts and "
+                                         "nb201 spaces only, not on darts-rnn"):  # it may keep no edge of a node
         dnas.search(space="darts-rnn", method="fair-darts", dataset="ptb", data=ptb, run_dir=tmp_path / "f")
     assert not (tmp_path / "f").exists()
-    with pytest.raises(ValueError, match="method pc-darts: its edge 'partial_channel' works on the darts and nb201 "
-                                         "space only, not on darts-rnn"):
+    with pytest.raises(ValueError, match="method pc-darts: its edge part 'partial_channel' works on the darts and "
+                                         "nb201 spaces only, not on darts-rnn"):
         dnas.search(space="darts-rnn", method="pc-darts", dataset="ptb", data=ptb, run_dir=tmp_path / "p")
     with pytest.raises(ValueError, match="edge 'sum'"):
         SPACES.get("darts-rnn")(vocab_size=10, emb_size=4, hidden_size=4,

@@ -118,7 +118,15 @@ class Method:
         return registry.build(spec, **extra)
 
     def build_parts(self) -> Parts:
-        return Parts(**{kind: self.build(kind) for kind in DEFAULT_PARTS if kind not in RUN_PARTS})
+        parts = Parts(**{kind: self.build(kind) for kind in DEFAULT_PARTS if kind not in RUN_PARTS})
+        missing = [f"{name}(alpha)" for name in ("weights", "strengths")
+                   if not callable(getattr(parts.relaxation, name, None))]
+        if missing:
+            raise ValueError(f"method {self.name}: its relaxation {type(parts.relaxation).__name__} has no "
+                             f"{' and no '.join(missing)}: a relaxation gives the op weights of the training steps "
+                             f"(weights) and those the selection reads and evaluation weighs by (strengths); "
+                             f"docs/adding-a-method.md")
+        return parts
 
     def space_options(self, space: str | None = None) -> dict[str, Any]:
         """The recipe's options of the search space ``space`` (None: the recipe's own): on its own space all
@@ -141,8 +149,8 @@ class Method:
                     continue
                 spaces = getattr(tables[kind].get(name), "spaces", None)  # the supernets have none
                 if space is not None and spaces is not None and space not in spaces:
-                    raise ValueError(f"method {self.name}: its {kind} {name!r} works on the {' and '.join(spaces)} "
-                                     f"space only, not on {space}")
+                    raise ValueError(f"method {self.name}: its {kind} part {name!r} works on the "
+                                     f"{' and '.join(spaces)} space{'s' * (len(spaces) > 1)} only, not on {space}")
 
     @classmethod
     def from_toml(cls, text: str, origin: str) -> "Method":

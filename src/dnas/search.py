@@ -682,9 +682,11 @@ def search(
     known = {k: v for k, v in settings.items() if k in config_fields}
     space_options = {**recipe.space_options(space), **known.pop("space_options", {}),
                      **{k: v for k, v in settings.items() if k not in config_fields}}
-    unknown_recipe = set(recipe.config) - config_fields
+    unknown_recipe = sorted(set(recipe.config) - config_fields)
     if unknown_recipe:
-        raise ValueError(f"recipe {recipe.name} sets unknown settings {sorted(unknown_recipe)}")
+        near = lambda k: f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, config_fields, 1)) else ""
+        raise ValueError(f"recipe {recipe.name}: unknown settings in its [config]: "
+                         f"{', '.join(k + near(k) for k in unknown_recipe)}; valid: {', '.join(sorted(config_fields))}")
     if recipe.part("schedule") is not None and "layers" in space_options:  # P-DARTS
         raise ValueError(f"{recipe.name} sets the cells of each stage (its schedule's layers, "
                          f"{list(recipe.build('schedule').layers)}), so layers (--layers) does not apply; a recipe of "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from ..data import CORPORA, DATASETS
 from ..methods import builtin_methods, get_method
@@ -31,6 +32,9 @@ def run_search(args: argparse.Namespace) -> None:
         method = get_method(args.method)
         space = SPACES.get(args.space or method.part("space"))
         depth = getattr(space, "depth_option", "layers")  # --layers: NAS-Bench-201's cells per stage
+        if args.hidden_size is not None and "hidden_size" not in inspect.signature(space).parameters:
+            raise ValueError(f"--hidden-size is the recurrent space's (--space darts-rnn); the "
+                             f"{args.space or method.part('space')} space's width is --init-channels")
         settings = {k: v for k, v in {
             "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
             "device": args.device, "subset": args.subset, "cutout": args.cutout,

@@ -215,7 +215,13 @@ class DartsSupernet(Supernet):
         for t, s in self.strengths().items():
             kept, start, present = [], 0, {0, 1}
             for node in range(2, 2 + self.nodes):
-                edges = [(op, j) for op, j in selection(s[start : start + node], ops) if j in present]
+                chosen = selection(s[start : start + node], ops)
+                for op, j in chosen:
+                    if op not in ops or op == "none" or not isinstance(j, int) or not 0 <= j < node:
+                        raise ValueError(f"selection {type(selection).__name__} chose {(op, j)} for node {node}: a "
+                                         f"selection returns (op, input) pairs of the space's ops but none and of "
+                                         f"the node's inputs, 0 to {node - 1}")
+                edges = [(op, j) for op, j in chosen if j in present]
                 present |= {node} if edges else set()
                 kept.append(edges)
                 start += node
