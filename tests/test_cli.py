@@ -10,6 +10,7 @@ import pytest
 
 import dnas
 from dnas.cli import evaluate, main
+from dnas.report import load_run
 
 TINY = ["--dataset", "fashion-mnist", "--subset", "128", "--batch-size", "16", "--layers", "3",
         "--init-channels", "4", "--nodes", "2", "-q"]
@@ -139,6 +140,26 @@ def test_import_brings_a_users_op_to_every_command(fashion_mnist_root, tmp_path,
     assert main(["show", str(run), "--import", str(tmp_path / "my_ops_for_dnas.py"), "-o", picture]) == 0
     assert main(["--import", "no_such_module_here", "methods"]) == 2
     assert "--import no_such_module_here: no module 'no_such_module_here' in " in capsys.readouterr().err
+
+
+def test_info_and_report_size_a_search_run_by_the_images_it_read(tmp_path, capsys):
+    """An image folder of 1 x 32 x 24 images and 3 classes: the search's config.json says so, and dnas info
+    sizes the network (and the report its cost) on them, not on CIFAR-10's."""
+    from PIL import Image
+
+    for c in ("a", "b", "c"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(8):
+            Image.new("L", (24, 32), 30 * i).save(tmp_path / "imgs" / c / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["search", "--dataset", "image-folder", "--data", str(tmp_path / "imgs"), "--epochs", "1",
+                 "--run-dir", str(run), *TINY[4:]]) == 0  # (not its --dataset and --subset)
+    assert "darts-v1 on image-folder (24 training images of 3 classes, 1x32x24)" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["data"] == {
+        "images": 24, "num_classes": 3, "channels": 1, "image_size": [32, 24], "classes": ["a", "b", "c"]}
+    assert main(["info", "--genotype", str(run), "-o", str(tmp_path / "c.png")]) == 0
+    assert "3 classes, input 1x32x24" in capsys.readouterr().out
+    assert load_run(run).images == (1, 32, 24, 3)  # the report's cost of each epoch's cell is measured on them
 
 
 def test_methods_lists_recipes_with_papers():

@@ -164,7 +164,8 @@ def test_tensorboard_events_hold_the_scalars_and_images_of_every_epoch(darts_run
                      ("search/parameter_free_normal", "parameter_free_normal")]:
         logged = [(e.step, e.value) for e in events.Scalars(tag)]
         assert logged == [(m["epoch"], pytest.approx(m[key])) for m in metrics]
-    params = report.derived_cost(metrics[-1]["genotype"], "fashion-mnist").params
+    assert report.load_run(darts_run).images == (1, 28, 28, 10)  # what the search read, from its config.json
+    params = report.derived_cost(metrics[-1]["genotype"], (1, 28, 28, 10)).params
     assert events.Scalars("cost/params_M")[-1].value == pytest.approx(params / 1e6)
     for tag in ("alphas", "cells"):
         logged = events.Images(tag)

@@ -65,6 +65,12 @@ class SearchRun:
     method: dict[str, Any]
     metrics: list[dict[str, Any]]
     alphas: list[dict[str, Any]]
+    data: dict[str, Any] | None = None  # what the search read of its data (config.json's "data"; older runs none)
+
+    @property
+    def images(self) -> tuple[int, int, int, int]:
+        """(channels, height, width, classes) of the images the run searched on."""
+        return images_of(self.config["dataset"], self.data)
 
     @property
     def name(self) -> str:
@@ -113,8 +119,8 @@ class SearchRun:
         genotypes = sorted({m["genotype"] for m in self.metrics})
         for g in tqdm(genotypes, desc=f"cost of the derived networks of {self.name}", unit="genotype",
                       disable=not progress, leave=False):
-            derived_cost(g, self.config["dataset"])
-        return [{**m, **cost_fields(derived_cost(m["genotype"], self.config["dataset"]))} for m in self.metrics]
+            derived_cost(g, self.images)
+        return [{**m, **cost_fields(derived_cost(m["genotype"], self.images))} for m in self.metrics]
 
 
 def load_run(path: str | os.PathLike) -> SearchRun:
@@ -134,7 +140,8 @@ def load_run(path: str | os.PathLike) -> SearchRun:
     metrics = read_jsonl(path / "metrics.jsonl")
     if not metrics:
         raise RunError(f"{path} has not completed an epoch yet (metrics.jsonl is missing or empty)")
-    return SearchRun(path, saved["config"], saved["method"], metrics, read_jsonl(path / "alphas.jsonl"))
+    return SearchRun(path, saved["config"], saved["method"], metrics, read_jsonl(path / "alphas.jsonl"),
+                     saved.get("data"))
 
 
 # -- the cost of a derived network -------------------------------------------------------------------------
@@ -142,18 +149,28 @@ def load_run(path: str | os.PathLike) -> SearchRun:
 COST_NETWORK = "the DARTS CIFAR network (20 cells, 36 channels, no auxiliary head)"
 
 
+def images_of(dataset: str, data: dict[str, Any] | None) -> tuple[int, int, int, int]:
+    """(channels, height, width, classes) of a run's images: what it recorded of its data, else those of a
+    data set of known shape, else CIFAR-10's."""
+    if data and "image_size" in data:
+        return data["channels"], *data["image_size"], data["num_classes"]
+    channels, side, classes = IMAGE_SHAPES.get(dataset, IMAGE_SHAPES["cifar10"])
+    return channels, side, side, classes
+
+
 @cache
-def derived_cost(genotype: str, dataset: str) -> Cost | None:
-    """Params and mult-adds of the network a DARTS genotype (text form) is evaluated as, on ``dataset``'s
-    images; None for a genotype of another space. The network is built on the meta device: shapes only, no
-    weights initialised and no arithmetic done, so counting costs a fraction of a second."""
+def derived_cost(genotype: str, images: tuple[int, int, int, int]) -> Cost | None:
+    """Params and mult-adds of the network a DARTS genotype (text form) is evaluated as, on ``images``
+    (channels, height, width, classes: ``images_of``); None for a genotype of another space. The network is
+    built on the meta device: shapes only, no weights initialised and no arithmetic done, so counting costs a
+    fraction of a second."""
     g = parse_genotype(genotype)
     if not isinstance(g, Genotype):
         return None
-    channels, side, classes = IMAGE_SHAPES.get(dataset, IMAGE_SHAPES["cifar10"])
+    channels, height, width, classes = images
     with torch.device("meta"):
         network = NetworkCIFAR(g, num_classes=classes, in_channels=channels, auxiliary=False)
-    return cost(network, (channels, side, side))
+    return cost(network, (channels, height, width))
 
 
 def cost_fields(c: Cost | None) -> dict[str, float]:
@@ -378,10 +395,11 @@ def build_report(runs: list[SearchRun], progress: bool = True) -> list[tuple[str
                           "after each epoch; the table is the last epoch's."),
             Block("table", (["run", *NB201_DATASETS], truth)),
             *lines("nb201", "true test accuracy of the derived cell per epoch")]))
-    costed = [(label, derived_cost(str(run.genotype()), run.config["dataset"])) for label, run in zip(labels, runs)]
+    costed = [(label, derived_cost(str(run.genotype()), run.images)) for label, run in zip(labels, runs)]
     if any(c for _, c in costed):
         sections.append(("Cost of the derived network", [
-            Block("text", f"Measured as {COST_NETWORK}, on the run's data set's images (CIFAR-10's where unknown)."),
+            Block("text", f"Measured as {COST_NETWORK}, on the images the run searched on (CIFAR-10's where its "
+                          f"config.json does not say)."),
             Block("table", (["run", "params", "mult-adds per image"], [
                 [label, f"{c.params / 1e6:.3f}M ({c.params:,})", f"{c.mult_adds / 1e6:.1f}M ({c.mult_adds:,})"]
                 for label, c in costed if c])),
@@ -542,20 +560,20 @@ class TensorBoardLog:
     the derived cells as a picture, one step per epoch. ``purge_step``: the first epoch to (re)write; TensorBoard
     hides the events an interrupted run wrote from there on."""
 
-    def __init__(self, run_dir: str | os.PathLike, dataset: str, purge_step: int | None = None):
+    def __init__(self, run_dir: str | os.PathLike, images: tuple[int, int, int, int], purge_step: int | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise TensorBoardNotFound("TensorBoard logging needs the tensorboard package: pip install tensorboard "
                                       "(or pip install 'dnas[tensorboard]')") from None
         self.writer = SummaryWriter(os.fspath(run_dir), purge_step=purge_step)
-        self.dataset = dataset
+        self.images = images  # the derived network's cost is measured on (``images_of``)
         self.draw_cells = True  # until dot turns out to be missing
 
     def write(self, metrics: dict[str, Any], alphas: dict[str, Any]) -> None:
         """Log one epoch from its metrics.jsonl and alphas.jsonl lines."""
         step = metrics["epoch"]
-        row = {**metrics, **cost_fields(derived_cost(metrics["genotype"], self.dataset))}
+        row = {**metrics, **cost_fields(derived_cost(metrics["genotype"], self.images))}
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(_tag(key), value, step)
@@ -579,7 +597,7 @@ def write_tensorboard(run: str | os.PathLike | SearchRun, progress: bool = True)
     """Log a finished (or interrupted) run to TensorBoard after the fact, replacing events it has; returns the
     run directory, TensorBoard's log directory."""
     run = run if isinstance(run, SearchRun) else load_run(run)
-    log = TensorBoardLog(run.path, run.config["dataset"], purge_step=1)
+    log = TensorBoardLog(run.path, run.images, purge_step=1)
     for metrics, alphas in tqdm(list(zip(run.metrics, run.alphas)), desc="tensorboard", unit="epoch",
                                 disable=not progress, leave=False):
         log.write(metrics, alphas)

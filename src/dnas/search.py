@@ -196,6 +196,8 @@ class Search:
                                     relaxation=self.parts.relaxation, edge=self.parts.edge
                                     ).to(self.device, memory_format=layout)
         self.model.check_image_size(data.image_size)
+        self.data = {"images": len(y), "num_classes": data.num_classes, "channels": data.channels,
+                     "image_size": list(data.image_size), "classes": data.classes}  # what was read, for config.json
         self.data_line = (f"{len(y):,} training images of {data.num_classes} classes, "
                           f"{data.channels}x{data.image_size[0]}x{data.image_size[1]}")
         self.w_optimizer, self.a_optimizer = optimizers(self.model, config)
@@ -300,11 +302,11 @@ class Search:
     def _run(self, progress: bool) -> SearchResult:
         log = None
         if self.config.tensorboard:  # first, so that a missing tensorboard package fails before any work
-            from .report import TensorBoardLog
-            log = TensorBoardLog(self.run_dir, self.config.dataset, purge_step=self.epoch + 1)
+            from .report import TensorBoardLog, images_of
+            log = TensorBoardLog(self.run_dir, images_of(self.config.dataset, self.data), purge_step=self.epoch + 1)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_json("config.json", {"config": dataclasses.asdict(self.config),
-                                         "method": dataclasses.asdict(self.method)})
+                                         "method": dataclasses.asdict(self.method), "data": self.data})
         print(self.describe(), flush=True)
         started = time.time()
         first_epoch = self.epoch

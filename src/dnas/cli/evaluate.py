@@ -39,26 +39,29 @@ def run_info(args: argparse.Namespace) -> None:
     config = trained.get("config", {}) if args.network in (None, trained.get("config", {}).get("network")) else {}
     network_name = args.network or config.get("network", "cifar")
     network = NETWORKS.get(network_name)
-    # the images of --dataset, else a training run's, else, for the CIFAR network, of the data set a run
-    # directory's genotype was searched on (a cell moved to ImageNet keeps that network's 224 x 224 images)
-    dataset = args.dataset or (saved.get("config", {}).get("dataset") if network_name == "cifar" else None)
+    # the images of --dataset, else a training run's, else, for the CIFAR network, those a run directory's
+    # genotype was searched on (a cell moved to ImageNet keeps that network's 224 x 224 images)
+    own = not args.dataset and (bool(config) if trained else network_name == "cifar")
+    dataset = args.dataset or (saved.get("config", {}).get("dataset") if own else None)
     in_channels, side, classes = IMAGE_SHAPES.get(dataset, (3, None, None))
-    if config and not args.dataset:
-        data = trained["data"]
-        in_channels, side, classes = data["channels"], data["image_size"][0], data["num_classes"]
-    in_channels, size = args.in_channels or in_channels, args.image_size or side or network.image_size
+    size = (side, side) if side else (network.image_size,) * 2
+    if own and "image_size" in saved.get("data", {}):  # what the run read (older search runs did not say)
+        data = saved["data"]
+        in_channels, size, classes = data["channels"], tuple(data["image_size"]), data["num_classes"]
+    in_channels = args.in_channels or in_channels
+    size = (args.image_size,) * 2 if args.image_size else size
     options = {"C": args.init_channels or config.get("C"), "layers": args.layers or config.get("layers"),
                "num_classes": args.num_classes or classes}
     options = {k: v for k, v in options.items() if v is not None}
     model = network(genotype, in_channels=in_channels, **options)
-    check_fits(model, in_channels, (size, size))
+    check_fits(model, in_channels, size)
     entry = ZOO.get(name)
     published = entry is not None and entry.genotype == genotype
     print(f"genotype: {name}" + (f"  ({entry.paper}, arXiv {entry.arxiv})" if published else ""))
     print(genotype)
     print(f"network: {network_name}, {len(model.cells)} cells, {model.classifier.out_features} classes, "
-          f"input {in_channels}x{size}x{size}")
-    c = cost(model, (in_channels, size, size))
+          f"input {in_channels}x{size[0]}x{size[1]}")
+    c = cost(model, (in_channels, *size))
     print(f"params: {c.params / 1e6:.3f}M ({c.params:,}; auxiliary head excluded)")
     print(f"mult-adds: {c.mult_adds / 1e6:.1f}M per image ({c.mult_adds:,})")
     print_cells(genotype, name, args.output)

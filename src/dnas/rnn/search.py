@@ -67,6 +67,7 @@ class RNNSearch(Search):
                              f"constant, takes the corpus's own splits and has no images; leave them off")
         corpus = load_corpus(c.dataset, c.data)
         train, valid = corpus.train[: c.subset], corpus.valid[: c.subset]
+        self.data = {"tokens": len(train), "vocab_size": corpus.vocab_size}  # what was read, for config.json
         self.data_line = f"{len(train):,} training tokens, a vocabulary of {corpus.vocab_size:,}"
         self.train_data = batchify(train, c.batch_size).to(self.device)
         self.search_data = batchify(valid, c.batch_size).to(self.device)  # the architecture's steps
