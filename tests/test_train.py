@@ -305,6 +305,17 @@ def test_a_dataset_without_test_images_is_refused(tmp_path):
         dnas.train("DARTS_V2", "image-folder", data=tmp_path / "imgs", run_dir=tmp_path / "r", progress=False)
 
 
+def test_a_search_runs_genotype_trains_on_the_data_it_was_searched_on(fashion_mnist_root, tmp_path):
+    search = dnas.search(method="darts-v1", dataset="fashion-mnist", data=fashion_mnist_root, epochs=1, C=4,
+                         layers=3, nodes=2, subset=64, batch_size=16, run_dir=tmp_path / "s", progress=False)
+    run = dnas.train(str(search.run_dir), epochs=1, C=4, layers=3, subset=32, test_subset=32, auxiliary=False,
+                     batch_size=16, run_dir=tmp_path / "t", progress=False).run_dir
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert (config["dataset"], config["data"]) == ("fashion-mnist", str(fashion_mnist_root))
+    with pytest.raises(ValueError, match="epochs must be >= 1"):  # the text form, too long a name for a path
+        dnas.train(str(dnas.published("DARTS_V2")), run_dir=tmp_path / "x", epochs=0)
+
+
 def test_a_run_is_tested_only_on_its_own_classes_and_says_what_it_tested_on(tmp_path):
     """The network's outputs are the run's classes in their order: a folder of other class names is refused;
     images of another size are tested with a warning; the report names the folder."""
@@ -319,7 +330,7 @@ def test_a_run_is_tested_only_on_its_own_classes_and_says_what_it_tested_on(tmp_
         return root
 
     run = dnas.train("DARTS_V2", "image-folder", data=folder(tmp_path / "ab", "ab", 8), epochs=1, C=4, layers=3,
-                     auxiliary=False, batch_size=4, run_dir=tmp_path / "r", progress=False).run_dir
+                     auxiliary=False, cutout=0, batch_size=4, run_dir=tmp_path / "r", progress=False).run_dir
     with pytest.raises(ValueError, match="image-folder's classes are a, z; the run's network outputs a, b, in that "
                                          "order"):
         dnas.evaluate_run(run, data=folder(tmp_path / "az", "az", 8), progress=False)

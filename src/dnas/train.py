@@ -294,8 +294,9 @@ def train(
 ) -> TrainResult:
     """Train the network of ``genotype`` from scratch; return its run directory, metrics and cost.
 
-    ``genotype`` is a Genotype, a zoo name (``dnas zoo``), a genotype file, a search run directory or the
-    DARTS text form. ``settings`` are fields of ``TrainConfig`` (epochs, batch_size, data, cutout, ...);
+    ``genotype`` is a Genotype, a zoo name (``dnas zoo``), a genotype file, a search run directory (whose data
+    set and folder are the default ``dataset`` and ``data``) or the DARTS text form. ``settings`` are fields of
+    ``TrainConfig`` (epochs, batch_size, data, cutout, ...);
     ``network="imagenet"`` starts from the DARTS ImageNet settings. ``resume`` continues the run in that
     directory from its last checkpoint, with its saved settings (only ``device`` may change). A recurrent
     genotype (DARTS_RNN_V2, ...) trains a language model on a text corpus instead (``dnas.rnn.train``).
@@ -307,9 +308,12 @@ def train(
     if is_lm_job(genotype, resume):
         return train_lm(genotype, dataset, run_dir=run_dir, runs_root=runs_root, resume=resume, progress=progress,
                         **settings)
-    dataset = dataset or TrainConfig.dataset
     if resume is not None:
         return _resume(Path(resume), progress, **settings)
+    searched = {} if dataset is not None else _searched_on(genotype)
+    dataset = dataset or searched.get("dataset") or TrainConfig.dataset
+    if searched.get("data") and settings.get("data") is None:
+        settings["data"] = searched["data"]
     if genotype is None:
         raise ValueError("give the genotype to train (a zoo name, a genotype file, a run directory or the "
                          "text form), or resume= a training run directory")
@@ -341,6 +345,18 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
     if "genotype" not in saved or "data" not in saved:
         raise FileNotFoundError(f"{run_dir} is not a dnas training run (no config.json with a genotype in it)")
     return saved
+
+
+def _searched_on(genotype) -> dict[str, Any]:
+    """The data set and data folder of a search run directory given as the genotype; {} for any other."""
+    path = Path(genotype).expanduser() / "config.json" if isinstance(genotype, (str, os.PathLike)) else None
+    try:
+        if path is None or not path.is_file():
+            return {}
+    except OSError:  # the text form of a genotype, too long a name for a path
+        return {}
+    saved = checkpoint.read_config(path)
+    return {k: saved["config"].get(k) for k in ("dataset", "data")} if "method" in saved else {}
 
 
 def _resume(run_dir: Path, progress: bool, **settings: Any) -> TrainResult:

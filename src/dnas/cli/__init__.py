@@ -99,7 +99,9 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser, whose usage lists its options
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     main_thread = threading.current_thread() is threading.main_thread()  # where Python takes signals
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     formatwarning, warnings.formatwarning = warnings.formatwarning, _format_warning

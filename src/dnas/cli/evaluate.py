@@ -281,7 +281,8 @@ def register(sub) -> None:
     s.add_argument("--data", help="data folder (default: the run's)")
     s.add_argument("--weights", help="last (default; language models: best), best, or a .pt file of the weights")
     s.add_argument("--batch-size", type=int, help="default: the run's")
-    s.add_argument("--subset", type=int, help="test on N test images only (quick checks; a fixed random sample); "
+    s.add_argument("--subset", type=int, help="test on N test images only (quick checks; a fixed random sample; "
+                                              "default: all, where the run's epochs may have tested a sample); "
                                               "a language model: the first N tokens of the valid and test text")
     s.add_argument("--device", help="default: cuda when present, else cpu")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
