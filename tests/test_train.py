@@ -248,7 +248,7 @@ def test_resume_refuses_changed_settings_and_foreign_folders(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match="is a search run \\(dnas search\\), not a training run: train its "
                                                 "genotype with dnas train --genotype"):
         load_run(tmp_path / "search")
-    with pytest.raises(ValueError, match="only device may change"):
+    with pytest.raises(ValueError, match="only device, data may change"):
         dnas.train(resume=trained.run_dir, epochs=5)
 
 
