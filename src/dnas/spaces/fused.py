@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -448,9 +449,14 @@ def _first_node(partial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | Non
 
 
 def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
-    if not all(type(e) in (MixedEdge, PartialChannelEdge, AuxiliarySkipEdge) for e in cell.edges):
-        return None
-    if any(type(e) is AuxiliarySkipEdge and type(e.mixed) is not MixedEdge for e in cell.edges):
+    known = (MixedEdge, PartialChannelEdge, AuxiliarySkipEdge)
+    other = {type(e) for e in cell.edges} - set(known)
+    other |= {type(e.mixed) for e in cell.edges  # DARTS-'s beta edge around an edge of another class
+              if type(e) is AuxiliarySkipEdge and type(e.mixed) is not MixedEdge}
+    if other:  # (a warning is shown once for each message)
+        warnings.warn(f"fused cells: edges of {', '.join(sorted(c.__name__ for c in other))} are not of a class the "
+                      f"fused path batches ({', '.join(c.__name__ for c in known)}), so their cells run their "
+                      f"readable forward: the same result, without the speed", stacklevel=2)
         return None
     inputs, n = topology.inputs, topology.nodes
     offset = [inputs * i + i * (i - 1) // 2 for i in range(n)]  # first edge into node i
