@@ -290,8 +290,7 @@ class Search:
                                     (f"{c.side_streams} side streams", c.side_streams and gpu)) if on]
         resumed = f" resumed after epoch {self.epoch} of {c.epochs}," if self.epoch else ""
         return (f"{self.method.name} on {c.dataset} ({self.data_line}), {c.epochs} epoch{'s' * (c.epochs != 1)},"
-                f"{resumed} on "
-                f"{self.device} ({', '.join([*ways, c.precision])}): {self.run_dir}")
+                f"{resumed} on {self.device} ({', '.join([*ways, c.precision])}): {self.run_dir}")
 
     @property
     def eval_precision(self) -> str:
