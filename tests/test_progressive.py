@@ -1,5 +1,6 @@
 """P-DARTS: op-space pruning between stages, skip dropout, the skip limit, and a real staged run that resumes."""
 import json
+import math
 
 import pytest
 import torch
@@ -20,8 +21,9 @@ def test_paper_settings_are_pinned():
     schedule = m.build("schedule")
     assert (schedule.layers, schedule.keep, schedule.skip_dropout, schedule.max_skips) == (
         (5, 11, 17), (5, 3, 1), (0.1, 0.4, 0.7), 2)
-    assert {k: m.config[k] for k in ("epochs", "arch_warmup_epochs", "batch_size", "arch_lr", "lr_min")} == {
-        "epochs": 25, "arch_warmup_epochs": 10, "batch_size": 96, "arch_lr": 6e-4, "lr_min": 0.0}
+    assert {k: m.config[k] for k in ("epochs", "arch_warmup_epochs", "batch_size", "arch_lr", "lr_min",
+                                     "arch_grad_clip")} == {
+        "epochs": 25, "arch_warmup_epochs": 10, "batch_size": 96, "arch_lr": 6e-4, "lr_min": 0.0, "arch_grad_clip": 5.0}
 
 
 def test_pruning_keeps_the_strongest_live_ops_and_drops_none_at_the_end():
@@ -48,6 +50,10 @@ def test_the_final_normal_cell_holds_at_most_two_skips():
 def test_skip_dropout_decays_within_a_stage_and_touches_only_the_skip():
     part = SkipDropout(rate=0.4)
     assert [part.on_epoch_start(e, 4)["skip_dropout"] for e in range(4)] == pytest.approx([0.3, 0.2, 0.1, 0.0])
+    # as the P-DARTS code: linear while only the weights train, then 0.4 exp(-0.2 (epoch - warm-up))
+    staged = SkipDropout(rate=0.4, warmup=2)
+    assert [staged.on_epoch_start(e, 5)["skip_dropout"] for e in range(5)] == pytest.approx(
+        [0.32, 0.24, 0.4, 0.4 * math.exp(-0.2), 0.4 * math.exp(-0.4)])
     part.on_epoch_start(0, 2)  # rate 0.2
     edge = part(4, 1, lambda C, s: candidate_ops(("skip_connect", "max_pool_3x3"), C, s)).train()
     x = torch.ones(2, 4, 8, 8)
@@ -98,7 +104,7 @@ def test_a_staged_run_prunes_between_stages_and_resumes_where_it_stopped(fashion
     config2 = json.loads((run / "stage-2" / "config.json").read_text())
     assert config2["config"]["space_options"]["layers"] == 4
     assert torch.equal(torch.tensor(config2["config"]["space_options"]["op_mask"]["normal"]), stage1_mask)
-    assert config2["method"]["parts"]["edge"] == {"name": "skip_dropout", "rate": 0.4}
+    assert config2["method"]["parts"]["edge"] == {"name": "skip_dropout", "rate": 0.4, "warmup": 0}
     # each normal edge of the genotype uses its one op left, never none
     final = torch.tensor(stages[1]["op_mask"]["normal"])
     assert (final.sum(-1) == 1).all() and not final[:, 0].any()

@@ -62,6 +62,9 @@ def test_paper_settings_are_pinned():
     assert (snas.tau_range, snas.schedule) == ((1.0, 0.03), "linear")
     noisy = m["noisy-darts"].build("edge")
     assert (noisy.factor, noisy.mean) == (0.2, 0.0)
+    assert m["noisy-darts"].config == {"batch_size": 128, "lr": 0.05}  # its code's
+    fair = m["fair-darts"].config
+    assert (fair["batch_size"], fair["lr"], fair["arch_lr"], fair["arch_betas"]) == (128, 0.005, 3e-3, [0.9, 0.999])
     beta = m["beta-darts"].build("regularizers")[0]
     assert [beta.on_epoch_start(e, 50)["beta_decay_weight"] for e in (0, 1, 49)] == pytest.approx([0.0, 0.5, 24.5])
     assert beta.on_epoch_start(9, 10)["beta_decay_weight"] == pytest.approx(4.5)  # 0.5 per epoch, any length
@@ -130,5 +133,6 @@ def test_a_recipe_setting_of_another_name_lists_the_valid_ones(tmp_path):
     recipe = tmp_path / "typo.toml"
     recipe.write_text('name = "typo"\n[config]\narch_learning_rate = 1e-3\nbatch_sise = 8\n')
     with pytest.raises(ValueError, match=r"recipe typo: unknown settings in its \[config\]: arch_learning_rate, "
-                                         r"batch_sise \(did you mean batch_size\?\); valid: arch_betas, arch_lr, "):
+                                         r"batch_sise \(did you mean batch_size\?\); valid: arch_betas, "
+                                         r"arch_grad_clip, arch_lr, "):
         dnas.search(method=str(recipe), dataset="fashion-mnist", run_dir=tmp_path / "r", progress=False)

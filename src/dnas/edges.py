@@ -10,6 +10,8 @@ returns the edge module; it may schedule itself with ``on_epoch_start(epoch, epo
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Mapping
 
 import torch
@@ -187,13 +189,15 @@ class ScheduledDropout(nn.Module):
 @EDGES.register("skip_dropout")
 class SkipDropout:
     """P-DARTS search regularisation (Chen et al., ICCV 2019, Sec. 3.3): dropout after the skip connection
-    of every edge, so that the parameter-free skip cannot win on its fast early gradients; the rate decays
-    from ``rate`` over the search, rate * (epochs - epoch - 1) / epochs as in its code (0 in the last epoch)."""
+    of every edge, so that the parameter-free skip cannot win on its fast early gradients. The rate decays as
+    in its code (chenxin061/pdarts train_search.py): during the ``warmup`` epochs of weight steps only,
+    rate * (epochs - epoch - 1) / epochs; from the first epoch that moves the alphas, rate * exp(-decay
+    (epoch - warmup)), decay 0.2. ``warmup`` None: the first form over the whole search."""
 
     spaces = CONVOLUTIONAL  # it changes the edges' convolutional ops
 
-    def __init__(self, rate: float = 0.0):
-        self.initial, self.rate = rate, rate
+    def __init__(self, rate: float = 0.0, warmup: int | None = None, decay: float = 0.2):
+        self.initial, self.rate, self.warmup, self.decay = rate, rate, warmup, decay
 
     def __call__(self, C, stride, candidates):
         ops = candidates(C, stride)
@@ -202,5 +206,8 @@ class SkipDropout:
         return MixedEdge(ops)
 
     def on_epoch_start(self, epoch, epochs):
-        self.rate = self.initial * (epochs - epoch - 1) / epochs
+        if self.warmup is None or epoch < self.warmup:
+            self.rate = self.initial * (epochs - epoch - 1) / epochs
+        else:
+            self.rate = self.initial * math.exp(-self.decay * (epoch - self.warmup))
         return {"skip_dropout": self.rate}

@@ -34,7 +34,8 @@ class EpsilonSchedule:
         self.epsilon = self.epsilon_range[0]
 
     def on_epoch_start(self, epoch, epochs):
-        self.epsilon = interpolate(*self.epsilon_range, epoch, epochs, self.shape)
+        # SDARTS's 0.03 + (eps_max - 0.03) * epoch / epochs: reaches the maximum one epoch after the last
+        self.epsilon = interpolate(*self.epsilon_range, epoch, epochs + 1, self.shape)
         return {"perturbation_epsilon": self.epsilon}
 
 

@@ -139,7 +139,9 @@ class ProgressiveSearch:
             return
         schedule = self.schedule
         method = dataclasses.replace(self.method, parts={
-            **self.method.parts, "schedule": None, "edge": {"name": "skip_dropout", "rate": schedule.skip_dropout[k]}})
+            **self.method.parts, "schedule": None,
+            "edge": {"name": "skip_dropout", "rate": schedule.skip_dropout[k],
+                     "warmup": self.config.arch_warmup_epochs}})
         options = {**self.config.space_options, "layers": schedule.layers[k], **({"op_mask": mask} if mask else {})}
         search = Search(dataclasses.replace(self.config, space_options=options), stage_dir, method)
         if (stage_dir / "checkpoint.pt").exists():

@@ -73,6 +73,7 @@ class SearchConfig:
     arch_lr: float = 3e-4
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
+    arch_grad_clip: float | None = None  # the norm the alphas' gradient is clipped to (P-DARTS's code: 5); None: none
     train_portion: float = 0.5
     arch_warmup_epochs: int = 0  # epochs of weight steps only before alpha moves (PC-DARTS, P-DARTS)
     cutout: int = 0  # cutout length; 0 = off (the DARTS search uses none)
@@ -94,6 +95,8 @@ class SearchConfig:
         check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, side_streams=0,
                        arch_warmup_epochs=0, lr_min=0, momentum=0, weight_decay=0, arch_weight_decay=0)
         check_positive(vars(self), "lr", "arch_lr", "grad_clip")
+        if self.arch_grad_clip is not None:
+            check_positive(vars(self), "arch_grad_clip")
         if not 0 < self.train_portion < 1:
             raise ValueError(f"train_portion is the share of the training images the weights train on, the rest "
                              f"the alphas', between 0 and 1; not {self.train_portion}")
@@ -223,7 +226,7 @@ class Search:
         timed = torch.backends.cudnn.benchmark and len(y) == len(val_y) == self.config.batch_size
         with precision(self.device.type, self.config.precision), cudnn_benchmark(timed):
             return bilevel_step(self.model, self.parts, self.a_optimizer, w_optimizer, (x, y), (val_x, val_y),
-                                self.config.grad_clip, update_arch)
+                                self.config.grad_clip, update_arch, self.config.arch_grad_clip)
 
     # -- epochs ---------------------------------------------------------------------------------------
     def train_epoch(self, progress: bool) -> dict[str, float]:
@@ -455,9 +458,10 @@ def optimizers(model, config: SearchConfig) -> tuple[torch.optim.SGD, torch.opti
 
 
 def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val_batch, grad_clip: float,
-                 update_arch: bool = True):
+                 update_arch: bool = True, arch_grad_clip: float | None = None):
     """One step of DARTS Algorithm 1: an architecture step on the validation batch (the method's
-    architecture gradient of L_val plus its regularisers), then a weight step on the training batch
+    architecture gradient of L_val plus its regularisers, clipped to ``arch_grad_clip`` if given), then a
+    weight step on the training batch
     (clipped to ``grad_clip``, at perturbed op weights if the method perturbs): of the weights ``w_optimizer``
     steps. Returns the training loss and the number of correct predictions.
 
@@ -473,6 +477,8 @@ def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val
 
         a_optimizer.zero_grad(set_to_none=True)
         parts.arch_grad(model, train_loss, val_loss, w_optimizer)
+        if arch_grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.arch_parameters(), arch_grad_clip)
         a_optimizer.step()
 
     model.weight_delta = parts.perturbation(model, train_loss) if parts.perturbation is not None else None

@@ -19,6 +19,7 @@ OPTIMISATION = {
     "grad_clip": ("5 [0.25]", "the norm the weights' gradient is clipped to"),
     "arch_lr": ("3e-4 [3e-3]", "the alphas' Adam learning rate"),
     "arch_weight_decay": ("1e-3", "the alphas' weight decay"),
+    "arch_grad_clip": ("none; P-DARTS 5", "the norm the alphas' gradient is clipped to"),
     "train_portion": ("0.5", "the share of the training images the weights train on; the alphas' is the rest"),
 }
 
