@@ -241,6 +241,15 @@ def test_adversarial_perturbation_increases_the_loss_and_stays_in_the_ball():
     assert attacked > clean and attacked > random
 
 
+def test_an_attack_that_does_not_raise_the_loss_perturbs_nothing():
+    """As the SDARTS code: where PGD ends below the unperturbed loss, the weight step runs unperturbed. Here a
+    loss that every perturbation lowers."""
+    model = supernet()
+    loss = lambda params=None: -sum((d ** 2).sum() for d in (model.weight_delta or {"none": torch.zeros(1)}).values())
+    deltas = Adversarial(epsilon=0.3, steps=3)(model, loss)
+    assert all(torch.equal(d, torch.zeros_like(d)) for d in deltas.values())
+
+
 # -- stopping ---------------------------------------------------------------------------------------------
 def test_skip_count_stops_at_two_skips():
     stop = SkipCount()

@@ -54,7 +54,8 @@ class RandomSmoothing(EpsilonSchedule):
 class Adversarial(EpsilonSchedule):
     """SDARTS-ADV (Eq. 6): the delta that maximises the training loss within the L_inf ball of radius
     epsilon, by ``steps`` of projected sign-gradient ascent of step 2 epsilon / steps from a random start,
-    with the supernet in evaluation mode (its BatchNorm statistics untouched), as the SDARTS code does."""
+    with the supernet in evaluation mode (its BatchNorm statistics untouched), as the SDARTS code does; as
+    it does too, no perturbation where the attack ended below the unperturbed loss (chosen on the device)."""
 
     def __init__(self, epsilon=(0.03, 0.3), steps: int = 7, shape="linear"):
         super().__init__(epsilon, shape)
@@ -66,6 +67,8 @@ class Adversarial(EpsilonSchedule):
         was_training = model.training
         model.eval()
         try:
+            with torch.no_grad():
+                before = train_loss()
             for _ in range(self.steps):
                 for d in deltas.values():
                     d.requires_grad_(True)
@@ -73,6 +76,10 @@ class Adversarial(EpsilonSchedule):
                 grads = torch.autograd.grad(train_loss(), list(deltas.values()))
                 deltas = {t: (d + 2 * eps / self.steps * g.sign()).clamp(-eps, eps).detach()
                           for (t, d), g in zip(deltas.items(), grads)}
+            model.weight_delta = deltas
+            with torch.no_grad():
+                raised = (train_loss() > before).to(before.dtype)
+            deltas = {t: d * raised for t, d in deltas.items()}
         finally:
             model.weight_delta = None
             model.train(was_training)
