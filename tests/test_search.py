@@ -243,6 +243,62 @@ def test_a_run_directory_takes_one_process_at_a_time(fashion_mnist_root, tmp_pat
     assert (run / "metrics.jsonl").read_text() == before
 
 
+def test_a_search_leaves_the_callers_torch_state_and_takes_home_paths(fashion_mnist_root, tmp_path, monkeypatch):
+    """Called under torch.no_grad() with float64 as the default dtype, a search runs as ever, and the caller's
+    random numbers, grad mode and dtype are theirs again after it; ~ in a path is the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    default = torch.get_default_dtype()
+    try:
+        with torch.no_grad():
+            torch.set_default_dtype(torch.float64)
+            result = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir="~/r", **TINY)
+            assert torch.get_default_dtype() == torch.float64 and not torch.is_grad_enabled()
+    finally:
+        torch.set_default_dtype(default)
+    assert torch.equal(torch.rand(3), expected)
+    assert result.run_dir == tmp_path / "r" and (tmp_path / "r" / "genotype.json").is_file()
+    assert dnas.Genotype.load("~/r/genotype.json") == result.genotype
+
+
+def test_a_run_resumed_in_another_environment_says_so(fashion_mnist_root, tmp_path):
+    """config.json records the versions, device and threads; float sums round by them, so a resume in a process
+    that differs warns that the run may not end exactly as an uninterrupted one."""
+    run = dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", **TINY).run_dir
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["environment"] == {"dnas": dnas.__version__, "torch": torch.__version__, "device": "cpu",
+                                    "threads": torch.get_num_threads()}
+    saved["environment"]["threads"] = 99
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.warns(UserWarning, match=r"goes on in another environment \(threads 99 -> \d+\): its float sums"):
+        dnas.search(resume=run, progress=False)
+
+
+def test_a_run_directory_takes_one_thread_of_a_process_at_a_time(tmp_path):
+    """Re-entrant within a thread (a resume locks, then runs); another thread is refused."""
+    import threading
+
+    from dnas.checkpoint import locked
+
+    seen = []
+
+    def other():
+        try:
+            with locked(tmp_path / "r"):
+                seen.append("entered")
+        except FileExistsError as e:
+            seen.append(str(e))
+
+    with locked(tmp_path / "r"), locked(tmp_path / "r"):
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert seen == [f"{tmp_path / 'r'} is in use by another run of this process (another thread); let it finish or "
+                    f"stop it first"]
+
+
 def test_a_training_run_stopped_before_its_first_epoch_is_started_anew_in_its_directory(fashion_mnist_root,
                                                                                         tmp_path, monkeypatch):
     """A training run writes its config and genotype before its first epoch: nothing a new run must keep."""

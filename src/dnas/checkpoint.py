@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import sys
+import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ def check_new_run_dir(run_dir: str | os.PathLike, command: str) -> None:
     before its first checkpoint (``BEFORE_FIRST_CHECKPOINT``; P-DARTS's stages too): such a run nothing can
     resume. Otherwise FileExistsError: continue the run there (``dnas {command} --resume``) or choose
     another directory."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()
     if run_dir.exists() and any(p.is_file() and not p.name.startswith(BEFORE_FIRST_CHECKPOINT)
                                 for p in run_dir.rglob("*")):
         raise FileExistsError(f"run directory {run_dir} is not empty; continue it with resume={str(run_dir)!r} "
@@ -74,22 +76,26 @@ def guarded_run(command: str) -> Callable:
     return decorate
 
 
-_held: set[Path] = set()  # the run directories this process holds the lock of
+_held: dict[Path, int] = {}  # the run directories this process holds the lock of -> the thread that holds it
 
 
 @contextlib.contextmanager
 def locked(run_dir: Path):
     """Holds ``run_dir``/.lock, an advisory lock the system drops when the process ends, however it ends: a
     second process on the same run directory (a --resume while the run goes on) is refused before it
-    touches a file, rather than appending epochs beside the first's. Re-entrant within a process (``resume``
-    locks before it reads the checkpoint, then runs). Without ``fcntl`` (Windows) there is no lock. A
+    touches a file, rather than appending epochs beside the first's. Re-entrant within a thread (``resume``
+    locks before it reads the checkpoint, then runs); another thread of the process is refused as another
+    process is. Without ``fcntl`` (Windows) there is no lock. A
     directory it made and the run left with nothing in it but the lock file (a run that failed before any
     work) is removed again."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()
     key = run_dir.resolve()
-    if key in _held:
+    if _held.get(key) == threading.get_ident():
         yield
         return
+    if key in _held:
+        raise FileExistsError(f"{run_dir} is in use by another run of this process (another thread); let it finish "
+                              f"or stop it first")
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -97,11 +103,11 @@ def locked(run_dir: Path):
             yield
         else:
             with _lock_file(run_dir):
-                _held.add(key)
+                _held[key] = threading.get_ident()
                 try:
                     yield
                 finally:
-                    _held.discard(key)
+                    del _held[key]
     finally:
         if made and {p.name for p in run_dir.iterdir()} <= {LOCK}:
             shutil.rmtree(run_dir)
@@ -138,10 +144,27 @@ def check_resume_settings(settings: dict[str, Any], allowed: tuple[str, ...] = (
 
 def resume(runner, progress: bool):
     """``runner.run(progress)`` after ``runner.load_checkpoint()``, both under its directory's lock: loading
-    trims the metrics to the checkpoint's epoch, which a second process must not do to a live run."""
+    trims the metrics to the checkpoint's epoch, which a second process must not do to a live run. Warns where
+    the process differs from the one that ran before (``environment``)."""
     with locked(runner.run_dir):
+        config = runner.run_dir / "config.json"
+        before = read_config(config).get("environment", {}) if config.is_file() else {}
+        now = environment(getattr(runner, "device", None))  # (P-DARTS's stages have their own)
+        changed = [f"{k} {before[k]} -> {now[k]}" for k in now if k in before and before[k] != now[k]]
+        if changed:
+            warnings.warn(f"{runner.run_dir} goes on in another environment ({', '.join(changed)}): its float "
+                          f"sums round otherwise, so it may not end exactly as an uninterrupted run", stacklevel=3)
         runner.load_checkpoint()
         return runner.run(progress)
+
+
+def environment(device=None) -> dict[str, Any]:
+    """What a run's float results depend on beside its settings and seed, recorded in its config.json: the
+    versions of dnas and torch, the device (where given) and the CPU threads (each splits sums its own way)."""
+    from . import __version__
+
+    device = {} if device is None else {"device": str(device)}
+    return {"dnas": __version__, "torch": torch.__version__, **device, "threads": torch.get_num_threads()}
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def export(model: nn.Module, path: str | os.PathLike, format: str, input_size: t
     ``input_size`` (C, H, W) and any batch size."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         example_file = path / f"model{FORMATS[format]}"
         raise IsADirectoryError(f"{path} is a directory; give the file to write, e.g. {example_file}")
@@ -105,5 +105,5 @@ def export_run(run_dir: str | os.PathLike, format: str, weights: str = "last",
         raise ValueError(f"{run_dir} is a language model's run; export takes the image networks of dnas train")
     model, saved = load_run(run_dir, weights)
     data = saved["data"]
-    return export(model, path or Path(run_dir) / f"model{FORMATS[format]}", format,
+    return export(model, path or Path(run_dir).expanduser() / f"model{FORMATS[format]}", format,
                   (data["channels"], *data["image_size"]))

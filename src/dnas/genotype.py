@@ -71,7 +71,7 @@ class GenotypeFile:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON (``.json``) or the text form (any other suffix)."""
-        path = os.fspath(path)
+        path = os.path.expanduser(os.fspath(path))
         text = json.dumps(self.to_dict(), indent=1) if path.endswith(".json") else str(self)
         with open(path, "w") as f:
             f.write(text + "\n")
@@ -79,7 +79,7 @@ class GenotypeFile:
     @classmethod
     def load(cls, path: str | os.PathLike):
         """Read a genotype file written by ``save`` (JSON or the text form)."""
-        with open(path) as f:
+        with open(os.path.expanduser(os.fspath(path))) as f:
             text = f.read()
         if text.lstrip().startswith("{"):
             try:

@@ -189,6 +189,7 @@ def get_method(name_or_path: str | Method) -> Method:
     """A built-in recipe by name, or a user's recipe file by path (or a ``Method`` made in Python, as it is)."""
     if isinstance(name_or_path, Method):
         return name_or_path
+    name_or_path = os.path.expanduser(os.fspath(name_or_path))  # a pathlib.Path, ~/recipes/mine.toml
     if name_or_path.endswith(".toml") or os.sep in name_or_path:
         if not os.path.isfile(name_or_path):
             raise FileNotFoundError(f"recipe file {name_or_path} does not exist")

@@ -85,7 +85,7 @@ class ProgressiveSearch:
         if method.part("edge") != "sum":
             raise ValueError(f"the progressive schedule adds skip dropout to the plain DARTS edge ('sum'); "
                              f"recipe {method.name} sets edge {method.part('edge')!r}")
-        self.config, self.run_dir, self.method = config, Path(run_dir), method
+        self.config, self.run_dir, self.method = config, Path(run_dir).expanduser(), method
         self.schedule = method.build("schedule")
         self.ops = list(check_ops(config.space_options.get("ops", DARTS_OPS)))  # before the run's files are made
 

@@ -38,6 +38,7 @@ from .genotype import Genotype
 from .cuda_graph import GraphedStep
 from .search import copies, copy_into, format_seconds, read_jsonl, write_jsonl
 from .selection import SELECTIONS, TopK
+from .settings import bars_off
 from .spaces.darts import CELL_TYPES
 
 CRITERIA = ("accuracy", "loss")
@@ -207,7 +208,7 @@ class Perturbation:
         start = loader.generator.get_state()
         results = []
         for removal in tqdm([None, *removals], desc=f"project {what}", unit="eval", leave=False,
-                            disable=not progress, dynamic_ncols=True):
+                            disable=bars_off(progress), dynamic_ncols=True):
             loader.generator.set_state(start)
             results.append(evaluate(search.model, loader, self.eval_batches,
                                     None if removal is None else (cell, *removal)))
@@ -228,7 +229,8 @@ class Perturbation:
         t0, lr = time.time(), self.scheduler.get_last_lr()[0]
         steps = len(search.train_loader) if self.tune_steps is None else min(self.tune_steps, len(search.train_loader))
         bar = tqdm(islice(zip(search.train_loader, search.val_loader), steps), total=steps, unit="step",
-                   desc=f"tune {self.tune_epoch + 1}/{total}", leave=False, disable=not progress, dynamic_ncols=True)
+                   desc=f"tune {self.tune_epoch + 1}/{total}", leave=False, disable=bars_off(progress),
+                   dynamic_ncols=True)
         step = partial(search.bilevel, self.optimizer, True)
         if search.graph is not None:  # captured afresh each tuning epoch: the mask and the lr change between them
             step = GraphedStep(step)

@@ -35,6 +35,7 @@ from .cost import Cost, cost
 from .data import IMAGE_SHAPES
 from .genotype import Genotype
 from .search import format_seconds, read_jsonl
+from .settings import bars_off
 from .spaces.darts_network import NetworkCIFAR
 from .viz import DOTS, GraphvizNotFound, draw
 from .zoo import genotype_class
@@ -118,7 +119,7 @@ class SearchRun:
         where the space has one."""
         genotypes = sorted({m["genotype"] for m in self.metrics})
         for g in tqdm(genotypes, desc=f"cost of the derived networks of {self.name}", unit="genotype",
-                      disable=not progress, leave=False):
+                      disable=bars_off(progress), leave=False):
             derived_cost(g, self.images)
         return [{**m, **cost_fields(derived_cost(m["genotype"], self.images))} for m in self.metrics]
 
@@ -407,7 +408,7 @@ def build_report(runs: list[SearchRun], progress: bool = True) -> list[tuple[str
 
     heat = []
     for i, (label, run) in enumerate(tqdm(list(zip(labels, runs)), desc="alpha heat maps", unit="run",
-                                          disable=not progress, leave=False)):
+                                          disable=bars_off(progress), leave=False)):
         for group in run.alphas[0]["strengths"] if run.alphas else ():
             heat.append(Block("pictures", [Picture(f"alphas-{i}-{group}", strength_figure(run, group, label),
                                                    f"{label}: op strengths of the {group} edges per epoch")]))
@@ -484,7 +485,8 @@ def write_report(runs: list[str | os.PathLike | SearchRun], output: str | os.Pat
         runs = list(unique.values())
     if not runs:
         raise RunError("give at least one search run directory")
-    output = Path(output) if output else runs[0].path / "report.html" if len(runs) == 1 else Path("report.html")
+    default = runs[0].path / "report.html" if len(runs) == 1 else Path("report.html")
+    output = Path(output).expanduser() if output else default
     if output.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"{output}: the report is HTML; give a path ending in .html (report.md goes beside it)")
     sections = build_report(runs, progress)
@@ -506,13 +508,13 @@ def animate(run: str | os.PathLike | SearchRun, output: str | os.PathLike | None
     """Write a GIF of the cells derived after each epoch (default ``<run>/cells.gif``): one frame per epoch,
     ``frame_ms`` each (the last held four times as long), every edge labelled with its op."""
     run = run if isinstance(run, SearchRun) else load_run(run)
-    output = Path(output) if output else run.path / "cells.gif"
+    output = Path(output).expanduser() if output else run.path / "cells.gif"
     if output.suffix.lower() != ".gif":
         raise ValueError(f"{output}: the animation is a GIF; give a path ending in .gif")
     if frame_ms < 1:
         raise ValueError(f"frame_ms is the time a frame shows, in milliseconds; give at least 1, got {frame_ms}")
     pictures: dict[str, Image.Image] = {}
-    for m in tqdm(run.metrics, desc="cells per epoch", unit="epoch", disable=not progress, leave=False):
+    for m in tqdm(run.metrics, desc="cells per epoch", unit="epoch", disable=bars_off(progress), leave=False):
         if m["genotype"] not in pictures:  # an unchanged genotype is drawn once
             png = cell_picture(parse_genotype(m["genotype"]))
             if png is None:
@@ -599,7 +601,7 @@ def write_tensorboard(run: str | os.PathLike | SearchRun, progress: bool = True)
     run = run if isinstance(run, SearchRun) else load_run(run)
     log = TensorBoardLog(run.path, run.images, purge_step=1)
     for metrics, alphas in tqdm(list(zip(run.metrics, run.alphas)), desc="tensorboard", unit="epoch",
-                                disable=not progress, leave=False):
+                                disable=bars_off(progress), leave=False):
         log.write(metrics, alphas)
     log.close()
     return run.path

@@ -15,3 +15,27 @@ def temporarily(holder, name: str, value):
         yield
     finally:
         setattr(holder, name, saved)
+
+
+def bars_off(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for a run's ``progress``: off when not asked for, and where the output is no terminal
+    (None: tqdm's own test), as in a log file each redraw of a bar would be kept."""
+    return None if progress else True
+
+
+@contextlib.contextmanager
+def own_torch_state():
+    """A run's own process-wide torch state, the caller's put back after: the random generators (a run seeds
+    them with its seed; CUDA's where the caller has used CUDA), grad mode (on: a search differentiates, even
+    called under ``torch.no_grad()``) and the default dtype (float32: the networks' and the images'). Used as
+    a decorator of ``dnas.search`` and ``dnas.train``."""
+    import torch
+
+    dtype = torch.get_default_dtype()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        torch.set_default_dtype(torch.float32)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(dtype)

@@ -41,6 +41,7 @@ from . import checkpoint
 from .search import (check_minimums, check_positive, check_subset, drop_lines_after, format_seconds, new_run_dir,
                      progress_every, read_jsonl, resolve_device)
 from .spaces.darts_network import NETWORKS, DartsNetwork, check_fits
+from .settings import bars_off, own_torch_state
 from .zoo import convolutional, load_genotype
 
 CHECKPOINT_FORMAT = "dnas-train-checkpoint-v1"
@@ -149,7 +150,7 @@ def evaluate(model: torch.nn.Module, loader: BatchLoader, num_classes: int, prog
     top5 = torch.zeros((), dtype=torch.int64, device=loader.device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=loader.device)
     seen = 0
-    for x, y in tqdm(loader, disable=not progress, desc="test", unit="batch", leave=False, dynamic_ncols=True):
+    for x, y in tqdm(loader, disable=bars_off(progress), desc="test", unit="batch", leave=False, dynamic_ncols=True):
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         top5 += (logits.topk(min(5, num_classes), 1).indices == y[:, None]).any(1).sum()
@@ -164,7 +165,7 @@ class Trainer:
     """One training run: data, network, optimiser, schedule and the loop, resumable from its run directory."""
 
     def __init__(self, config: TrainConfig, genotype: Genotype, run_dir: str | os.PathLike):
-        self.config, self.genotype, self.run_dir = config, genotype, Path(run_dir)
+        self.config, self.genotype, self.run_dir = config, genotype, Path(run_dir).expanduser()
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
 
@@ -197,8 +198,8 @@ class Trainer:
         c, model = self.config, self.model
         model.train()
         loss_sum = correct = seen = 0
-        bar = tqdm(self.train_loader, disable=not progress, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="step",
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(self.train_loader, disable=bars_off(progress), desc=f"epoch {self.epoch + 1}/{c.epochs}",
+                   unit="step", leave=False, dynamic_ncols=True)
         postfix_every = progress_every(len(self.train_loader))
         for i, (x, y) in enumerate(bar):
             self.optimizer.zero_grad(set_to_none=True)
@@ -225,7 +226,8 @@ class Trainer:
             "config": dataclasses.asdict(c), "genotype": self.genotype.to_dict(),
             "data": {"num_classes": data.num_classes, "channels": data.channels, "image_size": list(data.image_size),
                      "classes": data.classes, "mean": list(data.mean), "std": list(data.std)},
-            "cost": dataclasses.asdict(self.cost)}, indent=1) + "\n")
+            "cost": dataclasses.asdict(self.cost), "environment": checkpoint.environment(self.device)},
+            indent=1) + "\n")
         self.genotype.save(self.run_dir / "genotype.json")
         self.genotype.save(self.run_dir / "genotype.txt")
         print(f"network: {c.network}, {c.layers} cells, {c.C} channels: {self.cost}", flush=True)
@@ -281,6 +283,7 @@ class Trainer:
         (self.run_dir / name).write_text(text)
 
 
+@own_torch_state()
 def train(
     genotype: str | os.PathLike | Genotype | None = None,
     dataset: str | None = None,
@@ -309,7 +312,7 @@ def train(
         return train_lm(genotype, dataset, run_dir=run_dir, runs_root=runs_root, resume=resume, progress=progress,
                         **settings)
     if resume is not None:
-        return _resume(Path(resume), progress, **settings)
+        return _resume(Path(resume).expanduser(), progress, **settings)
     searched = {} if dataset is not None else _searched_on(genotype)
     dataset = dataset or searched.get("dataset") or TrainConfig.dataset
     if searched.get("data") and settings.get("data") is None:
@@ -369,12 +372,12 @@ def _resume(run_dir: Path, progress: bool, **settings: Any) -> TrainResult:
 def load_run(run_dir: str | os.PathLike, weights: str = "last", device: str = "cpu") -> tuple[DartsNetwork, dict]:
     """The trained network of a run directory in eval mode, with ``weights`` "last", "best" or a .pt file of
     its state_dict, and the run's saved config.json."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()
     saved = _read_run(run_dir)
     config = TrainConfig(**saved["config"])
     model = build_network(config, Genotype.from_dict(saved["genotype"]), saved["data"]["num_classes"],
                           saved["data"]["channels"])
-    path = run_dir / f"{weights}.pt" if weights in ("last", "best") else Path(weights)
+    path = run_dir / f"{weights}.pt" if weights in ("last", "best") else Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; weights are last, best (the last.pt and best.pt a run "
                                 f"writes after its first epoch) or a .pt file of the network's state_dict")
@@ -398,7 +401,7 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     """Test accuracy and confusion matrix of a trained run on its data set's test split (or on ``dataset`` /
     ``data`` given here; ``subset``: a fixed random sample of N of them), written to ``test-<weights>.json`` and
     ``confusion-<weights>.csv`` in the run (``-subset<N>`` added to the names for a sample)."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()
     check_minimums({"batch_size": batch_size, "subset": subset}, batch_size=1, subset=1)
     model, saved = load_run(run_dir, weights, device)
     c = saved["config"]

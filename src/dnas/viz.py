@@ -82,7 +82,7 @@ def recurrent_dot(genotype: RecurrentGenotype) -> str:
 
 def render(dot_source: str, path: str | os.PathLike) -> Path:
     """Run ``dot`` on ``dot_source``, writing ``path`` in the format its suffix names."""
-    path = Path(path)
+    path = Path(path).expanduser()
     fmt = path.suffix.lstrip(".").lower()
     if not fmt:
         raise ValueError(f"{path}: give the picture a suffix naming its format, e.g. .png or .svg")

@@ -54,9 +54,10 @@ class ImageDataset:
 def load_dataset(name: str, root: str | os.PathLike | None = None) -> ImageDataset:
     """Load a registered data set from ``root`` (None: the data set's default place, if it has one)."""
     loader = DATASETS.get(name)
-    if root is not None and not Path(root).exists():
+    root = None if root is None else Path(root).expanduser()
+    if root is not None and not root.exists():
         raise DataError(f"{name}: data folder {root} does not exist")
-    return loader(None if root is None else Path(root))
+    return loader(root)
 
 
 # --- CIFAR-10 / CIFAR-100, the official python release ---------------------------------------------------

@@ -73,7 +73,7 @@ def load_corpus(name: str, root: str | os.PathLike | None) -> TextCorpus:
     kind = CORPORA.get(name)
     if root is None:
         raise DataError(f"{name}: no data folder given; {kind.how}")
-    root = Path(root)
+    root = Path(root).expanduser()
     files = {s: root / f"{s}.txt" for s in SPLITS}
     missing = [p.name for p in files.values() if not p.is_file()]
     if missing:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data import batchify, get_batch, load_corpus
 from ..search import Search, SearchConfig, build_supernet, optimizers, trial_forward
+from ..settings import bars_off
 from .model import activation_regularization, bptt_length, evaluate_lm, lm_loss, perplexity
 
 
@@ -133,7 +134,7 @@ class RNNSearch(Search):
         c = self.config
         hidden, hidden_val = self.model.init_hidden(c.batch_size), self.model.init_hidden(c.batch_size)
         rows = len(self.train_data)
-        bar = tqdm(total=rows - 2, disable=not progress, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="tok",
+        bar = tqdm(total=rows - 2, disable=bars_off(progress), desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="tok",
                    leave=False, dynamic_ncols=True)
         loss_sum, seen, i = 0.0, 0, 0
         update_arch = self.epoch >= c.arch_warmup_epochs
@@ -149,7 +150,7 @@ class RNNSearch(Search):
         return {"train_loss": loss_sum / seen, "train_ppl": perplexity(loss_sum / seen)}
 
     def evaluate(self, progress: bool = False) -> dict[str, float]:
-        with tqdm(total=len(self.val_data) - 1, disable=not progress, desc="evaluating", unit="tok",
+        with tqdm(total=len(self.val_data) - 1, disable=bars_off(progress), desc="evaluating", unit="tok",
                   leave=False, dynamic_ncols=True) as bar:
             loss = evaluate_lm(self.model, self.val_data, self.config.bptt, bar)
         return {"val_loss": loss, "val_ppl": perplexity(loss)}

@@ -37,6 +37,7 @@ from ..cost import count_params
 from ..data import CORPORA, batchify, get_batch, is_corpus, load_corpus
 from ..search import (check_minimums, check_positive, drop_lines_after, format_seconds, new_run_dir, read_jsonl,
                       resolve_device)
+from ..settings import bars_off
 from ..zoo import load_genotype
 from .genotype import RecurrentGenotype
 from .model import (GenotypeCell, LanguageModel, activation_regularization, bptt_length, evaluate_lm, lm_loss,
@@ -115,7 +116,7 @@ class LMTrainer:
     """One language-model training run, resumable from its run directory."""
 
     def __init__(self, config: LMTrainConfig, genotype: RecurrentGenotype, run_dir: str | os.PathLike):
-        self.config, self.genotype, self.run_dir = config, genotype, Path(run_dir)
+        self.config, self.genotype, self.run_dir = config, genotype, Path(run_dir).expanduser()
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         corpus = load_corpus(config.dataset, config.data)
@@ -140,7 +141,7 @@ class LMTrainer:
         model.train()
         hidden = model.init_hidden(c.batch_size)
         rows, group = len(self.train_data), self.optimizer.param_groups[0]
-        bar = tqdm(total=rows - 2, disable=not progress, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="tok",
+        bar = tqdm(total=rows - 2, disable=bars_off(progress), desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="tok",
                    leave=False, dynamic_ncols=True)
         loss_sum, seen, i = 0.0, 0, 0
         while i < rows - 2:
@@ -184,7 +185,8 @@ class LMTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps({
             "kind": KIND, "config": dataclasses.asdict(c), "genotype": self.genotype.to_dict(),
-            "vocab_size": self.vocab_size, "params": self.params}, indent=1) + "\n")
+            "vocab_size": self.vocab_size, "params": self.params,
+            "environment": checkpoint.environment(self.device)}, indent=1) + "\n")
         self.genotype.save(self.run_dir / "genotype.json")
         self.genotype.save(self.run_dir / "genotype.txt")
         print(f"language model: {c.emb_size}/{c.hidden_size}, vocabulary {self.vocab_size}: "
@@ -246,7 +248,7 @@ def is_lm_job(genotype, resume) -> bool:
 
 
 def is_lm_run(run_dir: str | os.PathLike) -> bool:
-    config = Path(run_dir) / "config.json"
+    config = Path(run_dir).expanduser() / "config.json"
     return config.is_file() and checkpoint.read_config(config).get("kind") == KIND
 
 
@@ -256,7 +258,7 @@ def train_lm(genotype=None, dataset: str | None = None, *, run_dir=None, runs_ro
     or the text form) on a text corpus; ``settings`` are fields of ``LMTrainConfig``. ``resume`` continues
     the run in that directory from its last checkpoint (only ``device`` may change)."""
     if resume is not None:
-        run_dir = Path(resume)
+        run_dir = Path(resume).expanduser()
         if not is_lm_run(run_dir):
             raise FileNotFoundError(f"{run_dir} is not a dnas language-model run (no config.json of one in it)")
         checkpoint.check_resume_settings(settings)
@@ -305,7 +307,7 @@ def evaluate_lm_run(run_dir: str | os.PathLike, dataset: str | None = None, data
     ``test-<weights>.json`` in the run, ``-subset<N>`` and ``-batch<B>`` added for a part of the corpus or
     another test batch (a whole test at the run's batch is not overwritten by them). Another ``dataset`` is
     read from ``data`` (or its own default place), not from the run's files."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()
     if not is_lm_run(run_dir):
         raise FileNotFoundError(f"{run_dir} is not a dnas language-model run (no config.json of one in it)")
     saved = checkpoint.read_config(run_dir / "config.json")
@@ -318,7 +320,7 @@ def evaluate_lm_run(run_dir: str | os.PathLike, dataset: str | None = None, data
         raise ValueError(f"{corpus.name} has {corpus.vocab_size} words; the run was trained on a vocabulary of "
                          f"{saved['vocab_size']} ({config.dataset})")
     model = build_lm(config, RecurrentGenotype.from_dict(saved["genotype"]), corpus.vocab_size)
-    path = run_dir / f"{weights}.pt" if weights in ("last", "best") else Path(weights)
+    path = run_dir / f"{weights}.pt" if weights in ("last", "best") else Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; weights are last, best (the last.pt and best.pt a run "
                                 f"writes after its first epoch) or a .pt file of the model's state_dict")
@@ -328,7 +330,8 @@ def evaluate_lm_run(run_dir: str | os.PathLike, dataset: str | None = None, data
     test_batch = batch_size or config.test_batch_size
     valid = batchify(corpus.valid[:subset], config.eval_batch_size).to(dev)
     test = batchify(corpus.test[:subset], test_batch).to(dev)
-    with tqdm(total=len(valid) + len(test), disable=not progress, desc="valid + test", unit="tok", leave=False) as bar:
+    with tqdm(total=len(valid) + len(test), disable=bars_off(progress), desc="valid + test", unit="tok",
+              leave=False) as bar:
         valid_loss = evaluate_lm(model, valid, config.bptt, bar)
         test_loss = evaluate_lm(model, test, config.bptt, bar)
     label = ((weights if weights in ("last", "best") else Path(weights).stem) + (f"-subset{subset}" if subset else "")
