@@ -45,6 +45,10 @@ def test_the_final_normal_cell_holds_at_most_two_skips():
     cell = Progressive(max_skips=2).final_cell(s, OPS, nodes=2, limit_skips=True)
     assert cell == [("skip_connect", 0), ("skip_connect", 1), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2)]
     assert Progressive().final_cell(s, OPS, nodes=2, limit_skips=False)[2] == ("skip_connect", 0)
+    # as the P-DARTS code: the struck skip's edge competes with its next op of the last stage's
+    s[2, 2] = 0.5
+    cell = Progressive(max_skips=2).final_cell(s, OPS, nodes=2, limit_skips=True)
+    assert cell[2:] == [("sep_conv_3x3", 0), ("sep_conv_3x3", 1)]
 
 
 def test_skip_dropout_decays_within_a_stage_and_touches_only_the_skip():

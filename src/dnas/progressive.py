@@ -62,7 +62,9 @@ class Progressive:
         return kept & mask
 
     def final_cell(self, strengths: torch.Tensor, ops: list[str], nodes: int, limit_skips: bool) -> list:
-        """Top-2 edges per node by their one remaining op; at most ``max_skips`` skips if ``limit_skips``."""
+        """Top-2 edges per node by their strongest op of those the last stage searched (none left out); with
+        ``limit_skips``, while more than ``max_skips`` skips are chosen, the weakest chosen skip is struck and
+        its edge competes with its next op, as the P-DARTS code does (chenxin061/pdarts train_search.py)."""
         s = strengths.clone()
         while True:
             edges, chosen, start = [], [], 0
@@ -75,7 +77,7 @@ class Progressive:
             if not limit_skips or len(skips) <= self.max_skips:
                 return edges
             weakest = min(skips, key=lambda e: s[e, ops.index("skip_connect")].item())
-            s[weakest] = 0.0
+            s[weakest, ops.index("skip_connect")] = 0.0
 
 
 class ProgressiveSearch:
@@ -122,8 +124,11 @@ class ProgressiveSearch:
             masks.append({"stage": k + 1, "cells": schedule.layers[k], "ops_kept_after": schedule.keep[k],
                           "op_mask": mask})
         nodes = self.config.space_options.get("nodes", 4)
-        cells = {t: schedule.final_cell(strengths[t] * torch.tensor(mask[t]), self.ops, nodes, t == "normal")
-                 for t in CELL_TYPES}
+        searched = {t: strengths[t] * current[t] for t in CELL_TYPES}  # the last stage's ops, none left out
+        for s in searched.values():
+            if "none" in self.ops:
+                s[:, self.ops.index("none")] = 0.0
+        cells = {t: schedule.final_cell(searched[t], self.ops, nodes, t == "normal") for t in CELL_TYPES}
         concat = list(range(2, 2 + nodes))
         genotype = Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat)
         write_jsonl(self.run_dir / "metrics.jsonl", metrics)
