@@ -7,7 +7,7 @@ from torch import nn
 from dnas.arch_grad import Implicit
 from dnas.edges import EDGES, AuxiliarySkip, MixedEdge, NoisySkip, PartialChannel
 from dnas.perturb import Adversarial, RandomSmoothing, perturbed
-from dnas.regularizers import BetaDecay, DirichletAnchor, L1ParameterFree, ZeroOne
+from dnas.regularizers import BetaDecay, DirichletKL, L1ParameterFree, ZeroOne
 from dnas.relax import RELAXATIONS, Dirichlet, GumbelSoftmax, Sigmoid, Softmax
 from dnas.schedule import interpolate
 from dnas.search import batch_loss
@@ -195,10 +195,21 @@ def test_l1_on_parameter_free_ops_only():
     assert model.alphas["normal"].grad[:, learnable].abs().max() == 0
 
 
-def test_dirichlet_anchor_is_l2_to_the_anchor():
-    model, reg = supernet(), DirichletAnchor(weight=1e-3)
+def test_dirichlet_kl_is_the_divergence_from_the_uniform_dirichlet_over_the_live_ops():
+    from torch.distributions import Dirichlet, kl_divergence
+
+    model, reg = supernet(), DirichletKL(weight=1e-3)
+    with torch.no_grad():
+        for a in model.alphas.values():
+            a.normal_()
     beta = [torch.nn.functional.elu(a) + 1 for a in model.alphas.values()]
-    torch.testing.assert_close(reg(model), 1e-3 * sum(((b - 1) ** 2).sum() for b in beta))
+    expected = sum(kl_divergence(Dirichlet(b), Dirichlet(torch.ones_like(b))).sum() for b in beta)
+    torch.testing.assert_close(reg(model), 1e-3 * expected)
+    with torch.no_grad():  # an op masked out of the space (alpha = -inf): over the others alone
+        model.alphas["normal"][:, 0] = float("-inf")
+    live = [b[:, 1:] if t == "normal" else b for t, b in zip(model.alphas, beta)]
+    expected = sum(kl_divergence(Dirichlet(b), Dirichlet(torch.ones_like(b))).sum() for b in live)
+    torch.testing.assert_close(reg(model), 1e-3 * expected)
 
 
 # -- perturbations ----------------------------------------------------------------------------------------
