@@ -15,6 +15,7 @@ Writes JSON to benchmarks/out/ and appends a row to benchmarks/RESULTS.md.
     python benchmarks/kernel_census.py --gpu-forms --path readable     # the readable cell's, NCHW
     python benchmarks/kernel_census.py --gpu-forms --channels-last --merged   # its 3x3 and 5x5 ops as one
     python benchmarks/kernel_census.py --method darts-v2 --batch-size 16 --rows 30
+    python benchmarks/kernel_census.py --gpu-forms --evaluation             # an evaluation batch's forward
 """
 from __future__ import annotations
 
@@ -98,10 +99,15 @@ def census(args) -> dict:
     batch = lambda: (torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=layout),
                      torch.randint(0, 10, (args.batch_size,)))
     train, val = batch(), batch()
+    if args.evaluation:  # one forward as each epoch's evaluation runs it: evaluation mode, no gradients
+        model.eval()
+        step = torch.no_grad()(lambda: model(val[0]))
+    else:
+        step = lambda: bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)
     with merge_kernel_sizes(args.merged):
-        bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)  # the optimisers' state, the plans
+        step()  # the optimisers' state, the plans
         with Census() as seen:
-            bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)
+            step()
     total = sum(b for _, b, _ in seen.ops)
     small = [b for _, b, _ in seen.ops if b < args.small]
     by_op, by_origin = Counter(), Counter()
@@ -115,7 +121,8 @@ def census(args) -> dict:
                                  for k, n in sorted(counts.items(), key=lambda kv: -moved[kv[0]])[:args.rows]]
     return {
         "benchmark": "kernel_census", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-        "method": row_method(args.method, args.space), "path": args.path + (" merged" if args.merged else ""),
+        "method": row_method(args.method, args.space),
+        "path": args.path + (" merged" if args.merged else "") + (" evaluation forward" if args.evaluation else ""),
         "layout": "NHWC" if args.channels_last else "NCHW", "convolutions": "GPU forms" if args.gpu_forms else "CPU",
         "batch_size": args.batch_size, "kernels": len(seen.ops), "gb": round(total / 1e9, 2),
         "small_kernels": len(small), "small_gb": round(sum(small) / 1e9, 3), "small_bytes_below": args.small,
@@ -140,6 +147,8 @@ def main() -> None:
     p.add_argument("--gpu-forms", action="store_true", help="the convolutions in the forms a GPU runs them in")
     p.add_argument("--merged", action="store_true", help="the fused cell's 3x3 and 5x5 ops as one "
                    "(dnas.spaces.fused.merge_kernel_sizes)")
+    p.add_argument("--evaluation", action="store_true",
+                   help="count one forward of each epoch's evaluation (evaluation mode, no gradients), not a step")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--init-channels", type=int, default=16)
     p.add_argument("--layers", type=int, help="cells (default 8); with --space nb201 cells per stage (default 5)")

@@ -67,6 +67,10 @@ def test_kernel_census_counts_fewer_kernels_fused_and_appends_its_row(tmp_path):
         assert report["gb"] > 0 and "convolution_backward" in {row["what"] for row in report["by_op"]}
         counts[path] = report["kernels"]
     assert counts["fused"] < counts["readable"] / 2
+    out, [report], _ = run("kernel_census.py", "--gpu-forms", "--evaluation", "--no-results", "--rows", "3", *TINY,
+                           out=tmp_path / "evaluation")
+    assert report["path"] == "fused evaluation forward" and "convolution_backward" not in out
+    assert 0 < report["kernels"] < counts["fused"] / 2
     # without --no-results, its row in its table: the method, path, layout and count it measured
     [row] = rows
     assert row.startswith("| ") and "| darts-v1 | fused merged | NHWC | GPU forms | 2 | " in row
