@@ -11,7 +11,6 @@ returns the edge module; it may schedule itself with ``on_epoch_start(epoch, epo
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable, Mapping
 
 import torch

@@ -125,8 +125,8 @@ class ProgressiveSearch:
                           "op_mask": mask})
         nodes = self.config.space_options.get("nodes", 4)
         searched = {t: strengths[t] * current[t] for t in CELL_TYPES}  # the last stage's ops, none left out
-        for s in searched.values():
-            if "none" in self.ops:
+        if "none" in self.ops:
+            for s in searched.values():
                 s[:, self.ops.index("none")] = 0.0
         cells = {t: schedule.final_cell(searched[t], self.ops, nodes, t == "normal") for t in CELL_TYPES}
         concat = list(range(2, 2 + nodes))

@@ -181,7 +181,8 @@ def _scan(folder: Path, classes: list[str] | None = None) -> tuple[list[Path], l
     """Image files under ``folder/<class>/`` with their class indices. ``classes`` fixes the class list
     (a test folder must use the training classes)."""
     found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if classes is None:
+    training = classes is None
+    if training:
         classes = found
     elif set(found) - set(classes):
         raise DataError(f"{folder}: class folders {sorted(set(found) - set(classes))} are not training classes")
@@ -195,7 +196,7 @@ def _scan(folder: Path, classes: list[str] | None = None) -> tuple[list[Path], l
     if not files:
         raise DataError(f"image-folder: no images in {folder}; expected one subfolder per class holding "
                         f"image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    if found is classes and (empty or len(classes) < 2):  # the training classes
+    if training and (empty or len(classes) < 2):
         what = (f"the class folders {', '.join(empty)} hold no images (images in their subfolders are not read)"
                 if empty else f"one class only ({classes[0]}) is nothing to tell apart")
         raise DataError(f"image-folder: {folder}: {what}; expected two or more subfolders, one per class, each "
