@@ -263,6 +263,14 @@ def test_a_search_leaves_the_callers_torch_state_and_takes_home_paths(fashion_mn
     assert dnas.Genotype.load("~/r/genotype.json") == result.genotype
 
 
+def test_a_warning_names_the_callers_line(fashion_mnist_root, tmp_path):
+    """Not a line of dnas: a script's warning filters by module and line apply to what dnas warns of."""
+    with pytest.warns(UserWarning, match="ways of running on a GPU, with no effect on cpu") as seen:
+        dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "r", device="cpu",
+                    cuda_graph=True, **TINY)
+    assert seen[0].filename == __file__
+
+
 def test_a_run_resumed_in_another_environment_says_so(fashion_mnist_root, tmp_path):
     """config.json records the versions, device and threads; float sums round by them, so a resume in a process
     that differs warns that the run may not end exactly as an uninterrupted one."""

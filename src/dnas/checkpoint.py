@@ -13,12 +13,13 @@ import os
 import shutil
 import sys
 import threading
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .settings import warn
 
 try:
     import fcntl
@@ -152,8 +153,8 @@ def resume(runner, progress: bool):
         now = environment(getattr(runner, "device", None))  # (P-DARTS's stages have their own)
         changed = [f"{k} {before[k]} -> {now[k]}" for k in now if k in before and before[k] != now[k]]
         if changed:
-            warnings.warn(f"{runner.run_dir} goes on in another environment ({', '.join(changed)}): its float "
-                          f"sums round otherwise, so it may not end exactly as an uninterrupted run", stacklevel=3)
+            warn(f"{runner.run_dir} goes on in another environment ({', '.join(changed)}): its float "
+                 f"sums round otherwise, so it may not end exactly as an uninterrupted run")
         runner.load_checkpoint()
         return runner.run(progress)
 

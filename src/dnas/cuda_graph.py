@@ -28,12 +28,13 @@ replay: PyTorch's CUDA generator advances its offset per replay.
 from __future__ import annotations
 
 import traceback
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from .settings import warn
 
 _HOST_READS = {"_local_scalar_dense": "a tensor read on the host (.item(), .tolist(), bool())",
                "nonzero": "nonzero (its size is known only on the device)",
@@ -137,7 +138,7 @@ class GraphedStep:
         """From now on: the step runs eagerly, for ``reason``, which a warning names."""
         self.eager_reason = reason
         name = getattr(self.step, "__name__", "the step").lstrip("_")
-        warnings.warn(f"{name} is not replayed from a CUDA graph, it runs eagerly: {reason}", stacklevel=3)
+        warn(f"{name} is not replayed from a CUDA graph, it runs eagerly: {reason}")
 
     def _on_side_stream(self, inputs):
         """An eager step on a side stream, as CUDA-graph warm-up must be."""

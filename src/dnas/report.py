@@ -19,7 +19,6 @@ import json
 import math
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -35,7 +34,7 @@ from .cost import Cost, cost
 from .data import IMAGE_SHAPES
 from .genotype import Genotype
 from .search import format_seconds, read_jsonl
-from .settings import bars_off
+from .settings import bars_off, warn
 from .spaces.darts_network import NetworkCIFAR
 from .viz import DOTS, GraphvizNotFound, draw
 from .zoo import genotype_class
@@ -481,7 +480,7 @@ def write_report(runs: list[str | os.PathLike | SearchRun], output: str | os.Pat
     for r in runs:
         unique.setdefault(r.path.resolve(), r)
     if len(unique) < len(runs):
-        warnings.warn(f"{len(runs) - len(unique)} run(s) given more than once; each is reported once", stacklevel=2)
+        warn(f"{len(runs) - len(unique)} run(s) given more than once; each is reported once")
         runs = list(unique.values())
     if not runs:
         raise RunError("give at least one search run directory")

@@ -25,7 +25,6 @@ import inspect
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -43,7 +42,7 @@ from .data import BatchLoader, load_dataset, memory_format, split_indices
 from .genotype import Genotype
 from .methods import Method, Parts, get_method
 from .relax import is_hard
-from .settings import bars_off, own_torch_state, temporarily
+from .settings import bars_off, own_torch_state, temporarily, warn
 from .spaces import SPACES, fused
 
 CHECKPOINT_FORMAT = "dnas-search-checkpoint-v1"
@@ -160,8 +159,7 @@ class Search:
         self.setup()
         gpu_only = [name for name in ("cuda_graph", "side_streams") if getattr(config, name)]
         if gpu_only and self.device.type != "cuda":  # after setup, which refuses them where they do not apply
-            warnings.warn(f"{' and '.join(gpu_only)}: ways of running on a GPU, with no effect on {self.device}",
-                          stacklevel=2)
+            warn(f"{' and '.join(gpu_only)}: ways of running on a GPU, with no effect on {self.device}")
         self.graph = self.eval_graph = None  # the step and the evaluation replayed from CUDA graphs (on a GPU)
         if config.cuda_graph and self.device.type == "cuda":
             for optimizer in (self.a_optimizer, self.w_optimizer):
@@ -362,7 +360,7 @@ class Search:
         genotype.save(self.run_dir / "genotype.json")
         defect = genotype.defect()
         if defect:
-            warnings.warn(f"the searched genotype {genotype}: {defect}", stacklevel=2)
+            warn(f"the searched genotype {genotype}: {defect}")
         return SearchResult(genotype, self.run_dir, metrics)
 
     @staticmethod
@@ -627,9 +625,8 @@ def drop_lines_after(path: Path, epoch: int) -> None:
     warning."""
     kept = [r for r in read_jsonl(path, partial_last=True) if r["epoch"] <= epoch]
     if len(kept) < epoch:
-        warnings.warn(f"{path} holds {len(kept)} of the {epoch} epochs done before the checkpoint (deleted or "
-                      f"edited?): the resumed run appends epoch {epoch + 1} on, and the missing ones stay missing",
-                      stacklevel=2)
+        warn(f"{path} holds {len(kept)} of the {epoch} epochs done before the checkpoint (deleted or "
+             f"edited?): the resumed run appends epoch {epoch + 1} on, and the missing ones stay missing")
     write_jsonl(path, kept)
 
 
@@ -707,9 +704,9 @@ def search(
     config = config_cls(**{**recipe.config, **known, "method": method, "dataset": dataset, "space": space,
                            "space_options": space_options})
     if config.arch_warmup_epochs >= config.epochs:
-        warnings.warn(f"{recipe.name}: the alphas move only after {config.arch_warmup_epochs} warm-up epochs of "
-                      f"weight steps, and the search has {config.epochs}: they never move, and the genotype is the "
-                      f"initial alphas' (set fewer warm-up epochs, --arch-warmup-epochs)", stacklevel=2)
+        warn(f"{recipe.name}: the alphas move only after {config.arch_warmup_epochs} warm-up epochs of "
+             f"weight steps, and the search has {config.epochs}: they never move, and the genotype is the "
+             f"initial alphas' (set fewer warm-up epochs, --arch-warmup-epochs)")
     if config.data is not None:
         config.data = os.path.abspath(os.path.expanduser(os.fspath(config.data)))  # a run resumes from anywhere
     if run_dir is None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+import warnings
 
 
 @contextlib.contextmanager
@@ -39,3 +41,12 @@ def own_torch_state():
             yield
         finally:
             torch.set_default_dtype(dtype)
+
+
+def warn(message: str) -> None:
+    """A UserWarning attributed to the caller's own line: the first frame outside dnas (and the context managers
+    it runs in), so that a script's or notebook's warning filters by module and line apply to it."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in ("dnas", "contextlib"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)

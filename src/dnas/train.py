@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -41,7 +40,7 @@ from . import checkpoint
 from .search import (check_minimums, check_positive, check_subset, drop_lines_after, format_seconds, new_run_dir,
                      progress_every, read_jsonl, resolve_device)
 from .spaces.darts_network import NETWORKS, DartsNetwork, check_fits
-from .settings import bars_off, own_torch_state
+from .settings import bars_off, own_torch_state, warn
 from .zoo import convolutional, load_genotype
 
 CHECKPOINT_FORMAT = "dnas-train-checkpoint-v1"
@@ -424,8 +423,8 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     check_fits(model, d.channels, d.image_size)
     size = tuple(saved["data"].get("image_size", d.image_size))
     if tuple(d.image_size) != size:
-        warnings.warn(f"{dataset}'s images are {d.image_size[0]}x{d.image_size[1]}; the run trained on {size[0]}x"
-                      f"{size[1]} ones", stacklevel=2)
+        warn(f"{dataset}'s images are {d.image_size[0]}x{d.image_size[1]}; the run trained on {size[0]}x"
+             f"{size[1]} ones")
     check_subset(subset, len(d.test_y), f"test images of {dataset}")
     images = sample(len(d.test_y), subset)
     loader = BatchLoader(d.test_x[images], d.test_y[images], batch_size or c["batch_size"], saved["data"]["mean"],

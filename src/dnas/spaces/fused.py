@@ -64,7 +64,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -77,7 +76,7 @@ from ..device import on_device
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
 from ..ops import (AvgPool2d, Conv2d, FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d,
                    from_phases, phases_fit, pixels, reads_every, to_phases)
-from ..settings import temporarily
+from ..settings import temporarily, warn
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
 
@@ -454,9 +453,9 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
     other |= {type(e.mixed) for e in cell.edges  # DARTS-'s beta edge around an edge of another class
               if type(e) is AuxiliarySkipEdge and type(e.mixed) is not MixedEdge}
     if other:  # (a warning is shown once for each message)
-        warnings.warn(f"fused cells: edges of {', '.join(sorted(c.__name__ for c in other))} are not of a class the "
-                      f"fused path batches ({', '.join(c.__name__ for c in known)}), so their cells run their "
-                      f"readable forward: the same result, without the speed", stacklevel=2)
+        warn(f"fused cells: edges of {', '.join(sorted(c.__name__ for c in other))} are not of a class the "
+             f"fused path batches ({', '.join(c.__name__ for c in known)}), so their cells run their "
+             f"readable forward: the same result, without the speed")
         return None
     inputs, n = topology.inputs, topology.nodes
     offset = [inputs * i + i * (i - 1) // 2 for i in range(n)]  # first edge into node i

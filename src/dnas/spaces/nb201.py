@@ -13,7 +13,6 @@ the strongest op of every edge, ``none`` included, and written as the benchmark'
 """
 from __future__ import annotations
 
-import warnings
 from functools import partial
 
 import torch
@@ -26,6 +25,7 @@ from ..edges import WeightedSum
 from ..ops import OPS, AvgPool2d, ReLUConvBN, check_ops, global_average
 from ..relax import Softmax, is_hard
 from ..selection import TopK
+from ..settings import warn
 from . import SPACES
 from .base import Supernet, node_softmax
 from .fused import Topology, cell_plan, run_plan
@@ -108,8 +108,8 @@ class NB201Supernet(Supernet):
         outside = [f"{nodes} nodes"] if nodes != nb201.NODES else []
         outside += [f"ops {', '.join(o for o in ops if o not in NB201_OPS)}"] if set(ops) - set(NB201_OPS) else []
         if outside:
-            warnings.warn(f"cells of {' and '.join(outside)} are outside NAS-Bench-201 ({nb201.NODES} nodes, ops "
-                          f"{', '.join(NB201_OPS)}): their true accuracies cannot be looked up", stacklevel=2)
+            warn(f"cells of {' and '.join(outside)} are outside NAS-Bench-201 ({nb201.NODES} nodes, ops "
+                 f"{', '.join(NB201_OPS)}): their true accuracies cannot be looked up")
         self.nodes = nodes
         self.fused = fused  # the fast path of the cell (fused.py): same parameters, same computation
         self.relaxation = relaxation or Softmax()
