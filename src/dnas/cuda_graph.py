@@ -168,7 +168,6 @@ def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool = True) ->
     SGD reads a tensor one on the host). Set again after ``load_state_dict``, which restores the saved
     settings: a run may resume with the graph on or off, on another device."""
     for group in optimizer.param_groups:
-        device = group["params"][0].device
         if "capturable" in group:
             group["capturable"] = capturable
             for p in group["params"]:
@@ -178,7 +177,7 @@ def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool = True) ->
         elif isinstance(optimizer, torch.optim.SGD):
             group["fused"], group["foreach"] = (True, False) if capturable else (None, None)
             lr = float(group["lr"])
-            group["lr"] = torch.tensor(lr, device=device) if capturable else lr
+            group["lr"] = torch.tensor(lr, device=group["params"][0].device) if capturable else lr
             if capturable and group["momentum"] and not group["dampening"]:
                 # each weight's momentum from the start: fused SGD takes no weight whose first gradient comes
                 # after the others' (a hard relaxation's unsampled op). Zero is what PyTorch's first step
