@@ -263,6 +263,21 @@ def test_a_search_leaves_the_callers_torch_state_and_takes_home_paths(fashion_mn
     assert dnas.Genotype.load("~/r/genotype.json") == result.genotype
 
 
+def test_a_runs_lines_go_through_the_dnas_logger(fashion_mnist_root, tmp_path, capsys):
+    import logging
+
+    dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "a", **TINY)
+    assert capsys.readouterr().out.splitlines()[1].startswith("epoch 1/1  lr 0.025  ")
+    logger = logging.getLogger("dnas")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=1, run_dir=tmp_path / "b", **TINY)
+    finally:
+        logger.setLevel(level)
+    assert capsys.readouterr().out == ""
+
+
 def test_a_warning_names_the_callers_line(fashion_mnist_root, tmp_path):
     """Not a line of dnas: a script's warning filters by module and line apply to what dnas warns of."""
     with pytest.warns(UserWarning, match="ways of running on a GPU, with no effect on cpu") as seen:

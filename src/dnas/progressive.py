@@ -29,6 +29,7 @@ from .ops import DARTS_OPS, check_ops
 from .registry import Registry
 from .search import Search, SearchConfig, SearchResult, read_jsonl, write_jsonl
 from .selection import TopK
+from .settings import say
 from .spaces.darts import CELL_TYPES
 
 SCHEDULES = Registry("schedule")
@@ -107,8 +108,8 @@ class ProgressiveSearch:
         schedule, stages = self.schedule, len(self.schedule.layers)
         mask, masks, metrics, alphas = None, [], [], []
         for k in range(stages):
-            print(f"P-DARTS stage {k + 1}/{stages}: {schedule.layers[k]} cells, "
-                  f"skip dropout {schedule.skip_dropout[k]}", flush=True)
+            say(f"P-DARTS stage {k + 1}/{stages}: {schedule.layers[k]} cells, "
+                f"skip dropout {schedule.skip_dropout[k]}")
             stage_dir = self.run_dir / f"stage-{k + 1}"
             self._run_stage(stage_dir, k, mask, progress)
             lines = read_jsonl(stage_dir / "alphas.jsonl")

@@ -38,7 +38,7 @@ from .genotype import Genotype
 from .cuda_graph import GraphedStep
 from .search import copies, copy_into, format_seconds, read_jsonl, write_jsonl
 from .selection import SELECTIONS, TopK
-from .settings import bars_off
+from .settings import bars_off, say
 from .spaces.darts import CELL_TYPES
 
 CRITERIA = ("accuracy", "loss")
@@ -147,9 +147,9 @@ class Perturbation:
             with open(search.run_dir / "projection.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             choice = record["choice"]
-            print(f"decision {self.step + 1}/{steps}  {cell} node {record['node']}: "
-                  + (f"edge from {record['input']} -> {choice}" if kind == "op" else f"inputs {choice}")
-                  + f"  (supernet val_acc {record['supernet']['val_acc']:.4f})", flush=True)
+            say(f"decision {self.step + 1}/{steps}  {cell} node {record['node']}: "
+                + (f"edge from {record['input']} -> {choice}" if kind == "op" else f"inputs {choice}")
+                + f"  (supernet val_acc {record['supernet']['val_acc']:.4f})")
             search.save_checkpoint()
         self.step += 1
         search.save_checkpoint()
@@ -251,8 +251,8 @@ class Perturbation:
         search.save_checkpoint()
         started, first = self._clock  # the eta counts decisions in the time of the epochs
         eta = (time.time() - started) / (self.tune_epoch - first) * (total - self.tune_epoch)
-        print(f"tune epoch {self.tune_epoch}/{total}  lr {lr:.4g}  train_acc {record['train_acc']:.4f}  "
-              f"{record['seconds']:.1f}s  eta {format_seconds(eta)}", flush=True)
+        say(f"tune epoch {self.tune_epoch}/{total}  lr {lr:.4g}  train_acc {record['train_acc']:.4f}  "
+            f"{record['seconds']:.1f}s  eta {format_seconds(eta)}")
 
 
 @torch.no_grad()

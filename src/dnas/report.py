@@ -34,7 +34,7 @@ from .cost import Cost, cost
 from .data import IMAGE_SHAPES
 from .genotype import Genotype
 from .search import format_seconds, read_jsonl
-from .settings import bars_off, warn
+from .settings import bars_off, say, warn
 from .spaces.darts_network import NetworkCIFAR
 from .viz import DOTS, GraphvizNotFound, draw
 from .zoo import genotype_class
@@ -585,7 +585,7 @@ class TensorBoardLog:
                 png = cell_picture(parse_genotype(metrics["genotype"]))
             except GraphvizNotFound as e:  # the search goes on without pictures
                 self.draw_cells, png = False, None
-                print(f"tensorboard: cells not drawn: {e}", flush=True)
+                say(f"tensorboard: cells not drawn: {e}")
             if png is not None:
                 self.writer.add_image("cells", _pixels(png), step, dataformats="HWC")
         self.writer.flush()

@@ -42,7 +42,7 @@ from .data import BatchLoader, load_dataset, memory_format, split_indices
 from .genotype import Genotype
 from .methods import Method, Parts, get_method
 from .relax import is_hard
-from .settings import bars_off, own_torch_state, temporarily, warn
+from .settings import bars_off, own_torch_state, say, temporarily, warn
 from .spaces import SPACES, fused
 
 CHECKPOINT_FORMAT = "dnas-search-checkpoint-v1"
@@ -308,7 +308,7 @@ class Search:
         self._write_json("config.json", {"config": dataclasses.asdict(self.config),
                                          "method": dataclasses.asdict(self.method), "data": self.data,
                                          "environment": checkpoint.environment(self.device)})
-        print(self.describe(), flush=True)
+        say(self.describe())
         started = time.time()
         first_epoch = self.epoch
         while self.epoch < self.config.epochs and self.stopped is None:
@@ -340,9 +340,9 @@ class Search:
             self.save_checkpoint()
             done = self.epoch - first_epoch
             eta = (time.time() - started) / done * (self.config.epochs - self.epoch)
-            print(f"epoch {self.epoch}/{self.config.epochs}  lr {lr:.4g}  {self.epoch_summary(record)}"
-                  + "".join(f"{k} {v:.4g}  " for k, v in genotype_metrics.items())
-                  + f"{record['seconds']:.1f}s  eta {format_seconds(eta)}", flush=True)
+            say(f"epoch {self.epoch}/{self.config.epochs}  lr {lr:.4g}  {self.epoch_summary(record)}"
+                + "".join(f"{k} {v:.4g}  " for k, v in genotype_metrics.items())
+                + f"{record['seconds']:.1f}s  eta {format_seconds(eta)}")
         if log is not None:
             log.close()
         for graph in (self.graph, self.eval_graph):  # their memory, for what comes after the epochs (DARTS-PT)
@@ -351,8 +351,8 @@ class Search:
         metrics = read_jsonl(self.run_dir / "metrics.jsonl")
         genotype = self.model.derive(self.parts.selection)
         if self.stopped is not None:
-            print(f"stopped early after epoch {self.epoch}: {self.stopped['reason']}; "
-                  f"the genotype is the one derived at epoch {self.stopped['genotype_epoch']}", flush=True)
+            say(f"stopped early after epoch {self.epoch}: {self.stopped['reason']}; "
+                f"the genotype is the one derived at epoch {self.stopped['genotype_epoch']}")
             genotype = type(genotype).parse(metrics[self.stopped["genotype_epoch"] - 1]["genotype"])
         if hasattr(self.parts.selection, "after_search"):  # a selection that works on the trained supernet (DARTS-PT)
             genotype = self.parts.selection.after_search(self, progress)
@@ -667,10 +667,12 @@ def search(
     settings given override it. ``resume`` continues the run in that directory from its last checkpoint, with
     its saved settings (only ``device``, ``data`` (where the data is now) and ``tensorboard`` may be given).
     ``dataset`` defaults to the space's (cifar10; ptb for the recurrent space ``darts-rnn``, whose settings are
-    ``RNNSearchConfig``). ``progress``: the progress bars (where the output is a terminal); each epoch's line
-    is printed either way. The caller's torch random state, grad mode and default dtype are put back after
-    (``settings.own_torch_state``); on the CPU a search has glibc keep large freed blocks for reuse, for the
-    rest of the process (``reuse_large_blocks``: up to 512 MB more held, 20-30% faster steps at batch 64).
+    ``RNNSearchConfig``). ``progress``: the progress bars (where the output is a terminal); the run's lines
+    (its data, each epoch's measures) go to standard output through the logger ``dnas`` either way
+    (``logging.getLogger("dnas").setLevel(logging.WARNING)`` silences them). The caller's torch random state,
+    grad mode and default dtype are put back after (``settings.own_torch_state``); on the CPU a search has
+    glibc keep large freed blocks for reuse, for the rest of the process (``reuse_large_blocks``: up to 512 MB
+    more held, 20-30% faster steps at batch 64).
 
         dnas.search(space="darts", method="darts-v2", dataset="cifar10", data="~/data", epochs=50, fast=True)
     """

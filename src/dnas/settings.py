@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import warnings
 
@@ -50,3 +51,26 @@ def warn(message: str) -> None:
     while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in ("dnas", "contextlib"):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, UserWarning, stacklevel=level)
+
+
+#: A run's lines (what it reads and runs, each epoch's measures), to standard output; a process that wants
+#: them elsewhere or not at all says so to the logger, ``logging.getLogger("dnas").setLevel(logging.WARNING)``.
+LOG = logging.getLogger("dnas")
+
+
+class _ToStdout(logging.Handler):
+    """Each line to the ``sys.stdout`` of the moment (a redirected or captured one too), flushed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stdout, flush=True)
+
+
+if not LOG.handlers:
+    LOG.addHandler(_ToStdout())
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+
+
+def say(line: str) -> None:
+    """One of a run's lines, through ``LOG``."""
+    LOG.info(line)

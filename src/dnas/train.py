@@ -40,7 +40,7 @@ from . import checkpoint
 from .search import (check_minimums, check_positive, check_subset, drop_lines_after, format_seconds, new_run_dir,
                      progress_every, read_jsonl, resolve_device)
 from .spaces.darts_network import NETWORKS, DartsNetwork, check_fits
-from .settings import bars_off, own_torch_state, warn
+from .settings import bars_off, own_torch_state, say, warn
 from .zoo import convolutional, load_genotype
 
 CHECKPOINT_FORMAT = "dnas-train-checkpoint-v1"
@@ -229,7 +229,7 @@ class Trainer:
             indent=1) + "\n")
         self.genotype.save(self.run_dir / "genotype.json")
         self.genotype.save(self.run_dir / "genotype.txt")
-        print(f"network: {c.network}, {c.layers} cells, {c.C} channels: {self.cost}", flush=True)
+        say(f"network: {c.network}, {c.layers} cells, {c.C} channels: {self.cost}")
         started, first_epoch = time.time(), self.epoch
         while self.epoch < c.epochs:
             t0 = time.time()
@@ -251,8 +251,8 @@ class Trainer:
             checkpoint.atomic_save(self.model.state_dict(), self.run_dir / "last.pt")
             self.save_checkpoint()
             eta = (time.time() - started) / (self.epoch - first_epoch) * (c.epochs - self.epoch)
-            print(f"epoch {self.epoch}/{c.epochs}  lr {lr:.4g}  train_acc {record['train_acc']:.4f}  "
-                  f"test_acc {test.acc:.4f}  {record['seconds']:.1f}s  eta {format_seconds(eta)}", flush=True)
+            say(f"epoch {self.epoch}/{c.epochs}  lr {lr:.4g}  train_acc {record['train_acc']:.4f}  "
+                f"test_acc {test.acc:.4f}  {record['seconds']:.1f}s  eta {format_seconds(eta)}")
         return TrainResult(self.run_dir, self.genotype, read_jsonl(self.run_dir / "metrics.jsonl"), self.cost)
 
     # -- checkpoints ----------------------------------------------------------------------------------

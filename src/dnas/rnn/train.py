@@ -37,7 +37,7 @@ from ..cost import count_params
 from ..data import CORPORA, batchify, get_batch, is_corpus, load_corpus
 from ..search import (check_minimums, check_positive, drop_lines_after, format_seconds, new_run_dir, read_jsonl,
                       resolve_device)
-from ..settings import bars_off
+from ..settings import bars_off, say
 from ..zoo import load_genotype
 from .genotype import RecurrentGenotype
 from .model import (GenotypeCell, LanguageModel, activation_regularization, bptt_length, evaluate_lm, lm_loss,
@@ -189,8 +189,8 @@ class LMTrainer:
             "environment": checkpoint.environment(self.device)}, indent=1) + "\n")
         self.genotype.save(self.run_dir / "genotype.json")
         self.genotype.save(self.run_dir / "genotype.txt")
-        print(f"language model: {c.emb_size}/{c.hidden_size}, vocabulary {self.vocab_size}: "
-              f"{self.params / 1e6:.3f}M params", flush=True)
+        say(f"language model: {c.emb_size}/{c.hidden_size}, vocabulary {self.vocab_size}: "
+            f"{self.params / 1e6:.3f}M params")
         started, first_epoch = time.time(), self.epoch
         while self.epoch < c.epochs:
             t0 = time.time()
@@ -214,9 +214,9 @@ class LMTrainer:
                 f.write(json.dumps(record) + "\n")
             self.save_checkpoint()
             eta = (time.time() - started) / (self.epoch - first_epoch) * (c.epochs - self.epoch)
-            print(f"epoch {self.epoch}/{c.epochs}  {record['optimizer']}  train_ppl {record['train_ppl']:.2f}  "
-                  f"val_ppl {record['val_ppl']:.2f}  {record['seconds']:.1f}s  eta {format_seconds(eta)}"
-                  + ("  (switching to ASGD)" if record.get("switched_to_asgd") else ""), flush=True)
+            say(f"epoch {self.epoch}/{c.epochs}  {record['optimizer']}  train_ppl {record['train_ppl']:.2f}  "
+                f"val_ppl {record['val_ppl']:.2f}  {record['seconds']:.1f}s  eta {format_seconds(eta)}"
+                + ("  (switching to ASGD)" if record.get("switched_to_asgd") else ""))
         return LMTrainResult(self.run_dir, self.genotype, read_jsonl(self.run_dir / "metrics.jsonl"), self.params)
 
     def save_checkpoint(self) -> None:
