@@ -140,7 +140,13 @@ def check_resume_settings(settings: dict[str, Any], allowed: tuple[str, ...] = (
         raise ValueError(f"a resumed run keeps its settings; only {', '.join(allowed)} may change, "
                          f"not {sorted(changed)}")
     if settings.get("data") is not None:
-        settings["data"] = os.path.abspath(os.path.expanduser(os.fspath(settings["data"])))
+        settings["data"] = absolute(settings["data"])
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """``path`` absolute, ``~`` expanded: a data folder as a run records it, so that it resumes (and is
+    tested) from any working folder."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
 def resume(runner, progress: bool):

@@ -431,16 +431,16 @@ def check_op_shapes(name: str, factory) -> None:
     not (a user's op, checked once on a small input), rather than a size mismatch deep in a cell's sum."""
     x = torch.zeros(2, 4, 16, 16)
     for stride in (1, 2):
+        want = (2, 4, 16 // stride, 16 // stride)
         try:  # the random numbers its weights draw are given back: a search's seed gives the same weights
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 y = factory(4, stride, False).eval()(x)
         except Exception as e:
             raise ValueError(f"op {name!r} (C=4, stride {stride}) fails on a (2, 4, 16, 16) input: "
                              f"{type(e).__name__}: {e}") from e
-        if tuple(y.shape) != (2, 4, 16 // stride, 16 // stride):
+        if tuple(y.shape) != want:
             raise ValueError(f"op {name!r} (C=4, stride {stride}) takes a (2, 4, 16, 16) input to {tuple(y.shape)}, "
-                             f"not {(2, 4, 16 // stride, 16 // stride)}: an op keeps its C channels and at stride 2 "
-                             f"halves the height and width")
+                             f"not {want}: an op keeps its C channels and at stride 2 halves the height and width")
 
 
 #: Ops without parameters, whose share in a derived cell signals the DARTS collapse.

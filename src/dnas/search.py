@@ -93,9 +93,7 @@ class SearchConfig:
     def __post_init__(self):
         check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, side_streams=0,
                        arch_warmup_epochs=0, lr_min=0, momentum=0, weight_decay=0, arch_weight_decay=0)
-        check_positive(vars(self), "lr", "arch_lr", "grad_clip")
-        if self.arch_grad_clip is not None:
-            check_positive(vars(self), "arch_grad_clip")
+        check_positive(vars(self), "lr", "arch_lr", "grad_clip", "arch_grad_clip")
         if not 0 < self.train_portion < 1:
             raise ValueError(f"train_portion is the share of the training images the weights train on, the rest "
                              f"the alphas', between 0 and 1; not {self.train_portion}")
@@ -124,8 +122,9 @@ def check_minimums(settings: dict[str, Any], **minimums: int) -> None:
 
 
 def check_positive(settings: dict[str, Any], *names: str) -> None:
-    """A ValueError naming each of ``settings``' ``names`` that is not above 0."""
-    low = [f"{name} must be > 0, not {settings[name]}" for name in names if settings[name] <= 0]
+    """A ValueError naming each of ``settings``' ``names`` that is not above 0 (None: not set, allowed)."""
+    low = [f"{name} must be > 0, not {settings[name]}" for name in names
+           if settings[name] is not None and settings[name] <= 0]
     if low:
         raise ValueError("; ".join(low))
 
@@ -199,8 +198,6 @@ class Search:
         self.model.check_image_size(data.image_size)
         self.data = {"images": len(y), "num_classes": data.num_classes, "channels": data.channels,
                      "image_size": list(data.image_size), "classes": data.classes}  # what was read, for config.json
-        self.data_line = (f"{len(y):,} training images of {data.num_classes} classes, "
-                          f"{data.channels}x{data.image_size[0]}x{data.image_size[1]}")
         self.w_optimizer, self.a_optimizer = optimizers(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs,
                                                                     eta_min=config.lr_min)
@@ -292,6 +289,12 @@ class Search:
         resumed = f" resumed after epoch {self.epoch} of {c.epochs}," if self.epoch else ""
         return (f"{self.method.name} on {c.dataset} ({self.data_line}), {c.epochs} epoch{'s' * (c.epochs != 1)},"
                 f"{resumed} on {self.device} ({', '.join([*ways, c.precision])}): {self.run_dir}")
+
+    @property
+    def data_line(self) -> str:
+        """What the search read, as its first line says it."""
+        d, (h, w) = self.data, self.data["image_size"]
+        return f"{d['images']:,} training images of {d['num_classes']} classes, {d['channels']}x{h}x{w}"
 
     @property
     def eval_precision(self) -> str:
@@ -710,7 +713,7 @@ def search(
              f"weight steps, and the search has {config.epochs}: they never move, and the genotype is the "
              f"initial alphas' (set fewer warm-up epochs, --arch-warmup-epochs)")
     if config.data is not None:
-        config.data = os.path.abspath(os.path.expanduser(os.fspath(config.data)))  # a run resumes from anywhere
+        config.data = checkpoint.absolute(config.data)
     if run_dir is None:
         other_space = [space] if space and space != recipe.part("space") else []  # e.g. darts-v1-nb201-cifar10
         run_dir = new_run_dir(runs_root, Path(method).stem, *other_space, dataset)  # a recipe file by its stem

@@ -325,7 +325,7 @@ def train(
     NETWORKS.get(network)
     config = TrainConfig(**{**NETWORK_DEFAULTS[network], **settings, "network": network, "dataset": dataset})
     if config.data is not None:
-        config.data = os.path.abspath(os.path.expanduser(os.fspath(config.data)))  # a run resumes from anywhere
+        config.data = checkpoint.absolute(config.data)
     genotype, name = load_genotype(genotype)
     genotype = convolutional(genotype, name)
     if run_dir is None:
@@ -406,7 +406,7 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data: s
     c = saved["config"]
     own = dataset in (None, c["dataset"])  # another data set is read from ``data`` or its own place, not the run's
     dataset = dataset or c["dataset"]
-    folder = os.path.abspath(os.path.expanduser(os.fspath(data))) if data is not None else c["data"] if own else None
+    folder = checkpoint.absolute(data) if data is not None else c["data"] if own else None
     d = load_dataset(dataset, folder)
     if d.test_x is None:
         raise DataError(f"{dataset}: no test images to test on")

@@ -9,7 +9,7 @@ from ..checkpoint import read_config
 from ..cost import cost, count_params
 from ..data import CORPORA, DATASETS, IMAGE_SHAPES
 from ..export import FORMATS, export_run
-from ..report import load_run
+from ..report import images_of, load_run
 from ..spaces.darts_network import NETWORKS, check_fits
 from ..train import SCHEDULES, TrainConfig, evaluate_run, train
 from ..viz import GraphvizNotFound, draw
@@ -41,13 +41,11 @@ def run_info(args: argparse.Namespace) -> None:
     network = NETWORKS.get(network_name)
     # the images of --dataset, else a training run's, else, for the CIFAR network, those a run directory's
     # genotype was searched on (a cell moved to ImageNet keeps that network's 224 x 224 images)
-    own = not args.dataset and (bool(config) if trained else network_name == "cifar")
-    dataset = args.dataset or (saved.get("config", {}).get("dataset") if own else None)
-    in_channels, side, classes = IMAGE_SHAPES.get(dataset, (3, None, None))
-    size = (side, side) if side else (network.image_size,) * 2
-    if own and "image_size" in saved.get("data", {}):  # what the run read (older search runs did not say)
-        data = saved["data"]
-        in_channels, size, classes = data["channels"], tuple(data["image_size"]), data["num_classes"]
+    if saved and not args.dataset and (bool(config) if trained else network_name == "cifar"):  # the run's images
+        in_channels, *size, classes = images_of(saved["config"]["dataset"], saved.get("data"))
+    else:
+        in_channels, side, classes = IMAGE_SHAPES.get(args.dataset, (3, None, None))
+        size = [side or network.image_size] * 2
     in_channels = args.in_channels or in_channels
     size = (args.image_size,) * 2 if args.image_size else size
     options = {"C": args.init_channels or config.get("C"), "layers": args.layers or config.get("layers"),

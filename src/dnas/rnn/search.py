@@ -69,7 +69,6 @@ class RNNSearch(Search):
         corpus = load_corpus(c.dataset, c.data)
         train, valid = corpus.train[: c.subset], corpus.valid[: c.subset]
         self.data = {"tokens": len(train), "vocab_size": corpus.vocab_size}  # what was read, for config.json
-        self.data_line = f"{len(train):,} training tokens, a vocabulary of {corpus.vocab_size:,}"
         self.train_data = batchify(train, c.batch_size).to(self.device)
         self.search_data = batchify(valid, c.batch_size).to(self.device)  # the architecture's steps
         self.val_data = batchify(valid, c.eval_batch_size).to(self.device)  # each epoch's report
@@ -82,6 +81,10 @@ class RNNSearch(Search):
                                     relaxation=self.parts.relaxation, edge=self.parts.edge).to(self.device)
         self.w_optimizer, self.a_optimizer = optimizers(self.model, c)
         self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.w_optimizer, factor=1.0, total_iters=0)
+
+    @property
+    def data_line(self) -> str:
+        return f"{self.data['tokens']:,} training tokens, a vocabulary of {self.data['vocab_size']:,}"
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"lengths": self.lengths}

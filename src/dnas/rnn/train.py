@@ -272,7 +272,7 @@ def train_lm(genotype=None, dataset: str | None = None, *, run_dir=None, runs_ro
                          f"{', '.join(sorted(LMTrainConfig.fields()))}")
     config = LMTrainConfig(**{**settings, "dataset": dataset or LMTrainConfig.dataset})
     if config.data is not None:
-        config.data = os.path.abspath(os.path.expanduser(os.fspath(config.data)))  # a run resumes from anywhere
+        config.data = checkpoint.absolute(config.data)
     genotype, name = load_genotype(genotype)
     if not isinstance(genotype, RecurrentGenotype):
         raise ValueError(f"{name} is a convolutional genotype; a language model needs a recurrent one")
@@ -315,7 +315,7 @@ def evaluate_lm_run(run_dir: str | os.PathLike, dataset: str | None = None, data
     check_minimums({"batch_size": batch_size, "subset": subset}, batch_size=1, subset=1)
     own = dataset in (None, config.dataset)
     corpus = load_corpus(dataset or config.dataset,
-                         os.path.expanduser(os.fspath(data)) if data else config.data if own else None)
+                         data if data else config.data if own else None)  # (load_corpus expands ~)
     if corpus.vocab_size != saved["vocab_size"]:
         raise ValueError(f"{corpus.name} has {corpus.vocab_size} words; the run was trained on a vocabulary of "
                          f"{saved['vocab_size']} ({config.dataset})")
