@@ -121,16 +121,20 @@ def test_gpu_check_names_only_paths_and_recipes_that_exist():
     assert set(default) | {"e2e-ways"} == stages
 
 
-def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call():
+def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call(tmp_path):
     """The device tool stops a command at 600 s, and a stage killed with the call reports nothing: each stage's
-    timeout is its own or what is left of BUDGET less 15 s, whichever is less (BUDGET=0: its own)."""
+    timeout is its own or what is left of BUDGET less 15 s, whichever is less (BUDGET=0: its own). The clock
+    is a fixed ``date``, so that no second passes between the script's start and the stage."""
     script = (BENCHMARKS / "gpu_check.sh").read_text()
     within = re.search(r"^BUDGET=.*?^}", script, re.S | re.M).group(0)
+    (tmp_path / "date").write_text("#!/bin/sh\necho 1000000\n")
+    (tmp_path / "date").chmod(0o755)
+    path = f"{tmp_path}{os.pathsep}{os.environ['PATH']}"
 
     def seconds(elapsed: int, asked: int, budget: str = "585") -> int:
         shell = f"{within}\nSTART=$((START - {elapsed})); within {asked}"
-        done = subprocess.run(["sh", "-c", shell], env={**os.environ, "BUDGET": budget}, capture_output=True,
-                              text=True, check=True)
+        done = subprocess.run(["sh", "-c", shell], env={**os.environ, "BUDGET": budget, "PATH": path},
+                              capture_output=True, text=True, check=True)
         return int(done.stdout)
 
     assert [seconds(0, 150), seconds(500, 150), seconds(700, 150), seconds(700, 150, "0")] == [150, 70, 1, 150]
