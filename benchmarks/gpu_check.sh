@@ -11,7 +11,7 @@
 # included. On an H100 on 2026-11-27 `steps tests e2e` took 527 s (tests/test_cuda_graph.py stopped at its 120
 # s); so next: first `steps e2e tests` with timeout_s 600 (the replay times first, then --fast end to end, now
 # with side streams; the tests get what is left of BUDGET, 585 s), then at once, on the machine still warm,
-# `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh e2e2 evalconvs steps2 profile`. The -lanes paths run the
+# `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh e2e-evalcl e2e2 evalconvs steps2 profile`. The -lanes paths run the
 # fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
 # they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
 # (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its
@@ -28,7 +28,7 @@
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
 # tool with carry [".gpu_data"]; stages: steps tests e2e convs evalconvs (the evaluation's depthwise forms,
-# forward only) profile steps2 e2e2 base recipes nb201 (default: all, in that order), and e2e-ways (--fast
+# forward only) profile steps2 e2e2 e2e-evalcl base recipes nb201 (default: all, in that order), and e2e-ways (--fast
 # in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
 # files come back); the rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py)
 # with the device, date and command.
@@ -40,7 +40,7 @@ cp .gpu_data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-STAGES="${*:-steps tests e2e convs evalconvs profile steps2 e2e2 base recipes nb201}"
+STAGES="${*:-steps tests e2e convs evalconvs profile steps2 e2e2 e2e-evalcl base recipes nb201}"
 # the whole call's seconds (the device tool stops a command at 600): each stage's timeout is cut to what is left,
 # less 15 s, so that a stage stopped reports what it measured before the call is killed (BUDGET=0: no cut)
 BUDGET="${BUDGET:-585}" START=$(date +%s)
@@ -119,7 +119,11 @@ e2e)
     e2e darts-v1 darts-v1 fast 150 ;;
 e2e2)
     e2e darts-v2 darts-v2 fast 200 ;;
+e2e-evalcl)  # --fast with each epoch's evaluation in NHWC (search setting eval_channels_last): its ms per
+    # evaluation batch against e2e's (an NHWC evaluation forward counts 1,697 kernels and 21.1 GB against 2,128 and
+    # 28.2 in NCHW, kernel_census.py --gpu-forms --evaluation; no copies around the depthwise form)
+    e2e darts-v1-evalcl darts-v1 fast 150 --eval-channels-last ;;
 e2e-ways)  # --fast with the fused cells' ways (search settings side_streams, merge_kernel_sizes), in NHWC
     e2e darts-v1-ways darts-v1 fast-cl-lanes-merged 180 ;;
-*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways convs evalconvs profile base recipes nb201" ;;
+*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-evalcl e2e-ways convs evalconvs profile base recipes nb201" ;;
 esac; done

@@ -166,6 +166,8 @@ def main() -> None:
     p.add_argument("--eval-batch-size", type=int,
                    help="batch of each epoch's evaluation on every path (default: the path's: fast on a GPU 256, "
                         "else --batch-size)")
+    p.add_argument("--eval-channels-last", action="store_true",
+                   help="each epoch's evaluation in NHWC on every path (``eval_channels_last``)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=2, help="of every path's search (default 2)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
@@ -191,6 +193,8 @@ def main() -> None:
             settings["merge_kernel_sizes"] = True
         if args.eval_batch_size:
             settings["eval_batch_size"] = args.eval_batch_size
+        if args.eval_channels_last:
+            settings["eval_channels_last"] = True
         with tempfile.TemporaryDirectory() as tmp, EpochParts() as parts:
             t0 = time.perf_counter()
             try:

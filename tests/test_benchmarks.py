@@ -50,7 +50,7 @@ def test_search_step_times_the_paths_and_their_first_steps_agree(tmp_path):
 def test_search_e2e_searches_real_cifar10_on_both_paths(cifar10_root, tmp_path):
     out, [report], _ = run("search_e2e.py", "--device", "cpu", "--paths", "readable,fast", "--subset", "64",
                            "--epochs", "1", "--batch-size", "16", "--layers", "3", "--init-channels", "4",
-                           "--cifar10", str(cifar10_root), "--no-results", out=tmp_path)
+                           "--cifar10", str(cifar10_root), "--eval-channels-last", "--no-results", out=tmp_path)
     assert report["failed"] == {} and set(report["runs"]) == {"readable", "fast"}
     for r in report["runs"].values():
         assert r["ms_per_step"] > 0 and r["ms_per_eval_batch"] > 0 and r["minutes_for_50_full_epochs"] > 0
@@ -105,14 +105,16 @@ def test_gpu_check_names_only_paths_and_recipes_that_exist():
 
     script = (BENCHMARKS / "gpu_check.sh").read_text()
     steps = re.findall(r"\bstep (\S+) (\S+) (\S+) \d+ \d+", script)
-    e2es = re.findall(r"^\s*e2e (\S+) (\S+) (\S+) \d+", script, re.M)
-    assert len(steps) == 6 and len(e2es) == 3
+    e2es = re.findall(r"^\s*e2e (\S+) (\S+) (\S+) \d+ ?(.*?) ;;", script, re.M)
+    assert len(steps) == 6 and len(e2es) == 4
+    e2e_options = set(re.findall(r'add_argument\("(--[\w-]+)"', (BENCHMARKS / "search_e2e.py").read_text()))
     for _, methods, paths in steps:
         for method in methods.split(","):
             get_method(method)
         for path in paths.split(","):
             path_options(path, PATHS)
-    for _, method, paths in e2es:
+    for _, method, paths, options in e2es:
+        assert set(re.findall(r"--[\w-]+", options)) <= e2e_options
         get_method(method)
         for path in paths.split(","):
             path_options(path, ("readable", "fused", "fast"))

@@ -36,14 +36,15 @@ def test_search_options_reach_the_config(fashion_mnist_root, tmp_path, capsys):
     with pytest.warns(UserWarning, match="side_streams: ways of running on a GPU, with no effect on cpu"):
         main(["search", "--method", "darts-v2", "--epochs", "1", "--seed", "7", "--cutout", "8", "--channels-last",
               "--ops", "none,skip_connect,sep_conv_3x3,sep_conv_5x5", "--fused", "--merge-kernel-sizes",
-              "--side-streams", "2", "--run-dir", str(run), "--device", "cpu", "--lr", "0.05", "--lr-min", "0",
-              "--momentum", "0.8", "--weight-decay", "1e-4", "--grad-clip", "2", "--arch-lr", "1e-3",
+              "--side-streams", "2", "--eval-channels-last", "--run-dir", str(run), "--device", "cpu", "--lr", "0.05",
+              "--lr-min", "0", "--momentum", "0.8", "--weight-decay", "1e-4", "--grad-clip", "2", "--arch-lr", "1e-3",
               "--arch-weight-decay", "0", "--train-portion", "0.75", *TINY])
     config = json.loads((run / "config.json").read_text())["config"]
     assert (config["method"], config["seed"], config["cutout"], config["device"]) == ("darts-v2", 7, 8, "cpu")
     assert [config[k] for k in ("lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
                                 "arch_weight_decay", "train_portion")] == [0.05, 0, 0.8, 1e-4, 2, 1e-3, 0, 0.75]
-    assert (config["channels_last"], config["merge_kernel_sizes"], config["side_streams"]) == (True, True, 2)
+    assert [config[k] for k in ("channels_last", "eval_channels_last", "merge_kernel_sizes", "side_streams")] == [
+        True, True, True, 2]
     # and the run's first line says how its steps run (side streams are a GPU's: none on the CPU)
     assert f"on cpu (fused cells, NHWC, 3x3 and 5x5 ops merged, fp32): {run}" in capsys.readouterr().out
     assert config["space_options"] == {"C": 4, "layers": 3, "nodes": 2, "fused": True,

@@ -541,6 +541,26 @@ def test_channels_last_search_runs_in_nhwc(fashion_mnist_root, tmp_path):
     assert search.run(progress=False).genotype.nodes == 2
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_an_evaluation_in_nhwc_under_nchw_steps_measures_the_same(cifar10_root, tmp_path, fused):
+    """eval_channels_last: the evaluation's batches in NHWC where the steps run NCHW, the cells following their
+    input's layout (from the stem's output on: three colour channels); the measures are the same up to float32
+    rounding, and the first line says so."""
+    measures = []
+    for nhwc in (False, True):
+        config = SearchConfig(data=str(cifar10_root), subset=64, batch_size=16, epochs=1, eval_channels_last=nhwc,
+                              space_options=dict(C=4, layers=3, nodes=2, fused=fused))
+        search = Search(config, tmp_path / str(nhwc))
+        x, _ = next(iter(search.eval_loader))
+        with torch.no_grad():
+            features = search.model.stem(x)
+        assert features.is_contiguous(memory_format=torch.channels_last) == nhwc != features.is_contiguous()
+        assert ("evaluation NHWC" in search.describe()) == nhwc
+        measures.append(search.evaluate())
+    assert measures[1]["val_loss"] == pytest.approx(measures[0]["val_loss"], rel=1e-5)
+    assert measures[1]["val_acc"] == measures[0]["val_acc"]
+
+
 def resident_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()

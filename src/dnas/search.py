@@ -86,6 +86,8 @@ class SearchConfig:
     channels_last: bool = False  # supernet and images in NHWC layout: on the CPU the readable cell's step ~2x faster
     eval_batch_size: int | None = None  # of each epoch's evaluation (None: batch_size): a speed setting, the search
     # is the same at any (its evaluation draws from its own generator); --fast makes it 256 on a GPU
+    eval_channels_last: bool = False  # each epoch's evaluation in NHWC, also where the steps run NCHW: a speed
+    # setting (the cells follow their input's layout, the search is the same)
     merge_kernel_sizes: bool = False  # the fused cells' 3x3 and 5x5 ops run as one (spaces.fused.merge_kernel_sizes)
     side_streams: int = 0  # on a GPU, the fused cells' independent ops on this many side streams (spaces.fused.
     # side_streams); no effect on the CPU
@@ -186,7 +188,8 @@ class Search:
         self.val_loader = loader(x[val_idx], y[val_idx], generator=torch.Generator().manual_seed(config.seed + 1))
         # the evaluation's own batches, at its own batch size, drawn from its own generator (seeded each epoch)
         self.eval_loader = loader(self.val_loader.x, self.val_loader.y, shuffle=False, generator=torch.Generator(),
-                                  batch_size=config.eval_batch_size or config.batch_size)
+                                  batch_size=config.eval_batch_size or config.batch_size,
+                                  memory_format=memory_format(config.channels_last or config.eval_channels_last))
         if len(self.train_loader) == 0 or len(self.val_loader) == 0:
             raise ValueError(f"{len(y)} training images are too few to split into search-train and search-val")
 
@@ -285,7 +288,8 @@ class Search:
         ways = [way for way, on in (("fused cells", c.space_options.get("fused")), ("NHWC", c.channels_last),
                                     ("CUDA graph", c.cuda_graph and gpu),
                                     ("3x3 and 5x5 ops merged", c.merge_kernel_sizes),
-                                    (f"{c.side_streams} side streams", c.side_streams and gpu)) if on]
+                                    (f"{c.side_streams} side streams", c.side_streams and gpu),
+                                    ("evaluation NHWC", c.eval_channels_last and not c.channels_last)) if on]
         resumed = f" resumed after epoch {self.epoch} of {c.epochs}," if self.epoch else ""
         return (f"{self.method.name} on {c.dataset} ({self.data_line}), {c.epochs} epoch{'s' * (c.epochs != 1)},"
                 f"{resumed} on {self.device} ({', '.join([*ways, c.precision])}): {self.run_dir}")

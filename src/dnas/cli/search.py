@@ -45,7 +45,9 @@ def run_search(args: argparse.Namespace) -> None:
             "ops": tuple(args.ops.split(",")) if args.ops else None,
             "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
             "precision": args.precision, "channels_last": args.channels_last or None,
-            "eval_batch_size": args.eval_batch_size, "fused": args.fused or None,
+            "eval_batch_size": args.eval_batch_size,
+            "eval_channels_last": args.eval_channels_last or None,
+            "fused": args.fused or None,
             "merge_kernel_sizes": args.merge_kernel_sizes or None, "side_streams": args.side_streams,
             **{name: getattr(args, name) for name in OPTIMISATION},
         }.items() if v is not None}
@@ -108,6 +110,9 @@ def register(sub) -> None:
     s.add_argument("--eval-batch-size", type=int,
                    help="batch of each epoch's evaluation (default: --batch-size; darts-rnn 10); the search is the "
                         "same at any, only faster (--fast makes it 256 on a GPU)")
+    s.add_argument("--eval-channels-last", action="store_true",
+                   help="each epoch's evaluation in NHWC, also where the steps run NCHW; the search is the same, only "
+                        "its speed differs (docs/speed.md)")
     s.add_argument("--seed", type=int, help="random seed (default 2); same seed, same result on the CPU")
     s.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     s.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")
