@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import dnas
 from dnas import ops
-from dnas.cuda_graph import GraphedStep, HostSyncs, set_capturable
+from dnas.cuda_graph import GraphPool, GraphedStep, HostSyncs, set_capturable
 from dnas.methods import builtin_methods
 from dnas.search import Search, SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
@@ -45,11 +45,12 @@ def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32, space
     return model, step
 
 
-def batches(n: int, device="cpu", dtype=torch.float32):
+def batches(n: int, device="cpu", dtype=torch.float32, sizes=(4,)):
+    """``n`` (images, labels, val images, val labels) of 8 x 8 images, of ``sizes`` images in turn."""
     g = torch.Generator().manual_seed(1)
-    image = lambda: torch.randn(4, 3, 8, 8, generator=g, dtype=dtype).to(device)
-    label = lambda: torch.randint(0, 10, (4,), generator=g).to(device)
-    return [(image(), label(), image(), label()) for _ in range(n)]
+    image = lambda b: torch.randn(b, 3, 8, 8, generator=g, dtype=dtype).to(device)
+    label = lambda b: torch.randint(0, 10, (b,), generator=g).to(device)
+    return [(image(b), label(b), image(b), label(b)) for b in (sizes[i % len(sizes)] for i in range(n))]
 
 
 @pytest.mark.parametrize("space, fused", [("darts", False), ("darts", True), ("nb201", True)],
@@ -103,12 +104,17 @@ def test_warmup_must_be_a_step():
 
 
 class FakeGraph:
-    """Stands in for torch.cuda.CUDAGraph on the CPU: what the step records while capturing runs at replay."""
+    """Stands in for torch.cuda.CUDAGraph on the CPU: what the step records while capturing runs at replay;
+    ``captured_into`` is the pool id it was given, ``pool()`` its own (a new one where it was given none)."""
 
     capturing: "FakeGraph | None" = None
+    pools = 0
 
     def __init__(self):
         self.kernels = []
+
+    def pool(self):
+        return self.captured_into
 
     def replay(self):
         for kernel in self.kernels:
@@ -137,7 +143,10 @@ def fake_cuda_graphs(monkeypatch):
 
     @contextmanager
     def graph(g, pool=None):
-        FakeGraph.capturing, g.pool = g, pool
+        if pool is None:
+            FakeGraph.pools += 1
+            pool = f"pool {FakeGraph.pools}"
+        FakeGraph.capturing, g.captured_into = g, pool
         try:
             yield
         finally:
@@ -154,21 +163,36 @@ def test_graphed_step_warms_up_captures_replays_and_resets(fake_cuda_graphs):
         x = torch.full((3,), float(i))
         assert torch.equal(graphed(x)[0], 2 * x)
     assert step.eager == 2 and graphed.replays == 3
-    assert torch.equal(graphed(torch.ones(2))[0], 2 * torch.ones(2))  # another shape: eagerly
-    assert step.eager == 3
+    for i in range(4):  # another shape (an epoch's last batch): its own warm-up and graph
+        assert torch.equal(graphed(torch.full((2,), float(i)))[0], torch.full((2,), 2.0 * i))
+    assert step.eager == 4 and graphed.replays == 5 and len(graphed.graphs) == 2
+    assert torch.equal(graphed(torch.ones(3))[0], 2 * torch.ones(3)) and graphed.replays == 6
     graphed.reset()  # a new epoch: warm up and capture again (the host reads are checked once only)
     for i in range(3):
         graphed(torch.ones(3))
-    assert step.eager == 5 and graphed.replays == 4
+    assert step.eager == 6 and graphed.replays == 7
 
 
-def test_graphed_steps_given_a_pool_capture_into_it(fake_cuda_graphs):
-    pool = object()
+def test_graphed_steps_share_a_pool_while_one_of_its_graphs_lives(fake_cuda_graphs):
+    """The graphs of steps given one GraphPool, and those of one step, capture into one pool id; once they are
+    all released the next capture takes a fresh one (PyTorch's allocator refuses an id whose graphs are gone)."""
+    pool = GraphPool()
     graphed = [GraphedStep(Doubling(), pool=pool) for _ in range(2)]
     for g in graphed:
-        for _ in range(3):
-            g(torch.ones(3))
-    assert [g.graph.pool for g in graphed] == [pool, pool]
+        for x in (torch.ones(3),) * 3 + (torch.ones(2),) * 3:
+            g(x)
+    first = [graph.captured_into for g in graphed for graph, _, _ in g.graphs.values()]
+    assert len(first) == 4 and len(set(first)) == 1 and pool.graphs == 4
+    graphed[0].reset()  # the other step's graphs still hold the pool: the same id
+    for _ in range(3):
+        graphed[0](torch.ones(3))
+    assert graphed[0].graphs[(torch.Size([3]),)][0].captured_into == first[0]
+    for g in graphed:
+        g.reset()
+    assert pool.graphs == 0 and pool.handle is None
+    for _ in range(3):
+        graphed[1](torch.ones(3))
+    assert graphed[1].graphs[(torch.Size([3]),)][0].captured_into not in (None, first[0])
 
 
 class EagerGraphedStep:
@@ -212,7 +236,7 @@ def test_graphed_step_stays_eager_when_the_step_reads_the_host(fake_cuda_graphs)
     with pytest.warns(UserWarning, match=r"runs eagerly.*read on the host"):
         for _ in range(5):
             graphed(torch.ones(2))
-    assert graphed.replays == 0 and graphed.graph is None
+    assert graphed.replays == 0 and graphed.graphs == {}
 
 
 class ReadsTheHostWhenCaptured(Doubling):
@@ -232,7 +256,7 @@ def test_a_failed_capture_leaves_the_step_eager(fake_cuda_graphs):
     with pytest.warns(UserWarning, match=r"runs eagerly: its capture failed \(RuntimeError: operation not"):
         outs = [graphed(torch.full((3,), float(i)))[0] for i in range(5)]
     assert [o.tolist() for o in outs] == [[2.0 * i] * 3 for i in range(5)]
-    assert graphed.replays == 0 and graphed.graph is None and step.eager == 5
+    assert graphed.replays == 0 and graphed.graphs == {} and step.eager == 5
 
 
 @CUDA
@@ -278,6 +302,24 @@ def test_replayed_steps_equal_eager_steps(name):
         loss_g, _ = graphed(*batch)
         torch.testing.assert_close(loss_g, loss_e, rtol=1e-9, atol=0)
     assert graphed.eager_reason is None and graphed.replays == len(data) - 2
+    assert_same_state(eager_model, graph_model)
+
+
+@CUDA
+@pytest.mark.parametrize("name", ["darts-v1", "darts-v2"])
+def test_an_epochs_last_smaller_batch_replays_its_own_graph_in_the_same_memory(name):
+    """Three epochs of three batches of 4 and a last one of 3, in float64: each size warms up, is captured and
+    replays its own graph, both in one memory pool, and the steps equal those run eagerly."""
+    data = batches(12, "cuda", torch.float64, sizes=(4, 4, 4, 3))
+    eager_model, eager_step = recipe_step(name, True, "cuda", torch.float64)
+    graph_model, graph_step = recipe_step(name, True, "cuda", torch.float64)
+    graphed = GraphedStep(graph_step)
+    for batch in data:
+        loss_e, _ = eager_step(*batch)
+        loss_g, _ = graphed(*batch)
+        torch.testing.assert_close(loss_g, loss_e, rtol=1e-9, atol=0)
+    assert graphed.eager_reason is None and graphed.replays == (9 - 2) + (3 - 2) and len(graphed.graphs) == 2
+    assert len({graph.pool() for graph, _, _ in graphed.graphs.values()}) == 1
     assert_same_state(eager_model, graph_model)
 
 
@@ -347,14 +389,15 @@ def test_gdas_runs_eagerly_with_a_warning():
 
 @CUDA
 def test_search_with_cuda_graph_runs_replays_and_resumes(fashion_mnist_root, tmp_path):
-    config = SearchConfig(method="darts-v1", dataset="fashion-mnist", subset=640, batch_size=32, epochs=2,
+    config = SearchConfig(method="darts-v1", dataset="fashion-mnist", subset=680, batch_size=32, epochs=3,
                           device="cuda", cuda_graph=True, space_options={"C": 4, "layers": 3, "fused": True})
     first = Search(config, tmp_path / "r")
     metrics = first.run(progress=False).metrics
-    # 10 steps an epoch: 2 eager, then captured once and replayed, the second epoch too (its lr a device tensor)
-    assert first.graph.replays == 20 - 2
-    assert first.eval_graph.replays == 20 - 2  # likewise the 10 evaluation batches of each epoch
-    assert [m["lr"] for m in metrics] == pytest.approx([0.025, 0.001])  # cosine over 2 epochs
+    # 10 steps of 32 images an epoch and one of 20: the full ones 2 eager, then captured once and replayed over
+    # the epochs (the lr a device tensor); the smaller one eager in the first two epochs, replayed in the third
+    assert first.graph.replays == (30 - 2) + (3 - 2)
+    assert first.eval_graph.replays == (30 - 2) + (3 - 2)  # likewise the evaluation's 10 + 1 batches an epoch
+    assert [m["lr"] for m in metrics] == pytest.approx([0.025, 0.019, 0.007])  # cosine over 3 epochs
     rng = first.val_loader.generator.get_state()
     replayed = first.evaluate()
     first.val_loader.generator.set_state(rng)
@@ -362,10 +405,10 @@ def test_search_with_cuda_graph_runs_replays_and_resumes(fashion_mnist_root, tmp
     eager = first.evaluate()
     assert replayed["val_acc"] == eager["val_acc"]
     assert replayed["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-5)
-    resumed = Search(dataclasses.replace(config, epochs=3), tmp_path / "r")
+    resumed = Search(dataclasses.replace(config, epochs=4), tmp_path / "r")
     resumed.load_checkpoint()
     result = resumed.run(progress=False)
-    assert resumed.graph.replays == 8 and len(result.metrics) == 3
+    assert resumed.graph.replays == 8 and len(result.metrics) == 4
     assert all(s["step"].device.type == "cuda" for s in resumed.a_optimizer.state.values())
 
 

@@ -7,7 +7,7 @@ the kernels of one step once; a replay launches all of them at once (``torch.cud
 needs, and how ``GraphedStep`` provides it:
 
 * the same input tensors: each batch is copied into the captured inputs before a replay; a batch of
-  another shape (the last, smaller batch of an epoch) runs eagerly;
+  another shape (the last, smaller batch of an epoch) has a graph of its own, in the same memory;
 * the same Python numbers: a temperature or regulariser weight is baked into the kernels when the step is
   captured, so a search whose parts have schedules captures afresh each epoch (``reset``), after they have
   moved; the learning rate is a device tensor that the scheduler fills (``set_capturable``), so a search
@@ -77,42 +77,66 @@ def _caller() -> str:
     return "outside dnas"
 
 
+class GraphPool:
+    """The memory that several graphs share, which never run at once: each graph's temporaries are the
+    others' too, so that steps sharing a pool take the memory of the largest, not their sum. Its id is
+    that of the first graph captured into it (``CUDAGraph.pool()``), and a fresh one once all its graphs are
+    gone: PyTorch's allocator refuses to capture into a pool whose graphs have all been released."""
+
+    def __init__(self):
+        self.handle, self.graphs = None, 0  # the id, and how many captured graphs live in it
+
+    def captured(self, graph) -> None:
+        if self.graphs == 0:
+            self.handle = graph.pool()
+        self.graphs += 1
+
+    def released(self, graphs: int) -> None:
+        self.graphs -= graphs
+        if self.graphs == 0:
+            self.handle = None
+
+
 class GraphedStep:
-    """``step(*tensors) -> tuple of tensors``, replayed from a CUDA graph once warmed up and captured.
+    """``step(*tensors) -> tuple of tensors``, replayed from a CUDA graph once warmed up and captured: one graph
+    per shape of the inputs (an epoch's last, smaller batch gets its own, captured at its third epoch).
 
     Call ``reset()`` whenever a Python number the step reads has changed; the next calls warm up and capture
-    again. ``eager_reason`` says why the step runs eagerly for good, if it does. Steps given one ``pool``
-    (``torch.cuda.graph_pool_handle()``) share their graphs' memory: they must never run at once."""
+    again. ``eager_reason`` says why the step runs eagerly for good, if it does. Its graphs share one
+    ``GraphPool``, and so do those of the steps given the same ``pool``: they must never run at once, and a
+    graph's outputs are read before another graph replays (as a search reads its loss)."""
 
-    def __init__(self, step: Callable[..., Sequence[torch.Tensor]], warmup: int = 2, pool=None):
+    def __init__(self, step: Callable[..., Sequence[torch.Tensor]], warmup: int = 2, pool: GraphPool | None = None):
         if warmup < 2:
             raise ValueError(f"warmup must be >= 2 eager steps before a capture (the first fills caches, the "
                              f"second is checked for host reads), not {warmup}")
-        self.step, self.warmup, self.pool = step, warmup, pool
+        self.step, self.warmup, self.pool = step, warmup, pool or GraphPool()
+        self.graphs: dict[tuple, tuple] = {}  # the inputs' shapes -> (graph, captured inputs, outputs)
         self.eager_reason: str | None = None
         self.checked = False
         self.replays = 0  # steps replayed so far, over all captures
         self.reset()
 
     def reset(self) -> None:
-        """Drop the captured graph (and its memory); the next steps warm up and capture afresh."""
-        self.graph = self.inputs = self.outputs = None
-        self.warm = 0
+        """Drop the captured graphs (and their memory); the next steps warm up and capture afresh."""
+        self.pool.released(len(self.graphs))
+        self.graphs = {}
+        self.warm: dict[tuple, int] = {}  # the inputs' shapes -> eager warm-up steps taken
 
     def __call__(self, *inputs: torch.Tensor):
         if self.eager_reason is not None:
             return self.step(*inputs)
-        if self.graph is not None:
-            if [t.shape for t in inputs] != [t.shape for t in self.inputs]:
-                return self.step(*inputs)
-            for static, t in zip(self.inputs, inputs):
-                static.copy_(t)
-            self.graph.replay()
+        shapes = tuple(t.shape for t in inputs)
+        if shapes in self.graphs:
+            graph, static, outputs = self.graphs[shapes]
+            for s, t in zip(static, inputs):
+                s.copy_(t)
+            graph.replay()
             self.replays += 1
-            return self.outputs
-        if self.warm < self.warmup:
-            self.warm += 1
-            if self.warm < self.warmup or self.checked:
+            return outputs
+        warm = self.warm[shapes] = self.warm.get(shapes, 0) + 1
+        if warm <= self.warmup:
+            if warm < self.warmup or self.checked:
                 return self._on_side_stream(inputs)
             self.checked = True  # the last warm-up step of the first capture: does it read the device on the host?
             with HostSyncs() as syncs:
@@ -120,19 +144,20 @@ class GraphedStep:
             if syncs.found:
                 self._run_eagerly(f"it makes the host wait for the GPU ({'; '.join(syncs.found.values())})")
             return out
-        self.inputs = [t.clone() for t in inputs]
-        self.graph = torch.cuda.CUDAGraph()
+        static, graph = [t.clone() for t in inputs], torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(self.graph, pool=self.pool):
-                self.outputs = self.step(*self.inputs)
+            with torch.cuda.graph(graph, pool=self.pool.handle):
+                outputs = self.step(*static)
         except Exception as e:  # the capture ran nothing: this step, and those after it, run eagerly
             _end_failed_capture(inputs[0].device)
             self.reset()
             self._run_eagerly(f"its capture failed ({type(e).__name__}: {str(e).splitlines()[0]})")
             return self.step(*inputs)
-        self.graph.replay()  # the capture ran nothing: this is the step of these inputs
+        self.graphs[shapes] = graph, static, outputs
+        self.pool.captured(graph)
+        graph.replay()  # the capture ran nothing: this is the step of these inputs
         self.replays += 1
-        return self.outputs
+        return outputs
 
     def _run_eagerly(self, reason: str) -> None:
         """From now on: the step runs eagerly, for ``reason``, which a warning names."""

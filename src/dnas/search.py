@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .arch_grad import Implicit
-from .cuda_graph import GraphedStep, set_capturable
+from .cuda_graph import GraphedStep, GraphPool, set_capturable
 from .data import BatchLoader, load_dataset, memory_format, split_indices
 from .genotype import Genotype
 from .methods import Method, Parts, get_method
@@ -165,7 +165,7 @@ class Search:
         if config.cuda_graph and self.device.type == "cuda":
             for optimizer in (self.a_optimizer, self.w_optimizer):
                 set_capturable(optimizer)
-            pool = torch.cuda.graph_pool_handle()  # one memory for both graphs, which never run at once
+            pool = GraphPool()  # one memory for both steps' graphs, which never run at once
             self.graph, self.eval_graph = (GraphedStep(self._bilevel_step, pool=pool),
                                            GraphedStep(self._eval_batch, pool=pool))
         self.graphed_for = None  # what the graphs were captured for (``renew_graphs``)
