@@ -10,10 +10,9 @@ appended, as Markdown, to benchmarks/RESULTS.md.
 The protocol is the benchmark's own search setting (its code: configs/nas-benchmark/algos/DARTS.config,
 GDAS.config, scripts-search/algos/*.sh): the CIFAR-10 training set split in halves (search-train and
 search-val), random crop and flip, C = 16, N = 5 cells per stage, batch 64, SGD lr 0.025 cosine-annealed to
-0.001, momentum 0.9, weight decay 5e-4, alphas by Adam 3e-4, betas (0.5, 0.999), weight decay 1e-3; 50
-epochs (DARTS), 240 for GDAS. Everything else is the method's recipe. Two differences remain: the
-benchmark's SGD is Nesterov (dnas's is plain momentum), and the shared CIFAR-10 copy went through JPEG
-(../shared/data/README.md).
+0.001, Nesterov momentum 0.9, weight decay 5e-4, alphas by Adam 3e-4, betas (0.5, 0.999), weight decay 1e-3;
+50 epochs (DARTS), 240 for GDAS. Everything else is the method's recipe (GDAS's: each step's weight step
+first). One difference remains: the shared CIFAR-10 copy went through JPEG (../shared/data/README.md).
 
     python benchmarks/nb201_compare.py --methods darts-v1,darts-v2,gdas --seeds 0,1,2    # the protocol (a GPU)
     python benchmarks/nb201_compare.py --methods darts-v1 --seeds 0,1 --reduced          # CPU, minutes
@@ -51,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARED_DATA = Path(os.environ.get("DNAS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-PROTOCOL = {"C": 16, "N": 5, "batch_size": 64, "weight_decay": 5e-4}  # the rest are SearchConfig's defaults
+PROTOCOL = {"C": 16, "N": 5, "batch_size": 64, "weight_decay": 5e-4, "nesterov": True}  # the rest: SearchConfig's
 EPOCHS = {"gdas": 240}  # the benchmark's GDAS.config; 50 (DARTS.config) for every other method
 REDUCED = {"epochs": 10, "subset": 2000, "C": 8, "N": 1}
 
@@ -147,7 +146,7 @@ def main() -> None:
     epochs = {m: fixed_epochs or EPOCHS.get(Path(m).stem, 50) for m in methods}
     protocol = (("reduced protocol: " if reduced else "the benchmark's protocol: ")
                 + ", ".join(f"{m} {e} epochs" for m, e in epochs.items())
-                + "".join(f", {k}={settings[k]}" for k in ("subset", "C", "N", "batch_size", "weight_decay")
+                + "".join(f", {k}={settings[k]}" for k in ("subset", "C", "N", "batch_size", "weight_decay", "nesterov")
                           if k in settings))
 
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -56,6 +56,22 @@ def test_second_order_matches_autograd_through_the_unrolled_step(with_momentum):
         torch.testing.assert_close(w.detach(), b, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_unrolled_weights_are_the_weight_optimisers_next_step(nesterov):
+    """w' of second order is where the SGD step about to be taken puts the weights: with momentum buffers
+    (after one real step) and without, plain or Nesterov (GDAS's code)."""
+    model, train_batch, _, _ = tiny_problem()
+    opt = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4, nesterov=nesterov)
+    for _ in range(2):  # first without momentum buffers, then with
+        weights = list(model.weight_parameters())
+        unrolled = SecondOrder.unrolled_weights(weights, batch_loss(model, train_batch), opt)
+        opt.zero_grad()
+        batch_loss(model, train_batch).backward()
+        opt.step()
+        for u, w in zip(unrolled, weights):
+            torch.testing.assert_close(u.detach(), w.detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_second_order_differs_from_first_order():
     model, train_batch, val_batch, opt = tiny_problem(1)
     losses = (lambda params=None: batch_loss(model, train_batch, params),

@@ -1,5 +1,6 @@
 """End-to-end searches on real data, as a user runs them: run directory, resume, reproducibility, errors."""
 import importlib
+import copy
 import json
 import resource
 import sys
@@ -402,6 +403,41 @@ def test_a_step_trains_a_model_left_in_evaluation_mode_and_steps_its_optimisers_
     bilevel_step(model, get_method("darts-v1").build_parts(), a_opt, w_opt, batch, batch, 5.0)
     assert all(m.training for m in model.modules())
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # every weight and alpha moved
+
+
+def test_a_step_can_take_its_weight_step_first_with_nesterov_momentum():
+    """GDAS's code (weight_step_first, nesterov): the weight step by Nesterov SGD, then the architecture step at
+    the new weights; the same two steps taken one after the other by hand give the same model."""
+    from dnas.search import bilevel_step, optimizers
+    from dnas.spaces.darts import DartsSupernet
+
+    config = SearchConfig(nesterov=True, weight_step_first=True)
+    parts = get_method("darts-v1").build_parts()
+    batch = lambda: (torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))
+    batches = batch(), batch()
+    models = []
+    for by_hand in (False, True):
+        torch.manual_seed(0)
+        model = DartsSupernet(10, 3, C=4, layers=3).double()
+        w_opt, a_opt = optimizers(model, config)
+        assert w_opt.param_groups[0]["nesterov"]
+        x = [(b[0].double(), b[1]) for b in batches]
+        for _ in range(2):
+            if by_hand:  # a weight step alone, then an architecture step whose weight step is undone
+                bilevel_step(model, parts, a_opt, w_opt, x[0], x[1], 5.0, update_arch=False)
+                weights = [p.detach().clone() for p in model.weight_parameters()]
+                state = copy.deepcopy(w_opt.state_dict())
+                bilevel_step(model, parts, a_opt, w_opt, x[0], x[1], 5.0)
+                with torch.no_grad():
+                    for p, w in zip(model.weight_parameters(), weights):
+                        p.copy_(w)
+                w_opt.load_state_dict(state)
+            else:
+                bilevel_step(model, parts, a_opt, w_opt, x[0], x[1], 5.0, weight_step_first=True)
+        models.append(model)
+    for a, b in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert get_method("gdas").config["weight_step_first"] and get_method("gdas").config["nesterov"]
 
 
 @pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", False)])

@@ -40,7 +40,8 @@ class SecondOrder:
 
     The weights are unrolled by the step the weight optimiser is about to take,
     w' = w - xi * (momentum * buffer + grad_w L_train(w, alpha) + weight_decay * w), with xi its current
-    learning rate; then
+    learning rate (with Nesterov momentum, as GDAS's code takes it: w - xi * (g + momentum * buffer'), g the
+    gradient with weight decay and buffer' = momentum * buffer + g the optimiser's next buffer); then
 
         grad = grad_alpha L_val(w', alpha) - xi * grad^2_{alpha,w} L_train(w, alpha) . grad_w' L_val(w', alpha),
 
@@ -79,10 +80,13 @@ class SecondOrder:
         weights = list(weights)
         with torch.no_grad():  # one kernel per kind of term for all weights (foreach), not one per weight
             d = torch._foreach_add(list(_clipped(_grad(loss, weights), clip)), weights, alpha=wd)
+            g = torch._foreach_mul(d, 1.0) if group.get("nesterov") else None  # the gradient, for the look-ahead
             moving = [(i, buf) for i, w in enumerate(weights)
                       if (buf := w_optimizer.state.get(w, {}).get("momentum_buffer")) is not None]
-            if moving:
+            if moving:  # d: the momentum buffer this step makes (the gradient itself where there is none yet)
                 torch._foreach_add_([d[i] for i, _ in moving], [buf for _, buf in moving], alpha=mu)
+            if g is not None:
+                d = torch._foreach_add(g, d, alpha=mu)
             # xi a number, or the device tensor of a search replayed from a CUDA graph (cuda_graph.set_capturable)
             return [w.requires_grad_() for w in torch._foreach_sub(weights, torch._foreach_mul(d, xi))]
 

@@ -67,12 +67,15 @@ class SearchConfig:
     lr: float = 0.025
     lr_min: float = 0.001
     momentum: float = 0.9
+    nesterov: bool = False  # Nesterov momentum for the weights (GDAS's and NAS-Bench-201's code); DARTS: plain
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     arch_lr: float = 3e-4
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     arch_grad_clip: float | None = None  # the norm the alphas' gradient is clipped to (P-DARTS's code: 5); None: none
+    weight_step_first: bool = False  # each step's weight step before its architecture step (GDAS's code); DARTS's
+    # Algorithm 1 takes the architecture step first
     train_portion: float = 0.5
     arch_warmup_epochs: int = 0  # epochs of weight steps only before alpha moves (PC-DARTS, P-DARTS)
     cutout: int = 0  # cutout length; 0 = off (the DARTS search uses none)
@@ -224,7 +227,8 @@ class Search:
         timed = torch.backends.cudnn.benchmark and len(y) == len(val_y) == self.config.batch_size
         with precision(self.device.type, self.config.precision), cudnn_benchmark(timed):
             return bilevel_step(self.model, self.parts, self.a_optimizer, w_optimizer, (x, y), (val_x, val_y),
-                                self.config.grad_clip, update_arch, self.config.arch_grad_clip)
+                                self.config.grad_clip, update_arch, self.config.arch_grad_clip,
+                                self.config.weight_step_first)
 
     # -- epochs ---------------------------------------------------------------------------------------
     def train_epoch(self, progress: bool) -> dict[str, float]:
@@ -457,19 +461,20 @@ def build_supernet(name: str, options: dict[str, Any], **given):
 def optimizers(model, config: SearchConfig) -> tuple[torch.optim.SGD, torch.optim.Adam]:
     """The weight optimiser (SGD with momentum and weight decay) and the architecture optimiser (Adam)."""
     w_optimizer = torch.optim.SGD(model.weight_parameters(), config.lr, momentum=config.momentum,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay, nesterov=config.nesterov)
     a_optimizer = torch.optim.Adam(model.arch_parameters(), config.arch_lr, betas=tuple(config.arch_betas),
                                    weight_decay=config.arch_weight_decay)
     return w_optimizer, a_optimizer
 
 
 def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val_batch, grad_clip: float,
-                 update_arch: bool = True, arch_grad_clip: float | None = None):
+                 update_arch: bool = True, arch_grad_clip: float | None = None, weight_step_first: bool = False):
     """One step of DARTS Algorithm 1: an architecture step on the validation batch (the method's
     architecture gradient of L_val plus its regularisers, clipped to ``arch_grad_clip`` if given), then a
-    weight step on the training batch
-    (clipped to ``grad_clip``, at perturbed op weights if the method perturbs): of the weights ``w_optimizer``
-    steps. Returns the training loss and the number of correct predictions.
+    weight step on the training batch (clipped to ``grad_clip``, at perturbed op weights if the method
+    perturbs): of the weights ``w_optimizer`` steps. ``weight_step_first``: the weight step first, then the
+    architecture step at the new weights (GDAS's code). Returns the training loss and the number of correct
+    predictions of the weight step.
 
     A model not in training mode is put in it; one in it is taken as it is (setting the mode walks all of
     the paper's search network's ~5,000 modules: 17 ms on the CPU, a step's host time that an eager GPU step,
@@ -477,7 +482,8 @@ def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val
     if not model.training:
         model.train()
     train_loss = partial(batch_loss, model, train_batch)
-    if update_arch:
+
+    def arch_step():
         def val_loss(params=None):
             return batch_loss(model, val_batch, params) + sum(r(model) for r in parts.regularizers)
 
@@ -487,6 +493,8 @@ def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val
             torch.nn.utils.clip_grad_norm_(model.arch_parameters(), arch_grad_clip)
         a_optimizer.step()
 
+    if update_arch and not weight_step_first:
+        arch_step()
     model.weight_delta = parts.perturbation(model, train_loss) if parts.perturbation is not None else None
     weights = [p for group in w_optimizer.param_groups for p in group["params"]]
     w_optimizer.zero_grad(set_to_none=True)
@@ -496,6 +504,8 @@ def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val
     model.weight_delta = None
     torch.nn.utils.clip_grad_norm_(weights, grad_clip)
     w_optimizer.step()
+    if update_arch and weight_step_first:
+        arch_step()
     return loss.detach(), (logits.argmax(1) == train_batch[1]).sum()
 
 
