@@ -183,6 +183,21 @@ def read_config(path: Path) -> dict[str, Any]:
                          f"untouched") from None
 
 
+def config_of_run(genotype: Any) -> dict[str, Any]:
+    """The config.json of a run directory given where a genotype is taken ({} for a zoo name, a genotype file
+    or the text form): the data a search ran on, a training run's network. A broken one is a ValueError."""
+    if not isinstance(genotype, (str, os.PathLike)):
+        return {}
+    path = Path(genotype).expanduser() / "config.json"
+    try:
+        if not path.is_file():
+            return {}
+    except OSError:  # the text form of a genotype, too long a name for a path
+        return {}
+    saved = read_config(path)
+    return saved if isinstance(saved, dict) and isinstance(saved.get("config"), dict) else {}
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash leaves the previous file intact."""
     tmp = path.with_suffix(path.suffix + ".tmp")

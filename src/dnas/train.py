@@ -312,7 +312,8 @@ def train(
                         **settings)
     if resume is not None:
         return _resume(Path(resume).expanduser(), progress, **settings)
-    searched = {} if dataset is not None else _searched_on(genotype)
+    saved = {} if dataset is not None else checkpoint.config_of_run(genotype)
+    searched = {k: saved["config"].get(k) for k in ("dataset", "data")} if "method" in saved else {}  # a search run's
     dataset = dataset or searched.get("dataset") or TrainConfig.dataset
     if searched.get("data") and settings.get("data") is None:
         settings["data"] = searched["data"]
@@ -347,18 +348,6 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
     if "genotype" not in saved or "data" not in saved:
         raise FileNotFoundError(f"{run_dir} is not a dnas training run (no config.json with a genotype in it)")
     return saved
-
-
-def _searched_on(genotype) -> dict[str, Any]:
-    """The data set and data folder of a search run directory given as the genotype; {} for any other."""
-    path = Path(genotype).expanduser() / "config.json" if isinstance(genotype, (str, os.PathLike)) else None
-    try:
-        if path is None or not path.is_file():
-            return {}
-    except OSError:  # the text form of a genotype, too long a name for a path
-        return {}
-    saved = checkpoint.read_config(path)
-    return {k: saved["config"].get(k) for k in ("dataset", "data")} if "method" in saved else {}
 
 
 def _resume(run_dir: Path, progress: bool, **settings: Any) -> TrainResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoint import read_config
+from ..checkpoint import config_of_run
 from ..cost import cost, count_params
 from ..data import CORPORA, DATASETS, IMAGE_SHAPES
 from ..export import FORMATS, export_run
@@ -22,7 +22,7 @@ GENOTYPE_HELP = "a zoo name (see `dnas zoo`), a genotype .json/.txt file, a run 
 
 def run_info(args: argparse.Namespace) -> None:
     genotype, name = load_genotype(args.genotype)
-    saved = run_config(args.genotype)
+    saved = config_of_run(args.genotype)
     trained = saved if "genotype" in saved and "config" in saved else {}  # a training run: its network's sizes
     if isinstance(genotype, RecurrentGenotype):
         return info_recurrent(args, genotype, name, trained)
@@ -71,16 +71,6 @@ def print_cells(genotype, name: str, output: str | None) -> None:
         print(f"cells: {draw(genotype, output or f'{name}-cells.png')}")
     except GraphvizNotFound as e:
         print(f"cells: not drawn ({e})")
-
-
-def run_config(genotype: str) -> dict:
-    """The config.json of a run directory given as the genotype ({} for any other genotype): the data set it
-    searched or trained on, and a training run's network."""
-    try:
-        saved = read_config(Path(genotype).expanduser() / "config.json")
-    except (OSError, ValueError):
-        return {}
-    return saved if isinstance(saved.get("config"), dict) else {}
 
 
 def info_recurrent(args: argparse.Namespace, genotype: RecurrentGenotype, name: str, trained: dict) -> None:
