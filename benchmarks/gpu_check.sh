@@ -11,8 +11,9 @@
 # included. On an H100 on 2026-11-27 `steps tests e2e` took 527 s (tests/test_cuda_graph.py stopped at its 120
 # s); so next: first `steps e2e tests` with timeout_s 600 (the replay times first, then --fast end to end, now
 # with side streams; the tests get what is left of BUDGET, 585 s), then at once, on the machine still warm,
-# `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh e2e-evalcl e2e2 evalconvs steps2 profile`. The -lanes paths run the
-# fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
+# `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh e2e-evalcl profile e2e2 steps2 evalconvs`
+# (more than a call's budget: the stages in the order of what decides most, the last ones cut short). The
+# -lanes paths run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
 # they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
 # (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its
 # gradients wrong before ops.AvgPool2d: test_cuda_channels_last_step_equals_readable says whether they are

@@ -12,7 +12,8 @@ GDAS.config, scripts-search/algos/*.sh): the CIFAR-10 training set split in halv
 search-val), random crop and flip, C = 16, N = 5 cells per stage, batch 64, SGD lr 0.025 cosine-annealed to
 0.001, Nesterov momentum 0.9, weight decay 5e-4, alphas by Adam 3e-4, betas (0.5, 0.999), weight decay 1e-3;
 50 epochs (DARTS), 240 for GDAS. Everything else is the method's recipe (GDAS's: each step's weight step
-first). One difference remains: the shared CIFAR-10 copy went through JPEG (../shared/data/README.md).
+first). Two differences remain: the shared CIFAR-10 copy went through JPEG (../shared/data/README.md), and
+the benchmark's DARTS-V2 code unrolls its second-order step with plain momentum, dnas the Nesterov step.
 
     python benchmarks/nb201_compare.py --methods darts-v1,darts-v2,gdas --seeds 0,1,2    # the protocol (a GPU)
     python benchmarks/nb201_compare.py --methods darts-v1 --seeds 0,1 --reduced          # CPU, minutes

@@ -20,7 +20,8 @@ def tiny_problem(seed=0):
 
 
 def exact_second_order(model, train_batch, val_batch, opt):
-    """d/d alpha L_val(w - xi * (mu * buf + grad_w L_train(w, alpha) + wd * w), alpha), by autograd."""
+    """d/d alpha L_val(w', alpha) by autograd, w' the SGD step: w - xi * (mu * buf + d), d = grad_w L_train(w,
+    alpha) + wd * w; with Nesterov momentum w - xi * (d + mu * (mu * buf + d)), buf = 0 where there is none."""
     names, weights = zip(*model.named_weight_parameters())
     group = opt.param_groups[0]
     xi, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -28,13 +29,16 @@ def exact_second_order(model, train_batch, val_batch, opt):
     unrolled = {}
     for n, w, g in zip(names, weights, grads):
         buf = opt.state.get(w, {}).get("momentum_buffer")
-        unrolled[n] = w - xi * (g + wd * w + (0 if buf is None else mu * buf))
+        d, buf = g + wd * w, 0 if buf is None else buf
+        unrolled[n] = w - xi * (d + mu * (mu * buf + d) if group["nesterov"] else d + mu * buf)
     return torch.autograd.grad(batch_loss(model, val_batch, unrolled), model.arch_parameters())
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("with_momentum", [False, True])
-def test_second_order_matches_autograd_through_the_unrolled_step(with_momentum):
+def test_second_order_matches_autograd_through_the_unrolled_step(with_momentum, nesterov):
     model, train_batch, val_batch, opt = tiny_problem()
+    opt.param_groups[0]["nesterov"] = nesterov
     if with_momentum:  # one real weight step so the optimiser holds momentum buffers
         batch_loss(model, train_batch).backward()
         opt.step()

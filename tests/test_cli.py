@@ -209,6 +209,10 @@ def test_info_sizes_a_convolutional_network_by_its_images(tmp_path, capsys):
     dnas.published("DARTS_V2").save(trained / "genotype.json")
     assert main(["info", "--genotype", str(trained), *picture]) == 0
     assert "network: cifar, 3 cells, 5 classes, input 3x40x40" in capsys.readouterr().out
+    (run / "config.json").write_text("{broken")  # a run's config that is not JSON: said, for info and train
+    for command in (["info"], ["train", "--epochs", "1"]):
+        assert main([*command, "--genotype", str(run), *(picture if command == ["info"] else [])]) == 2
+        assert f"{run / 'config.json'} is not valid JSON" in capsys.readouterr().err
 
 
 def test_info_refuses_sizes_its_network_cannot_take(capsys):

@@ -259,6 +259,39 @@ def test_a_failed_capture_leaves_the_step_eager(fake_cuda_graphs):
     assert graphed.replays == 0 and graphed.graphs == {} and step.eager == 5
 
 
+class FailsCapturingShape(Doubling):
+    """Its capture fails for inputs of ``shape`` only."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = shape
+
+    def __call__(self, x):
+        if FakeGraph.capturing is not None and x.shape == self.shape:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return super().__call__(x)
+
+
+def test_a_failed_capture_of_another_shape_leaves_that_shape_eager_only(fake_cuda_graphs):
+    """An epoch's last, smaller batch whose capture fails runs eagerly from then on, with a warning naming its
+    shape; the full batches' graph replays on, also after a reset."""
+    step = FailsCapturingShape(torch.Size([2]))
+    graphed = GraphedStep(step)
+    for _ in range(3):
+        graphed(torch.ones(3))
+    with pytest.warns(UserWarning, match=r"step of inputs \[\(2,\)\] runs eagerly: its capture failed"):
+        for _ in range(3):
+            graphed(torch.ones(2))
+    outs = [graphed(torch.full((n,), 2.0))[0] for n in (3, 2, 3)]
+    assert [o.tolist() for o in outs] == [[4.0] * 3, [4.0] * 2, [4.0] * 3]
+    assert graphed.eager_reason is None and list(graphed.graphs) == [(torch.Size([3]),)]
+    assert graphed.replays == 3 and step.eager == 2 + 3 + 1  # warm-ups; the smaller shape's every call
+    graphed.reset()
+    for _ in range(4):
+        graphed(torch.ones(2))
+    assert step.eager == 2 + 3 + 1 + 4
+
+
 @CUDA
 def test_a_failed_capture_leaves_the_step_eager_and_random_draws_working():
     graphed = GraphedStep(ReadsTheHostWhenCaptured())
@@ -308,9 +341,10 @@ def test_replayed_steps_equal_eager_steps(name):
 @CUDA
 @pytest.mark.parametrize("name", ["darts-v1", "darts-v2"])
 def test_an_epochs_last_smaller_batch_replays_its_own_graph_in_the_same_memory(name):
-    """Three epochs of three batches of 4 and a last one of 3, in float64: each size warms up, is captured and
-    replays its own graph, both in one memory pool, and the steps equal those run eagerly."""
-    data = batches(12, "cuda", torch.float64, sizes=(4, 4, 4, 3))
+    """Four epochs of three batches of 4 and a last one of 3, in float64: each size warms up, is captured and
+    replays its own graph, both in one memory pool (the full batches' replaying after the smaller one's
+    capture, in its memory), and the steps equal those run eagerly."""
+    data = batches(16, "cuda", torch.float64, sizes=(4, 4, 4, 3))
     eager_model, eager_step = recipe_step(name, True, "cuda", torch.float64)
     graph_model, graph_step = recipe_step(name, True, "cuda", torch.float64)
     graphed = GraphedStep(graph_step)
@@ -318,7 +352,7 @@ def test_an_epochs_last_smaller_batch_replays_its_own_graph_in_the_same_memory(n
         loss_e, _ = eager_step(*batch)
         loss_g, _ = graphed(*batch)
         torch.testing.assert_close(loss_g, loss_e, rtol=1e-9, atol=0)
-    assert graphed.eager_reason is None and graphed.replays == (9 - 2) + (3 - 2) and len(graphed.graphs) == 2
+    assert graphed.eager_reason is None and graphed.replays == (12 - 2) + (4 - 2) and len(graphed.graphs) == 2
     assert len({graph.pool() for graph, _, _ in graphed.graphs.values()}) == 1
     assert_same_state(eager_model, graph_model)
 

@@ -424,8 +424,8 @@ def test_dense_first_convolutions_read_each_source_once(space, monkeypatch):
     sources computing all its edges, not from a copy of the source per edge: NAS-Bench-201's cells copy
     nothing to their edges."""
     copied, convs = [], []
-    monkeypatch.setattr(fused_module, "_copy_to_edges", lambda begun, wanted, copy=fused_module._copy_to_edges:
-                        copied.extend(wanted) or copy(begun, wanted))
+    monkeypatch.setattr(fused_module, "_copy_to_edges", lambda begun, wanted, *a, copy=fused_module._copy_to_edges:
+                        copied.extend(wanted) or copy(begun, wanted, *a))
     monkeypatch.setattr(fused_module, "_conv", lambda x, mods, blocks, *a, conv=fused_module._conv:
                         convs.append((mods, blocks)) or conv(x, mods, blocks, *a))
     model = supernet(True, space=space)
@@ -436,6 +436,27 @@ def test_dense_first_convolutions_read_each_source_once(space, monkeypatch):
     sources, edges = (1, {3, 2}) if space == "nb201" else (2, {8})  # the edges out of a batch's sources
     assert dense and {n for n, _ in dense} == edges and {blocks for _, blocks in dense} == {sources}
     assert copied if space == "darts" else not copied  # DARTS's separable convolutions begin depthwise
+
+
+def test_an_nchw_cell_copies_nhwc_what_its_gpus_depthwise_convolutions_read(monkeypatch):
+    """In an NCHW cell, with the GPU's forms (ops.FORM_DEVICES: depthwise convolutions NHWC), a source copied to
+    the edges of ops that begin depthwise (the separable and dilated convolutions) is copied NHWC, the copy
+    their convolutions would otherwise make: the separable ops' first convolutions copy nothing forward, and
+    their input gradients are summed NHWC and copied to NCHW once (the tests' supernet: 575 copies a step
+    against 652, pinned; test_the_gpu_convolution_forms_compute_the_same_step: the same step). Without those
+    forms the copies stay NCHW."""
+    copies, original = [], fused_module._copy_to_edges
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    counts = {}
+    for forms, nhwc_copies in ((False, True), (True, False), (True, True)):
+        monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu",) if forms else ("cuda",))
+        monkeypatch.setattr(fused_module, "_copy_to_edges", lambda begun, wanted, to_nhwc, on=nhwc_copies:
+                            copies.append(out := original(begun, wanted, to_nhwc if on else set())) or out)
+        copies.clear()
+        counts[forms, nhwc_copies] = kernels(supernet(True), x)["clone"]
+        assert {t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                for out in copies for t in out.values()} == {forms and nhwc_copies}
+    assert (counts[True, False], counts[True, True]) == (652, 575)
 
 
 def test_dilated_convolutions_run_on_phases_taken_once_per_source_batch(monkeypatch):

@@ -16,6 +16,8 @@ from dnas.genotype import GenotypeError
 from dnas.rnn.model import GenotypeCell, SearchCell, highway, lm_loss
 from dnas.rnn.train import KIND, LMTrainConfig, build_lm, evaluate_lm_run
 from dnas.registry import UnknownNameError
+from dnas.methods import get_method
+from dnas.search import recipe_settings
 from dnas.relax import RELAXATIONS
 from dnas.rnn.genotype import RecurrentGenotype
 from dnas.rnn.search import RNNSearch, RNNSearchConfig
@@ -293,10 +295,29 @@ def test_bad_input_is_refused_clearly(ptb, tmp_path, capsys):
     assert "embedding = hidden = 32, vocabulary 500" in out and f"cells: {tmp_path / 'cell.svg'}" in out
 
 
+def test_gdas_searches_the_recurrent_cell_in_its_order(ptb, tmp_path, monkeypatch):
+    """GDAS's recipe (weight step first, Nesterov momentum) on the recurrent space: its SGD has no momentum, so
+    plain SGD (Nesterov without momentum), and each window's weight step comes before its architecture step;
+    the settings the recurrent search has of its own (search.recipe_settings) stay its own."""
+    order = []
+    for cls, name in ((torch.optim.SGD, "weights"), (torch.optim.Adam, "alphas")):
+        monkeypatch.setattr(cls, "step", lambda self, *a, step=cls.step, name=name, **k:
+                            order.append(name) or step(self, *a, **k))
+    settings = dict(space="darts-rnn", method="gdas", dataset="ptb", data=ptb, epochs=1, progress=False, **TINY)
+    run = dnas.search(run_dir=tmp_path / "r", **settings).run_dir
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["weight_step_first"] and config["nesterov"] and config["momentum"] == 0
+    # its recipe's image-search settings (250 epochs, batch 256, weight decay 5e-4) leave the PTB search's
+    assert config["weight_decay"] == 5e-7 and recipe_settings(get_method("gdas"), RNNSearchConfig) == {
+        "nesterov": True, "weight_step_first": True}
+    assert len(order) > 2 and order == ["weights", "alphas"] * (len(order) // 2)
+
+
 @pytest.mark.parametrize("setting, message", [
     (dict(cuda_graph=True), "cuda_graph does not apply to the recurrent search"),
     (dict(channels_last=True), "channels_last is a layout of images"),
     (dict(precision="bf16"), "precision 'bf16': the recurrent search runs in fp32 only"),
+    (dict(eval_channels_last=True), "eval_channels_last: settings of the image search"),
 ])
 def test_recurrent_search_refuses_the_image_search_options(tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):

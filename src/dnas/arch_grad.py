@@ -43,7 +43,8 @@ class SecondOrder:
     learning rate (with Nesterov momentum, as GDAS's code takes it: w - xi * (g + momentum * buffer'), g the
     gradient with weight decay and buffer' = momentum * buffer + g the optimiser's next buffer); then
 
-        grad = grad_alpha L_val(w', alpha) - xi * grad^2_{alpha,w} L_train(w, alpha) . grad_w' L_val(w', alpha),
+        grad = grad_alpha L_val(w', alpha) - xi * grad^2_{alpha,w} L_train(w, alpha) . grad_w' L_val(w', alpha)
+        (with Nesterov momentum xi (1 + momentum): the step's derivative in the gradient),
 
     the Hessian-vector product by central finite differences (Eq. 8):
         (grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)) / (2 eps),
@@ -66,7 +67,10 @@ class SecondOrder:
         dalpha, v = grads[: len(alphas)], _clipped(grads[len(alphas):], self.clip)
 
         hvp = self.hessian_vector_product(weights, alphas, v, train_loss)
-        xi = w_optimizer.param_groups[0]["lr"]
+        group = w_optimizer.param_groups[0]
+        # dw'/dalpha: the unrolled step moves the weights by xi times the gradient, (1 + momentum) times it
+        # with Nesterov momentum (the gradient enters the step once itself, once through the new buffer)
+        xi = group["lr"] * (1 + group["momentum"]) if group.get("nesterov") else group["lr"]
         for a, g, h in zip(alphas, dalpha, hvp):
             a.grad = g - xi * h
         return loss.detach()

@@ -99,7 +99,8 @@ class GraphPool:
 
 class GraphedStep:
     """``step(*tensors) -> tuple of tensors``, replayed from a CUDA graph once warmed up and captured: one graph
-    per shape of the inputs (an epoch's last, smaller batch gets its own, captured at its third epoch).
+    per shape of the inputs (an epoch's last, smaller batch gets its own, captured at its third call, the
+    third epoch of a search that does not ``reset``; a capture that fails for one shape leaves that one eager).
 
     Call ``reset()`` whenever a Python number the step reads has changed; the next calls warm up and capture
     again. ``eager_reason`` says why the step runs eagerly for good, if it does. Its graphs share one
@@ -113,6 +114,7 @@ class GraphedStep:
         self.step, self.warmup, self.pool = step, warmup, pool or GraphPool()
         self.graphs: dict[tuple, tuple] = {}  # the inputs' shapes -> (graph, captured inputs, outputs)
         self.eager_reason: str | None = None
+        self.eager_shapes: set[tuple] = set()  # shapes whose capture failed where another shape's graph replays
         self.checked = False
         self.replays = 0  # steps replayed so far, over all captures
         self.reset()
@@ -124,9 +126,9 @@ class GraphedStep:
         self.warm: dict[tuple, int] = {}  # the inputs' shapes -> eager warm-up steps taken
 
     def __call__(self, *inputs: torch.Tensor):
-        if self.eager_reason is not None:
-            return self.step(*inputs)
         shapes = tuple(t.shape for t in inputs)
+        if self.eager_reason is not None or shapes in self.eager_shapes:
+            return self.step(*inputs)
         if shapes in self.graphs:
             graph, static, outputs = self.graphs[shapes]
             for s, t in zip(static, inputs):
@@ -150,8 +152,13 @@ class GraphedStep:
                 outputs = self.step(*static)
         except Exception as e:  # the capture ran nothing: this step, and those after it, run eagerly
             _end_failed_capture(inputs[0].device)
-            self.reset()
-            self._run_eagerly(f"its capture failed ({type(e).__name__}: {str(e).splitlines()[0]})")
+            reason = f"its capture failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+            if self.graphs:  # of these shapes only: the others' graphs replay on
+                self.eager_shapes.add(shapes)
+                warn(f"{self.name} of inputs {[tuple(t.shape) for t in inputs]} runs eagerly: {reason}")
+            else:
+                self.reset()
+                self._run_eagerly(reason)
             return self.step(*inputs)
         self.graphs[shapes] = graph, static, outputs
         self.pool.captured(graph)
@@ -162,8 +169,11 @@ class GraphedStep:
     def _run_eagerly(self, reason: str) -> None:
         """From now on: the step runs eagerly, for ``reason``, which a warning names."""
         self.eager_reason = reason
-        name = getattr(self.step, "__name__", "the step").lstrip("_")
-        warn(f"{name} is not replayed from a CUDA graph, it runs eagerly: {reason}")
+        warn(f"{self.name} is not replayed from a CUDA graph, it runs eagerly: {reason}")
+
+    @property
+    def name(self) -> str:
+        return getattr(self.step, "__name__", "the step").lstrip("_")
 
     def _on_side_stream(self, inputs):
         """An eager step on a side stream, as CUDA-graph warm-up must be."""

@@ -113,7 +113,8 @@ class Perturbation:
         steps = self.schedule(model)
         total = self.tuning_epochs(len(steps))
         self.optimizer = torch.optim.SGD(model.weight_parameters(), config.lr * self.lr_scale,
-                                         momentum=config.momentum, weight_decay=config.weight_decay)
+                                         momentum=config.momentum, weight_decay=config.weight_decay,
+                                         nesterov=config.nesterov and config.momentum > 0)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(total, 1),
                                                                     eta_min=config.lr_min)
         self.generator = torch.Generator().manual_seed(config.seed)

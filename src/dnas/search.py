@@ -460,8 +460,9 @@ def build_supernet(name: str, options: dict[str, Any], **given):
 
 def optimizers(model, config: SearchConfig) -> tuple[torch.optim.SGD, torch.optim.Adam]:
     """The weight optimiser (SGD with momentum and weight decay) and the architecture optimiser (Adam)."""
+    # Nesterov momentum without momentum is plain SGD (which torch refuses to be asked for by that name)
     w_optimizer = torch.optim.SGD(model.weight_parameters(), config.lr, momentum=config.momentum,
-                                  weight_decay=config.weight_decay, nesterov=config.nesterov)
+                                  weight_decay=config.weight_decay, nesterov=config.nesterov and config.momentum > 0)
     a_optimizer = torch.optim.Adam(model.arch_parameters(), config.arch_lr, betas=tuple(config.arch_betas),
                                    weight_decay=config.arch_weight_decay)
     return w_optimizer, a_optimizer
@@ -720,8 +721,8 @@ def search(
         raise ValueError(f"{recipe.name} sets the cells of each stage (its schedule's layers, "
                          f"{list(recipe.build('schedule').layers)}), so layers (--layers) does not apply; a recipe of "
                          f"your own can set the schedule's layers")
-    config = config_cls(**{**recipe.config, **known, "method": method, "dataset": dataset, "space": space,
-                           "space_options": space_options})
+    config = config_cls(**{**recipe_settings(recipe, config_cls), **known, "method": method, "dataset": dataset,
+                           "space": space, "space_options": space_options})
     if config.arch_warmup_epochs >= config.epochs:
         warn(f"{recipe.name}: the alphas move only after {config.arch_warmup_epochs} warm-up epochs of "
              f"weight steps, and the search has {config.epochs}: they never move, and the genotype is the "
@@ -754,6 +755,15 @@ def _check_settings(settings: dict[str, Any], config_fields: set[str], space: st
     if unknown:
         raise ValueError(f"unknown settings {', '.join(map(hint, unknown))}: neither search settings nor options "
                          f"of the {space} space; valid: {', '.join(valid)}")
+
+
+def recipe_settings(recipe: Method, config_cls: type[SearchConfig]) -> dict[str, Any]:
+    """A recipe's [config] for a search of ``config_cls``: all of it for the image search, whose settings the
+    recipes' papers give; a space with settings of its own (the recurrent search's, DARTS's PTB search: 50
+    epochs, lr 20, weight decay 5e-7, ...) keeps those its settings class declares, and takes the rest (the
+    order of the steps, warm-up epochs, Nesterov momentum)."""
+    own = set(vars(config_cls).get("__annotations__", {})) if config_cls is not SearchConfig else set()
+    return {k: v for k, v in recipe.config.items() if k not in own}
 
 
 def search_classes(space: str, method: Method) -> tuple[type[SearchConfig], type[Search]]:

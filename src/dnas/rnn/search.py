@@ -61,7 +61,7 @@ class RNNSearch(Search):
             raise ValueError("channels_last is a layout of images (NHWC); the recurrent search has none, leave it off")
         if c.precision != "fp32":
             raise ValueError(f"precision {c.precision!r}: the recurrent search runs in fp32 only")
-        given = [name for name in ("lr_min", "train_portion", "cutout")
+        given = [name for name in ("lr_min", "train_portion", "cutout", "eval_channels_last")
                  if getattr(c, name) != getattr(SearchConfig, name)]
         if given:
             raise ValueError(f"{', '.join(given)}: settings of the image search; the recurrent search keeps its lr "
@@ -98,7 +98,8 @@ class RNNSearch(Search):
 
     def step(self, train, val, lr_scale: float = 1.0, update_arch: bool = True):
         """DARTS Algorithm 1 on one window: an architecture step on the validation window, then a weight step
-        on the training window with the learning rate scaled by ``lr_scale``. ``train`` and ``val`` are
+        on the training window with the learning rate scaled by ``lr_scale`` (``weight_step_first``: the other
+        way round). ``train`` and ``val`` are
         (words, targets, hidden); returns the training loss and both streams' next hidden states."""
         (x, y, hidden), (vx, vy, hidden_val) = train, val
         c, model, group = self.config, self.model, self.w_optimizer.param_groups[0]
@@ -109,7 +110,7 @@ class RNNSearch(Search):
         def train_loss(params=None):
             return lm_loss(self.forward(x, hidden, params)[0], y)
 
-        if update_arch:
+        def arch_step():
             carried = {}
 
             def val_loss(params=None):
@@ -119,8 +120,10 @@ class RNNSearch(Search):
             self.a_optimizer.zero_grad(set_to_none=True)
             self.parts.arch_grad(model, train_loss, val_loss, self.w_optimizer)
             self.a_optimizer.step()
-            hidden_val = carried["hidden"].detach()
+            return carried["hidden"].detach()
 
+        if update_arch and not c.weight_step_first:
+            hidden_val = arch_step()
         model.weight_delta = self.parts.perturbation(model, train_loss) if self.parts.perturbation is not None else None
         weights = model.weight_parameters()
         self.w_optimizer.zero_grad(set_to_none=True)
@@ -130,6 +133,8 @@ class RNNSearch(Search):
         model.weight_delta = None
         torch.nn.utils.clip_grad_norm_(weights, c.grad_clip)
         self.w_optimizer.step()
+        if update_arch and c.weight_step_first:
+            hidden_val = arch_step()
         group["lr"] = lr
         return loss.item(), hidden.detach(), hidden_val
 

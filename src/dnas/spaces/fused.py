@@ -72,10 +72,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..device import on_device
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
 from ..ops import (AvgPool2d, Conv2d, FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d,
-                   from_phases, phases_fit, pixels, reads_every, to_phases)
+                   dense_gradient, from_phases, phases_fit, pixels, reads_every, to_phases)
 from ..settings import temporarily, warn
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
@@ -236,6 +237,7 @@ class _Run:
 
     weights: list[tuple[torch.Tensor, ...]]
     noise: dict[int, torch.Tensor]
+    nhwc: bool  # the cell's layout: its states channels_last
     streams: list | None  # the side streams a source batch's independent ops run on (``_Lanes``); None: none
     statistics: torch.Tensor | None  # training: (2, channels of all the cell's BatchNorms) zeros, made before
     # any lane forks; each call writes into a slice of it
@@ -413,7 +415,7 @@ def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weight
     noise = _draw_random(cell, plan, states[-1]) if plan.random and cell.training else {}
     banks = [_bank(convs, sizes) for convs, sizes in plan.banks]
     statistics = weights.new_zeros(2, plan.batch_norm_channels) if cell.training else None
-    run = _Run(banks, noise, _side_streams(states[0].device), statistics)
+    run = _Run(banks, noise, channels_innermost(states[0]), _side_streams(states[0].device), statistics)
     flat = weights.reshape(-1)  # the op weight of every slot, all gathered at once
     if plan.schedules:
         flat = torch.cat([flat, *(flat.new_full((1,), s.beta) for s in plan.schedules)])
@@ -663,7 +665,12 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     for g in groups:
         _begin(begun, g, x)
     copied = lambda g: g.every_edge and per * g.repeats > 1 and not g.from_sources
-    copies = _copy_to_edges(begun, [(g.head, per * g.repeats) for g in groups if copied(g)])
+    wanted = [((g.head, per * g.repeats), _depthwise_first(g)) for g in groups if copied(g)]
+    # NHWC copies in an NCHW cell where every group reading one begins with a depthwise convolution that runs
+    # NHWC on this device (ops.FORM_DEVICES): its copy in is this copy (its output goes back to NCHW)
+    to_nhwc = {key for key, _ in wanted} - {key for key, dw in wanted if not dw} \
+        if not run.nhwc and x.device.type in ops.FORM_DEVICES else set()
+    copies = _copy_to_edges(begun, [key for key, _ in wanted], to_nhwc)
     outs = []
     for g in groups:  # its input: its slots' sources one after another, (N, slots x C, H, W), or the sources
         if copied(g):
@@ -793,17 +800,19 @@ def _per_source_sum(groups: list[_Group], weights: list, begun: dict, per: int, 
     return torch.matmul(w, z).view(n, -1, height, width)  # (N, sources, per, C H W): per edge
 
 
-def _copy_to_edges(begun: dict, wanted: list[tuple]) -> dict:
+def _copy_to_edges(begun: dict, wanted: list[tuple], to_nhwc=frozenset()) -> dict:
     """Each (head, per) ``wanted``: the head of each source copied to its ``per`` slots (its edges, times the
     ops of a group of several), (N, sources x per x C, H, W), in its layout (channels_last stays NHWC, which
-    the convolutions take, and would otherwise copy them again): one copy each, whose backward is the sum
-    over the slots (the heads stacked into one copy would add a stack forward and, backward, the unbind's
-    stack of the whole gradient)."""
+    the convolutions take, and would otherwise copy them again), or NHWC for those ``to_nhwc`` (the gradient
+    of the head still in its layout): one copy each, whose backward is the sum over the slots (the heads
+    stacked into one copy would add a stack forward and, backward, the unbind's stack of the whole gradient)."""
     copies = {}
     for head, per in dict.fromkeys(wanted):
         h = begun[head]
-        if channels_innermost(h[:, 0]):  # copied on (N, H, W, sources, C), dense, and back: the backward's
+        nhwc = channels_innermost(h[:, 0])
+        if nhwc or (head, per) in to_nhwc:  # copied on (N, H, W, sources, C), dense, and back: the backward's
             # sum over the copies then stays NHWC too
+            h = h if nhwc else dense_gradient(h)
             copied = h.permute(_NHWC).unsqueeze(4).expand(-1, -1, -1, -1, per, -1).contiguous()
             copied = copied.permute(0, 3, 4, 5, 1, 2)  # (N, sources, per, C, H, W)
         else:
@@ -910,7 +919,7 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
     others): two copies forward and two backward fewer per source batch than per convolution."""
     units: dict = {}  # what runs in one lane: a group, or the groups on the phases of one input
     for i, (g, x) in enumerate(zip(groups, xs)):
-        d = _phase_dilation(g.leaves[g.start:], x)
+        d = _phase_dilation(g.leaves[g.start:], x) if run.nhwc else 1
         units.setdefault((id(x), d) if d > 1 else i, (x, d, []))[2].append(i)
     blocks, merged = [None] * len(groups), []
     for x, d, members in units.values():
@@ -945,8 +954,16 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
             sampled = g.step > 1 and j == start  # its head took the pixels the convolution reads
             x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled,
                           g.from_sources if j == start else 0)
+            if j == start and not run.nhwc and channels_innermost(x):  # on an NHWC copy (``_copy_to_edges``):
+                x = x.contiguous()  # back to the cell's layout
     x = x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1)
     return _sum_blocks(x, g.repeats, x.shape[1] // len(g.edge_ids)) if summed and g.repeats > 1 else x
+
+
+def _depthwise_first(g: _Group) -> bool:
+    """Whether the first of the group's own steps (after its head) is a depthwise convolution."""
+    own = g.leaves[g.start:]
+    return bool(own) and own[0][0] == "conv" and _depthwise(own[0][1][0])
 
 
 def _phase_dilation(leaves, x: torch.Tensor) -> int:
