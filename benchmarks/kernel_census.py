@@ -57,13 +57,18 @@ class Census(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if func.is_view or name in ("empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"):
             return out  # no data moves
-        inputs = _tensors((args, kwargs))
-        in_place = name.endswith("_")  # writes its first argument (a list of them: _foreach_*_), returns it or None
-        written = _tensors(args[0]) if in_place and args else _tensors(out)
-        held = {t.untyped_storage().data_ptr() for t in inputs}
-        aliases = not in_place and all(t.untyped_storage().data_ptr() in held for t in written)
-        if written and not aliases:
-            self.ops.append((name, sum(map(_bytes, inputs)) + sum(map(_bytes, written)), _origin()))
+        # what it writes: the arguments its schema marks as written (in place, out=, grad_input=), else its outputs
+        schema = func._schema.arguments
+        marked = [a.name for a in schema if a.alias_info is not None and a.alias_info.is_write]
+        bound = dict(zip([a.name for a in schema], args)) | (kwargs or {})
+        written = _tensors([bound[n] for n in marked if n in bound])
+        out_only = {a.name for a in schema if a.name in marked and a.kwarg_only}  # out=: written, not read
+        reads = _tensors([v for n, v in bound.items() if n not in out_only])
+        if not marked:  # an op whose outputs all alias its inputs moves nothing
+            held = {t.untyped_storage().data_ptr() for t in reads}
+            written = [t for t in _tensors(out) if t.untyped_storage().data_ptr() not in held]
+        if written:
+            self.ops.append((name, sum(map(_bytes, reads)) + sum(map(_bytes, written)), _origin()))
         return out
 
 

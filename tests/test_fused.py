@@ -438,25 +438,27 @@ def test_dense_first_convolutions_read_each_source_once(space, monkeypatch):
     assert copied if space == "darts" else not copied  # DARTS's separable convolutions begin depthwise
 
 
-def test_an_nchw_cell_copies_nhwc_what_its_gpus_depthwise_convolutions_read(monkeypatch):
-    """In an NCHW cell, with the GPU's forms (ops.FORM_DEVICES: depthwise convolutions NHWC), a source copied to
-    the edges of ops that begin depthwise (the separable and dilated convolutions) is copied NHWC, the copy
-    their convolutions would otherwise make: the separable ops' first convolutions copy nothing forward, and
-    their input gradients are summed NHWC and copied to NCHW once (the tests' supernet: 575 copies a step
-    against 652, pinned; test_the_gpu_convolution_forms_compute_the_same_step: the same step). Without those
-    forms the copies stay NCHW."""
+def test_an_nchw_cell_hands_its_gpus_depthwise_convolutions_nhwc_inputs(monkeypatch):
+    """In an NCHW cell, with the GPU's forms (ops.FORM_DEVICES: depthwise convolutions NHWC), what a depthwise
+    convolution reads is written NHWC by what makes it, the copy its form would otherwise make: a source copied
+    to the edges of ops that begin depthwise (separable, dilated), and the ReLU inside a separable op
+    (``ops.relu_nhwc``); their gradients come back NCHW (test_the_gpu_convolution_forms_compute_the_same_step:
+    the same step). The tests' supernet: 495 copies a step, against 575 with the ReLUs' own copies and 652
+    with the edges' copies NCHW too (pinned). Without those forms the copies stay NCHW."""
     copies, original = [], fused_module._copy_to_edges
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     counts = {}
-    for forms, nhwc_copies in ((False, True), (True, False), (True, True)):
+    ways = ((False, True, True), (True, False, False), (True, True, False), (True, True, True))
+    for forms, nhwc_copies, relu in ways:
         monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu",) if forms else ("cuda",))
         monkeypatch.setattr(fused_module, "_copy_to_edges", lambda begun, wanted, to_nhwc, on=nhwc_copies:
                             copies.append(out := original(begun, wanted, to_nhwc if on else set())) or out)
+        monkeypatch.setattr(fused_module, "relu_nhwc", ops.relu_nhwc if relu else F.relu)  # NCHW: copied in
         copies.clear()
-        counts[forms, nhwc_copies] = kernels(supernet(True), x)["clone"]
+        counts[forms, nhwc_copies, relu] = kernels(supernet(True), x)["clone"]
         assert {t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
                 for out in copies for t in out.values()} == {forms and nhwc_copies}
-    assert (counts[True, False], counts[True, True]) == (652, 575)
+    assert [counts[True, *ways] for ways in ((False, False), (True, False), (True, True))] == [652, 575, 495]
 
 
 def test_dilated_convolutions_run_on_phases_taken_once_per_source_batch(monkeypatch):

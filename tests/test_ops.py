@@ -1,6 +1,7 @@
 """The DARTS candidate ops, with the exact semantics of the DARTS paper's code (Liu et al., ICLR 2019)."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import CountOps
@@ -86,6 +87,18 @@ def test_factorized_reduce_computation():
     expected = torch.cat([a, b], 1)  # eval BN with fresh stats: mean 0, var 1
     expected = expected / torch.sqrt(torch.tensor(1.0 + op.bn.eps))
     assert torch.allclose(op(x), expected, atol=1e-6)
+
+
+def test_relu_nhwc_writes_nhwc_and_hands_back_an_nchw_gradient():
+    """ops.relu_nhwc: relu(x) of an NCHW x written NHWC in one kernel, its gradient NCHW in one; a backward
+    differentiated again (create_graph: iDARTS, R-DARTS's Hessian) by differentiable ops."""
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    with CountOps() as counted:
+        y = ops.relu_nhwc(x)
+        (gx,) = torch.autograd.grad(y, x, torch.randn_like(y))
+    assert torch.equal(y, F.relu(x)) and y.is_contiguous(memory_format=torch.channels_last) and gx.is_contiguous()
+    assert counted.counts["clamp_min"] == counted.counts["threshold_backward"] == 1 and not counted.counts["clone"]
+    assert torch.autograd.gradcheck(ops.relu_nhwc, (x,)) and torch.autograd.gradgradcheck(ops.relu_nhwc, (x,))
 
 
 def test_avg_pool_excludes_padding():

@@ -278,6 +278,31 @@ def from_phases(y: torch.Tensor, d: int, nhwc: bool) -> torch.Tensor:
     return y if nhwc else y.contiguous()
 
 
+def relu_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """relu(x) of an NCHW ``x``, written NHWC, and its gradient NCHW: one kernel each way, where a ReLU and a
+    copy to the NHWC form of a depthwise convolution take two (a backward differentiated again, create_graph,
+    takes a few more)."""
+    if _exporting():
+        return F.relu(x).contiguous(memory_format=torch.channels_last)
+    return _ReluNHWC.apply(x)
+
+
+class _ReluNHWC(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = torch.clamp_min(x, 0, out=torch.empty_like(x, memory_format=torch.channels_last))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiable in the gradient (the mask's derivative is 0)
+            return (grad * (out > 0)).contiguous()
+        gx = torch.empty_like(out, memory_format=torch.contiguous_format)
+        return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=gx)
+
+
 def dense_gradient(x: torch.Tensor) -> torch.Tensor:
     """x itself; backward, its gradient dense in the layout of x. The gradient would otherwise keep the
     layout of a copy made from x (NHWC for an NCHW x, and every kernel before it in the backward pass with

@@ -76,7 +76,7 @@ from .. import ops
 from ..device import on_device
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
 from ..ops import (AvgPool2d, Conv2d, FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d,
-                   dense_gradient, from_phases, phases_fit, pixels, reads_every, to_phases)
+                   dense_gradient, from_phases, phases_fit, pixels, reads_every, relu_nhwc, to_phases)
 from ..settings import temporarily, warn
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
@@ -942,10 +942,13 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
     where the batch's blocks are only summed (``summed``), the outputs of a group of several ops summed per
     edge."""
     start = g.start  # the head ran once per source
+    nhwc_forms = not run.nhwc and x.device.type in ops.FORM_DEVICES  # an NCHW cell's depthwise convolutions NHWC
     for j in range(start, len(g.leaves)):
         leaf = g.leaves[j]
         if leaf[0] == "bn":
             x = _batch_norm(x, leaf[1], run, w if j == len(g.leaves) - 1 else None)
+        elif leaf[0] == "relu" and nhwc_forms and j + 1 < len(g.leaves) and _depthwise_leaf(g.leaves[j + 1]):
+            x = relu_nhwc(x)  # the ReLU writes what the depthwise convolution reads: no copy in
         else:
             convs = [run.weights[bank][piece] for bank, piece in g.convs[j]]
             if d > 1 and j == start:  # undilated on the phases
@@ -954,8 +957,8 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
             sampled = g.step > 1 and j == start  # its head took the pixels the convolution reads
             x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled,
                           g.from_sources if j == start else 0)
-            if j == start and not run.nhwc and channels_innermost(x):  # on an NHWC copy (``_copy_to_edges``):
-                x = x.contiguous()  # back to the cell's layout
+            if not run.nhwc and channels_innermost(x):  # a depthwise convolution on an NHWC copy (``_copy_to_
+                x = x.contiguous()  # edges``) or ReLU: back to the cell's layout
     x = x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1)
     return _sum_blocks(x, g.repeats, x.shape[1] // len(g.edge_ids)) if summed and g.repeats > 1 else x
 
@@ -963,7 +966,11 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
 def _depthwise_first(g: _Group) -> bool:
     """Whether the first of the group's own steps (after its head) is a depthwise convolution."""
     own = g.leaves[g.start:]
-    return bool(own) and own[0][0] == "conv" and _depthwise(own[0][1][0])
+    return bool(own) and _depthwise_leaf(own[0])
+
+
+def _depthwise_leaf(leaf) -> bool:
+    return leaf[0] == "conv" and _depthwise(leaf[1][0])
 
 
 def _phase_dilation(leaves, x: torch.Tensor) -> int:
