@@ -321,12 +321,9 @@ def test_a_run_saved_with_the_graph_on_resumes_without_it(fashion_mnist_root, tm
     assert not group["fused"] and isinstance(group["lr"], float)
 
 
-@CUDA
-@pytest.mark.parametrize("name", ["darts-v1", "darts-v2", "pc-darts", "fair-darts", "idarts", "beta-darts"])
-def test_replayed_steps_equal_eager_steps(name):
-    """Deterministic recipes in float64: after warm-up, capture and replays, the model and optimiser state
-    equal those of the same steps run eagerly."""
-    data = batches(6, "cuda", torch.float64)
+def replayed_against_eager(name: str, data) -> GraphedStep:
+    """The steps of a recipe on ``data`` in float64, replayed and run eagerly: their losses and then the
+    models' states the same to float64 rounding. Returns the graphed step."""
     eager_model, eager_step = recipe_step(name, True, "cuda", torch.float64)
     graph_model, graph_step = recipe_step(name, True, "cuda", torch.float64)
     graphed = GraphedStep(graph_step)
@@ -334,27 +331,28 @@ def test_replayed_steps_equal_eager_steps(name):
         loss_e, _ = eager_step(*batch)
         loss_g, _ = graphed(*batch)
         torch.testing.assert_close(loss_g, loss_e, rtol=1e-9, atol=0)
-    assert graphed.eager_reason is None and graphed.replays == len(data) - 2
+    assert graphed.eager_reason is None
     assert_same_state(eager_model, graph_model)
+    return graphed
+
+
+@CUDA
+@pytest.mark.parametrize("name", ["darts-v1", "darts-v2", "pc-darts", "fair-darts", "idarts", "beta-darts"])
+def test_replayed_steps_equal_eager_steps(name):
+    """Deterministic recipes: after warm-up, capture and replays, the model and optimiser state equal those of
+    the same steps run eagerly."""
+    assert replayed_against_eager(name, batches(6, "cuda", torch.float64)).replays == 6 - 2
 
 
 @CUDA
 @pytest.mark.parametrize("name", ["darts-v1", "darts-v2"])
 def test_an_epochs_last_smaller_batch_replays_its_own_graph_in_the_same_memory(name):
-    """Four epochs of three batches of 4 and a last one of 3, in float64: each size warms up, is captured and
-    replays its own graph, both in one memory pool (the full batches' replaying after the smaller one's
-    capture, in its memory), and the steps equal those run eagerly."""
-    data = batches(16, "cuda", torch.float64, sizes=(4, 4, 4, 3))
-    eager_model, eager_step = recipe_step(name, True, "cuda", torch.float64)
-    graph_model, graph_step = recipe_step(name, True, "cuda", torch.float64)
-    graphed = GraphedStep(graph_step)
-    for batch in data:
-        loss_e, _ = eager_step(*batch)
-        loss_g, _ = graphed(*batch)
-        torch.testing.assert_close(loss_g, loss_e, rtol=1e-9, atol=0)
-    assert graphed.eager_reason is None and graphed.replays == (12 - 2) + (4 - 2) and len(graphed.graphs) == 2
+    """Four epochs of three batches of 4 and a last one of 3: each size warms up, is captured and replays its
+    own graph, both in one memory pool (the full batches' replaying after the smaller one's capture, in its
+    memory), and the steps equal those run eagerly."""
+    graphed = replayed_against_eager(name, batches(16, "cuda", torch.float64, sizes=(4, 4, 4, 3)))
+    assert graphed.replays == (12 - 2) + (4 - 2) and len(graphed.graphs) == 2
     assert len({graph.pool() for graph, _, _ in graphed.graphs.values()}) == 1
-    assert_same_state(eager_model, graph_model)
 
 
 def assert_same_state(reference, other) -> None:
