@@ -64,9 +64,8 @@ class Census(TorchDispatchMode):
         written = _tensors([bound[n] for n in marked if n in bound])
         out_only = {a.name for a in schema if a.name in marked and a.kwarg_only}  # out=: written, not read
         reads = _tensors([v for n, v in bound.items() if n not in out_only])
-        if not marked:  # an op whose outputs all alias its inputs moves nothing
-            held = {t.untyped_storage().data_ptr() for t in reads}
-            written = [t for t in _tensors(out) if t.untyped_storage().data_ptr() not in held]
+        held = {t.untyped_storage().data_ptr() for t in reads + written}  # outputs that alias these move nothing
+        written += [t for t in _tensors(out) if t.untyped_storage().data_ptr() not in held]
         if written:
             self.ops.append((name, sum(map(_bytes, reads)) + sum(map(_bytes, written)), _origin()))
         return out

@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten
 
 from dnas import arch_grad, ops
 from dnas.edges import EDGES, GaussianNoise, MixedEdge
-from dnas.ops import OPS, FactorizedReduce
+from dnas.ops import OPS, FactorizedReduce, channels_innermost
 from dnas.methods import builtin_methods
 from dnas.relax import GumbelSoftmax
 from dnas.search import SearchConfig, bilevel_step, optimizers
@@ -459,6 +459,20 @@ def test_an_nchw_cell_hands_its_gpus_depthwise_convolutions_nhwc_inputs(monkeypa
         assert {t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
                 for out in copies for t in out.values()} == {forms and nhwc_copies}
     assert [counts[True, *ways] for ways in ((False, False), (True, False), (True, True))] == [652, 575, 495]
+
+
+def test_a_dilated_convolution_whose_phases_do_not_fit_keeps_its_nchw_input(monkeypatch):
+    """28 x 28 images leave 7 x 7 maps, whose 2 x 2 phases do not fit: there a dilated depthwise convolution
+    runs as it is, in the layout of its input, so its source is not copied NHWC for it (which would hand it
+    to cuDNN's slower NHWC dilated kernel, copy in and out); the step is the readable one's."""
+    seen = []  # (dilation, input NHWC) of each plain depthwise convolution at 7 x 7
+    monkeypatch.setattr(ops, "_conv2d", lambda x, w, b, stride, padding, dilation, groups, f=ops._conv2d:
+                        (seen.append((dilation, channels_innermost(x))) if groups == x.shape[1] > 1
+                         and x.shape[-1] == 7 else None) or f(x, w, b, stride, padding, dilation, groups))
+    monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu",))
+    kernels(supernet(True), torch.randn(2, 3, 28, 28, dtype=torch.float64))
+    dilated = [nhwc for dilation, nhwc in seen if dilation not in (1, (1, 1))]  # (the phases' are undilated)
+    assert dilated and not any(dilated)
 
 
 def test_dilated_convolutions_run_on_phases_taken_once_per_source_batch(monkeypatch):

@@ -124,29 +124,52 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     one takes its form)."""
     if _exporting() and not sampled:
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    s = reads_every(stride, padding, dilation, weight.shape[-2:])
-    if s > 1:
-        if not sampled:
-            x = pixels(x, step=s)
-        if channels_innermost(x):  # copied NHWC here: the convolution takes a view of odd sizes for NCHW
-            x = x.contiguous(memory_format=torch.channels_last)
-        stride, padding = (1, 1), tuple(p // s for p in padding)
-        dilation = tuple(d // s if n > 1 else 1 for d, n in zip(dilation, weight.shape[-2:]))
-    elif sampled:
-        raise ValueError(f"sampled: this convolution (stride {stride}, padding {padding}, dilation {dilation}) "
-                         f"reads other pixels too")
+    given = tuple(stride)
+    x, stride, padding, dilation = _on_pixels_read(x, stride, padding, dilation, weight.shape[-2:], sampled)
+    if stride != given and channels_innermost(x):  # on the pixels it reads, copied NHWC here: the
+        x = x.contiguous(memory_format=torch.channels_last)  # convolution takes a view of odd sizes for NCHW
     depthwise = weight.shape[1] == 1 and groups == x.shape[1] == weight.shape[0]
-    if depthwise and dilation != (1, 1) and phases_fit(x, stride, padding, dilation):
-        return depthwise_nhwc(x, weight, bias, stride, padding, dilation[0])
+    d = _nhwc_dilation(x, stride, padding, dilation) if depthwise else None
+    if d is not None:
+        return depthwise_nhwc(x, weight, bias, stride, padding, d)
     if x.device.type in FORM_DEVICES:
-        if depthwise and dilation == (1, 1):
-            return depthwise_nhwc(x, weight, bias, stride, padding, 1)
         grouped_pointwise = (groups > 1 and weight.shape[-2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
                              and bias is None)
         if grouped_pointwise and (x.is_contiguous() or x.shape[1] <= BLOCK_DIAGONAL_CHANNELS
                                   and x.is_contiguous(memory_format=torch.channels_last)):
             return pointwise_matmul(x, weight, groups)
     return _conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _on_pixels_read(x, stride, padding, dilation, kernel, sampled: bool):
+    """``x``, stride, padding and dilation of a convolution as ``conv2d`` computes it: one of stride s whose
+    taps all fall on every s-th pixel (``reads_every``) on those pixels (``x`` already, where ``sampled``)."""
+    s = reads_every(stride, padding, dilation, kernel)
+    if s > 1:
+        return (x if sampled else pixels(x, step=s), (1, 1), tuple(p // s for p in padding),
+                tuple(d // s if n > 1 else 1 for d, n in zip(dilation, kernel)))
+    if sampled:
+        raise ValueError(f"sampled: this convolution (stride {stride}, padding {padding}, dilation {dilation}) "
+                         f"reads other pixels too")
+    return x, stride, padding, dilation
+
+
+def _nhwc_dilation(x, stride, padding, dilation) -> int | None:
+    """The d of ``depthwise_nhwc`` for a depthwise convolution on ``x`` (as ``_on_pixels_read`` gives it), None
+    where it runs in the layout of ``x``: a dilated one by its phases where they fit, on every device; an
+    undilated one on a GPU (``FORM_DEVICES``)."""
+    if dilation != (1, 1):
+        return dilation[0] if phases_fit(x, stride, padding, dilation) else None
+    return 1 if x.device.type in FORM_DEVICES else None
+
+
+def depthwise_runs_nhwc(x, conv: nn.Conv2d, sampled: bool = False) -> bool:
+    """Whether ``conv2d`` computes ``conv`` on ``x`` as a depthwise convolution in NHWC (``depthwise_nhwc``):
+    what a fused cell writes NHWC for it, where it would copy its input in."""
+    if not conv.groups == conv.in_channels == conv.out_channels:
+        return False
+    return _nhwc_dilation(*_on_pixels_read(x, conv.stride, conv.padding, conv.dilation, conv.kernel_size,
+                                           sampled)) is not None
 
 
 _second_order = False  # within ``second_derivatives``
@@ -297,8 +320,8 @@ class _ReluNHWC(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         out, = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: differentiable in the gradient (the mask's derivative is 0)
-            return (grad * (out > 0)).contiguous()
+        if torch.is_grad_enabled():  # create_graph: by an op autograd differentiates again
+            return torch.ops.aten.threshold_backward(grad, out, 0).contiguous()
         gx = torch.empty_like(out, memory_format=torch.contiguous_format)
         return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=gx)
 

@@ -762,7 +762,8 @@ def recipe_settings(recipe: Method, config_cls: type[SearchConfig]) -> dict[str,
     recipes' papers give; a space with settings of its own (the recurrent search's, DARTS's PTB search: 50
     epochs, lr 20, weight decay 5e-7, ...) keeps those its settings class declares, and takes the rest (the
     order of the steps, warm-up epochs, Nesterov momentum)."""
-    own = set(vars(config_cls).get("__annotations__", {})) if config_cls is not SearchConfig else set()
+    own = {name for cls in config_cls.__mro__ if cls is not SearchConfig and issubclass(cls, SearchConfig)
+           for name in vars(cls).get("__annotations__", {})}
     return {k: v for k, v in recipe.config.items() if k not in own}
 
 

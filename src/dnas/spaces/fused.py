@@ -76,7 +76,8 @@ from .. import ops
 from ..device import on_device
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
 from ..ops import (AvgPool2d, Conv2d, FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d,
-                   dense_gradient, from_phases, phases_fit, pixels, reads_every, relu_nhwc, to_phases)
+                   dense_gradient, depthwise_runs_nhwc, from_phases, phases_fit, pixels, reads_every, relu_nhwc,
+                   to_phases)
 from ..settings import temporarily, warn
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
@@ -665,9 +666,10 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     for g in groups:
         _begin(begun, g, x)
     copied = lambda g: g.every_edge and per * g.repeats > 1 and not g.from_sources
-    wanted = [((g.head, per * g.repeats), _depthwise_first(g)) for g in groups if copied(g)]
+    wanted = [((g.head, per * g.repeats), _reads_nhwc(g, begun[g.head][:, 0])) for g in groups if copied(g)]
     # NHWC copies in an NCHW cell where every group reading one begins with a depthwise convolution that runs
-    # NHWC on this device (ops.FORM_DEVICES): its copy in is this copy (its output goes back to NCHW)
+    # NHWC on this device and input (ops.depthwise_runs_nhwc): its copy in is this copy (its output goes back
+    # to NCHW)
     to_nhwc = {key for key, _ in wanted} - {key for key, dw in wanted if not dw} \
         if not run.nhwc and x.device.type in ops.FORM_DEVICES else set()
     copies = _copy_to_edges(begun, [key for key, _ in wanted], to_nhwc)
@@ -947,7 +949,8 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
         leaf = g.leaves[j]
         if leaf[0] == "bn":
             x = _batch_norm(x, leaf[1], run, w if j == len(g.leaves) - 1 else None)
-        elif leaf[0] == "relu" and nhwc_forms and j + 1 < len(g.leaves) and _depthwise_leaf(g.leaves[j + 1]):
+        elif leaf[0] == "relu" and nhwc_forms and j + 1 < len(g.leaves) and g.leaves[j + 1][0] == "conv" \
+                and depthwise_runs_nhwc(x, g.leaves[j + 1][1][0]):
             x = relu_nhwc(x)  # the ReLU writes what the depthwise convolution reads: no copy in
         else:
             convs = [run.weights[bank][piece] for bank, piece in g.convs[j]]
@@ -963,14 +966,11 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
     return _sum_blocks(x, g.repeats, x.shape[1] // len(g.edge_ids)) if summed and g.repeats > 1 else x
 
 
-def _depthwise_first(g: _Group) -> bool:
-    """Whether the first of the group's own steps (after its head) is a depthwise convolution."""
+def _reads_nhwc(g: _Group, x: torch.Tensor) -> bool:
+    """Whether the first of the group's own steps (after its head) is a depthwise convolution that runs
+    NHWC on ``x``, its head's output for one source (``ops.depthwise_runs_nhwc``)."""
     own = g.leaves[g.start:]
-    return bool(own) and _depthwise_leaf(own[0])
-
-
-def _depthwise_leaf(leaf) -> bool:
-    return leaf[0] == "conv" and _depthwise(leaf[1][0])
+    return bool(own) and own[0][0] == "conv" and depthwise_runs_nhwc(x, own[0][1][0], sampled=g.step > 1)
 
 
 def _phase_dilation(leaves, x: torch.Tensor) -> int:
