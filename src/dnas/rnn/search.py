@@ -99,8 +99,8 @@ class RNNSearch(Search):
     def step(self, train, val, lr_scale: float = 1.0, update_arch: bool = True):
         """DARTS Algorithm 1 on one window: an architecture step on the validation window, then a weight step
         on the training window with the learning rate scaled by ``lr_scale`` (``weight_step_first``: the other
-        way round). ``train`` and ``val`` are
-        (words, targets, hidden); returns the training loss and both streams' next hidden states."""
+        way round). ``train`` and ``val`` are (words, targets, hidden); returns the training loss and both
+        streams' next hidden states."""
         (x, y, hidden), (vx, vy, hidden_val) = train, val
         c, model, group = self.config, self.model, self.w_optimizer.param_groups[0]
         lr = group["lr"]
