@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .genotype import Genotype
 from .cuda_graph import GraphedStep
-from .search import copies, copy_into, format_seconds, read_jsonl, write_jsonl
+from .search import copies, copy_into, format_seconds, read_jsonl, weight_sgd, write_jsonl
 from .selection import SELECTIONS, TopK
 from .settings import bars_off, say
 from .spaces.darts import CELL_TYPES
@@ -112,9 +112,7 @@ class Perturbation:
                              f"{type(model).__name__} has none")
         steps = self.schedule(model)
         total = self.tuning_epochs(len(steps))
-        self.optimizer = torch.optim.SGD(model.weight_parameters(), config.lr * self.lr_scale,
-                                         momentum=config.momentum, weight_decay=config.weight_decay,
-                                         nesterov=config.nesterov and config.momentum > 0)
+        self.optimizer = weight_sgd(model.weight_parameters(), config, config.lr * self.lr_scale)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(total, 1),
                                                                     eta_min=config.lr_min)
         self.generator = torch.Generator().manual_seed(config.seed)

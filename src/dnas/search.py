@@ -460,12 +460,17 @@ def build_supernet(name: str, options: dict[str, Any], **given):
 
 def optimizers(model, config: SearchConfig) -> tuple[torch.optim.SGD, torch.optim.Adam]:
     """The weight optimiser (SGD with momentum and weight decay) and the architecture optimiser (Adam)."""
-    # Nesterov momentum without momentum is plain SGD (which torch refuses to be asked for by that name)
-    w_optimizer = torch.optim.SGD(model.weight_parameters(), config.lr, momentum=config.momentum,
-                                  weight_decay=config.weight_decay, nesterov=config.nesterov and config.momentum > 0)
+    w_optimizer = weight_sgd(model.weight_parameters(), config, config.lr)
     a_optimizer = torch.optim.Adam(model.arch_parameters(), config.arch_lr, betas=tuple(config.arch_betas),
                                    weight_decay=config.arch_weight_decay)
     return w_optimizer, a_optimizer
+
+
+def weight_sgd(params, config: SearchConfig, lr) -> torch.optim.SGD:
+    """SGD of the weights at ``lr`` with the search's momentum (Nesterov where set; without momentum plain SGD,
+    which torch refuses to be asked for by that name) and weight decay: the search's, DARTS-PT's tuning."""
+    return torch.optim.SGD(params, lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           nesterov=config.nesterov and config.momentum > 0)
 
 
 def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val_batch, grad_clip: float,

@@ -666,13 +666,15 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     for g in groups:
         _begin(begun, g, x)
     copied = lambda g: g.every_edge and per * g.repeats > 1 and not g.from_sources
-    wanted = [((g.head, per * g.repeats), _reads_nhwc(g, begun[g.head][:, 0])) for g in groups if copied(g)]
-    # NHWC copies in an NCHW cell where every group reading one begins with a depthwise convolution that runs
-    # NHWC on this device and input (ops.depthwise_runs_nhwc): its copy in is this copy (its output goes back
-    # to NCHW)
-    to_nhwc = {key for key, _ in wanted} - {key for key, dw in wanted if not dw} \
-        if not run.nhwc and x.device.type in ops.FORM_DEVICES else set()
-    copies = _copy_to_edges(begun, [key for key, _ in wanted], to_nhwc)
+    readers = [g for g in groups if copied(g)]
+    wanted = [(g.head, per * g.repeats) for g in readers]
+    to_nhwc = set()  # an NCHW cell's copies that every group reading them begins with a depthwise convolution that
+    # runs NHWC on this device and input (ops.depthwise_runs_nhwc): its copy in is this copy (its output goes
+    # back to NCHW)
+    if not run.nhwc and x.device.type in ops.FORM_DEVICES:
+        nhwc = [_reads_nhwc(g, begun[g.head][:, 0]) for g in readers]
+        to_nhwc = set(wanted) - {key for key, reads in zip(wanted, nhwc) if not reads}
+    copies = _copy_to_edges(begun, wanted, to_nhwc)
     outs = []
     for g in groups:  # its input: its slots' sources one after another, (N, slots x C, H, W), or the sources
         if copied(g):
