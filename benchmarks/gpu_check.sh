@@ -83,7 +83,8 @@ for p, x in r['runs'].items():
     print(sys.argv[2], p, x['seconds'], 's; last epoch', x['epoch_seconds'], 's, the first', x.get('first_epoch_extra_seconds'),
           's more; ms per step', x.get('ms_per_step'),
           '/ eval batch', x.get('ms_per_eval_batch'), '; checkpoint', x.get('checkpoint_seconds'), 's; 50 full epochs',
-          x['minutes_for_50_full_epochs'], 'min;', x['genotype'])
+          x['minutes_for_50_full_epochs'], 'min (evaluated after the last only',
+          x.get('minutes_evaluated_after_the_last_only'), 'min);', x['genotype'])
 print('failed:', r['failed'])" "$OUT/e2e-$1.log" "$1" || tail -20 "$OUT/e2e-$1.log"
 }
 

@@ -97,6 +97,12 @@ class EpochParts:
                       for name, rate in self.rate.items())
         return epoch_seconds + lacking + self.checkpoint_seconds
 
+    def full_evaluation_seconds(self) -> float:
+        """An evaluation of all 25,000 search-val images at the steady rate: what a search evaluated once, after
+        its last epoch (``--eval-every`` the epochs), saves in each other epoch."""
+        rate = self.rate.get("eval_loader")
+        return 0.0 if rate is None else rate * math.ceil(25000 / self.batches["eval_loader"][0])
+
 
 class _Timed:
     """A loader attribute of a search swapped, while in the ``with``, for one that times the full batches after
@@ -221,11 +227,14 @@ def main() -> None:
                           "first_epoch_extra_seconds": round(once, 1),
                           "checkpoint_seconds": round(parts.checkpoint_seconds, 2),
                           "minutes_for_50_full_epochs": round((once + 50 * full) / 60, 1),
+                          "minutes_evaluated_after_the_last_only": round(
+                              (once + 50 * full - 49 * parts.full_evaluation_seconds()) / 60, 1),
                           "genotype": str(result.genotype),
                           "final_val_acc": result.metrics[-1]["val_acc"],
                           "alphas": torch.tensor([alphas[t] for t in sorted(alphas)])}
             print(f"{path}: {runs[path]['seconds']} s, last epoch {epoch_seconds} s{_rates(runs[path])} per step / "
-                  f"eval batch; 50 full epochs {runs[path]['minutes_for_50_full_epochs']} min", file=sys.stderr,
+                  f"eval batch; 50 full epochs {runs[path]['minutes_for_50_full_epochs']} min (evaluated after the "
+                  f"last only {runs[path]['minutes_evaluated_after_the_last_only']} min)", file=sys.stderr,
                   flush=True)
     if not runs:
         raise SystemExit(f"every path failed: {failed}")

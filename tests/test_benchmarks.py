@@ -54,6 +54,7 @@ def test_search_e2e_searches_real_cifar10_on_both_paths(cifar10_root, tmp_path):
     assert report["failed"] == {} and set(report["runs"]) == {"readable", "fast"}
     for r in report["runs"].values():
         assert r["ms_per_step"] > 0 and r["ms_per_eval_batch"] > 0 and r["minutes_for_50_full_epochs"] > 0
+        assert 0 < r["minutes_evaluated_after_the_last_only"] < r["minutes_for_50_full_epochs"]
         assert r["genotype"].startswith("Genotype(normal=")
     assert report["runs"]["fast"]["max_alpha_diff_to_readable"] < 1e-3
 

@@ -54,7 +54,7 @@ def test_paper_settings_are_pinned():
     assert pc.config["space_options"] == {"edge_normalization": True}
     assert m["gdas"].build("relaxation").tau_range == (10.0, 0.1) and m["gdas"].build("relaxation").hard
     assert m["gdas"].config == {"epochs": 250, "batch_size": 256, "weight_decay": 5e-4, "nesterov": True,
-                                "weight_step_first": True}
+                                "weight_step_first": True, "step_unused_weights": True}
     assert not m["snas"].build("relaxation").hard
     assert m["sdarts-rs"].build("perturbation").epsilon_range == (0.03, 0.3)
     adv = m["sdarts-adv"].build("perturbation")

@@ -309,7 +309,7 @@ def test_gdas_searches_the_recurrent_cell_in_its_order(ptb, tmp_path, monkeypatc
     assert config["weight_step_first"] and config["nesterov"] and config["momentum"] == 0
     # its recipe's image-search settings (250 epochs, batch 256, weight decay 5e-4) leave the PTB search's
     assert config["weight_decay"] == 5e-7 and recipe_settings(get_method("gdas"), RNNSearchConfig) == {
-        "nesterov": True, "weight_step_first": True}
+        "nesterov": True, "weight_step_first": True, "step_unused_weights": True}
     assert len(order) > 2 and order == ["weights", "alphas"] * (len(order) // 2)
 
 

@@ -149,10 +149,12 @@ def test_resume_without_the_alphas_file_goes_on_and_warns(fashion_mnist_root, tm
     assert [line["epoch"] for line in map(json.loads, (cut / "alphas.jsonl").read_text().splitlines())] == [2]
 
 
-def test_the_evaluation_batch_size_leaves_the_search_as_it_is(fashion_mnist_root, tmp_path, monkeypatch):
+def test_the_evaluations_batch_size_and_frequency_leave_the_search_as_it_is(fashion_mnist_root, tmp_path,
+                                                                            monkeypatch, capsys):
     """The per-epoch evaluation draws its crops from a generator of its own: at another batch size (5, with a
     partial last batch) the steps, alphas and genotypes are those of the default run, and the measures those
-    of the same images under other random crops."""
+    of the same images under other random crops; evaluated every 2 epochs, the search is the same again, and
+    the epochs between have no validation measures (nor in their console line)."""
     seen = []  # the evaluation's batch sizes
     original = Search.evaluate
 
@@ -161,14 +163,20 @@ def test_the_evaluation_batch_size_leaves_the_search_as_it_is(fashion_mnist_root
         return original(self, progress)
 
     monkeypatch.setattr(Search, "evaluate", evaluate)
-    runs = [dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / str(b),
-                        eval_batch_size=b, **TINY) for b in (None, 5)]
-    assert seen == [16, 16, 5, 5]
-    assert (runs[0].run_dir / "alphas.jsonl").read_text() == (runs[1].run_dir / "alphas.jsonl").read_text()
-    for a, b in zip(*(r.metrics for r in runs)):
+    variants = [{}, {"eval_batch_size": 5}, {"eval_every": 2}]
+    runs = [dnas.search(method="darts-v1", dataset="fashion-mnist", epochs=3, run_dir=tmp_path / str(i), **v, **TINY)
+            for i, v in enumerate(variants)]
+    assert seen == [16, 16, 16, 5, 5, 5, 16, 16]  # every 2 epochs, and after the last
+    for other in runs[1:]:
+        assert (runs[0].run_dir / "alphas.jsonl").read_text() == (other.run_dir / "alphas.jsonl").read_text()
+    for a, b in zip(*(r.metrics for r in runs[:2])):
         assert (a["train_loss"], a["train_acc"], a["genotype"]) == (b["train_loss"], b["train_acc"], b["genotype"])
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=0.2) and abs(a["val_acc"] - b["val_acc"]) < 0.2
     assert json.loads((runs[1].run_dir / "config.json").read_text())["config"]["eval_batch_size"] == 5
+    assert ["val_acc" in m for m in runs[2].metrics] == [False, True, True]
+    assert [m["val_acc"] for m in runs[2].metrics[1:]] == [m["val_acc"] for m in runs[0].metrics[1:]]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")][-3:]
+    assert ["val_acc" in line for line in lines] == [False, True, True] and all("train_acc" in line for line in lines)
 
 
 def test_resume_refuses_changed_settings_and_foreign_folders(fashion_mnist_root, tmp_path):
@@ -373,6 +381,7 @@ def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_pa
     (dict(space="nb201", layers=3), r"unknown settings layers \(did you mean N\?\): .* of the nb201 space; valid: C, "
                                     r"N, "),
     (dict(eval_batch_size=0), "eval_batch_size must be >= 1"),
+    (dict(eval_every=0), "eval_every must be >= 1, not 0"),
     (dict(merge_kernel_sizes=True), r"merge_kernel_sizes: ways of running the fused cells, .* fused=True \(--fused\)"),
     (dict(fused=True, side_streams=-1), "side_streams must be >= 0, not -1"),
     (dict(epochs=0), "epochs must be >= 1, not 0"),
@@ -438,6 +447,33 @@ def test_a_step_can_take_its_weight_step_first_with_nesterov_momentum():
     for a, b in zip(*(m.parameters() for m in models)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert get_method("gdas").config["weight_step_first"] and get_method("gdas").config["nesterov"]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_unsampled_ops_weights_decay_as_gdas_code_steps_them(fused):
+    """GDAS runs one sampled op per edge; its code's zero_grad (PyTorch 1.x) kept zero gradients, so an op's
+    weights, once sampled, still take the weight decay and momentum in steps that do not sample it
+    (``step_unused_weights``, in the GDAS recipe); without it they stay as they are."""
+    from dnas.search import bilevel_step, optimizers
+    from dnas.spaces.darts import DartsSupernet
+
+    method = get_method("gdas")
+    assert method.config["step_unused_weights"]
+    batch = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    moved = {}
+    for keep in (False, True):
+        torch.manual_seed(0)
+        parts = method.build_parts()
+        model = DartsSupernet(10, 3, C=4, layers=3, relaxation=parts.relaxation, fused=fused)
+        w_opt, a_opt = optimizers(model, SearchConfig(nesterov=True))
+        bilevel_step(model, parts, a_opt, w_opt, batch, batch, 5.0, step_unused_weights=keep)
+        had = {p for p in model.weight_parameters() if p.grad is not None}
+        before = {p: p.detach().clone() for p in had}
+        bilevel_step(model, parts, a_opt, w_opt, batch, batch, 5.0, step_unused_weights=keep)
+        unused = [p for p in had if p.grad is None or not p.grad.any()]
+        assert unused, "some op sampled in the first step is not in the second"
+        moved[keep] = [not torch.equal(before[p], p) for p in unused]
+    assert not any(moved[False]) and all(moved[True])
 
 
 @pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", False)])

@@ -76,6 +76,9 @@ class SearchConfig:
     arch_grad_clip: float | None = None  # the norm the alphas' gradient is clipped to (P-DARTS's code: 5); None: none
     weight_step_first: bool = False  # each step's weight step before its architecture step (GDAS's code); DARTS's
     # Algorithm 1 takes the architecture step first
+    step_unused_weights: bool = False  # the weights of ops a step does not run (GDAS's unsampled ops) still take the
+    # weight optimiser's weight decay and momentum once they have had a gradient: PyTorch 1.x's zero_grad, which the
+    # methods' code ran, left them zero gradients (GDAS's code); False: they stay as they are (no gradient)
     train_portion: float = 0.5
     arch_warmup_epochs: int = 0  # epochs of weight steps only before alpha moves (PC-DARTS, P-DARTS)
     cutout: int = 0  # cutout length; 0 = off (the DARTS search uses none)
@@ -91,13 +94,15 @@ class SearchConfig:
     # is the same at any (its evaluation draws from its own generator); --fast makes it 256 on a GPU
     eval_channels_last: bool = False  # each epoch's evaluation in NHWC, also where the steps run NCHW: a speed
     # setting (the cells follow their input's layout, the search is the same)
+    eval_every: int = 1  # evaluate the supernet every this many epochs and after the last (DARTS's code: every
+    # epoch): the search is the same, the epochs between have no val_loss / val_acc
     merge_kernel_sizes: bool = False  # the fused cells' 3x3 and 5x5 ops run as one (spaces.fused.merge_kernel_sizes)
     side_streams: int = 0  # on a GPU, the fused cells' independent ops on this many side streams (spaces.fused.
     # side_streams); no effect on the CPU
 
     def __post_init__(self):
-        check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, side_streams=0,
-                       arch_warmup_epochs=0, lr_min=0, momentum=0, weight_decay=0, arch_weight_decay=0)
+        check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, eval_every=1,
+                       side_streams=0, arch_warmup_epochs=0, lr_min=0, momentum=0, weight_decay=0, arch_weight_decay=0)
         check_positive(vars(self), "lr", "arch_lr", "grad_clip", "arch_grad_clip")
         if not 0 < self.train_portion < 1:
             raise ValueError(f"train_portion is the share of the training images the weights train on, the rest "
@@ -228,7 +233,7 @@ class Search:
         with precision(self.device.type, self.config.precision), cudnn_benchmark(timed):
             return bilevel_step(self.model, self.parts, self.a_optimizer, w_optimizer, (x, y), (val_x, val_y),
                                 self.config.grad_clip, update_arch, self.config.arch_grad_clip,
-                                self.config.weight_step_first)
+                                self.config.weight_step_first, self.config.step_unused_weights)
 
     # -- epochs ---------------------------------------------------------------------------------------
     def train_epoch(self, progress: bool) -> dict[str, float]:
@@ -327,7 +332,9 @@ class Search:
             lr = float(self.scheduler.get_last_lr()[0])  # a device tensor where the steps are replayed
             record = {"epoch": self.epoch + 1, "lr": lr, **self.parts.on_epoch_start(self.epoch, self.config.epochs)}
             self.renew_graphs()
-            record.update(**self.train_epoch(progress), **self.evaluate(progress))
+            record.update(**self.train_epoch(progress))
+            if (self.epoch + 1) % self.config.eval_every == 0 or self.epoch + 1 == self.config.epochs:
+                record.update(**self.evaluate(progress))
             self.scheduler.step()
             self.epoch += 1
             genotype = self.model.derive(self.parts.selection)
@@ -374,10 +381,12 @@ class Search:
             warn(f"the searched genotype {genotype}: {defect}")
         return SearchResult(genotype, self.run_dir, metrics)
 
-    @staticmethod
-    def epoch_summary(record: dict[str, Any]) -> str:
+    SUMMARY = {"train_acc": ".4f", "val_acc": ".4f"}  # the measures of an epoch's console line, where it has them
+
+    @classmethod
+    def epoch_summary(cls, record: dict[str, Any]) -> str:
         """The measures of an epoch's console line."""
-        return f"train_acc {record['train_acc']:.4f}  val_acc {record['val_acc']:.4f}  "
+        return "".join(f"{k} {record[k]:{form}}  " for k, form in cls.SUMMARY.items() if k in record)
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -474,13 +483,16 @@ def weight_sgd(params, config: SearchConfig, lr) -> torch.optim.SGD:
 
 
 def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val_batch, grad_clip: float,
-                 update_arch: bool = True, arch_grad_clip: float | None = None, weight_step_first: bool = False):
+                 update_arch: bool = True, arch_grad_clip: float | None = None, weight_step_first: bool = False,
+                 step_unused_weights: bool = False):
     """One step of DARTS Algorithm 1: an architecture step on the validation batch (the method's
     architecture gradient of L_val plus its regularisers, clipped to ``arch_grad_clip`` if given), then a
     weight step on the training batch (clipped to ``grad_clip``, at perturbed op weights if the method
     perturbs): of the weights ``w_optimizer`` steps. ``weight_step_first``: the weight step first, then the
-    architecture step at the new weights (GDAS's code). Returns the training loss and the number of correct
-    predictions of the weight step.
+    architecture step at the new weights (GDAS's code). ``step_unused_weights``: the weights the weight step
+    leaves without a gradient (ops not run) keep a zero one once they have had one, so the optimiser's weight
+    decay and momentum still move them (``SearchConfig.step_unused_weights``). Returns the training loss and the
+    number of correct predictions of the weight step.
 
     A model not in training mode is put in it; one in it is taken as it is (setting the mode walks all of
     the paper's search network's ~5,000 modules: 17 ms on the CPU, a step's host time that an eager GPU step,
@@ -503,7 +515,7 @@ def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val
         arch_step()
     model.weight_delta = parts.perturbation(model, train_loss) if parts.perturbation is not None else None
     weights = [p for group in w_optimizer.param_groups for p in group["params"]]
-    w_optimizer.zero_grad(set_to_none=True)
+    w_optimizer.zero_grad(set_to_none=not step_unused_weights)
     logits = model(train_batch[0])
     loss = F.cross_entropy(logits, train_batch[1])
     loss.backward(inputs=weights)

@@ -46,7 +46,7 @@ def run_search(args: argparse.Namespace) -> None:
             "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
             "precision": args.precision, "channels_last": args.channels_last or None,
             "eval_batch_size": args.eval_batch_size,
-            "eval_channels_last": args.eval_channels_last or None,
+            "eval_channels_last": args.eval_channels_last or None, "eval_every": args.eval_every,
             "fused": args.fused or None,
             "merge_kernel_sizes": args.merge_kernel_sizes or None, "side_streams": args.side_streams,
             **{name: getattr(args, name) for name in OPTIMISATION},
@@ -113,6 +113,9 @@ def register(sub) -> None:
     s.add_argument("--eval-channels-last", action="store_true",
                    help="each epoch's evaluation in NHWC, also where the steps run NCHW; the search is the same, only "
                         "its speed differs (docs/speed.md)")
+    s.add_argument("--eval-every", type=int, metavar="N",
+                   help="evaluate the supernet on the search-val half every N epochs and after the last (default 1, "
+                        "as DARTS's code); the search is the same, only its time differs")
     s.add_argument("--seed", type=int, help="random seed (default 2); same seed, same result on the CPU")
     s.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     s.add_argument("--runs", default="runs", help="folder for new run directories (default runs/)")

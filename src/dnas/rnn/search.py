@@ -126,7 +126,7 @@ class RNNSearch(Search):
             hidden_val = arch_step()
         model.weight_delta = self.parts.perturbation(model, train_loss) if self.parts.perturbation is not None else None
         weights = model.weight_parameters()
-        self.w_optimizer.zero_grad(set_to_none=True)
+        self.w_optimizer.zero_grad(set_to_none=not c.step_unused_weights)
         logits, hidden, raw = model(x, hidden)
         loss = lm_loss(logits, y)
         (loss + activation_regularization(raw, c.tar, c.ar)).backward(inputs=weights)
@@ -163,6 +163,4 @@ class RNNSearch(Search):
             loss = evaluate_lm(self.model, self.val_data, self.config.bptt, bar)
         return {"val_loss": loss, "val_ppl": perplexity(loss)}
 
-    @staticmethod
-    def epoch_summary(record) -> str:
-        return f"train_ppl {record['train_ppl']:.2f}  val_ppl {record['val_ppl']:.2f}  "
+    SUMMARY = {"train_ppl": ".2f", "val_ppl": ".2f"}
