@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import dnas
 from dnas import ops
-from dnas.cuda_graph import GraphPool, GraphedStep, HostSyncs, set_capturable
+from dnas.cuda_graph import GraphPool, GraphedStep, HostSyncs, conform_gradients, set_capturable
 from dnas.methods import builtin_methods
 from dnas.search import Search, SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
@@ -290,6 +290,25 @@ def test_a_failed_capture_of_another_shape_leaves_that_shape_eager_only(fake_cud
     for _ in range(4):
         graphed(torch.ones(2))
     assert step.eager == 2 + 3 + 1 + 4
+
+
+def test_fused_sgd_gets_gradients_with_its_weights_strides():
+    """A depthwise weight in NHWC, (C, 1, k, k) with strides (k k, 1, k, 1), may get its gradient with strides
+    (k k, k k, k, 1): the same memory, which fused SGD on a GPU refuses (it compares strides; a channels_last
+    step failed so on an H200). ``conform_gradients`` gives it the weight's strides as a view, leaves other
+    optimisers' gradients and a gradient in another memory order as they are."""
+    conv = torch.nn.Conv2d(4, 4, 3, groups=4, bias=False).to(memory_format=torch.channels_last)
+    dense = torch.nn.Conv2d(4, 8, 3, bias=False).to(memory_format=torch.channels_last)
+    assert conv.weight.stride() == (9, 1, 3, 1)
+    grads = [torch.randn(4, 1, 3, 3), torch.randn(8, 4, 3, 3)]
+    sgd = torch.optim.SGD([conv.weight, dense.weight], lr=0.1, momentum=0.9)
+    for fused in (False, True):
+        conv.weight.grad, dense.weight.grad = (g.clone() for g in grads)
+        sgd.param_groups[0]["fused"] = fused
+        conform_gradients(sgd)
+        assert (conv.weight.grad.stride() == conv.weight.stride()) == fused
+        assert torch.equal(conv.weight.grad, grads[0]) and torch.equal(dense.weight.grad, grads[1])
+    assert dense.weight.grad.stride() == (36, 9, 3, 1) != dense.weight.stride()  # another order: a clone's to make
 
 
 @CUDA

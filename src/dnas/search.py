@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .arch_grad import Implicit
-from .cuda_graph import GraphedStep, GraphPool, set_capturable
+from .cuda_graph import GraphedStep, GraphPool, conform_gradients, set_capturable
 from .data import BatchLoader, load_dataset, memory_format, split_indices
 from .genotype import Genotype
 from .methods import Method, Parts, get_method
@@ -521,6 +521,7 @@ def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val
     loss.backward(inputs=weights)
     model.weight_delta = None
     torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    conform_gradients(w_optimizer)
     w_optimizer.step()
     if update_arch and weight_step_first:
         arch_step()
@@ -574,7 +575,8 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     ``FAST_SIDE_STREAMS`` side streams (an H100 replayed a darts-v1 step in 86.6 ms against 114.9 on one
     stream, darts-v2 221.8 against 296.8), and the evaluation at batch ``FAST_EVAL_BATCH`` (larger kernels: on
     an H100 an epoch 4% shorter than at 64), in NCHW (NHWC with side streams 95.9 ms; docs/speed.md,
-    channels_last). On a CPU: the NHWC layout, with the fused cells unless the relaxation is hard (GDAS: one sampled
+    channels_last) but for each epoch's evaluation in the DARTS space, which runs NHWC (``eval_channels_last``: an
+    H200 evaluated a batch of 256 in 41.1 ms against 54.3 in NCHW). On a CPU: the NHWC layout, with the fused cells unless the relaxation is hard (GDAS: one sampled
     op per edge leaves little to batch, and there the readable cell in NHWC is the fastest CPU path); but NCHW on
     NAS-Bench-201 for partial channels (PC-DARTS: its ops see C/K = 4 channels in the first stage, too few for NHWC
     kernels, a BatchNorm of them 0.62 ms against 0.12 at batch 16, the step 311 ms against 396) and for
@@ -594,7 +596,8 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     graph = device.type == "cuda" and not hard
     settings = {"fused": not (cpu and hard), "cuda_graph": graph, "channels_last": cpu and not nchw}
     lanes = graph and space == "darts"  # measured there; the NAS-Bench-201 cell's on a GPU not yet
-    gpu = {"eval_batch_size": FAST_EVAL_BATCH} | ({"side_streams": FAST_SIDE_STREAMS} if lanes else {})
+    gpu = {"eval_batch_size": FAST_EVAL_BATCH} | (
+        {"side_streams": FAST_SIDE_STREAMS, "eval_channels_last": True} if lanes else {})
     return settings | (gpu if device.type == "cuda" else {})
 
 
