@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import dnas
 from dnas import ops
-from dnas.cuda_graph import GraphPool, GraphedStep, HostSyncs, conform_gradients, set_capturable
+from dnas.cuda_graph import GraphPool, GraphedStep, HostSyncs, set_capturable
 from dnas.methods import builtin_methods
 from dnas.search import Search, SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
@@ -28,15 +28,19 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 SAMPLES_ON_HOST = {"gdas"}  # the hard relaxation decides on the host which op of each edge runs
 
 
-def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32, space="darts"):
-    """A small supernet of a recipe with its optimisers (SGD fused with its lr a device tensor, Adam with its
-    step counter on the device, as a capture needs), and its bilevel step as a function of four tensors."""
+def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32, space="darts",
+                layout=torch.contiguous_format):
+    """A small supernet of a recipe in ``layout`` with its optimisers (SGD fused with its lr a device tensor, Adam
+    with its step counter on the device, as a capture needs), and its bilevel step as a function of four
+    tensors. The supernet takes its layout before the optimisers their state (fused SGD's momentum buffers, made
+    in its weights' strides, must keep them: the kernel compares them)."""
     method, parts = recipe_parts(name)
     options = method.space_options(space)
     torch.manual_seed(0)
     size = {"C": 4, "N": 1} if space == "nb201" else {"C": 4, "layers": 3}
     model = (NB201Supernet if space == "nb201" else DartsSupernet)(
-        10, 3, relaxation=parts.relaxation, edge=parts.edge, fused=fused, **size, **options).to(device, dtype)
+        10, 3, relaxation=parts.relaxation, edge=parts.edge, fused=fused, **size, **options).to(device, dtype,
+                                                                                                 memory_format=layout)
     w_opt, _ = optimizers(model, SearchConfig())
     set_capturable(w_opt)  # fused, its lr a device tensor, as a replayed search has it
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
@@ -74,8 +78,7 @@ def test_the_gpu_convolution_forms_read_nothing_on_the_host(layout, monkeypatch)
     """The forms a GPU runs the convolutions in (ops.FORM_DEVICES: depthwise NHWC and by phases, grouped 1x1
     as matrix products, block-diagonal in NHWC), here on the CPU, keep a second-order step capturable."""
     monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu",))
-    model, step = recipe_step("darts-v2", fused=True)
-    model.to(memory_format=layout)
+    model, step = recipe_step("darts-v2", fused=True, layout=layout)
     first, second = ([t.contiguous(memory_format=layout) if t.dim() == 4 else t for t in b] for b in batches(2))
     step(*first)
     with HostSyncs() as syncs:
@@ -292,25 +295,6 @@ def test_a_failed_capture_of_another_shape_leaves_that_shape_eager_only(fake_cud
     assert step.eager == 2 + 3 + 1 + 4
 
 
-def test_fused_sgd_gets_gradients_with_its_weights_strides():
-    """A depthwise weight in NHWC, (C, 1, k, k) with strides (k k, 1, k, 1), may get its gradient with strides
-    (k k, k k, k, 1): the same memory, which fused SGD on a GPU refuses (it compares strides; a channels_last
-    step failed so on an H200). ``conform_gradients`` gives it the weight's strides as a view, leaves other
-    optimisers' gradients and a gradient in another memory order as they are."""
-    conv = torch.nn.Conv2d(4, 4, 3, groups=4, bias=False).to(memory_format=torch.channels_last)
-    dense = torch.nn.Conv2d(4, 8, 3, bias=False).to(memory_format=torch.channels_last)
-    assert conv.weight.stride() == (9, 1, 3, 1)
-    grads = [torch.randn(4, 1, 3, 3), torch.randn(8, 4, 3, 3)]
-    sgd = torch.optim.SGD([conv.weight, dense.weight], lr=0.1, momentum=0.9)
-    for fused in (False, True):
-        conv.weight.grad, dense.weight.grad = (g.clone() for g in grads)
-        sgd.param_groups[0]["fused"] = fused
-        conform_gradients(sgd)
-        assert (conv.weight.grad.stride() == conv.weight.stride()) == fused
-        assert torch.equal(conv.weight.grad, grads[0]) and torch.equal(dense.weight.grad, grads[1])
-    assert dense.weight.grad.stride() == (36, 9, 3, 1) != dense.weight.stride()  # another order: a clone's to make
-
-
 @CUDA
 def test_a_failed_capture_leaves_the_step_eager_and_random_draws_working():
     graphed = GraphedStep(ReadsTheHostWhenCaptured())
@@ -390,9 +374,7 @@ def test_side_streams_compute_what_one_stream_computes(name, layout):
     stream writing it had finished would differ."""
     to = lambda t: t.contiguous(memory_format=layout) if t.dim() == 4 else t
     data = [tuple(map(to, batch)) for batch in batches(6, "cuda", torch.float64)]
-    models, steps = zip(*(recipe_step(name, True, "cuda", torch.float64) for _ in range(2)))
-    for model in models:
-        model.to(memory_format=layout)
+    models, steps = zip(*(recipe_step(name, True, "cuda", torch.float64, layout=layout) for _ in range(2)))
     graphed = GraphedStep(steps[1])
     for batch in data:
         loss, _ = steps[0](*batch)

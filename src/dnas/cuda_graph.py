@@ -222,17 +222,3 @@ def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool = True) ->
                     if state.get("momentum_buffer") is None:
                         state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-
-def conform_gradients(optimizer: torch.optim.Optimizer) -> None:
-    """Each gradient of a fused optimiser's weights given its weight's strides, as a view, where the two differ in
-    dimensions of size 1 only (the same memory told two ways: a depthwise convolution's (C, 1, k, k) weight in
-    NHWC, (k k, 1, k, 1), and its gradient from a kernel that writes it (k k, k k, k, 1)). Autograd's layout
-    contract lets such a gradient through; fused SGD compares the strides and refuses it."""
-    for group in optimizer.param_groups:
-        if not group.get("fused"):
-            continue
-        for p in group["params"]:
-            g = p.grad
-            if g is not None and g.stride() != p.stride() and all(
-                    a == b for n, a, b in zip(p.shape, p.stride(), g.stride()) if n > 1):  # the same elements
-                p.grad = g.as_strided(p.shape, p.stride())

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .arch_grad import Implicit
-from .cuda_graph import GraphedStep, GraphPool, conform_gradients, set_capturable
+from .cuda_graph import GraphedStep, GraphPool, set_capturable
 from .data import BatchLoader, load_dataset, memory_format, split_indices
 from .genotype import Genotype
 from .methods import Method, Parts, get_method
@@ -521,7 +521,6 @@ def bilevel_step(model, parts: Parts, a_optimizer, w_optimizer, train_batch, val
     loss.backward(inputs=weights)
     model.weight_delta = None
     torch.nn.utils.clip_grad_norm_(weights, grad_clip)
-    conform_gradients(w_optimizer)
     w_optimizer.step()
     if update_arch and weight_step_first:
         arch_step()
