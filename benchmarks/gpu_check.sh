@@ -8,10 +8,10 @@
 # network's. cuDNN times its algorithms for every new shape and layout (on an H100 a channels_last search's
 # first epoch took 80 s against 20 s), so each stage times few paths, in the order of what decides most, and
 # reports what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s)
-# included. On an H100 on 2026-11-27 `steps tests e2e` took 527 s (tests/test_cuda_graph.py stopped at its 120
-# s); so next: first `steps e2e tests` with timeout_s 600 (the replay times first, then --fast end to end, now
-# with side streams; the tests get what is left of BUDGET, 585 s), then at once, on the machine still warm,
-# `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh e2e-evalcl profile e2e2 steps2 evalconvs`
+# included. On an H200 on 2026-11-28 `e2e profile e2e-evalcl tests` took 587 s (the tests cut short); so next:
+# first `tests e2e2 steps` with timeout_s 600 (the CUDA tests, then second order end to end, then the replay
+# times), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
+# minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh steps2 evalconvs nb201`
 # (more than a call's budget: the stages in the order of what decides most, the last ones cut short). The
 # -lanes paths run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
 # they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
