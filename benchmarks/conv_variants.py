@@ -1,4 +1,5 @@
-"""The convolutions of a fused DARTS cell in other forms: which is fastest, forward+backward, on the GPU.
+"""The convolutions and BatchNorms of a fused DARTS cell in other forms: which is fastest, forward+backward,
+on the GPU.
 
 On a GPU the replayed search step is bound by its kernels (docs/speed.md), most of them the convolutions
 of the fused cell: depthwise k x k over the edges of a source batch stacked (groups = edges x C), and the
@@ -15,7 +16,10 @@ pixels), in the forms a faster fused cell could take:
   the 3x3 kernels zero-padded (more arithmetic, one kernel);
 * "by ops.conv2d": what dnas runs, the forms ``ops.conv2d`` takes on the device (on a GPU: depthwise NHWC,
   copied in and out of an NCHW input, dilated ones by their phases; grouped pointwise as matrix products,
-  in NHWC one dense product with the block-diagonal matrix of the edges' weights).
+  in NHWC one dense product with the block-diagonal matrix of the edges' weights);
+* BatchNorm in training over the edges' channels, the op weights its affine weight (the fused cell's Eq. 2):
+  as the fused cell runs it, without a bias, which PyTorch computes with its own kernels, or with a zero
+  bias, which PyTorch hands to cuDNN (only where both weight and bias are given).
 
 Each variant's forward and backward (gradients of input and weight) is captured in a CUDA graph and
 replayed, as in the search (on the CPU: eager, for a smoke run). Writes JSON to benchmarks/out/ and prints
@@ -24,13 +28,16 @@ search, with ``cudnn.benchmark`` on as a search has it: a one-off cost per shape
 
     python benchmarks/conv_variants.py                        # on a GPU
     python benchmarks/conv_variants.py --only pointwise       # the grouped 1x1 convolutions' forms alone
+    python benchmarks/conv_variants.py --only batchnorm       # PyTorch's BatchNorm kernels against cuDNN's
     python benchmarks/conv_variants.py --forward-only --batch-size 256 --only depthwise   # as evaluation runs
     python benchmarks/conv_variants.py --device cpu --batch-size 2 --repeats 2
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +80,20 @@ def pointwise_matmul(x, w, edges):
     return y.transpose(0, 1).reshape(n, h, wd, -1).permute(0, 3, 1, 2)
 
 
+@functools.cache
+def _zeros(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Zeros made once, outside what is timed: the batch statistics' buffers, the zero bias."""
+    return torch.zeros(shape, device=device, dtype=dtype)
+
+
+def batch_norm(x, w, zero_bias: bool = False):
+    """The fused cell's BatchNorm in training (``fused._batch_norm``): the batch's statistics written into
+    buffers (momentum 1), ``w`` its affine weight, and no bias, or a zero one (``zero_bias``)."""
+    mean, var = _zeros((2, x.shape[1]), x.device, x.dtype)
+    bias = _zeros((x.shape[1],), x.device, w.dtype) if zero_bias else None
+    return F.batch_norm(x, mean, var, w, bias, True, 1.0, 1e-5)
+
+
 def sep_pair_apart(x, w3, w5):
     return depthwise(x, w3), depthwise(x, w5)
 
@@ -98,6 +119,8 @@ def cases(batch: int):
         yield f"pointwise by ops.conv2d, {tag}", lambda x, w, e=e: ops.conv2d(x, w, groups=e), [x, (e * c, c, 1, 1)]
         yield f"sep 3x3 + 5x5 apart, {tag}", sep_pair_apart, [x, (e * c, 1, 3, 3), (e * c, 1, 5, 5)]
         yield f"sep 3x3 + 5x5 merged, {tag}", sep_pair_merged, [x, (e * c, 1, 3, 3), (e * c, 1, 5, 5)]
+        yield f"batchnorm, weight only, {tag}", batch_norm, [x, (e * c,)]
+        yield f"batchnorm, zero bias (cuDNN), {tag}", partial(batch_norm, zero_bias=True), [x, (e * c,)]
 
 
 def check_variants(device: torch.device) -> None:
@@ -110,6 +133,8 @@ def check_variants(device: torch.device) -> None:
         torch.testing.assert_close(pointwise_matmul(layout, w, 3), pointwise_conv(layout, w, 3))
     for merged, apart in zip(sep_pair_merged(x, w3, w5), sep_pair_apart(x, w3, w5)):
         torch.testing.assert_close(merged, apart)
+    scale = t(3 * 4)
+    torch.testing.assert_close(batch_norm(x, scale, zero_bias=True), batch_norm(x, scale))
 
 
 def forward_backward(fn, tensors):
@@ -183,7 +208,8 @@ def main() -> None:
     for name, fn, shapes in (case for case in cases(args.batch_size) if chosen(case[0])):
         row = {"case": name}
         for layout, (memory_format, dtype, arithmetic) in LAYOUTS.items():
-            tensors = [torch.randn(s, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+            tensors = [torch.randn(s, device=device, dtype=dtype)
+                       .contiguous(memory_format=memory_format if len(s) == 4 else torch.contiguous_format)
                        .requires_grad_(not args.forward_only) for s in shapes]
             try:
                 with precision(device.type, arithmetic):

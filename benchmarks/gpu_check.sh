@@ -9,8 +9,8 @@
 # first epoch took 80 s against 20 s), so each stage times few paths, in the order of what decides most, and
 # reports what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s)
 # included. On an H200 on 2026-11-28 `e2e profile e2e-evalcl tests` took 587 s (the tests cut short); so next:
-# first `tests e2e2 steps` with timeout_s 600 (the CUDA tests, then second order end to end, then the replay
-# times), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
+# first `tests bn e2e2 steps` with timeout_s 600 (the CUDA tests, BatchNorm's kernels, second order end to end,
+# the replay times), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
 # minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh steps2 evalconvs nb201`
 # (more than a call's budget: the stages in the order of what decides most, the last ones cut short). The
 # -lanes paths run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
@@ -29,7 +29,7 @@
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
 # tool with carry [".gpu_data"]; stages: steps tests e2e convs evalconvs (the evaluation's depthwise forms,
-# forward only) profile steps2 e2e2 e2e-evalcl base recipes nb201 (default: all, in that order), and e2e-ways (--fast
+# forward only) bn (PyTorch's BatchNorm kernels against cuDNN's) profile steps2 e2e2 e2e-evalcl base recipes nb201 (default: all, in that order), and e2e-ways (--fast
 # in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
 # files come back); the rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py)
 # with the device, date and command.
@@ -41,7 +41,7 @@ cp .gpu_data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-STAGES="${*:-steps tests e2e convs evalconvs profile steps2 e2e2 e2e-evalcl base recipes nb201}"
+STAGES="${*:-steps tests e2e convs evalconvs bn profile steps2 e2e2 e2e-evalcl base recipes nb201}"
 # the whole call's seconds (the device tool stops a command at 600): each stage's timeout is cut to what is left,
 # less 15 s, so that a stage stopped reports what it measured before the call is killed (BUDGET=0: no cut)
 BUDGET="${BUDGET:-585}" START=$(date +%s)
@@ -117,6 +117,9 @@ evalconvs)  # the evaluation's forward (no gradients, batch 256): is PyTorch's o
     # than the NHWC form with its copies in and out (ops.conv2d's form, chosen by forward+backward)?
     timeout "$(within 60)" python3 benchmarks/conv_variants.py --forward-only --batch-size 256 --repeats 30 \
         --only "depthwise 3x3 dil 1,depthwise 5x5 dil 1,depthwise 3x3 dil 2" 2>&1 | tee "$OUT/evalconvs.log" ;;
+bn)  # the fused cell's BatchNorms (28% of an eager step's device time on an H200): PyTorch's kernels, which they
+    # run (an affine weight, no bias), against cuDNN's, which a zero bias would hand them to
+    timeout "$(within 60)" python3 benchmarks/conv_variants.py --repeats 30 --only batchnorm 2>&1 | tee "$OUT/bn.log" ;;
 e2e)
     e2e darts-v1 darts-v1 fast 150 ;;
 e2e2)
@@ -127,5 +130,5 @@ e2e-evalcl)  # --fast with each epoch's evaluation in NHWC (search setting eval_
     e2e darts-v1-evalcl darts-v1 fast 150 --eval-channels-last ;;
 e2e-ways)  # --fast with the fused cells' ways (search settings side_streams, merge_kernel_sizes), in NHWC
     e2e darts-v1-ways darts-v1 fast-cl-lanes-merged 180 ;;
-*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-evalcl e2e-ways convs evalconvs profile base recipes nb201" ;;
+*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-evalcl e2e-ways convs evalconvs bn profile base recipes nb201" ;;
 esac; done

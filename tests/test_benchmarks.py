@@ -93,6 +93,10 @@ def test_conv_variants_times_the_forms(tmp_path):
                            "depthwise 3x3 dil 1", "--forward-only", out=tmp_path / "forward")
     assert report["unit"] == "us per forward" and "us per forward, batch 2" in out
     assert len(report["results"]) == 8 and all(r["nchw-fp32"] > 0 for r in report["results"])  # 4 shapes, 2 forms
+    out, [report], _ = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
+                           "batchnorm", out=tmp_path / "batchnorm")
+    assert [r["case"].split(",")[1] for r in report["results"][:2]] == [" weight only", " zero bias (cuDNN)"]
+    assert len(report["results"]) == 8 and all(r["nhwc-fp32"] > 0 for r in report["results"])
 
 
 def test_gpu_check_names_only_paths_and_recipes_that_exist():
@@ -141,7 +145,7 @@ def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call(tmp_path):
         return int(done.stdout)
 
     assert [seconds(0, 150), seconds(500, 150), seconds(700, 150), seconds(700, 150, "0")] == [150, 70, 1, 150]
-    assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 6  # every stage's timeout
+    assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 7  # every stage's timeout
 
 
 def test_the_end_to_end_rate_leaves_out_an_epochs_last_smaller_batch(monkeypatch):
