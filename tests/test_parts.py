@@ -323,6 +323,29 @@ def test_hessian_stopper_ratio_rule():
     assert stop.state_dict() == {"history": [1.0, 1.0, 1.0, 2.0]}
 
 
+def test_hessian_stopper_takes_its_codes_rule_too(monkeypatch):
+    """R-DARTS's code (EVLocalAvg): means over 5 epochs, 4 apart, a rise by more than 1.3 stops, not before its
+    epoch 17, and the genotype is that of 6 epochs back (its means are centred)."""
+    import dnas.stopping as st
+
+    values = [1.0] * 9 + [2.0] * 8 + [6.0] * 3  # epochs 1-9, 10-17, 18-20
+    stops = {}
+    for start in (1, 17):
+        code = HessianEigenvalue(window=5, lag=4, threshold=1 / 1.3, start_epoch=start, centred=True)
+        draws = iter(values)
+        monkeypatch.setattr(st, "dominant_eigenvalue", lambda *a: next(draws))
+        stops[start] = {epoch: code(None, {"epoch": epoch}) for epoch in range(1, 21)}
+    # epoch 11: (1, 1, 1, 2, 2) against (1, 1, 1, 1, 1); epoch 17: (2, 2, 2, 2, 2) against (1, 2, 2, 2, 2), no
+    # rise of 1.3; epoch 18: (2, 2, 2, 2, 6) against (2, 2, 2, 2, 2)
+    assert min(e for e, s in stops[1].items() if s is not None) == 11
+    assert [e for e, s in stops[17].items() if s is not None] == [18, 19, 20]
+    assert stops[17][18].genotype_epoch == 12
+    with pytest.raises(ValueError, match="lag must be >= 1, not 0"):
+        HessianEigenvalue(lag=0)
+    with pytest.raises(ValueError, match="threshold is the ratio .* between 0 and 1, not 1.3"):
+        HessianEigenvalue(threshold=1.3)
+
+
 # -- architecture gradients -------------------------------------------------------------------------------
 class Quadratic(nn.Module):
     """L_train = 1/2 w'Aw - w'B alpha (so w*(alpha) = A^-1 B alpha), L_val = 1/2 |w - c|^2 + d'alpha."""

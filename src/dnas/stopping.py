@@ -66,27 +66,40 @@ class RankStability:
 class HessianEigenvalue:
     """R-DARTS (Zela et al., ICLR 2020, Sec. 4.3 and 5): track the dominant eigenvalue of the Hessian of
     the validation loss w.r.t. alpha, by power iteration on Hessian-vector products over ``batches``
-    validation batches, and stop (DARTS-ES) when its mean over the last ``window`` epochs divided by its
-    mean over the ``window`` epochs before falls below ``threshold`` ... i.e. when lambda_max(t - window) /
-    lambda_max(t) < threshold (0.75, k = 5), returning the genotype of epoch t - window."""
+    validation batches, and stop (DARTS-ES) when it grows: when its mean over the last ``window`` epochs,
+    lambda(t), and its mean over the ``window`` epochs that end ``lag`` epochs earlier, lambda(t - lag), give
+    lambda(t - lag) / lambda(t) < ``threshold``, returning the genotype of epoch t - lag.
 
-    def __init__(self, window: int = 5, threshold: float = 0.75, batches: int = 2, iterations: int = 20,
-                 stop: bool = True):
-        self.window, self.threshold, self.batches, self.iterations, self.stop = (window, threshold, batches,
-                                                                                 iterations, stop)
+    The paper's rule: window = lag = 5, threshold 0.75. Its code's (EVLocalAvg in automl/RobustDARTS):
+    window 5, lag 4 (``delta``), threshold 1 / 1.3 (``factor``), no decision before its epoch
+    es_start_epoch + lag + window // 2 (``start_epoch`` 17, counting from 1), and its means are centred, so
+    it returns the genotype of epoch t - lag - window // 2 (``centred``)."""
+
+    def __init__(self, window: int = 5, threshold: float = 0.75, lag: int | None = None, start_epoch: int = 1,
+                 centred: bool = False, batches: int = 2, iterations: int = 20, stop: bool = True):
+        lag = window if lag is None else lag
+        low = [f"{name} must be >= 1, not {v}" for name, v in (("window", window), ("lag", lag), ("batches", batches),
+                                                                ("iterations", iterations)) if v < 1]
+        if low or not 0 < threshold < 1:
+            raise ValueError("hessian_eigenvalue: " + "; ".join(low + ([] if 0 < threshold < 1 else [
+                f"threshold is the ratio of the earlier mean to the later one that stops, between 0 and 1, "
+                f"not {threshold}"])))
+        self.window, self.threshold, self.lag, self.start_epoch, self.centred = window, threshold, lag, start_epoch, centred
+        self.batches, self.iterations, self.stop = batches, iterations, stop
         self.history: list[float] = []
 
     def __call__(self, search, record):
         value = dominant_eigenvalue(search, self.batches, self.iterations)
         record["hessian_eigenvalue"] = value
         self.history.append(value)
-        k = self.window
-        if not self.stop or len(self.history) < 2 * k:
+        h, k, lag = self.history, self.window, self.lag
+        if not self.stop or len(h) < k + lag or record["epoch"] < self.start_epoch:
             return None
-        before, now = sum(self.history[-2 * k: -k]) / k, sum(self.history[-k:]) / k
+        mean = lambda end: sum(h[end - k:end]) / k  # over the k epochs before index end
+        now, before = mean(len(h)), mean(len(h) - lag)
         if now > 0 and before / now < self.threshold:
             return Stop(f"the Hessian eigenvalue grew from {before:.4g} to {now:.4g} (ratio < {self.threshold})",
-                        record["epoch"] - k)
+                        record["epoch"] - lag - (k // 2 if self.centred else 0))
         return None
 
     def state_dict(self):
