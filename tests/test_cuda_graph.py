@@ -39,8 +39,8 @@ def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32, space
     torch.manual_seed(0)
     size = {"C": 4, "N": 1} if space == "nb201" else {"C": 4, "layers": 3}
     model = (NB201Supernet if space == "nb201" else DartsSupernet)(
-        10, 3, relaxation=parts.relaxation, edge=parts.edge, fused=fused, **size, **options).to(device, dtype,
-                                                                                                 memory_format=layout)
+        10, 3, relaxation=parts.relaxation, edge=parts.edge, fused=fused, **size, **options)
+    model = model.to(device, dtype, memory_format=layout)
     w_opt, _ = optimizers(model, SearchConfig())
     set_capturable(w_opt)  # fused, its lr a device tensor, as a replayed search has it
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3,

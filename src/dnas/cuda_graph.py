@@ -221,4 +221,3 @@ def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool = True) ->
                     state = optimizer.state[p]
                     if state.get("momentum_buffer") is None:
                         state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-

@@ -575,8 +575,9 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     stream, darts-v2 221.8 against 296.8), and the evaluation at batch ``FAST_EVAL_BATCH`` (larger kernels: on
     an H100 an epoch 4% shorter than at 64), in NCHW (NHWC with side streams 95.9 ms; docs/speed.md,
     channels_last) but for each epoch's evaluation in the DARTS space, which runs NHWC (``eval_channels_last``: an
-    H200 evaluated a batch of 256 in 41.1 ms against 54.3 in NCHW). On a CPU: the NHWC layout, with the fused cells unless the relaxation is hard (GDAS: one sampled
-    op per edge leaves little to batch, and there the readable cell in NHWC is the fastest CPU path); but NCHW on
+    H200 evaluated a batch of 256 in 41.1 ms against 54.3 in NCHW). On a CPU: the NHWC layout, with the fused
+    cells unless the relaxation is hard (GDAS: one sampled op per edge leaves little to batch, and there the
+    readable cell in NHWC is the fastest CPU path); but NCHW on
     NAS-Bench-201 for partial channels (PC-DARTS: its ops see C/K = 4 channels in the first stage, too few for NHWC
     kernels, a BatchNorm of them 0.62 ms against 0.12 at batch 16, the step 311 ms against 396) and for
     the implicit gradient (iDARTS: the BatchNorms' double backward, a chain of elementwise ops and sums over

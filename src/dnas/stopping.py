@@ -78,14 +78,15 @@ class HessianEigenvalue:
     def __init__(self, window: int = 5, threshold: float = 0.75, lag: int | None = None, start_epoch: int = 1,
                  centred: bool = False, batches: int = 2, iterations: int = 20, stop: bool = True):
         lag = window if lag is None else lag
-        low = [f"{name} must be >= 1, not {v}" for name, v in (("window", window), ("lag", lag), ("batches", batches),
-                                                                ("iterations", iterations)) if v < 1]
-        if low or not 0 < threshold < 1:
-            raise ValueError("hessian_eigenvalue: " + "; ".join(low + ([] if 0 < threshold < 1 else [
-                f"threshold is the ratio of the earlier mean to the later one that stops, between 0 and 1, "
-                f"not {threshold}"])))
-        self.window, self.threshold, self.lag, self.start_epoch, self.centred = window, threshold, lag, start_epoch, centred
-        self.batches, self.iterations, self.stop = batches, iterations, stop
+        counts = {"window": window, "lag": lag, "batches": batches, "iterations": iterations}
+        wrong = [f"{name} must be >= 1, not {v}" for name, v in counts.items() if v < 1]
+        if not 0 < threshold < 1:
+            wrong.append(f"threshold is the ratio of the earlier mean to the later one that stops, between 0 and 1, "
+                         f"not {threshold}")
+        if wrong:
+            raise ValueError("hessian_eigenvalue: " + "; ".join(wrong))
+        self.window, self.threshold, self.lag, self.start_epoch = window, threshold, lag, start_epoch
+        self.centred, self.batches, self.iterations, self.stop = centred, batches, iterations, stop
         self.history: list[float] = []
 
     def __call__(self, search, record):
