@@ -327,6 +327,26 @@ def test_an_op_replaced_after_a_forward_is_the_one_that_runs():
     assert_close(readable(x), fused(x), "logits")
 
 
+def test_a_module_inserted_deleted_or_set_in_a_shared_op_is_the_one_that_runs():
+    """What no registration hook reports, a module inserted into an op's ``nn.Sequential`` or deleted from
+    it, makes the next forward plan the cell afresh too (its containers' lengths are checked); and a module
+    set inside an op that two cells share forgets both cells' plans."""
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    models = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        models.append(DartsSupernet(10, 3, C=4, layers=6, fused=fused).to(torch.float64))  # cells 0, 1: normal, C 4
+    changes = [lambda m: m.cells[0].edges[0].ops[4][0].insert(1, nn.Tanh()),  # sep_conv_3x3: tanh after its ReLU
+               lambda m: m.cells[2].edges[2].ops[6].__delitem__(0),  # a dil_conv_3x3 without its ReLU
+               lambda m: setattr(m.cells[0].edges[1].ops, "7", m.cells[1].edges[1].ops[7]),  # one op, two cells
+               lambda m: m.cells[1].edges[1].ops[7].__setitem__(3, nn.Identity())]  # its BatchNorm: none
+    for change in changes:
+        assert_close(*(m(x) for m in models), "logits")
+        for model in models:
+            change(model)
+    assert_close(*(m(x) for m in models), "logits")
+
+
 def test_ops_the_same_on_every_edge_equal_the_readable_cell():
     """Poolings with their BatchNorms and the skip compute the same on every edge leaving a state, so the
     fused cell runs them once per source; in a space of only such ops every source batch runs so. The loss,

@@ -357,7 +357,10 @@ def side_by_side(device: torch.device, *steps) -> list:
 
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()  # cell -> key -> plan
 _OPS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()  # cell -> its edges' ops
-_CELL_OF: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()  # module -> cell
+_CELLS_OF: "weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet]" = weakref.WeakKeyDictionary()  # module -> the
+# cells that hold it (one module may be in several)
+_LENGTHS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()  # cell -> (container, its
+# length) of each Sequential, ModuleList and ModuleDict in it when it was planned
 
 
 def _forget_plans(module, name, submodule) -> None:
@@ -365,10 +368,13 @@ def _forget_plans(module, name, submodule) -> None:
     another kind): the cell's plans and op table name the modules it held, so they are built afresh when
     next needed. Modules made or set elsewhere leave every plan as it is (a CUDA graph captured with a plan
     reads its index tensors)."""
-    cell = _CELL_OF.get(module, lambda: None)()
-    if cell is not None:
-        _PLANS.pop(cell, None)
-        _OPS.pop(cell, None)
+    for cell in list(_CELLS_OF.get(module, ())):
+        _forget(cell)
+
+
+def _forget(cell) -> None:
+    for cache in (_PLANS, _OPS, _LENGTHS):
+        cache.pop(cell, None)
 
 
 torch.nn.modules.module.register_module_module_registration_hook(_forget_plans)
@@ -391,10 +397,13 @@ def cell_plan(cell, topology: Topology, active, device) -> _Plan | None:
     (None: every op), built once and cached; None when an edge is of a class the fused path does not know,
     and the cell must run its own forward."""
     key = (device, _merge, None if active is None else tuple(map(tuple, active)))
+    if any(len(m._modules) != n for m, n in _LENGTHS.get(cell, ())):  # a module inserted into a container of
+        _forget(cell)  # the cell or deleted from one (Sequential.insert, del), which no hook reports
     if cell not in _PLANS:  # its first plan, or the first since a module was set in it (``_forget_plans``)
-        owner = weakref.ref(cell)
         for module in cell.modules():
-            _CELL_OF[module] = owner
+            _CELLS_OF.setdefault(module, weakref.WeakSet()).add(cell)
+        _LENGTHS[cell] = [(m, len(m._modules)) for m in cell.modules()
+                          if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))]
     plans = _PLANS.setdefault(cell, {})
     plan = plans.get(key, False)
     if plan is False:
