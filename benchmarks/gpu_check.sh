@@ -8,7 +8,8 @@
 # network's. cuDNN times its algorithms for every new shape and layout (on an H100 a channels_last search's
 # first epoch took 80 s against 20 s), so each stage times few paths, in the order of what decides most, and
 # reports what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s)
-# included. On an H200 on 2026-11-28 `e2e profile e2e-evalcl tests` took 587 s (the tests cut short); so next:
+# included. On an H200 on 2026-11-28 `e2e profile e2e-evalcl tests` took 587 s (the tests cut short; the
+# e2e-evalcl stage, --fast with an NHWC evaluation, went when --fast took it); so next:
 # first `tests bn e2e2 steps` with timeout_s 600 (the CUDA tests, BatchNorm's kernels, second order end to end,
 # the replay times), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
 # minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh steps2 evalconvs nb201`
@@ -29,8 +30,9 @@
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
 # tool with carry [".gpu_data"]; stages: steps tests e2e convs evalconvs (the evaluation's depthwise forms,
-# forward only) bn (PyTorch's BatchNorm kernels against cuDNN's) profile steps2 e2e2 e2e-evalcl base recipes nb201 (default: all, in that order), and e2e-ways (--fast
-# in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
+# forward only) bn (PyTorch's BatchNorm kernels against cuDNN's) profile steps2 e2e2 base recipes nb201
+# (default: all, in that order), and e2e-ways (--fast in NHWC with side streams and merged kernel sizes, for
+# when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
 # files come back); the rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py)
 # with the device, date and command.
 set -u
@@ -41,7 +43,7 @@ cp .gpu_data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-STAGES="${*:-steps tests e2e convs evalconvs bn profile steps2 e2e2 e2e-evalcl base recipes nb201}"
+STAGES="${*:-steps tests e2e convs evalconvs bn profile steps2 e2e2 base recipes nb201}"
 # the whole call's seconds (the device tool stops a command at 600): each stage's timeout is cut to what is left,
 # less 15 s, so that a stage stopped reports what it measured before the call is killed (BUDGET=0: no cut)
 BUDGET="${BUDGET:-585}" START=$(date +%s)
@@ -124,11 +126,7 @@ e2e)
     e2e darts-v1 darts-v1 fast 150 ;;
 e2e2)
     e2e darts-v2 darts-v2 fast 200 ;;
-e2e-evalcl)  # --fast with each epoch's evaluation in NHWC (search setting eval_channels_last): its ms per
-    # evaluation batch against e2e's (an NHWC evaluation forward counts 1,697 kernels and 21.1 GB against 2,128 and
-    # 28.2 in NCHW, kernel_census.py --gpu-forms --evaluation; no copies around the depthwise form)
-    e2e darts-v1-evalcl darts-v1 fast 150 --eval-channels-last ;;
 e2e-ways)  # --fast with the fused cells' ways (search settings side_streams, merge_kernel_sizes), in NHWC
     e2e darts-v1-ways darts-v1 fast-cl-lanes-merged 180 ;;
-*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-evalcl e2e-ways convs evalconvs bn profile base recipes nb201" ;;
+*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways convs evalconvs bn profile base recipes nb201" ;;
 esac; done
