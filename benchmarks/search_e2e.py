@@ -93,15 +93,14 @@ class EpochParts:
     def full_epoch_seconds(self, epoch_seconds: float) -> float:
         """An epoch on all 50,000 CIFAR-10 training images (25,000 per half), from the last epoch's seconds:
         plus, at the steady rates, the steps and evaluation batches it lacks, and its checkpoint."""
-        lacking = sum(rate * (math.ceil(25000 / self.batches[name][0]) - self.batches[name][1])
-                      for name, rate in self.rate.items())
+        lacking = sum(self.full_seconds(name) - rate * self.batches[name][1] for name, rate in self.rate.items())
         return epoch_seconds + lacking + self.checkpoint_seconds
 
-    def full_evaluation_seconds(self) -> float:
-        """An evaluation of all 25,000 search-val images at the steady rate: what a search evaluated once, after
-        its last epoch (``--eval-every`` the epochs), saves in each other epoch."""
-        rate = self.rate.get("eval_loader")
-        return 0.0 if rate is None else rate * math.ceil(25000 / self.batches["eval_loader"][0])
+    def full_seconds(self, name: str) -> float:
+        """All 25,000 images of a half through loader ``name`` at its steady rate (0 where it did not run): for
+        the evaluation, what a search evaluated after its last epoch only (``--eval-every``) saves in each other."""
+        rate = self.rate.get(name)
+        return 0.0 if rate is None else rate * math.ceil(25000 / self.batches[name][0])
 
 
 class _Timed:
@@ -228,7 +227,7 @@ def main() -> None:
                           "checkpoint_seconds": round(parts.checkpoint_seconds, 2),
                           "minutes_for_50_full_epochs": round((once + 50 * full) / 60, 1),
                           "minutes_evaluated_after_the_last_only": round(
-                              (once + 50 * full - 49 * parts.full_evaluation_seconds()) / 60, 1),
+                              (once + 50 * full - 49 * parts.full_seconds("eval_loader")) / 60, 1),
                           "genotype": str(result.genotype),
                           "final_val_acc": result.metrics[-1]["val_acc"],
                           "alphas": torch.tensor([alphas[t] for t in sorted(alphas)])}
