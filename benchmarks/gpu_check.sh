@@ -12,7 +12,7 @@
 # e2e-evalcl stage, --fast with an NHWC evaluation, went when --fast took it); so next:
 # first `tests bn e2e2 steps` with timeout_s 600 (the CUDA tests, BatchNorm's kernels, second order end to end,
 # the replay times), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
-# minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh steps2 evalconvs nb201`
+# minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh gdas steps2 evalconvs nb201`
 # (more than a call's budget: the stages in the order of what decides most, the last ones cut short). The
 # -lanes paths run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
 # they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
@@ -30,8 +30,8 @@
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
 # tool with carry [".gpu_data"]; stages: steps tests e2e convs evalconvs (the evaluation's depthwise forms,
-# forward only) bn (PyTorch's BatchNorm kernels against cuDNN's) profile steps2 e2e2 base recipes nb201
-# (default: all, in that order), and e2e-ways (--fast in NHWC with side streams and merged kernel sizes, for
+# forward only) bn (PyTorch's BatchNorm kernels against cuDNN's) profile steps2 e2e2 base recipes gdas
+# (GDAS eager against its dense samples replayed) nb201 (default: all, in that order), and e2e-ways (--fast in NHWC with side streams and merged kernel sizes, for
 # when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
 # files come back); the rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py)
 # with the device, date and command.
@@ -43,7 +43,7 @@ cp .gpu_data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-STAGES="${*:-steps tests e2e convs evalconvs bn profile steps2 e2e2 base recipes nb201}"
+STAGES="${*:-steps tests e2e convs evalconvs bn profile steps2 e2e2 base recipes gdas nb201}"
 # the whole call's seconds (the device tool stops a command at 600): each stage's timeout is cut to what is left,
 # less 15 s, so that a stage stopped reports what it measured before the call is killed (BUDGET=0: no cut)
 BUDGET="${BUDGET:-585}" START=$(date +%s)
@@ -105,10 +105,15 @@ tests)  # the CUDA tests, in five runs: SIGINT at a timeout makes pytest list th
     run_tests 90 tests/test_cuda_graph.py -k side_streams
     run_tests 40 tests/test_ops.py tests/test_data.py tests/test_train.py -k cuda
     run_tests 90 tests/test_fused.py -k cuda_channels_last
+    run_tests 60 tests/test_fused.py tests/test_cuda_graph.py -k "dense_samples or its_sample_on_the_device"
     run_tests 240 tests/test_cuda_graph.py -k "not side_streams and not nothing_on_the_host and not host_reads_are_named"
     run_tests 120 tests/test_fused.py -k "cuda_step_equals_readable" ;;
 recipes)
     step recipes pc-darts,gdas,sdarts-rs,drnas,fair-darts readable,fused,graph 5 100 ;;
+gdas)  # GDAS eager (its sample read on the host) against every op computed and replayed (fused.dense_samples),
+    # at batch 64 and at its code's 256, where the ops not sampled cost more arithmetic
+    step gdas gdas fused,graph-lanes-dense,graph-dense 10 100
+    step gdas-256 gdas fused,graph-lanes-dense 5 100 "--batch-size 256" ;;
 nb201)
     step nb201 darts-v1,darts-v2,gdas readable,fused,graph,graph-cl 10 90 "--space nb201" ;;
 profile)
@@ -128,5 +133,5 @@ e2e2)
     e2e darts-v2 darts-v2 fast 200 ;;
 e2e-ways)  # --fast with the fused cells' ways (search settings side_streams, merge_kernel_sizes), in NHWC
     e2e darts-v1-ways darts-v1 fast-cl-lanes-merged 180 ;;
-*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways convs evalconvs bn profile base recipes nb201" ;;
+*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways convs evalconvs bn profile base recipes gdas nb201" ;;
 esac; done

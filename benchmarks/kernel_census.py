@@ -14,6 +14,7 @@ Writes JSON to benchmarks/out/ and appends a row to benchmarks/RESULTS.md.
     python benchmarks/kernel_census.py --gpu-forms --channels-last     # the fused NHWC step a GPU replays
     python benchmarks/kernel_census.py --gpu-forms --path readable     # the readable cell's, NCHW
     python benchmarks/kernel_census.py --gpu-forms --channels-last --merged   # its 3x3 and 5x5 ops as one
+    python benchmarks/kernel_census.py --gpu-forms --method gdas --dense      # GDAS, every op (dense_samples)
     python benchmarks/kernel_census.py --method darts-v2 --batch-size 16 --rows 30
     python benchmarks/kernel_census.py --gpu-forms --evaluation             # an evaluation batch's forward
 """
@@ -35,7 +36,7 @@ from dnas.cuda_graph import set_capturable
 from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import bilevel_step, reuse_large_blocks
-from dnas.spaces.fused import merge_kernel_sizes
+from dnas.spaces.fused import dense_samples, merge_kernel_sizes
 from results import append_rows, commit, write_json
 from search_step import DEPTH, row_method, supernet
 
@@ -108,7 +109,7 @@ def census(args) -> dict:
         step = torch.no_grad()(lambda: model(val[0]))
     else:
         step = lambda: bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)
-    with merge_kernel_sizes(args.merged):
+    with merge_kernel_sizes(args.merged), dense_samples(args.dense):
         step()  # the optimisers' state, the plans
         with Census() as seen:
             step()
@@ -126,7 +127,8 @@ def census(args) -> dict:
     return {
         "benchmark": "kernel_census", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
         "method": row_method(args.method, args.space),
-        "path": args.path + (" merged" if args.merged else "") + (" evaluation forward" if args.evaluation else ""),
+        "path": args.path + (" merged" if args.merged else "") + (" dense samples" if args.dense else "")
+        + (" evaluation forward" if args.evaluation else ""),
         "layout": "NHWC" if args.channels_last else "NCHW", "convolutions": "GPU forms" if args.gpu_forms else "CPU",
         "batch_size": args.batch_size, "kernels": len(seen.ops), "gb": round(total / 1e9, 2),
         "small_kernels": len(small), "small_gb": round(sum(small) / 1e9, 3), "small_bytes_below": args.small,
@@ -151,6 +153,8 @@ def main() -> None:
     p.add_argument("--gpu-forms", action="store_true", help="the convolutions in the forms a GPU runs them in")
     p.add_argument("--merged", action="store_true", help="the fused cell's 3x3 and 5x5 ops as one "
                    "(dnas.spaces.fused.merge_kernel_sizes)")
+    p.add_argument("--dense", action="store_true", help="a hard relaxation's fused cells run every op, the sample "
+                   "kept on the device (dnas.spaces.fused.dense_samples)")
     p.add_argument("--evaluation", action="store_true",
                    help="count one forward of each epoch's evaluation (evaluation mode, no gradients), not a step")
     p.add_argument("--batch-size", type=int, default=64)
@@ -162,8 +166,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=15, help="rows of each table printed")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
-    if args.merged and args.path != "fused":
-        p.error("--merged is the fused cell's (--path fused)")
+    if (args.merged or args.dense) and args.path != "fused":
+        p.error("--merged and --dense are the fused cell's ways (--path fused)")
     reuse_large_blocks()
     report = census(args)
     write_json("kernel_census", report)

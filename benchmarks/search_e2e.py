@@ -185,9 +185,9 @@ def main() -> None:
     interrupt_on_sigterm()
 
     runs, failed = {}, {}  # a path that raises is reported, the others measured; one interrupted ends the runs
-    for path, (base, arithmetic, channels_last, lanes, merged) in paths.items():
+    for path, (base, arithmetic, channels_last, lanes, merged, dense) in paths.items():
         if base == "fast":
-            settings = fast_settings(device, get_method(args.method), args.space)
+            settings = fast_settings(device, get_method(args.method), args.space, dense)
         else:
             settings = {"fused": base == "fused"}
         if channels_last:
@@ -196,6 +196,8 @@ def main() -> None:
             settings["side_streams"] = FAST_SIDE_STREAMS
         if merged:
             settings["merge_kernel_sizes"] = True
+        if dense:
+            settings["dense_samples"] = True
         if args.eval_batch_size:
             settings["eval_batch_size"] = args.eval_batch_size
         if args.eval_channels_last:

@@ -15,6 +15,8 @@ appends a row per recipe to benchmarks/RESULTS.md.
                                                               # ops on side streams (fused.side_streams)
     python benchmarks/search_step.py --paths graph-cl,graph-cl-merged  # -merged: its 3x3 and 5x5 ops as one
                                                               # (fused.merge_kernel_sizes)
+    python benchmarks/search_step.py --methods gdas --paths fused,graph-dense   # -dense: a hard relaxation's
+                                                              # every op, so GDAS replays (fused.dense_samples)
     python benchmarks/search_step.py --space nb201 --paths readable,fused   # the NAS-Bench-201 network
                                                               # (16 channels, 5 cells per stage)
 
@@ -59,7 +61,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-PATHS = ("readable", "fused", "graph")  # each optionally with -tf32 or -bf16, -cl (channels_last), -lanes, -merged
+PATHS = ("readable", "fused", "graph")  # each optionally with -tf32 or -bf16, -cl (channels_last), -lanes, -merged,
+# -dense
 SECTION = "## Search step (benchmarks/search_step.py)"
 COLUMNS = ["date", "device", "torch", "commit", "path", "method", "batch", "ms/step (median)", "speed-up",
            "peak memory (GB)", "load", "command"]
@@ -71,21 +74,22 @@ class PathOptions(NamedTuple):
     channels_last: bool
     lanes: bool  # the fused cell's independent ops on side streams (``fused.side_streams``)
     merged: bool  # the fused cell's 3x3 and 5x5 ops as one (``fused.merge_kernel_sizes``)
+    dense: bool  # a hard relaxation's every op computed, the sample kept on the device (``fused.dense_samples``)
 
 
 def path_options(path: str, bases) -> PathOptions:
     """A benchmark path's name: its base (one of ``bases``), then its precision if not fp32 (-tf32, -bf16:
-    ``dnas.search.precision``), -cl (channels_last), -lanes (side streams) and -merged (3x3 and 5x5 ops as
-    one), in that order."""
+    ``dnas.search.precision``), -cl (channels_last), -lanes (side streams), -merged (3x3 and 5x5 ops as
+    one) and -dense (a hard relaxation's every op, the sample on the device), in that order."""
     base, *options = path.split("-")
     others = [p for p in PRECISIONS if p != "fp32"]
     arithmetic = options.pop(0) if options and options[0] in others else "fp32"
-    flags = ["cl", "lanes", "merged"]
+    flags = ["cl", "lanes", "merged", "dense"]
     if base not in bases or options != [f for f in flags if f in options]:
         raise ValueError(f"unknown path {path!r}; valid: {', '.join(bases)}, each optionally followed by "
-                         f"{' or '.join('-' + p for p in others)}, then -cl, -lanes, -merged "
+                         f"{' or '.join('-' + p for p in others)}, then -cl, -lanes, -merged, -dense "
                          f"({bases[-1]}-cl, {bases[-1]}-bf16-cl-lanes, {bases[-1]}-cl-merged, ...)")
-    return PathOptions(base, arithmetic, "cl" in options, "lanes" in options, "merged" in options)
+    return PathOptions(base, arithmetic, *(flag in options for flag in flags))
 
 
 def depth(space: str) -> tuple[str, int]:
@@ -128,7 +132,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
     inputs = (*batch(), *batch())
     steps, times, rises, held, saved, models, first = {}, {}, {}, {}, {}, {}, {}
     for path in args.paths:
-        base, arithmetic, channels_last, lanes, merged = path_options(path, PATHS)
+        base, arithmetic, channels_last, *ways = path_options(path, PATHS)
         layout = memory_format(channels_last)
         before = allocated(device)
         model, parts, w_opt, a_opt = supernet(method, base != "readable", layout, args.init_channels, args.layers,
@@ -136,7 +140,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         held[path] = allocated(device) - before  # its model and optimisers (CUDA; the CPU's peak RSS grows alike)
         saved[path] = saved_for_backward(model, inputs[0])
         models[path] = model
-        step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic, lanes, merged)
+        step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic, ways)
         if base == "graph":
             for optimizer in (a_opt, w_opt):  # as a replayed search has them
                 set_capturable(optimizer)
@@ -239,22 +243,25 @@ def saved_for_backward(model, x) -> int:
     return sum(storages.values())
 
 
-def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, lanes: bool, merged: bool, x, y, val_x, val_y):
-    with precision(x.device.type, arithmetic), fused_settings(lanes, merged):
+def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, ways, x, y, val_x, val_y):
+    with precision(x.device.type, arithmetic), fused_settings(*ways):
         return bilevel_step(model, parts, a_opt, w_opt, (x, y), (val_x, val_y), 5.0)
 
 
-def fused_settings(lanes: bool, merged: bool) -> contextlib.ExitStack:
+def fused_settings(lanes: bool, merged: bool, dense: bool) -> contextlib.ExitStack:
     """Within it, the fused cells run on as many side streams as --fast runs where ``lanes``
-    (``fused.side_streams``, ``search.FAST_SIDE_STREAMS``), and with their 3x3 and 5x5 ops as one where
-    ``merged`` (``fused.merge_kernel_sizes``); the modules looked up only where one is asked for: gpu_check.sh's
-    stage base runs this script on an older dnas, which has neither."""
+    (``fused.side_streams``, ``search.FAST_SIDE_STREAMS``), with their 3x3 and 5x5 ops as one where
+    ``merged`` (``fused.merge_kernel_sizes``), and every op of a hard relaxation where ``dense``
+    (``fused.dense_samples``); the modules looked up only where one is asked for: gpu_check.sh's stage base
+    runs this script on an older dnas, which has none of them."""
     stack = contextlib.ExitStack()
-    if lanes or merged:
+    if lanes or merged or dense:
         fused = importlib.import_module("dnas.spaces.fused")
         streams = importlib.import_module("dnas.search").FAST_SIDE_STREAMS if lanes else 0
         stack.enter_context(fused.side_streams(streams))
         stack.enter_context(fused.merge_kernel_sizes(merged))
+        if dense:
+            stack.enter_context(fused.dense_samples())
     return stack
 
 
@@ -285,7 +292,8 @@ def main() -> None:
     p.add_argument("--methods", default="darts-v1,darts-v2", help="recipes, comma-separated")
     p.add_argument("--paths", default="readable", help=f"comma-separated, of {', '.join(PATHS)} (graph: GPU "
                    f"only), each optionally followed by -tf32 or -bf16 (the precision; default fp32), then -cl "
-                   f"(channels_last tensors), -lanes (side streams, GPU only), -merged (3x3 and 5x5 ops as one)")
+                   f"(channels_last tensors), -lanes (side streams, GPU only), -merged (3x3 and 5x5 ops as one), "
+                   f"-dense (a hard relaxation's every op, the sample on the device)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (a graph captures at the third)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")

@@ -19,13 +19,14 @@ from dnas.cuda_graph import GraphPool, GraphedStep, HostSyncs, set_capturable
 from dnas.methods import builtin_methods
 from dnas.search import Search, SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
-from dnas.spaces.fused import side_streams
+from dnas.spaces.fused import dense_samples, side_streams
 from dnas.spaces.nb201 import NB201Supernet
 
 from conftest import recipe_parts
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: CUDA graphs")
-SAMPLES_ON_HOST = {"gdas"}  # the hard relaxation decides on the host which op of each edge runs
+SAMPLES_ON_HOST = {"gdas"}  # the hard relaxation decides on the host which op of each edge runs (but within
+# fused.dense_samples)
 
 
 def recipe_step(name: str, fused: bool, device="cpu", dtype=torch.float32, space="darts",
@@ -70,6 +71,19 @@ def test_step_reads_nothing_on_the_host(name, fused, space):
     step(*first)
     with HostSyncs() as syncs:
         step(*second)
+    assert syncs.found == {}
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_a_sample_kept_on_the_device_reads_nothing_on_the_host(space):
+    """GDAS's fused cells within ``dense_samples``: every op runs, weighed by the sample, which stays on the
+    device; the step can be captured."""
+    with dense_samples():
+        _, step = recipe_step("gdas", True, space=space)
+        first, second = batches(2)
+        step(*first)
+        with HostSyncs() as syncs:
+            step(*second)
     assert syncs.found == {}
 
 
@@ -408,6 +422,18 @@ def test_bf16_steps_replay():
     graphed = GraphedStep(bf16_step)
     losses = [graphed(*batch)[0].item() for batch in batches(5, "cuda")]
     assert graphed.replays == 3 and all(map(math.isfinite, losses))
+
+
+@CUDA
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_gdas_with_its_sample_on_the_device_replays(space):
+    """Within ``dense_samples`` GDAS's step is captured and replayed."""
+    with dense_samples():
+        _, step = recipe_step("gdas", True, "cuda", space=space)
+        graphed = GraphedStep(step)
+        losses = [float(graphed(*batch)[0]) for batch in batches(5, "cuda")]
+    assert graphed.eager_reason is None and graphed.replays == 3
+    assert all(map(math.isfinite, losses))
 
 
 @CUDA

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections import Counter
+from functools import partial
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -28,7 +30,7 @@ from dnas.search import SearchConfig, bilevel_step, optimizers
 from dnas.spaces.darts import DartsSupernet
 from dnas.spaces.nb201 import NB201Supernet
 from dnas.spaces import fused as fused_module
-from dnas.spaces.fused import _PLANS, Topology, _build_plan, merge_kernel_sizes
+from dnas.spaces.fused import _PLANS, Topology, _build_plan, dense_samples, merge_kernel_sizes
 
 from conftest import BATCH_NORM_AND_CONVOLUTION, CountOps, KernelInputs, nchw, recipe_parts, strided
 
@@ -53,15 +55,16 @@ def random_mask(model, keep: int, seed: int = 3) -> None:
 
 
 def search_step(name: str, fused: bool, device="cpu", dtype=torch.float64, layout=torch.contiguous_format,
-                space="darts", C=None):
+                space="darts", C=None, **config):
     """One bilevel step of a recipe on a small supernet of ``space`` (``C`` channels; None: 8, NAS-Bench-201
-    4), its weights and images in ``layout``; what it leaves behind."""
+    4), its weights and images in ``layout``, its optimisers as ``config`` (``SearchConfig``) has them; what it
+    leaves behind."""
     method, parts = recipe_parts(name)
     model = supernet(fused, parts.relaxation, parts.edge, dtype, space, C, **method.space_options(space))
     model = model.to(device, memory_format=layout)
     if method.part("schedule") is not None and space == "darts":  # P-DARTS, second stage: 3 ops left per edge
         random_mask(model, keep=3)
-    w_opt, a_opt = optimizers(model, SearchConfig())
+    w_opt, a_opt = optimizers(model, SearchConfig(**config))
     g = torch.Generator().manual_seed(1)
     batch = lambda: (torch.randn(4, 3, 16, 16, generator=g, dtype=dtype).to(device, memory_format=layout),
                      torch.randint(0, 10, (4,), generator=g).to(device))
@@ -152,6 +155,47 @@ def test_merged_kernel_sizes_compute_the_same_step(name, layout, forms, monkeypa
         assert_same_step(reference, search_step(name, fused=True, layout=layout))
     sizes = lambda g: {m.kernel_size for kind, mods in g.leaves if kind == "conv" for m in mods}
     assert any(len(sizes(g)) > 1 for plan in plans for b in plan.batches for g in b.groups)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device: the step a GPU replays"))])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_dense_samples_compute_the_sampled_step(space, layout, device):
+    """Within ``dense_samples`` GDAS's fused cells run every op, weighed by its sample, by one plan for every
+    sample: the step is the readable cell's, which runs the sampled ops only. The ops not sampled get zero
+    gradients (the readable cell none; without weight decay the weight optimiser then leaves them as they
+    are), and their BatchNorms' running statistics and counters stay."""
+    plans = []
+    step = partial(search_step, "gdas", layout=layout, space=space, device=device, weight_decay=0)
+    reference = step(fused=False)
+    with dense_samples(), patch.object(fused_module, "_build_plan", lambda *a, build=fused_module._build_plan:
+                                       plans.append(plan := build(*a)) or plan):
+        loss, grads, state, logits = step(fused=True)
+    assert plans and all(plan.straight_through is None for plan in plans)  # every op, whatever the sample
+    unsampled = set(grads) - set(reference[1])
+    assert unsampled and all(not grads[n].any() for n in unsampled)
+    assert_same_step(reference, (loss, {n: g for n, g in grads.items() if n not in unsampled}, state, logits))
+
+
+def test_dense_samples_run_the_sampled_ops_of_cells_with_other_modules(monkeypatch):
+    """An op the fused path does not batch (a GELU) runs as its own module, whose BatchNorm would move with any
+    sample: such a cell reads its sample on the host and runs the sampled ops fused, as without
+    ``dense_samples``."""
+    monkeypatch.setitem(OPS._table, "gelu_conv_1x1", OTHER_MODULES["gelu_conv_1x1"])
+    ops = ("none", "gelu_conv_1x1", "skip_connect", "sep_conv_3x3")
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    states = []
+    for fused, dense in [(False, False), (True, True)]:
+        model = supernet(fused, GumbelSoftmax(hard=True), ops=ops)
+        torch.manual_seed(6)
+        with dense_samples(dense):
+            model(x).sum().backward()
+        states.append(model.state_dict())
+    for name, value in states[0].items():
+        assert_close(value.double(), states[1][name].double(), name)
+    assert all(any(plan.straight_through is not None for plan in _PLANS[cell].values())  # a sampled ops' plan
+               for cell in model.cells)
 
 
 def assert_same_step(reference, other, rtol=1e-9):

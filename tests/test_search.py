@@ -384,6 +384,7 @@ def test_an_existing_run_directory_is_not_overwritten(fashion_mnist_root, tmp_pa
     (dict(eval_every=0), "eval_every must be >= 1, not 0"),
     (dict(merge_kernel_sizes=True), r"merge_kernel_sizes: ways of running the fused cells, .* fused=True \(--fused\)"),
     (dict(fused=True, side_streams=-1), "side_streams must be >= 0, not -1"),
+    (dict(method="gdas", dense_samples=True), r"dense_samples: ways of running the fused cells, .* fused=True"),
     (dict(epochs=0), "epochs must be >= 1, not 0"),
     (dict(subset=-5), "subset must be >= 1, not -5"),
     (dict(subset=10 ** 8), "subset 100000000 is more than the 60,000 training images of fashion-mnist; give at most "
@@ -539,6 +540,28 @@ def test_the_fused_cells_ways_of_running_hold_for_the_whole_search_and_are_put_b
     assert SearchConfig().merge_kernel_sizes is False and SearchConfig().side_streams == 0
 
 
+def test_a_gdas_search_with_dense_samples_runs_every_op_by_one_plan(fashion_mnist_root, tmp_path, monkeypatch, capsys):
+    """``dense_samples`` (docs/speed.md) is a setting of a search, kept in its config.json: GDAS's fused cells
+    plan every op (``active`` None), whatever each step samples, the run's first line says so, and the module's
+    setting is put back after the run. A soft relaxation runs every op already: there it is a warning."""
+    module = importlib.import_module("dnas.spaces.fused")
+    asked = []
+    monkeypatch.setattr(module, "_build_plan", lambda cell, topology, active, device, build=module._build_plan:
+                        asked.append(active) or build(cell, topology, active, device))
+    run = tmp_path / "r"
+    assert main(["search", "--method", "gdas", "--dataset", "fashion-mnist", "--epochs", "1", "--fused",
+                 "--dense-samples", "--device", "cpu", "--run-dir", str(run), "--init-channels", "4", "--layers",
+                 "3", "--nodes", "2", "--batch-size", "16", "--subset", "128", "-q"]) == 0
+    assert asked and all(active is None for active in asked)
+    assert "on cpu (fused cells, every op, sampled on the device, fp32)" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["config"]["dense_samples"] is True
+    assert module._dense is False and SearchConfig().dense_samples is False
+    with pytest.warns(UserWarning, match="dense_samples: a way of running a hard relaxation .* darts-v1's "
+                                         "relaxation is soft"):
+        dnas.search(dataset="fashion-mnist", run_dir=tmp_path / "soft", epochs=1, fused=True, dense_samples=True,
+                    **TINY)
+
+
 def test_fast_settings_are_the_fastest_measured_per_device():
     """--fast (docs/speed.md): on a GPU the fused cells replayed from a CUDA graph (but GDAS's, which sample on
     the host), a DARTS cell's independent ops on 5 side streams and its evaluation in NHWC; on a CPU NHWC, with
@@ -550,6 +573,9 @@ def test_fast_settings_are_the_fastest_measured_per_device():
                                                            "eval_channels_last": True}
     assert fast_settings(cuda, get_method("gdas")) == {"fused": True, "cuda_graph": False, "channels_last": False,
                                                        "eval_batch_size": 256}
+    # asked to keep GDAS's sample on the device (--dense-samples), its steps replay as darts-v1's
+    assert fast_settings(cuda, get_method("gdas"), dense_samples=True) == fast_settings(cuda, get_method("darts-v1"))
+    assert fast_settings(cpu, get_method("gdas"), dense_samples=True)["fused"]
     nb201 = fast_settings(cuda, get_method("darts-v2"), "nb201")
     assert not {"side_streams", "eval_channels_last"} & set(nb201)  # not measured there yet
     assert fast_settings(cpu, get_method("darts-v2")) == {"fused": True, "cuda_graph": False, "channels_last": True}

@@ -99,6 +99,8 @@ class SearchConfig:
     merge_kernel_sizes: bool = False  # the fused cells' 3x3 and 5x5 ops run as one (spaces.fused.merge_kernel_sizes)
     side_streams: int = 0  # on a GPU, the fused cells' independent ops on this many side streams (spaces.fused.
     # side_streams); no effect on the CPU
+    dense_samples: bool = False  # a hard relaxation's fused cells compute every op, the unsampled weighed by zero,
+    # so that GDAS's step can be replayed from a CUDA graph (spaces.fused.dense_samples); not yet measured on a GPU
 
     def __post_init__(self):
         check_minimums(vars(self), epochs=1, batch_size=1, subset=1, cutout=0, eval_batch_size=1, eval_every=1,
@@ -107,7 +109,7 @@ class SearchConfig:
         if not 0 < self.train_portion < 1:
             raise ValueError(f"train_portion is the share of the training images the weights train on, the rest "
                              f"the alphas', between 0 and 1; not {self.train_portion}")
-        ways = [name for name in ("merge_kernel_sizes", "side_streams") if getattr(self, name)]
+        ways = [name for name in ("merge_kernel_sizes", "side_streams", "dense_samples") if getattr(self, name)]
         if ways and not self.space_options.get("fused"):
             raise ValueError(f"{' and '.join(ways)}: ways of running the fused cells, and this search runs the "
                              f"readable ones: add fused=True (--fused)")
@@ -169,6 +171,12 @@ class Search:
         gpu_only = [name for name in ("cuda_graph", "side_streams") if getattr(config, name)]
         if gpu_only and self.device.type != "cuda":  # after setup, which refuses them where they do not apply
             warn(f"{' and '.join(gpu_only)}: ways of running on a GPU, with no effect on {self.device}")
+        if config.dense_samples and not is_hard(self.parts.relaxation):
+            warn(f"dense_samples: a way of running a hard relaxation (GDAS), whose steps run only the sampled ops; "
+                 f"{self.method.name}'s relaxation is soft and runs every op already")
+        elif config.dense_samples and not config.step_unused_weights:
+            warn("dense_samples gives the weights of the ops not sampled zero gradients, so the weight optimiser's "
+                 "decay and momentum move them as with step_unused_weights, which this search has off")
         self.graph = self.eval_graph = None  # the step and the evaluation replayed from CUDA graphs (on a GPU)
         if config.cuda_graph and self.device.type == "cuda":
             for optimizer in (self.a_optimizer, self.w_optimizer):
@@ -286,8 +294,10 @@ class Search:
         # all but the steps, which set their own precision; cuDNN times its algorithms for each new shape of
         # a full batch (fixed shapes, as DARTS does), not for an epoch's last, smaller ones; the fused cells
         # run as the search's settings say throughout (steps, evaluation, DARTS-PT's measures)
+        c = self.config
         with precision(self.device.type, self.eval_precision), cudnn_benchmark(True), \
-                fused.merge_kernel_sizes(self.config.merge_kernel_sizes), fused.side_streams(self.config.side_streams):
+                fused.merge_kernel_sizes(c.merge_kernel_sizes), fused.side_streams(c.side_streams), \
+                fused.dense_samples(c.dense_samples):
             return self._run(progress)
 
     def describe(self) -> str:
@@ -298,6 +308,7 @@ class Search:
                                     ("CUDA graph", c.cuda_graph and gpu),
                                     ("3x3 and 5x5 ops merged", c.merge_kernel_sizes),
                                     (f"{c.side_streams} side streams", c.side_streams and gpu),
+                                    ("every op, sampled on the device", c.dense_samples),
                                     ("evaluation NHWC", c.eval_channels_last and not c.channels_last)) if on]
         resumed = f" resumed after epoch {self.epoch} of {c.epochs}," if self.epoch else ""
         return (f"{self.method.name} on {c.dataset} ({self.data_line}), {c.epochs} epoch{'s' * (c.epochs != 1)},"
@@ -566,11 +577,13 @@ FAST_SIDE_STREAMS = 5  # the side streams of a replayed fused cell under --fast 
 # DARTS source batch has 4 convolution ops besides the poolings and the skip, each then on its own stream
 
 
-def fast_settings(device: torch.device, method: Method, space: str | None = None) -> dict[str, Any]:
+def fast_settings(device: torch.device, method: Method, space: str | None = None,
+                  dense_samples: bool = False) -> dict[str, Any]:
     """What ``--fast`` turns on for ``method`` on ``space`` (None: the method's), the fastest measured on each
     kind of device (docs/speed.md). On a GPU: the fused cells (a space option of darts and nb201), each step
     replayed from a CUDA graph but for a hard relaxation (GDAS decides on the host which op of each edge runs,
-    so its steps and evaluation cannot be captured), a replayed DARTS cell's independent ops on
+    so its steps cannot be captured; ``dense_samples``, asked for, keeps the sample on the device, and they
+    are), a replayed DARTS cell's independent ops on
     ``FAST_SIDE_STREAMS`` side streams (an H100 replayed a darts-v1 step in 86.6 ms against 114.9 on one
     stream, darts-v2 221.8 against 296.8), and the evaluation at batch ``FAST_EVAL_BATCH`` (larger kernels: on
     an H100 an epoch 4% shorter than at 64), in NCHW (NHWC with side streams 95.9 ms; docs/speed.md,
@@ -593,8 +606,8 @@ def fast_settings(device: torch.device, method: Method, space: str | None = None
     hard = is_hard(method.build("relaxation"))
     nchw = space == "nb201" and (getattr(method.build("edge"), "k", 1) > 1  # partial channels, 1/K of them
                                  or isinstance(method.build("arch_grad"), Implicit))
-    graph = device.type == "cuda" and not hard
-    settings = {"fused": not (cpu and hard), "cuda_graph": graph, "channels_last": cpu and not nchw}
+    graph = device.type == "cuda" and (not hard or dense_samples)
+    settings = {"fused": not (cpu and hard) or dense_samples, "cuda_graph": graph, "channels_last": cpu and not nchw}
     lanes = graph and space == "darts"  # measured there; the NAS-Bench-201 cell's on a GPU not yet
     gpu = {"eval_batch_size": FAST_EVAL_BATCH} | (
         {"side_streams": FAST_SIDE_STREAMS, "eval_channels_last": True} if lanes else {})
@@ -724,7 +737,8 @@ def search(
         settings["ops"] = tuple(op.strip() for op in settings["ops"].split(","))
     recipe.check(space or recipe.part("space"))
     if fast:
-        settings = fast_settings(resolve_device(settings.get("device") or "auto"), recipe, space) | settings
+        settings = fast_settings(resolve_device(settings.get("device") or "auto"), recipe, space,
+                                 bool(settings.get("dense_samples"))) | settings
     config_cls, search_cls = search_classes(space or recipe.part("space"), recipe)
     dataset = dataset or config_cls.dataset
     config_fields = config_cls.fields()

@@ -49,6 +49,7 @@ def run_search(args: argparse.Namespace) -> None:
             "eval_channels_last": args.eval_channels_last or None, "eval_every": args.eval_every,
             "fused": args.fused or None,
             "merge_kernel_sizes": args.merge_kernel_sizes or None, "side_streams": args.side_streams,
+            "dense_samples": args.dense_samples or None,
             **{name: getattr(args, name) for name in OPTIMISATION},
         }.items() if v is not None}
         result = search(space=args.space, method=args.method, dataset=args.dataset, run_dir=args.run_dir,
@@ -100,6 +101,9 @@ def register(sub) -> None:
                         "more bytes; slower on a CPU; docs/speed.md)")
     s.add_argument("--side-streams", type=int, metavar="N",
                    help="with fused cells on a GPU: their independent ops on N side streams (docs/speed.md)")
+    s.add_argument("--dense-samples", action="store_true",
+                   help="with fused cells and a hard relaxation (GDAS): every op computed, the unsampled weighed by "
+                        "zero, so that the step can be replayed from a CUDA graph (--cuda-graph; docs/speed.md)")
     s.add_argument("--precision", choices=PRECISIONS,
                    help="fp32 (default: IEEE float32, as the papers computed; on a GPU PyTorch's default would run "
                         "convolutions in TF32), tf32 (convolutions and matrix products in TF32), or bf16 (the search "

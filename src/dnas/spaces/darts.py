@@ -27,7 +27,7 @@ from ..relax import Softmax, is_hard
 from ..selection import TopK
 from . import SPACES
 from .base import Supernet, node_softmax
-from .fused import Topology, cell_plan, run_plan, side_by_side
+from .fused import Topology, cell_plan, on_host, run_plan, sampled_ops, side_by_side
 
 CELL_TYPES = ("normal", "reduce")
 
@@ -78,9 +78,9 @@ class SearchCell(nn.Module):
         """``forward`` by the fast path (fused.py): the same result from fewer, larger kernels."""
         plan = cell_plan(self, Topology(2, self.nodes, 2 if self.reduction else 1), active, s1.device)
         if plan is None:
-            return self(s0, s1, weights, active, edge_weights)
+            return self(s0, s1, weights, on_host(active), edge_weights)
         states = side_by_side(s1.device, lambda: self.preprocess0(s0), lambda: self.preprocess1(s1))
-        return cat_dense_gradients(run_plan(self, plan, states, weights, edge_weights))
+        return cat_dense_gradients(run_plan(self, plan, states, weights, edge_weights, active))
 
 
 @SPACES.register("darts")
@@ -183,8 +183,7 @@ class DartsSupernet(Supernet):
         weights = self.op_weights(self.relaxation.weights if self.training else self.relaxation.strengths)
         active = {t: self.live_ops(t) for t in CELL_TYPES}
         if self.training and is_hard(self.relaxation):  # one-hot in value: each edge runs its chosen op only
-            active = {t: [[i] if live is None or live[e] else [] for e, i in enumerate(w.argmax(-1).tolist())]
-                      for (t, w), live in zip(weights.items(), active.values())}
+            active = {t: sampled_ops(weights[t], live, on_device=self.fused) for t, live in active.items()}
         edge_weights = {t: self.edge_weights(t) for t in CELL_TYPES} if self.betas else {t: None for t in weights}
         s0 = s1 = self.stem(x)
         for cell in self.cells:

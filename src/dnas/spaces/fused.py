@@ -45,7 +45,8 @@ that leave the cell's inputs all at once:
 Weights and buffers are read from the readable modules at call time, so a fused supernet has the same
 ``state_dict``, works under ``torch.func.functional_call`` (the unrolled model of second-order DARTS) and
 derives the same genotype. Every relaxation runs fused (the weights are one tensor per cell type; a hard
-one gives the edges' active ops, and the straight-through term of ``MixedEdge`` is added per edge), and so
+one gives the edges' active ops, and the straight-through term of ``MixedEdge`` is added per edge, or within
+``dense_samples`` every op runs, weighed by the sample kept on the device), and so
 do the edge computations of the method zoo: ``sum``, ``partial_channel`` (the op on the first C/K
 channels, the bypass max-pooled on a reducing edge, the channel shuffle; PC-DARTS edge normalisation),
 ``auxiliary_skip`` (beta * skip as one more op, beta one more weight), ``noisy_skip`` and ``skip_dropout``
@@ -228,6 +229,11 @@ class _Plan:
     # how many
     stride: int  # of the edges out of the inputs: the nodes' size is the inputs' over it
     batch_norm_channels: int  # of all its BatchNorms: what a training forward normalises at most
+    slot_of: dict  # each BatchNorm module of the ops -> its op weight's index in weights.flatten() (then the betas)
+    weighs_every_op: bool  # whether each op acts only through its weight, no op an opaque module or a random
+    # draw: then an op weighed zero changes nothing but by its BatchNorms' statistics (``dense_samples``)
+    sample_index: dict = field(default_factory=dict)  # ``dense_samples``: per momentum, the slot of each running
+    # statistic's channels and each counter's, in the order a forward hands them to ``_Run.write_back``
 
 
 @dataclass
@@ -243,9 +249,9 @@ class _Run:
     statistics: torch.Tensor | None  # training: (2, channels of all the cell's BatchNorms) zeros, made before
     # any lane forks; each call writes into a slice of it
     taken: int = 0  # for each call (channels handed out so far), where it writes its batch's statistics
-    moving: dict[float, tuple[list, list]] = field(default_factory=dict)  # momentum -> per module, its running
-    # statistics and its batch's
-    counters: list[torch.Tensor] = field(default_factory=list)  # num_batches_tracked of each BatchNorm
+    moving: dict[float, tuple[list, list, list]] = field(default_factory=dict)  # momentum -> per module, its
+    # running statistics, its batch's, and the module of each
+    counters: list[nn.BatchNorm2d] = field(default_factory=list)  # each training BatchNorm, to count its batch
 
     def batch_statistics(self, mods: list[nn.BatchNorm2d], channels: int, per: int = 1):
         """(mean, variance) of ``channels`` for a BatchNorm call at momentum 1 to write its batch's mean and
@@ -258,20 +264,47 @@ class _Run:
         mean, var = self.statistics[:, self.taken:self.taken + channels]
         self.taken += channels
         means, variances = (t.view(-1, mods[0].num_features) for t in (mean, var))
-        old, new = self.moving.setdefault(mods[0].momentum, ([], []))
+        old, new, owners = self.moving.setdefault(mods[0].momentum, ([], [], []))
         old += [b.running_mean for b in mods] + [b.running_var for b in mods]
         new += [means[k // per] for k in range(len(mods))] + [variances[k // per] for k in range(len(mods))]
-        self.counters += [b.num_batches_tracked for b in mods]
+        owners += mods + mods
+        self.counters += mods
         return mean, var
 
-    def write_back(self):
+    def write_back(self, plan: _Plan, sampled=None):
         """Each running statistic moved towards its batch's by its momentum, (1 - m) old + m batch, as the
-        BatchNorm's own forward moves it: one kernel per momentum for the whole cell."""
+        BatchNorm's own forward moves it: one kernel per momentum for the whole cell. With a ``sampled`` one-hot
+        (``dense_samples``) each by its momentum times its op's sample, so that an op not sampled keeps them."""
         with torch.no_grad():
-            for momentum, (old, new) in self.moving.items():
-                torch._foreach_lerp_(old, new, momentum)
+            for momentum, (old, new, owners) in self.moving.items():
+                rate = momentum
+                if sampled is not None:  # the sample of each statistic's channels, in pieces shaped as they are
+                    index = _sample_index(plan, momentum, owners, sampled.device)
+                    rate = list((momentum * _flat_sample(plan, sampled)).to(old[0].dtype)[index].split(
+                        [t.numel() for t in old]))
+                torch._foreach_lerp_(old, new, rate)
             if self.counters:
-                torch._foreach_add_(self.counters, 1)
+                count = 1 if sampled is None else list(_flat_sample(plan, sampled).long()[
+                    _sample_index(plan, None, self.counters, sampled.device)].unbind())
+                torch._foreach_add_([b.num_batches_tracked for b in self.counters], count)
+
+
+def _flat_sample(plan: _Plan, sampled: torch.Tensor) -> torch.Tensor:
+    """A one-hot sample (edges x ops) flat, then 1 for each beta (DARTS-'s auxiliary skip always runs)."""
+    flat = sampled.reshape(-1)
+    return torch.cat([flat, flat.new_ones(len(plan.schedules))]) if plan.schedules else flat
+
+
+def _sample_index(plan: _Plan, momentum: float | None, owners: list[nn.BatchNorm2d], device) -> torch.Tensor:
+    """The op weight's index of each channel of the running statistics of ``owners`` (momentum None: of each
+    module, for its counter), made once per plan (a forward hands them over in the same order each time): a
+    copy from the host in every step would keep it from being captured in a CUDA graph."""
+    key = momentum, len(owners)
+    if key not in plan.sample_index:
+        per = (lambda m: m.num_features) if momentum is not None else (lambda m: 1)
+        slots = [plan.slot_of[m] for m in owners for _ in range(per(m))]
+        plan.sample_index[key] = on_device(torch.tensor(slots, dtype=torch.long), device)
+    return plan.sample_index[key]
 
 
 _merge = False  # within ``merge_kernel_sizes``
@@ -311,6 +344,39 @@ def _side_streams(device: torch.device) -> list | None:
 
 
 _STREAMS: dict[torch.device, list] = {}
+
+_dense = False  # within ``dense_samples``
+
+
+def dense_samples(on: bool = True):
+    """Within it, a fused supernet under a hard relaxation (GDAS) computes every op of every edge, each weighed by
+    its sampled weight times the sample's one-hot, rather than only the sampled ops (``sampled_ops``): which op an
+    edge runs is then decided on the device, not read on the host, so that the step can be replayed from a CUDA
+    graph (GDAS's eager step on a GPU waits on its host: 145 ms on an H200, against darts-v1's 75 ms replayed,
+    which computes every op). The same result: an op not sampled adds w * 0 = 0, its weights get zero gradients,
+    the alphas the straight-through term, and its BatchNorms' running statistics stay (each moves by its momentum
+    times the sample). What differs is the weight optimiser's view before an op is first sampled: a zero gradient,
+    not none, so its weight decay and momentum move the op's weights from the first step, where GDAS's code
+    (``step_unused_weights``, set by its recipe) moves them from the op's first sample. Cells with ops of other
+    modules, or that draw random numbers, run the sampled ops only. On the CPU, where the arithmetic of the ops
+    not sampled costs more than the host's reads, slower. A search runs within it with its setting
+    ``dense_samples`` (``--dense-samples``; with ``--fast`` on a GPU its steps are then replayed)."""
+    return temporarily(sys.modules[__name__], "_dense", on)
+
+
+def sampled_ops(weights: torch.Tensor, live=None, on_device: bool = False):
+    """The ops each edge runs under a hard relaxation, whose ``weights`` (edges x ops) are one-hot in value: per
+    edge its sampled op (none on an edge that ``live``, the supernet's op mask, leaves without ops), read on the
+    host; or, for fused cells (``on_device``) within ``dense_samples`` with no op masked, the one-hot itself,
+    kept on the device for ``run_plan``."""
+    if on_device and _dense and live is None:
+        return torch.zeros_like(weights).scatter_(-1, weights.detach().argmax(-1, keepdim=True), 1.0)
+    return [[i] if live is None or live[e] else [] for e, i in enumerate(weights.argmax(-1).tolist())]
+
+
+def on_host(active):
+    """``active`` as per-edge lists of the ops to run (or None: all): a sample kept on the device read back."""
+    return [row.nonzero().flatten().tolist() for row in active] if torch.is_tensor(active) else active
 
 
 class _Lanes:
@@ -394,16 +460,22 @@ class Topology:
 
 def cell_plan(cell, topology: Topology, active, device) -> _Plan | None:
     """How ``cell`` (its ``edges``, laid out as ``topology``) runs fused for one pattern of ``active`` ops
-    (None: every op), built once and cached; None when an edge is of a class the fused path does not know,
-    and the cell must run its own forward."""
+    (None: every op; a sample kept on the device, ``sampled_ops``: every op, weighed by it in ``run_plan``,
+    but the sampled ones only, read on the host, where an op acts otherwise than through its weight: an op
+    of another module, a random draw), built once and cached; None when an edge is of a class the fused path
+    does not know, and the cell must run its own forward (with ``on_host(active)``)."""
+    if torch.is_tensor(active):
+        plan = cell_plan(cell, topology, None, device)
+        return plan if plan is None or plan.weighs_every_op else cell_plan(cell, topology, on_host(active), device)
     key = (device, _merge, None if active is None else tuple(map(tuple, active)))
     if any(len(m._modules) != n for m, n in _LENGTHS.get(cell, ())):  # a module inserted into a container of
         _forget(cell)  # the cell or deleted from one (Sequential.insert, del), which no hook reports
     if cell not in _PLANS:  # its first plan, or the first since a module was set in it (``_forget_plans``)
+        _LENGTHS[cell] = []
         for module in cell.modules():
             _CELLS_OF.setdefault(module, weakref.WeakSet()).add(cell)
-        _LENGTHS[cell] = [(m, len(m._modules)) for m in cell.modules()
-                          if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))]
+            if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+                _LENGTHS[cell].append((module, len(module._modules)))
     plans = _PLANS.setdefault(cell, {})
     plan = plans.get(key, False)
     if plan is False:
@@ -413,15 +485,22 @@ def cell_plan(cell, topology: Topology, active, device) -> _Plan | None:
     return plan
 
 
-def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weights=None) -> list[torch.Tensor]:
+def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weights=None,
+             active=None) -> list[torch.Tensor]:
     """The nodes of ``cell`` from its input ``states``, by ``plan``, computed by source batches: what the
-    cell's readable forward computes from the same inputs, ``weights`` (edges x ops) and ``edge_weights``.
+    cell's readable forward computes from the same inputs, ``weights`` (edges x ops), ``edge_weights`` and
+    ``active`` (the plan's; where it is a sample kept on the device, ``sampled_ops``, every op runs, weighed by
+    its weight times the sample: ``dense_samples``).
 
     A node is the sum of its incoming edges (DARTS Sec. 2.1); the edges out of the inputs are summed into
     partial nodes at once, then each new node's outgoing edges are added as soon as it is complete.
     """
     states = list(states)
     inputs = len(states)
+    not_run = plan.straight_through  # (edges, ops): 1 for an op not run on a kept edge; None: all run
+    sampled = active if torch.is_tensor(active) else None
+    if sampled is not None:
+        not_run, weights, unweighed = 1 - sampled, weights * sampled, weights
     noise = _draw_random(cell, plan, states[-1]) if plan.random and cell.training else {}
     banks = [_bank(convs, sizes) for convs, sizes in plan.banks]
     statistics = weights.new_zeros(2, plan.batch_norm_channels) if cell.training else None
@@ -433,7 +512,7 @@ def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weight
     per_batch = lambda t: t.index_select(0, plan.edge_order).split([len(b.edges) for b in plan.batches])
     none = [None] * len(plan.batches)
     # MixedEdge's straight-through term: sum_{o not run} w_o, zero in value
-    st = none if plan.straight_through is None else per_batch((weights * plan.straight_through).sum(-1))
+    st = none if not_run is None else per_batch(((weights if sampled is None else unweighed) * not_run).sum(-1))
     ew = none if edge_weights is None else per_batch(edge_weights)
     partial = None  # the sums into the nodes not complete yet
     for batch, w, st_b, ew_b in zip(plan.batches, slot_weights, st, ew):
@@ -443,7 +522,7 @@ def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weight
         if batch.partial_channels:  # PC-DARTS's channel shuffle of the node's edges, once for the node
             node = F.channel_shuffle(node, batch.partial_channels)
         states.append(node)
-    run.write_back()
+    run.write_back(plan, sampled)
     return states[inputs:]
 
 
@@ -482,7 +561,7 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
     ops = _edge_ops(cell)
     if ops is None:
         return None
-    batches, weight_index, random = [], [], {}
+    batches, weight_index, random, slot_of = [], [], {}, {}
     for srcs in sources:
         pairs = [(j, offset[i] + j) for j in srcs for i in range(max(0, j - inputs + 1), n)]  # (source, edge)
         edges = [e for _, e in pairs]
@@ -495,6 +574,7 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
                 to_run.append(None)
             for o in to_run:
                 leaves, signature = table[o]
+                slot_of.update((m, slot_weight(e, o)) for kind, m in leaves if kind == "bn")
                 random.update((e, leaf) for leaf in leaves if leaf[0] in ("noise", "dropout"))
                 key = signature if _merges(leaves) else (o, signature)
                 slots.setdefault(key, []).append(_Slot(srcs.index(j), pos, e, o, leaves, signature))
@@ -541,7 +621,9 @@ def _build_plan(cell, topology: Topology, active, device) -> _Plan | None:
                               for kind, mods in g.leaves if kind == "bn")
     plan = _Plan(batches, tensor(weight_index), schedules, tensor([e for b in batches for e in b.edges]),
                  straight_through, sorted(random.items(), key=lambda kv: kv[0]), list(banks.values()),
-                 topology.stride, batch_norm_channels)
+                 topology.stride, batch_norm_channels, slot_of,
+                 weighs_every_op=not random and all(kind != "opaque" for b in batches for g in b.groups
+                                                    for kind, _ in g.leaves))
     _to_device(plan, device)
     return plan
 

@@ -28,7 +28,7 @@ from ..selection import TopK
 from ..settings import warn
 from . import SPACES
 from .base import Supernet, node_softmax
-from .fused import Topology, cell_plan, run_plan
+from .fused import Topology, cell_plan, on_host, run_plan, sampled_ops
 
 
 def candidate_ops(ops: tuple[str, ...], C: int, stride: int) -> dict[str, nn.Module]:
@@ -75,8 +75,8 @@ class SearchCell(nn.Module):
         """``forward`` by the fast path (fused.py): the same result from fewer, larger kernels."""
         plan = cell_plan(self, Topology(1, self.nodes - 1), active, x.device)
         if plan is None:
-            return self(x, weights, active, edge_weights)
-        return run_plan(self, plan, [x], weights, edge_weights)[-1]
+            return self(x, weights, on_host(active), edge_weights)
+        return run_plan(self, plan, [x], weights, edge_weights, active)[-1]
 
 
 @SPACES.register("nb201")
@@ -135,7 +135,7 @@ class NB201Supernet(Supernet):
         if self.weight_delta is not None:  # SDARTS
             weights = perturbed(weights, self.weight_delta["cell"])
         # a hard relaxation is one-hot in value: each edge runs its chosen op only
-        active = [[i] for i in weights.argmax(-1).tolist()] if self.training and is_hard(self.relaxation) else None
+        active = sampled_ops(weights, on_device=self.fused) if self.training and is_hard(self.relaxation) else None
         edge_weights = self.edge_weights() if self.betas else None
         x = self.stem(x)
         for layer in self.cells:
