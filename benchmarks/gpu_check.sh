@@ -14,6 +14,8 @@
 # the replay times), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
 # minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh gdas steps2 evalconvs nb201`
 # (more than a call's budget: the stages in the order of what decides most, the last ones cut short). The
+# -cudnnbn paths hand the fused cells' BatchNorms a weight and a bias, so that cuDNN's kernels run them (`bn`
+# times the kernels alone; fused.CUDNN_BATCH_NORM_DEVICES). The
 # -lanes paths run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
 # they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
 # (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its
@@ -92,9 +94,9 @@ print('failed:', r['failed'])" "$OUT/e2e-$1.log" "$1" || tail -20 "$OUT/e2e-$1.l
 
 for stage in $STAGES; do case $stage in
 steps)
-    step darts-v1 darts-v1 graph-lanes,graph,graph-cl-lanes,graph-bf16-lanes 10 190 ;;
+    step darts-v1 darts-v1 graph-lanes,graph-lanes-cudnnbn,graph-cl-lanes,graph-bf16-lanes 10 190 ;;
 steps2)
-    step darts-v1-ways darts-v1 graph-lanes,graph-lanes-merged,graph-tf32-lanes,graph-bf16-cl-lanes 10 100
+    step darts-v1-ways darts-v1 graph-lanes,graph,graph-lanes-merged,graph-tf32-lanes,graph-bf16-cl-lanes 10 120
     step darts-v2 darts-v2 graph-lanes,graph,graph-cl-lanes 10 150 ;;
 base)
     if [ -d .gpu_data/base/src ]; then
@@ -105,7 +107,7 @@ tests)  # the CUDA tests, in five runs: SIGINT at a timeout makes pytest list th
     run_tests 90 tests/test_cuda_graph.py -k side_streams
     run_tests 40 tests/test_ops.py tests/test_data.py tests/test_train.py -k cuda
     run_tests 90 tests/test_fused.py -k cuda_channels_last
-    run_tests 60 tests/test_fused.py tests/test_cuda_graph.py -k "dense_samples or its_sample_on_the_device"
+    run_tests 60 tests/test_fused.py tests/test_cuda_graph.py -k "dense_samples or its_sample_on_the_device or handed_a"
     run_tests 240 tests/test_cuda_graph.py -k "not side_streams and not nothing_on_the_host and not host_reads_are_named"
     run_tests 120 tests/test_fused.py -k "cuda_step_equals_readable" ;;
 recipes)

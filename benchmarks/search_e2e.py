@@ -46,7 +46,7 @@ from dnas.genotype import Genotype
 from dnas.methods import get_method
 from dnas.search import FAST_SIDE_STREAMS, Search, fast_settings, resolve_device
 from results import append_rows, commit, interrupt_on_sigterm, write_json
-from search_step import DEPTH, device_name, path_options, row_method
+from search_step import DEPTH, device_name, fused_settings, path_options, row_method
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## End-to-end search (benchmarks/search_e2e.py): CIFAR-10 search, readable vs fused cell"
@@ -185,7 +185,7 @@ def main() -> None:
     interrupt_on_sigterm()
 
     runs, failed = {}, {}  # a path that raises is reported, the others measured; one interrupted ends the runs
-    for path, (base, arithmetic, channels_last, lanes, merged, dense) in paths.items():
+    for path, (base, arithmetic, channels_last, lanes, merged, dense, cudnnbn) in paths.items():
         if base == "fast":
             settings = fast_settings(device, get_method(args.method), args.space, dense)
         else:
@@ -202,7 +202,7 @@ def main() -> None:
             settings["eval_batch_size"] = args.eval_batch_size
         if args.eval_channels_last:
             settings["eval_channels_last"] = True
-        with tempfile.TemporaryDirectory() as tmp, EpochParts() as parts:
+        with tempfile.TemporaryDirectory() as tmp, EpochParts() as parts, fused_settings(False, False, False, cudnnbn):
             t0 = time.perf_counter()
             try:
                 result = dnas.search(space=args.space, method=args.method, dataset="cifar10", data=args.cifar10,

@@ -12,6 +12,7 @@ import contextlib
 import copy
 from collections import Counter
 from functools import partial
+from types import SimpleNamespace
 from unittest.mock import patch
 
 import pytest
@@ -196,6 +197,24 @@ def test_dense_samples_run_the_sampled_ops_of_cells_with_other_modules(monkeypat
         assert_close(value.double(), states[1][name].double(), name)
     assert all(any(plan.straight_through is not None for plan in _PLANS[cell].values())  # a sampled ops' plan
                for cell in model.cells)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device: cuDNN's BatchNorm kernels"))])
+def test_batch_norms_handed_a_weight_and_a_bias_compute_the_same_step(device, monkeypatch):
+    """On a device of ``CUDNN_BATCH_NORM_DEVICES`` every BatchNorm of the fused cell gets a weight and a bias,
+    ones and zeros where it has none (on a GPU cuDNN's kernels then run it): the step is the same."""
+    reference = search_step("darts-v1", fused=True, device=device)
+    handed = []
+
+    def batch_norm(x, mean, var, weight, bias, *rest):
+        handed.append(weight is not None and bias is not None)
+        return F.batch_norm(x, mean, var, weight, bias, *rest)
+
+    monkeypatch.setattr(fused_module, "F", SimpleNamespace(**{**vars(F), "batch_norm": batch_norm}))
+    monkeypatch.setattr(fused_module, "CUDNN_BATCH_NORM_DEVICES", (device,))
+    assert_same_step(reference, search_step("darts-v1", fused=True, device=device))
+    assert handed and all(handed)
 
 
 def assert_same_step(reference, other, rtol=1e-9):

@@ -1091,12 +1091,30 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
     if scale is not None:  # s (g x^ + b) = (s g) x^ + s b
         weight = scale if weight is None else weight * scale
         bias = None if bias is None else bias * scale
+    if x.device.type in CUDNN_BATCH_NORM_DEVICES:  # 1 x^ + 0 where there is no weight or bias
+        dtype = torch.promote_types(x.dtype, torch.float32) if weight is None else weight.dtype
+        weight = _filled(1.0, x.shape[1], dtype, x.device) if weight is None else weight
+        bias = _filled(0.0, x.shape[1], dtype, x.device) if bias is None else bias
     if m.training:
         mean, var = run.batch_statistics(mods, x.shape[1], per)
         return F.batch_norm(x, mean, var, weight, bias, True, 1.0, m.eps)
     mean, var = ((m.running_mean, m.running_var) if len(mods) == 1 else  # one concatenation for both
                  torch.cat([b.running_mean for b in mods] + [b.running_var for b in mods]).split(x.shape[1]))
     return F.batch_norm(x, mean, var, weight, bias, False, 0.0, m.eps)
+
+
+#: The device types on which the fused cell hands every BatchNorm a weight and a bias (ones, zeros where it has
+#: none): PyTorch runs a BatchNorm by cuDNN's kernels only with both, else by its own. Its BatchNorms have a
+#: weight (the op weights of Eq. 2) or neither, so they all run PyTorch's kernels, 28% of an eager darts-v1
+#: step's device time on an H200 (docs/speed.md). None until cuDNN's are measured faster
+#: (``benchmarks/conv_variants.py --only batchnorm``, and the step by search_step.py's ``-cudnnbn`` paths).
+CUDNN_BATCH_NORM_DEVICES: tuple[str, ...] = ()
+
+
+@functools.cache
+def _filled(value: float, channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A constant weight or bias of a BatchNorm, made once: a fill per call would be one more kernel."""
+    return torch.full((channels,), value, dtype=dtype, device=device)
 
 
 def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None, sampled=False,
