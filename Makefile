@@ -7,7 +7,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 APT_PACKAGES := $(if $(wildcard $(FASHION_MNIST)),,dataset-fashion-mnist) $(if $(shell command -v dot),,graphviz) \
 	$(if $(shell command -v chromium),,chromium)
 
-.PHONY: install system-packages demo test bench
+.PHONY: install system-packages demo test test-slow bench
 
 # torch first, pinned: the CPU build on these machines (a bare "torch" requirement pulls a CUDA build)
 install:
@@ -22,8 +22,13 @@ demo: install system-packages
 	dnas search --method darts-v1 --dataset fashion-mnist --epochs 2 --subset 1000 \
 		--layers 5 --init-channels 8 --batch-size 32 --runs runs
 
+# the suite but the checks marked slow (real-data searches, the benchmark scripts' runs), which test-slow runs;
+# CI (.ci/run) runs both
 test: install system-packages
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+test-slow: install system-packages
+	$(PY) -m pytest -m slow
 
 bench: install
 	$(PY) benchmarks/search_step.py

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 TINY = ["--batch-size", "2", "--init-channels", "4", "--layers", "3"]
@@ -33,6 +35,7 @@ def run(script: str, *args: str, out: Path) -> tuple[str, list[dict], list[str]]
     return done.stdout, [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))], added
 
 
+@pytest.mark.slow
 def test_search_step_times_the_paths_and_their_first_steps_agree(tmp_path):
     out, [report], rows = run("search_step.py", "--device", "cpu", "--methods", "darts-v1,gdas", "--paths",
                               "readable,fused-cl,fused-cl-lanes-merged-dense-cudnnbn", "--steps", "1", "--warmup", "0",
@@ -47,6 +50,7 @@ def test_search_step_times_the_paths_and_their_first_steps_agree(tmp_path):
         assert max(r["first_step_vs_readable"].values()) < 1e-2, r
 
 
+@pytest.mark.slow
 def test_search_e2e_searches_real_cifar10_on_both_paths(cifar10_root, tmp_path):
     out, [report], _ = run("search_e2e.py", "--device", "cpu", "--paths", "readable,fast", "--subset", "64",
                            "--epochs", "1", "--batch-size", "16", "--layers", "3", "--init-channels", "4",
@@ -59,6 +63,7 @@ def test_search_e2e_searches_real_cifar10_on_both_paths(cifar10_root, tmp_path):
     assert report["runs"]["fast"]["max_alpha_diff_to_readable"] < 1e-3
 
 
+@pytest.mark.slow
 def test_kernel_census_counts_fewer_kernels_fused_and_appends_its_row(tmp_path):
     counts = {}
     for path, options in (("readable", ["--no-results"]), ("fused", ["--merged"])):
@@ -81,12 +86,14 @@ def test_kernel_census_counts_fewer_kernels_fused_and_appends_its_row(tmp_path):
     assert f"| {counts['fused']} |" in row
 
 
+@pytest.mark.slow
 def test_profile_step_ranks_the_ops_of_a_step(tmp_path):
     out, [report], _ = run("profile_step.py", "--device", "cpu", "--warmup", "1", "--rows", "5", *TINY, out=tmp_path)
     assert len(report["top"]) == 5 and report["total_ms"] > 0
     assert sum(r["share"] for r in report["top"]) <= 1 and report["top"][0]["name"] in out
 
 
+@pytest.mark.slow
 def test_conv_variants_times_the_forms(tmp_path):
     out, [report], _ = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
                            "pointwise", out=tmp_path)

@@ -484,6 +484,7 @@ class Dtypes(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, channels_last", [("darts-v1", False), ("darts-v2", False), ("gdas", True),
                                                    ("pc-darts", True)])
 def test_bf16_search_runs_its_convolutions_in_bf16(fashion_mnist_root, tmp_path, method, channels_last):

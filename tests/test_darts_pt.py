@@ -211,6 +211,7 @@ def test_a_tiny_run_projects_both_cells_and_its_genotype_honours_the_decisions(w
         assert state["model"][f"op_mask_{cell}"].sum(-1).tolist() == [1, 1] + [int(j in kept[cell]) for j in range(3)]
 
 
+@pytest.mark.slow
 def test_resume_in_the_middle_of_the_projection_ends_as_an_uninterrupted_run(whole, tmp_path, monkeypatch):
     whole = whole[1]
 

@@ -20,6 +20,7 @@ LOGGED = {"gdas": "tau", "snas": "tau", "darts-minus": "aux_skip_beta", "beta-da
           "r-darts": "hessian_eigenvalue", "p-darts": "skip_dropout"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_recipe_runs_a_one_epoch_search_on_fashion_mnist(name, fashion_mnist_root, tmp_path):
     tiny = {k: v for k, v in TINY.items() if not (name == "p-darts" and k == "layers")}  # its stages' own

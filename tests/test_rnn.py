@@ -176,6 +176,7 @@ def test_the_corpus_layer_reads_ptb_exactly_and_says_what_is_wrong(ptb, tmp_path
     assert small.vocab == ["a", "b", "<eos>", "c"] and small.train.tolist() == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_a_tiny_search_on_ptb_resumes_exactly(ptb, tmp_path, monkeypatch):
     settings = dict(space="darts-rnn", method="darts-v2", dataset="ptb", data=ptb, epochs=2, progress=False, **TINY)
     whole = dnas.search(run_dir=tmp_path / "whole", **settings)
@@ -202,6 +203,7 @@ def test_a_tiny_search_on_ptb_resumes_exactly(ptb, tmp_path, monkeypatch):
     assert strip(resumed.metrics) == strip(whole.metrics)
 
 
+@pytest.mark.slow
 def test_a_tiny_language_model_trains_tests_and_resumes(ptb, tmp_path, monkeypatch, capsys):
     settings = dict(data=ptb, epochs=2, subset=3000, valid_subset=800, batch_size=8, emb_size=8, hidden_size=8,
                     bptt=10, progress=False)

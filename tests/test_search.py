@@ -86,6 +86,7 @@ def interrupted_in_epoch_2(run_dir: Path, monkeypatch, method: str) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(fashion_mnist_root, tmp_path, monkeypatch,
                                                                            capsys):
     whole = dnas.search(method="darts-v2", dataset="fashion-mnist", epochs=2, run_dir=tmp_path / "whole", **TINY)
@@ -149,6 +150,7 @@ def test_resume_without_the_alphas_file_goes_on_and_warns(fashion_mnist_root, tm
     assert [line["epoch"] for line in map(json.loads, (cut / "alphas.jsonl").read_text().splitlines())] == [2]
 
 
+@pytest.mark.slow
 def test_the_evaluations_batch_size_and_frequency_leave_the_search_as_it_is(fashion_mnist_root, tmp_path,
                                                                             monkeypatch, capsys):
     """The per-epoch evaluation draws its crops from a generator of its own: at another batch size (5, with a

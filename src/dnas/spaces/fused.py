@@ -498,21 +498,22 @@ def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weight
     states = list(states)
     inputs = len(states)
     not_run = plan.straight_through  # (edges, ops): 1 for an op not run on a kept edge; None: all run
+    weighed = weights  # what each op's output is weighed by
     sampled = active if torch.is_tensor(active) else None
-    if sampled is not None:
-        not_run, weights, unweighed = 1 - sampled, weights * sampled, weights
+    if sampled is not None:  # every op runs, weighed by zero where not sampled
+        not_run, weighed = 1 - sampled, weights * sampled
     noise = _draw_random(cell, plan, states[-1]) if plan.random and cell.training else {}
     banks = [_bank(convs, sizes) for convs, sizes in plan.banks]
     statistics = weights.new_zeros(2, plan.batch_norm_channels) if cell.training else None
     run = _Run(banks, noise, channels_innermost(states[0]), _side_streams(states[0].device), statistics)
-    flat = weights.reshape(-1)  # the op weight of every slot, all gathered at once
+    flat = weighed.reshape(-1)  # the op weight of every slot, all gathered at once
     if plan.schedules:
         flat = torch.cat([flat, *(flat.new_full((1,), s.beta) for s in plan.schedules)])
     slot_weights = flat.index_select(0, plan.weight_index).split([b.slots for b in plan.batches])
     per_batch = lambda t: t.index_select(0, plan.edge_order).split([len(b.edges) for b in plan.batches])
     none = [None] * len(plan.batches)
     # MixedEdge's straight-through term: sum_{o not run} w_o, zero in value
-    st = none if not_run is None else per_batch(((weights if sampled is None else unweighed) * not_run).sum(-1))
+    st = none if not_run is None else per_batch((weights * not_run).sum(-1))
     ew = none if edge_weights is None else per_batch(edge_weights)
     partial = None  # the sums into the nodes not complete yet
     for batch, w, st_b, ew_b in zip(plan.batches, slot_weights, st, ew):
