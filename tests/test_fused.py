@@ -431,6 +431,15 @@ def test_unknown_edge_class_falls_back_to_the_readable_cell():
                                          r"\(MixedEdge, PartialChannelEdge, AuxiliarySkipEdge\), so their cells run"):
         assert_close(readable(x), fused(x), "logits")
     assert all(plan is None for cell in fused.cells for plan in _PLANS[cell].values())
+    # and a sample kept on the device (dense_samples) reaches the readable cell read back as its ops
+    hard = [supernet(f, GumbelSoftmax(hard=True), edge=edge) for f in (False, True)]
+    outputs = []
+    with pytest.warns(UserWarning, match="fused cells: edges of Doubled"):
+        for model, dense in zip(hard, (False, True)):
+            torch.manual_seed(6)
+            with dense_samples(dense):
+                outputs.append(model(x))
+    assert_close(*outputs, "logits")
 
 
 def test_a_training_batch_norm_in_a_cell_in_evaluation_mode_is_refused():
