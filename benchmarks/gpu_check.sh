@@ -10,10 +10,11 @@
 # reports what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s)
 # included. On an H200 on 2026-11-28 `e2e profile e2e-evalcl tests` took 587 s (the tests cut short; the
 # e2e-evalcl stage, --fast with an NHWC evaluation, went when --fast took it); so next:
-# first `tests bn e2e2 steps` with timeout_s 600 (the CUDA tests, BatchNorm's kernels, second order end to end,
-# the replay times), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
-# minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh gdas steps2 evalconvs nb201`
-# (more than a call's budget: the stages in the order of what decides most, the last ones cut short). The
+# first `bn steps e2e2 gdas` with timeout_s 600 (BatchNorm's kernels, the replay times with cuDNN's BatchNorms
+# beside, second order end to end, GDAS replayed with dense samples), then at once, on the machine still warm (it
+# goes back after 30 s idle, and a fresh start needs 4 minutes of budget), `BUDGET=<seconds left, less a minute>
+# sh benchmarks/gpu_check.sh tests steps2 evalconvs nb201` (more than a call's budget: the stages in the order of
+# what decides most, the last ones cut short). The
 # -cudnnbn paths hand the fused cells' BatchNorms a weight and a bias, so that cuDNN's kernels run them (`bn`
 # times the kernels alone; fused.CUDNN_BATCH_NORM_DEVICES). The
 # -lanes paths run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
@@ -102,12 +103,12 @@ base)
     if [ -d .gpu_data/base/src ]; then
         (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1,darts-v2 graph 10 150)
     else echo "stage base: no .gpu_data/base/src (see the header)"; fi ;;
-tests)  # the CUDA tests, in five runs: SIGINT at a timeout makes pytest list the failures it saw; first
-    # what --fast runs on a GPU (side streams, replayed), then the NHWC step since ops.AvgPool2d
+tests)  # the CUDA tests, in six runs: SIGINT at a timeout makes pytest list the failures it saw; first
+    # those not yet run on a GPU (dense samples, cuDNN's BatchNorms, side streams in NHWC), then the NHWC step
+    run_tests 60 tests/test_fused.py tests/test_cuda_graph.py -k "cuda and (dense_samples or handed_a) or its_sample_on"
     run_tests 90 tests/test_cuda_graph.py -k side_streams
-    run_tests 40 tests/test_ops.py tests/test_data.py tests/test_train.py -k cuda
     run_tests 90 tests/test_fused.py -k cuda_channels_last
-    run_tests 60 tests/test_fused.py tests/test_cuda_graph.py -k "dense_samples or its_sample_on_the_device or handed_a"
+    run_tests 40 tests/test_ops.py tests/test_data.py tests/test_train.py -k cuda
     run_tests 240 tests/test_cuda_graph.py -k "not side_streams and not nothing_on_the_host and not host_reads_are_named"
     run_tests 120 tests/test_fused.py -k "cuda_step_equals_readable" ;;
 recipes)
