@@ -320,6 +320,8 @@ def test_gdas_searches_the_recurrent_cell_in_its_order(ptb, tmp_path, monkeypatc
     (dict(channels_last=True), "channels_last is a layout of images"),
     (dict(precision="bf16"), "precision 'bf16': the recurrent search runs in fp32 only"),
     (dict(eval_channels_last=True), "eval_channels_last: settings of the image search"),
+    (dict(side_streams=2, dense_samples=True), "side_streams, dense_samples: ways of running the image spaces' "
+                                               "fused cells; the recurrent search has none"),
 ])
 def test_recurrent_search_refuses_the_image_search_options(tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):

@@ -48,6 +48,9 @@ from .spaces import SPACES, fused
 CHECKPOINT_FORMAT = "dnas-search-checkpoint-v1"
 
 
+FUSED_WAYS = ("merge_kernel_sizes", "side_streams", "dense_samples")  # the settings of the fused cells' ways
+
+
 @dataclass
 class SearchConfig:
     """Settings of a search. The defaults are the DARTS paper's CIFAR-10 search (Sec. 3.1.1, App. A.1.1):
@@ -109,7 +112,7 @@ class SearchConfig:
         if not 0 < self.train_portion < 1:
             raise ValueError(f"train_portion is the share of the training images the weights train on, the rest "
                              f"the alphas', between 0 and 1; not {self.train_portion}")
-        ways = [name for name in ("merge_kernel_sizes", "side_streams", "dense_samples") if getattr(self, name)]
+        ways = [name for name in FUSED_WAYS if getattr(self, name)]
         if ways and not self.space_options.get("fused"):
             raise ValueError(f"{' and '.join(ways)}: ways of running the fused cells, and this search runs the "
                              f"readable ones: add fused=True (--fused)")

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import batchify, get_batch, load_corpus
-from ..search import Search, SearchConfig, build_supernet, optimizers, trial_forward
+from ..search import FUSED_WAYS, Search, SearchConfig, build_supernet, optimizers, trial_forward
 from ..settings import bars_off
 from .model import activation_regularization, bptt_length, evaluate_lm, lm_loss, perplexity
 
@@ -45,6 +45,13 @@ class RNNSearchConfig(SearchConfig):
     eval_batch_size: int = 10
     tar: float = 1e-3
     ar: float = 0.0
+
+    def __post_init__(self):
+        ways = [name for name in FUSED_WAYS if getattr(self, name)]
+        if ways:
+            raise ValueError(f"{', '.join(ways)}: ways of running the image spaces' fused cells; the recurrent "
+                             f"search has none, leave them off")
+        super().__post_init__()
 
 
 class RNNSearch(Search):
