@@ -34,8 +34,8 @@
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
 # tool with carry [".gpu_data"]; stages: steps tests e2e convs evalconvs (the evaluation's depthwise forms,
 # forward only) bn (PyTorch's BatchNorm kernels against cuDNN's) profile steps2 e2e2 base recipes gdas
-# (GDAS eager against its dense samples replayed) nb201 (default: all, in that order), and e2e-ways (--fast in NHWC with side streams and merged kernel sizes, for
-# when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
+# (GDAS eager against its dense samples replayed) nb201 (default: all, in that order), and e2e-ways (--fast
+# in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
 # files come back); the rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py)
 # with the device, date and command.
 set -u
