@@ -103,7 +103,8 @@ def register(sub) -> None:
                    help="with fused cells on a GPU: their independent ops on N side streams (docs/speed.md)")
     s.add_argument("--dense-samples", action="store_true",
                    help="with fused cells and a hard relaxation (GDAS): every op computed, the unsampled weighed by "
-                        "zero, so that the step can be replayed from a CUDA graph (--cuda-graph; docs/speed.md)")
+                        "zero, so that the step can be replayed from a CUDA graph (with --fast on a GPU; "
+                        "docs/speed.md)")
     s.add_argument("--precision", choices=PRECISIONS,
                    help="fp32 (default: IEEE float32, as the papers computed; on a GPU PyTorch's default would run "
                         "convolutions in TF32), tf32 (convolutions and matrix products in TF32), or bf16 (the search "
