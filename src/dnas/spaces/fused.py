@@ -275,17 +275,17 @@ class _Run:
         """Each running statistic moved towards its batch's by its momentum, (1 - m) old + m batch, as the
         BatchNorm's own forward moves it: one kernel per momentum for the whole cell. With a ``sampled`` one-hot
         (``dense_samples``) each by its momentum times its op's sample, so that an op not sampled keeps them."""
+        flat = None if sampled is None else _flat_sample(plan, sampled)
         with torch.no_grad():
             for momentum, (old, new, owners) in self.moving.items():
                 rate = momentum
-                if sampled is not None:  # the sample of each statistic's channels, in pieces shaped as they are
-                    index = _sample_index(plan, momentum, owners, sampled.device)
-                    rate = list((momentum * _flat_sample(plan, sampled)).to(old[0].dtype)[index].split(
-                        [t.numel() for t in old]))
+                if flat is not None:  # the sample of each statistic's channels, in pieces shaped as they are
+                    index = _sample_index(plan, momentum, owners, flat.device)
+                    rate = list((momentum * flat).to(old[0].dtype)[index].split([t.numel() for t in old]))
                 torch._foreach_lerp_(old, new, rate)
             if self.counters:
-                count = 1 if sampled is None else list(_flat_sample(plan, sampled).long()[
-                    _sample_index(plan, None, self.counters, sampled.device)].unbind())
+                count = 1 if flat is None else list(
+                    flat.long()[_sample_index(plan, None, self.counters, flat.device)].unbind())
                 torch._foreach_add_([b.num_batches_tracked for b in self.counters], count)
 
 
