@@ -324,6 +324,30 @@ def test_average_pooling_has_its_gradient_in_either_layout(device, layout, pool,
         assert got.is_contiguous(memory_format=layout)
 
 
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_phases_take_one_copy_each_way(d, layout):
+    """ops.to_phases and from_phases: x_r[j] = x[d j + r] stacked in the batch, NHWC, and back in the layout
+    asked for; one copy forward and one backward each, the gradients in the layout of the input."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6 * d, 3 * d, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    with CountOps() as forward:
+        phases = ops.to_phases(x, d)
+    want = torch.cat([x[:, :, r // d::d, r % d::d] for r in range(d * d)])
+    assert torch.equal(phases, want) and phases.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(phases)
+    with CountOps() as backward:
+        (dx,) = torch.autograd.grad(phases, x, g)
+    assert torch.equal(dx, torch.autograd.grad(want, x, g)[0]) and dx.is_contiguous(memory_format=layout)
+    y, g_image = phases.detach().requires_grad_(), torch.randn_like(x)
+    with CountOps() as back:
+        image = ops.from_phases(y, d, nhwc=layout == torch.channels_last)
+        (dy,) = torch.autograd.grad(image, y, g_image)
+    assert torch.equal(image, x) and image.is_contiguous(memory_format=layout)
+    assert torch.equal(dy, ops.to_phases(g_image, d)) and dy.is_contiguous(memory_format=torch.channels_last)
+    assert forward.counts == backward.counts == {"copy_": 1} and back.counts == {"copy_": 2}
+
+
 def test_the_depthwise_form_has_second_derivatives(form_device):
     """iDARTS differentiates the weights' gradient again (arch_grad ``implicit``)."""
     torch.manual_seed(0)

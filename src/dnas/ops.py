@@ -286,19 +286,46 @@ def to_phases(x: torch.Tensor, d: int) -> torch.Tensor:
     """x (N, C, H, W) as its d x d phases x_r[j] = x[d j + r] stacked in the batch, (d d N, C, H/d, W/d) NHWC
     (a copy; of an NHWC x at d = 1, x itself); the gradient of x dense in the layout of x. Whatever treats
     pixels alike (a 1x1 convolution, a BatchNorm, a ReLU) computes on the phases what it computes on x."""
-    n, c, h, w = x.shape
-    rows = dense_gradient(x).permute(0, 2, 3, 1)  # (N, H, W, C)
-    rows = rows.unflatten(2, (w // d, d)).unflatten(1, (h // d, d))  # (N, H/d, d, W/d, d, C)
-    phases = rows.permute(2, 4, 0, 1, 3, 5).reshape(d * d * n, h // d, w // d, c).permute(0, 3, 1, 2)
-    return phases.contiguous(memory_format=torch.channels_last)
+    if d == 1:
+        return dense_gradient(x).contiguous(memory_format=torch.channels_last)
+    return _PhaseCopy.apply(x, d, True, True)
 
 
 def from_phases(y: torch.Tensor, d: int, nhwc: bool) -> torch.Tensor:
     """The image whose d x d phases ``y`` holds (``to_phases``), NHWC where ``nhwc``, else NCHW."""
-    m, c, h, w = y.shape
-    y = y.permute(0, 2, 3, 1).unflatten(0, (d, d, m // (d * d))).permute(2, 3, 0, 4, 1, 5)  # (N, H, d, W, d, C)
-    y = y.reshape(m // (d * d), h * d, w * d, c).permute(0, 3, 1, 2)
-    return y if nhwc else y.contiguous()
+    if d == 1:
+        return y if nhwc else y.contiguous()
+    return _PhaseCopy.apply(y, d, False, nhwc)
+
+
+class _PhaseCopy(torch.autograd.Function):
+    """Between an image and its d x d phases (d > 1), one strided copy forward and one backward, the gradient
+    in the layout of the input: as views and a ``reshape`` the phases took up to two copies each way."""
+
+    @staticmethod
+    def forward(ctx, t, d: int, into_phases: bool, nhwc: bool):
+        ctx.args = d, not into_phases, channels_innermost(t)
+        return _phase_copy(t, d, into_phases, nhwc)
+
+    @staticmethod
+    def backward(ctx, grad):  # by the Function again: a backward differentiated again (create_graph) records it
+        return _PhaseCopy.apply(grad, *ctx.args), None, None, None
+
+
+def _phase_copy(t: torch.Tensor, d: int, into_phases: bool, nhwc: bool) -> torch.Tensor:
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    n, c, h, w = t.shape
+    shape = (d * d * n, c, h // d, w // d) if into_phases else (n // (d * d), c, h * d, w * d)
+    out = torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=layout)
+    _phase_view(out, d, into_phases).copy_(_phase_view(t, d, not into_phases))
+    return out
+
+
+def _phase_view(t: torch.Tensor, d: int, phases: bool) -> torch.Tensor:
+    """The elements of phases (d d N, C, H, W) or of an image (N, C, d H, d W), as (d, d, N, H, W, C): a view."""
+    if phases:
+        return t.permute(0, 2, 3, 1).unflatten(0, (d, d, -1))
+    return t.unflatten(3, (-1, d)).unflatten(2, (-1, d)).permute(3, 5, 0, 2, 4, 1)
 
 
 def relu_nhwc(x: torch.Tensor) -> torch.Tensor:
