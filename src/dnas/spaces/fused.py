@@ -1008,14 +1008,16 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
     weight w: no multiply forward, and the BatchNorm's backward gives the weights' gradient in the pass it
     makes anyway. Groups that end otherwise (skip) are multiplied.
 
-    A group that begins with a dilated depthwise convolution and goes on pixelwise (``_phase_dilation``: the
-    DARTS dilated convolutions) runs whole on its NHWC input's phases (``ops.to_phases``); the groups on the
-    phases of one input share a lane, which takes the phases once and puts the outputs back; where the blocks
-    are only summed (``summed``) it adds them on the phases and puts them back once, one block (after the
-    others): two copies forward and two backward fewer per source batch than per convolution."""
+    A group that begins with a dilated depthwise convolution (``_phase_dilation``: the DARTS dilated
+    convolutions) on an NHWC input runs it on the input's phases (``ops.to_phases``), the groups on the phases of
+    one input in one lane, which takes the phases once. In an NHWC cell, where the group goes on pixelwise, it
+    runs whole on the phases and the lane puts the outputs back; where the blocks are only summed (``summed``)
+    it adds them on the phases and puts them back once, one block (after the others): two copies forward and
+    two backward fewer per source batch than per convolution. In an NCHW cell (a GPU's NHWC copy of a source,
+    ``_copy_to_edges``) each group puts its convolution's output back NCHW at once."""
     units: dict = {}  # what runs in one lane: a group, or the groups on the phases of one input
     for i, (g, x) in enumerate(zip(groups, xs)):
-        d = _phase_dilation(g.leaves[g.start:], x) if run.nhwc else 1
+        d = _phase_dilation(g.leaves[g.start:], x, whole=run.nhwc)
         units.setdefault((id(x), d) if d > 1 else i, (x, d, []))[2].append(i)
     blocks, merged = [None] * len(groups), []
     for x, d, members in units.values():
@@ -1025,7 +1027,10 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
                 continue
             phases = to_phases(x, d)
             ys = [_run_group(groups[i], phases, d, weights[i], run, summed) for i in members]
-            if summed:
+            if not run.nhwc:  # each put back by its group
+                for i, y in zip(members, ys):
+                    blocks[i] = y
+            elif summed:
                 merged.append(from_phases(functools.reduce(torch.add, ys), d, nhwc=True))
             else:
                 for i, y in zip(members, ys):
@@ -1034,9 +1039,9 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
 
 
 def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, summed: bool) -> torch.Tensor:
-    """The leaves of ``g`` after its head on ``x`` (its input's d x d phases where d > 1), weighed by ``w``;
-    where the batch's blocks are only summed (``summed``), the outputs of a group of several ops summed per
-    edge."""
+    """The leaves of ``g`` after its head on ``x`` (its input's d x d phases where d > 1: in an NCHW cell the
+    first only, whose output is put back NCHW), weighed by ``w``; where the batch's blocks are only summed
+    (``summed``), the outputs of a group of several ops summed per edge."""
     start = g.start  # the head ran once per source
     nhwc_forms = not run.nhwc and x.device.type in ops.FORM_DEVICES  # an NCHW cell's depthwise convolutions NHWC
     for j in range(start, len(g.leaves)):
@@ -1050,6 +1055,7 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
             convs = [run.weights[bank][piece] for bank, piece in g.convs[j]]
             if d > 1 and j == start:  # undilated on the phases
                 x = _conv(x, leaf[1], g.from_sources or len(g.edge_ids), convs[0], phases=d)
+                x = x if run.nhwc else from_phases(x, d, nhwc=False)
                 continue
             sampled = g.step > 1 and j == start  # its head took the pixels the convolution reads
             x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled,
@@ -1067,16 +1073,17 @@ def _reads_nhwc(g: _Group, x: torch.Tensor) -> bool:
     return bool(own) and own[0][0] == "conv" and depthwise_runs_nhwc(x, own[0][1][0], sampled=g.step > 1)
 
 
-def _phase_dilation(leaves, x: torch.Tensor) -> int:
+def _phase_dilation(leaves, x: torch.Tensor, whole: bool) -> int:
     """d where ``leaves`` begin with a depthwise convolution of dilation d > 1 whose phases fit ``x`` (NHWC;
-    ``ops.phases_fit``), so that it runs undilated on them, and go on with pixelwise steps only (1x1 convolutions of
-    stride 1, BatchNorms, ReLUs), which compute the same on the phases; else 1."""
+    ``ops.phases_fit``), so that it runs undilated on them, and (``whole``) go on with pixelwise steps only
+    (1x1 convolutions of stride 1, BatchNorms, ReLUs), which compute the same on the phases; else 1."""
     if not leaves or leaves[0][0] != "conv" or not channels_innermost(x):
         return 1
     c = leaves[0][1][0]
     pixelwise = all(kind in ("bn", "relu") or kind == "conv" and mods[0].kernel_size == (1, 1)
                     and mods[0].stride == (1, 1) and mods[0].padding == (0, 0) for kind, mods in leaves[1:])
-    if c.dilation == (1, 1) or not (_depthwise(c) and pixelwise and phases_fit(x, c.stride, c.padding, c.dilation)):
+    if c.dilation == (1, 1) or not (_depthwise(c) and (pixelwise or not whole)
+                                    and phases_fit(x, c.stride, c.padding, c.dilation)):
         return 1
     return c.dilation[0]
 
