@@ -755,8 +755,9 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     # themselves; a head's signature, its output; (signature, step), that on every step-th pixel (``_begin``);
     # (a head's key, edge ids), the input of a group not copied to its edges, gathered from it (below)
     begun = {None: x}
+    nhwc = _nhwc_heads(batch.groups, x) if not run.nhwc and x.device.type in ops.FORM_DEVICES else set()
     for g in groups:
-        _begin(begun, g, x)
+        _begin(begun, g, x, nhwc)
     copied = lambda g: g.every_edge and per * g.repeats > 1 and not g.from_sources
     readers = [g for g in groups if copied(g)]
     wanted = [(g.head, per * g.repeats) for g in readers]
@@ -811,16 +812,32 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     return y
 
 
-def _begin(begun: dict, g: _Group, x: torch.Tensor) -> None:
+def _begin(begun: dict, g: _Group, x: torch.Tensor, nhwc=frozenset()) -> None:
     """What ``g`` begins with, once per source of ``x`` (N, sources, C, H, W), into ``begun`` (head -> it) if
     not there yet: the sources, or a ReLU or pooling of them (on every step-th pixel only, where the op's
-    first convolution reads no others)."""
+    first convolution reads no others); a ReLU of ``nhwc`` written NHWC (``ops.relu_nhwc``)."""
     head = g.head if g.step == 1 else g.head[0]
     sources = x.shape[1]
     if head not in begun:
-        begun[head] = _run_leaf(g.leaves[0], _flatten_sources(x), sources).unflatten(1, (sources, -1))
+        leaf = relu_nhwc if head in nhwc else functools.partial(_run_leaf, g.leaves[0], slots=sources)
+        begun[head] = leaf(_flatten_sources(x)).unflatten(1, (sources, -1))
     if g.head not in begun:
         begun[g.head] = pixels(_flatten_sources(begun[head]), step=g.step).unflatten(1, (sources, -1))
+
+
+def _nhwc_heads(groups: list[_Group], x: torch.Tensor) -> set:
+    """In an NCHW cell on a GPU: the ReLU heads whose every group begins with a depthwise convolution that runs
+    NHWC (``_reads_nhwc``). Written NHWC by the ReLU itself (``ops.relu_nhwc``, its gradient NCHW in the same
+    kernel), they spare each group's convolution the copy in, or the copy to the edges (``_copy_to_edges``) its
+    gradient's copy back."""
+    readers: dict = {}
+    for g in groups:
+        head = g.head if g.step == 1 else g.head[0]
+        if head is not None and head[0] == "relu":
+            readers.setdefault(head, []).append(g)
+    one = x[:, 0]  # a source, as each group's head sees it
+    return {head for head, gs in readers.items()
+            if all(_reads_nhwc(g, one if g.step == 1 else pixels(one, step=g.step)) for g in gs)}
 
 
 def _split_channels(x: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
