@@ -10,11 +10,12 @@
 # reports what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s)
 # included. On an H200 on 2026-11-28 `e2e profile e2e-evalcl tests` took 587 s (the tests cut short; the
 # e2e-evalcl stage, --fast with an NHWC evaluation, went when --fast took it); so next:
-# first `bn steps e2e2 gdas` with timeout_s 600 (BatchNorm's kernels, the replay times with cuDNN's BatchNorms
-# beside, second order end to end, GDAS replayed with dense samples), then at once, on the machine still warm (it
-# goes back after 30 s idle, and a fresh start needs 4 minutes of budget), `BUDGET=<seconds left, less a minute>
-# sh benchmarks/gpu_check.sh tests steps2 evalconvs nb201` (more than a call's budget: the stages in the order of
-# what decides most, the last ones cut short). The
+# first `bn steps base gdas` with timeout_s 600 (BatchNorm's kernels, the replay times with cuDNN's BatchNorms
+# beside, the same replayed step at 23b37f7, before the NCHW step's phases and ReLU heads lost 378 of its 6,943
+# kernels, GDAS replayed with dense samples), then at once, on the machine still warm (it goes back after 30 s
+# idle, and a fresh start needs 4 minutes of budget), `BUDGET=<seconds left, less a minute> sh
+# benchmarks/gpu_check.sh tests e2e2 steps2` (more than a call's budget: the stages in the order of what decides
+# most, the last ones cut short). The
 # -cudnnbn paths hand the fused cells' BatchNorms a weight and a bias, so that cuDNN's kernels run them (`bn`
 # times the kernels alone; fused.CUDNN_BATCH_NORM_DEVICES). The
 # -lanes paths run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
@@ -101,7 +102,7 @@ steps2)
     step darts-v2 darts-v2 graph-lanes,graph,graph-cl-lanes 10 150 ;;
 base)
     if [ -d .gpu_data/base/src ]; then
-        (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1,darts-v2 graph 10 150)
+        (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1 graph-lanes 10 120)
     else echo "stage base: no .gpu_data/base/src (see the header)"; fi ;;
 tests)  # the CUDA tests, in six runs: SIGINT at a timeout makes pytest list the failures it saw; first
     # those not yet run on a GPU (dense samples, cuDNN's BatchNorms, side streams in NHWC), then the NHWC step
