@@ -345,7 +345,7 @@ def test_phases_take_one_copy_each_way(d, layout):
         (dy,) = torch.autograd.grad(image, y, g_image)
     assert torch.equal(image, x) and image.is_contiguous(memory_format=layout)
     assert torch.equal(dy, ops.to_phases(g_image, d)) and dy.is_contiguous(memory_format=torch.channels_last)
-    assert forward.counts == backward.counts == {"copy_": 1} and back.counts == {"copy_": 2}
+    assert forward.counts == backward.counts == {"clone": 1} and back.counts == {"clone": 2}
 
 
 def test_the_depthwise_form_has_second_derivatives(form_device):

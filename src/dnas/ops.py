@@ -313,12 +313,15 @@ class _PhaseCopy(torch.autograd.Function):
 
 
 def _phase_copy(t: torch.Tensor, d: int, into_phases: bool, nhwc: bool) -> torch.Tensor:
-    layout = torch.channels_last if nhwc else torch.contiguous_format
-    n, c, h, w = t.shape
-    shape = (d * d * n, c, h // d, w // d) if into_phases else (n // (d * d), c, h * d, w * d)
-    out = torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=layout)
-    _phase_view(out, d, into_phases).copy_(_phase_view(t, d, not into_phases))
-    return out
+    """The elements of ``t`` (an image, or phases) as the phases (NHWC), or as the image (NHWC where ``nhwc``,
+    else NCHW): one copy, of t's (d, d, N, H, W, C) view put in the memory order of the result."""
+    six = _phase_view(t, d, phases=not into_phases)  # (r1, r2, N, H, W, C): pixel (d h + r1, d w + r2)
+    _, _, n, h, w, c = six.shape
+    if into_phases:
+        return six.contiguous().view(d * d * n, h, w, c).permute(0, 3, 1, 2)
+    if nhwc:  # (N, H, r1, W, r2, C)
+        return six.permute(2, 3, 0, 4, 1, 5).contiguous().view(n, h * d, w * d, c).permute(0, 3, 1, 2)
+    return six.permute(2, 5, 3, 0, 4, 1).contiguous().view(n, c, h * d, w * d)  # (N, C, H, r1, W, r2)
 
 
 def _phase_view(t: torch.Tensor, d: int, phases: bool) -> torch.Tensor:
