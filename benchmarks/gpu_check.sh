@@ -17,9 +17,9 @@
 # benchmarks/gpu_check.sh tests e2e2 steps2` (more than a call's budget: the stages in the order of what decides
 # most, the last ones cut short). The
 # -cudnnbn paths hand the fused cells' BatchNorms a weight and a bias, so that cuDNN's kernels run them (`bn`
-# times the kernels alone; fused.CUDNN_BATCH_NORM_DEVICES). The
-# -lanes paths run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since
-# they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
+# times the kernels alone; fused.CUDNN_BATCH_NORM_DEVICES). The -lanes paths run the fused cells' independent
+# ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since they replayed a darts-v1
+# step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
 # (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its
 # gradients wrong before ops.AvgPool2d: test_cuda_channels_last_step_equals_readable says whether they are
 # right now). The e2e stage's ms per step against the replayed step of `steps` says what the loop costs beyond
@@ -36,9 +36,9 @@
 # tool with carry [".gpu_data"]; stages: steps tests e2e convs evalconvs (the evaluation's depthwise forms,
 # forward only) bn (PyTorch's BatchNorm kernels against cuDNN's) profile steps2 e2e2 base recipes gdas
 # (GDAS eager against its dense samples replayed) nb201 (default: all, in that order), and e2e-ways (--fast
-# in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster). It writes $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8
-# files come back); the rows go into RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py)
-# with the device, date and command.
+# in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster). It writes
+# $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8 files come back); the rows go into
+# RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date and command.
 set -u
 export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1 DNAS_SHARED_DATA="$PWD/.gpu_data/data"
 OUT="${OUT:-benchmarks/out}"
@@ -79,7 +79,8 @@ run_tests() {  # seconds, pytest arguments: appended to tests.log, its summary p
     cat "$OUT/tests.part" >> "$OUT/tests.log" && rm "$OUT/tests.part"
 }
 e2e() {  # name, method, paths, seconds[, options]: real CIFAR-10, the paper's search network, 8,000 images (63
-         # steps an epoch), 2 epochs per path (the readable path's rate is the step benchmark's: its 2 epochs take minutes)
+         # steps an epoch), 2 epochs per path (the readable path's rate is the step benchmark's: its 2 epochs
+         # take minutes)
     [ -f .cache/cifar10/cifar-10-batches-py/test_batch ] || python3 .gpu_data/tools/cifar10_from_jpeg.py .cache/cifar10 > /dev/null
     timeout "$(within "$4")" python3 benchmarks/search_e2e.py --method "$2" --paths "$3" --cifar10 .cache/cifar10 --subset 8000 \
         --layers 8 --init-channels 16 --batch-size 64 --epochs 2 --no-results ${5:-} > "$OUT/e2e-$1.log" 2>&1
