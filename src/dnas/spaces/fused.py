@@ -263,8 +263,8 @@ class _Run:
                                "the mode of the whole model (model.train() or model.eval())")
         mean, var = self.statistics[:, self.taken:self.taken + channels]
         self.taken += channels
-        means, variances = (t.view(-1, mods[0].num_features) for t in (mean, var))
-        old, new, owners = self.moving.setdefault(mods[0].momentum, ([], [], []))
+        means, variances = (t.view(-1, mods[0].num_features).unbind() for t in (mean, var))  # a view per module:
+        old, new, owners = self.moving.setdefault(mods[0].momentum, ([], [], []))  # one call, not one each
         old += [b.running_mean for b in mods] + [b.running_var for b in mods]
         new += [means[k // per] for k in range(len(mods))] + [variances[k // per] for k in range(len(mods))]
         owners += mods + mods
