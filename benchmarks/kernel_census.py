@@ -46,6 +46,9 @@ COLUMNS = ["date", "commit", "method", "path", "layout", "convolutions", "batch"
            "small kernels (GB)", "GB at bandwidth (ms)", "command"]
 
 
+OVERWRITE = ("copy_", "_foreach_copy_")  # in-place ops that write their first argument without reading it
+
+
 class Census(TorchDispatchMode):
     """Each ATen op that moves data: (name, bytes read and written, origin)."""
 
@@ -63,7 +66,8 @@ class Census(TorchDispatchMode):
         marked = [a.name for a in schema if a.alias_info is not None and a.alias_info.is_write]
         bound = dict(zip([a.name for a in schema], args)) | (kwargs or {})
         written = _tensors([bound[n] for n in marked if n in bound])
-        out_only = {a.name for a in schema if a.name in marked and a.kwarg_only}  # out=: written, not read
+        out_only = {a.name for a in schema if a.name in marked and (a.kwarg_only or name in OVERWRITE)}  # out=, a
+        # copy's destination: written, not read
         reads = _tensors([v for n, v in bound.items() if n not in out_only])
         held = {t.untyped_storage().data_ptr() for t in reads + written}  # outputs that alias these move nothing
         written += [t for t in _tensors(out) if t.untyped_storage().data_ptr() not in held]
