@@ -756,18 +756,18 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     # themselves; a head's signature, its output; (signature, step), that on every step-th pixel (``_begin``);
     # (a head's key, edge ids), the input of a group not copied to its edges, gathered from it (below)
     begun = {None: x}
-    nhwc = _nhwc_heads(batch.groups, x) if not run.nhwc and x.device.type in ops.FORM_DEVICES else set()
+    nhwc_forms = not run.nhwc and x.device.type in ops.FORM_DEVICES  # an NCHW cell's depthwise convolutions NHWC
+    nhwc_heads = _nhwc_heads(batch.groups, x) if nhwc_forms else set()
     for g in groups:
-        _begin(begun, g, x, nhwc)
+        _begin(begun, g, x, nhwc_heads)
     copied = lambda g: g.every_edge and per * g.repeats > 1 and not g.from_sources
     readers = [g for g in groups if copied(g)]
     wanted = [(g.head, per * g.repeats) for g in readers]
     to_nhwc = set()  # an NCHW cell's copies that every group reading them begins with a depthwise convolution that
     # runs NHWC on this device and input (ops.depthwise_runs_nhwc): its copy in is this copy (its output goes
     # back to NCHW)
-    if not run.nhwc and x.device.type in ops.FORM_DEVICES:
-        nhwc = [_reads_nhwc(g, begun[g.head][:, 0]) for g in readers]
-        to_nhwc = set(wanted) - {key for key, reads in zip(wanted, nhwc) if not reads}
+    if nhwc_forms:
+        to_nhwc = set(wanted) - {key for key, g in zip(wanted, readers) if not _reads_nhwc(g, begun[g.head][:, 0])}
     copies = _copy_to_edges(begun, wanted, to_nhwc)
     outs = []
     for g in groups:  # its input: its slots' sources one after another, (N, slots x C, H, W), or the sources
