@@ -19,7 +19,8 @@ pixels), in the forms a faster fused cell could take:
   in NHWC one dense product with the block-diagonal matrix of the edges' weights);
 * BatchNorm in training over the edges' channels, the op weights its affine weight (the fused cell's Eq. 2):
   as the fused cell runs it, without a bias, which PyTorch computes with its own kernels, or with a zero
-  bias, which PyTorch hands to cuDNN (only where both weight and bias are given).
+  bias, which PyTorch hands to cuDNN (only where both weight and bias are given), or by PyTorch's kernels
+  over parts of the batch (``ops.batch_norm_by_parts``: in NCHW, k x C thread blocks rather than C).
 
 Each variant's forward and backward (gradients of input and weight) is captured in a CUDA graph and
 replayed, as in the search (on the CPU: eager, for a smoke run). Writes JSON to benchmarks/out/ and prints
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 
 from dnas import ops
 from dnas.search import precision, resolve_device
+from dnas.settings import temporarily
 from results import write_json
 from search_step import device_name
 
@@ -86,11 +88,14 @@ def _zeros(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tens
     return torch.zeros(shape, device=device, dtype=dtype)
 
 
-def batch_norm(x, w, zero_bias: bool = False):
+def batch_norm(x, w, zero_bias: bool = False, by_parts: bool = False):
     """The fused cell's BatchNorm in training (``fused._batch_norm``): the batch's statistics written into
-    buffers (momentum 1), ``w`` its affine weight, and no bias, or a zero one (``zero_bias``)."""
+    buffers (momentum 1), ``w`` its affine weight, and no bias, or a zero one (``zero_bias``); by PyTorch's
+    kernels over parts of the batch where ``by_parts`` (``ops.batch_norm_by_parts``, CUDA only)."""
     mean, var = _zeros((2, x.shape[1]), x.device, x.dtype)
     bias = _zeros((x.shape[1],), x.device, w.dtype) if zero_bias else None
+    if by_parts:
+        return ops.batch_norm_by_parts(x, mean, var, w, bias, 1e-5)
     return F.batch_norm(x, mean, var, w, bias, True, 1.0, 1e-5)
 
 
@@ -121,6 +126,7 @@ def cases(batch: int):
         yield f"sep 3x3 + 5x5 merged, {tag}", sep_pair_merged, [x, (e * c, 1, 3, 3), (e * c, 1, 5, 5)]
         yield f"batchnorm, weight only, {tag}", batch_norm, [x, (e * c,)]
         yield f"batchnorm, zero bias (cuDNN), {tag}", partial(batch_norm, zero_bias=True), [x, (e * c,)]
+        yield f"batchnorm by parts, {tag}", partial(batch_norm, by_parts=True), [x, (e * c,)]
 
 
 def check_variants(device: torch.device) -> None:
@@ -135,6 +141,9 @@ def check_variants(device: torch.device) -> None:
         torch.testing.assert_close(merged, apart)
     scale = t(3 * 4)
     torch.testing.assert_close(batch_norm(x, scale, zero_bias=True), batch_norm(x, scale))
+    if device.type == "cuda":  # SyncBatchNorm's kernels: CUDA only; this small input in 2 parts
+        with temporarily(ops, "PART_VALUES", 2):
+            torch.testing.assert_close(batch_norm(x.contiguous(), scale, by_parts=True), batch_norm(x, scale))
 
 
 def forward_backward(fn, tensors):

@@ -16,8 +16,9 @@
 # idle, and a fresh start needs 4 minutes of budget), `BUDGET=<seconds left, less a minute> sh
 # benchmarks/gpu_check.sh tests e2e2 steps2` (more than a call's budget: the stages in the order of what decides
 # most, the last ones cut short). The
-# -cudnnbn paths hand the fused cells' BatchNorms a weight and a bias, so that cuDNN's kernels run them (`bn`
-# times the kernels alone; fused.CUDNN_BATCH_NORM_DEVICES). The -lanes paths run the fused cells' independent
+# -cudnnbn paths hand the fused cells' BatchNorms a weight and a bias, so that cuDNN's kernels run them, the
+# -partsbn paths run them over parts of the batch (ops.batch_norm_by_parts; `bn` times the kernels alone;
+# fused.BATCH_NORM_KERNELS). The -lanes paths run the fused cells' independent
 # ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since they replayed a darts-v1
 # step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
 # (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its
@@ -97,7 +98,7 @@ print('failed:', r['failed'])" "$OUT/e2e-$1.log" "$1" || tail -20 "$OUT/e2e-$1.l
 
 for stage in $STAGES; do case $stage in
 steps)
-    step darts-v1 darts-v1 graph-lanes,graph-lanes-cudnnbn,graph-cl-lanes,graph-bf16-lanes 10 190 ;;
+    step darts-v1 darts-v1 graph-lanes,graph-lanes-partsbn,graph-lanes-cudnnbn,graph-cl-lanes,graph-bf16-lanes 10 230 ;;
 steps2)
     step darts-v1-ways darts-v1 graph-lanes,graph,graph-lanes-merged,graph-tf32-lanes,graph-bf16-cl-lanes 10 120
     step darts-v2 darts-v2 graph-lanes,graph,graph-cl-lanes 10 150 ;;
@@ -106,8 +107,10 @@ base)
         (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1 graph-lanes 10 120)
     else echo "stage base: no .gpu_data/base/src (see the header)"; fi ;;
 tests)  # the CUDA tests, in six runs: SIGINT at a timeout makes pytest list the failures it saw; first
-    # those not yet run on a GPU (dense samples, cuDNN's BatchNorms, side streams in NHWC), then the NHWC step
-    run_tests 60 tests/test_fused.py tests/test_cuda_graph.py -k "cuda and (dense_samples or handed_a) or its_sample_on"
+    # those not yet run on a GPU (BatchNorms by parts, dense samples, cuDNN's BatchNorms, side streams in NHWC),
+    # then the NHWC step
+    run_tests 70 tests/test_ops.py tests/test_fused.py tests/test_cuda_graph.py \
+        -k "cuda and (by_parts or dense_samples or handed_a) or its_sample_on"
     run_tests 90 tests/test_cuda_graph.py -k side_streams
     run_tests 90 tests/test_fused.py -k cuda_channels_last
     run_tests 40 tests/test_ops.py tests/test_data.py tests/test_train.py -k cuda
@@ -130,7 +133,8 @@ evalconvs)  # the evaluation's forward (no gradients, batch 256): is PyTorch's o
     timeout "$(within 60)" python3 benchmarks/conv_variants.py --forward-only --batch-size 256 --repeats 30 \
         --only "depthwise 3x3 dil 1,depthwise 5x5 dil 1,depthwise 3x3 dil 2" 2>&1 | tee "$OUT/evalconvs.log" ;;
 bn)  # the fused cell's BatchNorms (28% of an eager step's device time on an H200): PyTorch's kernels, which they
-    # run (an affine weight, no bias), against cuDNN's, which a zero bias would hand them to
+    # run (an affine weight, no bias), against cuDNN's, which a zero bias would hand them to, and PyTorch's over
+    # parts of the batch (ops.batch_norm_by_parts)
     timeout "$(within 60)" python3 benchmarks/conv_variants.py --repeats 30 --only batchnorm 2>&1 | tee "$OUT/bn.log" ;;
 e2e)
     e2e darts-v1 darts-v1 fast 150 ;;

@@ -94,6 +94,71 @@ def no_tf32():
         yield
 
 
+@pytest.fixture
+def batch_norm_by_parts_anywhere(monkeypatch):
+    """``ops.batch_norm_by_parts`` on any device, on small inputs: each input of two values or more a channel
+    cut into parts (``ops.PART_VALUES``), and on the CPU the CUDA-only kernels of ``SyncBatchNorm`` it calls as
+    plain tensor arithmetic, by what each computes (PyTorch's CUDA sources, Normalization.cuh): their use,
+    the parts and their merge, tested here; the kernels themselves on a GPU (the same tests on CUDA)."""
+    from dnas import ops
+
+    monkeypatch.setattr(ops, "PART_VALUES", 2)
+    kernels = {"batch_norm_stats": _stats, "batch_norm_gather_stats_with_counts": _gather_stats,
+               "batch_norm_elemt": _elemt, "batch_norm_backward_reduce": _backward_reduce,
+               "batch_norm_backward_elemt": _backward_elemt}
+    for name, cpu in kernels.items():
+        monkeypatch.setattr(torch, name, _on_cpu(getattr(torch, name), cpu))
+
+
+def _on_cpu(cuda, cpu):
+    return lambda x, *args: (cpu if x.device.type == "cpu" else cuda)(x, *args)
+
+
+def _per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view(1, -1, *(1,) * (like.dim() - 2))
+
+
+def _stats(x, eps):
+    """Each channel's mean and 1 / sqrt(biased variance + eps)."""
+    var, mean = torch.var_mean(x, [0, *range(2, x.dim())], correction=0)
+    return mean, (var + eps).rsqrt()
+
+
+def _gather_stats(x, means, invstds, running_mean, running_var, momentum, eps, counts):
+    """The statistics of parts (rows: mean, 1 / sqrt(variance + eps), of ``counts`` values each) merged: the
+    mean and 1 / sqrt(variance + eps) of all; the running statistics moved by ``momentum`` towards the mean
+    and the unbiased variance."""
+    n = counts.sum()
+    mean = (counts[:, None] * means).sum(0) / n
+    squares = (counts[:, None] * (invstds ** -2 - eps + (means - mean) ** 2)).sum(0)
+    if running_mean is not None:
+        running_mean.mul_(1 - momentum).add_(momentum * mean)
+        running_var.mul_(1 - momentum).add_(momentum * squares / (n - 1))
+    return mean, (squares / n + eps).rsqrt()
+
+
+def _elemt(x, weight, bias, mean, invstd, eps):
+    y = (x - _per_channel(mean, x)) * _per_channel(invstd, x)
+    y = y if weight is None else y * _per_channel(weight, x)
+    return y if bias is None else y + _per_channel(bias, x)
+
+
+def _backward_reduce(grad, x, mean, invstd, weight, input_g, weight_g, bias_g):
+    """Each channel's sum of the gradient and of the gradient times x - mean; the weight's and bias's gradients."""
+    dims = [0, *range(2, x.dim())]
+    sum_dy, sum_dy_xmu = grad.sum(dims), (grad * (x - _per_channel(mean, x))).sum(dims)
+    return (sum_dy if input_g else None, sum_dy_xmu if input_g else None,
+            sum_dy_xmu * invstd if weight_g else None, sum_dy if bias_g else None)
+
+
+def _backward_elemt(grad, x, mean, invstd, weight, sum_dy, sum_dy_xmu, count):
+    """The input's gradient, from the sums over all ``count`` values (one count per part)."""
+    n = count.sum()
+    scale = invstd if weight is None else invstd * weight
+    return (grad - _per_channel(sum_dy / n, x)
+            - (x - _per_channel(mean, x)) * _per_channel(invstd ** 2 * sum_dy_xmu / n, x)) * _per_channel(scale, x)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """The tests use small tensors: one intra-op thread is fastest there and avoids OpenMP contention."""

@@ -105,8 +105,9 @@ def test_conv_variants_times_the_forms(tmp_path):
     assert len(report["results"]) == 8 and all(r["nchw-fp32"] > 0 for r in report["results"])  # 4 shapes, 2 forms
     out, [report], _ = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
                            "batchnorm", out=tmp_path / "batchnorm")
-    assert [r["case"].split(",")[1] for r in report["results"][:2]] == [" weight only", " zero bias (cuDNN)"]
-    assert len(report["results"]) == 8 and all(r["nhwc-fp32"] > 0 for r in report["results"])
+    assert [r["case"].rsplit(",", 1)[0] for r in report["results"][:3]] == [
+        "batchnorm, weight only", "batchnorm, zero bias (cuDNN)", "batchnorm by parts"]  # at batch 2 in one part
+    assert len(report["results"]) == 12 and all(r["nhwc-fp32"] > 0 for r in report["results"])
 
 
 def test_gpu_check_names_only_paths_and_recipes_that_exist():

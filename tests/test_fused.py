@@ -204,7 +204,7 @@ def test_dense_samples_run_the_sampled_ops_of_cells_with_other_modules(monkeypat
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device: cuDNN's BatchNorm kernels"))])
 def test_batch_norms_handed_a_weight_and_a_bias_compute_the_same_step(device, monkeypatch):
-    """On a device of ``CUDNN_BATCH_NORM_DEVICES`` every BatchNorm of the fused cell gets a weight and a bias,
+    """Where ``BATCH_NORM_KERNELS`` names cuDNN's, every BatchNorm of the fused cell gets a weight and a bias,
     ones and zeros where it has none (on a GPU cuDNN's kernels then run it): the step is the same."""
     reference = search_step("darts-v1", fused=True, device=device)
     handed = []
@@ -214,9 +214,25 @@ def test_batch_norms_handed_a_weight_and_a_bias_compute_the_same_step(device, mo
         return F.batch_norm(x, mean, var, weight, bias, *rest)
 
     monkeypatch.setattr(fused_module, "F", SimpleNamespace(**{**vars(F), "batch_norm": batch_norm}))
-    monkeypatch.setattr(fused_module, "CUDNN_BATCH_NORM_DEVICES", (device,))
+    monkeypatch.setattr(fused_module, "BATCH_NORM_KERNELS", {device: "cudnn"})
     assert_same_step(reference, search_step("darts-v1", fused=True, device=device))
     assert handed and all(handed)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device: SyncBatchNorm's kernels themselves"))])
+@pytest.mark.parametrize("name", ["darts-v1", "darts-v2", "idarts"])
+def test_batch_norms_by_parts_compute_the_same_step(name, device, batch_norm_by_parts_anywhere, monkeypatch):
+    """Where ``BATCH_NORM_KERNELS`` names "parts", the fused cell's training BatchNorms run by
+    ``ops.batch_norm_by_parts``: the same step, first order, second order (the weights unrolled, functional)
+    and iDARTS's (its Hessian-vector products differentiate their backward again)."""
+    reference = search_step(name, fused=True, device=device)
+    parts = []
+    apply = ops._BatchNormByParts.apply
+    monkeypatch.setattr(ops._BatchNormByParts, "apply", lambda *args: parts.append(args[4]) or apply(*args))
+    monkeypatch.setattr(fused_module, "BATCH_NORM_KERNELS", {device: "parts"})
+    assert_same_step(reference, search_step(name, fused=True, device=device))
+    assert parts and all(k > 1 for k in parts)
 
 
 def assert_same_step(reference, other, rtol=1e-9):

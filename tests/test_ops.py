@@ -348,6 +348,44 @@ def test_phases_take_one_copy_each_way(d, layout):
     assert forward.counts == backward.counts == {"clone": 1} and back.counts == {"clone": 2}
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device: SyncBatchNorm's kernels themselves"))])
+@pytest.mark.parametrize("affine", ["weight", "weight and bias", "neither"])
+def test_batch_norm_by_parts_computes_what_batch_norm_computes(device, affine, batch_norm_by_parts_anywhere):
+    """In 8 parts or whole, the same output, batch statistics (the mean and the unbiased variance, as
+    F.batch_norm writes them at momentum 1), gradients of the input, weight and bias, and second derivatives
+    (those by PyTorch's own backward, which autograd differentiates again)."""
+    g = torch.Generator().manual_seed(0)
+    t = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
+    x = (3 * t(8, 6, 5, 5) + 1).requires_grad_()
+    weight = t(6).requires_grad_() if affine != "neither" else None
+    bias = t(6).requires_grad_() if affine == "weight and bias" else None
+    inputs, dy = [v for v in (x, weight, bias) if v is not None], t(8, 6, 5, 5)
+    whole = lambda x, mean, var, weight, bias, eps: F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)
+    results = []
+    for batch_norm in (ops.batch_norm_by_parts, whole):
+        statistics = torch.zeros(2, 6, dtype=torch.float64, device=device)
+        y = batch_norm(x, *statistics, weight, bias, 1e-5)
+        grads = torch.autograd.grad(y, inputs, dy, retain_graph=True)
+        twice = torch.autograd.grad(y, inputs, dy, create_graph=True)
+        second = torch.autograd.grad(sum((v * v).sum() for v in twice), inputs, materialize_grads=True)
+        results.append([y, statistics, *grads, *twice, *second])
+        assert (type(y.grad_fn).__name__ == "_BatchNormByPartsBackward") == (batch_norm is not whole)
+    for by_parts, reference in zip(*results):
+        torch.testing.assert_close(by_parts, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_parts_of_the_darts_search_network():
+    """At batch 64: 32 x 32 channels in 8-16 parts, 16 x 16 ones in 2-4, 8 x 8 ones whole; an input not dense
+    NCHW, or of another dtype than its statistics (bf16 under autocast), whole."""
+    shapes = [(16, 32), (48, 32), (128, 32), (32, 16), (96, 16), (256, 16), (64, 8), (512, 8)]
+    assert [ops.batch_parts(64, c, h * h) for c, h in shapes] == [16, 16, 8, 4, 4, 4, 1, 1]
+    x = torch.randn(64, 16, 32, 32)
+    for other in (x.contiguous(memory_format=torch.channels_last), x.bfloat16()):
+        y = ops.batch_norm_by_parts(other.requires_grad_(), *torch.zeros(2, 16))
+        assert type(y.grad_fn).__name__ == "NativeBatchNormBackward0"
+
+
 def test_the_depthwise_form_has_second_derivatives(form_device):
     """iDARTS differentiates the weights' gradient again (arch_grad ``implicit``)."""
     torch.manual_seed(0)

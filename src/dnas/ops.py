@@ -453,6 +453,89 @@ def channels_innermost(t: torch.Tensor) -> bool:
     return t.stride(1) == 1 and t.shape[-2:].numel() > 1
 
 
+def batch_norm_by_parts(x, mean, var, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
+    """``F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)``: ``x`` normalised by its batch's statistics
+    (Ioffe & Szegedy, ICML 2015, Alg. 1), which are written into ``mean`` and ``var`` (the unbiased variance),
+    with the batch cut into parts for PyTorch's CUDA kernels. Those reduce each channel of an NCHW input in one
+    thread block, C blocks for the statistics and C again backward, which leaves most of a GPU idle where C
+    is small and a channel large (in the DARTS search network 16-256 channels of 64 x 32 x 32 values; its
+    BatchNorms took 28% of an eager step's device time on an H200, docs/speed.md). Here k parts of the batch
+    are k x C channels of one view, reduced by ``SyncBatchNorm``'s kernels in k x C blocks, and the parts'
+    statistics merged as it merges its devices' (Chan, Golub & LeVeque's pairwise mean and variance): the
+    same numbers, forward in PyTorch's 3 kernels, backward in 5 (6 with a weight's gradient) against its 1,
+    all but 2 of them on C values. Where one part is all (``batch_parts``), the input is not dense NCHW or
+    its dtype not the statistics' (bf16 under autocast), ``F.batch_norm`` runs it. CUDA only."""
+    n, c = x.shape[:2]
+    k = batch_parts(n, c, x[0, 0].numel())
+    if k == 1 or not x.is_contiguous() or x.dtype != mean.dtype or _exporting():
+        return F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)
+    return _BatchNormByParts.apply(x, weight, bias, eps, k, (mean, var))
+
+
+#: ``batch_norm_by_parts``: the most channels its parts make together (a few thread blocks for each of an
+#: H100's 132 multiprocessors), and the fewest values of a channel in one part (work enough for a block).
+PART_CHANNELS, PART_VALUES = 1024, 4096
+
+
+def batch_parts(n: int, channels: int, pixels: int) -> int:
+    """k for ``batch_norm_by_parts`` of a batch of ``n`` inputs: the most parts (a power of 2 that divides n)
+    whose channels are at most ``PART_CHANNELS`` and each of which holds ``PART_VALUES`` values of a channel at
+    least. At batch 64: 16 parts for 16 channels of 32 x 32, 8 for 128, 4 for 256 channels of 16 x 16, one
+    (no parts) for any channels of 8 x 8."""
+    k = 1
+    while n % (2 * k) == 0 and 2 * k * channels <= PART_CHANNELS and n // (2 * k) * pixels >= PART_VALUES:
+        k *= 2
+    return k
+
+
+class _BatchNormByParts(torch.autograd.Function):
+    """``batch_norm_by_parts``: part b's channel c is channel b C + c of the (N / k, k C, H W) view of ``x``
+    (dense NCHW), so the parts' statistics are (k, C) as they come. Backward, each part's sums of the gradient
+    and of the gradient times x - mean (the batch's mean) are added over the parts."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, k, statistics):
+        n, c = x.shape[:2]
+        parts = x.view(n // k, k * c, -1)
+        means, invstds = torch.batch_norm_stats(parts, eps)
+        per_part = _counts(k, parts.shape[0] * parts.shape[2], x.dtype, x.device)
+        mean, invstd = torch.batch_norm_gather_stats_with_counts(
+            parts, means.view(k, c), invstds.view(k, c), *statistics, 1.0, eps, per_part)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.k, ctx.eps = k, eps
+        return torch.batch_norm_elemt(x, weight, bias, mean, invstd, eps)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, mean, invstd = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph: by PyTorch's backward, which autograd differentiates again
+            grads = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, invstd, True,
+                                                              ctx.eps, list(wanted))
+            return *(g if want else None for g, want in zip(grads, wanted)), None, None, None
+        n, c = x.shape[:2]
+        k, grad = ctx.k, grad.contiguous()
+        parts = lambda t: t.view(n // k, k * c, -1)
+        sums = torch.batch_norm_backward_reduce(parts(grad), parts(x), mean.repeat(k), invstd.repeat(k), None,
+                                                True, False, False)[:2]
+        sum_dy, sum_dy_xmu = torch.stack(sums).view(2, k, c).sum(1)
+        gx = gw = gb = None
+        if wanted[0]:
+            gx = torch.batch_norm_backward_elemt(grad, x, mean, invstd, weight, sum_dy, sum_dy_xmu,
+                                                 _counts(1, x.numel() // c, torch.int32, x.device))
+        if wanted[1]:
+            gw = sum_dy_xmu * invstd
+        if wanted[2]:
+            gb = sum_dy
+        return gx, gw, gb, None, None, None
+
+
+@functools.cache
+def _counts(parts: int, values: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``values`` for each of ``parts``, made once (a fill per call would be a kernel)."""
+    return torch.full((parts,), values, dtype=dtype, device=device)
+
+
 class Conv7x1x1x7(nn.Sequential):
     """ReLU -> 1x7 conv -> 7x1 conv -> BN, an op of the NASNet and AmoebaNet cells."""
 

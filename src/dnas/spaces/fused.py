@@ -1117,24 +1117,30 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
     if scale is not None:  # s (g x^ + b) = (s g) x^ + s b
         weight = scale if weight is None else weight * scale
         bias = None if bias is None else bias * scale
-    if x.device.type in CUDNN_BATCH_NORM_DEVICES:  # 1 x^ + 0 where there is no weight or bias
+    kernels = BATCH_NORM_KERNELS.get(x.device.type)
+    if kernels == "cudnn":  # 1 x^ + 0 where there is no weight or bias
         dtype = torch.promote_types(x.dtype, torch.float32) if weight is None else weight.dtype
         weight = _filled(1.0, x.shape[1], dtype, x.device) if weight is None else weight
         bias = _filled(0.0, x.shape[1], dtype, x.device) if bias is None else bias
     if m.training:
         mean, var = run.batch_statistics(mods, x.shape[1], per)
+        if kernels == "parts":
+            return ops.batch_norm_by_parts(x, mean, var, weight, bias, m.eps)
         return F.batch_norm(x, mean, var, weight, bias, True, 1.0, m.eps)
     mean, var = ((m.running_mean, m.running_var) if len(mods) == 1 else  # one concatenation for both
                  torch.cat([b.running_mean for b in mods] + [b.running_var for b in mods]).split(x.shape[1]))
     return F.batch_norm(x, mean, var, weight, bias, False, 0.0, m.eps)
 
 
-#: The device types on which the fused cell hands every BatchNorm a weight and a bias (ones, zeros where it has
-#: none): PyTorch runs a BatchNorm by cuDNN's kernels only with both, else by its own. Its BatchNorms have a
-#: weight (the op weights of Eq. 2) or neither, so they all run PyTorch's kernels, 28% of an eager darts-v1
-#: step's device time on an H200 (docs/speed.md). None until cuDNN's are measured faster
-#: (``benchmarks/conv_variants.py --only batchnorm``, and the step by search_step.py's ``-cudnnbn`` paths).
-CUDNN_BATCH_NORM_DEVICES: tuple[str, ...] = ()
+#: Per device type, the kernels the fused cell's BatchNorms run by there: "cudnn", cuDNN's (PyTorch hands a
+#: BatchNorm to them only with both an affine weight and a bias: the cell gives it ones and zeros where it
+#: has none), or "parts", in training PyTorch's over parts of the batch (``ops.batch_norm_by_parts``, CUDA
+#: only); else PyTorch's own. The cell's BatchNorms have a weight (the op weights of Eq. 2) or neither, so they
+#: all run PyTorch's kernels, 28% of an eager darts-v1 step's device time on an H200 (docs/speed.md), which
+#: reduce each channel of an NCHW input in one thread block. None chosen until measured faster
+#: (``benchmarks/conv_variants.py --only batchnorm``, and the step by search_step.py's ``-cudnnbn`` and
+#: ``-partsbn`` paths).
+BATCH_NORM_KERNELS: dict[str, str] = {}
 
 
 @functools.cache
