@@ -463,7 +463,7 @@ def batch_norm_by_parts(x, mean, var, weight=None, bias=None, eps: float = 1e-5)
     are k x C channels of one view, reduced by ``SyncBatchNorm``'s kernels in k x C blocks, and the parts'
     statistics merged as it merges its devices' (Chan, Golub & LeVeque's pairwise mean and variance): the
     same numbers, forward in PyTorch's 3 kernels, backward in 5 (6 with a weight's gradient) against its 1,
-    all but 2 of them on C values. Where one part is all (``batch_parts``), the input is not dense NCHW or
+    all but 2 of them on k x C values or fewer. Where one part is all (``batch_parts``), the input is not dense NCHW or
     its dtype not the statistics' (bf16 under autocast), ``F.batch_norm`` runs it. CUDA only."""
     n, c = x.shape[:2]
     k = batch_parts(n, c, x[0, 0].numel())
@@ -501,13 +501,13 @@ class _BatchNormByParts(torch.autograd.Function):
         per_part = _counts(k, parts.shape[0] * parts.shape[2], x.dtype, x.device)
         mean, invstd = torch.batch_norm_gather_stats_with_counts(
             parts, means.view(k, c), invstds.view(k, c), *statistics, 1.0, eps, per_part)
-        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.save_for_backward(x, weight, mean, invstd, invstds)
         ctx.k, ctx.eps = k, eps
         return torch.batch_norm_elemt(x, weight, bias, mean, invstd, eps)
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, mean, invstd = ctx.saved_tensors
+        x, weight, mean, invstd, invstds = ctx.saved_tensors
         wanted = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph: by PyTorch's backward, which autograd differentiates again
             grads = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, invstd, True,
@@ -516,8 +516,9 @@ class _BatchNormByParts(torch.autograd.Function):
         n, c = x.shape[:2]
         k, grad = ctx.k, grad.contiguous()
         parts = lambda t: t.view(n // k, k * c, -1)
-        sums = torch.batch_norm_backward_reduce(parts(grad), parts(x), mean.repeat(k), invstd.repeat(k), None,
-                                                True, False, False)[:2]
+        # each part's sums about the batch's mean (the parts' own 1 / std, which the sums do not use: no copy)
+        sums = torch.batch_norm_backward_reduce(parts(grad), parts(x), mean.repeat(k), invstds, None, True, False,
+                                                False)[:2]
         sum_dy, sum_dy_xmu = torch.stack(sums).view(2, k, c).sum(1)
         gx = gw = gb = None
         if wanted[0]:
