@@ -10,12 +10,12 @@
 # reports what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s)
 # included. On an H200 on 2026-11-28 `e2e profile e2e-evalcl tests` took 587 s (the tests cut short; the
 # e2e-evalcl stage, --fast with an NHWC evaluation, went when --fast took it); so next:
-# first `bn steps base gdas` with timeout_s 600 (BatchNorm's kernels, the replay times with cuDNN's BatchNorms
-# beside, the same replayed step at 23b37f7, before the NCHW step's phases and ReLU heads lost 378 of its 6,943
-# kernels, GDAS replayed with dense samples), then at once, on the machine still warm (it goes back after 30 s
-# idle, and a fresh start needs 4 minutes of budget), `BUDGET=<seconds left, less a minute> sh
-# benchmarks/gpu_check.sh tests e2e2 steps2` (more than a call's budget: the stages in the order of what decides
-# most, the last ones cut short). The
+# first `bn steps base gdas` with timeout_s 600 (BatchNorm's kernels: PyTorch's, cuDNN's and PyTorch's over
+# parts of the batch; the replay times with each beside; the same replayed step at 23b37f7, before the NCHW
+# step's phases and ReLU heads lost 378 of its 6,943 kernels; GDAS replayed with dense samples, likely cut
+# short), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
+# minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh tests e2e2 steps2` (more
+# than a call's budget: the stages in the order of what decides most, the last ones cut short). The
 # -cudnnbn paths hand the fused cells' BatchNorms a weight and a bias, so that cuDNN's kernels run them, the
 # -partsbn paths run them over parts of the batch (ops.batch_norm_by_parts; `bn` times the kernels alone;
 # fused.BATCH_NORM_KERNELS). The -lanes paths run the fused cells' independent
