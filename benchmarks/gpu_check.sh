@@ -37,7 +37,8 @@
 # tool with carry [".gpu_data"]; stages: steps tests e2e convs evalconvs (the evaluation's depthwise forms,
 # forward only) bn (PyTorch's BatchNorm kernels against cuDNN's) profile steps2 e2e2 base recipes gdas
 # (GDAS eager against its dense samples replayed) nb201 (default: all, in that order), and e2e-ways (--fast
-# in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster). It writes
+# in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster), e2e-parts (--fast with
+# the BatchNorms by parts, likewise). It writes
 # $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8 files come back); the rows go into
 # RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date and command.
 set -u
@@ -142,5 +143,8 @@ e2e2)
     e2e darts-v2 darts-v2 fast 200 ;;
 e2e-ways)  # --fast with the fused cells' ways (search settings side_streams, merge_kernel_sizes), in NHWC
     e2e darts-v1-ways darts-v1 fast-cl-lanes-merged 180 ;;
-*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways convs evalconvs bn profile base recipes gdas nb201" ;;
+e2e-parts)  # --fast with the fused cells' BatchNorms over parts of the batch, for when `steps` finds them faster
+    e2e darts-v1-parts darts-v1 fast-partsbn 150 ;;
+*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways e2e-parts convs evalconvs bn profile base" \
+        "recipes gdas nb201" ;;
 esac; done

@@ -122,7 +122,7 @@ def test_gpu_check_names_only_paths_and_recipes_that_exist():
     script = (BENCHMARKS / "gpu_check.sh").read_text()
     steps = re.findall(r"\bstep (\S+) (\S+) (\S+) \d+ \d+", script)
     e2es = re.findall(r"^\s*e2e (\S+) (\S+) (\S+) \d+ ?(.*?) ;;", script, re.M)
-    assert len(steps) == 8 and len(e2es) == 3
+    assert len(steps) == 8 and len(e2es) == 4
     e2e_options = set(re.findall(r'add_argument\("(--[\w-]+)"', (BENCHMARKS / "search_e2e.py").read_text()))
     for _, methods, paths in steps:
         for method in methods.split(","):
@@ -136,7 +136,7 @@ def test_gpu_check_names_only_paths_and_recipes_that_exist():
             path_options(path, ("readable", "fused", "fast"))
     stages = set(re.findall(r"^([\w-]+)\)", script, re.M))
     default = re.search(r'STAGES="\$\{\*:-([^}]*)\}"', script).group(1).split()
-    assert set(default) | {"e2e-ways"} == stages
+    assert set(default) | {"e2e-ways", "e2e-parts"} == stages
 
 
 def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call(tmp_path):
