@@ -235,6 +235,12 @@ def test_batch_norms_by_parts_compute_the_same_step(name, device, batch_norm_by_
     assert parts and all(k > 1 for k in parts)
 
 
+def test_unknown_batch_norm_kernels_are_named_with_the_valid_ones(monkeypatch):
+    monkeypatch.setattr(fused_module, "BATCH_NORM_KERNELS", {"cpu": "cudnn "})
+    with pytest.raises(ValueError, match=r"BATCH_NORM_KERNELS\['cpu'\] is 'cudnn '; valid: 'cudnn', 'parts'"):
+        search_step("darts-v1", fused=True)
+
+
 def assert_same_step(reference, other, rtol=1e-9):
     """Two ``search_step`` results: loss, gradients, state after the step and evaluation logits."""
     loss_r, grads_r, state_r, logits_r = reference

@@ -463,8 +463,8 @@ def batch_norm_by_parts(x, mean, var, weight=None, bias=None, eps: float = 1e-5)
     are k x C channels of one view, reduced by ``SyncBatchNorm``'s kernels in k x C blocks, and the parts'
     statistics merged as it merges its devices' (Chan, Golub & LeVeque's pairwise mean and variance): the
     same numbers, forward in PyTorch's 3 kernels, backward in 5 (6 with a weight's gradient) against its 1,
-    all but 2 of them on k x C values or fewer. Where one part is all (``batch_parts``), the input is not dense NCHW or
-    its dtype not the statistics' (bf16 under autocast), ``F.batch_norm`` runs it. CUDA only."""
+    all but 2 of them on k x C values or fewer. Where one part is all (``batch_parts``), the input is not dense
+    NCHW or its dtype not the statistics' (bf16 under autocast), ``F.batch_norm`` runs it. CUDA only."""
     n, c = x.shape[:2]
     k = batch_parts(n, c, x[0, 0].numel())
     if k == 1 or not x.is_contiguous() or x.dtype != mean.dtype or _exporting():

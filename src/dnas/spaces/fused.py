@@ -1118,6 +1118,9 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
         weight = scale if weight is None else weight * scale
         bias = None if bias is None else bias * scale
     kernels = BATCH_NORM_KERNELS.get(x.device.type)
+    if kernels not in (None, "cudnn", "parts"):
+        raise ValueError(f"fused.BATCH_NORM_KERNELS[{x.device.type!r}] is {kernels!r}; valid: 'cudnn', 'parts' "
+                         f"(or no entry: PyTorch's own kernels)")
     if kernels == "cudnn":  # 1 x^ + 0 where there is no weight or bias
         dtype = torch.promote_types(x.dtype, torch.float32) if weight is None else weight.dtype
         weight = _filled(1.0, x.shape[1], dtype, x.device) if weight is None else weight
