@@ -96,10 +96,11 @@ def no_tf32():
 
 @pytest.fixture
 def batch_norm_by_parts_anywhere(monkeypatch):
-    """``ops.batch_norm_by_parts`` on any device, on small inputs: each input of two values or more a channel
-    cut into parts (``ops.PART_VALUES``), and on the CPU the CUDA-only kernels of ``SyncBatchNorm`` it calls as
-    plain tensor arithmetic, by what each computes (PyTorch's CUDA sources, Normalization.cuh): their use,
-    the parts and their merge, tested here; the kernels themselves on a GPU (the same tests on CUDA)."""
+    """``ops.batch_norm_by_parts`` on any device and small inputs: a batch cut into parts wherever each part
+    holds two values of a channel (``ops.PART_VALUES``), and on the CPU the CUDA-only kernels of
+    ``SyncBatchNorm`` it calls written out as tensor arithmetic, by what each computes (as PyTorch's CUDA
+    sources, Normalization.cuh, define them). So the CPU tests its use of them, the parts and their merge;
+    the same tests on a GPU, the kernels themselves."""
     from dnas import ops
 
     monkeypatch.setattr(ops, "PART_VALUES", 2)
