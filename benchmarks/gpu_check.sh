@@ -125,8 +125,10 @@ gdas)  # GDAS eager (its sample read on the host) against every op computed and 
     step gdas-256 gdas fused,graph-lanes-dense 5 100 "--batch-size 256" ;;
 nb201)
     step nb201 darts-v1,darts-v2,gdas readable,fused,graph,graph-cl 10 90 "--space nb201" ;;
-profile)
-    timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 2>&1 | grep -v USDT | tee "$OUT/profile.log" ;;
+profile)  # an eager fused NCHW step's kernels, then with the BatchNorms by parts of the batch
+    timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 2>&1 | grep -v USDT | tee "$OUT/profile.log"
+    timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 --batch-norm parts 2>&1 | grep -v USDT \
+        | tee -a "$OUT/profile.log" ;;
 convs)
     timeout "$(within 80)" python3 benchmarks/conv_variants.py --repeats 30 --only "pointwise,E=8 C=16" 2>&1 | tee "$OUT/convs.log" ;;
 evalconvs)  # the evaluation's forward (no gradients, batch 256): is PyTorch's own NCHW depthwise kernel then faster

@@ -9,6 +9,7 @@ its kernels rather than by their bytes spends its time in short ones.
     python benchmarks/profile_step.py                         # darts-v1, fused, batch 64 on a GPU (16 on a CPU)
     python benchmarks/profile_step.py --method darts-v2 --path readable --rows 25
     python benchmarks/profile_step.py --space nb201 --method gdas --channels-last
+    python benchmarks/profile_step.py --batch-norm parts      # the fused cells' BatchNorms by parts of the batch
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import PRECISIONS, bilevel_step, precision, resolve_device, reuse_large_blocks
 from results import write_json
-from search_step import DEPTH, device_name, supernet
+from search_step import DEPTH, device_name, fused_settings, supernet
 
 
 def main() -> None:
@@ -39,6 +40,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rows", type=int, default=15)
     p.add_argument("--channels-last", action="store_true", help="model and data in channels_last layout")
+    p.add_argument("--batch-norm", choices=["cudnn", "parts"],
+                   help="the kernels of the fused cells' BatchNorms (dnas.spaces.fused.BATCH_NORM_KERNELS; "
+                        "default PyTorch's own)")
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True  # as dnas.search sets it on a GPU (and the original DARTS code)
@@ -54,7 +58,7 @@ def main() -> None:
     train, val = batch(), batch()
 
     def step():
-        with precision(device.type, args.precision):
+        with precision(device.type, args.precision), fused_settings(False, False, False, args.batch_norm):
             bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -73,14 +77,16 @@ def main() -> None:
              "share": round(getattr(e, key) / total, 3)} for e in events[: args.rows]]
     report = {"benchmark": "profile_step", "device": device_name(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "space": args.space, "method": args.method, "path": args.path,
-              "precision": args.precision, "channels_last": args.channels_last, "batch_size": batch_size,
+              "precision": args.precision, "channels_last": args.channels_last, "batch_norm": args.batch_norm,
+              "batch_size": batch_size,
               "sorted_by": key, "total_ms": round(total / 1000, 1),
               "by_duration": by_duration([getattr(e, key) for e in prof.events()
                                           if device.type != "cuda" or e.device_type == DeviceType.CUDA]),
               "top": rows}
     write_json(f"profile_step-{device.type}", report)
-    print(f"{report['device']}, {args.method} {args.path} {args.precision}{' channels_last' * args.channels_last}, "
-          f"batch {batch_size}: {report['total_ms']} ms of {key} in one step")
+    print(f"{report['device']}, {args.method} {args.path} {args.precision}{' channels_last' * args.channels_last}"
+          f"{f', BatchNorms by {args.batch_norm}' if args.batch_norm else ''}, batch {batch_size}: "
+          f"{report['total_ms']} ms of {key} in one step")
     print("each " + ("kernel" if device.type == "cuda" else "op") + "'s own time: " + ", ".join(
         f"{b['count']} up to {b['up_to_us']} us ({b['ms']} ms)" for b in report["by_duration"]))
     for r in rows:
