@@ -157,7 +157,7 @@ def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call(tmp_path):
         return int(done.stdout)
 
     assert [seconds(0, 150), seconds(500, 150), seconds(700, 150), seconds(700, 150, "0")] == [150, 70, 1, 150]
-    assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 7  # every stage's timeout
+    assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 8  # every stage's timeout
 
 
 def test_the_end_to_end_rate_leaves_out_an_epochs_last_smaller_batch(monkeypatch):
