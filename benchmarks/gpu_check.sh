@@ -35,7 +35,7 @@
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
 # tool with carry [".gpu_data"]; stages: steps tests e2e convs evalconvs (the evaluation's depthwise forms,
-# forward only) bn (PyTorch's BatchNorm kernels against cuDNN's) profile steps2 e2e2 base recipes gdas
+# forward only) bn (PyTorch's BatchNorm kernels against cuDNN's and by parts) profile steps2 e2e2 base recipes gdas
 # (GDAS eager against its dense samples replayed) nb201 (default: all, in that order), and e2e-ways (--fast
 # in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster), e2e-parts (--fast with
 # the BatchNorms by parts, likewise). It writes
