@@ -498,7 +498,7 @@ class _BatchNormByParts(torch.autograd.Function):
         n, c = x.shape[:2]
         parts = x.view(n // k, k * c, -1)
         means, invstds = torch.batch_norm_stats(parts, eps)
-        per_part = _counts(k, parts.shape[0] * parts.shape[2], x.dtype, x.device)
+        per_part = filled(parts.shape[0] * parts.shape[2], k, x.dtype, x.device)
         mean, invstd = torch.batch_norm_gather_stats_with_counts(
             parts, means.view(k, c), invstds.view(k, c), *statistics, 1.0, eps, per_part)
         ctx.save_for_backward(x, weight, mean, invstd, invstds)
@@ -523,7 +523,7 @@ class _BatchNormByParts(torch.autograd.Function):
         gx = gw = gb = None
         if wanted[0]:
             gx = torch.batch_norm_backward_elemt(grad, x, mean, invstd, weight, sum_dy, sum_dy_xmu,
-                                                 _counts(1, x.numel() // c, torch.int32, x.device))
+                                                 filled(x.numel() // c, 1, torch.int32, x.device))
         if wanted[1]:
             gw = sum_dy_xmu * invstd
         if wanted[2]:
@@ -532,9 +532,10 @@ class _BatchNormByParts(torch.autograd.Function):
 
 
 @functools.cache
-def _counts(parts: int, values: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``values`` for each of ``parts``, made once (a fill per call would be a kernel)."""
-    return torch.full((parts,), values, dtype=dtype, device=device)
+def filled(value: float, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A constant vector, made once for each value, size, dtype and device: a fill per call would be one more
+    kernel (a BatchNorm's ones and zeros, the counts of its parts)."""
+    return torch.full((size,), value, dtype=dtype, device=device)
 
 
 class Conv7x1x1x7(nn.Sequential):

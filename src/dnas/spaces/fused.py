@@ -77,8 +77,8 @@ from .. import ops
 from ..device import on_device
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
 from ..ops import (AvgPool2d, Conv2d, FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d,
-                   dense_gradient, depthwise_runs_nhwc, from_phases, phases_fit, pixels, reads_every, relu_nhwc,
-                   to_phases)
+                   dense_gradient, depthwise_runs_nhwc, filled, from_phases, phases_fit, pixels, reads_every,
+                   relu_nhwc, to_phases)
 from ..settings import temporarily, warn
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
@@ -245,6 +245,7 @@ class _Run:
     weights: list[tuple[torch.Tensor, ...]]
     noise: dict[int, torch.Tensor]
     nhwc: bool  # the cell's layout: its states channels_last
+    nhwc_forms: bool  # an NCHW cell on a device whose depthwise convolutions run NHWC (``ops.FORM_DEVICES``)
     streams: list | None  # the side streams a source batch's independent ops run on (``_Lanes``); None: none
     statistics: torch.Tensor | None  # training: (2, channels of all the cell's BatchNorms) zeros, made before
     # any lane forks; each call writes into a slice of it
@@ -505,7 +506,9 @@ def run_plan(cell, plan: _Plan, states: list[torch.Tensor], weights, edge_weight
     noise = _draw_random(cell, plan, states[-1]) if plan.random and cell.training else {}
     banks = [_bank(convs, sizes) for convs, sizes in plan.banks]
     statistics = weights.new_zeros(2, plan.batch_norm_channels) if cell.training else None
-    run = _Run(banks, noise, channels_innermost(states[0]), _side_streams(states[0].device), statistics)
+    nhwc = channels_innermost(states[0])
+    run = _Run(banks, noise, nhwc, not nhwc and states[0].device.type in ops.FORM_DEVICES,
+               _side_streams(states[0].device), statistics)
     flat = weighed.reshape(-1)  # the op weight of every slot, all gathered at once
     if plan.schedules:
         flat = torch.cat([flat, *(flat.new_full((1,), s.beta) for s in plan.schedules)])
@@ -756,8 +759,7 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     # themselves; a head's signature, its output; (signature, step), that on every step-th pixel (``_begin``);
     # (a head's key, edge ids), the input of a group not copied to its edges, gathered from it (below)
     begun = {None: x}
-    nhwc_forms = not run.nhwc and x.device.type in ops.FORM_DEVICES  # an NCHW cell's depthwise convolutions NHWC
-    nhwc_heads = _nhwc_heads(batch.groups, x) if nhwc_forms else set()
+    nhwc_heads = _nhwc_heads(batch.groups, x) if run.nhwc_forms else set()
     for g in groups:
         _begin(begun, g, x, nhwc_heads)
     copied = lambda g: g.every_edge and per * g.repeats > 1 and not g.from_sources
@@ -766,7 +768,7 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     to_nhwc = set()  # an NCHW cell's copies that every group reading them begins with a depthwise convolution that
     # runs NHWC on this device and input (ops.depthwise_runs_nhwc): its copy in is this copy (its output goes
     # back to NCHW)
-    if nhwc_forms:
+    if run.nhwc_forms:
         to_nhwc = set(wanted) - {key for key, g in zip(wanted, readers) if not _reads_nhwc(g, begun[g.head][:, 0])}
     copies = _copy_to_edges(begun, wanted, to_nhwc)
     outs = []
@@ -1061,12 +1063,11 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
     first only, whose output is put back NCHW), weighed by ``w``; where the batch's blocks are only summed
     (``summed``), the outputs of a group of several ops summed per edge."""
     start = g.start  # the head ran once per source
-    nhwc_forms = not run.nhwc and x.device.type in ops.FORM_DEVICES  # an NCHW cell's depthwise convolutions NHWC
     for j in range(start, len(g.leaves)):
         leaf = g.leaves[j]
         if leaf[0] == "bn":
             x = _batch_norm(x, leaf[1], run, w if j == len(g.leaves) - 1 else None)
-        elif leaf[0] == "relu" and nhwc_forms and j + 1 < len(g.leaves) and g.leaves[j + 1][0] == "conv" \
+        elif leaf[0] == "relu" and run.nhwc_forms and j + 1 < len(g.leaves) and g.leaves[j + 1][0] == "conv" \
                 and depthwise_runs_nhwc(x, g.leaves[j + 1][1][0]):
             x = relu_nhwc(x)  # the ReLU writes what the depthwise convolution reads: no copy in
         else:
@@ -1123,8 +1124,8 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
                          f"(or no entry: PyTorch's own kernels)")
     if kernels == "cudnn":  # 1 x^ + 0 where there is no weight or bias
         dtype = torch.promote_types(x.dtype, torch.float32) if weight is None else weight.dtype
-        weight = _filled(1.0, x.shape[1], dtype, x.device) if weight is None else weight
-        bias = _filled(0.0, x.shape[1], dtype, x.device) if bias is None else bias
+        weight = filled(1.0, x.shape[1], dtype, x.device) if weight is None else weight
+        bias = filled(0.0, x.shape[1], dtype, x.device) if bias is None else bias
     if m.training:
         mean, var = run.batch_statistics(mods, x.shape[1], per)
         if kernels == "parts":
@@ -1144,12 +1145,6 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
 #: (``benchmarks/conv_variants.py --only batchnorm``, and the step by search_step.py's ``-cudnnbn`` and
 #: ``-partsbn`` paths).
 BATCH_NORM_KERNELS: dict[str, str] = {}
-
-
-@functools.cache
-def _filled(value: float, channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A constant weight or bias of a BatchNorm, made once: a fill per call would be one more kernel."""
-    return torch.full((channels,), value, dtype=dtype, device=device)
 
 
 def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None, sampled=False,
