@@ -376,7 +376,7 @@ def test_batch_norm_by_parts_computes_what_batch_norm_computes(device, affine, b
 
 
 def test_batch_parts_of_the_darts_search_network():
-    """At batch 64: 32 x 32 channels in 8-16 parts, 16 x 16 ones in 2-4, 8 x 8 ones whole; an input not dense
+    """At batch 64: 32 x 32 channels in 8-16 parts, 16 x 16 ones in 4, 8 x 8 ones whole; an input not dense
     NCHW, or of another dtype than its statistics (bf16 under autocast), whole."""
     shapes = [(16, 32), (48, 32), (128, 32), (32, 16), (96, 16), (256, 16), (64, 8), (512, 8)]
     assert [ops.batch_parts(64, c, h * h) for c, h in shapes] == [16, 16, 8, 4, 4, 4, 1, 1]
