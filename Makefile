@@ -9,9 +9,10 @@ APT_PACKAGES := $(if $(wildcard $(FASHION_MNIST)),,dataset-fashion-mnist) $(if $
 
 .PHONY: install system-packages demo test test-slow bench
 
-# torch first, pinned: the CPU build on these machines (a bare "torch" requirement pulls a CUDA build)
+# torch first, pinned: the CPU build on these machines (a bare "torch" requirement pulls a CUDA build); triton
+# pinned to one whose interpreter (the tests of dnas.kernels on the CPU) runs with this numpy
 install:
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 triton==3.8.0
 	$(PY) -m pip install -q -e ".[test]"
 
 system-packages:

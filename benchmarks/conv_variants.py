@@ -20,7 +20,8 @@ pixels), in the forms a faster fused cell could take:
 * BatchNorm in training over the edges' channels, the op weights its affine weight (the fused cell's Eq. 2):
   as the fused cell runs it, without a bias, which PyTorch computes with its own kernels, or with a zero
   bias, which PyTorch hands to cuDNN (only where both weight and bias are given), or by PyTorch's kernels
-  over parts of the batch (``ops.batch_norm_by_parts``: in NCHW, k x C thread blocks rather than C).
+  over parts of the batch (``ops.batch_norm_by_parts``: in NCHW, k x C thread blocks rather than C), or by
+  dnas's Triton kernels (``dnas.kernels``: C x chunks programs).
 
 Each variant's forward and backward (gradients of input and weight) is captured in a CUDA graph and
 replayed, as in the search (on the CPU: eager, for a smoke run). Writes JSON to benchmarks/out/ and prints
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import time
 from functools import partial
 
@@ -88,14 +90,17 @@ def _zeros(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tens
     return torch.zeros(shape, device=device, dtype=dtype)
 
 
-def batch_norm(x, w, zero_bias: bool = False, by_parts: bool = False):
+def batch_norm(x, w, kernels: str | None = None):
     """The fused cell's BatchNorm in training (``fused._batch_norm``): the batch's statistics written into
-    buffers (momentum 1), ``w`` its affine weight, and no bias, or a zero one (``zero_bias``); by PyTorch's
-    kernels over parts of the batch where ``by_parts`` (``ops.batch_norm_by_parts``, CUDA only)."""
+    buffers (momentum 1), ``w`` its affine weight, no bias; by the kernels ``kernels`` names as
+    ``fused.BATCH_NORM_KERNELS`` does: "cudnn" (handed a zero bias), "parts" (PyTorch's over parts of the
+    batch, ``ops.batch_norm_by_parts``, CUDA only) or "triton" (``dnas.kernels``); None, PyTorch's own."""
     mean, var = _zeros((2, x.shape[1]), x.device, x.dtype)
-    bias = _zeros((x.shape[1],), x.device, w.dtype) if zero_bias else None
-    if by_parts:
+    bias = _zeros((x.shape[1],), x.device, w.dtype) if kernels == "cudnn" else None
+    if kernels == "parts":
         return ops.batch_norm_by_parts(x, mean, var, w, bias, 1e-5)
+    if kernels == "triton":
+        return importlib.import_module("dnas.kernels").batch_norm(x, mean, var, w, bias, 1e-5)
     return F.batch_norm(x, mean, var, w, bias, True, 1.0, 1e-5)
 
 
@@ -125,8 +130,9 @@ def cases(batch: int):
         yield f"sep 3x3 + 5x5 apart, {tag}", sep_pair_apart, [x, (e * c, 1, 3, 3), (e * c, 1, 5, 5)]
         yield f"sep 3x3 + 5x5 merged, {tag}", sep_pair_merged, [x, (e * c, 1, 3, 3), (e * c, 1, 5, 5)]
         yield f"batchnorm, weight only, {tag}", batch_norm, [x, (e * c,)]
-        yield f"batchnorm, zero bias (cuDNN), {tag}", partial(batch_norm, zero_bias=True), [x, (e * c,)]
-        yield f"batchnorm by parts, {tag}", partial(batch_norm, by_parts=True), [x, (e * c,)]
+        yield f"batchnorm, zero bias (cuDNN), {tag}", partial(batch_norm, kernels="cudnn"), [x, (e * c,)]
+        yield f"batchnorm by parts, {tag}", partial(batch_norm, kernels="parts"), [x, (e * c,)]
+        yield f"batchnorm by Triton, {tag}", partial(batch_norm, kernels="triton"), [x, (e * c,)]
 
 
 def check_variants(device: torch.device) -> None:
@@ -140,10 +146,11 @@ def check_variants(device: torch.device) -> None:
     for merged, apart in zip(sep_pair_merged(x, w3, w5), sep_pair_apart(x, w3, w5)):
         torch.testing.assert_close(merged, apart)
     scale = t(3 * 4)
-    torch.testing.assert_close(batch_norm(x, scale, zero_bias=True), batch_norm(x, scale))
-    if device.type == "cuda":  # SyncBatchNorm's kernels: CUDA only; this small input in 2 parts
-        with temporarily(ops, "PART_VALUES", 2):
-            torch.testing.assert_close(batch_norm(x.contiguous(), scale, by_parts=True), batch_norm(x, scale))
+    torch.testing.assert_close(batch_norm(x, scale, kernels="cudnn"), batch_norm(x, scale))
+    if device.type == "cuda":  # SyncBatchNorm's kernels and Triton's compiled: CUDA only; in 2 parts, 2 chunks
+        with temporarily(ops, "PART_VALUES", 2), temporarily(importlib.import_module("dnas.kernels"), "BLOCK", 16):
+            for kernels in ("parts", "triton"):
+                torch.testing.assert_close(batch_norm(x.contiguous(), scale, kernels), batch_norm(x, scale))
 
 
 def forward_backward(fn, tensors):

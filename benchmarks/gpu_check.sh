@@ -10,15 +10,15 @@
 # reports what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s)
 # included. On an H200 on 2026-11-28 `e2e profile e2e-evalcl tests` took 587 s (the tests cut short; the
 # e2e-evalcl stage, --fast with an NHWC evaluation, went when --fast took it); so next:
-# first `bn steps base gdas` with timeout_s 600 (BatchNorm's kernels: PyTorch's, cuDNN's and PyTorch's over
-# parts of the batch; the replay times with each beside; the same replayed step at 23b37f7, before the NCHW
+# first `bn steps base gdas` with timeout_s 600 (BatchNorm's kernels: PyTorch's, cuDNN's, PyTorch's over
+# parts of the batch and dnas's Triton ones; the replay times with each beside; the same replayed step at 23b37f7, before the NCHW
 # step's phases and ReLU heads lost 378 of its 6,943 kernels; GDAS replayed with dense samples, likely cut
 # short), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
 # minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh tests e2e2 steps2` (more
 # than a call's budget: the stages in the order of what decides most, the last ones cut short). The
 # -cudnnbn paths hand the fused cells' BatchNorms a weight and a bias, so that cuDNN's kernels run them, the
-# -partsbn paths run them over parts of the batch (ops.batch_norm_by_parts; `bn` times the kernels alone;
-# fused.BATCH_NORM_KERNELS). The -lanes paths run the fused cells' independent
+# -partsbn paths run them over parts of the batch (ops.batch_norm_by_parts), the -tritonbn paths by dnas's
+# Triton kernels (dnas.kernels; `bn` times the kernels alone; fused.BATCH_NORM_KERNELS). The -lanes paths run the fused cells' independent
 # ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since they replayed a darts-v1
 # step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
 # (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its
@@ -35,10 +35,11 @@
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
 # tool with carry [".gpu_data"]; stages: steps tests e2e convs evalconvs (the evaluation's depthwise forms,
-# forward only) bn (PyTorch's BatchNorm kernels against cuDNN's and by parts) profile steps2 e2e2 base recipes gdas
+# forward only) bn (PyTorch's BatchNorm kernels against cuDNN's, by parts and Triton's) profile steps2 e2e2 base
+# recipes gdas
 # (GDAS eager against its dense samples replayed) nb201 (default: all, in that order), and e2e-ways (--fast
-# in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster), e2e-parts (--fast with
-# the BatchNorms by parts, likewise). It writes
+# in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster), e2e-parts and
+# e2e-triton (--fast with the BatchNorms by parts, by Triton's kernels, likewise). It writes
 # $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8 files come back); the rows go into
 # RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date and command.
 set -u
@@ -99,7 +100,7 @@ print('failed:', r['failed'])" "$OUT/e2e-$1.log" "$1" || tail -20 "$OUT/e2e-$1.l
 
 for stage in $STAGES; do case $stage in
 steps)
-    step darts-v1 darts-v1 graph-lanes,graph-lanes-partsbn,graph-lanes-cudnnbn,graph-cl-lanes,graph-bf16-lanes 10 230 ;;
+    step darts-v1 darts-v1 graph-lanes,graph-lanes-tritonbn,graph-lanes-partsbn,graph-lanes-cudnnbn,graph-cl-lanes 10 230 ;;
 steps2)
     step darts-v1-ways darts-v1 graph-lanes,graph,graph-lanes-merged,graph-tf32-lanes,graph-bf16-cl-lanes 10 120
     step darts-v2 darts-v2 graph-lanes,graph,graph-cl-lanes 10 150 ;;
@@ -108,10 +109,10 @@ base)
         (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1 graph-lanes 10 120)
     else echo "stage base: no .gpu_data/base/src (see the header)"; fi ;;
 tests)  # the CUDA tests, in six runs: SIGINT at a timeout makes pytest list the failures it saw; first
-    # those not yet run on a GPU (BatchNorms by parts, dense samples, cuDNN's BatchNorms, side streams in NHWC),
-    # then the NHWC step
-    run_tests 70 tests/test_ops.py tests/test_fused.py tests/test_cuda_graph.py \
-        -k "cuda and (by_parts or dense_samples or handed_a) or its_sample_on"
+    # those not yet run on a GPU (Triton's BatchNorm, BatchNorms by parts, dense samples, cuDNN's BatchNorms, side
+    # streams in NHWC), then the NHWC step
+    run_tests 90 tests/test_kernels.py tests/test_ops.py tests/test_fused.py tests/test_cuda_graph.py \
+        -k "cuda and (kernels or by_parts or dense_samples or handed_a) or its_sample_on"
     run_tests 90 tests/test_cuda_graph.py -k side_streams
     run_tests 90 tests/test_fused.py -k cuda_channels_last
     run_tests 40 tests/test_ops.py tests/test_data.py tests/test_train.py -k cuda
@@ -125,10 +126,12 @@ gdas)  # GDAS eager (its sample read on the host) against every op computed and 
     step gdas-256 gdas fused,graph-lanes-dense 5 100 "--batch-size 256" ;;
 nb201)
     step nb201 darts-v1,darts-v2,gdas readable,fused,graph,graph-cl 10 90 "--space nb201" ;;
-profile)  # an eager fused NCHW step's kernels, then with the BatchNorms by parts of the batch
+profile)  # an eager fused NCHW step's kernels, then with the BatchNorms by Triton's kernels and by parts of the batch
     timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 2>&1 | grep -v USDT | tee "$OUT/profile.log"
-    timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 --batch-norm parts 2>&1 | grep -v USDT \
-        | tee -a "$OUT/profile.log" ;;
+    for kernels in triton parts; do
+        timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 --batch-norm $kernels 2>&1 | grep -v USDT \
+            | tee -a "$OUT/profile.log"
+    done ;;
 convs)
     timeout "$(within 80)" python3 benchmarks/conv_variants.py --repeats 30 --only "pointwise,E=8 C=16" 2>&1 | tee "$OUT/convs.log" ;;
 evalconvs)  # the evaluation's forward (no gradients, batch 256): is PyTorch's own NCHW depthwise kernel then faster
@@ -136,8 +139,8 @@ evalconvs)  # the evaluation's forward (no gradients, batch 256): is PyTorch's o
     timeout "$(within 60)" python3 benchmarks/conv_variants.py --forward-only --batch-size 256 --repeats 30 \
         --only "depthwise 3x3 dil 1,depthwise 5x5 dil 1,depthwise 3x3 dil 2" 2>&1 | tee "$OUT/evalconvs.log" ;;
 bn)  # the fused cell's BatchNorms (28% of an eager step's device time on an H200): PyTorch's kernels, which they
-    # run (an affine weight, no bias), against cuDNN's, which a zero bias would hand them to, and PyTorch's over
-    # parts of the batch (ops.batch_norm_by_parts)
+    # run (an affine weight, no bias), against cuDNN's, which a zero bias would hand them to, PyTorch's over
+    # parts of the batch (ops.batch_norm_by_parts) and dnas's Triton ones (dnas.kernels)
     timeout "$(within 60)" python3 benchmarks/conv_variants.py --repeats 30 --only batchnorm 2>&1 | tee "$OUT/bn.log" ;;
 e2e)
     e2e darts-v1 darts-v1 fast 150 ;;
@@ -147,6 +150,9 @@ e2e-ways)  # --fast with the fused cells' ways (search settings side_streams, me
     e2e darts-v1-ways darts-v1 fast-cl-lanes-merged 180 ;;
 e2e-parts)  # --fast with the fused cells' BatchNorms over parts of the batch, for when `steps` finds them faster
     e2e darts-v1-parts darts-v1 fast-partsbn 150 ;;
-*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways e2e-parts convs evalconvs bn profile base" \
+e2e-triton)  # --fast with the fused cells' BatchNorms by Triton's kernels, likewise
+    e2e darts-v1-triton darts-v1 fast-tritonbn 150 ;;
+*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways e2e-parts e2e-triton convs evalconvs bn" \
+        "profile base" \
         "recipes gdas nb201" ;;
 esac; done

@@ -9,7 +9,8 @@ its kernels rather than by their bytes spends its time in short ones.
     python benchmarks/profile_step.py                         # darts-v1, fused, batch 64 on a GPU (16 on a CPU)
     python benchmarks/profile_step.py --method darts-v2 --path readable --rows 25
     python benchmarks/profile_step.py --space nb201 --method gdas --channels-last
-    python benchmarks/profile_step.py --batch-norm parts      # the fused cells' BatchNorms by parts of the batch
+    python benchmarks/profile_step.py --batch-norm triton     # the fused cells' BatchNorms by dnas.kernels (or parts,
+                                                              # cudnn: fused.BATCH_NORM_KERNELS)
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rows", type=int, default=15)
     p.add_argument("--channels-last", action="store_true", help="model and data in channels_last layout")
-    p.add_argument("--batch-norm", choices=["cudnn", "parts"],
+    p.add_argument("--batch-norm", choices=["cudnn", "parts", "triton"],
                    help="the kernels of the fused cells' BatchNorms (dnas.spaces.fused.BATCH_NORM_KERNELS; "
                         "default PyTorch's own)")
     args = p.parse_args()

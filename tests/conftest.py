@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DNAS_SHARED_DATA", REPO.parent / "shared" / "data"))
 CACHE = REPO / ".cache"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+if not torch.cuda.is_available():  # dnas.kernels' Triton kernels run on CPU tensors, by Triton's interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def recipe_parts(name: str):

@@ -106,9 +106,9 @@ def test_conv_variants_times_the_forms(tmp_path):
     assert len(report["results"]) == 8 and all(r["nchw-fp32"] > 0 for r in report["results"])  # 4 shapes, 2 forms
     out, [report], _ = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
                            "batchnorm", out=tmp_path / "batchnorm")
-    assert [r["case"].rsplit(",", 1)[0] for r in report["results"][:3]] == [
-        "batchnorm, weight only", "batchnorm, zero bias (cuDNN)", "batchnorm by parts"]  # at batch 2 in one part
-    assert len(report["results"]) == 12 and all(r["nhwc-fp32"] > 0 for r in report["results"])
+    assert [r["case"].rsplit(",", 1)[0] for r in report["results"][:4]] == [  # at batch 2 in one part; Triton's
+        "batchnorm, weight only", "batchnorm, zero bias (cuDNN)", "batchnorm by parts", "batchnorm by Triton"]
+    assert len(report["results"]) == 16 and all(r["nhwc-fp32"] > 0 for r in report["results"])  # by its interpreter
 
 
 def test_gpu_check_names_only_paths_and_recipes_that_exist():
@@ -123,7 +123,7 @@ def test_gpu_check_names_only_paths_and_recipes_that_exist():
     script = (BENCHMARKS / "gpu_check.sh").read_text()
     steps = re.findall(r"\bstep (\S+) (\S+) (\S+) \d+ \d+", script)
     e2es = re.findall(r"^\s*e2e (\S+) (\S+) (\S+) \d+ ?(.*?) ;;", script, re.M)
-    assert len(steps) == 8 and len(e2es) == 4
+    assert len(steps) == 8 and len(e2es) == 5
     e2e_options = set(re.findall(r'add_argument\("(--[\w-]+)"', (BENCHMARKS / "search_e2e.py").read_text()))
     for _, methods, paths in steps:
         for method in methods.split(","):
@@ -137,7 +137,7 @@ def test_gpu_check_names_only_paths_and_recipes_that_exist():
             path_options(path, ("readable", "fused", "fast"))
     stages = set(re.findall(r"^([\w-]+)\)", script, re.M))
     default = re.search(r'STAGES="\$\{\*:-([^}]*)\}"', script).group(1).split()
-    assert set(default) | {"e2e-ways", "e2e-parts"} == stages
+    assert set(default) | {"e2e-ways", "e2e-parts", "e2e-triton"} == stages
 
 
 def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call(tmp_path):

@@ -236,7 +236,7 @@ def test_batch_norms_by_parts_compute_the_same_step(device, batch_norm_by_parts_
 
 def test_unknown_batch_norm_kernels_are_named_with_the_valid_ones(monkeypatch):
     monkeypatch.setattr(fused_module, "BATCH_NORM_KERNELS", {"cpu": "cudnn "})
-    with pytest.raises(ValueError, match=r"BATCH_NORM_KERNELS\['cpu'\] is 'cudnn '; valid: 'cudnn', 'parts'"):
+    with pytest.raises(ValueError, match=r"BATCH_NORM_KERNELS\['cpu'\] is 'cudnn '; valid: 'cudnn', 'parts', 'triton'"):
         search_step("darts-v1", fused=True)
 
 

@@ -103,7 +103,7 @@ class AvgPool2d(nn.AvgPool2d):
     2026-11-27)."""
 
     def forward(self, x):
-        if x.device.type in NCHW_POOLING_DEVICES and x.requires_grad and channels_innermost(x) and not _exporting():
+        if x.device.type in NCHW_POOLING_DEVICES and x.requires_grad and channels_innermost(x) and not exporting():
             return super().forward(dense_gradient(x).contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
 
@@ -122,7 +122,7 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     matrix products (``pointwise_matmul``). A trace, export or compilation (TorchScript, ONNX, ``torch.export``,
     ``torch.compile``) records the convolution itself, for any batch and size (of ``x`` whole; a ``sampled``
     one takes its form)."""
-    if _exporting() and not sampled:
+    if exporting() and not sampled:
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     given = tuple(stride)
     x, stride, padding, dilation = _on_pixels_read(x, stride, padding, dilation, weight.shape[-2:], sampled)
@@ -242,7 +242,7 @@ def _conv_backward(grad, x, weight, args, mask: tuple[bool, bool]):
     return gx, gw
 
 
-def _exporting() -> bool:
+def exporting() -> bool:
     """Whether the call is being traced or compiled (TorchScript, ONNX, ``torch.compile``): the export then
     records the plain operation rather than the form an eager call computes by."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
@@ -335,7 +335,7 @@ def relu_nhwc(x: torch.Tensor) -> torch.Tensor:
     """relu(x) of an NCHW ``x``, written NHWC, and its gradient NCHW: one kernel each way, where a ReLU and a
     copy to the NHWC form of a depthwise convolution take two (a backward differentiated again, create_graph,
     takes a few more)."""
-    if _exporting():
+    if exporting():
         return F.relu(x).contiguous(memory_format=torch.channels_last)
     return _ReluNHWC.apply(x)
 
@@ -361,7 +361,7 @@ def dense_gradient(x: torch.Tensor) -> torch.Tensor:
     layout of a copy made from x (NHWC for an NCHW x, and every kernel before it in the backward pass with
     it), or come as a strided view of a larger one (a concatenation's backward hands each input a slice of
     its gradient), on which a CPU BatchNorm backward ran up to 25x slower than on a dense one."""
-    return _DenseGradient.apply(x) if x.requires_grad and not _exporting() else x
+    return _DenseGradient.apply(x) if x.requires_grad and not exporting() else x
 
 
 def cat_dense_gradients(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -467,7 +467,7 @@ def batch_norm_by_parts(x, mean, var, weight=None, bias=None, eps: float = 1e-5)
     NCHW or its dtype not the statistics' (bf16 under autocast), ``F.batch_norm`` runs it. CUDA only."""
     n, c = x.shape[:2]
     k = batch_parts(n, c, x[0, 0].numel())
-    if k == 1 or not x.is_contiguous() or x.dtype != mean.dtype or _exporting():
+    if k == 1 or not x.is_contiguous() or x.dtype != mean.dtype or exporting():
         return F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)
     return _BatchNormByParts.apply(x, weight, bias, eps, k, (mean, var))
 

@@ -1119,9 +1119,9 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
         weight = scale if weight is None else weight * scale
         bias = None if bias is None else bias * scale
     kernels = BATCH_NORM_KERNELS.get(x.device.type)
-    if kernels not in (None, "cudnn", "parts"):
-        raise ValueError(f"fused.BATCH_NORM_KERNELS[{x.device.type!r}] is {kernels!r}; valid: 'cudnn', 'parts' "
-                         f"(or no entry: PyTorch's own kernels)")
+    if kernels not in (None, "cudnn", "parts", "triton"):
+        raise ValueError(f"fused.BATCH_NORM_KERNELS[{x.device.type!r}] is {kernels!r}; valid: 'cudnn', 'parts', "
+                         f"'triton' (or no entry: PyTorch's own kernels)")
     if kernels == "cudnn":  # 1 x^ + 0 where there is no weight or bias
         dtype = torch.promote_types(x.dtype, torch.float32) if weight is None else weight.dtype
         weight = filled(1.0, x.shape[1], dtype, x.device) if weight is None else weight
@@ -1130,6 +1130,8 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
         mean, var = run.batch_statistics(mods, x.shape[1], per)
         if kernels == "parts":
             return ops.batch_norm_by_parts(x, mean, var, weight, bias, m.eps)
+        if kernels == "triton":
+            return _triton_kernels().batch_norm(x, mean, var, weight, bias, m.eps)
         return F.batch_norm(x, mean, var, weight, bias, True, 1.0, m.eps)
     mean, var = ((m.running_mean, m.running_var) if len(mods) == 1 else  # one concatenation for both
                  torch.cat([b.running_mean for b in mods] + [b.running_var for b in mods]).split(x.shape[1]))
@@ -1138,13 +1140,25 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
 
 #: Per device type, the kernels the fused cell's BatchNorms run by there: "cudnn", cuDNN's (PyTorch hands a
 #: BatchNorm to them only with both an affine weight and a bias: the cell gives it ones and zeros where it
-#: has none), or "parts", in training PyTorch's over parts of the batch (``ops.batch_norm_by_parts``, CUDA
-#: only); else PyTorch's own. The cell's BatchNorms have a weight (the op weights of Eq. 2) or neither, so they
-#: all run PyTorch's kernels, 28% of an eager darts-v1 step's device time on an H200 (docs/speed.md), which
-#: reduce each channel of an NCHW input in one thread block. None chosen until measured faster
-#: (``benchmarks/conv_variants.py --only batchnorm``, and the step by search_step.py's ``-cudnnbn`` and
-#: ``-partsbn`` paths).
+#: has none); in training "parts", PyTorch's over parts of the batch (``ops.batch_norm_by_parts``, CUDA only),
+#: or "triton", dnas's own (``dnas.kernels.batch_norm``); else PyTorch's own. The cell's BatchNorms have a
+#: weight (the op weights of Eq. 2) or neither, so they all run PyTorch's kernels, 28% of an eager darts-v1
+#: step's device time on an H200 (docs/speed.md), which reduce each channel of an NCHW input in one thread
+#: block. None chosen until measured faster (``benchmarks/conv_variants.py --only batchnorm``, and the step by
+#: search_step.py's ``-cudnnbn``, ``-partsbn`` and ``-tritonbn`` paths).
 BATCH_NORM_KERNELS: dict[str, str] = {}
+
+
+def _triton_kernels():
+    """``dnas.kernels``, imported at its first use: it needs Triton, which PyTorch's CUDA builds bring."""
+    try:
+        from dnas import kernels
+    except ModuleNotFoundError as e:
+        if e.name != "triton":
+            raise
+        raise RuntimeError("fused.BATCH_NORM_KERNELS names 'triton', whose kernels need the triton package (it "
+                           "comes with PyTorch's CUDA builds; else pip install triton)") from e
+    return kernels
 
 
 def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None, sampled=False,

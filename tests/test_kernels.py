@@ -1,0 +1,172 @@
+"""dnas.kernels: the Triton BatchNorm against PyTorch's, on a GPU by its compiled kernels and on the CPU by
+Triton's interpreter (conftest.py sets TRITON_INTERPRET=1 where no GPU is)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dnas
+from dnas.spaces import fused as fused_module
+from test_fused import assert_same_step, search_step
+
+kernels = pytest.importorskip("dnas.kernels", reason="Triton is not installed (make install brings it)")
+
+INTERPRETER_OFF = "Triton runs CPU tensors only by its interpreter, which is off where a GPU is (conftest.py)"
+DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(not kernels.INTERPRETED, reason=INTERPRETER_OFF)),
+           pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="needs a CUDA device: the kernels compiled"))]
+
+
+@pytest.fixture(params=[1, 4], ids=["1 channel", "4 channels"])
+def small_chunks(request, monkeypatch):
+    """Programs of 1 channel (as on a GPU) or of 4 (as the interpreter runs them, the last program of 6
+    channels ragged), 4 chunks of each channel, 5 blocks of values in each chunk, the last chunk ragged."""
+    monkeypatch.setattr(kernels, "CHANNELS", request.param)
+    monkeypatch.setattr(kernels, "BLOCK", 16)
+    monkeypatch.setattr(kernels, "PROGRAMS", 4 * -(-6 // request.param))
+    return request.param
+
+
+def whole(x, mean, var, weight, bias, eps):
+    return F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("affine", ["weight", "weight and bias", "neither"])
+def test_batch_norm_computes_what_batch_norm_computes(device, affine, small_chunks):
+    """The same output, batch statistics (the mean and the unbiased variance, as F.batch_norm writes them at
+    momentum 1), gradients of the input, weight and bias, and second derivatives (by PyTorch's own backward,
+    which autograd differentiates again), in float64."""
+    g = torch.Generator().manual_seed(0)
+    t = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
+    x = (3 * t(8, 6, 5, 7) + 1).requires_grad_()
+    weight = t(6).requires_grad_() if affine != "neither" else None
+    bias = t(6).requires_grad_() if affine == "weight and bias" else None
+    inputs, dy = [v for v in (x, weight, bias) if v is not None], t(8, 6, 5, 7)
+    assert kernels._Grid(x).programs == (-(-6 // small_chunks), 4) and kernels._Grid(x).args[3] == 80
+    results = []
+    for batch_norm in (kernels.batch_norm, whole):
+        statistics = torch.zeros(2, 6, dtype=torch.float64, device=device)
+        y = batch_norm(x, *statistics, weight, bias, 1e-5)
+        grads = torch.autograd.grad(y, inputs, dy, retain_graph=True)
+        twice = torch.autograd.grad(y, inputs, dy, create_graph=True)
+        second = torch.autograd.grad(sum((v * v).sum() for v in twice), inputs, materialize_grads=True)
+        results.append([y, statistics, *grads, *twice, *second])
+        assert (type(y.grad_fn).__name__ == "_BatchNormBackward") == (batch_norm is not whole)
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_float32_batch_norm_far_from_zero_keeps_its_precision(device, small_chunks):
+    """Values of mean 1000 and standard deviation 1 in float32: the sums are of x minus the channel's first
+    value, and x - mean is (x - x0) - (mean - x0), so the statistics are float32's rounding of the exact ones
+    and the output is as close to the exact one as PyTorch's own (which rounds the mean first)."""
+    x = (torch.randn(16, 4, 6, 6, generator=torch.Generator().manual_seed(0)) + 1000).to(device)
+    exact_statistics = torch.zeros(2, 4, dtype=torch.float64, device=device)
+    exact = whole(x.double(), *exact_statistics, None, None, 1e-5)
+    statistics, pytorchs = torch.zeros(2, 4, device=device), torch.zeros(2, 4, device=device)
+    error = lambda y: (y.double() - exact).abs().max()
+    assert error(kernels.batch_norm(x, *statistics)) <= error(whole(x, *pytorchs, None, None, 1e-5))
+    torch.testing.assert_close(statistics.double(), exact_statistics, rtol=1e-6, atol=0)
+
+
+def test_the_grid_of_the_darts_search_network(monkeypatch):
+    """On a GPU, at batch 64, about ``PROGRAMS`` programs of one channel for any channels (fewer where a channel
+    has fewer values), each chunk whole blocks, the chunks covering the channel."""
+    for name, value in zip(("PROGRAMS", "BLOCK", "CHANNELS"), (2048, 1024, 1)):
+        monkeypatch.setattr(kernels, name, value)
+    shapes = [(16, 32), (128, 32), (256, 16), (512, 8), (1, 2)]
+    grids = [kernels._Grid(torch.empty(64, c, h, h, device="meta")) for c, h in shapes]
+    assert [g.programs for g in grids] == [(16, 64), (128, 16), (256, 8), (512, 4), (1, 1)]
+    assert [g.args[3] for g in grids] == [1024, 4096, 2048, 1024, 256]
+    assert [g.parts for g in grids] == [64, 16, 8, 4, 1]
+
+
+def test_other_inputs_run_pytorchs_batch_norm():
+    """An input not dense NCHW, of another dtype than its statistics (bf16 under autocast) or of one value per
+    channel: ``F.batch_norm``."""
+    x = torch.randn(4, 16, 8, 8)
+    for other in (x.contiguous(memory_format=torch.channels_last), x.bfloat16()):
+        y = kernels.batch_norm(other.requires_grad_(), *torch.zeros(2, 16))
+        assert type(y.grad_fn).__name__ == "NativeBatchNormBackward0"
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        kernels.batch_norm(x[:1, :, :1, :1], *torch.zeros(2, 16))
+
+
+@pytest.mark.skipif(kernels.INTERPRETED, reason="Triton's interpreter runs any device's tensors")
+def test_a_cpu_tensor_is_refused_outside_the_interpreter():
+    with pytest.raises(ValueError, match="runs on CUDA tensors, not cpu ones"):
+        kernels.batch_norm(torch.randn(4, 2, 3, 3), *torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_batch_norms_compute_the_same_step(device, monkeypatch):
+    """Where ``BATCH_NORM_KERNELS`` names "triton", the fused cell's training BatchNorms run by
+    ``kernels.batch_norm``: the same step."""
+    reference = search_step("darts-v1", fused=True, device=device)
+    calls = []
+    apply = kernels._BatchNorm.apply
+    monkeypatch.setattr(kernels._BatchNorm, "apply", lambda *args: calls.append(args) or apply(*args))
+    monkeypatch.setattr(fused_module, "BATCH_NORM_KERNELS", {device: "triton"})
+    assert_same_step(reference, search_step("darts-v1", fused=True, device=device))
+    assert len(calls) > 100
+
+
+def test_triton_batch_norms_without_triton_say_what_they_need(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)
+    monkeypatch.delitem(sys.modules, "dnas.kernels")
+    monkeypatch.delattr(dnas, "kernels")
+    monkeypatch.setattr(fused_module, "BATCH_NORM_KERNELS", {"cpu": "triton"})
+    with pytest.raises(RuntimeError, match="'triton', whose kernels need the triton package"):
+        search_step("darts-v1", fused=True)
+
+
+COMPILE_FOR_HOPPER = r"""
+import itertools, re, sys
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from dnas import kernels
+
+assert not kernels.INTERPRETED
+INTS, FLOATS = {"C", "M", "CHUNK"}, {"eps"}
+unvectorised = []
+def compile(kernel, dtype, **constexprs):
+    # as a launch specialises them: pointers and the values' counts divisible by 16
+    constexprs["ACC"] = tl.float64 if dtype == "fp64" else tl.float32
+    kind = lambda n: ("constexpr" if n in constexprs else "i32" if n in INTS else "fp32" if n in FLOATS
+                      else "*" + dtype)
+    signature = {n: kind(n) for n in kernel.arg_names}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
+               if signature[n].startswith("*") or n in ("M", "CHUNK")}
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, aligned),
+                              target=GPUTarget("cuda", 90, 32))
+    if kernel is not kernels._chunk_sums and not re.search(r"st\.global\.v\d", compiled.asm["ptx"]):
+        unvectorised.append((kernel.fn.__name__, dtype, constexprs))
+for dtype, channels, length in (("fp32", 1, 1024), ("fp32", 1, 64), ("fp64", 1, 256), ("fp32", 4, 64)):
+    tile = dict(L=length, CHANNELS=channels, BLOCK=256 * (1 + (channels == 1) * 3))
+    for shift in (True, False):
+        compile(kernels._chunk_sums, dtype, SHIFT=shift, **tile)
+    for weight, bias in itertools.product((True, False), repeat=2):
+        compile(kernels._normalise, dtype, PARTS=64, HAS_WEIGHT=weight, HAS_BIAS=bias, **tile)
+    for weight, want_weight, want_bias in ((True, True, False), (True, True, True), (False, False, False)):
+        compile(kernels._grad_input, dtype, PARTS=64, HAS_WEIGHT=weight, WANT_WEIGHT=want_weight,
+                WANT_BIAS=want_bias, **tile)
+print("unvectorised:", unvectorised)
+"""
+
+
+def test_the_kernels_compile_for_hopper():
+    """Each kernel, as the fused cell launches it, compiles for an H100 / H200 (sm_90) by Triton's compiler
+    and the ptxas it brings, which need no GPU: what the interpreter cannot tell (a construct Triton's GPU
+    backend refuses) fails here, not in a GPU session's minutes; and every tile is stored by vector stores
+    (16 bytes a thread at once)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "unvectorised: []" in done.stdout, done.stdout
