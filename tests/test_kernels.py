@@ -3,12 +3,14 @@ Triton's interpreter (conftest.py sets TRITON_INTERPRET=1 where no GPU is)."""
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import dnas
+from dnas import ops
 from dnas.spaces import fused as fused_module
 from test_fused import assert_same_step, search_step
 
@@ -23,8 +25,10 @@ DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(not kernels.INTERPRETED,
 @pytest.fixture(params=[1, 4], ids=["1 channel", "4 channels"])
 def small_chunks(request, monkeypatch):
     """Programs of 1 channel (as on a GPU) or of 4 (as the interpreter runs them, the last program of 6
-    channels ragged), 4 chunks of each channel, 5 blocks of values in each chunk, the last chunk ragged."""
+    channels ragged), 4 chunks of each channel, 5 blocks of values in each chunk, the last chunk ragged (those
+    that also read or write NHWC: of 2 or 8 channels, blocks of 8 values, 4 chunks)."""
     monkeypatch.setattr(kernels, "CHANNELS", request.param)
+    monkeypatch.setattr(kernels, "NHWC_CHANNELS", 2 * request.param)
     monkeypatch.setattr(kernels, "BLOCK", 16)
     monkeypatch.setattr(kernels, "PROGRAMS", 4 * -(-6 // request.param))
     return request.param
@@ -35,27 +39,34 @@ def whole(x, mean, var, weight, bias, eps):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("affine", ["weight", "weight and bias", "neither"])
-def test_batch_norm_computes_what_batch_norm_computes(device, affine, small_chunks):
-    """The same output, batch statistics (the mean and the unbiased variance, as F.batch_norm writes them at
-    momentum 1), gradients of the input, weight and bias, and second derivatives (by PyTorch's own backward,
-    which autograd differentiates again), in float64."""
+@pytest.mark.parametrize("affine, relu_nhwc", [  # the cell's: an op's last, its middle one; and any
+    ("weight", False), ("neither", False), ("weight and bias", True), ("neither", True)])
+def test_batch_norm_computes_what_batch_norm_computes(device, affine, relu_nhwc, small_chunks):
+    """The same output (with ``relu_nhwc``, ``ops.relu_nhwc``'s of it, NHWC), batch statistics (the mean and
+    the unbiased variance, as F.batch_norm writes them at momentum 1), gradients of the input, weight and
+    bias, and second derivatives (by PyTorch's own backward, which autograd differentiates again), in float64."""
     g = torch.Generator().manual_seed(0)
     t = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
-    x = (3 * t(8, 6, 5, 7) + 1).requires_grad_()
+    x = (3 * t(8, 6, 5, 6) + 1).requires_grad_()
     weight = t(6).requires_grad_() if affine != "neither" else None
     bias = t(6).requires_grad_() if affine == "weight and bias" else None
-    inputs, dy = [v for v in (x, weight, bias) if v is not None], t(8, 6, 5, 7)
-    assert kernels._Grid(x).programs == (-(-6 // small_chunks), 4) and kernels._Grid(x).args[3] == 80
+    inputs, dy = [v for v in (x, weight, bias) if v is not None], t(8, 6, 5, 6)
+    grid = kernels._Grid(x, relu_nhwc)  # several chunks of several blocks, the last chunk ragged
+    chunk, block = grid.args[3], grid.meta["BLOCK"]
+    assert grid.meta["CHANNELS"] == (2 * small_chunks if relu_nhwc else small_chunks)
+    assert grid.chunks > 1 and chunk // block == 4 and 240 % chunk
+    reference = lambda *args: ops.relu_nhwc(whole(*args)) if relu_nhwc else whole(*args)
     results = []
-    for batch_norm in (kernels.batch_norm, whole):
+    for batch_norm in (partial(kernels.batch_norm, relu_nhwc=relu_nhwc), reference):
         statistics = torch.zeros(2, 6, dtype=torch.float64, device=device)
         y = batch_norm(x, *statistics, weight, bias, 1e-5)
         grads = torch.autograd.grad(y, inputs, dy, retain_graph=True)
         twice = torch.autograd.grad(y, inputs, dy, create_graph=True)
         second = torch.autograd.grad(sum((v * v).sum() for v in twice), inputs, materialize_grads=True)
         results.append([y, statistics, *grads, *twice, *second])
-        assert (type(y.grad_fn).__name__ == "_BatchNormBackward") == (batch_norm is not whole)
+        assert (type(y.grad_fn).__name__ == "_BatchNormBackward") == (batch_norm is not reference)
+        assert y.is_contiguous(memory_format=torch.channels_last if relu_nhwc else torch.contiguous_format)
+        assert all(v.is_contiguous() for v in grads)
     for ours, reference in zip(*results):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
@@ -106,14 +117,16 @@ def test_a_cpu_tensor_is_refused_outside_the_interpreter():
 @pytest.mark.parametrize("device", DEVICES)
 def test_triton_batch_norms_compute_the_same_step(device, monkeypatch):
     """Where ``BATCH_NORM_KERNELS`` names "triton", the fused cell's training BatchNorms run by
-    ``kernels.batch_norm``: the same step."""
+    ``kernels.batch_norm``, in the GPU's convolution forms (``ops.FORM_DEVICES``, on the CPU too) those
+    inside the separable convolutions with the ReLU after them: the same step."""
+    monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu", "cuda"))
     reference = search_step("darts-v1", fused=True, device=device)
     calls = []
     apply = kernels._BatchNorm.apply
-    monkeypatch.setattr(kernels._BatchNorm, "apply", lambda *args: calls.append(args) or apply(*args))
+    monkeypatch.setattr(kernels._BatchNorm, "apply", lambda *args: calls.append(args[-1]) or apply(*args))
     monkeypatch.setattr(fused_module, "BATCH_NORM_KERNELS", {device: "triton"})
     assert_same_step(reference, search_step("darts-v1", fused=True, device=device))
-    assert len(calls) > 100
+    assert len(calls) > 100 and 0 < sum(calls) < len(calls)  # some with the ReLU, some without
 
 
 def test_triton_batch_norms_without_triton_say_what_they_need(monkeypatch):
@@ -126,7 +139,7 @@ def test_triton_batch_norms_without_triton_say_what_they_need(monkeypatch):
 
 
 COMPILE_FOR_HOPPER = r"""
-import itertools, re, sys
+import re
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -136,22 +149,23 @@ assert not kernels.INTERPRETED
 INTS, FLOATS = {"C", "M", "CHUNK"}, {"eps"}
 unvectorised = []
 def compile(kernel, dtype, **constexprs):
-    # as a launch specialises them: pointers and the values' counts divisible by 16
+    # as a launch specialises them: pointers, channels and the values' counts divisible by 16
     constexprs["ACC"] = tl.float64 if dtype == "fp64" else tl.float32
     kind = lambda n: ("constexpr" if n in constexprs else "i32" if n in INTS else "fp32" if n in FLOATS
                       else "*" + dtype)
     signature = {n: kind(n) for n in kernel.arg_names}
     aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
-               if signature[n].startswith("*") or n in ("M", "CHUNK")}
+               if signature[n].startswith("*") or n in ("C", "M", "CHUNK")}
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, aligned),
                               target=GPUTarget("cuda", 90, 32))
     if kernel is not kernels._chunk_sums and not re.search(r"st\.global\.v\d", compiled.asm["ptx"]):
         unvectorised.append((kernel.fn.__name__, dtype, constexprs))
-for dtype, channels, length in (("fp32", 1, 1024), ("fp32", 1, 64), ("fp64", 1, 256), ("fp32", 4, 64)):
-    tile = dict(L=length, CHANNELS=channels, BLOCK=256 * (1 + (channels == 1) * 3))
+for dtype, channels, block, length, relu in (("fp32", 1, 1024, 1024, False), ("fp32", 1, 1024, 64, False),
+                                            ("fp64", 1, 256, 256, False), ("fp32", 32, 32, 1024, True)):
+    tile = dict(L=length, CHANNELS=channels, BLOCK=block, RELU_NHWC=relu)
     for shift in (True, False):
         compile(kernels._chunk_sums, dtype, SHIFT=shift, **tile)
-    for weight, bias in itertools.product((True, False), repeat=2):
+    for weight, bias in ((True, False), (False, False), (True, True)):
         compile(kernels._normalise, dtype, PARTS=64, HAS_WEIGHT=weight, HAS_BIAS=bias, **tile)
     for weight, want_weight, want_bias in ((True, True, False), (True, True, True), (False, False, False)):
         compile(kernels._grad_input, dtype, PARTS=64, HAS_WEIGHT=weight, WANT_WEIGHT=want_weight,

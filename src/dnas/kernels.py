@@ -10,7 +10,10 @@ docs/speed.md). Here each channel's values are cut into chunks, one program each
   the variance does not cancel), the next merges a channel's sums into its mean and variance and normalises
   its chunk (the program of a channel's first chunk writes the batch statistics);
 * backward, one kernel sums each chunk's dy and dy (x - mean), the next merges them and writes
-  dx = w / std (dy - mean(dy) - x^ mean(dy x^)), and the first chunk's program the weight's and bias's gradients.
+  dx = w / std (dy - mean(dy) - x^ mean(dy x^)), and the first chunk's program the weight's and bias's gradients;
+* with ``relu_nhwc``, the ReLU after it on the way, written NHWC (what a separable convolution's second
+  depthwise convolution reads on a GPU, ``ops.relu_nhwc``): the output relu(y), and backward
+  dy = dz (z > 0) from the NHWC gradient dz and output z, each one kernel fewer.
 
 The module is imported only when chosen (``fused.BATCH_NORM_KERNELS``): Triton comes with PyTorch's CUDA
 builds. Without a GPU its interpreter (``TRITON_INTERPRET=1`` before this module is imported) runs the same
@@ -30,23 +33,26 @@ from . import ops
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").upper() in ("1", "TRUE", "YES", "ON")
 
 #: About how many programs a BatchNorm's kernels run, how many values of a channel each reads at once, and of
-#: how many channels: on a GPU a few programs for each of an H100's 132 multiprocessors, of one channel each;
-#: under the interpreter few programs of many channels.
-PROGRAMS, BLOCK, CHANNELS = (8, 1024, 64) if INTERPRETED else (2048, 1024, 1)
+#: how many channels (``NHWC_CHANNELS`` where it also reads or writes NHWC, whose channels are then its
+#: contiguous bytes; it reads about as many values in all): on a GPU a few programs for each of an H100's 132
+#: multiprocessors; under the interpreter few programs of many channels.
+PROGRAMS, BLOCK, CHANNELS, NHWC_CHANNELS = (8, 1024, 64, 64) if INTERPRETED else (2048, 1024, 1, 32)
 
 
-def batch_norm(x, mean, var, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
+def batch_norm(x, mean, var, weight=None, bias=None, eps: float = 1e-5, relu_nhwc: bool = False) -> torch.Tensor:
     """``F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)``: ``x`` normalised by its batch's
-    statistics, which are written into ``mean`` and ``var`` (the unbiased variance), by the kernels above.
-    Where ``x`` is not dense NCHW, its dtype not the statistics' (bf16 under autocast), a channel holds one
-    value, or the call is traced or compiled, ``F.batch_norm`` runs it."""
+    statistics, which are written into ``mean`` and ``var`` (the unbiased variance), by the kernels above;
+    with ``relu_nhwc``, ``ops.relu_nhwc`` of that in the same kernels. Where ``x`` is not dense NCHW, its dtype
+    not the statistics' (bf16 under autocast), a channel holds one value, or the call is traced or compiled,
+    PyTorch's kernels run it."""
     if x.device.type != "cuda" and not INTERPRETED:
         raise ValueError(f"dnas.kernels runs on CUDA tensors, not {x.device.type} ones (on any device's only under "
                          f"Triton's interpreter: TRITON_INTERPRET=1 before dnas.kernels is imported)")
     values = x.numel() // x.shape[1]
     if not x.is_contiguous() or x.dtype != mean.dtype or values < 2 or x.numel() >= 2 ** 31 or ops.exporting():
-        return F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)
-    return _BatchNorm.apply(x, weight, bias, eps, (mean, var))
+        y = F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)
+        return ops.relu_nhwc(y) if relu_nhwc else y
+    return _BatchNorm.apply(x, weight, bias, eps, (mean, var), relu_nhwc)
 
 
 class _BatchNorm(torch.autograd.Function):
@@ -54,37 +60,39 @@ class _BatchNorm(torch.autograd.Function):
     differentiates again, from the statistics this forward saved."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, statistics):
-        grid = _Grid(x)
+    def forward(ctx, x, weight, bias, eps, statistics, relu_nhwc):
+        grid = _Grid(x, relu_nhwc)
         partials = x.new_empty((2, grid.channels, grid.chunks), dtype=grid.accumulate)
         saved = x.new_empty((2, grid.channels), dtype=grid.accumulate)  # mean, 1 / std
-        y = torch.empty_like(x)
-        _chunk_sums[grid.programs](x, x, x, partials, *grid.args, SHIFT=True, **grid.meta)
+        y = torch.empty_like(x, memory_format=torch.channels_last if relu_nhwc else torch.contiguous_format)
+        _chunk_sums[grid.programs](x, x, x, x, partials, *grid.args, SHIFT=True, **grid.meta)
         _normalise[grid.programs](x, y, partials, _or(weight, x), _or(bias, x), *statistics, saved, eps,
                                   *grid.args, PARTS=grid.parts, HAS_WEIGHT=weight is not None,
                                   HAS_BIAS=bias is not None, **grid.meta)
-        ctx.save_for_backward(x, weight, saved)
-        ctx.eps = eps
+        ctx.save_for_backward(x, weight, saved, y if relu_nhwc else None)
+        ctx.eps, ctx.relu_nhwc = eps, relu_nhwc
         return y
 
     @staticmethod
-    def backward(ctx, dy):
-        x, weight, saved = ctx.saved_tensors
+    def backward(ctx, dz):
+        x, weight, saved, z = ctx.saved_tensors
         wanted = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph
+            dy = torch.ops.aten.threshold_backward(dz, z, 0).contiguous() if ctx.relu_nhwc else dz
             grads = torch.ops.aten.native_batch_norm_backward(dy, x, weight, None, None, saved[0], saved[1], True,
                                                               ctx.eps, list(wanted))
-            return *(g if want else None for g, want in zip(grads, wanted)), None, None
-        grid, dy = _Grid(x), dy.contiguous()
+            return *(g if want else None for g, want in zip(grads, wanted)), None, None, None
+        grid = _Grid(x, ctx.relu_nhwc)
+        dz = dz.contiguous(memory_format=torch.channels_last if ctx.relu_nhwc else torch.contiguous_format)
         partials = x.new_empty((2, grid.channels, grid.chunks), dtype=grid.accumulate)
-        _chunk_sums[grid.programs](dy, x, saved, partials, *grid.args, SHIFT=False, **grid.meta)
+        _chunk_sums[grid.programs](dz, _or(z, x), x, saved, partials, *grid.args, SHIFT=False, **grid.meta)
         dw = torch.empty_like(weight) if wanted[1] else None
         db = x.new_empty(grid.channels) if wanted[2] else None
         dx = torch.empty_like(x)
-        _grad_input[grid.programs](dy, x, dx, partials, saved, _or(weight, x), _or(dw, x), _or(db, x),
+        _grad_input[grid.programs](dz, _or(z, x), x, dx, partials, saved, _or(weight, x), _or(dw, x), _or(db, x),
                                    *grid.args, PARTS=grid.parts, HAS_WEIGHT=weight is not None,
                                    WANT_WEIGHT=dw is not None, WANT_BIAS=db is not None, **grid.meta)
-        return dx if wanted[0] else None, dw, db, None, None
+        return dx if wanted[0] else None, dw, db, None, None, None
 
 
 def _or(t, placeholder):
@@ -93,41 +101,52 @@ def _or(t, placeholder):
 
 
 class _Grid:
-    """How a BatchNorm's kernels cut an (N, C, H, W) input: programs of ``channels`` channels (``CHANNELS``)
-    by ``chunks`` chunks of ``chunk`` consecutive values of each (a multiple of ``block``; value m of channel
-    c at (m // L) C L + c L + m % L for L = H W); sums in float64 for a float64 input, else float32."""
+    """How a BatchNorm's kernels cut an (N, C, H, W) input: programs of ``CHANNELS`` channels (``NHWC_CHANNELS``
+    with ``relu_nhwc``) by ``chunks`` chunks of ``chunk`` consecutive values of each (a multiple of ``block``;
+    value m of channel c at (m // L) C L + c L + m % L for L = H W, in NHWC at m C + c); sums in float64 for
+    a float64 input, else float32."""
 
-    def __init__(self, x: torch.Tensor):
+    def __init__(self, x: torch.Tensor, relu_nhwc: bool = False):
         n, c = x.shape[:2]
         length, values = x[0, 0].numel(), x.numel() // c
-        block = min(BLOCK, triton.next_power_of_2(values))
-        chunks = max(1, min(PROGRAMS // triton.cdiv(c, CHANNELS), triton.cdiv(values, block)))
+        channels = NHWC_CHANNELS if relu_nhwc else CHANNELS
+        block = min(max(BLOCK * CHANNELS // channels, 1), triton.next_power_of_2(values))
+        chunks = max(1, min(PROGRAMS // triton.cdiv(c, channels), triton.cdiv(values, block)))
         chunk = triton.cdiv(triton.cdiv(values, chunks), block) * block
         self.channels, self.chunks = c, triton.cdiv(values, chunk)
         self.parts = triton.next_power_of_2(self.chunks)
-        self.programs = (triton.cdiv(c, CHANNELS), self.chunks)
+        self.programs = (triton.cdiv(c, channels), self.chunks)
         self.args = (c, length, values, chunk)
-        self.meta = dict(CHANNELS=CHANNELS, BLOCK=block,
+        self.meta = dict(RELU_NHWC=relu_nhwc, CHANNELS=channels, BLOCK=block,
                          ACC=tl.float64 if x.dtype == torch.float64 else tl.float32)
         self.accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 @triton.jit
 def _tile(C, L: tl.constexpr, M, start, CHANNELS: tl.constexpr, BLOCK: tl.constexpr, cb):
-    """Program cb's channels c, which of them are real, the tile's offsets (channels x values from ``start``)
-    and which of those are inside the input."""
+    """Program cb's tile of values from ``start``: its offsets in NCHW and in NHWC (channels x values), and
+    which of them are inside the input."""
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
     m = start + tl.arange(0, BLOCK)
     at = (c * L)[:, None] + ((m // L) * (C * L) + m % L)[None, :]
-    return at, (c < C)[:, None] & (m < M)[None, :]
+    return at, c[:, None] + (m * C)[None, :], (c < C)[:, None] & (m < M)[None, :]
 
 
 @triton.jit
-def _chunk_sums(a, x, mean, partials, C, L: tl.constexpr, M, CHUNK, SHIFT: tl.constexpr, CHANNELS: tl.constexpr,
-                BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _gradient(dz, z, at, nhwc, inside, RELU_NHWC: tl.constexpr, ACC: tl.constexpr):
+    """The tile of dy: dz, or with RELU_NHWC the ReLU's backward dz (z > 0), both NHWC."""
+    if RELU_NHWC:
+        g = tl.load(dz + nhwc, mask=inside, other=0).to(ACC)
+        return tl.where(tl.load(z + nhwc, mask=inside, other=0) > 0, g, 0)
+    return tl.load(dz + at, mask=inside, other=0).to(ACC)
+
+
+@triton.jit
+def _chunk_sums(a, z, x, mean, partials, C, L: tl.constexpr, M, CHUNK, SHIFT: tl.constexpr, RELU_NHWC: tl.constexpr,
+                CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Program (cb, s): over chunk s of each of its channels c, with SHIFT the sums of x - x0 and (x - x0)^2
-    (``a`` is x, x0 channel c's first value), else of dy and dy (x - mean) (``a`` is dy, the mean channel c's,
-    mean[c]); into partials[0, c, s] and partials[1, c, s]."""
+    (x0 channel c's first value), else of dy and dy (x - mean) (dy from ``a`` and ``z``: ``_gradient``; the
+    mean channel c's, mean[c]); into partials[0, c, s] and partials[1, c, s]."""
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
     real = c < C
@@ -137,15 +156,15 @@ def _chunk_sums(a, x, mean, partials, C, L: tl.constexpr, M, CHUNK, SHIFT: tl.co
         centre = tl.load(mean + c, mask=real, other=0).to(ACC)
     sum_a, sum_ax = tl.zeros([CHANNELS, BLOCK], ACC), tl.zeros([CHANNELS, BLOCK], ACC)
     for start in range(s * CHUNK, (s + 1) * CHUNK, BLOCK):
-        at, inside = _tile(C, L, M, start, CHANNELS, BLOCK, cb)
+        at, nhwc, inside = _tile(C, L, M, start, CHANNELS, BLOCK, cb)
         xc = tl.where(inside, tl.load(x + at, mask=inside, other=0).to(ACC) - centre[:, None], 0)
         if SHIFT:
             sum_a += xc
             sum_ax += xc * xc
         else:
-            da = tl.load(a + at, mask=inside, other=0).to(ACC)
-            sum_a += da
-            sum_ax += da * xc
+            g = _gradient(a, z, at, nhwc, inside, RELU_NHWC, ACC)
+            sum_a += g
+            sum_ax += g * xc
     chunks = tl.num_programs(1)
     tl.store(partials + c * chunks + s, tl.sum(sum_a, 1), mask=real)
     tl.store(partials + (C + c) * chunks + s, tl.sum(sum_ax, 1), mask=real)
@@ -165,12 +184,13 @@ def _merged(partials, c, C, PARTS: tl.constexpr):
 
 @triton.jit
 def _normalise(x, y, partials, weight, bias, mean_out, var_out, saved, eps, C, L: tl.constexpr, M, CHUNK,
-               PARTS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, CHANNELS: tl.constexpr,
-               BLOCK: tl.constexpr, ACC: tl.constexpr):
+               PARTS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RELU_NHWC: tl.constexpr,
+               CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Program (cb, s): its channels' means and variances from their chunks' shifted sums; chunk s of
-    y = (x - mean) / sqrt(var + eps) * weight + bias, x - mean as (x - x0) - (mean - x0), which keeps float32's
-    precision far from zero. The first chunk's program writes the mean and the unbiased variance into
-    mean_out and var_out, and the mean and 1 / std into saved (for the backward)."""
+    y = (x - mean) / sqrt(var + eps) * weight + bias (with RELU_NHWC relu(y), written NHWC), x - mean as
+    (x - x0) - (mean - x0), which keeps float32's precision far from zero. The first chunk's program writes
+    the mean and the unbiased variance into mean_out and var_out, and the mean and 1 / std into saved (for
+    the backward)."""
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
     real = c < C
@@ -191,18 +211,22 @@ def _normalise(x, y, partials, weight, bias, mean_out, var_out, saved, eps, C, L
     if HAS_BIAS:
         offset += tl.load(bias + c, mask=real, other=0).to(ACC)
     for start in range(s * CHUNK, (s + 1) * CHUNK, BLOCK):
-        at, inside = _tile(C, L, M, start, CHANNELS, BLOCK, cb)
+        at, nhwc, inside = _tile(C, L, M, start, CHANNELS, BLOCK, cb)
         xc = tl.load(x + at, mask=inside, other=0).to(ACC) - x0[:, None] - shifted[:, None]
-        tl.store(y + at, (xc * scale[:, None] + offset[:, None]).to(y.dtype.element_ty), mask=inside)
+        out = xc * scale[:, None] + offset[:, None]
+        if RELU_NHWC:
+            tl.store(y + nhwc, tl.maximum(out, 0).to(y.dtype.element_ty), mask=inside)
+        else:
+            tl.store(y + at, out.to(y.dtype.element_ty), mask=inside)
 
 
 @triton.jit
-def _grad_input(dy, x, dx, partials, saved, weight, dw, db, C, L: tl.constexpr, M, CHUNK, PARTS: tl.constexpr,
+def _grad_input(dz, z, x, dx, partials, saved, weight, dw, db, C, L: tl.constexpr, M, CHUNK, PARTS: tl.constexpr,
                 HAS_WEIGHT: tl.constexpr, WANT_WEIGHT: tl.constexpr, WANT_BIAS: tl.constexpr,
-                CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+                RELU_NHWC: tl.constexpr, CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Program (cb, s): chunk s of dx = w / std (dy - mean(dy) - x^ mean(dy x^)) for its channels, x^ = (x -
-    mean) / std, from their chunks' sums of dy and dy (x - mean); the first chunk's program writes
-    dw = sum(dy x^) and db = sum(dy)."""
+    mean) / std, dy from ``dz`` and ``z`` (``_gradient``), from their chunks' sums of dy and dy (x - mean);
+    the first chunk's program writes dw = sum(dy x^) and db = sum(dy)."""
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
     real = c < C
@@ -219,8 +243,8 @@ def _grad_input(dy, x, dx, partials, saved, weight, dw, db, C, L: tl.constexpr, 
         scale = scale * tl.load(weight + c, mask=real, other=0).to(ACC)
     mean_dy, slope = sum_dy / M, sum_dy_xc * invstd * invstd / M
     for start in range(s * CHUNK, (s + 1) * CHUNK, BLOCK):
-        at, inside = _tile(C, L, M, start, CHANNELS, BLOCK, cb)
-        g = tl.load(dy + at, mask=inside, other=0).to(ACC)
+        at, nhwc, inside = _tile(C, L, M, start, CHANNELS, BLOCK, cb)
+        g = _gradient(dz, z, at, nhwc, inside, RELU_NHWC, ACC)
         xc = tl.load(x + at, mask=inside, other=0).to(ACC) - mean[:, None]
         g = (g - mean_dy[:, None] - xc * slope[:, None]) * scale[:, None]
         tl.store(dx + at, g.to(dx.dtype.element_ty), mask=inside)

@@ -1062,13 +1062,15 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
     """The leaves of ``g`` after its head on ``x`` (its input's d x d phases where d > 1: in an NCHW cell the
     first only, whose output is put back NCHW), weighed by ``w``; where the batch's blocks are only summed
     (``summed``), the outputs of a group of several ops summed per edge."""
-    start = g.start  # the head ran once per source
+    start, relu_done = g.start, False  # the head ran once per source
     for j in range(start, len(g.leaves)):
         leaf = g.leaves[j]
-        if leaf[0] == "bn":
-            x = _batch_norm(x, leaf[1], run, w if j == len(g.leaves) - 1 else None)
-        elif leaf[0] == "relu" and run.nhwc_forms and j + 1 < len(g.leaves) and g.leaves[j + 1][0] == "conv" \
-                and depthwise_runs_nhwc(x, g.leaves[j + 1][1][0]):
+        if relu_done:  # by the BatchNorm before it
+            relu_done = False
+        elif leaf[0] == "bn":
+            relu_done = _relu_writes_nhwc(g, j + 1, x, run)
+            x = _batch_norm(x, leaf[1], run, w if j == len(g.leaves) - 1 else None, nhwc_relu=relu_done)
+        elif _relu_writes_nhwc(g, j, x, run):
             x = relu_nhwc(x)  # the ReLU writes what the depthwise convolution reads: no copy in
         else:
             convs = [run.weights[bank][piece] for bank, piece in g.convs[j]]
@@ -1083,6 +1085,13 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
                 x = x.contiguous()  # edges``) or ReLU: back to the cell's layout
     x = x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1)
     return _sum_blocks(x, g.repeats, x.shape[1] // len(g.edge_ids)) if summed and g.repeats > 1 else x
+
+
+def _relu_writes_nhwc(g: _Group, j: int, x: torch.Tensor, run: _Run) -> bool:
+    """Whether leaf j of ``g`` is a ReLU of ``x`` whose output a depthwise convolution that runs NHWC reads
+    (``ops.depthwise_runs_nhwc``), so that it writes it NHWC (``ops.relu_nhwc``): no copy in."""
+    return (run.nhwc_forms and j + 1 < len(g.leaves) and g.leaves[j][0] == "relu" and g.leaves[j + 1][0] == "conv"
+            and depthwise_runs_nhwc(x, g.leaves[j + 1][1][0]))
 
 
 def _reads_nhwc(g: _Group, x: torch.Tensor) -> bool:
@@ -1107,12 +1116,14 @@ def _phase_dilation(leaves, x: torch.Tensor, whole: bool) -> int:
     return c.dilation[0]
 
 
-def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=None, per: int = 1) -> torch.Tensor:
+def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=None, per: int = 1,
+                nhwc_relu: bool = False) -> torch.Tensor:
     """The BatchNorms ``mods`` over their concatenated channels, their outputs times ``scale`` per channel
-    if given. In training their running statistics move towards the batch's when the cell is done
-    (``_Run.batch_statistics``); in evaluation they normalise by them. ``per`` > 1 (training, not affine):
-    each block of channels of ``x`` is what ``per`` modules, on the edges of one source, see alike, so it is
-    normalised once and each of them moves by the same batch statistics."""
+    if given, and with ``nhwc_relu`` the ReLU after them written NHWC (``ops.relu_nhwc``; in training by
+    Triton's kernels, on the way). In training their running statistics move towards the batch's when the
+    cell is done (``_Run.batch_statistics``); in evaluation they normalise by them. ``per`` > 1 (training, not
+    affine): each block of channels of ``x`` is what ``per`` modules, on the edges of one source, see alike,
+    so it is normalised once and each of them moves by the same batch statistics."""
     m = mods[0]
     weight, bias = (_cat([b.weight for b in mods], 0), _cat([b.bias for b in mods], 0)) if m.affine else (None, None)
     if scale is not None:  # s (g x^ + b) = (s g) x^ + s b
@@ -1128,14 +1139,17 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
         bias = filled(0.0, x.shape[1], dtype, x.device) if bias is None else bias
     if m.training:
         mean, var = run.batch_statistics(mods, x.shape[1], per)
-        if kernels == "parts":
-            return ops.batch_norm_by_parts(x, mean, var, weight, bias, m.eps)
         if kernels == "triton":
-            return _triton_kernels().batch_norm(x, mean, var, weight, bias, m.eps)
-        return F.batch_norm(x, mean, var, weight, bias, True, 1.0, m.eps)
-    mean, var = ((m.running_mean, m.running_var) if len(mods) == 1 else  # one concatenation for both
-                 torch.cat([b.running_mean for b in mods] + [b.running_var for b in mods]).split(x.shape[1]))
-    return F.batch_norm(x, mean, var, weight, bias, False, 0.0, m.eps)
+            return _triton_kernels().batch_norm(x, mean, var, weight, bias, m.eps, nhwc_relu)
+        if kernels == "parts":
+            y = ops.batch_norm_by_parts(x, mean, var, weight, bias, m.eps)
+        else:
+            y = F.batch_norm(x, mean, var, weight, bias, True, 1.0, m.eps)
+    else:
+        mean, var = ((m.running_mean, m.running_var) if len(mods) == 1 else  # one concatenation for both
+                     torch.cat([b.running_mean for b in mods] + [b.running_var for b in mods]).split(x.shape[1]))
+        y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, m.eps)
+    return relu_nhwc(y) if nhwc_relu else y
 
 
 #: Per device type, the kernels the fused cell's BatchNorms run by there: "cudnn", cuDNN's (PyTorch hands a
