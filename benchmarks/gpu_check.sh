@@ -121,8 +121,9 @@ tests)  # the CUDA tests, in six runs: SIGINT at a timeout makes pytest list the
 recipes)
     step recipes pc-darts,gdas,sdarts-rs,drnas,fair-darts readable,fused,graph 5 100 ;;
 gdas)  # GDAS eager (its sample read on the host) against every op computed and replayed (fused.dense_samples),
-    # at batch 64 and at its code's 256, where the ops not sampled cost more arithmetic
-    step gdas gdas fused,graph-lanes-dense,graph-dense 10 100
+    # at batch 64 and at its code's 256, where the ops not sampled cost more arithmetic; eager with Triton's
+    # BatchNorms too, whose launches cost more host time than PyTorch's
+    step gdas gdas fused,fused-tritonbn,graph-lanes-dense,graph-dense 10 100
     step gdas-256 gdas fused,graph-lanes-dense 5 100 "--batch-size 256" ;;
 nb201)
     step nb201 darts-v1,darts-v2,gdas readable,fused,graph,graph-cl 10 90 "--space nb201" ;;

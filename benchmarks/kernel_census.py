@@ -17,10 +17,14 @@ Writes JSON to benchmarks/out/ and appends a row to benchmarks/RESULTS.md.
     python benchmarks/kernel_census.py --gpu-forms --method gdas --dense      # GDAS, every op (dense_samples)
     python benchmarks/kernel_census.py --method darts-v2 --batch-size 16 --rows 30
     python benchmarks/kernel_census.py --gpu-forms --evaluation             # an evaluation batch's forward
+    TRITON_INTERPRET=1 python benchmarks/kernel_census.py --gpu-forms --triton-batch-norm   # the BatchNorms by
+                                  # dnas.kernels (fused.BATCH_NORM_KERNELS), by Triton's interpreter (minutes)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import sys
 import time
 import traceback
@@ -28,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
 from dnas import ops
@@ -36,6 +40,8 @@ from dnas.cuda_graph import set_capturable
 from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import bilevel_step, reuse_large_blocks
+from dnas.settings import temporarily
+from dnas.spaces import fused
 from dnas.spaces.fused import dense_samples, merge_kernel_sizes
 from results import append_rows, commit, write_json
 from search_step import DEPTH, row_method, supernet
@@ -76,6 +82,34 @@ class Census(TorchDispatchMode):
         return out
 
 
+@contextlib.contextmanager
+def triton_batch_norms(census: Census):
+    """The fused cells' training BatchNorms by ``dnas.kernels`` (Triton's, run on the CPU by its interpreter:
+    TRITON_INTERPRET=1 before anything imports triton),
+    each launch of its kernels one kernel of ``census``, moving the bytes of the distinct tensors it is handed
+    (each read or written once; an argument it does not read is one it is handed again), outside the census
+    (the interpreter's own copies are not a GPU's)."""
+    kernels = importlib.import_module("dnas.kernels")
+    if not kernels.INTERPRETED:
+        raise SystemExit("--triton-batch-norm runs dnas.kernels by Triton's interpreter: set TRITON_INTERPRET=1")
+
+    def counted(kernel):
+        run = kernel.run
+
+        def launch(*args, **kwargs):
+            distinct = {t.data_ptr(): t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)}
+            census.ops.append((f"triton {kernel.fn.__name__}", sum(map(_bytes, distinct.values())), _origin()))
+            with _disable_current_modes():
+                return run(*args, **kwargs)
+        return launch
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(temporarily(fused, "BATCH_NORM_KERNELS", {"cpu": "triton"}))
+        for kernel in (kernels._chunk_sums, kernels._normalise, kernels._grad_input):
+            stack.enter_context(temporarily(kernel, "run", counted(kernel)))
+        yield
+
+
 def _tensors(tree) -> list[torch.Tensor]:
     return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor) and t.numel()]
 
@@ -113,9 +147,12 @@ def census(args) -> dict:
         step = torch.no_grad()(lambda: model(val[0]))
     else:
         step = lambda: bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)
-    with merge_kernel_sizes(args.merged), dense_samples(args.dense):
+    seen = Census()
+    with merge_kernel_sizes(args.merged), dense_samples(args.dense), \
+            triton_batch_norms(seen) if args.triton_batch_norm else contextlib.nullcontext():
         step()  # the optimisers' state, the plans
-        with Census() as seen:
+        seen.ops.clear()
+        with seen:
             step()
     total = sum(b for _, b, _ in seen.ops)
     small = [b for _, b, _ in seen.ops if b < args.small]
@@ -132,7 +169,7 @@ def census(args) -> dict:
         "benchmark": "kernel_census", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
         "method": row_method(args.method, args.space),
         "path": args.path + (" merged" if args.merged else "") + (" dense samples" if args.dense else "")
-        + (" evaluation forward" if args.evaluation else ""),
+        + (" Triton BatchNorms" if args.triton_batch_norm else "") + (" evaluation forward" if args.evaluation else ""),
         "layout": "NHWC" if args.channels_last else "NCHW", "convolutions": "GPU forms" if args.gpu_forms else "CPU",
         "batch_size": args.batch_size, "kernels": len(seen.ops), "gb": round(total / 1e9, 2),
         "small_kernels": len(small), "small_gb": round(sum(small) / 1e9, 3), "small_bytes_below": args.small,
@@ -159,6 +196,8 @@ def main() -> None:
                    "(dnas.spaces.fused.merge_kernel_sizes)")
     p.add_argument("--dense", action="store_true", help="a hard relaxation's fused cells run every op, the sample "
                    "kept on the device (dnas.spaces.fused.dense_samples)")
+    p.add_argument("--triton-batch-norm", action="store_true", help="the fused cells' training BatchNorms by "
+                   "dnas.kernels (fused.BATCH_NORM_KERNELS), run by Triton's interpreter")
     p.add_argument("--evaluation", action="store_true",
                    help="count one forward of each epoch's evaluation (evaluation mode, no gradients), not a step")
     p.add_argument("--batch-size", type=int, default=64)
@@ -170,8 +209,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=15, help="rows of each table printed")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
-    if (args.merged or args.dense) and args.path != "fused":
-        p.error("--merged and --dense are the fused cell's ways (--path fused)")
+    if (args.merged or args.dense or args.triton_batch_norm) and args.path != "fused":
+        p.error("--merged, --dense and --triton-batch-norm are the fused cell's ways (--path fused)")
     reuse_large_blocks()
     report = census(args)
     write_json("kernel_census", report)

@@ -19,13 +19,13 @@ BENCHMARKS = REPO / "benchmarks"
 TINY = ["--batch-size", "2", "--init-channels", "4", "--layers", "3"]
 
 
-def run(script: str, *args: str, out: Path) -> tuple[str, list[dict], list[str]]:
-    """``python benchmarks/<script> args`` on the CPU, its JSON written under ``out`` and its RESULTS.md rows
-    appended to a copy there: its output, the records it wrote and the rows it appended."""
+def run(script: str, *args: str, out: Path, env=None) -> tuple[str, list[dict], list[str]]:
+    """``python benchmarks/<script> args`` on the CPU (with ``env`` too), its JSON written under ``out`` and its
+    RESULTS.md rows appended to a copy there: its output, the records it wrote and the rows it appended."""
     results = out / "RESULTS.md"
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(BENCHMARKS / "RESULTS.md", results)
-    env = {**os.environ, "DNAS_BENCHMARK_OUT": str(out), "DNAS_BENCHMARK_RESULTS": str(results),
+    env = {**os.environ, **(env or {}), "DNAS_BENCHMARK_OUT": str(out), "DNAS_BENCHMARK_RESULTS": str(results),
            "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -80,6 +80,13 @@ def test_kernel_census_counts_fewer_kernels_fused_and_appends_its_row(tmp_path):
     _, [report], _ = run("kernel_census.py", "--gpu-forms", "--method", "gdas", "--dense", "--no-results", "--rows",
                          "3", *TINY, out=tmp_path / "gdas")  # every op, as the readable step has them all
     assert report["path"] == "fused dense samples" and 0 < report["kernels"] < counts["readable"] / 2
+    kernels = {}  # the cells' training BatchNorms by dnas.kernels (Triton's interpreter), the ReLUs inside the
+    for options in ([], ["--triton-batch-norm"]):  # separable ops with them
+        _, [report], _ = run("kernel_census.py", "--gpu-forms", *options, "--no-results", "--rows", "60", *TINY,
+                             out=tmp_path / f"triton{len(options)}", env={"TRITON_INTERPRET": "1"})
+        kernels[len(options)] = {row["what"]: row["kernels"] for row in report["by_op"]}
+    assert report["path"] == "fused Triton BatchNorms" and kernels[1]["triton _normalise"] > 0
+    assert kernels[1]["clamp_min"] < kernels[0]["clamp_min"] and "triton _grad_input" not in kernels[0]
     # without --no-results, its row in its table: the method, path, layout and count it measured
     [row] = rows
     assert row.startswith("| ") and "| darts-v1 | fused merged | NHWC | GPU forms | 2 | " in row
