@@ -114,6 +114,7 @@ def test_a_cpu_tensor_is_refused_outside_the_interpreter():
         kernels.batch_norm(torch.randn(4, 2, 3, 3), *torch.zeros(2, 2))
 
 
+@pytest.mark.slow  # by the interpreter, ~45 s on the CPU
 @pytest.mark.parametrize("device", DEVICES)
 def test_triton_batch_norms_compute_the_same_step(device, monkeypatch):
     """Where ``BATCH_NORM_KERNELS`` names "triton", the fused cell's training BatchNorms run by
@@ -174,6 +175,7 @@ print("unvectorised:", unvectorised)
 """
 
 
+@pytest.mark.slow  # 32 compilations, ~25 s
 def test_the_kernels_compile_for_hopper():
     """Each kernel, as the fused cell launches it, compiles for an H100 / H200 (sm_90) by Triton's compiler
     and the ptxas it brings, which need no GPU: what the interpreter cannot tell (a construct Triton's GPU

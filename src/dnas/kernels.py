@@ -41,7 +41,7 @@ PROGRAMS, BLOCK, CHANNELS, NHWC_CHANNELS = (8, 1024, 64, 64) if INTERPRETED else
 
 def batch_norm(x, mean, var, weight=None, bias=None, eps: float = 1e-5, relu_nhwc: bool = False) -> torch.Tensor:
     """``F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)``: ``x`` normalised by its batch's
-    statistics, which are written into ``mean`` and ``var`` (the unbiased variance), by the kernels above;
+    statistics, which are written into ``mean`` and ``var`` (the unbiased variance), by this module's kernels;
     with ``relu_nhwc``, ``ops.relu_nhwc`` of that in the same kernels. Where ``x`` is not dense NCHW, its dtype
     not the statistics' (bf16 under autocast), a channel holds one value, or the call is traced or compiled,
     PyTorch's kernels run it."""
@@ -107,7 +107,7 @@ class _Grid:
     a float64 input, else float32."""
 
     def __init__(self, x: torch.Tensor, relu_nhwc: bool = False):
-        n, c = x.shape[:2]
+        c = x.shape[1]
         length, values = x[0, 0].numel(), x.numel() // c
         channels = NHWC_CHANNELS if relu_nhwc else CHANNELS
         block = min(max(BLOCK * CHANNELS // channels, 1), triton.next_power_of_2(values))

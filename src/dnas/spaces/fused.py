@@ -1119,8 +1119,8 @@ def _phase_dilation(leaves, x: torch.Tensor, whole: bool) -> int:
 def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=None, per: int = 1,
                 nhwc_relu: bool = False) -> torch.Tensor:
     """The BatchNorms ``mods`` over their concatenated channels, their outputs times ``scale`` per channel
-    if given, and with ``nhwc_relu`` the ReLU after them written NHWC (``ops.relu_nhwc``; in training by
-    Triton's kernels, on the way). In training their running statistics move towards the batch's when the
+    if given, and with ``nhwc_relu`` the ReLU after them written NHWC (``ops.relu_nhwc``; in training with
+    ``BATCH_NORM_KERNELS`` "triton", in the BatchNorm's own kernels). In training their running statistics move towards the batch's when the
     cell is done (``_Run.batch_statistics``); in evaluation they normalise by them. ``per`` > 1 (training, not
     affine): each block of channels of ``x`` is what ``per`` modules, on the edges of one source, see alike,
     so it is normalised once and each of them moves by the same batch statistics."""
