@@ -21,7 +21,8 @@ pixels), in the forms a faster fused cell could take:
   as the fused cell runs it, without a bias, which PyTorch computes with its own kernels, or with a zero
   bias, which PyTorch hands to cuDNN (only where both weight and bias are given), or by PyTorch's kernels
   over parts of the batch (``ops.batch_norm_by_parts``: in NCHW, k x C thread blocks rather than C), or by
-  dnas's Triton kernels (``dnas.kernels``: C x chunks programs).
+  dnas's Triton kernels (``dnas.kernels``: C x chunks programs); and, as in the middle of a separable op,
+  without a weight and with the ReLU after it written NHWC (``ops.relu_nhwc``; by Triton's in its kernels).
 
 Each variant's forward and backward (gradients of input and weight) is captured in a CUDA graph and
 replayed, as in the search (on the CPU: eager, for a smoke run). Writes JSON to benchmarks/out/ and prints
@@ -90,18 +91,22 @@ def _zeros(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tens
     return torch.zeros(shape, device=device, dtype=dtype)
 
 
-def batch_norm(x, w, kernels: str | None = None):
+def batch_norm(x, w=None, kernels: str | None = None, relu_nhwc: bool = False):
     """The fused cell's BatchNorm in training (``fused._batch_norm``): the batch's statistics written into
     buffers (momentum 1), ``w`` its affine weight, no bias; by the kernels ``kernels`` names as
     ``fused.BATCH_NORM_KERNELS`` does: "cudnn" (handed a zero bias), "parts" (PyTorch's over parts of the
-    batch, ``ops.batch_norm_by_parts``, CUDA only) or "triton" (``dnas.kernels``); None, PyTorch's own."""
+    batch, ``ops.batch_norm_by_parts``, CUDA only) or "triton" (``dnas.kernels``); None, PyTorch's own. With
+    ``relu_nhwc`` the ReLU after it written NHWC (``ops.relu_nhwc``; by Triton's, in its kernels), as in the
+    middle of a separable op (which has no weight)."""
     mean, var = _zeros((2, x.shape[1]), x.device, x.dtype)
-    bias = _zeros((x.shape[1],), x.device, w.dtype) if kernels == "cudnn" else None
-    if kernels == "parts":
-        return ops.batch_norm_by_parts(x, mean, var, w, bias, 1e-5)
+    bias = _zeros((x.shape[1],), x.device, x.dtype) if kernels == "cudnn" else None
     if kernels == "triton":
-        return importlib.import_module("dnas.kernels").batch_norm(x, mean, var, w, bias, 1e-5)
-    return F.batch_norm(x, mean, var, w, bias, True, 1.0, 1e-5)
+        return importlib.import_module("dnas.kernels").batch_norm(x, mean, var, w, bias, 1e-5, relu_nhwc)
+    if kernels == "parts":
+        y = ops.batch_norm_by_parts(x, mean, var, w, bias, 1e-5)
+    else:
+        y = F.batch_norm(x, mean, var, w, bias, True, 1.0, 1e-5)
+    return ops.relu_nhwc(y) if relu_nhwc else y
 
 
 def sep_pair_apart(x, w3, w5):
@@ -133,6 +138,8 @@ def cases(batch: int):
         yield f"batchnorm, zero bias (cuDNN), {tag}", partial(batch_norm, kernels="cudnn"), [x, (e * c,)]
         yield f"batchnorm by parts, {tag}", partial(batch_norm, kernels="parts"), [x, (e * c,)]
         yield f"batchnorm by Triton, {tag}", partial(batch_norm, kernels="triton"), [x, (e * c,)]
+        yield f"batchnorm, ReLU NHWC, {tag}", partial(batch_norm, relu_nhwc=True), [x]
+        yield f"batchnorm, ReLU NHWC by Triton, {tag}", partial(batch_norm, kernels="triton", relu_nhwc=True), [x]
 
 
 def check_variants(device: torch.device) -> None:
@@ -151,6 +158,8 @@ def check_variants(device: torch.device) -> None:
         with temporarily(ops, "PART_VALUES", 2), temporarily(importlib.import_module("dnas.kernels"), "BLOCK", 16):
             for kernels in ("parts", "triton"):
                 torch.testing.assert_close(batch_norm(x.contiguous(), scale, kernels), batch_norm(x, scale))
+            torch.testing.assert_close(batch_norm(x.contiguous(), None, "triton", relu_nhwc=True),
+                                       batch_norm(x, relu_nhwc=True))
 
 
 def forward_backward(fn, tensors):

@@ -142,7 +142,7 @@ evalconvs)  # the evaluation's forward (no gradients, batch 256): is PyTorch's o
 bn)  # the fused cell's BatchNorms (28% of an eager step's device time on an H200): PyTorch's kernels, which they
     # run (an affine weight, no bias), against cuDNN's, which a zero bias would hand them to, PyTorch's over
     # parts of the batch (ops.batch_norm_by_parts) and dnas's Triton ones (dnas.kernels)
-    timeout "$(within 60)" python3 benchmarks/conv_variants.py --repeats 30 --only batchnorm 2>&1 | tee "$OUT/bn.log" ;;
+    timeout "$(within 90)" python3 benchmarks/conv_variants.py --repeats 30 --only batchnorm 2>&1 | tee "$OUT/bn.log" ;;
 e2e)
     e2e darts-v1 darts-v1 fast 150 ;;
 e2e2)

@@ -115,7 +115,7 @@ def test_conv_variants_times_the_forms(tmp_path):
                            "batchnorm", out=tmp_path / "batchnorm")
     assert [r["case"].rsplit(",", 1)[0] for r in report["results"][:4]] == [  # at batch 2 in one part; Triton's
         "batchnorm, weight only", "batchnorm, zero bias (cuDNN)", "batchnorm by parts", "batchnorm by Triton"]
-    assert len(report["results"]) == 16 and all(r["nhwc-fp32"] > 0 for r in report["results"])  # by its interpreter
+    assert len(report["results"]) == 24 and all(r["nhwc-fp32"] > 0 for r in report["results"])  # by its interpreter
 
 
 def test_gpu_check_names_only_paths_and_recipes_that_exist():
