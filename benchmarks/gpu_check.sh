@@ -3,24 +3,25 @@
 # 64 (first and second order, the replayed step in both layouts, fp32, TF32 and bf16), the same against an
 # earlier commit (stage base: one with dnas.search.precision, which the benchmarks import), an end-to-end
 # search on real CIFAR-10, the fused cell's convolutions in other forms (conv_variants.py), the top kernels of
-# an eager fused NCHW step (what --fast runs) and its kernels by duration (profile_step.py), the CUDA tests
-# (fused path against readable, CUDA-graph replay against eager), other recipes' paths and the NAS-Bench-201
+# the replayed step --fast runs and of an eager fused one, and their kernels by duration (profile_step.py), the
+# CUDA tests (fused path against readable, CUDA-graph replay against eager), other recipes' paths and the NAS-Bench-201
 # network's. cuDNN times its algorithms for every new shape and layout (on an H100 a channels_last search's
 # first epoch took 80 s against 20 s), so each stage times few paths, in the order of what decides most, and
 # reports what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s)
 # included. On an H200 on 2026-11-28 `e2e profile e2e-evalcl tests` took 587 s (the tests cut short; the
 # e2e-evalcl stage, --fast with an NHWC evaluation, went when --fast took it); so next:
-# first `bn steps base gdas` with timeout_s 600 (BatchNorm's kernels: PyTorch's, cuDNN's, PyTorch's over
-# parts of the batch and dnas's Triton ones; the replay times with each beside; the same replayed step at 23b37f7, before the NCHW
-# step's phases and ReLU heads lost 378 of its 6,943 kernels; GDAS replayed with dense samples, likely cut
-# short), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
-# minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh tests e2e2 steps2` (more
+# first `steps bn profile base` with timeout_s 600 (the replayed step with each of the BatchNorms' kernels:
+# PyTorch's, dnas's Triton ones, PyTorch's over parts of the batch and cuDNN's, and the NHWC step; those kernels
+# alone; the kernels of the replayed step and of the eager one, with PyTorch's BatchNorms and Triton's; the same
+# replayed step at 23b37f7, before the NCHW step's phases and ReLU heads lost 378 of its 6,943 kernels, likely
+# cut short), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
+# minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh tests e2e2 gdas` (more
 # than a call's budget: the stages in the order of what decides most, the last ones cut short). The
 # -cudnnbn paths hand the fused cells' BatchNorms a weight and a bias, so that cuDNN's kernels run them, the
 # -partsbn paths run them over parts of the batch (ops.batch_norm_by_parts), the -tritonbn paths by dnas's
-# Triton kernels (dnas.kernels; `bn` times the kernels alone; fused.BATCH_NORM_KERNELS). The -lanes paths run the fused cells' independent
-# ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU since they replayed a darts-v1
-# step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
+# Triton kernels (dnas.kernels; `bn` times the kernels alone; fused.BATCH_NORM_KERNELS). The -lanes paths
+# run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU
+# since they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
 # (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its
 # gradients wrong before ops.AvgPool2d: test_cuda_channels_last_step_equals_readable says whether they are
 # right now). The e2e stage's ms per step against the replayed step of `steps` says what the loop costs beyond
@@ -127,10 +128,10 @@ gdas)  # GDAS eager (its sample read on the host) against every op computed and 
     step gdas-256 gdas fused,graph-lanes-dense 5 100 "--batch-size 256" ;;
 nb201)
     step nb201 darts-v1,darts-v2,gdas readable,fused,graph,graph-cl 10 90 "--space nb201" ;;
-profile)  # an eager fused NCHW step's kernels, then with the BatchNorms by Triton's kernels and by parts of the batch
-    timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 2>&1 | grep -v USDT | tee "$OUT/profile.log"
-    for kernels in triton parts; do
-        timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 --batch-norm $kernels 2>&1 | grep -v USDT \
+profile)  # the kernels of the step --fast replays (side streams; their time summed beside the step's wall time),
+    # then with Triton's BatchNorms, and of the eager fused step both ways (comparable to the H200's at 678e22c)
+    for path in graph-lanes graph-lanes-tritonbn fused fused-tritonbn; do
+        timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 --path $path 2>&1 | grep -v USDT \
             | tee -a "$OUT/profile.log"
     done ;;
 convs)

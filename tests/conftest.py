@@ -96,6 +96,20 @@ def no_tf32():
         yield
 
 
+def batch_norm_derivatives(batch_norm, x, weight, bias, dy) -> list[torch.Tensor]:
+    """A training BatchNorm ``batch_norm(x, mean, var, weight, bias, eps)`` of ``x`` (N, C, ...), its
+    statistics written at momentum 1 into zeros: its output, the statistics, the gradients of x, weight and
+    bias (those given) for ``dy``, the same with a graph, and the gradients of their squares' sum (second
+    derivatives, as iDARTS takes)."""
+    inputs = [v for v in (x, weight, bias) if v is not None]
+    statistics = torch.zeros(2, x.shape[1], dtype=x.dtype, device=x.device)
+    y = batch_norm(x, *statistics, weight, bias, 1e-5)
+    grads = torch.autograd.grad(y, inputs, dy, retain_graph=True)
+    twice = torch.autograd.grad(y, inputs, dy, create_graph=True)
+    second = torch.autograd.grad(sum((v * v).sum() for v in twice), inputs, materialize_grads=True)
+    return [y, statistics, *grads, *twice, *second]
+
+
 @pytest.fixture
 def batch_norm_by_parts_anywhere(monkeypatch):
     """``ops.batch_norm_by_parts`` on any device and small inputs: a batch cut into parts wherever each part

@@ -95,9 +95,10 @@ def test_kernel_census_counts_fewer_kernels_fused_and_appends_its_row(tmp_path):
 
 @pytest.mark.slow
 def test_profile_step_ranks_the_ops_of_a_step(tmp_path):
-    out, [report], _ = run("profile_step.py", "--device", "cpu", "--warmup", "1", "--rows", "5", "--batch-norm",
-                           "cudnn", *TINY, out=tmp_path)
-    assert len(report["top"]) == 5 and report["total_ms"] > 0 and report["batch_norm"] == "cudnn"
+    out, [report], _ = run("profile_step.py", "--device", "cpu", "--warmup", "1", "--rows", "5", "--path",
+                           "fused-cudnnbn", *TINY, out=tmp_path)
+    assert len(report["top"]) == 5 and report["total_ms"] > 0 and report["path"] == "fused-cudnnbn"
+    assert report["wall_ms"] > 0 and not report["replayed"]
     assert sum(r["share"] for r in report["top"]) <= 1 and report["top"][0]["name"] in out
 
 
@@ -137,6 +138,9 @@ def test_gpu_check_names_only_paths_and_recipes_that_exist():
             get_method(method)
         for path in paths.split(","):
             path_options(path, PATHS)
+    for paths in re.findall(r"for path in ([^;]+); do", script):  # profile_step.py's
+        for path in paths.split():
+            path_options(path, PATHS)
     for _, method, paths, options in e2es:
         assert set(re.findall(r"--[\w-]+", options)) <= e2e_options
         get_method(method)
@@ -164,7 +168,7 @@ def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call(tmp_path):
         return int(done.stdout)
 
     assert [seconds(0, 150), seconds(500, 150), seconds(700, 150), seconds(700, 150, "0")] == [150, 70, 1, 150]
-    assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 8  # every stage's timeout
+    assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 7  # every stage's timeout
 
 
 def test_the_end_to_end_rate_leaves_out_an_epochs_last_smaller_batch(monkeypatch):

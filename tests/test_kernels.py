@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import dnas
+from conftest import batch_norm_derivatives
 from dnas import ops
 from dnas.spaces import fused as fused_module
 from test_fused import assert_same_step, search_step
@@ -50,25 +51,19 @@ def test_batch_norm_computes_what_batch_norm_computes(device, affine, relu_nhwc,
     x = (3 * t(8, 6, 5, 6) + 1).requires_grad_()
     weight = t(6).requires_grad_() if affine != "neither" else None
     bias = t(6).requires_grad_() if affine == "weight and bias" else None
-    inputs, dy = [v for v in (x, weight, bias) if v is not None], t(8, 6, 5, 6)
+    dy = t(8, 6, 5, 6)
     grid = kernels._Grid(x, relu_nhwc)  # several chunks of several blocks, the last chunk ragged
     chunk, block = grid.args[3], grid.meta["BLOCK"]
     assert grid.meta["CHANNELS"] == (2 * small_chunks if relu_nhwc else small_chunks)
     assert grid.chunks > 1 and chunk // block == 4 and 240 % chunk
     reference = lambda *args: ops.relu_nhwc(whole(*args)) if relu_nhwc else whole(*args)
-    results = []
-    for batch_norm in (partial(kernels.batch_norm, relu_nhwc=relu_nhwc), reference):
-        statistics = torch.zeros(2, 6, dtype=torch.float64, device=device)
-        y = batch_norm(x, *statistics, weight, bias, 1e-5)
-        grads = torch.autograd.grad(y, inputs, dy, retain_graph=True)
-        twice = torch.autograd.grad(y, inputs, dy, create_graph=True)
-        second = torch.autograd.grad(sum((v * v).sum() for v in twice), inputs, materialize_grads=True)
-        results.append([y, statistics, *grads, *twice, *second])
-        assert (type(y.grad_fn).__name__ == "_BatchNormBackward") == (batch_norm is not reference)
-        assert y.is_contiguous(memory_format=torch.channels_last if relu_nhwc else torch.contiguous_format)
-        assert all(v.is_contiguous() for v in grads)
-    for ours, reference in zip(*results):
-        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    ours, theirs = (batch_norm_derivatives(f, x, weight, bias, dy)
+                    for f in (partial(kernels.batch_norm, relu_nhwc=relu_nhwc), reference))
+    assert type(ours[0].grad_fn).__name__ == "_BatchNormBackward"
+    layout = torch.channels_last if relu_nhwc else torch.contiguous_format
+    assert ours[0].is_contiguous(memory_format=layout) and ours[2].is_contiguous()  # the output, x's gradient
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)

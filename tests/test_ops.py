@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import CountOps
+from conftest import CountOps, batch_norm_derivatives
 from dnas import ops
 from dnas.ops import (DARTS_OPS, OPS, PARAMETER_FREE_OPS, Conv2d, DilConv, FactorizedReduce, SepConv, Zero,
                       conv2d, pixels)
@@ -360,19 +360,12 @@ def test_batch_norm_by_parts_computes_what_batch_norm_computes(device, affine, b
     x = (3 * t(8, 6, 5, 5) + 1).requires_grad_()
     weight = t(6).requires_grad_() if affine != "neither" else None
     bias = t(6).requires_grad_() if affine == "weight and bias" else None
-    inputs, dy = [v for v in (x, weight, bias) if v is not None], t(8, 6, 5, 5)
     whole = lambda x, mean, var, weight, bias, eps: F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)
-    results = []
-    for batch_norm in (ops.batch_norm_by_parts, whole):
-        statistics = torch.zeros(2, 6, dtype=torch.float64, device=device)
-        y = batch_norm(x, *statistics, weight, bias, 1e-5)
-        grads = torch.autograd.grad(y, inputs, dy, retain_graph=True)
-        twice = torch.autograd.grad(y, inputs, dy, create_graph=True)
-        second = torch.autograd.grad(sum((v * v).sum() for v in twice), inputs, materialize_grads=True)
-        results.append([y, statistics, *grads, *twice, *second])
-        assert (type(y.grad_fn).__name__ == "_BatchNormByPartsBackward") == (batch_norm is not whole)
-    for by_parts, reference in zip(*results):
-        torch.testing.assert_close(by_parts, reference, rtol=1e-12, atol=1e-12)
+    dy = t(8, 6, 5, 5)
+    by_parts, reference = (batch_norm_derivatives(f, x, weight, bias, dy) for f in (ops.batch_norm_by_parts, whole))
+    assert type(by_parts[0].grad_fn).__name__ == "_BatchNormByPartsBackward"
+    for ours, theirs in zip(by_parts, reference):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
 def test_batch_parts_of_the_darts_search_network():

@@ -1120,10 +1120,11 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
                 nhwc_relu: bool = False) -> torch.Tensor:
     """The BatchNorms ``mods`` over their concatenated channels, their outputs times ``scale`` per channel
     if given, and with ``nhwc_relu`` the ReLU after them written NHWC (``ops.relu_nhwc``; in training with
-    ``BATCH_NORM_KERNELS`` "triton", in the BatchNorm's own kernels). In training their running statistics move towards the batch's when the
-    cell is done (``_Run.batch_statistics``); in evaluation they normalise by them. ``per`` > 1 (training, not
-    affine): each block of channels of ``x`` is what ``per`` modules, on the edges of one source, see alike,
-    so it is normalised once and each of them moves by the same batch statistics."""
+    ``BATCH_NORM_KERNELS`` "triton", in the BatchNorm's own kernels). In training their running statistics
+    move towards the batch's when the cell is done (``_Run.batch_statistics``); in evaluation they normalise
+    by them. ``per`` > 1 (training, not affine): each block of channels of ``x`` is what ``per`` modules, on
+    the edges of one source, see alike, so it is normalised once and each of them moves by the same batch
+    statistics."""
     m = mods[0]
     weight, bias = (_cat([b.weight for b in mods], 0), _cat([b.bias for b in mods], 0)) if m.affine else (None, None)
     if scale is not None:  # s (g x^ + b) = (s g) x^ + s b
