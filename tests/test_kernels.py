@@ -26,8 +26,8 @@ DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(not kernels.INTERPRETED,
 @pytest.fixture(params=[1, 4], ids=["1 channel", "4 channels"])
 def small_chunks(request, monkeypatch):
     """Programs of 1 channel (as on a GPU) or of 4 (as the interpreter runs them, the last program of 6
-    channels ragged), 4 chunks of each channel, 5 blocks of values in each chunk, the last chunk ragged (those
-    that also read or write NHWC: of 2 or 8 channels, blocks of 8 values, 4 chunks)."""
+    channels ragged), in blocks of 16 values (those that also read or write NHWC: of 2 or 8 channels, in blocks
+    of 8 values)."""
     monkeypatch.setattr(kernels, "CHANNELS", request.param)
     monkeypatch.setattr(kernels, "NHWC_CHANNELS", 2 * request.param)
     monkeypatch.setattr(kernels, "BLOCK", 16)
@@ -81,26 +81,30 @@ def test_a_float32_batch_norm_far_from_zero_keeps_its_precision(device, small_ch
 
 
 def test_the_grid_of_the_darts_search_network(monkeypatch):
-    """On a GPU, at batch 64, about ``PROGRAMS`` programs of one channel for any channels (fewer where a channel
-    has fewer values), each chunk whole blocks, the chunks covering the channel."""
-    for name, value in zip(("PROGRAMS", "BLOCK", "CHANNELS"), (2048, 1024, 1)):
+    """On a GPU, at batch 64, about ``PROGRAMS`` programs of one channel (of 32 where they also write NHWC)
+    for any channels (fewer where a channel has fewer values), each chunk whole blocks, the chunks covering
+    the channel."""
+    for name, value in zip(("PROGRAMS", "BLOCK", "CHANNELS", "NHWC_CHANNELS"), (2048, 1024, 1, 32)):
         monkeypatch.setattr(kernels, name, value)
     shapes = [(16, 32), (128, 32), (256, 16), (512, 8), (1, 2)]
     grids = [kernels._Grid(torch.empty(64, c, h, h, device="meta")) for c, h in shapes]
     assert [g.programs for g in grids] == [(16, 64), (128, 16), (256, 8), (512, 4), (1, 1)]
     assert [g.args[3] for g in grids] == [1024, 4096, 2048, 1024, 256]
     assert [g.parts for g in grids] == [64, 16, 8, 4, 1]
+    nhwc = kernels._Grid(torch.empty(64, 128, 32, 32, device="meta"), relu_nhwc=True)  # tiles of 32 x 32
+    assert nhwc.programs == (4, 512) and nhwc.meta["BLOCK"] == 32 and nhwc.args[3] == 128
 
 
-def test_other_inputs_run_pytorchs_batch_norm():
+@pytest.mark.parametrize("device", DEVICES)
+def test_other_inputs_run_pytorchs_batch_norm(device):
     """An input not dense NCHW, of another dtype than its statistics (bf16 under autocast) or of one value per
     channel: ``F.batch_norm``."""
-    x = torch.randn(4, 16, 8, 8)
+    x, statistics = torch.randn(4, 16, 8, 8, device=device), torch.zeros(2, 16, device=device)
     for other in (x.contiguous(memory_format=torch.channels_last), x.bfloat16()):
-        y = kernels.batch_norm(other.requires_grad_(), *torch.zeros(2, 16))
+        y = kernels.batch_norm(other.requires_grad_(), *statistics)
         assert type(y.grad_fn).__name__ == "NativeBatchNormBackward0"
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
-        kernels.batch_norm(x[:1, :, :1, :1], *torch.zeros(2, 16))
+        kernels.batch_norm(x[:1, :, :1, :1], *statistics)
 
 
 @pytest.mark.skipif(kernels.INTERPRETED, reason="Triton's interpreter runs any device's tensors")
