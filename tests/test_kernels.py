@@ -67,6 +67,20 @@ def test_batch_norm_computes_what_batch_norm_computes(device, affine, relu_nhwc,
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_more_than_64_chunks_merge(device, monkeypatch):
+    """A channel in 88 chunks: their sums merged 64 at a time (``_merged``), the last block ragged."""
+    for name, value in zip(("PROGRAMS", "BLOCK", "CHANNELS"), (100, 4, 1)):
+        monkeypatch.setattr(kernels, name, value)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 1, 10, 10, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    weight, dy = torch.randn(1, dtype=torch.float64).to(device).requires_grad_(), torch.randn_like(x)
+    assert kernels._Grid(x).programs == (1, 88)
+    ours, theirs = (batch_norm_derivatives(f, x, weight, None, dy)[:4] for f in (kernels.batch_norm, whole))
+    for a, b in zip(ours, theirs):  # the output, the statistics, the gradients
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_a_float32_batch_norm_far_from_zero_keeps_its_precision(device, small_chunks):
     """Values of mean 1000 and standard deviation 1 in float32: the sums are of x minus the channel's first
     value, and x - mean is (x - x0) - (mean - x0), so the statistics are float32's rounding of the exact ones
@@ -90,7 +104,6 @@ def test_the_grid_of_the_darts_search_network(monkeypatch):
     grids = [kernels._Grid(torch.empty(64, c, h, h, device="meta")) for c, h in shapes]
     assert [g.programs for g in grids] == [(16, 64), (128, 16), (256, 8), (512, 4), (1, 1)]
     assert [g.args[3] for g in grids] == [1024, 4096, 2048, 1024, 256]
-    assert [g.parts for g in grids] == [64, 16, 8, 4, 1]
     nhwc = kernels._Grid(torch.empty(64, 128, 32, 32, device="meta"), relu_nhwc=True)  # tiles of 32 x 32
     assert nhwc.programs == (4, 512) and nhwc.meta["BLOCK"] == 32 and nhwc.args[3] == 128
 
@@ -171,9 +184,9 @@ for dtype, channels, block, length, relu in (("fp32", 1, 1024, 1024, False), ("f
     for shift in (True, False):
         compile(kernels._chunk_sums, dtype, SHIFT=shift, **tile)
     for weight, bias in ((True, False), (False, False), (True, True)):
-        compile(kernels._normalise, dtype, PARTS=64, HAS_WEIGHT=weight, HAS_BIAS=bias, **tile)
+        compile(kernels._normalise, dtype, HAS_WEIGHT=weight, HAS_BIAS=bias, **tile)
     for weight, want_weight, want_bias in ((True, True, False), (True, True, True), (False, False, False)):
-        compile(kernels._grad_input, dtype, PARTS=64, HAS_WEIGHT=weight, WANT_WEIGHT=want_weight,
+        compile(kernels._grad_input, dtype, HAS_WEIGHT=weight, WANT_WEIGHT=want_weight,
                 WANT_BIAS=want_bias, **tile)
 print("unvectorised:", unvectorised)
 """

@@ -67,7 +67,7 @@ class _BatchNorm(torch.autograd.Function):
         y = torch.empty_like(x, memory_format=torch.channels_last if relu_nhwc else torch.contiguous_format)
         _chunk_sums[grid.programs](x, x, x, x, partials, *grid.args, SHIFT=True, **grid.meta)
         _normalise[grid.programs](x, y, partials, _or(weight, x), _or(bias, x), *statistics, saved, eps,
-                                  *grid.args, PARTS=grid.parts, HAS_WEIGHT=weight is not None,
+                                  *grid.args, HAS_WEIGHT=weight is not None,
                                   HAS_BIAS=bias is not None, **grid.meta)
         ctx.save_for_backward(x, weight, saved, y if relu_nhwc else None)
         ctx.eps, ctx.relu_nhwc = eps, relu_nhwc
@@ -90,7 +90,7 @@ class _BatchNorm(torch.autograd.Function):
         db = x.new_empty(grid.channels) if wanted[2] else None
         dx = torch.empty_like(x)
         _grad_input[grid.programs](dz, _or(z, x), x, dx, partials, saved, _or(weight, x), _or(dw, x), _or(db, x),
-                                   *grid.args, PARTS=grid.parts, HAS_WEIGHT=weight is not None,
+                                   *grid.args, HAS_WEIGHT=weight is not None,
                                    WANT_WEIGHT=dw is not None, WANT_BIAS=db is not None, **grid.meta)
         return dx if wanted[0] else None, dw, db, None, None, None
 
@@ -114,7 +114,6 @@ class _Grid:
         chunks = max(1, min(PROGRAMS // triton.cdiv(c, channels), triton.cdiv(values, block)))
         chunk = triton.cdiv(triton.cdiv(values, chunks), block) * block
         self.channels, self.chunks = c, triton.cdiv(values, chunk)
-        self.parts = triton.next_power_of_2(self.chunks)
         self.programs = (triton.cdiv(c, channels), self.chunks)
         self.args = (c, length, values, chunk)
         self.meta = dict(RELU_NHWC=relu_nhwc, CHANNELS=channels, BLOCK=block,
@@ -171,20 +170,23 @@ def _chunk_sums(a, z, x, mean, partials, C, L: tl.constexpr, M, CHUNK, SHIFT: tl
 
 
 @triton.jit
-def _merged(partials, c, C, PARTS: tl.constexpr):
-    """Channels c's two sums over their chunks."""
+def _merged(partials, c, C, CHANNELS: tl.constexpr, ACC: tl.constexpr):
+    """Channels c's two sums over their chunks, 64 chunks at a time (a fixed block, so that the number of
+    chunks is no constant to compile a kernel for)."""
     chunks = tl.num_programs(1)
-    s = tl.arange(0, PARTS)
-    wanted = (c < C)[:, None] & (s < chunks)[None, :]
-    at = (c * chunks)[:, None] + s[None, :]
-    first = tl.sum(tl.load(partials + at, mask=wanted, other=0), 1)
-    second = tl.sum(tl.load(partials + C * chunks + at, mask=wanted, other=0), 1)
+    first, second = tl.zeros([CHANNELS], ACC), tl.zeros([CHANNELS], ACC)
+    for start in range(0, chunks, 64):
+        s = start + tl.arange(0, 64)
+        wanted = (c < C)[:, None] & (s < chunks)[None, :]
+        at = (c * chunks)[:, None] + s[None, :]
+        first += tl.sum(tl.load(partials + at, mask=wanted, other=0), 1)
+        second += tl.sum(tl.load(partials + C * chunks + at, mask=wanted, other=0), 1)
     return first, second
 
 
 @triton.jit
 def _normalise(x, y, partials, weight, bias, mean_out, var_out, saved, eps, C, L: tl.constexpr, M, CHUNK,
-               PARTS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RELU_NHWC: tl.constexpr,
+               HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RELU_NHWC: tl.constexpr,
                CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Program (cb, s): its channels' means and variances from their chunks' shifted sums; chunk s of
     y = (x - mean) / sqrt(var + eps) * weight + bias (with RELU_NHWC relu(y), written NHWC), x - mean as
@@ -194,7 +196,7 @@ def _normalise(x, y, partials, weight, bias, mean_out, var_out, saved, eps, C, L
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
     real = c < C
-    sum_x, sum_xx = _merged(partials, c, C, PARTS)
+    sum_x, sum_xx = _merged(partials, c, C, CHANNELS, ACC)
     shifted = sum_x / M
     x0 = tl.load(x + c * L, mask=real, other=0).to(ACC)
     var = tl.maximum(sum_xx / M - shifted * shifted, 0)
@@ -221,7 +223,7 @@ def _normalise(x, y, partials, weight, bias, mean_out, var_out, saved, eps, C, L
 
 
 @triton.jit
-def _grad_input(dz, z, x, dx, partials, saved, weight, dw, db, C, L: tl.constexpr, M, CHUNK, PARTS: tl.constexpr,
+def _grad_input(dz, z, x, dx, partials, saved, weight, dw, db, C, L: tl.constexpr, M, CHUNK,
                 HAS_WEIGHT: tl.constexpr, WANT_WEIGHT: tl.constexpr, WANT_BIAS: tl.constexpr,
                 RELU_NHWC: tl.constexpr, CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Program (cb, s): chunk s of dx = w / std (dy - mean(dy) - x^ mean(dy x^)) for its channels, x^ = (x -
@@ -230,7 +232,7 @@ def _grad_input(dz, z, x, dx, partials, saved, weight, dw, db, C, L: tl.constexp
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
     real = c < C
-    sum_dy, sum_dy_xc = _merged(partials, c, C, PARTS)
+    sum_dy, sum_dy_xc = _merged(partials, c, C, CHANNELS, ACC)
     mean = tl.load(saved + c, mask=real, other=0)
     invstd = tl.load(saved + C + c, mask=real, other=0)
     if s == 0:
