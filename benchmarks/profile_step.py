@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from functools import partial
 
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from dnas.cuda_graph import GraphedStep, set_capturable
+from dnas.cuda_graph import GraphedStep
 from dnas.data import memory_format
 from dnas.methods import get_method
 from dnas.search import reuse_large_blocks, resolve_device
 from results import write_json
-from search_step import DEPTH, PATHS, device_name, four_tensor_step, path_options, supernet
+from search_step import DEPTH, PATHS, device_name, path_options, path_step, supernet
 
 
 def main() -> None:
@@ -66,11 +65,7 @@ def main() -> None:
                                           args.init_channels, args.layers, device, args.space)
     batch = lambda: (torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=layout),
                      torch.randint(0, 10, (batch_size,), device=device))
-    step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic, ways)
-    if base == "graph":
-        for optimizer in (a_opt, w_opt):  # as a replayed search has them
-            set_capturable(optimizer)
-        step = GraphedStep(step)
+    step = path_step(model, parts, a_opt, w_opt, base, arithmetic, ways)
     inputs = (*batch(), *batch())
 
     def timed_step() -> float:

@@ -152,11 +152,7 @@ def measure(method_name: str, args, device: torch.device) -> list[dict]:
         held[path] = allocated(device) - before  # its model and optimisers (CUDA; the CPU's peak RSS grows alike)
         saved[path] = saved_for_backward(model, inputs[0])
         models[path] = model
-        step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic, ways)
-        if base == "graph":
-            for optimizer in (a_opt, w_opt):  # as a replayed search has them
-                set_capturable(optimizer)
-            step = GraphedStep(step)
+        step = path_step(model, parts, a_opt, w_opt, base, arithmetic, ways)
         steps[path] = partial(step, *(t.contiguous(memory_format=layout) if t.dim() == 4 else t for t in inputs))
         times[path] = []
     shared = allocated(device) - sum(held.values())  # the batches, and on the CPU the process itself
@@ -253,6 +249,17 @@ def saved_for_backward(model, x) -> int:
         model(x)
     kept.clear()  # the graph's saved variables hold pack, so kept would tie them in a cycle too (~1.4 GB at batch 16)
     return sum(storages.values())
+
+
+def path_step(model, parts, a_opt, w_opt, base: str, arithmetic: str, ways):
+    """A path's step as a function of its four tensors (``four_tensor_step``): for a graph path replayed from
+    a CUDA graph (``GraphedStep``), its optimisers capturable as a replayed search has them."""
+    step = partial(four_tensor_step, model, parts, a_opt, w_opt, arithmetic, ways)
+    if base != "graph":
+        return step
+    for optimizer in (a_opt, w_opt):
+        set_capturable(optimizer)
+    return GraphedStep(step)
 
 
 def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, ways, x, y, val_x, val_y):

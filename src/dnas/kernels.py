@@ -70,7 +70,7 @@ class _BatchNorm(torch.autograd.Function):
                                   *grid.args, HAS_WEIGHT=weight is not None,
                                   HAS_BIAS=bias is not None, **grid.meta)
         ctx.save_for_backward(x, weight, saved, y if relu_nhwc else None)
-        ctx.eps, ctx.relu_nhwc = eps, relu_nhwc
+        ctx.eps, ctx.relu_nhwc, ctx.grid = eps, relu_nhwc, grid
         return y
 
     @staticmethod
@@ -82,7 +82,7 @@ class _BatchNorm(torch.autograd.Function):
             grads = torch.ops.aten.native_batch_norm_backward(dy, x, weight, None, None, saved[0], saved[1], True,
                                                               ctx.eps, list(wanted))
             return *(g if want else None for g, want in zip(grads, wanted)), None, None, None
-        grid = _Grid(x, ctx.relu_nhwc)
+        grid = ctx.grid
         dz = dz.contiguous(memory_format=torch.channels_last if ctx.relu_nhwc else torch.contiguous_format)
         partials = x.new_empty((2, grid.channels, grid.chunks), dtype=grid.accumulate)
         _chunk_sums[grid.programs](dz, _or(z, x), x, saved, partials, *grid.args, SHIFT=False, **grid.meta)
