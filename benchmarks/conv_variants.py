@@ -17,6 +17,8 @@ pixels), in the forms a faster fused cell could take:
 * "by ops.conv2d": what dnas runs, the forms ``ops.conv2d`` takes on the device (on a GPU: depthwise NHWC,
   copied in and out of an NCHW input, dilated ones by their phases; grouped pointwise as matrix products,
   in NHWC one dense product with the block-diagonal matrix of the edges' weights);
+* depthwise "by Triton": dnas's own kernels (``dnas.kernels.depthwise_conv2d``, ``ops.TRITON_DEPTHWISE_DEVICES``)
+  on an NCHW input as it is, any dilation (an NHWC one runs PyTorch's);
 * BatchNorm in training over the edges' channels, the op weights its affine weight (the fused cell's Eq. 2):
   as the fused cell runs it, without a bias, which PyTorch computes with its own kernels, or with a zero
   bias, which PyTorch hands to cuDNN (only where both weight and bias are given), or by PyTorch's kernels
@@ -109,6 +111,11 @@ def batch_norm(x, w=None, kernels: str | None = None, relu_nhwc: bool = False):
     return ops.relu_nhwc(y) if relu_nhwc else y
 
 
+def triton_depthwise(x, w, bias, stride, padding, dilation, groups):
+    """``F.conv2d``'s depthwise convolution by ``dnas.kernels``."""
+    return importlib.import_module("dnas.kernels").depthwise_conv2d(x, w, stride, padding, dilation)
+
+
 def sep_pair_apart(x, w3, w5):
     return depthwise(x, w3), depthwise(x, w5)
 
@@ -129,6 +136,8 @@ def cases(batch: int):
             yield f"depthwise {k}x{k} dil {d}, {tag}", lambda x, w, d=d: depthwise(x, w, d), [x, (e * c, 1, k, k)]
             yield (f"depthwise {k}x{k} dil {d} by ops.conv2d, {tag}",
                    lambda x, w, d=d: depthwise(x, w, d, ops.conv2d), [x, (e * c, 1, k, k)])
+            yield (f"depthwise {k}x{k} dil {d} by Triton, {tag}",
+                   lambda x, w, d=d: depthwise(x, w, d, triton_depthwise), [x, (e * c, 1, k, k)])
         yield f"pointwise conv, {tag}", lambda x, w, e=e: pointwise_conv(x, w, e), [x, (e * c, c, 1, 1)]
         yield f"pointwise matmul, {tag}", lambda x, w, e=e: pointwise_matmul(x, w, e), [x, (e * c, c, 1, 1)]
         yield f"pointwise by ops.conv2d, {tag}", lambda x, w, e=e: ops.conv2d(x, w, groups=e), [x, (e * c, c, 1, 1)]
@@ -155,6 +164,8 @@ def check_variants(device: torch.device) -> None:
     scale = t(3 * 4)
     torch.testing.assert_close(batch_norm(x, scale, kernels="cudnn"), batch_norm(x, scale))
     if device.type == "cuda":  # SyncBatchNorm's kernels and Triton's compiled: CUDA only; in 2 parts, 2 chunks
+        for d in (1, 2):
+            torch.testing.assert_close(depthwise(x.contiguous(), w5, d, triton_depthwise), depthwise(x, w5, d))
         with temporarily(ops, "PART_VALUES", 2), temporarily(importlib.import_module("dnas.kernels"), "BLOCK", 16):
             for kernels in ("parts", "triton"):
                 torch.testing.assert_close(batch_norm(x.contiguous(), scale, kernels), batch_norm(x, scale))

@@ -10,16 +10,17 @@
 # reports what it measured when its timeout stops it. A session has 15 minutes of device time, a start (~35 s)
 # included. On an H200 on 2026-11-28 `e2e profile e2e-evalcl tests` took 587 s (the tests cut short; the
 # e2e-evalcl stage, --fast with an NHWC evaluation, went when --fast took it); so next:
-# first `steps bn profile base` with timeout_s 600 (the replayed step with each of the BatchNorms' kernels:
-# PyTorch's, dnas's Triton ones, PyTorch's over parts of the batch and cuDNN's, and the NHWC step; those kernels
-# alone; the kernels of the replayed step and of the eager one, with PyTorch's BatchNorms and Triton's; the same
-# replayed step at 23b37f7, before the NCHW step's phases and ReLU heads lost 378 of its 6,943 kernels, likely
-# cut short), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
+# first `steps bn dw profile base` with timeout_s 600 (the replayed step with the depthwise convolutions by
+# cuDNN in NHWC or by dnas's Triton kernels in NCHW, and with each of the BatchNorms' kernels: PyTorch's, dnas's
+# Triton ones, PyTorch's over parts of the batch and cuDNN's; those kernels alone; the kernels of the replayed
+# step with each and of the eager one; the same replayed step at 23b37f7, before the NCHW step's phases and ReLU
+# heads lost 378 of its 6,943 kernels, likely cut short), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
 # minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh tests e2e2 gdas` (more
 # than a call's budget: the stages in the order of what decides most, the last ones cut short). The
 # -cudnnbn paths hand the fused cells' BatchNorms a weight and a bias, so that cuDNN's kernels run them, the
 # -partsbn paths run them over parts of the batch (ops.batch_norm_by_parts), the -tritonbn paths by dnas's
-# Triton kernels (dnas.kernels; `bn` times the kernels alone; fused.BATCH_NORM_KERNELS). The -lanes paths
+# Triton kernels (dnas.kernels; `bn` times the kernels alone; fused.BATCH_NORM_KERNELS), the -tritondw paths
+# the depthwise convolutions by dnas's Triton kernels (`dw` times them alone; ops.TRITON_DEPTHWISE_DEVICES). The -lanes paths
 # run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU
 # since they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
 # (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its
@@ -36,11 +37,12 @@
 #     mkdir -p .gpu_data/base && git archive COMMIT src | tar -x -C .gpu_data/base
 # (.gpu_data in .git/info/exclude), then run `sh benchmarks/gpu_check.sh [STAGE...]` through the device
 # tool with carry [".gpu_data"]; stages: steps tests e2e convs evalconvs (the evaluation's depthwise forms,
-# forward only) bn (PyTorch's BatchNorm kernels against cuDNN's, by parts and Triton's) profile steps2 e2e2 base
-# recipes gdas
+# forward only) bn (PyTorch's BatchNorm kernels against cuDNN's, by parts and Triton's) dw (the depthwise
+# convolutions by ops.conv2d's forms against Triton's) profile steps2 e2e2 base recipes gdas
 # (GDAS eager against its dense samples replayed) nb201 (default: all, in that order), and e2e-ways (--fast
 # in NHWC with side streams and merged kernel sizes, for when `steps` finds them faster), e2e-parts and
-# e2e-triton (--fast with the BatchNorms by parts, by Triton's kernels, likewise). It writes
+# e2e-triton (--fast with the BatchNorms by parts, by Triton's kernels, likewise) and e2e-tritondw (with the
+# depthwise convolutions by Triton's kernels). It writes
 # $OUT/*.json and logs (OUT defaults to benchmarks/out; at most 8 files come back); the rows go into
 # RESULTS.md by the scripts' table_rows (search_step.py, search_e2e.py) with the device, date and command.
 set -u
@@ -51,7 +53,7 @@ cp .gpu_data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-STAGES="${*:-steps tests e2e convs evalconvs bn profile steps2 e2e2 base recipes gdas nb201}"
+STAGES="${*:-steps tests e2e convs evalconvs bn dw profile steps2 e2e2 base recipes gdas nb201}"
 # the whole call's seconds (the device tool stops a command at 600): each stage's timeout is cut to what is left,
 # less 15 s, so that a stage stopped reports what it measured before the call is killed (BUDGET=0: no cut)
 BUDGET="${BUDGET:-585}" START=$(date +%s)
@@ -101,17 +103,17 @@ print('failed:', r['failed'])" "$OUT/e2e-$1.log" "$1" || tail -20 "$OUT/e2e-$1.l
 
 for stage in $STAGES; do case $stage in
 steps)
-    step darts-v1 darts-v1 graph-lanes,graph-lanes-tritonbn,graph-lanes-partsbn,graph-lanes-cudnnbn,graph-cl-lanes 10 230 ;;
+    step darts-v1 darts-v1 graph-lanes,graph-lanes-tritondw,graph-lanes-tritonbn,graph-lanes-tritondw-tritonbn,graph-lanes-partsbn,graph-lanes-cudnnbn 10 260 ;;
 steps2)
-    step darts-v1-ways darts-v1 graph-lanes,graph,graph-lanes-merged,graph-tf32-lanes,graph-bf16-cl-lanes 10 120
+    step darts-v1-ways darts-v1 graph-lanes,graph,graph-lanes-merged,graph-tf32-lanes,graph-cl-lanes,graph-bf16-cl-lanes 10 140
     step darts-v2 darts-v2 graph-lanes,graph,graph-cl-lanes 10 150 ;;
 base)
     if [ -d .gpu_data/base/src ]; then
         (export PYTHONPATH="$PWD/.gpu_data/base/src"; step base darts-v1 graph-lanes 10 120)
     else echo "stage base: no .gpu_data/base/src (see the header)"; fi ;;
 tests)  # the CUDA tests, in six runs: SIGINT at a timeout makes pytest list the failures it saw; first
-    # those not yet run on a GPU (Triton's BatchNorm, BatchNorms by parts, dense samples, cuDNN's BatchNorms, side
-    # streams in NHWC), then the NHWC step
+    # those not yet run on a GPU (Triton's BatchNorm and depthwise convolution, BatchNorms by parts, dense samples,
+    # cuDNN's BatchNorms, side streams in NHWC), then the NHWC step
     run_tests 90 tests/test_kernels.py tests/test_ops.py tests/test_fused.py tests/test_cuda_graph.py \
         -k "cuda and (kernels or by_parts or dense_samples or handed_a) or its_sample_on"
     run_tests 90 tests/test_cuda_graph.py -k side_streams
@@ -129,8 +131,9 @@ gdas)  # GDAS eager (its sample read on the host) against every op computed and 
 nb201)
     step nb201 darts-v1,darts-v2,gdas readable,fused,graph,graph-cl 10 90 "--space nb201" ;;
 profile)  # the kernels of the step --fast replays (side streams; their time summed beside the step's wall time),
-    # then with Triton's BatchNorms, and of the eager fused step both ways (comparable to the H200's at 678e22c)
-    for path in graph-lanes graph-lanes-tritonbn fused fused-tritonbn; do
+    # then with Triton's depthwise convolutions, with its BatchNorms, and of the eager fused step (comparable to
+    # the H200's at 678e22c)
+    for path in graph-lanes graph-lanes-tritondw graph-lanes-tritonbn fused; do
         timeout "$(within 60)" python3 benchmarks/profile_step.py --rows 30 --path $path 2>&1 | grep -v USDT \
             | tee -a "$OUT/profile.log"
     done ;;
@@ -144,6 +147,10 @@ bn)  # the fused cell's BatchNorms (28% of an eager step's device time on an H20
     # run (an affine weight, no bias), against cuDNN's, which a zero bias would hand them to, PyTorch's over
     # parts of the batch (ops.batch_norm_by_parts) and dnas's Triton ones (dnas.kernels)
     timeout "$(within 90)" python3 benchmarks/conv_variants.py --repeats 30 --only batchnorm 2>&1 | tee "$OUT/bn.log" ;;
+dw)  # the fused cell's depthwise convolutions: ops.conv2d's forms (on a GPU NHWC, an NCHW input copied in and out,
+    # dilated ones by their phases) against dnas's Triton kernels on the NCHW input (dnas.kernels)
+    timeout "$(within 90)" python3 benchmarks/conv_variants.py --repeats 30 --only "dil 1 by,dil 2 by" 2>&1 \
+        | tee "$OUT/dw.log" ;;
 e2e)
     e2e darts-v1 darts-v1 fast 150 ;;
 e2e2)
@@ -154,7 +161,9 @@ e2e-parts)  # --fast with the fused cells' BatchNorms over parts of the batch, f
     e2e darts-v1-parts darts-v1 fast-partsbn 150 ;;
 e2e-triton)  # --fast with the fused cells' BatchNorms by Triton's kernels, likewise
     e2e darts-v1-triton darts-v1 fast-tritonbn 150 ;;
-*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways e2e-parts e2e-triton convs evalconvs bn" \
-        "profile base" \
+e2e-tritondw)  # --fast with the depthwise convolutions by Triton's kernels, likewise
+    e2e darts-v1-tritondw darts-v1 fast-tritondw 150 ;;
+*) echo "unknown stage $stage; valid: tests steps steps2 e2e e2e2 e2e-ways e2e-parts e2e-triton e2e-tritondw convs" \
+        "evalconvs bn dw profile base" \
         "recipes gdas nb201" ;;
 esac; done

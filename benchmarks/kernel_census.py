@@ -19,6 +19,8 @@ Writes JSON to benchmarks/out/ and appends a row to benchmarks/RESULTS.md.
     python benchmarks/kernel_census.py --gpu-forms --evaluation             # an evaluation batch's forward
     TRITON_INTERPRET=1 python benchmarks/kernel_census.py --gpu-forms --triton-batch-norm   # the BatchNorms by
                                   # dnas.kernels (fused.BATCH_NORM_KERNELS), by Triton's interpreter (minutes)
+    TRITON_INTERPRET=1 python benchmarks/kernel_census.py --gpu-forms --triton-depthwise   # the depthwise
+                                  # convolutions by dnas.kernels (ops.TRITON_DEPTHWISE_DEVICES), likewise
 """
 from __future__ import annotations
 
@@ -83,15 +85,18 @@ class Census(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def triton_batch_norms(census: Census):
-    """The fused cells' training BatchNorms by ``dnas.kernels`` (Triton's, run on the CPU by its interpreter:
-    TRITON_INTERPRET=1 before anything imports triton),
-    each launch of its kernels one kernel of ``census``, moving the bytes of the distinct tensors it is handed
-    (each read or written once; an argument it does not read is one it is handed again), outside the census
-    (the interpreter's own copies are not a GPU's)."""
+def triton_kernels(census: Census, batch_norm: bool, depthwise: bool):
+    """The fused cells' training BatchNorms (``batch_norm``) and the depthwise convolutions (``depthwise``) by
+    ``dnas.kernels`` (Triton's, run on the CPU by its interpreter: TRITON_INTERPRET=1 before anything imports
+    triton), each launch of its kernels one kernel of ``census``, moving the bytes of the distinct tensors it
+    is handed (each read or written once; an argument it does not read is one it is handed again), outside the
+    census (the interpreter's own copies are not a GPU's)."""
+    if not (batch_norm or depthwise):
+        yield
+        return
     kernels = importlib.import_module("dnas.kernels")
     if not kernels.INTERPRETED:
-        raise SystemExit("--triton-batch-norm runs dnas.kernels by Triton's interpreter: set TRITON_INTERPRET=1")
+        raise SystemExit("--triton-* runs dnas.kernels by Triton's interpreter: set TRITON_INTERPRET=1")
 
     def counted(kernel):
         run = kernel.run
@@ -104,8 +109,12 @@ def triton_batch_norms(census: Census):
         return launch
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(temporarily(fused, "BATCH_NORM_KERNELS", {"cpu": "triton"}))
-        for kernel in (kernels._chunk_sums, kernels._normalise, kernels._grad_input):
+        if batch_norm:
+            stack.enter_context(temporarily(fused, "BATCH_NORM_KERNELS", {"cpu": "triton"}))
+        if depthwise:
+            stack.enter_context(temporarily(ops, "TRITON_DEPTHWISE_DEVICES", ("cpu",)))
+        for kernel in (kernels._chunk_sums, kernels._normalise, kernels._grad_input, kernels._depthwise,
+                       kernels._depthwise_weight_sums):
             stack.enter_context(temporarily(kernel, "run", counted(kernel)))
         yield
 
@@ -149,7 +158,7 @@ def census(args) -> dict:
         step = lambda: bilevel_step(model, parts, a_opt, w_opt, train, val, 5.0)
     seen = Census()
     with merge_kernel_sizes(args.merged), dense_samples(args.dense), \
-            triton_batch_norms(seen) if args.triton_batch_norm else contextlib.nullcontext():
+            triton_kernels(seen, args.triton_batch_norm, args.triton_depthwise):
         step()  # the optimisers' state, the plans
         seen.ops.clear()
         with seen:
@@ -169,7 +178,8 @@ def census(args) -> dict:
         "benchmark": "kernel_census", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
         "method": row_method(args.method, args.space),
         "path": args.path + (" merged" if args.merged else "") + (" dense samples" if args.dense else "")
-        + (" Triton BatchNorms" if args.triton_batch_norm else "") + (" evaluation forward" if args.evaluation else ""),
+        + (" Triton BatchNorms" if args.triton_batch_norm else "")
+        + (" Triton depthwise" if args.triton_depthwise else "") + (" evaluation forward" if args.evaluation else ""),
         "layout": "NHWC" if args.channels_last else "NCHW", "convolutions": "GPU forms" if args.gpu_forms else "CPU",
         "batch_size": args.batch_size, "kernels": len(seen.ops), "gb": round(total / 1e9, 2),
         "small_kernels": len(small), "small_gb": round(sum(small) / 1e9, 3), "small_bytes_below": args.small,
@@ -198,6 +208,8 @@ def main() -> None:
                    "kept on the device (dnas.spaces.fused.dense_samples)")
     p.add_argument("--triton-batch-norm", action="store_true", help="the fused cells' training BatchNorms by "
                    "dnas.kernels (fused.BATCH_NORM_KERNELS), run by Triton's interpreter")
+    p.add_argument("--triton-depthwise", action="store_true", help="the depthwise convolutions of NCHW inputs by "
+                   "dnas.kernels (ops.TRITON_DEPTHWISE_DEVICES), run by Triton's interpreter")
     p.add_argument("--evaluation", action="store_true",
                    help="count one forward of each epoch's evaluation (evaluation mode, no gradients), not a step")
     p.add_argument("--batch-size", type=int, default=64)

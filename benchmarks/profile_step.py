@@ -37,8 +37,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="darts-v1")
     p.add_argument("--path", default="fused", help=f"a path of search_step.py: one of {', '.join(PATHS)} (graph: "
-                   "GPU only) with its suffixes (-tf32, -bf16, -cl, -lanes, -merged, -dense, -cudnnbn, -partsbn, "
-                   "-tritonbn)")
+                   "GPU only) with its suffixes (-tf32, -bf16, -cl, -lanes, -merged, -dense, -tritondw, -cudnnbn, "
+                   "-partsbn, -tritonbn)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--init-channels", type=int, default=16)

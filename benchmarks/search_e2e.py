@@ -185,7 +185,7 @@ def main() -> None:
     interrupt_on_sigterm()
 
     runs, failed = {}, {}  # a path that raises is reported, the others measured; one interrupted ends the runs
-    for path, (base, arithmetic, channels_last, lanes, merged, dense, batch_norm) in paths.items():
+    for path, (base, arithmetic, channels_last, lanes, merged, dense, triton_depthwise, batch_norm) in paths.items():
         if base == "fast":
             settings = fast_settings(device, get_method(args.method), args.space, dense)
         else:
@@ -202,7 +202,7 @@ def main() -> None:
             settings["eval_batch_size"] = args.eval_batch_size
         if args.eval_channels_last:
             settings["eval_channels_last"] = True
-        cell_settings = fused_settings(False, False, False, batch_norm)
+        cell_settings = fused_settings(False, False, False, triton_depthwise, batch_norm)
         with tempfile.TemporaryDirectory() as tmp, EpochParts() as parts, cell_settings:
             t0 = time.perf_counter()
             try:

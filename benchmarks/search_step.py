@@ -21,6 +21,9 @@ appends a row per recipe to benchmarks/RESULTS.md.
                               # -cudnnbn, -partsbn, -tritonbn: the fused cell's BatchNorms by cuDNN's kernels,
                               # or in training by PyTorch's over parts of the batch or by dnas.kernels' (Triton)
                               # (fused.BATCH_NORM_KERNELS)
+    python benchmarks/search_step.py --paths graph-lanes,graph-lanes-tritondw,graph-lanes-tritondw-tritonbn
+                              # -tritondw: the depthwise convolutions of NCHW tensors by dnas.kernels' (Triton)
+                              # (ops.TRITON_DEPTHWISE_DEVICES)
     python benchmarks/search_step.py --space nb201 --paths readable,fused   # the NAS-Bench-201 network
                                                               # (16 channels, 5 cells per stage)
 
@@ -66,7 +69,7 @@ def sync(device: torch.device) -> None:
 
 
 PATHS = ("readable", "fused", "graph")  # each optionally with -tf32 or -bf16, -cl (channels_last), -lanes, -merged,
-# -dense, -cudnnbn, -partsbn or -tritonbn
+# -dense, -tritondw, -cudnnbn, -partsbn or -tritonbn
 SECTION = "## Search step (benchmarks/search_step.py)"
 COLUMNS = ["date", "device", "torch", "commit", "path", "method", "batch", "ms/step (median)", "speed-up",
            "peak memory (GB)", "load", "command"]
@@ -79,6 +82,8 @@ class PathOptions(NamedTuple):
     lanes: bool  # the fused cell's independent ops on side streams (``fused.side_streams``)
     merged: bool  # the fused cell's 3x3 and 5x5 ops as one (``fused.merge_kernel_sizes``)
     dense: bool  # a hard relaxation's every op computed, the sample kept on the device (``fused.dense_samples``)
+    triton_depthwise: bool  # depthwise convolutions of NCHW tensors by ``dnas.kernels``
+    # (``ops.TRITON_DEPTHWISE_DEVICES``)
     batch_norm: str | None  # the kernels of the fused cell's BatchNorms (``fused.BATCH_NORM_KERNELS``): "cudnn"
     # (handed a weight and a bias), "parts" (``ops.batch_norm_by_parts``), "triton" (``dnas.kernels``); None:
     # PyTorch's own
@@ -87,20 +92,21 @@ class PathOptions(NamedTuple):
 def path_options(path: str, bases) -> PathOptions:
     """A benchmark path's name: its base (one of ``bases``), then its precision if not fp32 (-tf32, -bf16:
     ``dnas.search.precision``), -cl (channels_last), -lanes (side streams), -merged (3x3 and 5x5 ops as
-    one), -dense (a hard relaxation's every op, the sample on the device) and -cudnnbn, -partsbn or -tritonbn
-    (the fused cell's BatchNorms by cuDNN's kernels on a GPU, by PyTorch's over parts of the batch, or by
-    ``dnas.kernels``' Triton ones), in that order."""
+    one), -dense (a hard relaxation's every op, the sample on the device), -tritondw (depthwise convolutions of
+    NCHW tensors by ``dnas.kernels``' Triton ones) and -cudnnbn, -partsbn or -tritonbn (the fused cell's
+    BatchNorms by cuDNN's kernels on a GPU, by PyTorch's over parts of the batch, or by ``dnas.kernels``'
+    Triton ones), in that order."""
     base, *options = path.split("-")
     others = [p for p in PRECISIONS if p != "fp32"]
     arithmetic = options.pop(0) if options and options[0] in others else "fp32"
-    flags = ["cl", "lanes", "merged", "dense"]
+    flags = ["cl", "lanes", "merged", "dense", "tritondw"]
     kernels = {"cudnnbn": "cudnn", "partsbn": "parts", "tritonbn": "triton"}
     batch_norm = options.pop() if options and options[-1] in kernels else None
     if base not in bases or options != [f for f in flags if f in options]:
         raise ValueError(f"unknown path {path!r}; valid: {', '.join(bases)}, each optionally followed by "
-                         f"{' or '.join('-' + p for p in others)}, then -cl, -lanes, -merged, -dense, -cudnnbn, "
-                         f"-partsbn or -tritonbn ({bases[-1]}-cl, {bases[-1]}-bf16-cl-lanes, {bases[-1]}-cl-merged, "
-                         f"...)")
+                         f"{' or '.join('-' + p for p in others)}, then -cl, -lanes, -merged, -dense, -tritondw, "
+                         f"-cudnnbn, -partsbn or -tritonbn ({bases[-1]}-cl, {bases[-1]}-bf16-cl-lanes, "
+                         f"{bases[-1]}-cl-merged, ...)")
     return PathOptions(base, arithmetic, *(flag in options for flag in flags), kernels.get(batch_norm))
 
 
@@ -267,14 +273,21 @@ def four_tensor_step(model, parts, a_opt, w_opt, arithmetic: str, ways, x, y, va
         return bilevel_step(model, parts, a_opt, w_opt, (x, y), (val_x, val_y), 5.0)
 
 
-def fused_settings(lanes: bool, merged: bool, dense: bool, batch_norm: str | None) -> contextlib.ExitStack:
+def fused_settings(lanes: bool, merged: bool, dense: bool, triton_depthwise: bool,
+                   batch_norm: str | None) -> contextlib.ExitStack:
     """Within it, the fused cells run on as many side streams as --fast runs where ``lanes``
     (``fused.side_streams``, ``search.FAST_SIDE_STREAMS``), with their 3x3 and 5x5 ops as one where
     ``merged`` (``fused.merge_kernel_sizes``), every op of a hard relaxation where ``dense``
-    (``fused.dense_samples``), and their BatchNorms by the kernels ``batch_norm`` names on every device
-    (``fused.BATCH_NORM_KERNELS``: "cudnn", "parts" or "triton", the latter two CUDA only); the modules looked up only
-    where one is asked for: gpu_check.sh's stage base runs this script on an older dnas, which has none."""
+    (``fused.dense_samples``), depthwise convolutions of NCHW tensors by Triton's kernels on every device
+    where ``triton_depthwise`` (``ops.TRITON_DEPTHWISE_DEVICES``, CUDA only), and their BatchNorms by the
+    kernels ``batch_norm`` names on every device (``fused.BATCH_NORM_KERNELS``: "cudnn", "parts" or "triton",
+    the latter two CUDA only); the modules looked up only where one is asked for: gpu_check.sh's stage base
+    runs this script on an older dnas, which has none."""
     stack = contextlib.ExitStack()
+    if triton_depthwise:
+        settings = importlib.import_module("dnas.settings")
+        ops = importlib.import_module("dnas.ops")
+        stack.enter_context(settings.temporarily(ops, "TRITON_DEPTHWISE_DEVICES", ("cuda", "cpu")))
     if lanes or merged or dense or batch_norm:
         fused = importlib.import_module("dnas.spaces.fused")
         streams = importlib.import_module("dnas.search").FAST_SIDE_STREAMS if lanes else 0
@@ -316,7 +329,8 @@ def main() -> None:
     p.add_argument("--paths", default="readable", help=f"comma-separated, of {', '.join(PATHS)} (graph: GPU "
                    f"only), each optionally followed by -tf32 or -bf16 (the precision; default fp32), then -cl "
                    f"(channels_last tensors), -lanes (side streams, GPU only), -merged (3x3 and 5x5 ops as one), "
-                   f"-dense (a hard relaxation's every op, the sample on the device), -cudnnbn, -partsbn or "
+                   f"-dense (a hard relaxation's every op, the sample on the device), -tritondw (depthwise "
+                   f"convolutions by dnas.kernels' Triton ones), -cudnnbn, -partsbn or "
                    f"-tritonbn (the fused cell's BatchNorms by cuDNN's kernels, by PyTorch's over parts of the "
                    f"batch, or by dnas.kernels' Triton ones)")
     p.add_argument("--steps", type=int, default=5)

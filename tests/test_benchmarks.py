@@ -111,7 +111,8 @@ def test_conv_variants_times_the_forms(tmp_path):
     out, [report], _ = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
                            "depthwise 3x3 dil 1", "--forward-only", out=tmp_path / "forward")
     assert report["unit"] == "us per forward" and "us per forward, batch 2" in out
-    assert len(report["results"]) == 8 and all(r["nchw-fp32"] > 0 for r in report["results"])  # 4 shapes, 2 forms
+    assert len(report["results"]) == 12 and all(r["nchw-fp32"] > 0 for r in report["results"])  # 4 shapes, 3 forms
+    assert sum("by Triton" in r["case"] for r in report["results"]) == 4  # by its interpreter
     out, [report], _ = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
                            "batchnorm", out=tmp_path / "batchnorm")
     assert [r["case"].rsplit(",", 1)[0] for r in report["results"][:4]] == [  # at batch 2 in one part; Triton's
@@ -131,7 +132,7 @@ def test_gpu_check_names_only_paths_and_recipes_that_exist():
     script = (BENCHMARKS / "gpu_check.sh").read_text()
     steps = re.findall(r"\bstep (\S+) (\S+) (\S+) \d+ \d+", script)
     e2es = re.findall(r"^\s*e2e (\S+) (\S+) (\S+) \d+ ?(.*?) ;;", script, re.M)
-    assert len(steps) == 8 and len(e2es) == 5
+    assert len(steps) == 8 and len(e2es) == 6
     e2e_options = set(re.findall(r'add_argument\("(--[\w-]+)"', (BENCHMARKS / "search_e2e.py").read_text()))
     for _, methods, paths in steps:
         for method in methods.split(","):
@@ -148,7 +149,7 @@ def test_gpu_check_names_only_paths_and_recipes_that_exist():
             path_options(path, ("readable", "fused", "fast"))
     stages = set(re.findall(r"^([\w-]+)\)", script, re.M))
     default = re.search(r'STAGES="\$\{\*:-([^}]*)\}"', script).group(1).split()
-    assert set(default) | {"e2e-ways", "e2e-parts", "e2e-triton"} == stages
+    assert set(default) | {"e2e-ways", "e2e-parts", "e2e-triton", "e2e-tritondw"} == stages
 
 
 def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call(tmp_path):
@@ -168,7 +169,7 @@ def test_gpu_check_cuts_each_stage_to_what_is_left_of_the_call(tmp_path):
         return int(done.stdout)
 
     assert [seconds(0, 150), seconds(500, 150), seconds(700, 150), seconds(700, 150, "0")] == [150, 70, 1, 150]
-    assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 7  # every stage's timeout
+    assert len(re.findall(r'timeout (?:-s INT -k 10 )?"\$\(within ', script)) == 8  # every stage's timeout
 
 
 def test_the_end_to_end_rate_leaves_out_an_epochs_last_smaller_batch(monkeypatch):

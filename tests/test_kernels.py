@@ -1,5 +1,5 @@
-"""dnas.kernels: the Triton BatchNorm against PyTorch's, on a GPU by its compiled kernels and on the CPU by
-Triton's interpreter (conftest.py sets TRITON_INTERPRET=1 where no GPU is)."""
+"""dnas.kernels: the Triton BatchNorm and depthwise convolution against PyTorch's, on a GPU by their compiled
+kernels and on the CPU by Triton's interpreter (conftest.py sets TRITON_INTERPRET=1 where no GPU is)."""
 import os
 import subprocess
 import sys
@@ -148,18 +148,119 @@ def test_triton_batch_norms_compute_the_same_step(device, monkeypatch):
     assert len(calls) > 100 and 0 < sum(calls) < len(calls)  # some with the ReLU, some without
 
 
-def test_triton_batch_norms_without_triton_say_what_they_need(monkeypatch):
+@pytest.mark.parametrize("module, setting, value", [(fused_module, "BATCH_NORM_KERNELS", {"cpu": "triton"}),
+                                                    (ops, "TRITON_DEPTHWISE_DEVICES", ("cpu",))])
+def test_triton_kernels_without_triton_say_what_they_need(module, setting, value, monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)
     monkeypatch.delitem(sys.modules, "dnas.kernels")
     monkeypatch.delattr(dnas, "kernels")
-    monkeypatch.setattr(fused_module, "BATCH_NORM_KERNELS", {"cpu": "triton"})
-    with pytest.raises(RuntimeError, match="'triton', whose kernels need the triton package"):
+    monkeypatch.setattr(module, setting, value)
+    with pytest.raises(RuntimeError, match=f"{setting} names Triton's kernels, which need the triton package"):
         search_step("darts-v1", fused=True)
 
 
+@pytest.fixture(params=[1, 4], ids=["1 channel", "4 channels"])
+def small_tiles(request, monkeypatch):
+    """Depthwise convolutions' programs of 1 channel (as on a GPU) or of 4 (as the interpreter runs them, the
+    last program of 6 channels ragged), in blocks of 16 values of each tap (8 for 5 x 5 kernels), several
+    chunks of each channel."""
+    monkeypatch.setattr(kernels, "CHANNELS", request.param)
+    monkeypatch.setattr(kernels, "TILE", 16 * 16 * request.param)
+    monkeypatch.setattr(kernels, "PROGRAMS", 2 * -(-6 // request.param))
+    return request.param
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel, stride, padding, dilation, size", [  # the DARTS ops' (a reducing edge's
+    (3, 1, 1, 1, (7, 6)), (5, 1, 2, 1, (7, 6)),                        # taken whole), a merged bank's 3 x 3
+    (3, 2, 1, 1, (8, 7)), (3, 1, 2, 2, (8, 8)), (5, 1, 4, 2, (6, 7)),  # as a 5 x 5, and any
+    (5, 2, 4, 2, (8, 8)), (5, 1, 2, 1, (3, 3)), ((3, 1), (2, 1), (0, 1), (1, 2), (17, 9))],
+    ids=["3x3", "5x5", "3x3 stride 2", "3x3 dilation 2", "5x5 dilation 2", "5x5 dilation and stride 2",
+         "5x5 on 3x3", "3x1 mixed"])
+def test_depthwise_conv2d_computes_what_conv2d_computes(device, kernel, stride, padding, dilation, size,
+                                                        small_tiles):
+    """The same output, gradients of the input and weight, and second derivatives (by ATen's convolution
+    backward, which autograd differentiates again), in float64."""
+    g = torch.Generator().manual_seed(0)
+    kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    x = torch.randn(2, 6, *size, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    weight = torch.randn(6, 1, *kernel, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    args = stride, padding, dilation
+    ours = kernels.depthwise_conv2d(x, weight, *args)
+    theirs = F.conv2d(x, weight, None, *args, 6)
+    assert type(ours.grad_fn).__name__ == "_DepthwiseBackward"
+    conv = kernels._Convolution(x.shape, weight.shape, *(ops.nn.modules.utils._pair(a) for a in args))
+    assert conv.output == theirs.shape and conv.programs(conv.output)[1] > 1 and conv.programs(x.shape)[1] > 1
+    dy = torch.randn(theirs.shape, generator=g, dtype=torch.float64).to(device)
+
+    def derivatives(y):
+        first = torch.autograd.grad(y, (x, weight), dy, retain_graph=True)
+        with_graph = torch.autograd.grad(y, (x, weight), dy, create_graph=True)
+        second = torch.autograd.grad(sum((t ** 2).sum() for t in with_graph), (x, weight))
+        return y, *first, *with_graph, *second
+    for a, b in zip(derivatives(ours), derivatives(theirs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv2d_gradients_of_either_alone(device, stride):
+    """The input's gradient without the weight's (by its own kernel), and the weight's without the input's (the
+    kernel that writes both where they are of one size, the input's left out)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64).to(device)
+    weight = torch.randn(3, 1, 3, 3, generator=g, dtype=torch.float64).to(device)
+    for wanted in (x, weight):
+        wanted.requires_grad_()
+        ours, theirs = kernels.depthwise_conv2d(x, weight, stride, 1), F.conv2d(x, weight, None, stride, 1, 1, 3)
+        dy = torch.randn(theirs.shape, generator=g, dtype=torch.float64).to(device)
+        torch.testing.assert_close(torch.autograd.grad(ours, wanted, dy), torch.autograd.grad(theirs, wanted, dy),
+                                   rtol=1e-12, atol=1e-12)
+        wanted.requires_grad_(False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_other_inputs_run_pytorchs_convolution(device):
+    """An input not dense NCHW, or under autocast (its operands in fp32 or, from an op before, bf16):
+    ``F.conv2d``, which autocast casts to bf16."""
+    x, weight = torch.randn(2, 4, 6, 6, device=device), torch.randn(4, 1, 3, 3, device=device)
+    y = kernels.depthwise_conv2d(x.contiguous(memory_format=torch.channels_last).requires_grad_(), weight, 1, 1)
+    assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
+    torch.testing.assert_close(y, F.conv2d(x, weight, None, 1, 1, 1, 4))
+    for other in (x, x.bfloat16()):
+        with torch.autocast(device, torch.bfloat16):
+            y = kernels.depthwise_conv2d(other.requires_grad_(), weight, 1, 1)
+            assert y.dtype == torch.bfloat16 and type(y.grad_fn).__name__ == "ConvolutionBackward0"
+
+
+@pytest.mark.slow  # by the interpreter, ~90 s on the CPU
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_depthwise_convolutions_compute_the_same_step(device, monkeypatch):
+    """Where ``ops.TRITON_DEPTHWISE_DEVICES`` names the device, every depthwise convolution of a fused NCHW step
+    in the GPU's forms runs by ``kernels.depthwise_conv2d`` on the tensor the cell makes (no copy to NHWC,
+    no phases); with Triton's BatchNorms, which then write no ReLU NHWC: the same step."""
+    monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu", "cuda"))
+    reference = search_step("darts-v1", fused=True, device=device)
+    convolutions, batch_norms, others = [], [], []
+    for cls, calls in ((kernels._Depthwise, convolutions), (kernels._BatchNorm, batch_norms)):
+        monkeypatch.setattr(cls, "apply", lambda *args, apply=cls.apply, calls=calls: calls.append(args[-1])
+                            or apply(*args))
+    conv2d = ops._conv2d
+    monkeypatch.setattr(ops, "_conv2d", lambda x, w, *args: (w.shape[1] == 1 and others.append(x.shape))
+                        or conv2d(x, w, *args))
+    for module in (ops, fused_module):
+        for name in ("to_phases", "relu_nhwc"):
+            monkeypatch.setattr(module, name, lambda *args, name=name: pytest.fail(f"ops.{name} ran"))
+    monkeypatch.setattr(ops, "TRITON_DEPTHWISE_DEVICES", (device,))
+    monkeypatch.setattr(fused_module, "BATCH_NORM_KERNELS", {device: "triton"})
+    assert_same_step(reference, search_step("darts-v1", fused=True, device=device))
+    assert len(convolutions) > 100 and not others
+    assert len(batch_norms) > 100 and not any(batch_norms)  # none with the ReLU NHWC
+
+
 COMPILE_FOR_HOPPER = r"""
-import re
-import triton, triton.language as tl
+import os, re, subprocess, tempfile
+import torch, triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from dnas import kernels
@@ -175,32 +276,55 @@ def compile(kernel, dtype, **constexprs):
     signature = {n: kind(n) for n in kernel.arg_names}
     aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
                if signature[n].startswith("*") or n in ("C", "M", "CHUNK")}
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs, aligned),
-                              target=GPUTarget("cuda", 90, 32))
-    if kernel is not kernels._chunk_sums and not re.search(r"st\.global\.v\d", compiled.asm["ptx"]):
+    return triton.compile(ASTSource(kernel, signature, constexprs, aligned), target=GPUTarget("cuda", 90, 32))
+def vectorised(kernel, dtype, **constexprs):
+    if not re.search(r"st\.global\.v\d", compile(kernel, dtype, **constexprs).asm["ptx"]):
         unvectorised.append((kernel.fn.__name__, dtype, constexprs))
+spilled = []
+def unspilled(kernel, dtype, **constexprs):
+    ptx = tempfile.mktemp(suffix=".ptx")
+    with open(ptx, "w") as f:
+        f.write(compile(kernel, dtype, **constexprs).asm["ptx"])
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    done = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", ptx, "-o", os.devnull], capture_output=True,
+                          text=True, check=True)
+    if " 0 bytes spill stores" not in done.stderr:
+        spilled.append((kernel.fn.__name__, dtype, constexprs))
 for dtype, channels, block, length, relu in (("fp32", 1, 1024, 1024, False), ("fp32", 1, 1024, 64, False),
                                             ("fp64", 1, 256, 256, False), ("fp32", 32, 32, 1024, True)):
     tile = dict(L=length, CHANNELS=channels, BLOCK=block, RELU_NHWC=relu)
     for shift in (True, False):
         compile(kernels._chunk_sums, dtype, SHIFT=shift, **tile)
     for weight, bias in ((True, False), (False, False), (True, True)):
-        compile(kernels._normalise, dtype, HAS_WEIGHT=weight, HAS_BIAS=bias, **tile)
+        vectorised(kernels._normalise, dtype, HAS_WEIGHT=weight, HAS_BIAS=bias, **tile)
     for weight, want_weight, want_bias in ((True, True, False), (True, True, True), (False, False, False)):
-        compile(kernels._grad_input, dtype, HAS_WEIGHT=weight, WANT_WEIGHT=want_weight,
-                WANT_BIAS=want_bias, **tile)
+        vectorised(kernels._grad_input, dtype, HAS_WEIGHT=weight, WANT_WEIGHT=want_weight,
+                   WANT_BIAS=want_bias, **tile)
+# the DARTS ops' depthwise convolutions (a reducing edge's separable ones taken whole) at 32 x 32 and 8 x 8,
+# batch 64, 128 channels (8 edges' 16)
+for dtype, size, k, stride, padding, dilation in (
+        ("fp32", 32, 3, 1, 1, 1), ("fp32", 32, 5, 1, 2, 1), ("fp32", 32, 3, 1, 2, 2), ("fp32", 32, 5, 1, 4, 2),
+        ("fp32", 32, 3, 2, 1, 1), ("fp32", 32, 5, 2, 2, 1), ("fp32", 8, 3, 1, 1, 1), ("fp64", 8, 5, 1, 4, 2)):
+    x = (64, 128, size, size)
+    conv = kernels._Convolution(x, (128, 1, k, k), (stride,) * 2, (padding,) * 2, (dilation,) * 2)
+    for kernel, shape, grad_input in ((kernels._depthwise, conv.output, False), (kernels._depthwise, x, True),
+                                      (kernels._depthwise_weight_sums, conv.output, False),
+                                      (kernels._depthwise_weight_sums, conv.output, conv.output == x)):
+        meta = conv.meta(shape, torch.float64 if dtype == "fp64" else torch.float32)
+        unspilled(kernel, dtype, GRAD_INPUT=grad_input, **meta)
 print("unvectorised:", unvectorised)
+print("spilled:", spilled)
 """
 
 
-@pytest.mark.slow  # 32 compilations, ~25 s
+@pytest.mark.slow  # 56 compilations, ~45 s
 def test_the_kernels_compile_for_hopper():
     """Each kernel, as the fused cell launches it, compiles for an H100 / H200 (sm_90) by Triton's compiler
     and the ptxas it brings, which need no GPU: what the interpreter cannot tell (a construct Triton's GPU
-    backend refuses) fails here, not in a GPU session's minutes; and every tile is stored by vector stores
-    (16 bytes a thread at once)."""
+    backend refuses) fails here, not in a GPU session's minutes; the BatchNorm's tiles are stored by vector
+    stores (16 bytes a thread at once), and no depthwise convolution's registers spill to memory."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "unvectorised: []" in done.stdout, done.stdout
+    assert "unvectorised: []" in done.stdout and "spilled: []" in done.stdout, done.stdout

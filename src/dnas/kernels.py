@@ -15,9 +15,15 @@ docs/speed.md). Here each channel's values are cut into chunks, one program each
   depthwise convolution reads on a GPU, ``ops.relu_nhwc``): the output relu(y), and backward
   dy = dz (z > 0) from the NHWC gradient dz and output z, each one kernel fewer.
 
-The module is imported only when chosen (``fused.BATCH_NORM_KERNELS``): Triton comes with PyTorch's CUDA
-builds. Without a GPU its interpreter (``TRITON_INTERPRET=1`` before this module is imported) runs the same
-kernels on CPU tensors, which is how the tests check them on the CPU.
+A depthwise convolution of an NCHW input (``depthwise_conv2d``): PyTorch computes an fp32 one by cuDNN only
+in NHWC, and its own NCHW kernels were 3-3.2x slower on an H100, so a GPU step copies the NCHW cell's
+tensors to NHWC and back around each (and dilated ones to their phases: ``ops.conv2d``). Here one kernel
+reads NCHW for any kernel size, stride and dilation, forward and for each gradient, cut like the
+BatchNorm: each channel's values in chunks, one program each.
+
+The module is imported only when chosen (``fused.BATCH_NORM_KERNELS``, ``ops.TRITON_DEPTHWISE_DEVICES``):
+Triton comes with PyTorch's CUDA builds. Without a GPU its interpreter (``TRITON_INTERPRET=1`` before this
+module is imported) runs the same kernels on CPU tensors, which is how the tests check them on the CPU.
 """
 import os
 
@@ -38,6 +44,16 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").upper() in ("1", "TRUE", "
 #: multiprocessors; under the interpreter few programs of many channels.
 PROGRAMS, BLOCK, CHANNELS, NHWC_CHANNELS = (8, 1024, 64, 64) if INTERPRETED else (2048, 1024, 1, 32)
 
+#: How many products a depthwise convolution's program takes at once: of each of its taps (a power of two of
+#: them, the kernel's padded) with as many values of each of its ``CHANNELS`` channels.
+TILE = 2 ** 20 if INTERPRETED else 4096
+
+
+def _on_cuda(x: torch.Tensor) -> None:
+    if x.device.type != "cuda" and not INTERPRETED:
+        raise ValueError(f"dnas.kernels runs on CUDA tensors, not {x.device.type} ones (on any device's only under "
+                         f"Triton's interpreter: TRITON_INTERPRET=1 before dnas.kernels is imported)")
+
 
 def batch_norm(x, mean, var, weight=None, bias=None, eps: float = 1e-5, relu_nhwc: bool = False) -> torch.Tensor:
     """``F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)``: ``x`` normalised by its batch's
@@ -45,9 +61,7 @@ def batch_norm(x, mean, var, weight=None, bias=None, eps: float = 1e-5, relu_nhw
     with ``relu_nhwc``, ``ops.relu_nhwc`` of that in the same kernels. Where ``x`` is not dense NCHW, its dtype
     not the statistics' (bf16 under autocast), a channel holds one value, or the call is traced or compiled,
     PyTorch's kernels run it."""
-    if x.device.type != "cuda" and not INTERPRETED:
-        raise ValueError(f"dnas.kernels runs on CUDA tensors, not {x.device.type} ones (on any device's only under "
-                         f"Triton's interpreter: TRITON_INTERPRET=1 before dnas.kernels is imported)")
+    _on_cuda(x)
     values = x.numel() // x.shape[1]
     if not x.is_contiguous() or x.dtype != mean.dtype or values < 2 or x.numel() >= 2 ** 31 or ops.exporting():
         y = F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)
@@ -111,14 +125,21 @@ class _Grid:
         length, values = x[0, 0].numel(), x.numel() // c
         channels = NHWC_CHANNELS if relu_nhwc else CHANNELS
         block = min(max(BLOCK * CHANNELS // channels, 1), triton.next_power_of_2(values))
-        chunks = max(1, min(PROGRAMS // triton.cdiv(c, channels), triton.cdiv(values, block)))
-        chunk = triton.cdiv(triton.cdiv(values, chunks), block) * block
-        self.channels, self.chunks = c, triton.cdiv(values, chunk)
+        self.chunks, chunk = _chunks(triton.cdiv(c, channels), values, block)
+        self.channels = c
         self.programs = (triton.cdiv(c, channels), self.chunks)
         self.args = (c, length, values, chunk)
         self.meta = dict(RELU_NHWC=relu_nhwc, CHANNELS=channels, BLOCK=block,
                          ACC=tl.float64 if x.dtype == torch.float64 else tl.float32)
         self.accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _chunks(rows: int, values: int, block: int) -> tuple[int, int]:
+    """How many chunks of how many values (a multiple of ``block``) cut each of ``rows`` rows of ``values``
+    values, for about ``PROGRAMS`` programs in all."""
+    chunks = max(1, min(PROGRAMS // rows, triton.cdiv(values, block)))
+    chunk = triton.cdiv(triton.cdiv(values, chunks), block) * block
+    return triton.cdiv(values, chunk), chunk
 
 
 @triton.jit
@@ -250,3 +271,174 @@ def _grad_input(dz, z, x, dx, partials, saved, weight, dw, db, C, L: tl.constexp
         xc = tl.load(x + at, mask=inside, other=0).to(ACC) - mean[:, None]
         g = (g - mean_dy[:, None] - xc * slope[:, None]) * scale[:, None]
         tl.store(dx + at, g.to(dx.dtype.element_ty), mask=inside)
+
+
+def depthwise_conv2d(x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, stride, padding, dilation, groups=C)`` of an NCHW ``x`` (N, C, H, W) and a
+    ``weight`` (C, 1, KH, KW), and its gradients, by this module's kernels: y[n, c, i, j] = sum_{a, b}
+    w[c, a, b] x[n, c, s i + d a - p, s j + d b - p] (zero outside the image). Where ``x`` is not dense NCHW,
+    not of the weight's dtype, under autocast (which casts a convolution's operands), or the call is traced or
+    compiled, PyTorch's kernels run it; a double backward (iDARTS's) runs ATen's convolution backward
+    (``ops._GroupedConvBackward``), which autograd differentiates again."""
+    _on_cuda(x)
+    pair = torch.nn.modules.utils._pair
+    args = pair(stride), pair(padding), pair(dilation)
+    if (not x.is_contiguous() or x.dtype != weight.dtype or torch.is_autocast_enabled(x.device.type)
+            or max(x.numel(), weight.numel()) >= 2 ** 31 or ops.exporting()):
+        return ops._conv2d(x, weight, None, *args, x.shape[1])
+    return _Depthwise.apply(x, weight.contiguous(), _Convolution(x.shape, weight.shape, *args))
+
+
+class _Depthwise(torch.autograd.Function):
+    """``depthwise_conv2d``: forward one kernel; backward one for the weight's gradient (each program's sums per
+    tap) that also writes the input's where the input and output are of one size (else one more), and one sum
+    over the programs."""
+
+    @staticmethod
+    def forward(ctx, x, weight, conv):
+        y = x.new_empty(conv.output)
+        _depthwise[conv.programs(conv.output)](x, weight, y, *conv.args(conv.output), GRAD_INPUT=False,
+                                               **conv.meta(conv.output, x.dtype))
+        ctx.save_for_backward(x, weight)
+        ctx.conv = conv
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        conv = ctx.conv
+        wanted = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():  # create_graph
+            dx, dw = ops._GroupedConvBackward.apply(x, weight, dy, *conv.stride_padding_dilation, x.shape[1])
+            return dx if wanted[0] else None, dw if wanted[1] else None, None
+        dy, dw = dy.contiguous(), None
+        dx = torch.empty_like(x) if wanted[0] else None
+        together = wanted[0] and wanted[1] and conv.output == x.shape  # one cut of the values for both
+        if wanted[0] and not together:
+            _depthwise[conv.programs(x.shape)](dy, weight, dx, *conv.args(x.shape), GRAD_INPUT=True,
+                                               **conv.meta(x.shape, x.dtype))
+        if wanted[1]:
+            programs = conv.programs(conv.output)
+            partials = x.new_empty((x.shape[1], programs[1], conv.taps),
+                                   dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+            _depthwise_weight_sums[programs](x, dy, partials, weight, dx if together else x,
+                                             *conv.args(conv.output), GRAD_INPUT=together,
+                                             **conv.meta(conv.output, x.dtype))
+            dw = partials.sum(1).to(weight.dtype).view(weight.shape)
+        return dx, dw, None
+
+
+class _Convolution:
+    """A depthwise convolution's geometry and how its kernels cut the values of its output (or, for the input's
+    gradient, of its input): programs of ``CHANNELS`` channels by chunks of whole blocks, ``TILE`` products of
+    a block's values with each of the kernel's taps (padded to a power of two) at once."""
+
+    def __init__(self, shape, kernel, stride, padding, dilation):
+        n, c, h, w = shape
+        (kh, kw), self.stride_padding_dilation = kernel[-2:], (stride, padding, dilation)
+        out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
+               for size, k, s, p, d in zip((h, w), (kh, kw), stride, padding, dilation)]
+        self.output = (n, c, *out)
+        self.taps = kh * kw
+        self.geometry = dict(H=h, W=w, HO=out[0], WO=out[1], KH=kh, KW=kw, SH=stride[0], SW=stride[1],
+                             PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1])
+
+    def _cut(self, shape) -> tuple[int, int, int, int]:
+        """Programs of channels, chunks, values per chunk and per block, for the values of ``shape``."""
+        values, rows = shape[0] * shape[2] * shape[3], triton.cdiv(shape[1], CHANNELS)
+        block = min(max(TILE // (triton.next_power_of_2(self.taps) * CHANNELS), 1), triton.next_power_of_2(values))
+        return (rows, *_chunks(rows, values, block), block)
+
+    def programs(self, shape) -> tuple[int, int]:
+        return self._cut(shape)[:2]
+
+    def args(self, shape) -> tuple[int, int, int]:
+        """The kernels' C, M (values per channel) and CHUNK for ``shape``'s values."""
+        return shape[1], shape[0] * shape[2] * shape[3], self._cut(shape)[2]
+
+    def meta(self, shape, dtype: torch.dtype) -> dict:
+        return dict(self.geometry, TAPS=triton.next_power_of_2(self.taps), CHANNELS=CHANNELS,
+                    BLOCK=self._cut(shape)[3], ACC=tl.float64 if dtype == torch.float64 else tl.float32)
+
+
+@triton.jit
+def _taps(c, m, C, M, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr, KH: tl.constexpr,
+          KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+          DH: tl.constexpr, DW: tl.constexpr, TAPS: tl.constexpr, TO_INPUT: tl.constexpr):
+    """For channels c and values m of the output (of the input, with TO_INPUT), the offsets of what each tap
+    (a, b) joins them to in the input (the output), (channels, TAPS, values), and which are inside it: output
+    (i, j) reads input (s i + d a - p, s j + d b - p)."""
+    t = tl.arange(0, TAPS)
+    a, b = (t // KW)[None, :, None], (t % KW)[None, :, None]
+    channel, m = c[:, None, None], m[None, None, :]
+    if TO_INPUT:
+        n, o = m // (H * W), m % (H * W)
+        i = o // W + PH - DH * a  # s times the output's row, where a whole one
+        j = o % W + PW - DW * b
+        inside = (i >= 0) & (j >= 0) & (i % SH == 0) & (j % SW == 0) & (i < SH * HO) & (j < SW * WO)
+        at = (n * C + channel) * (HO * WO) + (i // SH) * WO + j // SW
+    else:
+        n, o = m // (HO * WO), m % (HO * WO)
+        i = SH * (o // WO) + DH * a - PH
+        j = SW * (o % WO) + DW * b - PW
+        inside = (i >= 0) & (j >= 0) & (i < H) & (j < W)
+        at = (n * C + channel) * (H * W) + i * W + j
+    return at, inside & (t < KH * KW)[None, :, None] & (channel < C) & (m < M)
+
+
+@triton.jit
+def _depthwise(x, weight, y, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
+               KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr,
+               PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, GRAD_INPUT: tl.constexpr,
+               TAPS: tl.constexpr, CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Program (cb, s): chunk s of its channels c of y = conv(x, w); with GRAD_INPUT, of the input's gradient
+    y = dx[n, c, h, w] = sum_{a, b} w[c, a, b] dy[n, c, (h + p - d a) / s, ...] from x = dy, over the taps
+    whose output pixel is whole and inside."""
+    cb, s = tl.program_id(0), tl.program_id(1)
+    c = cb * CHANNELS + tl.arange(0, CHANNELS)
+    t = tl.arange(0, TAPS)
+    w = tl.load(weight + (c * (KH * KW))[:, None] + t[None, :], mask=(c < C)[:, None] & (t < KH * KW)[None, :],
+                other=0).to(ACC)
+    if GRAD_INPUT:
+        size: tl.constexpr = H * W
+    else:
+        size: tl.constexpr = HO * WO
+    for start in range(s * CHUNK, (s + 1) * CHUNK, BLOCK):
+        m = start + tl.arange(0, BLOCK)
+        at, inside = _taps(c, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW, TAPS, GRAD_INPUT)
+        out = tl.sum(tl.load(x + at, mask=inside, other=0).to(ACC) * w[:, :, None], 1)
+        into = (m // size * C)[None, :] + c[:, None]
+        tl.store(y + into * size + (m % size)[None, :], out.to(y.dtype.element_ty),
+                 mask=(c < C)[:, None] & (m < M)[None, :])
+
+
+@triton.jit
+def _depthwise_weight_sums(x, dy, partials, weight, dx, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr,
+                           HO: tl.constexpr, WO: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                           SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+                           DH: tl.constexpr, DW: tl.constexpr, GRAD_INPUT: tl.constexpr, TAPS: tl.constexpr,
+                           CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Program (cb, s): over chunk s of its channels c of the output, each tap's sum of dy[n, c, i, j]
+    x[n, c, s i + d a - p, s j + d b - p], into partials[c, s, tap] (the weight's gradient, summed over s);
+    with GRAD_INPUT (the input of the output's size) the same chunk of the input's gradient dx, as
+    ``_depthwise`` writes it."""
+    cb, s = tl.program_id(0), tl.program_id(1)
+    c = cb * CHANNELS + tl.arange(0, CHANNELS)
+    t = tl.arange(0, TAPS)
+    if GRAD_INPUT:
+        w = tl.load(weight + (c * (KH * KW))[:, None] + t[None, :],
+                    mask=(c < C)[:, None] & (t < KH * KW)[None, :], other=0).to(ACC)
+    sums = tl.zeros([CHANNELS, TAPS, BLOCK], ACC)
+    for start in range(s * CHUNK, (s + 1) * CHUNK, BLOCK):
+        m = start + tl.arange(0, BLOCK)
+        at, inside = _taps(c, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW, TAPS, False)
+        into = ((m // (HO * WO) * C)[None, :] + c[:, None]) * (HO * WO) + (m % (HO * WO))[None, :]
+        real = (c < C)[:, None] & (m < M)[None, :]
+        g = tl.load(dy + into, mask=real, other=0).to(ACC)
+        sums += tl.load(x + at, mask=inside, other=0).to(ACC) * g[:, None, :]
+        if GRAD_INPUT:
+            at, inside = _taps(c, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW, TAPS, True)
+            g = tl.sum(tl.load(dy + at, mask=inside, other=0).to(ACC) * w[:, :, None], 1)
+            tl.store(dx + into, g.to(dx.dtype.element_ty), mask=real)
+    at = ((c * tl.num_programs(1) + s) * (KH * KW))[:, None] + t[None, :]
+    tl.store(partials + at, tl.sum(sums, 2), mask=(c < C)[:, None] & (t < KH * KW)[None, :])

@@ -119,16 +119,22 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     copies a source to its edges). A dilated depthwise convolution then runs as the undilated one of its
     phases (``depthwise_nhwc``; on the CPU 1.5-5x faster forward and backward, in either layout), and on a
     GPU (``FORM_DEVICES``) every depthwise convolution runs NHWC so, and a grouped pointwise one as
-    matrix products (``pointwise_matmul``). A trace, export or compilation (TorchScript, ONNX, ``torch.export``,
+    matrix products (``pointwise_matmul``). On ``TRITON_DEPTHWISE_DEVICES`` a depthwise one of an NCHW input
+    (without bias) runs by dnas's own kernels instead (``dnas.kernels.depthwise_conv2d``), any stride and
+    dilation on the input as it is. A trace, export or compilation (TorchScript, ONNX, ``torch.export``,
     ``torch.compile``) records the convolution itself, for any batch and size (of ``x`` whole; a ``sampled``
     one takes its form)."""
     if exporting() and not sampled:
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    depthwise = weight.shape[1] == 1 and groups == x.shape[1] == weight.shape[0]
+    if depthwise and bias is None and _triton_depthwise(x):
+        if sampled:
+            x, stride, padding, dilation = _on_pixels_read(x, stride, padding, dilation, weight.shape[-2:], True)
+        return triton_kernels("ops.TRITON_DEPTHWISE_DEVICES").depthwise_conv2d(x, weight, stride, padding, dilation)
     given = tuple(stride)
     x, stride, padding, dilation = _on_pixels_read(x, stride, padding, dilation, weight.shape[-2:], sampled)
     if stride != given and channels_innermost(x):  # on the pixels it reads, copied NHWC here: the
         x = x.contiguous(memory_format=torch.channels_last)  # convolution takes a view of odd sizes for NCHW
-    depthwise = weight.shape[1] == 1 and groups == x.shape[1] == weight.shape[0]
     d = _nhwc_dilation(x, stride, padding, dilation) if depthwise else None
     if d is not None:
         return depthwise_nhwc(x, weight, bias, stride, padding, d)
@@ -157,7 +163,9 @@ def _on_pixels_read(x, stride, padding, dilation, kernel, sampled: bool):
 def _nhwc_dilation(x, stride, padding, dilation) -> int | None:
     """The d of ``depthwise_nhwc`` for a depthwise convolution on ``x`` (as ``_on_pixels_read`` gives it), None
     where it runs in the layout of ``x``: a dilated one by its phases where they fit, on every device; an
-    undilated one on a GPU (``FORM_DEVICES``)."""
+    undilated one on a GPU (``FORM_DEVICES``); none by Triton's kernels (``_triton_depthwise``)."""
+    if _triton_depthwise(x):
+        return None
     if dilation != (1, 1):
         return dilation[0] if phases_fit(x, stride, padding, dilation) else None
     return 1 if x.device.type in FORM_DEVICES else None
@@ -170,6 +178,25 @@ def depthwise_runs_nhwc(x, conv: nn.Conv2d, sampled: bool = False) -> bool:
         return False
     return _nhwc_dilation(*_on_pixels_read(x, conv.stride, conv.padding, conv.dilation, conv.kernel_size,
                                            sampled)) is not None
+
+
+def _triton_depthwise(x: torch.Tensor) -> bool:
+    """Whether a depthwise convolution of ``x`` runs by dnas's own kernels: an NCHW input on a device of
+    ``TRITON_DEPTHWISE_DEVICES``."""
+    return x.device.type in TRITON_DEPTHWISE_DEVICES and not channels_innermost(x)
+
+
+def triton_kernels(setting: str):
+    """``dnas.kernels``, imported at its first use (by what ``setting`` chose): it needs Triton, which
+    PyTorch's CUDA builds bring."""
+    try:
+        from dnas import kernels
+    except ModuleNotFoundError as e:
+        if e.name != "triton":
+            raise
+        raise RuntimeError(f"{setting} names Triton's kernels, which need the triton package (it comes with "
+                           f"PyTorch's CUDA builds; else pip install triton)") from e
+    return kernels
 
 
 _second_order = False  # within ``second_derivatives``
@@ -254,6 +281,14 @@ def exporting() -> bool:
 #: one by cuDNN's, 3-3.2x faster undilated but 3.5-4x slower dilated; a grouped 1x1 convolution took 1.5-2x
 #: less as batched matrix products than as cuDNN's. On the CPU neither form gains (oneDNN).
 FORM_DEVICES = ("cuda",)
+
+#: The device types whose depthwise convolutions of NCHW inputs run by dnas's own Triton kernels
+#: (``dnas.kernels.depthwise_conv2d``): on the input as it is, in place of the NHWC form and the phases, and
+#: so without the copies the fused cell's NCHW step makes for them (629 of a darts-v1 step's 1,207 copies,
+#: ``benchmarks/kernel_census.py --gpu-forms --triton-depthwise``).
+#: None until measured faster than cuDNN's NHWC kernels with those copies (``benchmarks/conv_variants.py``,
+#: search_step.py's ``-tritondw`` paths).
+TRITON_DEPTHWISE_DEVICES: tuple[str, ...] = ()
 
 #: The most channels of an NHWC input whose grouped 1x1 convolution runs as one block-diagonal product
 #: there. Measured on an H100 (2026-11-26, ``benchmarks/conv_variants.py``, forward+backward, fp32, us, the

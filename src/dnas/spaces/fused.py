@@ -1141,7 +1141,8 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
     if m.training:
         mean, var = run.batch_statistics(mods, x.shape[1], per)
         if kernels == "triton":
-            return _triton_kernels().batch_norm(x, mean, var, weight, bias, m.eps, nhwc_relu)
+            return ops.triton_kernels("fused.BATCH_NORM_KERNELS").batch_norm(x, mean, var, weight, bias, m.eps,
+                                                                             nhwc_relu)
         if kernels == "parts":
             y = ops.batch_norm_by_parts(x, mean, var, weight, bias, m.eps)
         else:
@@ -1162,18 +1163,6 @@ def _batch_norm(x: torch.Tensor, mods: list[nn.BatchNorm2d], run: _Run, scale=No
 #: block. None chosen until measured faster (``benchmarks/conv_variants.py --only batchnorm``, and the step by
 #: search_step.py's ``-cudnnbn``, ``-partsbn`` and ``-tritonbn`` paths).
 BATCH_NORM_KERNELS: dict[str, str] = {}
-
-
-def _triton_kernels():
-    """``dnas.kernels``, imported at its first use: it needs Triton, which PyTorch's CUDA builds bring."""
-    try:
-        from dnas import kernels
-    except ModuleNotFoundError as e:
-        if e.name != "triton":
-            raise
-        raise RuntimeError("fused.BATCH_NORM_KERNELS names 'triton', whose kernels need the triton package (it "
-                           "comes with PyTorch's CUDA builds; else pip install triton)") from e
-    return kernels
 
 
 def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None, sampled=False,
