@@ -171,23 +171,25 @@ def small_tiles(request, monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kernel, stride, padding, dilation, size", [  # the DARTS ops' (a reducing edge's
-    (3, 1, 1, 1, (7, 6)), (5, 1, 2, 1, (7, 6)),                        # taken whole), a merged bank's 3 x 3
-    (3, 2, 1, 1, (8, 7)), (3, 1, 2, 2, (8, 8)), (5, 1, 4, 2, (6, 7)),  # as a 5 x 5, and any
-    (5, 2, 4, 2, (8, 8)), (5, 1, 2, 1, (3, 3)), ((3, 1), (2, 1), (0, 1), (1, 2), (17, 9))],
-    ids=["3x3", "5x5", "3x3 stride 2", "3x3 dilation 2", "5x5 dilation 2", "5x5 dilation and stride 2",
-         "5x5 on 3x3", "3x1 mixed"])
-def test_depthwise_conv2d_computes_what_conv2d_computes(device, kernel, stride, padding, dilation, size,
+@pytest.mark.parametrize("kernel, stride, padding, dilation, size, relu", [  # the DARTS ops' (a reducing
+    (3, 1, 1, 1, (7, 6), False), (5, 1, 2, 1, (7, 6), True),              # edge's taken whole; with the
+    (3, 2, 1, 1, (8, 7), True), (3, 1, 2, 2, (8, 8), False),              # ReLU before, the second of a
+    (5, 1, 4, 2, (6, 7), True), (5, 2, 4, 2, (8, 8), False),              # separable op), a merged
+    (5, 1, 2, 1, (3, 3), False), ((3, 1), (2, 1), (0, 1), (1, 2), (17, 9), True)],  # bank's 3x3, and any
+    ids=["3x3", "5x5 of relu(x)", "3x3 stride 2 of relu(x)", "3x3 dilation 2", "5x5 dilation 2 of relu(x)",
+         "5x5 dilation and stride 2", "5x5 on 3x3", "3x1 mixed of relu(x)"])
+def test_depthwise_conv2d_computes_what_conv2d_computes(device, kernel, stride, padding, dilation, size, relu,
                                                         small_tiles):
     """The same output, gradients of the input and weight, and second derivatives (by ATen's convolution
-    backward, which autograd differentiates again), in float64."""
+    backward, which autograd differentiates again), in float64; with ``relu_input``, those of the
+    convolution of relu(x) (x of either sign: the gradient is x's)."""
     g = torch.Generator().manual_seed(0)
     kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
     x = torch.randn(2, 6, *size, generator=g, dtype=torch.float64).to(device).requires_grad_()
     weight = torch.randn(6, 1, *kernel, generator=g, dtype=torch.float64).to(device).requires_grad_()
     args = stride, padding, dilation
-    ours = kernels.depthwise_conv2d(x, weight, *args)
-    theirs = F.conv2d(x, weight, None, *args, 6)
+    ours = kernels.depthwise_conv2d(x, weight, *args, relu_input=relu)
+    theirs = F.conv2d(F.relu(x) if relu else x, weight, None, *args, 6)
     assert type(ours.grad_fn).__name__ == "_DepthwiseBackward"
     conv = kernels._Convolution(x.shape, weight.shape, *(ops.nn.modules.utils._pair(a) for a in args))
     assert conv.output == theirs.shape and conv.programs(conv.output)[1] > 1 and conv.programs(x.shape)[1] > 1
@@ -238,7 +240,8 @@ def test_other_inputs_run_pytorchs_convolution(device):
 def test_triton_depthwise_convolutions_compute_the_same_step(device, monkeypatch):
     """Where ``ops.TRITON_DEPTHWISE_DEVICES`` names the device, every depthwise convolution of a fused NCHW step
     in the GPU's forms runs by ``kernels.depthwise_conv2d`` on the tensor the cell makes (no copy to NHWC,
-    no phases); with Triton's BatchNorms, which then write no ReLU NHWC: the same step."""
+    no phases), a separable op's second one of relu(x); with Triton's BatchNorms, which then write no ReLU
+    NHWC: the same step."""
     monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu", "cuda"))
     reference = search_step("darts-v1", fused=True, device=device)
     convolutions, batch_norms, others = [], [], []
@@ -255,6 +258,7 @@ def test_triton_depthwise_convolutions_compute_the_same_step(device, monkeypatch
     monkeypatch.setattr(fused_module, "BATCH_NORM_KERNELS", {device: "triton"})
     assert_same_step(reference, search_step("darts-v1", fused=True, device=device))
     assert len(convolutions) > 100 and not others
+    assert 0 < sum(conv.relu for conv in convolutions) < len(convolutions)  # the separable ops' second ReLUs
     assert len(batch_norms) > 100 and not any(batch_norms)  # none with the ReLU NHWC
 
 
@@ -300,13 +304,14 @@ for dtype, channels, block, length, relu in (("fp32", 1, 1024, 1024, False), ("f
     for weight, want_weight, want_bias in ((True, True, False), (True, True, True), (False, False, False)):
         vectorised(kernels._grad_input, dtype, HAS_WEIGHT=weight, WANT_WEIGHT=want_weight,
                    WANT_BIAS=want_bias, **tile)
-# the DARTS ops' depthwise convolutions (a reducing edge's separable ones taken whole) at 32 x 32 and 8 x 8,
-# batch 64, 128 channels (8 edges' 16)
-for dtype, size, k, stride, padding, dilation in (
-        ("fp32", 32, 3, 1, 1, 1), ("fp32", 32, 5, 1, 2, 1), ("fp32", 32, 3, 1, 2, 2), ("fp32", 32, 5, 1, 4, 2),
-        ("fp32", 32, 3, 2, 1, 1), ("fp32", 32, 5, 2, 2, 1), ("fp32", 8, 3, 1, 1, 1), ("fp64", 8, 5, 1, 4, 2)):
+# the DARTS ops' depthwise convolutions (a reducing edge's separable ones taken whole; a separable op's second
+# of relu(x)) at 32 x 32 and 8 x 8, batch 64, 128 channels (8 edges' 16)
+for dtype, size, k, stride, padding, dilation, relu in (
+        ("fp32", 32, 3, 1, 1, 1, False), ("fp32", 32, 3, 1, 1, 1, True), ("fp32", 32, 5, 1, 2, 1, True),
+        ("fp32", 32, 3, 1, 2, 2, False), ("fp32", 32, 5, 1, 4, 2, False), ("fp32", 32, 3, 2, 1, 1, False),
+        ("fp32", 32, 5, 2, 2, 1, False), ("fp32", 8, 3, 1, 1, 1, True), ("fp64", 8, 5, 1, 4, 2, False)):
     x = (64, 128, size, size)
-    conv = kernels._Convolution(x, (128, 1, k, k), (stride,) * 2, (padding,) * 2, (dilation,) * 2)
+    conv = kernels._Convolution(x, (128, 1, k, k), (stride,) * 2, (padding,) * 2, (dilation,) * 2, relu)
     for kernel, shape, grad_input in ((kernels._depthwise, conv.output, False), (kernels._depthwise, x, True),
                                       (kernels._depthwise_weight_sums, conv.output, False),
                                       (kernels._depthwise_weight_sums, conv.output, conv.output == x)):
@@ -317,7 +322,7 @@ print("spilled:", spilled)
 """
 
 
-@pytest.mark.slow  # 56 compilations, ~45 s
+@pytest.mark.slow  # 68 compilations, ~45 s
 def test_the_kernels_compile_for_hopper():
     """Each kernel, as the fused cell launches it, compiles for an H100 / H200 (sm_90) by Triton's compiler
     and the ptxas it brings, which need no GPU: what the interpreter cannot tell (a construct Triton's GPU

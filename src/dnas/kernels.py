@@ -19,7 +19,8 @@ A depthwise convolution of an NCHW input (``depthwise_conv2d``): PyTorch compute
 in NHWC, and its own NCHW kernels were 3-3.2x slower on an H100, so a GPU step copies the NCHW cell's
 tensors to NHWC and back around each (and dilated ones to their phases: ``ops.conv2d``). Here one kernel
 reads NCHW for any kernel size, stride and dilation, forward and for each gradient, cut like the
-BatchNorm: each channel's values in chunks, one program each.
+BatchNorm: each channel's values in chunks, one program each; a ReLU before it (a separable convolution's
+second) computed on the way in, its gradient on the way out.
 
 The module is imported only when chosen (``fused.BATCH_NORM_KERNELS``, ``ops.TRITON_DEPTHWISE_DEVICES``):
 Triton comes with PyTorch's CUDA builds. Without a GPU its interpreter (``TRITON_INTERPRET=1`` before this
@@ -50,6 +51,7 @@ TILE = 2 ** 20 if INTERPRETED else 4096
 
 
 def _on_cuda(x: torch.Tensor) -> None:
+    """Refuses a tensor the kernels cannot run on."""
     if x.device.type != "cuda" and not INTERPRETED:
         raise ValueError(f"dnas.kernels runs on CUDA tensors, not {x.device.type} ones (on any device's only under "
                          f"Triton's interpreter: TRITON_INTERPRET=1 before dnas.kernels is imported)")
@@ -273,10 +275,13 @@ def _grad_input(dz, z, x, dx, partials, saved, weight, dw, db, C, L: tl.constexp
         tl.store(dx + at, g.to(dx.dtype.element_ty), mask=inside)
 
 
-def depthwise_conv2d(x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> torch.Tensor:
+def depthwise_conv2d(x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                     relu_input: bool = False) -> torch.Tensor:
     """``F.conv2d(x, weight, None, stride, padding, dilation, groups=C)`` of an NCHW ``x`` (N, C, H, W) and a
     ``weight`` (C, 1, KH, KW), and its gradients, by this module's kernels: y[n, c, i, j] = sum_{a, b}
-    w[c, a, b] x[n, c, s i + d a - p, s j + d b - p] (zero outside the image). Where ``x`` is not dense NCHW,
+    w[c, a, b] x[n, c, s i + d a - p, s j + d b - p] (zero outside the image); with ``relu_input`` the
+    convolution of relu(x), the ReLU on the way in (and its gradient, dx (x > 0), on the way out: a separable
+    convolution's ReLU before its second depthwise one, without a kernel of its own). Where ``x`` is not dense NCHW,
     not of the weight's dtype, under autocast (which casts a convolution's operands), or the call is traced or
     compiled, PyTorch's kernels run it; a double backward (iDARTS's) runs ATen's convolution backward
     (``ops._GroupedConvBackward``), which autograd differentiates again."""
@@ -285,8 +290,8 @@ def depthwise_conv2d(x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) 
     args = pair(stride), pair(padding), pair(dilation)
     if (not x.is_contiguous() or x.dtype != weight.dtype or torch.is_autocast_enabled(x.device.type)
             or max(x.numel(), weight.numel()) >= 2 ** 31 or ops.exporting()):
-        return ops._conv2d(x, weight, None, *args, x.shape[1])
-    return _Depthwise.apply(x, weight.contiguous(), _Convolution(x.shape, weight.shape, *args))
+        return ops._conv2d(F.relu(x) if relu_input else x, weight, None, *args, x.shape[1])
+    return _Depthwise.apply(x, weight.contiguous(), _Convolution(x.shape, weight.shape, *args, relu_input))
 
 
 class _Depthwise(torch.autograd.Function):
@@ -297,7 +302,7 @@ class _Depthwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, conv):
         y = x.new_empty(conv.output)
-        _depthwise[conv.programs(conv.output)](x, weight, y, *conv.args(conv.output), GRAD_INPUT=False,
+        _depthwise[conv.programs(conv.output)](x, weight, y, x, *conv.args(conv.output), GRAD_INPUT=False,
                                                **conv.meta(conv.output, x.dtype))
         ctx.save_for_backward(x, weight)
         ctx.conv = conv
@@ -308,14 +313,16 @@ class _Depthwise(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         conv = ctx.conv
         wanted = ctx.needs_input_grad[:2]
-        if torch.is_grad_enabled():  # create_graph
-            dx, dw = ops._GroupedConvBackward.apply(x, weight, dy, *conv.stride_padding_dilation, x.shape[1])
+        if torch.is_grad_enabled():  # create_graph: relu(x) again, on the graph
+            dx, dw = ops._GroupedConvBackward.apply(F.relu(x) if conv.relu else x, weight, dy,
+                                                    *conv.stride_padding_dilation, x.shape[1])
+            dx = dx * (x > 0) if conv.relu else dx
             return dx if wanted[0] else None, dw if wanted[1] else None, None
         dy, dw = dy.contiguous(), None
         dx = torch.empty_like(x) if wanted[0] else None
         together = wanted[0] and wanted[1] and conv.output == x.shape  # one cut of the values for both
         if wanted[0] and not together:
-            _depthwise[conv.programs(x.shape)](dy, weight, dx, *conv.args(x.shape), GRAD_INPUT=True,
+            _depthwise[conv.programs(x.shape)](dy, weight, dx, x, *conv.args(x.shape), GRAD_INPUT=True,
                                                **conv.meta(x.shape, x.dtype))
         if wanted[1]:
             programs = conv.programs(conv.output)
@@ -333,8 +340,9 @@ class _Convolution:
     gradient, of its input): programs of ``CHANNELS`` channels by chunks of whole blocks, ``TILE`` products of
     a block's values with each of the kernel's taps (padded to a power of two) at once."""
 
-    def __init__(self, shape, kernel, stride, padding, dilation):
+    def __init__(self, shape, kernel, stride, padding, dilation, relu: bool = False):
         n, c, h, w = shape
+        self.relu = relu
         (kh, kw), self.stride_padding_dilation = kernel[-2:], (stride, padding, dilation)
         out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
                for size, k, s, p, d in zip((h, w), (kh, kw), stride, padding, dilation)]
@@ -357,7 +365,7 @@ class _Convolution:
         return shape[1], shape[0] * shape[2] * shape[3], self._cut(shape)[2]
 
     def meta(self, shape, dtype: torch.dtype) -> dict:
-        return dict(self.geometry, TAPS=triton.next_power_of_2(self.taps), CHANNELS=CHANNELS,
+        return dict(self.geometry, RELU=self.relu, TAPS=triton.next_power_of_2(self.taps), CHANNELS=CHANNELS,
                     BLOCK=self._cut(shape)[3], ACC=tl.float64 if dtype == torch.float64 else tl.float32)
 
 
@@ -387,13 +395,14 @@ def _taps(c, m, C, M, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl
 
 
 @triton.jit
-def _depthwise(x, weight, y, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
-               KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr,
-               PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, GRAD_INPUT: tl.constexpr,
-               TAPS: tl.constexpr, CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """Program (cb, s): chunk s of its channels c of y = conv(x, w); with GRAD_INPUT, of the input's gradient
-    y = dx[n, c, h, w] = sum_{a, b} w[c, a, b] dy[n, c, (h + p - d a) / s, ...] from x = dy, over the taps
-    whose output pixel is whole and inside."""
+def _depthwise(x, weight, y, z, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr,
+               WO: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+               PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, GRAD_INPUT: tl.constexpr,
+               RELU: tl.constexpr, TAPS: tl.constexpr, CHANNELS: tl.constexpr, BLOCK: tl.constexpr,
+               ACC: tl.constexpr):
+    """Program (cb, s): chunk s of its channels c of y = conv(x, w) (with RELU, of relu(x)); with GRAD_INPUT,
+    of the input's gradient y = dx[n, c, h, w] = sum_{a, b} w[c, a, b] dy[n, c, (h + p - d a) / s, ...] from
+    x = dy, over the taps whose output pixel is whole and inside (with RELU, times z > 0, z the input)."""
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
     t = tl.arange(0, TAPS)
@@ -406,22 +415,27 @@ def _depthwise(x, weight, y, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr, HO: 
     for start in range(s * CHUNK, (s + 1) * CHUNK, BLOCK):
         m = start + tl.arange(0, BLOCK)
         at, inside = _taps(c, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW, TAPS, GRAD_INPUT)
-        out = tl.sum(tl.load(x + at, mask=inside, other=0).to(ACC) * w[:, :, None], 1)
-        into = (m // size * C)[None, :] + c[:, None]
-        tl.store(y + into * size + (m % size)[None, :], out.to(y.dtype.element_ty),
-                 mask=(c < C)[:, None] & (m < M)[None, :])
+        xs = tl.load(x + at, mask=inside, other=0).to(ACC)
+        if RELU and not GRAD_INPUT:
+            xs = tl.maximum(xs, 0)
+        out = tl.sum(xs * w[:, :, None], 1)
+        into = ((m // size * C)[None, :] + c[:, None]) * size + (m % size)[None, :]
+        real = (c < C)[:, None] & (m < M)[None, :]
+        if RELU and GRAD_INPUT:
+            out = tl.where(tl.load(z + into, mask=real, other=0) > 0, out, 0)
+        tl.store(y + into, out.to(y.dtype.element_ty), mask=real)
 
 
 @triton.jit
 def _depthwise_weight_sums(x, dy, partials, weight, dx, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr,
                            HO: tl.constexpr, WO: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                            SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-                           DH: tl.constexpr, DW: tl.constexpr, GRAD_INPUT: tl.constexpr, TAPS: tl.constexpr,
-                           CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+                           DH: tl.constexpr, DW: tl.constexpr, GRAD_INPUT: tl.constexpr, RELU: tl.constexpr,
+                           TAPS: tl.constexpr, CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Program (cb, s): over chunk s of its channels c of the output, each tap's sum of dy[n, c, i, j]
-    x[n, c, s i + d a - p, s j + d b - p], into partials[c, s, tap] (the weight's gradient, summed over s);
-    with GRAD_INPUT (the input of the output's size) the same chunk of the input's gradient dx, as
-    ``_depthwise`` writes it."""
+    x[n, c, s i + d a - p, s j + d b - p] (with RELU, of relu(x)), into partials[c, s, tap] (the weight's
+    gradient, summed over s); with GRAD_INPUT (the input of the output's size) the same chunk of the input's
+    gradient dx, as ``_depthwise`` writes it."""
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
     t = tl.arange(0, TAPS)
@@ -435,10 +449,15 @@ def _depthwise_weight_sums(x, dy, partials, weight, dx, C, M, CHUNK, H: tl.const
         into = ((m // (HO * WO) * C)[None, :] + c[:, None]) * (HO * WO) + (m % (HO * WO))[None, :]
         real = (c < C)[:, None] & (m < M)[None, :]
         g = tl.load(dy + into, mask=real, other=0).to(ACC)
-        sums += tl.load(x + at, mask=inside, other=0).to(ACC) * g[:, None, :]
+        xs = tl.load(x + at, mask=inside, other=0).to(ACC)
+        if RELU:
+            xs = tl.maximum(xs, 0)
+        sums += xs * g[:, None, :]
         if GRAD_INPUT:
             at, inside = _taps(c, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW, TAPS, True)
             g = tl.sum(tl.load(dy + at, mask=inside, other=0).to(ACC) * w[:, :, None], 1)
+            if RELU:
+                g = tl.where(tl.load(x + into, mask=real, other=0) > 0, g, 0)
             tl.store(dx + into, g.to(dx.dtype.element_ty), mask=real)
     at = ((c * tl.num_programs(1) + s) * (KH * KW))[:, None] + t[None, :]
     tl.store(partials + at, tl.sum(sums, 2), mask=(c < C)[:, None] & (t < KH * KW)[None, :])

@@ -109,7 +109,7 @@ class AvgPool2d(nn.AvgPool2d):
 
 
 def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
-           sampled: bool = False) -> torch.Tensor:
+           sampled: bool = False, relu_input: bool = False) -> torch.Tensor:
     """``F.conv2d`` (pairs of ints), computed in the form measured fastest on the tensor's device.
 
     A convolution of stride s > 1 whose taps all fall on every s-th pixel (``reads_every``) runs on those
@@ -121,16 +121,18 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     GPU (``FORM_DEVICES``) every depthwise convolution runs NHWC so, and a grouped pointwise one as
     matrix products (``pointwise_matmul``). On ``TRITON_DEPTHWISE_DEVICES`` a depthwise one of an NCHW input
     (without bias) runs by dnas's own kernels instead (``dnas.kernels.depthwise_conv2d``), any stride and
-    dilation on the input as it is. A trace, export or compilation (TorchScript, ONNX, ``torch.export``,
-    ``torch.compile``) records the convolution itself, for any batch and size (of ``x`` whole; a ``sampled``
-    one takes its form)."""
-    if exporting() and not sampled:
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    dilation on the input as it is; ``relu_input``: of relu(x), there in the same kernels (``relu_joins``).
+    A trace, export or compilation (TorchScript, ONNX, ``torch.export``, ``torch.compile``) records the
+    convolution itself, for any batch and size (of ``x`` whole; a ``sampled`` one takes its form)."""
     depthwise = weight.shape[1] == 1 and groups == x.shape[1] == weight.shape[0]
-    if depthwise and bias is None and _triton_depthwise(x):
+    if depthwise and bias is None and _triton_depthwise(x) and not (exporting() and not sampled):
         if sampled:
             x, stride, padding, dilation = _on_pixels_read(x, stride, padding, dilation, weight.shape[-2:], True)
-        return triton_kernels("ops.TRITON_DEPTHWISE_DEVICES").depthwise_conv2d(x, weight, stride, padding, dilation)
+        return triton_kernels("ops.TRITON_DEPTHWISE_DEVICES").depthwise_conv2d(x, weight, stride, padding, dilation,
+                                                                               relu_input)
+    x = F.relu(x) if relu_input else x
+    if exporting() and not sampled:
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     given = tuple(stride)
     x, stride, padding, dilation = _on_pixels_read(x, stride, padding, dilation, weight.shape[-2:], sampled)
     if stride != given and channels_innermost(x):  # on the pixels it reads, copied NHWC here: the
@@ -178,6 +180,12 @@ def depthwise_runs_nhwc(x, conv: nn.Conv2d, sampled: bool = False) -> bool:
         return False
     return _nhwc_dilation(*_on_pixels_read(x, conv.stride, conv.padding, conv.dilation, conv.kernel_size,
                                            sampled)) is not None
+
+
+def relu_joins(x, conv: nn.Conv2d) -> bool:
+    """Whether ``conv2d`` computes ``conv`` of relu(x) in the convolution's own kernels (``relu_input``): a
+    depthwise one by dnas's (``TRITON_DEPTHWISE_DEVICES``)."""
+    return conv.groups == conv.in_channels == conv.out_channels and conv.bias is None and _triton_depthwise(x)
 
 
 def _triton_depthwise(x: torch.Tensor) -> bool:

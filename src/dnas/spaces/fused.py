@@ -1062,7 +1062,7 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
     """The leaves of ``g`` after its head on ``x`` (its input's d x d phases where d > 1: in an NCHW cell the
     first only, whose output is put back NCHW), weighed by ``w``; where the batch's blocks are only summed
     (``summed``), the outputs of a group of several ops summed per edge."""
-    start, relu_done = g.start, False  # the head ran once per source
+    start, relu_done, relu_in = g.start, False, False  # the head ran once per source
     for j in range(start, len(g.leaves)):
         leaf = g.leaves[j]
         if relu_done:  # by the BatchNorm before it
@@ -1072,6 +1072,8 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
             x = _batch_norm(x, leaf[1], run, w if j == len(g.leaves) - 1 else None, nhwc_relu=relu_done)
         elif _relu_writes_nhwc(g, j, x, run):
             x = relu_nhwc(x)  # the ReLU writes what the depthwise convolution reads: no copy in
+        elif _relu_before(g, j) and ops.relu_joins(x, g.leaves[j + 1][1][0]):
+            relu_in = True  # computed by the convolution after it, on the way in
         else:
             convs = [run.weights[bank][piece] for bank, piece in g.convs[j]]
             if d > 1 and j == start:  # undilated on the phases
@@ -1080,7 +1082,8 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
                 continue
             sampled = g.step > 1 and j == start  # its head took the pixels the convolution reads
             x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled,
-                          g.from_sources if j == start else 0)
+                          g.from_sources if j == start else 0, relu_in)
+            relu_in = False
             if not run.nhwc and channels_innermost(x):  # a depthwise convolution on an NHWC copy (``_copy_to_
                 x = x.contiguous()  # edges``) or ReLU: back to the cell's layout
     x = x if g.leaves and g.leaves[-1][0] == "bn" else x * w.view(1, -1, 1, 1)
@@ -1090,8 +1093,12 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
 def _relu_writes_nhwc(g: _Group, j: int, x: torch.Tensor, run: _Run) -> bool:
     """Whether leaf j of ``g`` is a ReLU of ``x`` whose output a depthwise convolution that runs NHWC reads
     (``ops.depthwise_runs_nhwc``), so that it writes it NHWC (``ops.relu_nhwc``): no copy in."""
-    return (run.nhwc_forms and j + 1 < len(g.leaves) and g.leaves[j][0] == "relu" and g.leaves[j + 1][0] == "conv"
-            and depthwise_runs_nhwc(x, g.leaves[j + 1][1][0]))
+    return run.nhwc_forms and _relu_before(g, j) and depthwise_runs_nhwc(x, g.leaves[j + 1][1][0])
+
+
+def _relu_before(g: _Group, j: int) -> bool:
+    """Whether leaf j of ``g`` is a ReLU that a convolution follows."""
+    return j + 1 < len(g.leaves) and g.leaves[j][0] == "relu" and g.leaves[j + 1][0] == "conv"
 
 
 def _reads_nhwc(g: _Group, x: torch.Tensor) -> bool:
@@ -1166,11 +1173,11 @@ BATCH_NORM_KERNELS: dict[str, str] = {}
 
 
 def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None, sampled=False,
-              sources: int = 0) -> torch.Tensor:
+              sources: int = 0, relu_input: bool = False) -> torch.Tensor:
     """One leaf on ``slots`` edges at once; ``x`` holds the slots' channels one after another (``sources``:
     the channels of that many sources, each read by its edges' dense convolutions at once), ``weights`` the
     stacked weights of its convolutions; ``sampled``: a convolution's input is the pixels it reads
-    (``ops.conv2d``)."""
+    (``ops.conv2d``); ``relu_input``: a convolution's input is relu(x) (``ops.relu_joins``)."""
     kind, mods = leaf
     m = mods[0]
     blocks = sources or slots  # of the input: a convolution's groups repeat once per block
@@ -1179,7 +1186,7 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
     if kind == "pool":
         return m(x)
     if kind == "conv":
-        return _conv(x, mods, blocks, weights[0], sampled)
+        return _conv(x, mods, blocks, weights[0], sampled, relu_input=relu_input)
     if kind == "fr":
         a = _conv(x, [f.conv_1 for f in mods], blocks, weights[0])
         b = _conv(pixels(x, start=1), [f.conv_2 for f in mods], blocks, weights[1])
@@ -1203,16 +1210,16 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
 
 
 def _conv(x, convs: list[nn.Conv2d], blocks: int, weight: torch.Tensor, sampled: bool = False,
-          phases: int = 1) -> torch.Tensor:
+          phases: int = 1, relu_input: bool = False) -> torch.Tensor:
     """One convolution for the edges of ``convs`` on ``x`` of ``blocks`` blocks of channels (one per edge,
     or one per source, whose edges then follow each other in the output), its groups repeated per block;
     ``weight``: the edges', stacked. ``phases``: d, ``x`` holds the d x d phases of the convolution's input
-    (dilation d), which it computes undilated."""
+    (dilation d), which it computes undilated; ``relu_input``: of relu(x) (``ops.conv2d``)."""
     c = convs[0]
     bias = None if c.bias is None else torch.cat([k.bias for k in convs])
     padding = _widened(c, weight.shape[-2:])
     padding, dilation = (tuple(v // phases for v in values) for values in (padding, c.dilation))
-    return conv2d(x, weight, bias, c.stride, padding, dilation, c.groups * blocks, sampled)
+    return conv2d(x, weight, bias, c.stride, padding, dilation, c.groups * blocks, sampled, relu_input)
 
 
 def _widened(c: nn.Conv2d, kernel) -> tuple[int, int]:
