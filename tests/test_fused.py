@@ -541,8 +541,8 @@ def test_dense_first_convolutions_read_each_source_once(space, monkeypatch):
     copied, convs = [], []
     monkeypatch.setattr(fused_module, "_copy_to_edges", lambda begun, wanted, *a, copy=fused_module._copy_to_edges:
                         copied.extend(wanted) or copy(begun, wanted, *a))
-    monkeypatch.setattr(fused_module, "_conv", lambda x, mods, blocks, *a, conv=fused_module._conv:
-                        convs.append((mods, blocks)) or conv(x, mods, blocks, *a))
+    monkeypatch.setattr(fused_module, "_conv", lambda x, mods, blocks, *a, conv=fused_module._conv, **k:
+                        convs.append((mods, blocks)) or conv(x, mods, blocks, *a, **k))
     model = supernet(True, space=space)
     kernels(model, torch.randn(2, 3, 16, 16, dtype=torch.float64))
     reduce = {id(c) for m in model.modules() if isinstance(m, FactorizedReduce) for c in (m.conv_1, m.conv_2)}

@@ -124,15 +124,15 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     dilation on the input as it is; ``relu_input``: of relu(x), there in the same kernels (``relu_joins``).
     A trace, export or compilation (TorchScript, ONNX, ``torch.export``, ``torch.compile``) records the
     convolution itself, for any batch and size (of ``x`` whole; a ``sampled`` one takes its form)."""
+    if exporting() and not sampled:
+        return F.conv2d(F.relu(x) if relu_input else x, weight, bias, stride, padding, dilation, groups)
     depthwise = weight.shape[1] == 1 and groups == x.shape[1] == weight.shape[0]
-    if depthwise and bias is None and _triton_depthwise(x) and not (exporting() and not sampled):
+    if depthwise and bias is None and _triton_depthwise(x):
         if sampled:
             x, stride, padding, dilation = _on_pixels_read(x, stride, padding, dilation, weight.shape[-2:], True)
         return triton_kernels("ops.TRITON_DEPTHWISE_DEVICES").depthwise_conv2d(x, weight, stride, padding, dilation,
                                                                                relu_input)
     x = F.relu(x) if relu_input else x
-    if exporting() and not sampled:
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     given = tuple(stride)
     x, stride, padding, dilation = _on_pixels_read(x, stride, padding, dilation, weight.shape[-2:], sampled)
     if stride != given and channels_innermost(x):  # on the pixels it reads, copied NHWC here: the
