@@ -14,13 +14,15 @@
 # cuDNN in NHWC or by dnas's Triton kernels in NCHW, and with each of the BatchNorms' kernels: PyTorch's, dnas's
 # Triton ones, PyTorch's over parts of the batch and cuDNN's; those kernels alone; the kernels of the replayed
 # step with each and of the eager one; the same replayed step at 23b37f7, before the NCHW step's phases and ReLU
-# heads lost 378 of its 6,943 kernels, likely cut short), then at once, on the machine still warm (it goes back after 30 s idle, and a fresh start needs 4
-# minutes of budget), `BUDGET=<seconds left, less a minute> sh benchmarks/gpu_check.sh tests e2e2 gdas` (more
+# heads lost 378 of its 6,943 kernels, likely cut short), then at once, on the machine still warm (it goes
+# back after 30 s idle, and a fresh start needs 4 minutes of budget), `BUDGET=<seconds left, less a minute> sh
+# benchmarks/gpu_check.sh tests e2e2 gdas` (more
 # than a call's budget: the stages in the order of what decides most, the last ones cut short). The
 # -cudnnbn paths hand the fused cells' BatchNorms a weight and a bias, so that cuDNN's kernels run them, the
 # -partsbn paths run them over parts of the batch (ops.batch_norm_by_parts), the -tritonbn paths by dnas's
 # Triton kernels (dnas.kernels; `bn` times the kernels alone; fused.BATCH_NORM_KERNELS), the -tritondw paths
-# the depthwise convolutions by dnas's Triton kernels (`dw` times them alone; ops.TRITON_DEPTHWISE_DEVICES). The -lanes paths
+# the depthwise convolutions by dnas's Triton kernels (`dw` times them alone; ops.TRITON_DEPTHWISE_DEVICES).
+# The -lanes paths
 # run the fused cells' independent ops on side streams (dnas.spaces.fused.side_streams; part of --fast on a GPU
 # since they replayed a darts-v1 step in 86.6 ms against 114.9), the -merged paths their 3x3 and 5x5 ops as one
 # (dnas.spaces.fused.merge_kernel_sizes; no faster there), -cl NHWC (slower with side streams, 95.9 ms; its

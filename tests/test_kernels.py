@@ -192,7 +192,8 @@ def test_depthwise_conv2d_computes_what_conv2d_computes(device, kernel, stride, 
     theirs = F.conv2d(F.relu(x) if relu else x, weight, None, *args, 6)
     assert type(ours.grad_fn).__name__ == "_DepthwiseBackward"
     conv = kernels._Convolution(x.shape, weight.shape, *(ops.nn.modules.utils._pair(a) for a in args))
-    assert conv.output == theirs.shape and conv.programs(conv.output)[1] > 1 and conv.programs(x.shape)[1] > 1
+    chunks = [conv.cut(shape, x.dtype)[0][1] for shape in (conv.output, x.shape)]
+    assert conv.output == theirs.shape and min(chunks) > 1
     dy = torch.randn(theirs.shape, generator=g, dtype=torch.float64).to(device)
 
     def derivatives(y):
@@ -315,7 +316,7 @@ for dtype, size, k, stride, padding, dilation, relu in (
     for kernel, shape, grad_input in ((kernels._depthwise, conv.output, False), (kernels._depthwise, x, True),
                                       (kernels._depthwise_weight_sums, conv.output, False),
                                       (kernels._depthwise_weight_sums, conv.output, conv.output == x)):
-        meta = conv.meta(shape, torch.float64 if dtype == "fp64" else torch.float32)
+        meta = conv.cut(shape, torch.float64 if dtype == "fp64" else torch.float32)[2]
         unspilled(kernel, dtype, GRAD_INPUT=grad_input, **meta)
 print("unvectorised:", unvectorised)
 print("spilled:", spilled)

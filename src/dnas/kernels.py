@@ -302,8 +302,8 @@ class _Depthwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, conv):
         y = x.new_empty(conv.output)
-        _depthwise[conv.programs(conv.output)](x, weight, y, x, *conv.args(conv.output), GRAD_INPUT=False,
-                                               **conv.meta(conv.output, x.dtype))
+        programs, args, meta = conv.cut(conv.output, x.dtype)
+        _depthwise[programs](x, weight, y, x, *args, GRAD_INPUT=False, **meta)
         ctx.save_for_backward(x, weight)
         ctx.conv = conv
         return y
@@ -322,15 +322,14 @@ class _Depthwise(torch.autograd.Function):
         dx = torch.empty_like(x) if wanted[0] else None
         together = wanted[0] and wanted[1] and conv.output == x.shape  # one cut of the values for both
         if wanted[0] and not together:
-            _depthwise[conv.programs(x.shape)](dy, weight, dx, x, *conv.args(x.shape), GRAD_INPUT=True,
-                                               **conv.meta(x.shape, x.dtype))
+            programs, args, meta = conv.cut(x.shape, x.dtype)
+            _depthwise[programs](dy, weight, dx, x, *args, GRAD_INPUT=True, **meta)
         if wanted[1]:
-            programs = conv.programs(conv.output)
+            programs, args, meta = conv.cut(conv.output, x.dtype)
             partials = x.new_empty((x.shape[1], programs[1], conv.taps),
                                    dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-            _depthwise_weight_sums[programs](x, dy, partials, weight, dx if together else x,
-                                             *conv.args(conv.output), GRAD_INPUT=together,
-                                             **conv.meta(conv.output, x.dtype))
+            _depthwise_weight_sums[programs](x, dy, partials, weight, dx if together else x, *args,
+                                             GRAD_INPUT=together, **meta)
             dw = partials.sum(1).to(weight.dtype).view(weight.shape)
         return dx, dw, None
 
@@ -351,22 +350,16 @@ class _Convolution:
         self.geometry = dict(H=h, W=w, HO=out[0], WO=out[1], KH=kh, KW=kw, SH=stride[0], SW=stride[1],
                              PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1])
 
-    def _cut(self, shape) -> tuple[int, int, int, int]:
-        """Programs of channels, chunks, values per chunk and per block, for the values of ``shape``."""
+    def cut(self, shape, dtype: torch.dtype) -> tuple[tuple[int, int], tuple[int, int, int], dict]:
+        """A launch over the values of ``shape`` (the output's, or the input's): its programs (of channels,
+        chunks), the kernels' C, M (values per channel) and CHUNK, and their constants."""
         values, rows = shape[0] * shape[2] * shape[3], triton.cdiv(shape[1], CHANNELS)
-        block = min(max(TILE // (triton.next_power_of_2(self.taps) * CHANNELS), 1), triton.next_power_of_2(values))
-        return (rows, *_chunks(rows, values, block), block)
-
-    def programs(self, shape) -> tuple[int, int]:
-        return self._cut(shape)[:2]
-
-    def args(self, shape) -> tuple[int, int, int]:
-        """The kernels' C, M (values per channel) and CHUNK for ``shape``'s values."""
-        return shape[1], shape[0] * shape[2] * shape[3], self._cut(shape)[2]
-
-    def meta(self, shape, dtype: torch.dtype) -> dict:
-        return dict(self.geometry, RELU=self.relu, TAPS=triton.next_power_of_2(self.taps), CHANNELS=CHANNELS,
-                    BLOCK=self._cut(shape)[3], ACC=tl.float64 if dtype == torch.float64 else tl.float32)
+        taps = triton.next_power_of_2(self.taps)
+        block = min(max(TILE // (taps * CHANNELS), 1), triton.next_power_of_2(values))
+        chunks, chunk = _chunks(rows, values, block)
+        return (rows, chunks), (shape[1], values, chunk), dict(
+            self.geometry, RELU=self.relu, TAPS=taps, CHANNELS=CHANNELS, BLOCK=block,
+            ACC=tl.float64 if dtype == torch.float64 else tl.float32)
 
 
 @triton.jit
@@ -395,6 +388,14 @@ def _taps(c, m, C, M, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl
 
 
 @triton.jit
+def _tap_weights(weight, c, C, KH: tl.constexpr, KW: tl.constexpr, TAPS: tl.constexpr, ACC: tl.constexpr):
+    """Channels c's weights, (channels, TAPS), zero for the taps past KH KW."""
+    t = tl.arange(0, TAPS)
+    return tl.load(weight + (c * (KH * KW))[:, None] + t[None, :], mask=(c < C)[:, None] & (t < KH * KW)[None, :],
+                   other=0).to(ACC)
+
+
+@triton.jit
 def _depthwise(x, weight, y, z, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr,
                WO: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, GRAD_INPUT: tl.constexpr,
@@ -405,9 +406,7 @@ def _depthwise(x, weight, y, z, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr, H
     x = dy, over the taps whose output pixel is whole and inside (with RELU, times z > 0, z the input)."""
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
-    t = tl.arange(0, TAPS)
-    w = tl.load(weight + (c * (KH * KW))[:, None] + t[None, :], mask=(c < C)[:, None] & (t < KH * KW)[None, :],
-                other=0).to(ACC)
+    w = _tap_weights(weight, c, C, KH, KW, TAPS, ACC)
     if GRAD_INPUT:
         size: tl.constexpr = H * W
     else:
@@ -419,8 +418,7 @@ def _depthwise(x, weight, y, z, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr, H
         if RELU and not GRAD_INPUT:
             xs = tl.maximum(xs, 0)
         out = tl.sum(xs * w[:, :, None], 1)
-        into = ((m // size * C)[None, :] + c[:, None]) * size + (m % size)[None, :]
-        real = (c < C)[:, None] & (m < M)[None, :]
+        into, _, real = _tile(C, size, M, start, CHANNELS, BLOCK, cb)
         if RELU and GRAD_INPUT:
             out = tl.where(tl.load(z + into, mask=real, other=0) > 0, out, 0)
         tl.store(y + into, out.to(y.dtype.element_ty), mask=real)
@@ -438,16 +436,13 @@ def _depthwise_weight_sums(x, dy, partials, weight, dx, C, M, CHUNK, H: tl.const
     gradient dx, as ``_depthwise`` writes it."""
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
-    t = tl.arange(0, TAPS)
     if GRAD_INPUT:
-        w = tl.load(weight + (c * (KH * KW))[:, None] + t[None, :],
-                    mask=(c < C)[:, None] & (t < KH * KW)[None, :], other=0).to(ACC)
+        w = _tap_weights(weight, c, C, KH, KW, TAPS, ACC)
     sums = tl.zeros([CHANNELS, TAPS, BLOCK], ACC)
     for start in range(s * CHUNK, (s + 1) * CHUNK, BLOCK):
         m = start + tl.arange(0, BLOCK)
         at, inside = _taps(c, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW, TAPS, False)
-        into = ((m // (HO * WO) * C)[None, :] + c[:, None]) * (HO * WO) + (m % (HO * WO))[None, :]
-        real = (c < C)[:, None] & (m < M)[None, :]
+        into, _, real = _tile(C, HO * WO, M, start, CHANNELS, BLOCK, cb)
         g = tl.load(dy + into, mask=real, other=0).to(ACC)
         xs = tl.load(x + at, mask=inside, other=0).to(ACC)
         if RELU:
@@ -459,5 +454,6 @@ def _depthwise_weight_sums(x, dy, partials, weight, dx, C, M, CHUNK, H: tl.const
             if RELU:
                 g = tl.where(tl.load(x + into, mask=real, other=0) > 0, g, 0)
             tl.store(dx + into, g.to(dx.dtype.element_ty), mask=real)
+    t = tl.arange(0, TAPS)
     at = ((c * tl.num_programs(1) + s) * (KH * KW))[:, None] + t[None, :]
     tl.store(partials + at, tl.sum(sums, 2), mask=(c < C)[:, None] & (t < KH * KW)[None, :])
