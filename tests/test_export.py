@@ -30,7 +30,7 @@ def run(fashion_mnist_root, tmp_path_factory):
 
 def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(tmp_path):
     torch.manual_seed(0)
-    model = NetworkCIFAR(dnas.published("DARTS_V2"), C=8, layers=5)
+    model = NetworkCIFAR(dnas.published("DARTS_V2"), C=8, layers=3)
     path = export(model, tmp_path / "m.onnx", "onnx", (3, 32, 32))
     proto = onnx.load(path)
     onnx.checker.check_model(proto)
@@ -46,7 +46,7 @@ def test_exports_record_dilated_convolutions_as_convolutions(tmp_path):
     """ops.conv2d runs a dilated convolution by its phases, whose shapes are the batch's; an export records
     the convolution itself, so the exported network runs at any batch and image size."""
     torch.manual_seed(0)
-    model = NetworkCIFAR(dnas.published("DARTS_V2"), C=8, layers=5).eval()  # dil_conv_3x3 in both cells
+    model = NetworkCIFAR(dnas.published("DARTS_V2"), C=8, layers=3).eval()  # dil_conv_3x3 in both cells
     with warnings.catch_warnings():  # nothing the trace reads of the tensors' values or shapes
         warnings.simplefilter("error", torch.jit.TracerWarning)
         traced = torch.jit.load(str(export(model, tmp_path / "m.pt", "torchscript", (3, 32, 32))))
@@ -84,6 +84,7 @@ def test_pt2_export_runs_in_plain_pytorch_with_the_same_outputs(run, tmp_path, c
         assert torch.allclose(torch.load(tmp_path / "y.pt"), model(x), atol=1e-5)
 
 
+@pytest.mark.slow  # a process of its own that imports torch's ONNX exporter afresh: ~19 s
 def test_export_command_writes_into_the_run(run):
     done = subprocess.run(["dnas", "export", str(run), "--format", "onnx"], capture_output=True, text=True)
     assert done.returncode == 0 and f"exported: {run / 'model.onnx'}" in done.stdout

@@ -36,6 +36,17 @@ from dnas.spaces.fused import _PLANS, Topology, _build_plan, dense_samples, merg
 from conftest import BATCH_NORM_AND_CONVOLUTION, CountOps, KernelInputs, nchw, recipe_parts, strided
 
 RECIPES = sorted(builtin_methods())
+#: the recipes whose step takes longest to compare (iDARTS's double backward, SDARTS-ADV's attack steps): in the
+#: slow set (make test-slow), which CI runs too
+SLOWEST = ("idarts", "sdarts-adv")
+
+
+def slowest_marked(cases: list) -> list:
+    """``cases`` for ``parametrize`` (recipe names, or tuples that begin with one), those of the ``SLOWEST``
+    recipes marked slow."""
+    values = lambda case: case if isinstance(case, tuple) else (case,)
+    return [pytest.param(*values(case), marks=pytest.mark.slow) if values(case)[0] in SLOWEST else case
+            for case in cases]
 
 
 def supernet(fused, relaxation=None, edge=None, dtype=torch.float64, space="darts", C=None, **options):
@@ -90,7 +101,7 @@ def assert_close(a, b, what, rtol=1e-9):
     torch.testing.assert_close(a, b, rtol=0, atol=rtol * scale, msg=lambda m: f"{what}: {m}")
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", slowest_marked(RECIPES))
 def test_step_equals_readable(name, monkeypatch):
     """iDARTS's readable step differentiates its weights' gradient by PyTorch's own double backward, its fused
     one within ``ops.second_derivatives`` (grouped convolutions' backward differentiated by grouped kernels)."""
@@ -119,12 +130,10 @@ def test_channels_last_step_equals_the_default_layout(name, space, fused):
                      search_step(name, fused, layout=torch.channels_last, space=space))
 
 
-@pytest.mark.parametrize("name, space, layout", [("darts-v1", "darts", torch.contiguous_format),
-                                                 ("darts-v1", "darts", torch.channels_last),
-                                                 ("pc-darts", "darts", torch.contiguous_format),
-                                                 ("idarts", "darts", torch.contiguous_format),
-                                                 ("gdas", "darts", torch.contiguous_format),
-                                                 ("darts-v1", "nb201", torch.contiguous_format)])
+@pytest.mark.parametrize("name, space, layout", slowest_marked([
+    ("darts-v1", "darts", torch.contiguous_format), ("darts-v1", "darts", torch.channels_last),
+    ("pc-darts", "darts", torch.contiguous_format), ("idarts", "darts", torch.contiguous_format),
+    ("gdas", "darts", torch.contiguous_format), ("darts-v1", "nb201", torch.contiguous_format)]))
 def test_the_gpu_convolution_forms_compute_the_same_step(name, space, layout, monkeypatch):
     """The forms a GPU runs its convolutions in (ops.FORM_DEVICES: depthwise NHWC and by phases, grouped
     pointwise by matrix products), here on the CPU, leave a step of both cells as the plain convolutions do
