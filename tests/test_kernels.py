@@ -151,6 +151,7 @@ def test_triton_batch_norms_compute_the_same_step(device, monkeypatch):
 @pytest.mark.parametrize("module, setting, value", [(fused_module, "BATCH_NORM_KERNELS", {"cpu": "triton"}),
                                                     (ops, "TRITON_DEPTHWISE_DEVICES", ("cpu",))])
 def test_triton_kernels_without_triton_say_what_they_need(module, setting, value, monkeypatch):
+    ops.check_ops(ops.DARTS_OPS)  # checked once per process (functools.cache): not by the kernels refused below
     monkeypatch.setitem(sys.modules, "triton", None)
     monkeypatch.delitem(sys.modules, "dnas.kernels")
     monkeypatch.delattr(dnas, "kernels")
@@ -223,13 +224,36 @@ def test_depthwise_conv2d_gradients_of_either_alone(device, stride):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_depthwise_weight_gradient_of_a_second_backward(device):
+    """The weight's gradient is summed into a buffer the forward zeroed: a second backward through the same
+    forward (retain_graph) sums into one of its own, and gives the same gradient."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64).to(device)
+    weight = torch.randn(3, 1, 3, 3, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    y = kernels.depthwise_conv2d(x, weight, 1, 1)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(device)
+    first, = torch.autograd.grad(y, weight, dy, retain_graph=True)
+    second, = torch.autograd.grad(y, weight, dy)
+    theirs, = torch.autograd.grad(F.conv2d(x, weight, None, 1, 1, 1, 3), weight, dy)
+    torch.testing.assert_close(first, theirs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(second, theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_other_inputs_run_pytorchs_convolution(device):
-    """An input not dense NCHW, or under autocast (its operands in fp32 or, from an op before, bf16):
-    ``F.conv2d``, which autocast casts to bf16."""
+    """An input not dense NCHW, deterministic algorithms asked for (the weight's gradient sums in no fixed
+    order), or under autocast (its operands in fp32 or, from an op before, bf16): ``F.conv2d``, which autocast
+    casts to bf16."""
     x, weight = torch.randn(2, 4, 6, 6, device=device), torch.randn(4, 1, 3, 3, device=device)
     y = kernels.depthwise_conv2d(x.contiguous(memory_format=torch.channels_last).requires_grad_(), weight, 1, 1)
     assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
     torch.testing.assert_close(y, F.conv2d(x, weight, None, 1, 1, 1, 4))
+    torch.use_deterministic_algorithms(True)
+    try:
+        y = kernels.depthwise_conv2d(x.requires_grad_(), weight, 1, 1)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
     for other in (x, x.bfloat16()):
         with torch.autocast(device, torch.bfloat16):
             y = kernels.depthwise_conv2d(other.requires_grad_(), weight, 1, 1)
@@ -313,11 +337,12 @@ for dtype, size, k, stride, padding, dilation, relu in (
         ("fp32", 32, 5, 2, 2, 1, False), ("fp32", 8, 3, 1, 1, 1, True), ("fp64", 8, 5, 1, 4, 2, False)):
     x = (64, 128, size, size)
     conv = kernels._Convolution(x, (128, 1, k, k), (stride,) * 2, (padding,) * 2, (dilation,) * 2, relu)
-    for kernel, shape, grad_input in ((kernels._depthwise, conv.output, False), (kernels._depthwise, x, True),
-                                      (kernels._depthwise_weight_sums, conv.output, False),
-                                      (kernels._depthwise_weight_sums, conv.output, conv.output == x)):
+    for kernel, shape, flags in ((kernels._depthwise, conv.output, dict(GRAD_INPUT=False, ZERO=True)),
+                                 (kernels._depthwise, x, dict(GRAD_INPUT=True, ZERO=False)),
+                                 (kernels._depthwise_weight_sums, conv.output, dict(GRAD_INPUT=False)),
+                                 (kernels._depthwise_weight_sums, conv.output, dict(GRAD_INPUT=conv.output == x))):
         meta = conv.cut(shape, torch.float64 if dtype == "fp64" else torch.float32)[2]
-        unspilled(kernel, dtype, GRAD_INPUT=grad_input, **meta)
+        unspilled(kernel, dtype, **flags, **meta)
 print("unvectorised:", unvectorised)
 print("spilled:", spilled)
 """

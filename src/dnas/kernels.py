@@ -20,7 +20,9 @@ in NHWC, and its own NCHW kernels were 3-3.2x slower on an H100, so a GPU step c
 tensors to NHWC and back around each (and dilated ones to their phases: ``ops.conv2d``). Here one kernel
 reads NCHW for any kernel size, stride and dilation, forward and for each gradient, cut like the
 BatchNorm: each channel's values in chunks, one program each; a ReLU before it (a separable convolution's
-second) computed on the way in, its gradient on the way out.
+second) computed on the way in, its gradient on the way out; the weight's gradient summed over the programs by
+atomic adds, into a buffer the forward zeroed (a sum of its own was one more kernel per convolution, 378 of a
+darts-v1 step's).
 
 The module is imported only when chosen (``fused.BATCH_NORM_KERNELS``, ``ops.TRITON_DEPTHWISE_DEVICES``):
 Triton comes with PyTorch's CUDA builds. Without a GPU its interpreter (``TRITON_INTERPRET=1`` before this
@@ -282,28 +284,33 @@ def depthwise_conv2d(x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     w[c, a, b] x[n, c, s i + d a - p, s j + d b - p] (zero outside the image); with ``relu_input`` the
     convolution of relu(x), the ReLU on the way in (and its gradient, dx (x > 0), on the way out: a separable
     convolution's ReLU before its second depthwise one, without a kernel of its own). Where ``x`` is not dense NCHW,
-    not of the weight's dtype, under autocast (which casts a convolution's operands), or the call is traced or
-    compiled, PyTorch's kernels run it; a double backward (iDARTS's) runs ATen's convolution backward
-    (``ops._GroupedConvBackward``), which autograd differentiates again."""
+    not of the weight's dtype, under autocast (which casts a convolution's operands), the call is traced or
+    compiled, or deterministic algorithms are asked for (``torch.use_deterministic_algorithms``: the weight's
+    gradient sums its parts in no fixed order, as cuDNN's may), PyTorch's kernels run it; a double backward
+    (iDARTS's) runs ATen's convolution backward (``ops._GroupedConvBackward``), which autograd differentiates
+    again."""
     _on_cuda(x)
     pair = torch.nn.modules.utils._pair
     args = pair(stride), pair(padding), pair(dilation)
     if (not x.is_contiguous() or x.dtype != weight.dtype or torch.is_autocast_enabled(x.device.type)
-            or max(x.numel(), weight.numel()) >= 2 ** 31 or ops.exporting()):
+            or max(x.numel(), weight.numel()) >= 2 ** 31 or ops.exporting()
+            or torch.are_deterministic_algorithms_enabled()):
         return ops._conv2d(F.relu(x) if relu_input else x, weight, None, *args, x.shape[1])
     return _Depthwise.apply(x, weight.contiguous(), _Convolution(x.shape, weight.shape, *args, relu_input))
 
 
 class _Depthwise(torch.autograd.Function):
-    """``depthwise_conv2d``: forward one kernel; backward one for the weight's gradient (each program's sums per
-    tap) that also writes the input's where the input and output are of one size (else one more), and one sum
-    over the programs."""
+    """``depthwise_conv2d``: forward one kernel, which also zeroes the buffer of the weight's gradient; backward
+    one that adds each program's sums per tap into it and also writes the input's gradient where the input and
+    output are of one size (else one more)."""
 
     @staticmethod
     def forward(ctx, x, weight, conv):
         y = x.new_empty(conv.output)
         programs, args, meta = conv.cut(conv.output, x.dtype)
-        _depthwise[programs](x, weight, y, x, *args, GRAD_INPUT=False, **meta)
+        ctx.weight_grad = _weight_grad(x, conv) if ctx.needs_input_grad[1] else None
+        _depthwise[programs](x, weight, y, x, _or(ctx.weight_grad, x), *args, GRAD_INPUT=False,
+                             ZERO=ctx.weight_grad is not None, **meta)
         ctx.save_for_backward(x, weight)
         ctx.conv = conv
         return y
@@ -323,15 +330,21 @@ class _Depthwise(torch.autograd.Function):
         together = wanted[0] and wanted[1] and conv.output == x.shape  # one cut of the values for both
         if wanted[0] and not together:
             programs, args, meta = conv.cut(x.shape, x.dtype)
-            _depthwise[programs](dy, weight, dx, x, *args, GRAD_INPUT=True, **meta)
+            _depthwise[programs](dy, weight, dx, x, x, *args, GRAD_INPUT=True, ZERO=False, **meta)
         if wanted[1]:
+            # zeroed by the forward; a second backward through it (retain_graph) sums into a buffer of its own
+            dw = ctx.weight_grad if ctx.weight_grad is not None else _weight_grad(x, conv).zero_()
+            ctx.weight_grad = None
             programs, args, meta = conv.cut(conv.output, x.dtype)
-            partials = x.new_empty((x.shape[1], programs[1], conv.taps),
-                                   dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-            _depthwise_weight_sums[programs](x, dy, partials, weight, dx if together else x, *args,
+            _depthwise_weight_sums[programs](x, dy, dw, weight, dx if together else x, *args,
                                              GRAD_INPUT=together, **meta)
-            dw = partials.sum(1).to(weight.dtype).view(weight.shape)
+            dw = dw.to(weight.dtype).view(weight.shape)
         return dx, dw, None
+
+
+def _weight_grad(x: torch.Tensor, conv: "_Convolution") -> torch.Tensor:
+    """A buffer for the weight's gradient, (C, taps), float64 for a float64 input, else float32."""
+    return x.new_empty((x.shape[1], conv.taps), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 class _Convolution:
@@ -388,24 +401,36 @@ def _taps(c, m, C, M, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl
 
 
 @triton.jit
-def _tap_weights(weight, c, C, KH: tl.constexpr, KW: tl.constexpr, TAPS: tl.constexpr, ACC: tl.constexpr):
-    """Channels c's weights, (channels, TAPS), zero for the taps past KH KW."""
+def _tap_rows(c, C, KH: tl.constexpr, KW: tl.constexpr, TAPS: tl.constexpr):
+    """Where channels c's taps are in a (C, KH KW) tensor (channels, TAPS), and which of them are real."""
     t = tl.arange(0, TAPS)
-    return tl.load(weight + (c * (KH * KW))[:, None] + t[None, :], mask=(c < C)[:, None] & (t < KH * KW)[None, :],
-                   other=0).to(ACC)
+    return (c * (KH * KW))[:, None] + t[None, :], (c < C)[:, None] & (t < KH * KW)[None, :]
 
 
 @triton.jit
-def _depthwise(x, weight, y, z, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr,
+def _tap_weights(weight, c, C, KH: tl.constexpr, KW: tl.constexpr, TAPS: tl.constexpr, ACC: tl.constexpr):
+    """Channels c's weights, (channels, TAPS), zero for the taps past KH KW."""
+    at, taps = _tap_rows(c, C, KH, KW, TAPS)
+    return tl.load(weight + at, mask=taps, other=0).to(ACC)
+
+
+@triton.jit
+def _depthwise(x, weight, y, z, zeroed, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr,
                WO: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, GRAD_INPUT: tl.constexpr,
-               RELU: tl.constexpr, TAPS: tl.constexpr, CHANNELS: tl.constexpr, BLOCK: tl.constexpr,
-               ACC: tl.constexpr):
+               ZERO: tl.constexpr, RELU: tl.constexpr, TAPS: tl.constexpr, CHANNELS: tl.constexpr,
+               BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Program (cb, s): chunk s of its channels c of y = conv(x, w) (with RELU, of relu(x)); with GRAD_INPUT,
     of the input's gradient y = dx[n, c, h, w] = sum_{a, b} w[c, a, b] dy[n, c, (h + p - d a) / s, ...] from
-    x = dy, over the taps whose output pixel is whole and inside (with RELU, times z > 0, z the input)."""
+    x = dy, over the taps whose output pixel is whole and inside (with RELU, times z > 0, z the input). With
+    ZERO, the first chunk's program zeroes its channels' rows of ``zeroed`` (C, KH KW), the buffer of the
+    weight's gradient."""
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
+    if ZERO:
+        if s == 0:
+            at, taps = _tap_rows(c, C, KH, KW, TAPS)
+            tl.store(zeroed + at, tl.zeros([CHANNELS, TAPS], zeroed.dtype.element_ty), mask=taps)
     w = _tap_weights(weight, c, C, KH, KW, TAPS, ACC)
     if GRAD_INPUT:
         size: tl.constexpr = H * W
@@ -425,15 +450,15 @@ def _depthwise(x, weight, y, z, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr, H
 
 
 @triton.jit
-def _depthwise_weight_sums(x, dy, partials, weight, dx, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr,
+def _depthwise_weight_sums(x, dy, dw, weight, dx, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr,
                            HO: tl.constexpr, WO: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                            SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                            DH: tl.constexpr, DW: tl.constexpr, GRAD_INPUT: tl.constexpr, RELU: tl.constexpr,
                            TAPS: tl.constexpr, CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Program (cb, s): over chunk s of its channels c of the output, each tap's sum of dy[n, c, i, j]
-    x[n, c, s i + d a - p, s j + d b - p] (with RELU, of relu(x)), into partials[c, s, tap] (the weight's
-    gradient, summed over s); with GRAD_INPUT (the input of the output's size) the same chunk of the input's
-    gradient dx, as ``_depthwise`` writes it."""
+    x[n, c, s i + d a - p, s j + d b - p] (with RELU, of relu(x)), added atomically into dw[c, tap] (the
+    weight's gradient, zeroed before); with GRAD_INPUT (the input of the output's size) the same chunk of the
+    input's gradient dx, as ``_depthwise`` writes it."""
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
     if GRAD_INPUT:
@@ -454,6 +479,5 @@ def _depthwise_weight_sums(x, dy, partials, weight, dx, C, M, CHUNK, H: tl.const
             if RELU:
                 g = tl.where(tl.load(x + into, mask=real, other=0) > 0, g, 0)
             tl.store(dx + into, g.to(dx.dtype.element_ty), mask=real)
-    t = tl.arange(0, TAPS)
-    at = ((c * tl.num_programs(1) + s) * (KH * KW))[:, None] + t[None, :]
-    tl.store(partials + at, tl.sum(sums, 2), mask=(c < C)[:, None] & (t < KH * KW)[None, :])
+    at, taps = _tap_rows(c, C, KH, KW, TAPS)
+    tl.atomic_add(dw + at, tl.sum(sums, 2), mask=taps)
