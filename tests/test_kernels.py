@@ -224,6 +224,34 @@ def test_depthwise_conv2d_gradients_of_either_alone(device, stride):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel, stride, padding, dilation, relu", [(3, 1, 1, 1, True), (5, 2, 4, 2, False)],
+                         ids=["3x3 of relu(x)", "5x5 dilation and stride 2"])
+def test_depthwise_conv2d_of_copies(device, kernel, stride, padding, dilation, relu, small_tiles):
+    """With ``copies``, the convolution of each block of channels copied (a source's ops on all its edges),
+    without the copies: the same output, gradients and second derivatives as of the copies themselves."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 7, 6, generator=g, dtype=torch.float64).to(device).requires_grad_()  # 2 blocks of 2
+    weight = torch.randn(12, 1, kernel, kernel, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    args = stride, padding, dilation
+    ours = kernels.depthwise_conv2d(x, weight, *args, relu_input=relu, copies=3, blocks=2)
+    copied = x.unflatten(1, (2, 1, 2)).expand(-1, -1, 3, -1, -1, -1).flatten(1, 3)
+    theirs = F.conv2d(F.relu(copied) if relu else copied, weight, None, *args, 12)
+    assert type(ours.grad_fn).__name__ == "_DepthwiseBackward"
+    dy = torch.randn(theirs.shape, generator=g, dtype=torch.float64).to(device)
+
+    def derivatives(y):
+        first = torch.autograd.grad(y, (x, weight), dy, retain_graph=True)
+        with_graph = torch.autograd.grad(y, (x, weight), dy, create_graph=True)
+        second = torch.autograd.grad(sum((t ** 2).sum() for t in with_graph), (x, weight))
+        return y, *first, *with_graph, *second
+    for a, b in zip(derivatives(ours), derivatives(theirs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    pairs = [(a, a) for a in args]  # elsewhere (a CPU tensor where no interpreter runs): copied
+    assert torch.equal(ops.conv2d(x.detach().cpu(), weight.detach().cpu(), None, *pairs, 12, copies=3, blocks=2),
+                       F.conv2d(copied.detach().cpu(), weight.detach().cpu(), None, *args, 12))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_depthwise_weight_gradient_of_a_second_backward(device):
     """The weight's gradient is summed into a buffer the forward zeroed: a second backward through the same
     forward (retain_graph) sums into one of its own, and gives the same gradient."""
@@ -265,8 +293,9 @@ def test_other_inputs_run_pytorchs_convolution(device):
 def test_triton_depthwise_convolutions_compute_the_same_step(device, monkeypatch):
     """Where ``ops.TRITON_DEPTHWISE_DEVICES`` names the device, every depthwise convolution of a fused NCHW step
     in the GPU's forms runs by ``kernels.depthwise_conv2d`` on the tensor the cell makes (no copy to NHWC,
-    no phases), a separable op's second one of relu(x); with Triton's BatchNorms, which then write no ReLU
-    NHWC: the same step."""
+    no phases, no copy of a source to its edges: the first ones read each source for all its edges), a
+    separable op's second one of relu(x); with Triton's BatchNorms, which then write no ReLU NHWC: the same
+    step."""
     monkeypatch.setattr(ops, "FORM_DEVICES", ("cpu", "cuda"))
     reference = search_step("darts-v1", fused=True, device=device)
     convolutions, batch_norms, others = [], [], []
@@ -279,11 +308,15 @@ def test_triton_depthwise_convolutions_compute_the_same_step(device, monkeypatch
     for module in (ops, fused_module):
         for name in ("to_phases", "relu_nhwc"):
             monkeypatch.setattr(module, name, lambda *args, name=name: pytest.fail(f"ops.{name} ran"))
+    copy_to_edges = fused_module._copy_to_edges  # but in evaluation a pooling's output, for its BatchNorm per edge
+    monkeypatch.setattr(fused_module, "_copy_to_edges", lambda begun, wanted, *args: pytest.fail("copied")
+                        if any(head[0] == "relu" for head, _ in wanted) else copy_to_edges(begun, wanted, *args))
     monkeypatch.setattr(ops, "TRITON_DEPTHWISE_DEVICES", (device,))
     monkeypatch.setattr(fused_module, "BATCH_NORM_KERNELS", {device: "triton"})
     assert_same_step(reference, search_step("darts-v1", fused=True, device=device))
     assert len(convolutions) > 100 and not others
     assert 0 < sum(conv.relu for conv in convolutions) < len(convolutions)  # the separable ops' second ReLUs
+    assert 0 < sum(conv.copies[0] > 1 for conv in convolutions) < len(convolutions)  # and their first
     assert len(batch_norms) > 100 and not any(batch_norms)  # none with the ReLU NHWC
 
 
@@ -295,7 +328,7 @@ from triton.compiler import ASTSource
 from dnas import kernels
 
 assert not kernels.INTERPRETED
-INTS, FLOATS = {"C", "M", "CHUNK"}, {"eps"}
+INTS, FLOATS = {"C", "K", "WIDTH", "M", "CHUNK"}, {"eps"}
 unvectorised = []
 def compile(kernel, dtype, **constexprs):
     # as a launch specialises them: pointers, channels and the values' counts divisible by 16

@@ -277,26 +277,31 @@ def _grad_input(dz, z, x, dx, partials, saved, weight, dw, db, C, L: tl.constexp
         tl.store(dx + at, g.to(dx.dtype.element_ty), mask=inside)
 
 
-def depthwise_conv2d(x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
-                     relu_input: bool = False) -> torch.Tensor:
+def depthwise_conv2d(x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1), relu_input: bool = False,
+                     copies: int = 1, blocks: int = 1) -> torch.Tensor:
     """``F.conv2d(x, weight, None, stride, padding, dilation, groups=C)`` of an NCHW ``x`` (N, C, H, W) and a
     ``weight`` (C, 1, KH, KW), and its gradients, by this module's kernels: y[n, c, i, j] = sum_{a, b}
     w[c, a, b] x[n, c, s i + d a - p, s j + d b - p] (zero outside the image); with ``relu_input`` the
     convolution of relu(x), the ReLU on the way in (and its gradient, dx (x > 0), on the way out: a separable
-    convolution's ReLU before its second depthwise one, without a kernel of its own). Where ``x`` is not dense NCHW,
-    not of the weight's dtype, under autocast (which casts a convolution's operands), the call is traced or
-    compiled, or deterministic algorithms are asked for (``torch.use_deterministic_algorithms``: the weight's
-    gradient sums its parts in no fixed order, as cuDNN's may), PyTorch's kernels run it; a double backward
-    (iDARTS's) runs ATen's convolution backward (``ops._GroupedConvBackward``), which autograd differentiates
-    again."""
+    convolution's ReLU before its second depthwise one, without a kernel of its own). With ``copies`` k > 1, the
+    convolution of ``ops.copied_blocks(x, blocks, k)`` (each of the ``blocks`` blocks of channels of ``x`` k
+    times, a weight (k C, 1, KH, KW)) without the copies: each channel of the output reads its channel of
+    ``x``, and the input's gradient sums its k copies' (a source's ops on all its edges, in a fused cell).
+    Where ``x`` is not dense NCHW, not of the weight's dtype, under autocast (which casts a convolution's
+    operands), the call is traced or compiled, or deterministic algorithms are asked for
+    (``torch.use_deterministic_algorithms``: the weight's gradient sums its parts in no fixed order, as cuDNN's
+    may), PyTorch's kernels run it (on the copies); a double backward (iDARTS's) runs ATen's convolution
+    backward (``ops._GroupedConvBackward``), which autograd differentiates again."""
     _on_cuda(x)
     pair = torch.nn.modules.utils._pair
     args = pair(stride), pair(padding), pair(dilation)
     if (not x.is_contiguous() or x.dtype != weight.dtype or torch.is_autocast_enabled(x.device.type)
             or max(x.numel(), weight.numel()) >= 2 ** 31 or ops.exporting()
             or torch.are_deterministic_algorithms_enabled()):
-        return ops._conv2d(F.relu(x) if relu_input else x, weight, None, *args, x.shape[1])
-    return _Depthwise.apply(x, weight.contiguous(), _Convolution(x.shape, weight.shape, *args, relu_input))
+        x = ops.copied_blocks(F.relu(x) if relu_input else x, blocks, copies)
+        return ops._conv2d(x, weight, None, *args, x.shape[1])
+    conv = _Convolution(x.shape, weight.shape, *args, relu_input, (copies, x.shape[1] // blocks))
+    return _Depthwise.apply(x, weight.contiguous(), conv)
 
 
 class _Depthwise(torch.autograd.Function):
@@ -320,9 +325,11 @@ class _Depthwise(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         conv = ctx.conv
         wanted = ctx.needs_input_grad[:2]
-        if torch.is_grad_enabled():  # create_graph: relu(x) again, on the graph
-            dx, dw = ops._GroupedConvBackward.apply(F.relu(x) if conv.relu else x, weight, dy,
-                                                    *conv.stride_padding_dilation, x.shape[1])
+        if torch.is_grad_enabled():  # create_graph: relu(x) again, and its copies, on the graph
+            k, width = conv.copies
+            read = ops.copied_blocks(F.relu(x) if conv.relu else x, x.shape[1] // width, k)
+            dx, dw = ops._GroupedConvBackward.apply(read, weight, dy, *conv.stride_padding_dilation, read.shape[1])
+            dx = dx.unflatten(1, (-1, k, width)).sum(2).flatten(1, 2) if k > 1 else dx
             dx = dx * (x > 0) if conv.relu else dx
             return dx if wanted[0] else None, dw if wanted[1] else None, None
         dy, dw = dy.contiguous(), None
@@ -343,61 +350,69 @@ class _Depthwise(torch.autograd.Function):
 
 
 def _weight_grad(x: torch.Tensor, conv: "_Convolution") -> torch.Tensor:
-    """A buffer for the weight's gradient, (C, taps), float64 for a float64 input, else float32."""
-    return x.new_empty((x.shape[1], conv.taps), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    """A buffer for the weight's gradient, (output channels, taps), float64 for a float64 input, else float32."""
+    return x.new_empty((conv.output[1], conv.taps), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 class _Convolution:
     """A depthwise convolution's geometry and how its kernels cut the values of its output (or, for the input's
     gradient, of its input): programs of ``CHANNELS`` channels by chunks of whole blocks, ``TILE`` products of
-    a block's values with each of the kernel's taps (padded to a power of two) at once."""
+    a block's values with each of the kernel's taps (padded to a power of two) at once. ``copies`` (k, width):
+    each block of ``width`` channels of the input read by k blocks of the output, one after another."""
 
-    def __init__(self, shape, kernel, stride, padding, dilation, relu: bool = False):
+    def __init__(self, shape, kernel, stride, padding, dilation, relu: bool = False, copies=(1, 1)):
         n, c, h, w = shape
-        self.relu = relu
+        self.relu, self.copies = relu, copies
         (kh, kw), self.stride_padding_dilation = kernel[-2:], (stride, padding, dilation)
         out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
                for size, k, s, p, d in zip((h, w), (kh, kw), stride, padding, dilation)]
-        self.output = (n, c, *out)
+        self.output = (n, c * copies[0], *out)
         self.taps = kh * kw
         self.geometry = dict(H=h, W=w, HO=out[0], WO=out[1], KH=kh, KW=kw, SH=stride[0], SW=stride[1],
                              PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1])
 
-    def cut(self, shape, dtype: torch.dtype) -> tuple[tuple[int, int], tuple[int, int, int], dict]:
+    def cut(self, shape, dtype: torch.dtype) -> tuple[tuple[int, int], tuple, dict]:
         """A launch over the values of ``shape`` (the output's, or the input's): its programs (of channels,
-        chunks), the kernels' C, M (values per channel) and CHUNK, and their constants."""
+        chunks), the kernels' C, K, WIDTH (``copies``), M (values per channel) and CHUNK, and their constants."""
         values, rows = shape[0] * shape[2] * shape[3], triton.cdiv(shape[1], CHANNELS)
         taps = triton.next_power_of_2(self.taps)
         block = min(max(TILE // (taps * CHANNELS), 1), triton.next_power_of_2(values))
         chunks, chunk = _chunks(rows, values, block)
-        return (rows, chunks), (shape[1], values, chunk), dict(
+        return (rows, chunks), (shape[1], *self.copies, values, chunk), dict(
             self.geometry, RELU=self.relu, TAPS=taps, CHANNELS=CHANNELS, BLOCK=block,
             ACC=tl.float64 if dtype == torch.float64 else tl.float32)
 
 
 @triton.jit
-def _taps(c, m, C, M, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr, KH: tl.constexpr,
-          KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-          DH: tl.constexpr, DW: tl.constexpr, TAPS: tl.constexpr, TO_INPUT: tl.constexpr):
-    """For channels c and values m of the output (of the input, with TO_INPUT), the offsets of what each tap
-    (a, b) joins them to in the input (the output), (channels, TAPS, values), and which are inside it: output
-    (i, j) reads input (s i + d a - p, s j + d b - p)."""
+def _taps(c, read, CR, m, C, M, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
+          KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr,
+          PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, TAPS: tl.constexpr, TO_INPUT: tl.constexpr):
+    """For channels c (of C) and values m of the output (of the input, with TO_INPUT), the offsets of what each
+    tap (a, b) joins them to in channels ``read`` of the input (the output), of CR channels, (channels, TAPS,
+    values), and which are inside it: output (i, j) reads input (s i + d a - p, s j + d b - p)."""
     t = tl.arange(0, TAPS)
     a, b = (t // KW)[None, :, None], (t % KW)[None, :, None]
-    channel, m = c[:, None, None], m[None, None, :]
+    channel, m = read[:, None, None], m[None, None, :]
     if TO_INPUT:
         n, o = m // (H * W), m % (H * W)
         i = o // W + PH - DH * a  # s times the output's row, where a whole one
         j = o % W + PW - DW * b
         inside = (i >= 0) & (j >= 0) & (i % SH == 0) & (j % SW == 0) & (i < SH * HO) & (j < SW * WO)
-        at = (n * C + channel) * (HO * WO) + (i // SH) * WO + j // SW
+        at = (n * CR + channel) * (HO * WO) + (i // SH) * WO + j // SW
     else:
         n, o = m // (HO * WO), m % (HO * WO)
         i = SH * (o // WO) + DH * a - PH
         j = SW * (o % WO) + DW * b - PW
         inside = (i >= 0) & (j >= 0) & (i < H) & (j < W)
-        at = (n * C + channel) * (H * W) + i * W + j
-    return at, inside & (t < KH * KW)[None, :, None] & (channel < C) & (m < M)
+        at = (n * CR + channel) * (H * W) + i * W + j
+    return at, inside & (t < KH * KW)[None, :, None] & (c < C)[:, None, None] & (m < M)
+
+
+@triton.jit
+def _copy_read(c, K, WIDTH):
+    """The input channel that output channel c reads where each block of WIDTH input channels is read by K
+    output blocks, one after another."""
+    return c // (K * WIDTH) * WIDTH + c % WIDTH
 
 
 @triton.jit
@@ -415,34 +430,46 @@ def _tap_weights(weight, c, C, KH: tl.constexpr, KW: tl.constexpr, TAPS: tl.cons
 
 
 @triton.jit
-def _depthwise(x, weight, y, z, zeroed, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr,
+def _depthwise(x, weight, y, z, zeroed, C, K, WIDTH, M, CHUNK, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr,
                WO: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, GRAD_INPUT: tl.constexpr,
                ZERO: tl.constexpr, RELU: tl.constexpr, TAPS: tl.constexpr, CHANNELS: tl.constexpr,
                BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Program (cb, s): chunk s of its channels c of y = conv(x, w) (with RELU, of relu(x)); with GRAD_INPUT,
     of the input's gradient y = dx[n, c, h, w] = sum_{a, b} w[c, a, b] dy[n, c, (h + p - d a) / s, ...] from
-    x = dy, over the taps whose output pixel is whole and inside (with RELU, times z > 0, z the input). With
-    ZERO, the first chunk's program zeroes its channels' rows of ``zeroed`` (C, KH KW), the buffer of the
-    weight's gradient."""
+    x = dy, over the taps whose output pixel is whole and inside (with RELU, times z > 0, z the input). Each
+    block of WIDTH channels of the input read by K blocks of the output (``_copy_read``): the input's gradient
+    sums theirs. With ZERO, the first chunk's program zeroes its channels' rows of ``zeroed`` (C, KH KW), the
+    buffer of the weight's gradient."""
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
     if ZERO:
         if s == 0:
             at, taps = _tap_rows(c, C, KH, KW, TAPS)
             tl.store(zeroed + at, tl.zeros([CHANNELS, TAPS], zeroed.dtype.element_ty), mask=taps)
-    w = _tap_weights(weight, c, C, KH, KW, TAPS, ACC)
     if GRAD_INPUT:
         size: tl.constexpr = H * W
     else:
         size: tl.constexpr = HO * WO
+        w = _tap_weights(weight, c, C, KH, KW, TAPS, ACC)
     for start in range(s * CHUNK, (s + 1) * CHUNK, BLOCK):
         m = start + tl.arange(0, BLOCK)
-        at, inside = _taps(c, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW, TAPS, GRAD_INPUT)
-        xs = tl.load(x + at, mask=inside, other=0).to(ACC)
-        if RELU and not GRAD_INPUT:
-            xs = tl.maximum(xs, 0)
-        out = tl.sum(xs * w[:, :, None], 1)
+        if GRAD_INPUT:  # summed over the output channels that read channels c, c // WIDTH * K WIDTH + k WIDTH +
+            # c % WIDTH: the taps' offsets in channel 0 once, each channel's added
+            at, inside = _taps(c, c * 0, C * K, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW, TAPS, True)
+            out = tl.zeros([CHANNELS, BLOCK], ACC)
+            for k in range(K):
+                read = c // WIDTH * (K * WIDTH) + k * WIDTH + c % WIDTH
+                w = _tap_weights(weight, read, C * K, KH, KW, TAPS, ACC)
+                xs = tl.load(x + at + (read * (HO * WO))[:, None, None], mask=inside, other=0).to(ACC)
+                out += tl.sum(xs * w[:, :, None], 1)
+        else:
+            at, inside = _taps(c, _copy_read(c, K, WIDTH), C // K, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW,
+                               DH, DW, TAPS, False)
+            xs = tl.load(x + at, mask=inside, other=0).to(ACC)
+            if RELU:
+                xs = tl.maximum(xs, 0)
+            out = tl.sum(xs * w[:, :, None], 1)
         into, _, real = _tile(C, size, M, start, CHANNELS, BLOCK, cb)
         if RELU and GRAD_INPUT:
             out = tl.where(tl.load(z + into, mask=real, other=0) > 0, out, 0)
@@ -450,15 +477,15 @@ def _depthwise(x, weight, y, z, zeroed, C, M, CHUNK, H: tl.constexpr, W: tl.cons
 
 
 @triton.jit
-def _depthwise_weight_sums(x, dy, dw, weight, dx, C, M, CHUNK, H: tl.constexpr, W: tl.constexpr,
+def _depthwise_weight_sums(x, dy, dw, weight, dx, C, K, WIDTH, M, CHUNK, H: tl.constexpr, W: tl.constexpr,
                            HO: tl.constexpr, WO: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                            SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                            DH: tl.constexpr, DW: tl.constexpr, GRAD_INPUT: tl.constexpr, RELU: tl.constexpr,
                            TAPS: tl.constexpr, CHANNELS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Program (cb, s): over chunk s of its channels c of the output, each tap's sum of dy[n, c, i, j]
-    x[n, c, s i + d a - p, s j + d b - p] (with RELU, of relu(x)), added atomically into dw[c, tap] (the
-    weight's gradient, zeroed before); with GRAD_INPUT (the input of the output's size) the same chunk of the
-    input's gradient dx, as ``_depthwise`` writes it."""
+    x[n, c', s i + d a - p, s j + d b - p] (c' the channel c reads: ``_copy_read``; with RELU, of relu(x)),
+    added atomically into dw[c, tap] (the weight's gradient, zeroed before); with GRAD_INPUT (the input of the
+    output's size, K = 1) the same chunk of the input's gradient dx, as ``_depthwise`` writes it."""
     cb, s = tl.program_id(0), tl.program_id(1)
     c = cb * CHANNELS + tl.arange(0, CHANNELS)
     if GRAD_INPUT:
@@ -466,7 +493,8 @@ def _depthwise_weight_sums(x, dy, dw, weight, dx, C, M, CHUNK, H: tl.constexpr, 
     sums = tl.zeros([CHANNELS, TAPS, BLOCK], ACC)
     for start in range(s * CHUNK, (s + 1) * CHUNK, BLOCK):
         m = start + tl.arange(0, BLOCK)
-        at, inside = _taps(c, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW, TAPS, False)
+        at, inside = _taps(c, _copy_read(c, K, WIDTH), C // K, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH,
+                           DW, TAPS, False)
         into, _, real = _tile(C, HO * WO, M, start, CHANNELS, BLOCK, cb)
         g = tl.load(dy + into, mask=real, other=0).to(ACC)
         xs = tl.load(x + at, mask=inside, other=0).to(ACC)
@@ -474,7 +502,7 @@ def _depthwise_weight_sums(x, dy, dw, weight, dx, C, M, CHUNK, H: tl.constexpr, 
             xs = tl.maximum(xs, 0)
         sums += xs * g[:, None, :]
         if GRAD_INPUT:
-            at, inside = _taps(c, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW, TAPS, True)
+            at, inside = _taps(c, c, C, m, C, M, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW, TAPS, True)
             g = tl.sum(tl.load(dy + at, mask=inside, other=0).to(ACC) * w[:, :, None], 1)
             if RELU:
                 g = tl.where(tl.load(x + into, mask=real, other=0) > 0, g, 0)

@@ -109,7 +109,7 @@ class AvgPool2d(nn.AvgPool2d):
 
 
 def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
-           sampled: bool = False, relu_input: bool = False) -> torch.Tensor:
+           sampled: bool = False, relu_input: bool = False, copies: int = 1, blocks: int = 1) -> torch.Tensor:
     """``F.conv2d`` (pairs of ints), computed in the form measured fastest on the tensor's device.
 
     A convolution of stride s > 1 whose taps all fall on every s-th pixel (``reads_every``) runs on those
@@ -121,18 +121,20 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     GPU (``FORM_DEVICES``) every depthwise convolution runs NHWC so, and a grouped pointwise one as
     matrix products (``pointwise_matmul``). On ``TRITON_DEPTHWISE_DEVICES`` a depthwise one of an NCHW input
     (without bias) runs by dnas's own kernels instead (``dnas.kernels.depthwise_conv2d``), any stride and
-    dilation on the input as it is; ``relu_input``: of relu(x), there in the same kernels (``relu_joins``).
+    dilation on the input as it is; ``relu_input``: of relu(x), there in the same kernels (``relu_joins``);
+    ``copies``: of ``copied_blocks(x, blocks, copies)``, which those kernels read without the copies.
     A trace, export or compilation (TorchScript, ONNX, ``torch.export``, ``torch.compile``) records the
     convolution itself, for any batch and size (of ``x`` whole; a ``sampled`` one takes its form)."""
     if exporting() and not sampled:
-        return F.conv2d(F.relu(x) if relu_input else x, weight, bias, stride, padding, dilation, groups)
-    depthwise = weight.shape[1] == 1 and groups == x.shape[1] == weight.shape[0]
+        x = copied_blocks(F.relu(x) if relu_input else x, blocks, copies)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    depthwise = weight.shape[1] == 1 and groups == x.shape[1] * copies == weight.shape[0]
     if depthwise and bias is None and _triton_depthwise(x):
         if sampled:
             x, stride, padding, dilation = _on_pixels_read(x, stride, padding, dilation, weight.shape[-2:], True)
         return triton_kernels("ops.TRITON_DEPTHWISE_DEVICES").depthwise_conv2d(x, weight, stride, padding, dilation,
-                                                                               relu_input)
-    x = F.relu(x) if relu_input else x
+                                                                               relu_input, copies, blocks)
+    x = copied_blocks(F.relu(x) if relu_input else x, blocks, copies)
     given = tuple(stride)
     x, stride, padding, dilation = _on_pixels_read(x, stride, padding, dilation, weight.shape[-2:], sampled)
     if stride != given and channels_innermost(x):  # on the pixels it reads, copied NHWC here: the
@@ -147,6 +149,15 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
                                   and x.is_contiguous(memory_format=torch.channels_last)):
             return pointwise_matmul(x, weight, groups)
     return _conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def copied_blocks(x: torch.Tensor, blocks: int, copies: int) -> torch.Tensor:
+    """``x`` (N, B C, H, W) with each of its ``blocks`` B blocks of channels ``copies`` k times, the copies of a
+    block one after another: (N, B k C, H, W), NCHW (``x`` itself where k = 1)."""
+    if copies == 1:
+        return x
+    n, _, h, w = x.shape
+    return x.unflatten(1, (blocks, 1, -1)).expand(n, blocks, copies, -1, h, w).flatten(1, 3)
 
 
 def _on_pixels_read(x, stride, padding, dilation, kernel, sampled: bool):
@@ -180,6 +191,12 @@ def depthwise_runs_nhwc(x, conv: nn.Conv2d, sampled: bool = False) -> bool:
         return False
     return _nhwc_dilation(*_on_pixels_read(x, conv.stride, conv.padding, conv.dilation, conv.kernel_size,
                                            sampled)) is not None
+
+
+def reads_copies_in_place(x, conv: nn.Conv2d) -> bool:
+    """Whether ``conv2d`` computes ``conv`` of copies of ``x``'s channels (``copies``) on ``x`` itself, made
+    dense, without the copies: a depthwise one by dnas's kernels (``_triton_depthwise``)."""
+    return conv.groups == conv.in_channels == conv.out_channels and conv.bias is None and _triton_depthwise(x)
 
 
 def relu_joins(x, conv: nn.Conv2d) -> bool:

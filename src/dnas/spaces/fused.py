@@ -77,8 +77,8 @@ from .. import ops
 from ..device import on_device
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
 from ..ops import (AvgPool2d, Conv2d, FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d,
-                   dense_gradient, depthwise_runs_nhwc, filled, from_phases, phases_fit, pixels, reads_every,
-                   relu_nhwc, to_phases)
+                   dense_gradient, depthwise_runs_nhwc, filled, from_phases, phases_fit, pixels,
+                   reads_copies_in_place, reads_every, relu_nhwc, to_phases)
 from ..settings import temporarily, warn
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
@@ -763,7 +763,9 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     for g in groups:
         _begin(begun, g, x, nhwc_heads)
     copied = lambda g: g.every_edge and per * g.repeats > 1 and not g.from_sources
-    readers = [g for g in groups if copied(g)]
+    # those whose convolution reads the copies of its head in place (``_reads_copies``): their head itself
+    in_place = {id(g) for g in groups if copied(g) and _reads_copies(g, begun[g.head])}
+    readers = [g for g in groups if copied(g) and id(g) not in in_place]
     wanted = [(g.head, per * g.repeats) for g in readers]
     to_nhwc = set()  # an NCHW cell's copies that every group reading them begins with a depthwise convolution that
     # runs NHWC on this device and input (ops.depthwise_runs_nhwc): its copy in is this copy (its output goes
@@ -771,9 +773,13 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     if run.nhwc_forms:
         to_nhwc = set(wanted) - {key for key, g in zip(wanted, readers) if not _reads_nhwc(g, begun[g.head][:, 0])}
     copies = _copy_to_edges(begun, wanted, to_nhwc)
-    outs = []
+    outs, dense = [], {}  # dense: the heads read in place, each made dense once (the pixels a head took)
     for g in groups:  # its input: its slots' sources one after another, (N, slots x C, H, W), or the sources
-        if copied(g):
+        if id(g) in in_place:
+            if g.head not in dense:
+                dense[g.head] = _flatten_sources(begun[g.head]).contiguous()
+            outs.append(dense[g.head])
+        elif copied(g):
             outs.append(copies[g.head, per * g.repeats])
         else:  # one tensor for the groups of one head and slots: the dilated ones take its phases once
             if (g.head, g.edge_ids) not in begun:
@@ -786,7 +792,8 @@ def _node_inputs(batch: _Batch, hs, w, st, edge_weights, run: _Run):
     w_groups = w if len(w_groups) == len(slot_weights) else _cat(w_groups, dim=0) if w_groups else w[:0]
     per_channel = w_groups.repeat_interleave(x.shape[2]).split([len(g.edge_ids) * x.shape[2] for g in groups])
     lanes = _Lanes(run.streams)
-    blocks = _run_groups(groups, outs, per_channel, run, lanes, summed=batch.pos is None)
+    reads = [per * g.repeats if id(g) in in_place else 1 for g in groups]
+    blocks = _run_groups(groups, outs, reads, per_channel, run, lanes, summed=batch.pos is None)
     if any(shared):
         once = [i for i, same in enumerate(shared) if same]
         groups_once, weights_once = [batch.groups[i] for i in once], [slot_weights[i] for i in once]
@@ -1018,8 +1025,10 @@ def _sum_blocks(t: torch.Tensor, blocks: int, width: int | None = None) -> torch
     return t.unflatten(1, split).sum(2).flatten(1, 2)
 
 
-def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run, lanes: _Lanes, summed: bool):
-    """Run every group's leaves after its head on its slot input, each BatchNorm over the group's slots at
+def _run_groups(groups: list[_Group], xs: list[torch.Tensor], reads: list[int], weights, run: _Run, lanes: _Lanes,
+                summed: bool):
+    """Run every group's leaves after its head on its slot input (or, ``reads`` k > 1, on its sources, which its
+    first convolution reads as k copies of each: ``_reads_copies``), each BatchNorm over the group's slots at
     once, and weigh each group's output by its op weights per output channel ``weights`` (DARTS Eq. 2): the
     outputs, one block per group in the order of the groups (but for those summed on phases, below); each
     group on a lane of its own.
@@ -1043,7 +1052,8 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
     for x, d, members in units.values():
         with lanes():
             if d == 1:
-                blocks[members[0]] = _run_group(groups[members[0]], x, 1, weights[members[0]], run, summed)
+                i = members[0]
+                blocks[i] = _run_group(groups[i], x, 1, weights[i], run, summed, reads[i])
                 continue
             phases = to_phases(x, d)
             ys = [_run_group(groups[i], phases, d, weights[i], run, summed) for i in members]
@@ -1058,10 +1068,12 @@ def _run_groups(groups: list[_Group], xs: list[torch.Tensor], weights, run: _Run
     return [b for b in blocks if b is not None] + merged
 
 
-def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, summed: bool) -> torch.Tensor:
+def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, summed: bool,
+               reads: int = 1) -> torch.Tensor:
     """The leaves of ``g`` after its head on ``x`` (its input's d x d phases where d > 1: in an NCHW cell the
-    first only, whose output is put back NCHW), weighed by ``w``; where the batch's blocks are only summed
-    (``summed``), the outputs of a group of several ops summed per edge."""
+    first only, whose output is put back NCHW; ``reads`` k > 1: its sources, read by the first convolution as
+    k copies of each), weighed by ``w``; where the batch's blocks are only summed (``summed``), the outputs of
+    a group of several ops summed per edge."""
     start, relu_done, relu_in = g.start, False, False  # the head ran once per source
     for j in range(start, len(g.leaves)):
         leaf = g.leaves[j]
@@ -1082,7 +1094,7 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
                 continue
             sampled = g.step > 1 and j == start  # its head took the pixels the convolution reads
             x = _run_leaf(leaf, x, len(g.edge_ids), convs, run.noise, g.edge_ids, sampled,
-                          g.from_sources if j == start else 0, relu_in)
+                          g.from_sources if j == start else 0, relu_in, reads if j == start else 1)
             relu_in = False
             if not run.nhwc and channels_innermost(x):  # a depthwise convolution on an NHWC copy (``_copy_to_
                 x = x.contiguous()  # edges``) or ReLU: back to the cell's layout
@@ -1099,6 +1111,14 @@ def _relu_writes_nhwc(g: _Group, j: int, x: torch.Tensor, run: _Run) -> bool:
 def _relu_before(g: _Group, j: int) -> bool:
     """Whether leaf j of ``g`` is a ReLU that a convolution follows."""
     return j + 1 < len(g.leaves) and g.leaves[j][0] == "relu" and g.leaves[j + 1][0] == "conv"
+
+
+def _reads_copies(g: _Group, head: torch.Tensor) -> bool:
+    """Whether the first of the group's own steps is a depthwise convolution that reads its copies of ``head``
+    (N, sources, C, H, W) in place (``ops.reads_copies_in_place``: dnas's kernels), so that the head is not
+    copied to the group's edges (``_copy_to_edges``)."""
+    own = g.leaves[g.start:]
+    return bool(own) and own[0][0] == "conv" and reads_copies_in_place(_flatten_sources(head), own[0][1][0])
 
 
 def _reads_nhwc(g: _Group, x: torch.Tensor) -> bool:
@@ -1173,11 +1193,12 @@ BATCH_NORM_KERNELS: dict[str, str] = {}
 
 
 def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_ids=None, sampled=False,
-              sources: int = 0, relu_input: bool = False) -> torch.Tensor:
+              sources: int = 0, relu_input: bool = False, reads: int = 1) -> torch.Tensor:
     """One leaf on ``slots`` edges at once; ``x`` holds the slots' channels one after another (``sources``:
-    the channels of that many sources, each read by its edges' dense convolutions at once), ``weights`` the
-    stacked weights of its convolutions; ``sampled``: a convolution's input is the pixels it reads
-    (``ops.conv2d``); ``relu_input``: a convolution's input is relu(x) (``ops.relu_joins``)."""
+    the channels of that many sources, each read by its edges' dense convolutions at once; ``reads`` k > 1:
+    of the sources, each read by k slots of a depthwise convolution), ``weights`` the stacked weights of its
+    convolutions; ``sampled``: a convolution's input is the pixels it reads (``ops.conv2d``); ``relu_input``:
+    a convolution's input is relu(x) (``ops.relu_joins``)."""
     kind, mods = leaf
     m = mods[0]
     blocks = sources or slots  # of the input: a convolution's groups repeat once per block
@@ -1186,7 +1207,7 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
     if kind == "pool":
         return m(x)
     if kind == "conv":
-        return _conv(x, mods, blocks, weights[0], sampled, relu_input=relu_input)
+        return _conv(x, mods, blocks, weights[0], sampled, relu_input=relu_input, reads=reads)
     if kind == "fr":
         a = _conv(x, [f.conv_1 for f in mods], blocks, weights[0])
         b = _conv(pixels(x, start=1), [f.conv_2 for f in mods], blocks, weights[1])
@@ -1210,16 +1231,18 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
 
 
 def _conv(x, convs: list[nn.Conv2d], blocks: int, weight: torch.Tensor, sampled: bool = False,
-          phases: int = 1, relu_input: bool = False) -> torch.Tensor:
+          phases: int = 1, relu_input: bool = False, reads: int = 1) -> torch.Tensor:
     """One convolution for the edges of ``convs`` on ``x`` of ``blocks`` blocks of channels (one per edge,
     or one per source, whose edges then follow each other in the output), its groups repeated per block;
     ``weight``: the edges', stacked. ``phases``: d, ``x`` holds the d x d phases of the convolution's input
-    (dilation d), which it computes undilated; ``relu_input``: of relu(x) (``ops.conv2d``)."""
+    (dilation d), which it computes undilated; ``relu_input``: of relu(x); ``reads`` k > 1: ``x`` holds
+    ``blocks`` / k sources, each read as k blocks (``ops.conv2d``'s ``copies``)."""
     c = convs[0]
     bias = None if c.bias is None else torch.cat([k.bias for k in convs])
     padding = _widened(c, weight.shape[-2:])
     padding, dilation = (tuple(v // phases for v in values) for values in (padding, c.dilation))
-    return conv2d(x, weight, bias, c.stride, padding, dilation, c.groups * blocks, sampled, relu_input)
+    return conv2d(x, weight, bias, c.stride, padding, dilation, c.groups * blocks, sampled, relu_input,
+                  copies=reads, blocks=blocks // reads)
 
 
 def _widened(c: nn.Conv2d, kernel) -> tuple[int, int]:
