@@ -18,7 +18,9 @@ pixels), in the forms a faster fused cell could take:
   copied in and out of an NCHW input, dilated ones by their phases; grouped pointwise as matrix products,
   in NHWC one dense product with the block-diagonal matrix of the edges' weights);
 * depthwise "by Triton": dnas's own kernels (``dnas.kernels.depthwise_conv2d``, ``ops.TRITON_DEPTHWISE_DEVICES``)
-  on an NCHW input as it is, any dilation (an NHWC one runs PyTorch's);
+  on an NCHW input as it is, any dilation (an NHWC one runs PyTorch's); "of copies": of the cell's sources
+  (2 of the 8 edges, 1 of the 3) each copied to its edges, by ``ops.conv2d`` (the copies made) or by
+  Triton's kernels reading each source in place (``copies``), as the fused cell runs its first ones;
 * BatchNorm in training over the edges' channels, the op weights its affine weight (the fused cell's Eq. 2):
   as the fused cell runs it, without a bias, which PyTorch computes with its own kernels, or with a zero
   bias, which PyTorch hands to cuDNN (only where both weight and bias are given), or by PyTorch's kernels
@@ -116,6 +118,17 @@ def triton_depthwise(x, w, bias, stride, padding, dilation, groups):
     return importlib.import_module("dnas.kernels").depthwise_conv2d(x, w, stride, padding, dilation)
 
 
+def depthwise_of_copies(x, w, dilation, sources: int, triton: bool):
+    """The depthwise convolution of ``x``'s ``sources`` blocks each copied to its edges (``ops.copied_blocks``),
+    by ``ops.conv2d`` (which makes the copies) or by ``dnas.kernels`` (which reads them in place)."""
+    k, copies = w.shape[-1], w.shape[0] // x.shape[1]
+    padding, dilation = (dilation * (k - 1) // 2,) * 2, (dilation, dilation)
+    if triton:
+        kernels = importlib.import_module("dnas.kernels")
+        return kernels.depthwise_conv2d(x, w, 1, padding, dilation, False, copies, sources)
+    return ops.conv2d(x, w, None, (1, 1), padding, dilation, w.shape[0], copies=copies, blocks=sources)
+
+
 def sep_pair_apart(x, w3, w5):
     return depthwise(x, w3), depthwise(x, w5)
 
@@ -138,6 +151,12 @@ def cases(batch: int):
                    lambda x, w, d=d: depthwise(x, w, d, ops.conv2d), [x, (e * c, 1, k, k)])
             yield (f"depthwise {k}x{k} dil {d} by Triton, {tag}",
                    lambda x, w, d=d: depthwise(x, w, d, triton_depthwise), [x, (e * c, 1, k, k)])
+        sources = 2 if e % 2 == 0 else 1
+        for k, d in ((3, 1), (5, 2)):
+            for triton, form in ((False, "by ops.conv2d"), (True, "in place by Triton")):
+                yield (f"depthwise of copies {k}x{k} dil {d} {form}, {tag}",
+                       partial(depthwise_of_copies, dilation=d, sources=sources, triton=triton),
+                       [(batch, sources * c, h, h), (e * c, 1, k, k)])
         yield f"pointwise conv, {tag}", lambda x, w, e=e: pointwise_conv(x, w, e), [x, (e * c, c, 1, 1)]
         yield f"pointwise matmul, {tag}", lambda x, w, e=e: pointwise_matmul(x, w, e), [x, (e * c, c, 1, 1)]
         yield f"pointwise by ops.conv2d, {tag}", lambda x, w, e=e: ops.conv2d(x, w, groups=e), [x, (e * c, c, 1, 1)]
@@ -166,6 +185,8 @@ def check_variants(device: torch.device) -> None:
     if device.type == "cuda":  # SyncBatchNorm's kernels and Triton's compiled: CUDA only; in 2 parts, 2 chunks
         for d in (1, 2):
             torch.testing.assert_close(depthwise(x.contiguous(), w5, d, triton_depthwise), depthwise(x, w5, d))
+            torch.testing.assert_close(depthwise_of_copies(x[:, :6].contiguous(), w5, d, 2, True),
+                                       depthwise_of_copies(x[:, :6], w5, d, 2, False))
         with temporarily(ops, "PART_VALUES", 2), temporarily(importlib.import_module("dnas.kernels"), "BLOCK", 16):
             for kernels in ("parts", "triton"):
                 torch.testing.assert_close(batch_norm(x.contiguous(), scale, kernels), batch_norm(x, scale))

@@ -150,8 +150,9 @@ bn)  # the fused cell's BatchNorms (28% of an eager step's device time on an H20
     # parts of the batch (ops.batch_norm_by_parts) and dnas's Triton ones (dnas.kernels)
     timeout "$(within 90)" python3 benchmarks/conv_variants.py --repeats 30 --only batchnorm 2>&1 | tee "$OUT/bn.log" ;;
 dw)  # the fused cell's depthwise convolutions: ops.conv2d's forms (on a GPU NHWC, an NCHW input copied in and out,
-    # dilated ones by their phases) against dnas's Triton kernels on the NCHW input (dnas.kernels)
-    timeout "$(within 90)" python3 benchmarks/conv_variants.py --repeats 30 --only "dil 1 by,dil 2 by" 2>&1 \
+    # dilated ones by their phases) against dnas's Triton kernels on the NCHW input (dnas.kernels), and of sources
+    # copied to their edges: the copies made, or read in place by Triton's
+    timeout "$(within 120)" python3 benchmarks/conv_variants.py --repeats 30 --only "dil 1 by,dil 2 by,in place by" 2>&1 \
         | tee "$OUT/dw.log" ;;
 e2e)
     e2e darts-v1 darts-v1 fast 150 ;;

@@ -114,6 +114,9 @@ def test_conv_variants_times_the_forms(tmp_path):
     assert len(report["results"]) == 12 and all(r["nchw-fp32"] > 0 for r in report["results"])  # 4 shapes, 3 forms
     assert sum("by Triton" in r["case"] for r in report["results"]) == 4  # by its interpreter
     out, [report], _ = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
+                           "depthwise of copies 3x3", "--forward-only", out=tmp_path / "copies")
+    assert len(report["results"]) == 8 and all(r["nchw-fp32"] > 0 for r in report["results"])  # 4 shapes, 2 forms
+    out, [report], _ = run("conv_variants.py", "--device", "cpu", "--batch-size", "2", "--repeats", "1", "--only",
                            "batchnorm", out=tmp_path / "batchnorm")
     assert [r["case"].rsplit(",", 1)[0] for r in report["results"][:4]] == [  # at batch 2 in one part; Triton's
         "batchnorm, weight only", "batchnorm, zero bias (cuDNN)", "batchnorm by parts", "batchnorm by Triton"]

@@ -171,6 +171,18 @@ def small_tiles(request, monkeypatch):
     return request.param
 
 
+def assert_same_derivatives(ours, theirs, inputs, dy):
+    """``ours`` and ``theirs``, their gradients with respect to ``inputs`` for ``dy``, and the second derivatives
+    (of the gradients' squares' sum) the same in float64."""
+    def derivatives(y):
+        first = torch.autograd.grad(y, inputs, dy, retain_graph=True)
+        with_graph = torch.autograd.grad(y, inputs, dy, create_graph=True)
+        second = torch.autograd.grad(sum((t ** 2).sum() for t in with_graph), inputs)
+        return y, *first, *with_graph, *second
+    for a, b in zip(derivatives(ours), derivatives(theirs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kernel, stride, padding, dilation, size, relu", [  # the DARTS ops' (a reducing
     (3, 1, 1, 1, (7, 6), False), (5, 1, 2, 1, (7, 6), True),              # edge's taken whole; with the
@@ -197,13 +209,7 @@ def test_depthwise_conv2d_computes_what_conv2d_computes(device, kernel, stride, 
     assert conv.output == theirs.shape and min(chunks) > 1
     dy = torch.randn(theirs.shape, generator=g, dtype=torch.float64).to(device)
 
-    def derivatives(y):
-        first = torch.autograd.grad(y, (x, weight), dy, retain_graph=True)
-        with_graph = torch.autograd.grad(y, (x, weight), dy, create_graph=True)
-        second = torch.autograd.grad(sum((t ** 2).sum() for t in with_graph), (x, weight))
-        return y, *first, *with_graph, *second
-    for a, b in zip(derivatives(ours), derivatives(theirs)):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert_same_derivatives(ours, theirs, (x, weight), dy)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -239,16 +245,11 @@ def test_depthwise_conv2d_of_copies(device, kernel, stride, padding, dilation, r
     assert type(ours.grad_fn).__name__ == "_DepthwiseBackward"
     dy = torch.randn(theirs.shape, generator=g, dtype=torch.float64).to(device)
 
-    def derivatives(y):
-        first = torch.autograd.grad(y, (x, weight), dy, retain_graph=True)
-        with_graph = torch.autograd.grad(y, (x, weight), dy, create_graph=True)
-        second = torch.autograd.grad(sum((t ** 2).sum() for t in with_graph), (x, weight))
-        return y, *first, *with_graph, *second
-    for a, b in zip(derivatives(ours), derivatives(theirs)):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert_same_derivatives(ours, theirs, (x, weight), dy)
     pairs = [(a, a) for a in args]  # elsewhere (a CPU tensor where no interpreter runs): copied
-    assert torch.equal(ops.conv2d(x.detach().cpu(), weight.detach().cpu(), None, *pairs, 12, copies=3, blocks=2),
-                       F.conv2d(copied.detach().cpu(), weight.detach().cpu(), None, *args, 12))
+    torch.testing.assert_close(ops.conv2d(x.detach().cpu(), weight.detach().cpu(), None, *pairs, 12, copies=3,
+                                          blocks=2), F.conv2d(copied.detach().cpu(), weight.detach().cpu(), None,
+                                                              *args, 12))
 
 
 @pytest.mark.parametrize("device", DEVICES)
