@@ -296,7 +296,7 @@ def depthwise_conv2d(x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1), 
     pair = torch.nn.modules.utils._pair
     args = pair(stride), pair(padding), pair(dilation)
     if (not x.is_contiguous() or x.dtype != weight.dtype or torch.is_autocast_enabled(x.device.type)
-            or max(x.numel(), weight.numel()) >= 2 ** 31 or ops.exporting()
+            or max(x.numel() * copies, weight.numel()) >= 2 ** 31 or ops.exporting()
             or torch.are_deterministic_algorithms_enabled()):
         x = ops.copied_blocks(F.relu(x) if relu_input else x, blocks, copies)
         return ops._conv2d(x, weight, None, *args, x.shape[1])
