@@ -121,7 +121,7 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     GPU (``FORM_DEVICES``) every depthwise convolution runs NHWC so, and a grouped pointwise one as
     matrix products (``pointwise_matmul``). On ``TRITON_DEPTHWISE_DEVICES`` a depthwise one of an NCHW input
     (without bias) runs by dnas's own kernels instead (``dnas.kernels.depthwise_conv2d``), any stride and
-    dilation on the input as it is; ``relu_input``: of relu(x), there in the same kernels (``relu_joins``);
+    dilation on the input as it is; ``relu_input``: of relu(x), there in the same kernels (``depthwise_by_triton``);
     ``copies``: of ``copied_blocks(x, blocks, copies)``, which those kernels read without the copies.
     A trace, export or compilation (TorchScript, ONNX, ``torch.export``, ``torch.compile``) records the
     convolution itself, for any batch and size (of ``x`` whole; a ``sampled`` one takes its form)."""
@@ -193,15 +193,10 @@ def depthwise_runs_nhwc(x, conv: nn.Conv2d, sampled: bool = False) -> bool:
                                            sampled)) is not None
 
 
-def reads_copies_in_place(x, conv: nn.Conv2d) -> bool:
-    """Whether ``conv2d`` computes ``conv`` of copies of ``x``'s channels (``copies``) on ``x`` itself, made
-    dense, without the copies: a depthwise one by dnas's kernels (``_triton_depthwise``)."""
-    return conv.groups == conv.in_channels == conv.out_channels and conv.bias is None and _triton_depthwise(x)
-
-
-def relu_joins(x, conv: nn.Conv2d) -> bool:
-    """Whether ``conv2d`` computes ``conv`` of relu(x) in the convolution's own kernels (``relu_input``): a
-    depthwise one by dnas's (``TRITON_DEPTHWISE_DEVICES``)."""
+def depthwise_by_triton(x, conv: nn.Conv2d) -> bool:
+    """Whether ``conv2d`` computes ``conv`` on ``x`` as a depthwise convolution by dnas's kernels
+    (``_triton_depthwise``), which take a ReLU before it (``relu_input``) and copies of ``x``'s channels
+    (``copies``, on ``x`` itself made dense) without kernels or copies of their own."""
     return conv.groups == conv.in_channels == conv.out_channels and conv.bias is None and _triton_depthwise(x)
 
 

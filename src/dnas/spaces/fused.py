@@ -77,8 +77,8 @@ from .. import ops
 from ..device import on_device
 from ..edges import AuxiliarySkipEdge, GaussianNoise, MixedEdge, PartialChannelEdge, ScheduledDropout
 from ..ops import (AvgPool2d, Conv2d, FactorizedReduce, Zero, cat_dense_gradients, channels_innermost, conv2d,
-                   dense_gradient, depthwise_runs_nhwc, filled, from_phases, phases_fit, pixels,
-                   reads_copies_in_place, reads_every, relu_nhwc, to_phases)
+                   dense_gradient, depthwise_by_triton, depthwise_runs_nhwc, filled, from_phases, phases_fit,
+                   pixels, reads_every, relu_nhwc, to_phases)
 from ..settings import temporarily, warn
 
 Leaf = tuple[str, nn.Module]  # (kind, module): one step of an op, batched across edges by its kind
@@ -1084,7 +1084,7 @@ def _run_group(g: _Group, x: torch.Tensor, d: int, w: torch.Tensor, run: _Run, s
             x = _batch_norm(x, leaf[1], run, w if j == len(g.leaves) - 1 else None, nhwc_relu=relu_done)
         elif _relu_writes_nhwc(g, j, x, run):
             x = relu_nhwc(x)  # the ReLU writes what the depthwise convolution reads: no copy in
-        elif _relu_before(g, j) and ops.relu_joins(x, g.leaves[j + 1][1][0]):
+        elif _relu_before(g, j) and depthwise_by_triton(x, g.leaves[j + 1][1][0]):
             relu_in = True  # computed by the convolution after it, on the way in
         else:
             convs = [run.weights[bank][piece] for bank, piece in g.convs[j]]
@@ -1115,10 +1115,10 @@ def _relu_before(g: _Group, j: int) -> bool:
 
 def _reads_copies(g: _Group, head: torch.Tensor) -> bool:
     """Whether the first of the group's own steps is a depthwise convolution that reads its copies of ``head``
-    (N, sources, C, H, W) in place (``ops.reads_copies_in_place``: dnas's kernels), so that the head is not
+    (N, sources, C, H, W) in place (``ops.depthwise_by_triton``: dnas's kernels), so that the head is not
     copied to the group's edges (``_copy_to_edges``)."""
     own = g.leaves[g.start:]
-    return bool(own) and own[0][0] == "conv" and reads_copies_in_place(_flatten_sources(head), own[0][1][0])
+    return bool(own) and own[0][0] == "conv" and depthwise_by_triton(_flatten_sources(head), own[0][1][0])
 
 
 def _reads_nhwc(g: _Group, x: torch.Tensor) -> bool:
@@ -1198,7 +1198,7 @@ def _run_leaf(leaf, x: torch.Tensor, slots: int, weights=(), noise=None, edge_id
     the channels of that many sources, each read by its edges' dense convolutions at once; ``reads`` k > 1:
     of the sources, each read by k slots of a depthwise convolution), ``weights`` the stacked weights of its
     convolutions; ``sampled``: a convolution's input is the pixels it reads (``ops.conv2d``); ``relu_input``:
-    a convolution's input is relu(x) (``ops.relu_joins``)."""
+    a convolution's input is relu(x) (``ops.depthwise_by_triton``)."""
     kind, mods = leaf
     m = mods[0]
     blocks = sources or slots  # of the input: a convolution's groups repeat once per block
